@@ -1,0 +1,13 @@
+# Decides whether the CUDA backend is built: PROXYATTN_CUDA = AUTO | ON | OFF.
+set(PROXYATTN_WITH_CUDA OFF)
+if(NOT PROXYATTN_CUDA STREQUAL "OFF")
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    enable_language(CUDA)
+    set(PROXYATTN_WITH_CUDA ON)
+  elseif(PROXYATTN_CUDA STREQUAL "ON")
+    message(FATAL_ERROR "PROXYATTN_CUDA=ON but no CUDA compiler was found")
+  endif()
+endif()
+message(STATUS "proxyattn: CUDA backend ${PROXYATTN_WITH_CUDA}")

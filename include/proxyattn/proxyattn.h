@@ -1,0 +1,209 @@
+/*
+ * proxyattn: ProxyAttn block-sparse attention for the prefill of long prompts.
+ *
+ * C API. Every call returns a pa_status; on failure the message of pa_last_error()
+ * names the offending argument, and no output buffer has been written.
+ *
+ * Tensors are packed varlen batches, the flash-attn convention:
+ *   Q [total_tokens, num_q_heads, head_dim], K and V [total_tokens, num_kv_heads, head_dim],
+ *   O like Q, LSE float32 [num_q_heads, total_tokens].
+ * Sequence s occupies tokens [cu_seqlens[s], cu_seqlens[s+1]). head_dim is contiguous;
+ * token and head strides are given in elements.
+ *
+ * Memory: the caller owns every buffer. A plan lives in caller storage of pa_plan_bytes()
+ * bytes, scratch work in a workspace of pa_workspace_bytes() bytes. Both sit in the same
+ * memory space as the tensors (host for the CPU backend).
+ *
+ * Pipeline: pa_estimate (Q, K -> plan), pa_attend (Q, K, V, plan -> O, LSE);
+ * pa_forward does both. pa_dense_attention is the exact causal baseline.
+ */
+#ifndef PROXYATTN_PROXYATTN_H
+#define PROXYATTN_PROXYATTN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define PROXYATTN_VERSION_MAJOR 0
+#define PROXYATTN_VERSION_MINOR 1
+#define PROXYATTN_VERSION_PATCH 0
+
+/* ---- status ------------------------------------------------------------------------ */
+typedef enum pa_status {
+  PA_STATUS_SUCCESS = 0,
+  PA_STATUS_NULL_POINTER = 1,        /* a required pointer argument is NULL */
+  PA_STATUS_INVALID_SHAPE = 2,       /* head counts, head_dim, strides or token counts */
+  PA_STATUS_INVALID_CONFIG = 3,      /* a pa_config field out of range */
+  PA_STATUS_INVALID_SEQLENS = 4,     /* cu_seqlens not starting at 0, decreasing, wrong total */
+  PA_STATUS_OVERFLOW = 5,            /* a length or offset does not fit the index types */
+  PA_STATUS_UNSUPPORTED = 6,         /* valid request this build or device cannot run */
+  PA_STATUS_BUFFER_TOO_SMALL = 7,    /* plan storage or workspace smaller than required */
+  PA_STATUS_PLAN_MISMATCH = 8,       /* a plan used with tensors it was not made for, or
+                                        attended before it was estimated */
+  PA_STATUS_CUDA_ERROR = 9,          /* a CUDA runtime call or launch failed */
+  PA_STATUS_INTERNAL = 10,           /* an invariant of the library failed (a bug) */
+  PA_STATUS_OUT_OF_MEMORY = 11       /* a host allocation of the library failed */
+} pa_status;
+
+/* Human-readable name of a status ("PA_STATUS_INVALID_SHAPE"). Never NULL. */
+const char* pa_status_string(pa_status status);
+
+/* Message of the last failed call on this thread ("" after a success). Never NULL. */
+const char* pa_last_error(void);
+
+/* ---- problem description ------------------------------------------------------------ */
+typedef enum pa_dtype {
+  PA_DTYPE_FLOAT32 = 0,
+  PA_DTYPE_FLOAT16 = 1,
+  PA_DTYPE_BFLOAT16 = 2
+} pa_dtype;
+
+typedef struct pa_problem {
+  int32_t num_seqs;            /* sequences in the batch, >= 1 */
+  const int32_t* cu_seqlens;   /* [num_seqs + 1] prefix sums of lengths, HOST memory; NULL
+                                  allowed only with num_seqs == 1 (one sequence) */
+  int64_t total_tokens;        /* sum of lengths, < 2^31 */
+  int32_t num_q_heads;         /* Hq */
+  int32_t num_kv_heads;        /* Hkv, divides Hq */
+  int32_t head_dim;            /* d: 64 or 128 on the GPU, any of 1..256 on the CPU */
+  pa_dtype dtype;              /* element type of Q, K, V and O */
+} pa_problem;
+
+/* A strided view of [tokens, heads, head_dim]; elements of head_dim are contiguous. */
+typedef struct pa_tensor {
+  void* data;
+  int64_t token_stride;        /* elements between consecutive tokens (>= heads * head_dim
+                                  when head_stride == head_dim) */
+  int64_t head_stride;         /* elements between consecutive heads (>= head_dim) */
+} pa_tensor;
+
+/* A contiguous [tokens, heads, head_dim] view. */
+pa_tensor pa_tensor_contiguous(void* data, int32_t num_heads, int32_t head_dim);
+
+/* ---- configuration (ALGORITHM.md, "Parameters") ------------------------------------- */
+typedef enum pa_budget_mode {
+  PA_BUDGET_ABSOLUTE = 0,      /* row m keeps min(m+1, K_i) blocks (the paper's literal K) */
+  PA_BUDGET_PROPORTIONAL = 1   /* row m keeps min(m+1, max(Kmin, ceil(r_i * (m+1)))) */
+} pa_budget_mode;
+
+typedef struct pa_config {
+  int32_t block_size;          /* b: 128 or 64, queries and keys */
+  int32_t stride;              /* s: 1, 2, 4, 8 or 16 and s <= b; sampled positions t % s == 0 */
+  float gamma;                 /* attention mass each head's budget must cover, in (0, 1] */
+  int32_t min_budget_tokens;   /* floor of every head's budget, >= 0 */
+  int32_t num_proxy_groups;    /* g, divides num_kv_heads */
+  int32_t force_sink;          /* 1: block 0 always kept */
+  int32_t force_local;         /* 1: the diagonal block always kept */
+  pa_budget_mode budget_mode;
+  int32_t dense_below;         /* sequences shorter than this run dense, >= 0 */
+  float softmax_scale;         /* > 0; pa_config_default sets 1/sqrt(head_dim) */
+} pa_config;
+
+/* Defaults of ALGORITHM.md for a given head_dim (the scale is 1/sqrt(head_dim)). */
+pa_config pa_config_default(int32_t head_dim);
+
+/* Checks every field (and that g divides num_kv_heads when problem is not NULL). */
+pa_status pa_config_validate(const pa_config* config, const pa_problem* problem);
+
+/* ---- plan: the block index (docs/index_format.md) ----------------------------------- */
+typedef struct pa_plan pa_plan;   /* opaque; a view of caller-owned storage */
+
+/* Bytes of plan storage and of estimation workspace for this problem. Depends only on
+ * num_seqs, total_tokens, head counts and the config, never on the data. */
+pa_status pa_plan_bytes(const pa_problem* problem, const pa_config* config, size_t* bytes);
+pa_status pa_workspace_bytes(const pa_problem* problem, const pa_config* config, size_t* bytes);
+
+/* Binds a plan handle to caller storage (>= pa_plan_bytes). The handle copies problem
+ * (cu_seqlens is read, not kept) and config. Free the handle with pa_plan_free; the
+ * storage stays the caller's. */
+pa_status pa_plan_create(const pa_problem* problem, const pa_config* config, void* storage,
+                         size_t storage_bytes, pa_plan** plan);
+void pa_plan_free(pa_plan* plan);
+
+/* Totals over the batch (copied to the host). */
+typedef struct pa_plan_stats {
+  int64_t kept_pairs;          /* kept causal (query-block, key-block) pairs, all heads */
+  int64_t causal_pairs;        /* all causal pairs, all heads */
+  double density;              /* kept_pairs / causal_pairs (1 for an empty batch) */
+  int64_t kept_token_pairs;    /* kept causal (query, key) token pairs, all heads */
+  int32_t dense_seqs;          /* sequences below dense_below, run dense */
+} pa_plan_stats;
+pa_status pa_plan_get_stats(const pa_plan* plan, pa_plan_stats* stats);
+
+/* Per (sequence, head) results of the budget step, each [num_seqs, num_q_heads] on the
+ * host: budget_blocks = K_i, needed_blocks = count_i (blocks reaching gamma in the last
+ * query block), density = kept / causal block pairs of that head. Any output may be NULL. */
+pa_status pa_plan_get_heads(const pa_plan* plan, int32_t* budget_blocks,
+                            int32_t* needed_blocks, double* density);
+
+/* Number of query blocks of the batch, and the host copy of the index arrays. */
+pa_status pa_plan_get_layout(const pa_plan* plan, int64_t* total_qblocks, int64_t* order_entries);
+pa_status pa_plan_get_index(const pa_plan* plan, int32_t* order, int32_t* count);
+
+/* Checks the invariants of the index: entries causal (n <= m), unique within each kept
+ * prefix, forced blocks present, counts within [forced, m+1]. PA_STATUS_INTERNAL with a
+ * message naming the first violation. */
+pa_status pa_plan_check(const pa_plan* plan);
+
+/* Converts to PyTorch FlexAttention's BlockMask form, per sequence s of the batch:
+ * kv_num_blocks int32 [Hq, Nqb_s], kv_indices int32 [Hq, Nqb_s, Nkb_s] (the kept blocks
+ * of each row ascending, then unused entries set to 0). Host outputs. */
+pa_status pa_plan_to_flex(const pa_plan* plan, int32_t seq, int32_t* kv_num_blocks,
+                          int32_t* kv_indices);
+
+/* ---- compute -------------------------------------------------------------------------- */
+/* stream: a cudaStream_t for device tensors, ignored (pass NULL) on the CPU. */
+pa_status pa_estimate(pa_plan* plan, const pa_tensor* q, const pa_tensor* k, void* workspace,
+                      size_t workspace_bytes, void* stream);
+
+/* lse may be NULL when not wanted. */
+pa_status pa_attend(const pa_plan* plan, const pa_tensor* q, const pa_tensor* k,
+                    const pa_tensor* v, pa_tensor* o, float* lse, void* stream);
+
+pa_status pa_forward(pa_plan* plan, const pa_tensor* q, const pa_tensor* k, const pa_tensor* v,
+                     pa_tensor* o, float* lse, void* workspace, size_t workspace_bytes,
+                     void* stream);
+
+/* Exact causal attention (every key t' <= t) with fp32 accumulation. */
+pa_status pa_dense_attention(const pa_problem* problem, float softmax_scale, const pa_tensor* q,
+                             const pa_tensor* k, const pa_tensor* v, pa_tensor* o, float* lse,
+                             void* stream);
+
+/* ---- utilities ----------------------------------------------------------------------- */
+/* Converts count host elements of dtype to float32 (to read bf16 / fp16 outputs). */
+pa_status pa_to_float32(pa_dtype dtype, const void* src, int64_t count, float* dst);
+
+/* Converts count float32 host elements to dtype, rounding to nearest even. */
+pa_status pa_from_float32(pa_dtype dtype, const float* src, int64_t count, void* dst);
+
+/* ---- runtime ------------------------------------------------------------------------- */
+/* Threads of the CPU backend (0 = hardware concurrency, the default). */
+pa_status pa_set_num_threads(int32_t num_threads);
+
+/* ---- structured synthetic inputs (docs/design.md, "Structured inputs") --------------- */
+typedef struct pa_synth_params {
+  uint64_t seed;
+  int32_t num_needles;         /* retrieval targets planted in the context */
+  float sink_strength;         /* logit gain of the sink tokens */
+  float local_strength;        /* gain of the local band */
+  float vertical_strength;     /* gain of the vertical columns */
+  float slash_strength;        /* gain of the slash diagonals */
+  float needle_strength;       /* gain of the needle matches */
+  float noise;                 /* standard deviation of the content noise */
+} pa_synth_params;
+
+pa_synth_params pa_synth_default(uint64_t seed);
+
+/* Fills contiguous Q, K, V of problem (host memory, problem->dtype) deterministically
+ * from params: the same seed gives the same values whatever the thread count. */
+pa_status pa_synth_generate(const pa_problem* problem, const pa_synth_params* params, void* q,
+                            void* k, void* v);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PROXYATTN_PROXYATTN_H */

@@ -1,0 +1,368 @@
+// The C API: validates and unpacks arguments, then dispatches to a backend. Nothing is
+// written to an output before every check has passed.
+#include <cmath>
+#include <exception>
+#include <new>
+#include <vector>
+
+#include "core/block_index.hpp"
+#include "core/config.hpp"
+#include "core/plan.hpp"
+#include "core/problem.hpp"
+#include "core/status.hpp"
+#include "cpu/backend.hpp"
+#include "cpu/elements.hpp"
+#include "cpu/parallel.hpp"
+#include "proxyattn/proxyattn.h"
+#include "synth/structured_input.hpp"
+
+using namespace proxyattn;
+
+struct pa_plan {
+  PlanDesc desc;
+  std::vector<int32_t> cu_seqlens;  // the handle's copy of problem.cu_seqlens
+  void* storage = nullptr;
+  bool estimated = false;
+};
+
+namespace {
+
+// Runs a call body with the error cleared first and no exception crossing the C boundary.
+template <typename Body>
+pa_status guarded(Body&& body) noexcept {
+  clear_error();
+  try {
+    return body();
+  } catch (const std::bad_alloc&) {
+    return fail(PA_STATUS_OUT_OF_MEMORY, "host allocation failed");
+  } catch (const std::exception& e) {
+    return fail(PA_STATUS_INTERNAL, "unexpected exception: %s", e.what());
+  } catch (...) {
+    return fail(PA_STATUS_INTERNAL, "unexpected exception");
+  }
+}
+
+pa_status validate_plan_inputs(const pa_problem* problem, const pa_config* config) {
+  PA_TRY(validate_problem(problem));
+  if (config == nullptr) return fail(PA_STATUS_NULL_POINTER, "config is NULL");
+  return validate_config(*config, problem);
+}
+
+PlanDesc describe(const pa_problem& problem, const pa_config& config) {
+  PlanDesc d;
+  d.problem = problem;
+  d.config = config;
+  d.batch = make_batch_layout(problem, config.block_size, config.num_proxy_groups);
+  d.storage = storage_layout(d.batch, problem.num_q_heads, problem.num_seqs);
+  return d;
+}
+
+pa_status check_plan(const pa_plan* plan, bool needs_estimate) {
+  if (plan == nullptr) return fail(PA_STATUS_NULL_POINTER, "plan is NULL");
+  if (needs_estimate && !plan->estimated)
+    return fail(PA_STATUS_PLAN_MISMATCH, "plan has not been estimated yet (call pa_estimate first)");
+  return PA_STATUS_SUCCESS;
+}
+
+pa_status check_qkv(const pa_problem& p, const pa_tensor* q, const pa_tensor* k,
+                    const pa_tensor* v) {
+  PA_TRY(validate_tensor(q, "q", p, p.num_q_heads));
+  PA_TRY(validate_tensor(k, "k", p, p.num_kv_heads));
+  PA_TRY(validate_tensor(v, "v", p, p.num_kv_heads));
+  return PA_STATUS_SUCCESS;
+}
+
+HostIndex host_index(const pa_plan& plan) {
+  return HostIndex{&plan.desc.batch, plan.desc.problem.num_q_heads, plan.desc.groups(),
+                   plan.desc.index.order, plan.desc.index.count};
+}
+
+}  // namespace
+
+extern "C" {
+
+const char* pa_status_string(pa_status status) {
+  switch (status) {
+    case PA_STATUS_SUCCESS: return "PA_STATUS_SUCCESS";
+    case PA_STATUS_NULL_POINTER: return "PA_STATUS_NULL_POINTER";
+    case PA_STATUS_INVALID_SHAPE: return "PA_STATUS_INVALID_SHAPE";
+    case PA_STATUS_INVALID_CONFIG: return "PA_STATUS_INVALID_CONFIG";
+    case PA_STATUS_INVALID_SEQLENS: return "PA_STATUS_INVALID_SEQLENS";
+    case PA_STATUS_OVERFLOW: return "PA_STATUS_OVERFLOW";
+    case PA_STATUS_UNSUPPORTED: return "PA_STATUS_UNSUPPORTED";
+    case PA_STATUS_BUFFER_TOO_SMALL: return "PA_STATUS_BUFFER_TOO_SMALL";
+    case PA_STATUS_PLAN_MISMATCH: return "PA_STATUS_PLAN_MISMATCH";
+    case PA_STATUS_CUDA_ERROR: return "PA_STATUS_CUDA_ERROR";
+    case PA_STATUS_INTERNAL: return "PA_STATUS_INTERNAL";
+    case PA_STATUS_OUT_OF_MEMORY: return "PA_STATUS_OUT_OF_MEMORY";
+  }
+  return "PA_STATUS_UNKNOWN";
+}
+
+const char* pa_last_error(void) { return last_error_message(); }
+
+pa_tensor pa_tensor_contiguous(void* data, int32_t num_heads, int32_t head_dim) {
+  pa_tensor t;
+  t.data = data;
+  t.head_stride = head_dim;
+  t.token_stride = int64_t(num_heads) * head_dim;
+  return t;
+}
+
+pa_config pa_config_default(int32_t head_dim) { return default_config(head_dim); }
+
+pa_status pa_config_validate(const pa_config* config, const pa_problem* problem) {
+  return guarded([&] {
+    if (config == nullptr) return fail(PA_STATUS_NULL_POINTER, "config is NULL");
+    if (problem != nullptr) PA_TRY(validate_problem(problem));
+    return validate_config(*config, problem);
+  });
+}
+
+pa_status pa_plan_bytes(const pa_problem* problem, const pa_config* config, size_t* bytes) {
+  return guarded([&] {
+    PA_TRY(validate_plan_inputs(problem, config));
+    if (bytes == nullptr) return fail(PA_STATUS_NULL_POINTER, "bytes is NULL");
+    *bytes = describe(*problem, *config).storage.total_bytes;
+    return PA_STATUS_SUCCESS;
+  });
+}
+
+pa_status pa_workspace_bytes(const pa_problem* problem, const pa_config* config, size_t* bytes) {
+  return guarded([&] {
+    PA_TRY(validate_plan_inputs(problem, config));
+    if (bytes == nullptr) return fail(PA_STATUS_NULL_POINTER, "bytes is NULL");
+    *bytes = cpu::estimate_workspace_bytes(describe(*problem, *config));
+    return PA_STATUS_SUCCESS;
+  });
+}
+
+pa_status pa_plan_create(const pa_problem* problem, const pa_config* config, void* storage,
+                         size_t storage_bytes, pa_plan** plan) {
+  return guarded([&] {
+    PA_TRY(validate_plan_inputs(problem, config));
+    if (plan == nullptr) return fail(PA_STATUS_NULL_POINTER, "plan is NULL");
+    PlanDesc desc = describe(*problem, *config);
+    if (storage == nullptr && desc.storage.total_bytes > 0)
+      return fail(PA_STATUS_NULL_POINTER, "storage is NULL");
+    if (storage_bytes < desc.storage.total_bytes)
+      return fail(PA_STATUS_BUFFER_TOO_SMALL, "storage_bytes = %zu: the plan needs %zu (pa_plan_bytes)",
+                  storage_bytes, desc.storage.total_bytes);
+    pa_plan* p = new pa_plan();
+    p->desc = desc;
+    if (problem->cu_seqlens != nullptr) {
+      p->cu_seqlens.assign(problem->cu_seqlens, problem->cu_seqlens + problem->num_seqs + 1);
+      p->desc.problem.cu_seqlens = p->cu_seqlens.data();
+    }
+    p->storage = storage;
+    p->desc.index = bind_storage(storage, desc.storage);
+    *plan = p;
+    return PA_STATUS_SUCCESS;
+  });
+}
+
+void pa_plan_free(pa_plan* plan) { delete plan; }
+
+pa_status pa_plan_get_stats(const pa_plan* plan, pa_plan_stats* stats) {
+  return guarded([&] {
+    PA_TRY(check_plan(plan, true));
+    if (stats == nullptr) return fail(PA_STATUS_NULL_POINTER, "stats is NULL");
+    const PlanDesc& d = plan->desc;
+    const HostIndex index = host_index(*plan);
+    pa_plan_stats out{};
+    for (size_t s = 0; s < d.batch.seqs.size(); ++s) {
+      const SeqSpan& span = d.batch.seqs[s];
+      if (d.runs_dense(span) && span.length > 0) ++out.dense_seqs;
+      for (int h = 0; h < d.problem.num_q_heads; ++h) {
+        const HeadTotals t = head_totals(index, int(s), h, d.config.block_size);
+        out.kept_pairs += t.kept_blocks;
+        out.kept_token_pairs += t.kept_tokens;
+        out.causal_pairs += triangle(span.num_qblocks);
+      }
+    }
+    out.density = out.causal_pairs > 0 ? double(out.kept_pairs) / double(out.causal_pairs) : 1.0;
+    *stats = out;
+    return PA_STATUS_SUCCESS;
+  });
+}
+
+pa_status pa_plan_get_heads(const pa_plan* plan, int32_t* budget_blocks, int32_t* needed_blocks,
+                            double* density) {
+  return guarded([&] {
+    PA_TRY(check_plan(plan, true));
+    const PlanDesc& d = plan->desc;
+    const int hq = d.problem.num_q_heads;
+    const HostIndex index = host_index(*plan);
+    for (size_t s = 0; s < d.batch.seqs.size(); ++s)
+      for (int h = 0; h < hq; ++h) {
+        const size_t at = s * hq + h;
+        if (budget_blocks) budget_blocks[at] = d.index.budget[at];
+        if (needed_blocks) needed_blocks[at] = d.index.needed[at];
+        if (density) {
+          const int64_t causal = triangle(d.batch.seqs[s].num_qblocks);
+          density[at] = causal > 0
+              ? double(head_totals(index, int(s), h, d.config.block_size).kept_blocks) / double(causal)
+              : 1.0;
+        }
+      }
+    return PA_STATUS_SUCCESS;
+  });
+}
+
+pa_status pa_plan_get_layout(const pa_plan* plan, int64_t* total_qblocks, int64_t* order_entries) {
+  return guarded([&] {
+    PA_TRY(check_plan(plan, false));
+    if (total_qblocks) *total_qblocks = plan->desc.batch.total_qblocks;
+    if (order_entries) *order_entries = plan->desc.batch.order_entries;
+    return PA_STATUS_SUCCESS;
+  });
+}
+
+pa_status pa_plan_get_index(const pa_plan* plan, int32_t* order, int32_t* count) {
+  return guarded([&] {
+    PA_TRY(check_plan(plan, true));
+    const PlanDesc& d = plan->desc;
+    if (order) std::copy(d.index.order, d.index.order + d.batch.order_entries, order);
+    if (count)
+      std::copy(d.index.count, d.index.count + d.batch.total_qblocks * d.problem.num_q_heads, count);
+    return PA_STATUS_SUCCESS;
+  });
+}
+
+pa_status pa_plan_check(const pa_plan* plan) {
+  return guarded([&] {
+    PA_TRY(check_plan(plan, true));
+    return check_index(host_index(*plan), plan->desc.config.force_sink, plan->desc.config.force_local);
+  });
+}
+
+pa_status pa_plan_to_flex(const pa_plan* plan, int32_t seq, int32_t* kv_num_blocks,
+                          int32_t* kv_indices) {
+  return guarded([&] {
+    PA_TRY(check_plan(plan, true));
+    if (seq < 0 || seq >= plan->desc.problem.num_seqs)
+      return fail(PA_STATUS_INVALID_SHAPE, "seq = %d: must lie in [0, %d)", seq,
+                  plan->desc.problem.num_seqs);
+    if (kv_num_blocks == nullptr) return fail(PA_STATUS_NULL_POINTER, "kv_num_blocks is NULL");
+    if (kv_indices == nullptr) return fail(PA_STATUS_NULL_POINTER, "kv_indices is NULL");
+    to_flex(host_index(*plan), seq, kv_num_blocks, kv_indices);
+    return PA_STATUS_SUCCESS;
+  });
+}
+
+pa_status pa_estimate(pa_plan* plan, const pa_tensor* q, const pa_tensor* k, void* workspace,
+                      size_t workspace_bytes, void* stream) {
+  (void)stream;  // CPU backend: no stream
+  return guarded([&] {
+    PA_TRY(check_plan(plan, false));
+    const PlanDesc& d = plan->desc;
+    PA_TRY(validate_tensor(q, "q", d.problem, d.problem.num_q_heads));
+    PA_TRY(validate_tensor(k, "k", d.problem, d.problem.num_kv_heads));
+    const size_t needed = cpu::estimate_workspace_bytes(d);
+    if (workspace == nullptr && needed > 0) return fail(PA_STATUS_NULL_POINTER, "workspace is NULL");
+    if (workspace_bytes < needed)
+      return fail(PA_STATUS_BUFFER_TOO_SMALL,
+                  "workspace_bytes = %zu: estimation needs %zu (pa_workspace_bytes)", workspace_bytes,
+                  needed);
+    PA_TRY(cpu::estimate(d, *q, *k, workspace));
+    plan->estimated = true;
+    return PA_STATUS_SUCCESS;
+  });
+}
+
+pa_status pa_attend(const pa_plan* plan, const pa_tensor* q, const pa_tensor* k, const pa_tensor* v,
+                    pa_tensor* o, float* lse, void* stream) {
+  (void)stream;
+  return guarded([&] {
+    PA_TRY(check_plan(plan, true));
+    const PlanDesc& d = plan->desc;
+    PA_TRY(check_qkv(d.problem, q, k, v));
+    PA_TRY(validate_tensor(o, "o", d.problem, d.problem.num_q_heads));
+    return cpu::attend(d, *q, *k, *v, *o, lse);
+  });
+}
+
+pa_status pa_forward(pa_plan* plan, const pa_tensor* q, const pa_tensor* k, const pa_tensor* v,
+                     pa_tensor* o, float* lse, void* workspace, size_t workspace_bytes,
+                     void* stream) {
+  return guarded([&] {
+    PA_TRY(check_plan(plan, false));
+    const PlanDesc& d = plan->desc;
+    // Check everything attend will need before estimate writes the plan.
+    PA_TRY(check_qkv(d.problem, q, k, v));
+    PA_TRY(validate_tensor(o, "o", d.problem, d.problem.num_q_heads));
+    PA_TRY(pa_estimate(plan, q, k, workspace, workspace_bytes, stream));
+    return pa_attend(plan, q, k, v, o, lse, stream);
+  });
+}
+
+pa_status pa_dense_attention(const pa_problem* problem, float softmax_scale, const pa_tensor* q,
+                             const pa_tensor* k, const pa_tensor* v, pa_tensor* o, float* lse,
+                             void* stream) {
+  (void)stream;
+  return guarded([&] {
+    PA_TRY(validate_problem(problem));
+    if (!(softmax_scale > 0.0f) || !std::isfinite(softmax_scale))
+      return fail(PA_STATUS_INVALID_CONFIG, "softmax_scale = %g: must be finite and > 0",
+                  double(softmax_scale));
+    PA_TRY(check_qkv(*problem, q, k, v));
+    PA_TRY(validate_tensor(o, "o", *problem, problem->num_q_heads));
+    return cpu::dense_attention(*problem, softmax_scale, *q, *k, *v, *o, lse);
+  });
+}
+
+pa_status pa_set_num_threads(int32_t num_threads) {
+  return guarded([&] {
+    if (num_threads < 0)
+      return fail(PA_STATUS_INVALID_CONFIG, "num_threads = %d: must be >= 0", num_threads);
+    cpu::set_num_threads(num_threads);
+    return PA_STATUS_SUCCESS;
+  });
+}
+
+static pa_status check_conversion(pa_dtype dtype, const void* src, int64_t count, const void* dst) {
+  if (dtype != PA_DTYPE_FLOAT32 && dtype != PA_DTYPE_FLOAT16 && dtype != PA_DTYPE_BFLOAT16)
+    return fail(PA_STATUS_INVALID_SHAPE, "dtype = %d: not a pa_dtype", int(dtype));
+  if (count < 0) return fail(PA_STATUS_INVALID_SHAPE, "count = %lld: must be >= 0", (long long)count);
+  if (count > 0 && src == nullptr) return fail(PA_STATUS_NULL_POINTER, "src is NULL");
+  if (count > 0 && dst == nullptr) return fail(PA_STATUS_NULL_POINTER, "dst is NULL");
+  return PA_STATUS_SUCCESS;
+}
+
+pa_status pa_to_float32(pa_dtype dtype, const void* src, int64_t count, float* dst) {
+  return guarded([&] {
+    PA_TRY(check_conversion(dtype, src, count, dst));
+    const int bytes = dtype_bytes(dtype);
+    for (int64_t i = 0; i < count; ++i)
+      cpu::load_row(static_cast<const char*>(src) + i * bytes, dtype, 1, dst + i);
+    return PA_STATUS_SUCCESS;
+  });
+}
+
+pa_status pa_from_float32(pa_dtype dtype, const float* src, int64_t count, void* dst) {
+  return guarded([&] {
+    PA_TRY(check_conversion(dtype, src, count, dst));
+    const int bytes = dtype_bytes(dtype);
+    for (int64_t i = 0; i < count; ++i)
+      cpu::store_row(src + i, dtype, 1, static_cast<char*>(dst) + i * bytes);
+    return PA_STATUS_SUCCESS;
+  });
+}
+
+pa_synth_params pa_synth_default(uint64_t seed) { return synth::default_params(seed); }
+
+pa_status pa_synth_generate(const pa_problem* problem, const pa_synth_params* params, void* q,
+                            void* k, void* v) {
+  return guarded([&] {
+    PA_TRY(validate_problem(problem));
+    if (params == nullptr) return fail(PA_STATUS_NULL_POINTER, "params is NULL");
+    if (problem->total_tokens > 0) {
+      if (q == nullptr) return fail(PA_STATUS_NULL_POINTER, "q is NULL");
+      if (k == nullptr) return fail(PA_STATUS_NULL_POINTER, "k is NULL");
+      if (v == nullptr) return fail(PA_STATUS_NULL_POINTER, "v is NULL");
+    }
+    return synth::generate(*problem, *params, q, k, v);
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,111 @@
+#include "core/block_index.hpp"
+
+#include <algorithm>
+#include <vector>
+
+#include "core/budget.hpp"
+#include "core/status.hpp"
+
+namespace proxyattn {
+
+static size_t align_up(size_t x) { return (x + kStorageAlignment - 1) / kStorageAlignment * kStorageAlignment; }
+
+StorageLayout storage_layout(const BatchLayout& batch, int num_q_heads, int num_seqs) {
+  StorageLayout s{};
+  s.order_offset = 0;
+  s.count_offset = align_up(s.order_offset + sizeof(int32_t) * batch.order_entries);
+  s.budget_offset = align_up(s.count_offset + sizeof(int32_t) * batch.total_qblocks * num_q_heads);
+  s.needed_offset = align_up(s.budget_offset + sizeof(int32_t) * num_seqs * num_q_heads);
+  s.total_bytes = align_up(s.needed_offset + sizeof(int32_t) * num_seqs * num_q_heads);
+  return s;
+}
+
+IndexArrays bind_storage(void* storage, const StorageLayout& layout) {
+  char* base = static_cast<char*>(storage);
+  IndexArrays a;
+  a.order = reinterpret_cast<int32_t*>(base + layout.order_offset);
+  a.count = reinterpret_cast<int32_t*>(base + layout.count_offset);
+  a.budget = reinterpret_cast<int32_t*>(base + layout.budget_offset);
+  a.needed = reinterpret_cast<int32_t*>(base + layout.needed_offset);
+  return a;
+}
+
+pa_status check_index(const HostIndex& index, bool force_sink, bool force_local) {
+  const BatchLayout& batch = *index.batch;
+  std::vector<uint8_t> seen;
+  for (size_t s = 0; s < batch.seqs.size(); ++s) {
+    const SeqSpan& span = batch.seqs[s];
+    seen.assign(span.num_qblocks, 0);
+    for (int h = 0; h < index.num_q_heads; ++h) {
+      const int j = group_of_head(h, index.num_q_heads, index.num_groups);
+      for (int m = 0; m < span.num_qblocks; ++m) {
+        const int32_t c = index.count[(span.qblock_begin + m) * index.num_q_heads + h];
+        const int32_t lowest = std::max(1, forced_blocks(m, force_sink, force_local));
+        if (c < lowest || c > m + 1)
+          return fail(PA_STATUS_INTERNAL, "index: seq %zu head %d row %d: count %d outside [%d, %d]",
+                      s, h, m, c, lowest, m + 1);
+        const int32_t* row = index.order + order_row(span, j, m);
+        std::fill(seen.begin(), seen.begin() + m + 1, 0);
+        for (int e = 0; e < c; ++e) {
+          const int32_t n = row[e];
+          if (n < 0 || n > m)
+            return fail(PA_STATUS_INTERNAL, "index: seq %zu group %d row %d entry %d: block %d is "
+                        "not causal (must lie in [0, %d])", s, j, m, e, n, m);
+          if (seen[n])
+            return fail(PA_STATUS_INTERNAL, "index: seq %zu group %d row %d: block %d kept twice",
+                        s, j, m, n);
+          seen[n] = 1;
+        }
+        if (force_sink && !seen[0])
+          return fail(PA_STATUS_INTERNAL, "index: seq %zu head %d row %d: sink block 0 missing", s, h, m);
+        if (force_local && !seen[m])
+          return fail(PA_STATUS_INTERNAL, "index: seq %zu head %d row %d: diagonal block %d missing",
+                      s, h, m, m);
+      }
+    }
+  }
+  return PA_STATUS_SUCCESS;
+}
+
+HeadTotals head_totals(const HostIndex& index, int seq, int head, int block_size) {
+  const SeqSpan& span = index.batch->seqs[seq];
+  const int j = group_of_head(head, index.num_q_heads, index.num_groups);
+  HeadTotals t;
+  for (int m = 0; m < span.num_qblocks; ++m) {
+    const int32_t c = index.count[(span.qblock_begin + m) * index.num_q_heads + head];
+    const int32_t* row = index.order + order_row(span, j, m);
+    const int64_t q_begin = int64_t(m) * block_size;
+    const int64_t q_end = std::min<int64_t>(q_begin + block_size, span.length);
+    t.kept_blocks += c;
+    for (int e = 0; e < c; ++e) {
+      const int64_t k_begin = int64_t(row[e]) * block_size;
+      const int64_t k_end = std::min<int64_t>(k_begin + block_size, span.length);
+      if (row[e] < m) {
+        t.kept_tokens += (q_end - q_begin) * (k_end - k_begin);
+      } else {  // diagonal block: query t sees keys k_begin..t
+        const int64_t rows = q_end - q_begin;
+        t.kept_tokens += rows * (rows + 1) / 2;
+      }
+    }
+  }
+  return t;
+}
+
+void to_flex(const HostIndex& index, int seq, int32_t* kv_num_blocks, int32_t* kv_indices) {
+  const SeqSpan& span = index.batch->seqs[seq];
+  const int64_t nqb = span.num_qblocks;
+  for (int h = 0; h < index.num_q_heads; ++h) {
+    const int j = group_of_head(h, index.num_q_heads, index.num_groups);
+    for (int m = 0; m < nqb; ++m) {
+      const int32_t c = index.count[(span.qblock_begin + m) * index.num_q_heads + h];
+      const int32_t* row = index.order + order_row(span, j, m);
+      int32_t* out = kv_indices + (h * nqb + m) * nqb;
+      std::copy(row, row + c, out);
+      std::sort(out, out + c);
+      std::fill(out + c, out + nqb, 0);
+      kv_num_blocks[h * nqb + m] = c;
+    }
+  }
+}
+
+}  // namespace proxyattn

@@ -1,0 +1,68 @@
+// The block index: the seam between estimation and attention (docs/index_format.md).
+//
+//   order  int32 [order_entries]: for sequence s, group j, query-block row m, the key
+//          blocks n <= m in rank order (forced blocks first), at
+//          order_begin(s) + j * T(Nqb_s) + T(m), m + 1 entries.
+//   count  int32 [total_qblocks, Hq]: head h keeps order row [0, count) of its group.
+//   budget int32 [num_seqs, Hq]: K_i.   needed int32 [num_seqs, Hq]: count_i.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "core/problem.hpp"
+#include "proxyattn/proxyattn.h"
+
+namespace proxyattn {
+
+// Pointers into plan storage (host or device memory).
+struct IndexArrays {
+  int32_t* order = nullptr;    // [order_entries]
+  int32_t* count = nullptr;    // [total_qblocks, Hq]
+  int32_t* budget = nullptr;   // [num_seqs, Hq]
+  int32_t* needed = nullptr;   // [num_seqs, Hq]
+};
+
+// Byte offsets of the arrays inside plan storage.
+struct StorageLayout {
+  size_t order_offset, count_offset, budget_offset, needed_offset, total_bytes;
+};
+
+inline constexpr size_t kStorageAlignment = 256;  // cudaMalloc's alignment, for vector loads
+
+StorageLayout storage_layout(const BatchLayout& batch, int num_q_heads, int num_seqs);
+IndexArrays bind_storage(void* storage, const StorageLayout& layout);
+
+// Offset of order row m of group j in sequence span.
+inline int64_t order_row(const SeqSpan& span, int group, int m) {
+  return span.order_begin + group * triangle(span.num_qblocks) + triangle(m);
+}
+
+// Host view of a complete index, for checks, statistics and conversion.
+struct HostIndex {
+  const BatchLayout* batch;
+  int num_q_heads;
+  int num_groups;
+  const int32_t* order;
+  const int32_t* count;
+};
+
+inline int group_of_head(int head, int num_q_heads, int num_groups) {
+  return head / (num_q_heads / num_groups);
+}
+
+// First violated invariant as PA_STATUS_INTERNAL with a message, else success.
+pa_status check_index(const HostIndex& index, bool force_sink, bool force_local);
+
+// Kept block pairs and kept causal token pairs of head h in one sequence.
+struct HeadTotals {
+  int64_t kept_blocks = 0;
+  int64_t kept_tokens = 0;
+};
+HeadTotals head_totals(const HostIndex& index, int seq, int head, int block_size);
+
+// FlexAttention BlockMask form of sequence seq: kv_num_blocks [Hq, Nqb],
+// kv_indices [Hq, Nqb, Nqb] (kept blocks ascending, then zeros).
+void to_flex(const HostIndex& index, int seq, int32_t* kv_num_blocks, int32_t* kv_indices);
+
+}  // namespace proxyattn

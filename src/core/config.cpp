@@ -1,0 +1,66 @@
+#include "core/config.hpp"
+
+#include <cmath>
+
+#include "core/status.hpp"
+
+namespace proxyattn {
+
+pa_config default_config(int head_dim) {
+  pa_config c{};
+  c.block_size = kDefaultBlockSize;
+  c.stride = kDefaultStride;
+  c.gamma = kDefaultGamma;
+  c.min_budget_tokens = kDefaultMinBudgetTokens;
+  c.num_proxy_groups = 1;
+  c.force_sink = 1;
+  c.force_local = 1;
+  c.budget_mode = PA_BUDGET_ABSOLUTE;
+  c.dense_below = kDefaultMinBudgetTokens;
+  c.softmax_scale = head_dim > 0 ? 1.0f / std::sqrt(static_cast<float>(head_dim)) : 1.0f;
+  return c;
+}
+
+int min_budget_blocks(const pa_config& config) {
+  return (config.min_budget_tokens + config.block_size - 1) / config.block_size;
+}
+
+static bool is_power_of_two(int x) { return x > 0 && (x & (x - 1)) == 0; }
+
+pa_status validate_config(const pa_config& c, const pa_problem* problem) {
+  if (c.block_size != 64 && c.block_size != 128)
+    return fail(PA_STATUS_UNSUPPORTED, "config.block_size = %d: supported block sizes are 64 and 128",
+                c.block_size);
+  if (!is_power_of_two(c.stride) || c.stride > kMaxStride)
+    return fail(PA_STATUS_UNSUPPORTED, "config.stride = %d: supported strides are 1, 2, 4, 8 and 16",
+                c.stride);
+  if (!(c.gamma > 0.0f && c.gamma <= 1.0f))  // also rejects NaN
+    return fail(PA_STATUS_INVALID_CONFIG, "config.gamma = %g: must lie in (0, 1]",
+                static_cast<double>(c.gamma));
+  if (c.min_budget_tokens < 0)
+    return fail(PA_STATUS_INVALID_CONFIG, "config.min_budget_tokens = %d: must be >= 0",
+                c.min_budget_tokens);
+  if (c.num_proxy_groups < 1)
+    return fail(PA_STATUS_INVALID_CONFIG, "config.num_proxy_groups = %d: must be >= 1",
+                c.num_proxy_groups);
+  if ((c.force_sink != 0 && c.force_sink != 1) || (c.force_local != 0 && c.force_local != 1))
+    return fail(PA_STATUS_INVALID_CONFIG,
+                "config.force_sink = %d, config.force_local = %d: each must be 0 or 1",
+                c.force_sink, c.force_local);
+  if (c.budget_mode != PA_BUDGET_ABSOLUTE && c.budget_mode != PA_BUDGET_PROPORTIONAL)
+    return fail(PA_STATUS_INVALID_CONFIG, "config.budget_mode = %d: must be PA_BUDGET_ABSOLUTE or "
+                "PA_BUDGET_PROPORTIONAL", static_cast<int>(c.budget_mode));
+  if (c.dense_below < 0)
+    return fail(PA_STATUS_INVALID_CONFIG, "config.dense_below = %d: must be >= 0", c.dense_below);
+  if (!(c.softmax_scale > 0.0f) || !std::isfinite(c.softmax_scale))
+    return fail(PA_STATUS_INVALID_CONFIG, "config.softmax_scale = %g: must be finite and > 0",
+                static_cast<double>(c.softmax_scale));
+  if (problem != nullptr && problem->num_kv_heads > 0 &&
+      problem->num_kv_heads % c.num_proxy_groups != 0)
+    return fail(PA_STATUS_INVALID_CONFIG,
+                "config.num_proxy_groups = %d does not divide problem.num_kv_heads = %d",
+                c.num_proxy_groups, problem->num_kv_heads);
+  return PA_STATUS_SUCCESS;
+}
+
+}  // namespace proxyattn

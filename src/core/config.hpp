@@ -1,0 +1,23 @@
+// Configuration defaults and validation (ALGORITHM.md, "Parameters").
+#pragma once
+
+#include "proxyattn/proxyattn.h"
+
+namespace proxyattn {
+
+// Values of ALGORITHM.md. Settings that change results, not speed.
+inline constexpr int kDefaultBlockSize = 128;
+inline constexpr int kDefaultStride = 4;
+inline constexpr float kDefaultGamma = 0.95f;
+inline constexpr int kDefaultMinBudgetTokens = 2048;
+inline constexpr int kMaxStride = 16;
+
+pa_config default_config(int head_dim);
+
+// Validates every field; when problem is given, also that g divides num_kv_heads.
+pa_status validate_config(const pa_config& config, const pa_problem* problem);
+
+// Blocks of the budget floor: ceil(min_budget_tokens / block_size).
+int min_budget_blocks(const pa_config& config);
+
+}  // namespace proxyattn

@@ -1,0 +1,25 @@
+// What a backend needs to know about a plan: the problem, the config and where the
+// block index lives. The C API's opaque pa_plan wraps one of these.
+#pragma once
+
+#include "core/block_index.hpp"
+#include "core/problem.hpp"
+#include "proxyattn/proxyattn.h"
+
+namespace proxyattn {
+
+struct PlanDesc {
+  pa_problem problem;     // cu_seqlens points into batch-independent storage of the owner
+  pa_config config;
+  BatchLayout batch;
+  IndexArrays index;      // in the memory space of the tensors
+  StorageLayout storage;
+
+  int groups() const { return config.num_proxy_groups; }
+  int q_heads_per_group() const { return problem.num_q_heads / config.num_proxy_groups; }
+  int kv_heads_per_group() const { return problem.num_kv_heads / config.num_proxy_groups; }
+  int q_heads_per_kv() const { return problem.num_q_heads / problem.num_kv_heads; }
+  bool runs_dense(const SeqSpan& span) const { return span.length < config.dense_below; }
+};
+
+}  // namespace proxyattn

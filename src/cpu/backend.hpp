@@ -1,0 +1,24 @@
+// The CPU backend: ALGORITHM.md steps 2-7 on host memory, multithreaded.
+#pragma once
+
+#include <cstddef>
+
+#include "core/plan.hpp"
+
+namespace proxyattn::cpu {
+
+// Bytes of host workspace pa_estimate needs for this plan.
+size_t estimate_workspace_bytes(const PlanDesc& plan);
+
+// Fills the plan's block index (host memory) from Q and K.
+pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_tensor& k, void* workspace);
+
+// Block-sparse attention over the plan's index. lse may be null.
+pa_status attend(const PlanDesc& plan, const pa_tensor& q, const pa_tensor& k, const pa_tensor& v,
+                 const pa_tensor& o, float* lse);
+
+// Exact causal attention.
+pa_status dense_attention(const pa_problem& problem, float scale, const pa_tensor& q,
+                          const pa_tensor& k, const pa_tensor& v, const pa_tensor& o, float* lse);
+
+}  // namespace proxyattn::cpu
