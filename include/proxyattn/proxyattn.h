@@ -45,7 +45,9 @@ typedef enum pa_status {
                                         attended before it was estimated */
   PA_STATUS_CUDA_ERROR = 9,          /* a CUDA runtime call or launch failed */
   PA_STATUS_INTERNAL = 10,           /* an invariant of the library failed (a bug) */
-  PA_STATUS_OUT_OF_MEMORY = 11       /* a host allocation of the library failed */
+  PA_STATUS_OUT_OF_MEMORY = 11,      /* a host allocation of the library failed */
+  PA_STATUS_MEMORY_SPACE = 12        /* buffers of one call in different memory spaces
+                                        (host and device), or device memory in a CPU-only build */
 } pa_status;
 
 /* Human-readable name of a status ("PA_STATUS_INVALID_SHAPE"). Never NULL. */

@@ -1,6 +1,11 @@
 // The C API: validates and unpacks arguments, then dispatches to a backend. Nothing is
 // written to an output before every check has passed.
+#include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <memory>
+#include <initializer_list>
+#include <utility>
 #include <exception>
 #include <new>
 #include <vector>
@@ -15,6 +20,9 @@
 #include "cpu/parallel.hpp"
 #include "proxyattn/proxyattn.h"
 #include "synth/structured_input.hpp"
+#if PROXYATTN_WITH_CUDA
+#include "cuda/backend.hpp"
+#endif
 
 using namespace proxyattn;
 
@@ -22,6 +30,7 @@ struct pa_plan {
   PlanDesc desc;
   std::vector<int32_t> cu_seqlens;  // the handle's copy of problem.cu_seqlens
   void* storage = nullptr;
+  bool on_device = false;           // storage (and so every tensor used with it) on the GPU
   bool estimated = false;
 };
 
@@ -72,9 +81,71 @@ pa_status check_qkv(const pa_problem& p, const pa_tensor* q, const pa_tensor* k,
   return PA_STATUS_SUCCESS;
 }
 
-HostIndex host_index(const pa_plan& plan) {
+bool on_device(const void* p) {
+#if PROXYATTN_WITH_CUDA
+  return cuda::is_device_pointer(p);
+#else
+  (void)p;
+  return false;
+#endif
+}
+
+const char* space_name(bool device) { return device ? "device" : "host"; }
+
+// Every named buffer must live where the plan (or the first buffer) lives.
+pa_status check_space(bool device, std::initializer_list<std::pair<const char*, const void*>> buffers) {
+  for (const auto& [name, ptr] : buffers) {
+    if (ptr == nullptr) continue;
+    if (on_device(ptr) != device)
+      return fail(PA_STATUS_MEMORY_SPACE, "%s is in %s memory but this call runs on the %s",
+                  name, space_name(!device), space_name(device));
+  }
+#if !PROXYATTN_WITH_CUDA
+  if (device) return fail(PA_STATUS_MEMORY_SPACE, "device memory given to a CPU-only build");
+#endif
+  return PA_STATUS_SUCCESS;
+}
+
+// The index on the host: the plan's own arrays, or a downloaded copy of device arrays.
+struct HostArrays {
+  std::vector<int32_t> order, count, budget, needed;
+};
+
+pa_status host_arrays(const pa_plan& plan, HostArrays& out) {
+  const PlanDesc& d = plan.desc;
+  const size_t order_n = d.batch.order_entries, count_n = d.batch.total_qblocks * d.problem.num_q_heads;
+  const size_t head_n = size_t(d.problem.num_seqs) * d.problem.num_q_heads;
+  out.order.resize(order_n);
+  out.count.resize(count_n);
+  out.budget.resize(head_n);
+  out.needed.resize(head_n);
+  if (!plan.on_device) {
+    std::copy(d.index.order, d.index.order + order_n, out.order.begin());
+    std::copy(d.index.count, d.index.count + count_n, out.count.begin());
+    std::copy(d.index.budget, d.index.budget + head_n, out.budget.begin());
+    std::copy(d.index.needed, d.index.needed + head_n, out.needed.begin());
+    return PA_STATUS_SUCCESS;
+  }
+#if PROXYATTN_WITH_CUDA
+  PA_TRY(cuda::download(out.order.data(), d.index.order, order_n * sizeof(int32_t)));
+  PA_TRY(cuda::download(out.count.data(), d.index.count, count_n * sizeof(int32_t)));
+  PA_TRY(cuda::download(out.budget.data(), d.index.budget, head_n * sizeof(int32_t)));
+  PA_TRY(cuda::download(out.needed.data(), d.index.needed, head_n * sizeof(int32_t)));
+#endif
+  return PA_STATUS_SUCCESS;
+}
+
+HostIndex host_index(const pa_plan& plan, const HostArrays& arrays) {
   return HostIndex{&plan.desc.batch, plan.desc.problem.num_q_heads, plan.desc.groups(),
-                   plan.desc.index.order, plan.desc.index.count};
+                   arrays.order.data(), arrays.count.data()};
+}
+
+size_t workspace_bytes_for(const PlanDesc& d) {
+  size_t bytes = cpu::estimate_workspace_bytes(d);
+#if PROXYATTN_WITH_CUDA
+  bytes = std::max(bytes, cuda::estimate_workspace_bytes(d));
+#endif
+  return bytes;
 }
 
 }  // namespace
@@ -95,6 +166,7 @@ const char* pa_status_string(pa_status status) {
     case PA_STATUS_CUDA_ERROR: return "PA_STATUS_CUDA_ERROR";
     case PA_STATUS_INTERNAL: return "PA_STATUS_INTERNAL";
     case PA_STATUS_OUT_OF_MEMORY: return "PA_STATUS_OUT_OF_MEMORY";
+    case PA_STATUS_MEMORY_SPACE: return "PA_STATUS_MEMORY_SPACE";
   }
   return "PA_STATUS_UNKNOWN";
 }
@@ -132,7 +204,7 @@ pa_status pa_workspace_bytes(const pa_problem* problem, const pa_config* config,
   return guarded([&] {
     PA_TRY(validate_plan_inputs(problem, config));
     if (bytes == nullptr) return fail(PA_STATUS_NULL_POINTER, "bytes is NULL");
-    *bytes = cpu::estimate_workspace_bytes(describe(*problem, *config));
+    *bytes = workspace_bytes_for(describe(*problem, *config));
     return PA_STATUS_SUCCESS;
   });
 }
@@ -142,21 +214,36 @@ pa_status pa_plan_create(const pa_problem* problem, const pa_config* config, voi
   return guarded([&] {
     PA_TRY(validate_plan_inputs(problem, config));
     if (plan == nullptr) return fail(PA_STATUS_NULL_POINTER, "plan is NULL");
-    PlanDesc desc = describe(*problem, *config);
-    if (storage == nullptr && desc.storage.total_bytes > 0)
-      return fail(PA_STATUS_NULL_POINTER, "storage is NULL");
+    const PlanDesc desc = describe(*problem, *config);
+    if (storage == nullptr) return fail(PA_STATUS_NULL_POINTER, "storage is NULL");
     if (storage_bytes < desc.storage.total_bytes)
       return fail(PA_STATUS_BUFFER_TOO_SMALL, "storage_bytes = %zu: the plan needs %zu (pa_plan_bytes)",
                   storage_bytes, desc.storage.total_bytes);
-    pa_plan* p = new pa_plan();
+    const bool device = on_device(storage);
+    PA_TRY(check_space(device, {}));
+    std::unique_ptr<pa_plan> p(new pa_plan());
     p->desc = desc;
     if (problem->cu_seqlens != nullptr) {
       p->cu_seqlens.assign(problem->cu_seqlens, problem->cu_seqlens + problem->num_seqs + 1);
       p->desc.problem.cu_seqlens = p->cu_seqlens.data();
     }
     p->storage = storage;
+    p->on_device = device;
     p->desc.index = bind_storage(storage, desc.storage);
-    *plan = p;
+    // The batch tables: written once here, read by every kernel.
+    const BatchTables tables = batch_tables(desc.batch);
+    const size_t seq_bytes = sizeof(SeqSpan) * tables.seqs.size();
+    const size_t row_bytes = sizeof(int32_t) * tables.qblock_seq.size();
+    if (device) {
+#if PROXYATTN_WITH_CUDA
+      PA_TRY(cuda::upload(p->desc.index.seqs, tables.seqs.data(), seq_bytes));
+      PA_TRY(cuda::upload(p->desc.index.qblock_seq, tables.qblock_seq.data(), row_bytes));
+#endif
+    } else {
+      std::memcpy(p->desc.index.seqs, tables.seqs.data(), seq_bytes);
+      if (row_bytes > 0) std::memcpy(p->desc.index.qblock_seq, tables.qblock_seq.data(), row_bytes);
+    }
+    *plan = p.release();
     return PA_STATUS_SUCCESS;
   });
 }
@@ -168,7 +255,9 @@ pa_status pa_plan_get_stats(const pa_plan* plan, pa_plan_stats* stats) {
     PA_TRY(check_plan(plan, true));
     if (stats == nullptr) return fail(PA_STATUS_NULL_POINTER, "stats is NULL");
     const PlanDesc& d = plan->desc;
-    const HostIndex index = host_index(*plan);
+    HostArrays arrays;
+    PA_TRY(host_arrays(*plan, arrays));
+    const HostIndex index = host_index(*plan, arrays);
     pa_plan_stats out{};
     for (size_t s = 0; s < d.batch.seqs.size(); ++s) {
       const SeqSpan& span = d.batch.seqs[s];
@@ -192,12 +281,14 @@ pa_status pa_plan_get_heads(const pa_plan* plan, int32_t* budget_blocks, int32_t
     PA_TRY(check_plan(plan, true));
     const PlanDesc& d = plan->desc;
     const int hq = d.problem.num_q_heads;
-    const HostIndex index = host_index(*plan);
+    HostArrays arrays;
+    PA_TRY(host_arrays(*plan, arrays));
+    const HostIndex index = host_index(*plan, arrays);
     for (size_t s = 0; s < d.batch.seqs.size(); ++s)
       for (int h = 0; h < hq; ++h) {
         const size_t at = s * hq + h;
-        if (budget_blocks) budget_blocks[at] = d.index.budget[at];
-        if (needed_blocks) needed_blocks[at] = d.index.needed[at];
+        if (budget_blocks) budget_blocks[at] = arrays.budget[at];
+        if (needed_blocks) needed_blocks[at] = arrays.needed[at];
         if (density) {
           const int64_t causal = triangle(d.batch.seqs[s].num_qblocks);
           density[at] = causal > 0
@@ -221,10 +312,10 @@ pa_status pa_plan_get_layout(const pa_plan* plan, int64_t* total_qblocks, int64_
 pa_status pa_plan_get_index(const pa_plan* plan, int32_t* order, int32_t* count) {
   return guarded([&] {
     PA_TRY(check_plan(plan, true));
-    const PlanDesc& d = plan->desc;
-    if (order) std::copy(d.index.order, d.index.order + d.batch.order_entries, order);
-    if (count)
-      std::copy(d.index.count, d.index.count + d.batch.total_qblocks * d.problem.num_q_heads, count);
+    HostArrays arrays;
+    PA_TRY(host_arrays(*plan, arrays));
+    if (order) std::copy(arrays.order.begin(), arrays.order.end(), order);
+    if (count) std::copy(arrays.count.begin(), arrays.count.end(), count);
     return PA_STATUS_SUCCESS;
   });
 }
@@ -232,7 +323,10 @@ pa_status pa_plan_get_index(const pa_plan* plan, int32_t* order, int32_t* count)
 pa_status pa_plan_check(const pa_plan* plan) {
   return guarded([&] {
     PA_TRY(check_plan(plan, true));
-    return check_index(host_index(*plan), plan->desc.config.force_sink, plan->desc.config.force_local);
+    HostArrays arrays;
+    PA_TRY(host_arrays(*plan, arrays));
+    return check_index(host_index(*plan, arrays), plan->desc.config.force_sink,
+                       plan->desc.config.force_local);
   });
 }
 
@@ -245,25 +339,38 @@ pa_status pa_plan_to_flex(const pa_plan* plan, int32_t seq, int32_t* kv_num_bloc
                   plan->desc.problem.num_seqs);
     if (kv_num_blocks == nullptr) return fail(PA_STATUS_NULL_POINTER, "kv_num_blocks is NULL");
     if (kv_indices == nullptr) return fail(PA_STATUS_NULL_POINTER, "kv_indices is NULL");
-    to_flex(host_index(*plan), seq, kv_num_blocks, kv_indices);
+    HostArrays arrays;
+    PA_TRY(host_arrays(*plan, arrays));
+    to_flex(host_index(*plan, arrays), seq, kv_num_blocks, kv_indices);
     return PA_STATUS_SUCCESS;
   });
 }
 
 pa_status pa_estimate(pa_plan* plan, const pa_tensor* q, const pa_tensor* k, void* workspace,
                       size_t workspace_bytes, void* stream) {
-  (void)stream;  // CPU backend: no stream
   return guarded([&] {
     PA_TRY(check_plan(plan, false));
     const PlanDesc& d = plan->desc;
     PA_TRY(validate_tensor(q, "q", d.problem, d.problem.num_q_heads));
     PA_TRY(validate_tensor(k, "k", d.problem, d.problem.num_kv_heads));
+    PA_TRY(check_space(plan->on_device, {{"q", q->data}, {"k", k->data}, {"workspace", workspace}}));
+#if PROXYATTN_WITH_CUDA
+    const size_t needed = plan->on_device ? cuda::estimate_workspace_bytes(d) : cpu::estimate_workspace_bytes(d);
+#else
     const size_t needed = cpu::estimate_workspace_bytes(d);
+#endif
     if (workspace == nullptr && needed > 0) return fail(PA_STATUS_NULL_POINTER, "workspace is NULL");
     if (workspace_bytes < needed)
       return fail(PA_STATUS_BUFFER_TOO_SMALL,
                   "workspace_bytes = %zu: estimation needs %zu (pa_workspace_bytes)", workspace_bytes,
                   needed);
+#if PROXYATTN_WITH_CUDA
+    if (plan->on_device) {
+      PA_TRY(cuda::estimate(d, *q, *k, workspace, stream));
+      plan->estimated = true;
+      return PA_STATUS_SUCCESS;
+    }
+#endif
     PA_TRY(cpu::estimate(d, *q, *k, workspace));
     plan->estimated = true;
     return PA_STATUS_SUCCESS;
@@ -272,12 +379,16 @@ pa_status pa_estimate(pa_plan* plan, const pa_tensor* q, const pa_tensor* k, voi
 
 pa_status pa_attend(const pa_plan* plan, const pa_tensor* q, const pa_tensor* k, const pa_tensor* v,
                     pa_tensor* o, float* lse, void* stream) {
-  (void)stream;
   return guarded([&] {
     PA_TRY(check_plan(plan, true));
     const PlanDesc& d = plan->desc;
     PA_TRY(check_qkv(d.problem, q, k, v));
     PA_TRY(validate_tensor(o, "o", d.problem, d.problem.num_q_heads));
+    PA_TRY(check_space(plan->on_device,
+                       {{"q", q->data}, {"k", k->data}, {"v", v->data}, {"o", o->data}, {"lse", lse}}));
+#if PROXYATTN_WITH_CUDA
+    if (plan->on_device) return cuda::attend(d, *q, *k, *v, *o, lse, stream);
+#endif
     return cpu::attend(d, *q, *k, *v, *o, lse);
   });
 }
@@ -291,6 +402,8 @@ pa_status pa_forward(pa_plan* plan, const pa_tensor* q, const pa_tensor* k, cons
     // Check everything attend will need before estimate writes the plan.
     PA_TRY(check_qkv(d.problem, q, k, v));
     PA_TRY(validate_tensor(o, "o", d.problem, d.problem.num_q_heads));
+    PA_TRY(check_space(plan->on_device,
+                       {{"q", q->data}, {"k", k->data}, {"v", v->data}, {"o", o->data}, {"lse", lse}}));
     PA_TRY(pa_estimate(plan, q, k, workspace, workspace_bytes, stream));
     return pa_attend(plan, q, k, v, o, lse, stream);
   });
@@ -299,7 +412,6 @@ pa_status pa_forward(pa_plan* plan, const pa_tensor* q, const pa_tensor* k, cons
 pa_status pa_dense_attention(const pa_problem* problem, float softmax_scale, const pa_tensor* q,
                              const pa_tensor* k, const pa_tensor* v, pa_tensor* o, float* lse,
                              void* stream) {
-  (void)stream;
   return guarded([&] {
     PA_TRY(validate_problem(problem));
     if (!(softmax_scale > 0.0f) || !std::isfinite(softmax_scale))
@@ -307,6 +419,11 @@ pa_status pa_dense_attention(const pa_problem* problem, float softmax_scale, con
                   double(softmax_scale));
     PA_TRY(check_qkv(*problem, q, k, v));
     PA_TRY(validate_tensor(o, "o", *problem, problem->num_q_heads));
+    const bool device = on_device(q->data);
+    PA_TRY(check_space(device, {{"k", k->data}, {"v", v->data}, {"o", o->data}, {"lse", lse}}));
+#if PROXYATTN_WITH_CUDA
+    if (device) return cuda::dense_attention(*problem, softmax_scale, *q, *k, *v, *o, lse, stream);
+#endif
     return cpu::dense_attention(*problem, softmax_scale, *q, *k, *v, *o, lse);
   });
 }

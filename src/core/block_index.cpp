@@ -16,8 +16,19 @@ StorageLayout storage_layout(const BatchLayout& batch, int num_q_heads, int num_
   s.count_offset = align_up(s.order_offset + sizeof(int32_t) * batch.order_entries);
   s.budget_offset = align_up(s.count_offset + sizeof(int32_t) * batch.total_qblocks * num_q_heads);
   s.needed_offset = align_up(s.budget_offset + sizeof(int32_t) * num_seqs * num_q_heads);
-  s.total_bytes = align_up(s.needed_offset + sizeof(int32_t) * num_seqs * num_q_heads);
+  s.seqs_offset = align_up(s.needed_offset + sizeof(int32_t) * num_seqs * num_q_heads);
+  s.qblock_seq_offset = align_up(s.seqs_offset + sizeof(SeqSpan) * num_seqs);
+  s.total_bytes = align_up(s.qblock_seq_offset + sizeof(int32_t) * batch.total_qblocks);
   return s;
+}
+
+BatchTables batch_tables(const BatchLayout& batch) {
+  BatchTables t;
+  t.seqs = batch.seqs;
+  t.qblock_seq.reserve(batch.total_qblocks);
+  for (size_t s = 0; s < batch.seqs.size(); ++s)
+    t.qblock_seq.insert(t.qblock_seq.end(), batch.seqs[s].num_qblocks, int32_t(s));
+  return t;
 }
 
 IndexArrays bind_storage(void* storage, const StorageLayout& layout) {
@@ -27,6 +38,8 @@ IndexArrays bind_storage(void* storage, const StorageLayout& layout) {
   a.count = reinterpret_cast<int32_t*>(base + layout.count_offset);
   a.budget = reinterpret_cast<int32_t*>(base + layout.budget_offset);
   a.needed = reinterpret_cast<int32_t*>(base + layout.needed_offset);
+  a.seqs = reinterpret_cast<SeqSpan*>(base + layout.seqs_offset);
+  a.qblock_seq = reinterpret_cast<int32_t*>(base + layout.qblock_seq_offset);
   return a;
 }
 

@@ -9,24 +9,36 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "core/problem.hpp"
 #include "proxyattn/proxyattn.h"
 
 namespace proxyattn {
 
-// Pointers into plan storage (host or device memory).
+// Pointers into plan storage (host or device memory). seqs and qblock_seq describe the
+// batch for kernels (written once by pa_plan_create); the rest is written by estimation.
 struct IndexArrays {
-  int32_t* order = nullptr;    // [order_entries]
-  int32_t* count = nullptr;    // [total_qblocks, Hq]
-  int32_t* budget = nullptr;   // [num_seqs, Hq]
-  int32_t* needed = nullptr;   // [num_seqs, Hq]
+  int32_t* order = nullptr;       // [order_entries]
+  int32_t* count = nullptr;       // [total_qblocks, Hq]
+  int32_t* budget = nullptr;      // [num_seqs, Hq]
+  int32_t* needed = nullptr;      // [num_seqs, Hq]
+  SeqSpan* seqs = nullptr;        // [num_seqs]
+  int32_t* qblock_seq = nullptr;  // [total_qblocks]: sequence of each global query-block row
 };
 
 // Byte offsets of the arrays inside plan storage.
 struct StorageLayout {
-  size_t order_offset, count_offset, budget_offset, needed_offset, total_bytes;
+  size_t order_offset, count_offset, budget_offset, needed_offset, seqs_offset, qblock_seq_offset;
+  size_t total_bytes;
 };
+
+// The batch description part of plan storage, built on the host.
+struct BatchTables {
+  std::vector<SeqSpan> seqs;
+  std::vector<int32_t> qblock_seq;
+};
+BatchTables batch_tables(const BatchLayout& batch);
 
 inline constexpr size_t kStorageAlignment = 256;  // cudaMalloc's alignment, for vector loads
 

@@ -1,0 +1,147 @@
+"""ctypes binding of the C API (include/proxyattn/proxyattn.h) for the benchmark scripts.
+
+The benchmarks run on the GPU machine next to PyTorch, over the shared library the build
+produced (-DBUILD_SHARED_LIBS=ON), without the Python package. Tensors are torch tensors;
+their data pointers go to the library, and calls run on torch's current CUDA stream.
+"""
+import ctypes
+import os
+
+PA_DTYPE = {"float32": 0, "float16": 1, "bfloat16": 2}
+PA_BUDGET_ABSOLUTE, PA_BUDGET_PROPORTIONAL = 0, 1
+
+
+class Problem(ctypes.Structure):
+    _fields_ = [("num_seqs", ctypes.c_int32), ("cu_seqlens", ctypes.POINTER(ctypes.c_int32)),
+                ("total_tokens", ctypes.c_int64), ("num_q_heads", ctypes.c_int32),
+                ("num_kv_heads", ctypes.c_int32), ("head_dim", ctypes.c_int32),
+                ("dtype", ctypes.c_int)]
+
+
+class Tensor(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("token_stride", ctypes.c_int64),
+                ("head_stride", ctypes.c_int64)]
+
+
+class Config(ctypes.Structure):
+    _fields_ = [("block_size", ctypes.c_int32), ("stride", ctypes.c_int32), ("gamma", ctypes.c_float),
+                ("min_budget_tokens", ctypes.c_int32), ("num_proxy_groups", ctypes.c_int32),
+                ("force_sink", ctypes.c_int32), ("force_local", ctypes.c_int32),
+                ("budget_mode", ctypes.c_int), ("dense_below", ctypes.c_int32),
+                ("softmax_scale", ctypes.c_float)]
+
+
+class PlanStats(ctypes.Structure):
+    _fields_ = [("kept_pairs", ctypes.c_int64), ("causal_pairs", ctypes.c_int64),
+                ("density", ctypes.c_double), ("kept_token_pairs", ctypes.c_int64),
+                ("dense_seqs", ctypes.c_int32)]
+
+
+class SynthParams(ctypes.Structure):
+    _fields_ = [("seed", ctypes.c_uint64), ("num_needles", ctypes.c_int32),
+                ("sink_strength", ctypes.c_float), ("local_strength", ctypes.c_float),
+                ("vertical_strength", ctypes.c_float), ("slash_strength", ctypes.c_float),
+                ("needle_strength", ctypes.c_float), ("noise", ctypes.c_float)]
+
+
+class ProxyAttnError(RuntimeError):
+    pass
+
+
+class Library:
+    def __init__(self, path):
+        self.lib = ctypes.CDLL(os.path.abspath(path))
+        L = self.lib
+        L.pa_last_error.restype = ctypes.c_char_p
+        L.pa_status_string.restype = ctypes.c_char_p
+        L.pa_config_default.restype = Config
+        L.pa_synth_default.restype = SynthParams
+        L.pa_synth_default.argtypes = [ctypes.c_uint64]
+
+    def _check(self, status):
+        if status != 0:
+            raise ProxyAttnError("%s: %s" % (self.lib.pa_status_string(status).decode(),
+                                             self.lib.pa_last_error().decode()))
+
+    @staticmethod
+    def problem(lengths, hq, hkv, d, dtype):
+        """A pa_problem for a batch of sequence lengths; keeps cu_seqlens alive on it."""
+        cu = (ctypes.c_int32 * (len(lengths) + 1))()
+        for i, n in enumerate(lengths):
+            cu[i + 1] = cu[i] + n
+        p = Problem(len(lengths), cu, cu[len(lengths)], hq, hkv, d, PA_DTYPE[dtype])
+        p._cu = cu
+        return p
+
+    @staticmethod
+    def tensor(t):
+        """pa_tensor view of a torch tensor [tokens, heads, d] with a contiguous last dim."""
+        assert t.stride(-1) == 1
+        return Tensor(t.data_ptr(), t.stride(0), t.stride(1))
+
+    def config(self, head_dim, **fields):
+        c = self.lib.pa_config_default(head_dim)
+        for k, v in fields.items():
+            setattr(c, k, v)
+        return c
+
+    def plan_bytes(self, problem, config):
+        n = ctypes.c_size_t()
+        self._check(self.lib.pa_plan_bytes(ctypes.byref(problem), ctypes.byref(config), ctypes.byref(n)))
+        return n.value
+
+    def workspace_bytes(self, problem, config):
+        n = ctypes.c_size_t()
+        self._check(self.lib.pa_workspace_bytes(ctypes.byref(problem), ctypes.byref(config), ctypes.byref(n)))
+        return n.value
+
+    def plan_create(self, problem, config, storage_ptr, storage_bytes):
+        h = ctypes.c_void_p()
+        self._check(self.lib.pa_plan_create(ctypes.byref(problem), ctypes.byref(config),
+                                            ctypes.c_void_p(storage_ptr), ctypes.c_size_t(storage_bytes),
+                                            ctypes.byref(h)))
+        return h
+
+    def plan_free(self, plan):
+        self.lib.pa_plan_free(plan)
+
+    def estimate(self, plan, q, k, workspace_ptr, workspace_bytes, stream=0):
+        self._check(self.lib.pa_estimate(plan, ctypes.byref(q), ctypes.byref(k),
+                                         ctypes.c_void_p(workspace_ptr), ctypes.c_size_t(workspace_bytes),
+                                         ctypes.c_void_p(stream)))
+
+    def attend(self, plan, q, k, v, o, lse_ptr=0, stream=0):
+        self._check(self.lib.pa_attend(plan, ctypes.byref(q), ctypes.byref(k), ctypes.byref(v),
+                                       ctypes.byref(o), ctypes.c_void_p(lse_ptr), ctypes.c_void_p(stream)))
+
+    def dense(self, problem, scale, q, k, v, o, lse_ptr=0, stream=0):
+        self._check(self.lib.pa_dense_attention(ctypes.byref(problem), ctypes.c_float(scale),
+                                                ctypes.byref(q), ctypes.byref(k), ctypes.byref(v),
+                                                ctypes.byref(o), ctypes.c_void_p(lse_ptr),
+                                                ctypes.c_void_p(stream)))
+
+    def stats(self, plan):
+        s = PlanStats()
+        self._check(self.lib.pa_plan_get_stats(plan, ctypes.byref(s)))
+        return s
+
+    def heads(self, plan, num_seqs, hq):
+        n = num_seqs * hq
+        budget, needed, density = (ctypes.c_int32 * n)(), (ctypes.c_int32 * n)(), (ctypes.c_double * n)()
+        self._check(self.lib.pa_plan_get_heads(plan, budget, needed, density))
+        return list(budget), list(needed), list(density)
+
+    def to_flex(self, plan, seq, kv_num_blocks_ptr, kv_indices_ptr):
+        """Host int32 buffers [Hq, Nqb] and [Hq, Nqb, Nqb] (e.g. torch CPU tensors)."""
+        self._check(self.lib.pa_plan_to_flex(plan, ctypes.c_int32(seq), ctypes.c_void_p(kv_num_blocks_ptr),
+                                             ctypes.c_void_p(kv_indices_ptr)))
+
+    def check(self, plan):
+        self._check(self.lib.pa_plan_check(plan))
+
+    def synth(self, problem, q_ptr, k_ptr, v_ptr, seed=1):
+        """Structured inputs into contiguous host buffers."""
+        params = self.lib.pa_synth_default(seed)
+        self._check(self.lib.pa_synth_generate(ctypes.byref(problem), ctypes.byref(params),
+                                               ctypes.c_void_p(q_ptr), ctypes.c_void_p(k_ptr),
+                                               ctypes.c_void_p(v_ptr)))

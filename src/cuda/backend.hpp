@@ -1,0 +1,38 @@
+// The CUDA backend as the API layer sees it: plain C++ declarations, no CUDA types, so
+// that nothing outside src/cuda includes a CUDA header. Every call is asynchronous on the
+// caller's stream (a cudaStream_t passed as void*) except upload/download, which the
+// plan's creation and inspection use.
+#pragma once
+
+#include <cstddef>
+
+#include "core/plan.hpp"
+#include "proxyattn/proxyattn.h"
+
+namespace proxyattn::cuda {
+
+// True when CUDA reports p as device (or managed) memory; false for host memory, for
+// null, and when no CUDA device is present.
+bool is_device_pointer(const void* p);
+
+// Synchronous copies between host and device memory.
+pa_status upload(void* device_dst, const void* host_src, size_t bytes);
+pa_status download(void* host_dst, const void* device_src, size_t bytes);
+
+// Bytes of device workspace pa_estimate needs for this plan.
+size_t estimate_workspace_bytes(const PlanDesc& plan);
+
+// Fills the plan's block index (device memory) from Q and K on `stream`.
+pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_tensor& k, void* workspace,
+                   void* stream);
+
+// Block-sparse attention over the plan's index on `stream`. lse may be null.
+pa_status attend(const PlanDesc& plan, const pa_tensor& q, const pa_tensor& k, const pa_tensor& v,
+                 const pa_tensor& o, float* lse, void* stream);
+
+// Exact causal attention on `stream`.
+pa_status dense_attention(const pa_problem& problem, float scale, const pa_tensor& q,
+                          const pa_tensor& k, const pa_tensor& v, const pa_tensor& o, float* lse,
+                          void* stream);
+
+}  // namespace proxyattn::cuda
