@@ -72,13 +72,22 @@ pa_status validate_tensor(const pa_tensor* t, const char* name, const pa_problem
   if (t->head_stride < d)
     return fail(PA_STATUS_INVALID_SHAPE, "%s.head_stride = %lld: must be >= head_dim = %lld", name,
                 static_cast<long long>(t->head_stride), static_cast<long long>(d));
-  // Rows of one token must not overlap the next token's rows.
-  const int64_t token_span = (heads - 1) * t->head_stride + d;
-  if (t->token_stride < token_span)
+  // Distinct (token, head) rows must not overlap: the larger stride has to step over all
+  // rows of the smaller one (token-major [T, H, d] or head-major [H, T, d] layouts).
+  if (t->token_stride < 0)
+    return fail(PA_STATUS_INVALID_SHAPE, "%s.token_stride = %lld: must be >= 0", name,
+                static_cast<long long>(t->token_stride));
+  const bool token_major = t->token_stride >= t->head_stride;
+  const int64_t inner_count = token_major ? heads : std::max<int64_t>(p.total_tokens, 1);
+  const int64_t inner_stride = token_major ? t->head_stride : t->token_stride;
+  const int64_t outer_stride = token_major ? t->token_stride : t->head_stride;
+  const int64_t span = (inner_count - 1) * inner_stride + d;
+  if (inner_stride < d || (outer_stride < span && (token_major ? p.total_tokens > 1 : heads > 1)))
     return fail(PA_STATUS_INVALID_SHAPE,
-                "%s.token_stride = %lld: must be >= %lld for %d heads of head_dim %lld", name,
-                static_cast<long long>(t->token_stride), static_cast<long long>(token_span), heads,
-                static_cast<long long>(d));
+                "%s.token_stride = %lld, %s.head_stride = %lld: rows of %d heads x %lld tokens "
+                "(head_dim %lld) overlap", name, static_cast<long long>(t->token_stride), name,
+                static_cast<long long>(t->head_stride), heads,
+                static_cast<long long>(p.total_tokens), static_cast<long long>(d));
   if (p.total_tokens > 0 && t->token_stride > INT64_MAX / p.total_tokens)
     return fail(PA_STATUS_OVERFLOW, "%s.token_stride = %lld times %lld tokens overflows int64",
                 name, static_cast<long long>(t->token_stride),

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Checks the proxyattn command line: a small demo prints every metric, --help works, and
+# bad options fail with exit status 2 and a message naming the option.
+set -u
+cli=$1
+fail=0
+expect() {  # expect <status> <pattern> -- args...
+  local want=$1 pattern=$2
+  shift 3
+  out=$("$cli" "$@" 2>&1)
+  got=$?
+  if [ "$got" != "$want" ] || ! grep -q -- "$pattern" <<<"$out"; then
+    echo "FAIL: proxyattn $* -> status $got (want $want), output lacks '$pattern':"
+    echo "$out" | head -20
+    fail=1
+  fi
+}
+small=(demo --seq-len 3000 --q-heads 4 --kv-heads 2 --head-dim 64 --min-budget 256 --block 64)
+expect 0 "density" -- "${small[@]}"
+expect 0 "recall" -- "${small[@]}" --gamma 0.9 --groups 2 --budget-mode proportional --dtype fp16
+expect 0 "speedup" -- "${small[@]}"
+expect 0 "usage: proxyattn demo" -- demo --help
+expect 0 "commands:" -- help
+expect 2 "unknown option --bogus" -- demo --bogus 1
+expect 2 "--gamma 1.5" -- demo --gamma 1.5
+expect 2 "--dtype int8" -- demo --dtype int8
+expect 2 "needs a value" -- demo --seq-len
+expect 2 "unknown command" -- frobnicate
+expect 1 "num_proxy_groups = 3" -- "${small[@]}" --groups 3
+expect 1 "block_size = 32" -- "${small[@]}" --block 32
+[ $fail = 0 ] && echo "cli: all checks passed"
+exit $fail

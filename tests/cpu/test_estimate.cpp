@@ -1,0 +1,230 @@
+// Estimation on the CPU against the fp64 reference: proxies, scores, budgets, selection,
+// invariants, GQA grouping and the edge cases of ALGORITHM.md.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <set>
+
+#include "fixtures.hpp"
+#include "index_compare.hpp"
+#include "reference.hpp"
+
+namespace proxyattn::test {
+namespace {
+
+constexpr double kTieTolerance = 1e-4;    // relative score gap treated as a tie (fp32 vs fp64)
+constexpr double kGammaTolerance = 1e-5;  // prefix mass this close to gamma is a tie
+
+pa_config small_config(int block, int stride, float gamma, int min_budget_tokens) {
+  pa_config c = pa_config_default(64);
+  c.block_size = block;
+  c.stride = stride;
+  c.gamma = gamma;
+  c.min_budget_tokens = min_budget_tokens;
+  c.dense_below = 0;
+  return c;
+}
+
+struct Case {
+  int n, hq, hkv, d, g, block, stride;
+  pa_dtype dtype;
+  bool structured;
+  pa_budget_mode mode;
+  bool sink, local;
+};
+
+class EstimateVsReference : public ::testing::TestWithParam<Case> {};
+
+TEST_P(EstimateVsReference, IndexMatchesFp64Reference) {
+  const Case k = GetParam();
+  Batch batch({k.n}, k.hq, k.hkv, k.d, k.dtype);
+  const pa_problem& p = batch.problem();
+  pa_config c = small_config(k.block, k.stride, 0.9f, 2 * k.block);
+  c.softmax_scale = 1.0f / std::sqrt(float(k.d));
+  c.num_proxy_groups = k.g;
+  c.budget_mode = k.mode;
+  c.force_sink = k.sink;
+  c.force_local = k.local;
+  HostQKV x = k.structured ? structured_qkv(p, 11 + k.n) : random_qkv(p, 17 + k.n);
+  Plan plan = Plan::on_host(p, c);
+  plan.estimate(x.tq(), x.tk());
+  plan.check_invariants();
+  const KeptSets lib = kept_sets(plan, batch, c);
+  const Inputs in = read_inputs(x.q.data(), x.k.data(), x.v.data(), 0, k.n, k.hq, k.hkv, k.d, k.dtype);
+  const RefIndex ref = reference_index(in, c);
+  const IndexDiff diff = compare_index(lib.kept[0], lib.needed.data(), ref, in, c, kTieTolerance, kGammaTolerance);
+  // Near-ties are rare: bound them so that a systematic error cannot hide as "ties".
+  EXPECT_LE(diff.tie_rows, std::max(1, diff.rows / 50)) << diff.tie_rows << " of " << diff.rows;
+  RecordProperty("tie_rows", diff.tie_rows);
+  RecordProperty("needed_ties", diff.needed_ties);
+  if (diff.needed_ties == 0)
+    for (int h = 0; h < k.hq; ++h) EXPECT_EQ(lib.budget[h], ref.budget[h]) << "head " << h;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, EstimateVsReference,
+    ::testing::Values(
+        // N not a multiple of the block or the stride; GQA 2:1; g = 1.
+        Case{1001, 4, 2, 64, 1, 64, 4, PA_DTYPE_FLOAT32, false, PA_BUDGET_ABSOLUTE, true, true},
+        // g = Hkv, proportional budgets, bf16 proxies.
+        Case{1500, 8, 4, 32, 4, 64, 4, PA_DTYPE_BFLOAT16, true, PA_BUDGET_PROPORTIONAL, true, true},
+        // No GQA (Hq = Hkv), stride 1, no forced blocks.
+        Case{700, 2, 2, 16, 2, 64, 1, PA_DTYPE_FLOAT32, false, PA_BUDGET_ABSOLUTE, false, false},
+        // Block 128, stride 8, fp16, only the diagonal forced.
+        Case{2100, 4, 1, 64, 1, 128, 8, PA_DTYPE_FLOAT16, true, PA_BUDGET_ABSOLUTE, false, true},
+        // Only the sink forced, stride 16.
+        Case{1300, 4, 2, 64, 2, 64, 16, PA_DTYPE_FLOAT32, true, PA_BUDGET_PROPORTIONAL, true, false}),
+    [](const auto& info) {
+      const Case& k = info.param;
+      return "N" + std::to_string(k.n) + "_Hq" + std::to_string(k.hq) + "_Hkv" + std::to_string(k.hkv) +
+             "_g" + std::to_string(k.g) + "_b" + std::to_string(k.block) + "_s" + std::to_string(k.stride);
+    });
+
+TEST(Estimate, EdgeLengths) {
+  for (int n : {0, 1, 5, 63, 64, 65, 127, 130}) {
+    Batch batch({n}, 4, 2, 32, PA_DTYPE_FLOAT32);
+    pa_config c = small_config(64, 4, 0.9f, 64);
+    HostQKV x = random_qkv(batch.problem(), 100 + n);
+    Plan plan = Plan::on_host(batch.problem(), c);
+    plan.estimate(x.tq(), x.tk());
+    plan.check_invariants();
+    const pa_plan_stats s = plan.stats();
+    const int nqb = (n + 63) / 64;
+    EXPECT_EQ(s.causal_pairs, int64_t(4) * nqb * (nqb + 1) / 2) << "n = " << n;
+    if (n == 0) EXPECT_EQ(s.density, 1.0);
+    const KeptSets lib = kept_sets(plan, batch, c);
+    const Inputs in = read_inputs(x.q.data(), x.k.data(), x.v.data(), 0, n, 4, 2, 32, PA_DTYPE_FLOAT32);
+    const RefIndex ref = reference_index(in, c);
+    for (int h = 0; h < 4; ++h)
+      for (int m = 0; m < nqb; ++m) EXPECT_EQ(lib.kept[0][h][m], ref.kept[h][m]) << "n " << n << " h " << h;
+  }
+}
+
+TEST(Estimate, DenseBelowKeepsEverything) {
+  Batch batch({1000, 3000}, 4, 2, 32, PA_DTYPE_FLOAT32);
+  pa_config c = small_config(64, 4, 0.5f, 64);
+  c.dense_below = 2000;
+  HostQKV x = structured_qkv(batch.problem(), 5);
+  Plan plan = Plan::on_host(batch.problem(), c);
+  plan.estimate(x.tq(), x.tk());
+  const pa_plan_stats s = plan.stats();
+  EXPECT_EQ(s.dense_seqs, 1);
+  const KeptSets lib = kept_sets(plan, batch, c);
+  for (int h = 0; h < 4; ++h)
+    for (size_t m = 0; m < lib.kept[0][h].size(); ++m) EXPECT_EQ(lib.kept[0][h][m].size(), m + 1);
+  double sparse_density = 0;
+  std::vector<double> density(8);
+  check(pa_plan_get_heads(plan.get(), nullptr, nullptr, density.data()));
+  for (int h = 0; h < 4; ++h) {
+    EXPECT_EQ(density[h], 1.0);
+    sparse_density += density[4 + h] / 4;
+  }
+  EXPECT_LT(sparse_density, 0.9);  // gamma = 0.5 on the structured input: clearly sparse
+}
+
+TEST(Estimate, GammaOneAndFullBudgetKeepsEverything) {
+  Batch batch({2000}, 4, 2, 32, PA_DTYPE_FLOAT32);
+  pa_config c = small_config(64, 4, 1.0f, 4096);
+  HostQKV x = random_qkv(batch.problem(), 9);
+  Plan plan = Plan::on_host(batch.problem(), c);
+  plan.estimate(x.tq(), x.tk());
+  EXPECT_EQ(plan.stats().density, 1.0);
+}
+
+// Heads of a group share one ordering; groups are independent of each other.
+TEST(Estimate, GqaGroupsShareOrderAndAreIndependent) {
+  const int n = 1200, hq = 8, hkv = 4, d = 32;
+  Batch batch({n}, hq, hkv, d, PA_DTYPE_FLOAT32);
+  pa_config c = small_config(64, 4, 0.9f, 128);
+  c.num_proxy_groups = 2;  // group 0: KV heads 0-1, Q heads 0-3; group 1: KV 2-3, Q 4-7
+  HostQKV x = structured_qkv(batch.problem(), 21);
+  Plan a = Plan::on_host(batch.problem(), c);
+  a.estimate(x.tq(), x.tk());
+  const KeptSets ka = kept_sets(a, batch, c);
+  // Within a group every head's kept set is a prefix of the shared order: sets are nested.
+  for (int m = 0; m < int(ka.kept[0][0].size()); ++m)
+    for (int h = 0; h < hq; ++h)
+      for (int h2 = h - h % 4; h2 < h - h % 4 + 4; ++h2) {
+        const auto& s1 = ka.kept[0][h][m];
+        const auto& s2 = ka.kept[0][h2][m];
+        const auto& small = s1.size() <= s2.size() ? s1 : s2;
+        const auto& big = s1.size() <= s2.size() ? s2 : s1;
+        EXPECT_TRUE(std::includes(big.begin(), big.end(), small.begin(), small.end()));
+      }
+  // Changing group 1's Q heads leaves group 0's index untouched.
+  std::vector<float> qf(size_t(n) * hq * d);
+  check(pa_to_float32(PA_DTYPE_FLOAT32, x.q.data(), qf.size(), qf.data()));
+  for (int t = 0; t < n; ++t)
+    for (int h = 4; h < 8; ++h)
+      for (int e = 0; e < d; ++e) qf[(size_t(t) * hq + h) * d + e] *= -1.0f;
+  check(pa_from_float32(PA_DTYPE_FLOAT32, qf.data(), qf.size(), x.q.data()));
+  Plan b = Plan::on_host(batch.problem(), c);
+  b.estimate(x.tq(), x.tk());
+  const KeptSets kb = kept_sets(b, batch, c);
+  for (int h = 0; h < 4; ++h) EXPECT_EQ(ka.kept[0][h], kb.kept[0][h]) << "head " << h;
+}
+
+TEST(Estimate, VarlenEqualsSeparateRuns) {
+  const std::vector<int32_t> lengths = {700, 0, 64, 1500, 1};
+  Batch batch(lengths, 4, 2, 32, PA_DTYPE_BFLOAT16);
+  pa_config c = small_config(64, 4, 0.9f, 128);
+  c.dense_below = 100;
+  HostQKV x = structured_qkv(batch.problem(), 31);
+  Plan plan = Plan::on_host(batch.problem(), c);
+  plan.estimate(x.tq(), x.tk());
+  const KeptSets all = kept_sets(plan, batch, c);
+  int64_t begin = 0;
+  for (size_t s = 0; s < lengths.size(); ++s) {
+    Batch one({lengths[s]}, 4, 2, 32, PA_DTYPE_BFLOAT16);
+    const size_t qrow = 4 * 32 * 2, krow = 2 * 32 * 2;
+    HostQKV y;
+    y.hq = 4, y.hkv = 2, y.d = 32;
+    y.q.assign(x.q.begin() + begin * qrow, x.q.begin() + (begin + lengths[s]) * qrow);
+    y.k.assign(x.k.begin() + begin * krow, x.k.begin() + (begin + lengths[s]) * krow);
+    Plan single = Plan::on_host(one.problem(), c);
+    single.estimate(y.tq(), y.tk());
+    const KeptSets alone = kept_sets(single, one, c);
+    EXPECT_EQ(all.kept[s], alone.kept[0]) << "sequence " << s;
+    for (int h = 0; h < 4; ++h) EXPECT_EQ(all.budget[s * 4 + h], alone.budget[h]);
+    begin += lengths[s];
+  }
+}
+
+TEST(Estimate, ThreadCountDoesNotChangeTheIndex) {
+  Batch batch({1800}, 4, 2, 64, PA_DTYPE_BFLOAT16);
+  pa_config c = small_config(64, 4, 0.9f, 128);
+  HostQKV x = structured_qkv(batch.problem(), 41);
+  std::vector<KeptSets> results;
+  for (int threads : {1, 3}) {
+    check(pa_set_num_threads(threads));
+    Plan plan = Plan::on_host(batch.problem(), c);
+    plan.estimate(x.tq(), x.tk());
+    results.push_back(kept_sets(plan, batch, c));
+  }
+  check(pa_set_num_threads(0));
+  EXPECT_EQ(results[0].kept, results[1].kept);
+}
+
+TEST(Estimate, FlexConversionMatchesKeptSets) {
+  Batch batch({900, 500}, 4, 2, 32, PA_DTYPE_FLOAT32);
+  pa_config c = small_config(64, 4, 0.8f, 64);
+  HostQKV x = structured_qkv(batch.problem(), 51);
+  Plan plan = Plan::on_host(batch.problem(), c);
+  plan.estimate(x.tq(), x.tk());
+  const KeptSets ks = kept_sets(plan, batch, c);
+  for (int s = 0; s < 2; ++s) {
+    const int nqb = (batch.lengths()[s] + 63) / 64;
+    std::vector<int32_t> num(4 * nqb), idx(4 * nqb * nqb, -1);
+    check(pa_plan_to_flex(plan.get(), s, num.data(), idx.data()));
+    for (int h = 0; h < 4; ++h)
+      for (int m = 0; m < nqb; ++m) {
+        const int32_t* row = &idx[(h * nqb + m) * nqb];
+        ASSERT_EQ(num[h * nqb + m], int(ks.kept[s][h][m].size()));
+        EXPECT_EQ(std::vector<int>(row, row + num[h * nqb + m]), ks.kept[s][h][m]);
+        for (int e = num[h * nqb + m]; e < nqb; ++e) EXPECT_EQ(row[e], 0);
+      }
+  }
+}
+
+}  // namespace
+}  // namespace proxyattn::test

@@ -1,0 +1,203 @@
+#include "reference.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+namespace proxyattn::test {
+namespace {
+std::vector<double> to_double(const void* base, int64_t first, int64_t count, pa_dtype dtype) {
+  const int bytes = dtype == PA_DTYPE_FLOAT32 ? 4 : 2;
+  std::vector<float> f(count);
+  pa_to_float32(dtype, static_cast<const char*>(base) + first * bytes, count, f.data());
+  return std::vector<double>(f.begin(), f.end());
+}
+
+// The value x takes once stored in dtype (the library keeps proxies in the input type).
+double round_to(double x, pa_dtype dtype) {
+  float f = float(x);
+  uint16_t h;
+  if (dtype == PA_DTYPE_FLOAT32) return f;
+  pa_from_float32(dtype, &f, 1, &h);
+  pa_to_float32(dtype, &h, 1, &f);
+  return f;
+}
+
+int ceil_div(int a, int b) { return (a + b - 1) / b; }
+}  // namespace
+
+Inputs read_inputs(const void* q, const void* k, const void* v, int64_t begin, int n, int hq,
+                   int hkv, int d, pa_dtype dtype) {
+  Inputs in;
+  in.n = n, in.hq = hq, in.hkv = hkv, in.d = d, in.dtype = dtype;
+  in.q = to_double(q, begin * hq * d, int64_t(n) * hq * d, dtype);
+  in.k = to_double(k, begin * hkv * d, int64_t(n) * hkv * d, dtype);
+  in.v = to_double(v, begin * hkv * d, int64_t(n) * hkv * d, dtype);
+  return in;
+}
+
+std::vector<double> proxy_block_scores(const Inputs& in, const pa_config& c) {
+  const int g = c.num_proxy_groups, s = c.stride, b = c.block_size, d = in.d;
+  const int nqb = ceil_div(in.n, b), ns = ceil_div(in.n, s);
+  const int qpg = in.hq / g, kpg = in.hkv / g;
+  std::vector<double> A(size_t(g) * nqb * nqb, 0.0);
+  for (int j = 0; j < g; ++j) {
+    // Proxies at sampled positions.
+    std::vector<double> qp(size_t(ns) * d), kp(size_t(ns) * d);
+    for (int i = 0; i < ns; ++i)
+      for (int x = 0; x < d; ++x) {
+        double sq = 0, sk = 0;
+        for (int h = j * qpg; h < (j + 1) * qpg; ++h) sq += in.at_q(i * s, h, x);
+        for (int h = j * kpg; h < (j + 1) * kpg; ++h) sk += in.at_k(i * s, h, x);
+        qp[size_t(i) * d + x] = round_to(sq / qpg, in.dtype);
+        kp[size_t(i) * d + x] = round_to(sk / kpg, in.dtype);
+      }
+    for (int i = 0; i < ns; ++i) {
+      std::vector<double> logit(i + 1);
+      double mx = -std::numeric_limits<double>::infinity();
+      for (int t = 0; t <= i; ++t) {
+        double dot = 0;
+        for (int x = 0; x < d; ++x) dot += qp[size_t(i) * d + x] * kp[size_t(t) * d + x];
+        logit[t] = dot * c.softmax_scale;
+        mx = std::max(mx, logit[t]);
+      }
+      double sum = 0;
+      for (double l : logit) sum += std::exp(l - mx);
+      const int m = i * s / b;
+      for (int t = 0; t <= i; ++t) {
+        const int n = t * s / b;
+        double& a = A[(size_t(j) * nqb + m) * nqb + n];
+        a = std::max(a, std::exp(logit[t] - mx) / sum);
+      }
+    }
+  }
+  return A;
+}
+
+std::vector<std::vector<double>> last_block_mass(const Inputs& in, const pa_config& c) {
+  const int b = c.block_size, nqb = ceil_div(in.n, b), d = in.d;
+  const int first = (nqb - 1) * b, rows = in.n - first;
+  std::vector<std::vector<double>> mass(in.hq, std::vector<double>(nqb, 0.0));
+  for (int h = 0; h < in.hq; ++h) {
+    const int kv = h / (in.hq / in.hkv);
+    for (int t = first; t < in.n; ++t) {
+      std::vector<double> logit(t + 1);
+      double mx = -std::numeric_limits<double>::infinity();
+      for (int u = 0; u <= t; ++u) {
+        double dot = 0;
+        for (int x = 0; x < d; ++x) dot += in.at_q(t, h, x) * in.at_k(u, kv, x);
+        logit[u] = dot * c.softmax_scale;
+        mx = std::max(mx, logit[u]);
+      }
+      double sum = 0;
+      for (double l : logit) sum += std::exp(l - mx);
+      for (int u = 0; u <= t; ++u) mass[h][u / b] += std::exp(logit[u] - mx) / sum / rows;
+    }
+  }
+  return mass;
+}
+
+int needed_count(std::vector<double> mass, double gamma) {
+  std::sort(mass.begin(), mass.end(), std::greater<double>());
+  const double total = std::accumulate(mass.begin(), mass.end(), 0.0);
+  double prefix = 0;
+  for (size_t i = 0; i < mass.size(); ++i) {
+    prefix += mass[i];
+    if (prefix >= gamma * total) return int(i) + 1;
+  }
+  return int(mass.size());
+}
+
+RefIndex reference_index(const Inputs& in, const pa_config& c) {
+  RefIndex r;
+  const int b = c.block_size, nqb = ceil_div(in.n, b), g = c.num_proxy_groups;
+  const int kmin = ceil_div(c.min_budget_tokens, b);
+  r.kept.assign(in.hq, std::vector<std::vector<int>>(nqb));
+  r.budget.assign(in.hq, nqb);
+  r.needed.assign(in.hq, nqb);
+  if (in.n == 0) return r;
+  const bool dense = in.n < c.dense_below;
+  if (!dense) {
+    r.scores = proxy_block_scores(in, c);
+    const auto mass = last_block_mass(in, c);
+    for (int h = 0; h < in.hq; ++h) {
+      r.needed[h] = needed_count(mass[h], c.gamma);
+      r.budget[h] = std::min(nqb, std::max(r.needed[h], kmin));
+    }
+  }
+  for (int h = 0; h < in.hq; ++h) {
+    const int j = h / (in.hq / g);
+    for (int m = 0; m < nqb; ++m) {
+      std::vector<int> order;
+      if (c.force_sink) order.push_back(0);
+      if (c.force_local && m != 0) order.push_back(m);
+      if (c.force_local && m == 0 && !c.force_sink) order.push_back(0);
+      std::vector<int> rest;
+      for (int n = 0; n <= m; ++n)
+        if (std::find(order.begin(), order.end(), n) == order.end()) rest.push_back(n);
+      if (!dense)
+        std::stable_sort(rest.begin(), rest.end(), [&](int a, int x) {
+          return r.scores[(size_t(j) * nqb + m) * nqb + a] > r.scores[(size_t(j) * nqb + m) * nqb + x];
+        });
+      const int forced = int(order.size());
+      order.insert(order.end(), rest.begin(), rest.end());
+      long keep = dense ? m + 1 : r.budget[h];
+      if (!dense && c.budget_mode == PA_BUDGET_PROPORTIONAL)
+        keep = std::max<long>(kmin, (long(r.needed[h]) * (m + 1) + nqb - 1) / nqb);
+      keep = std::min<long>(m + 1, std::max<long>({keep, forced, 1}));
+      std::vector<int> kept(order.begin(), order.begin() + keep);
+      std::sort(kept.begin(), kept.end());
+      r.kept[h][m] = kept;
+    }
+  }
+  return r;
+}
+
+RefOutput reference_attention(const Inputs& in, double scale, int block,
+                              const std::vector<std::vector<std::vector<int>>>* kept) {
+  RefOutput out;
+  out.o.assign(size_t(in.n) * in.hq * in.d, 0.0);
+  out.lse.assign(size_t(in.hq) * in.n, -std::numeric_limits<double>::infinity());
+  std::vector<char> allowed;
+  for (int h = 0; h < in.hq; ++h) {
+    const int kv = h / (in.hq / in.hkv);
+    for (int t = 0; t < in.n; ++t) {
+      allowed.assign(t + 1, kept == nullptr ? 1 : 0);
+      if (kept != nullptr)
+        for (int n : (*kept)[h][t / block])
+          for (int u = n * block; u < std::min(t + 1, (n + 1) * block); ++u) allowed[u] = 1;
+      double mx = -std::numeric_limits<double>::infinity();
+      std::vector<double> logit(t + 1);
+      for (int u = 0; u <= t; ++u) {
+        if (!allowed[u]) continue;
+        double dot = 0;
+        for (int x = 0; x < in.d; ++x) dot += in.at_q(t, h, x) * in.at_k(u, kv, x);
+        logit[u] = dot * scale;
+        mx = std::max(mx, logit[u]);
+      }
+      if (mx == -std::numeric_limits<double>::infinity()) continue;
+      double sum = 0;
+      for (int u = 0; u <= t; ++u)
+        if (allowed[u]) sum += std::exp(logit[u] - mx);
+      for (int u = 0; u <= t; ++u) {
+        if (!allowed[u]) continue;
+        const double p = std::exp(logit[u] - mx) / sum;
+        for (int x = 0; x < in.d; ++x) out.o[(size_t(t) * in.hq + h) * in.d + x] += p * in.at_v(u, kv, x);
+      }
+      out.lse[size_t(h) * in.n + t] = mx + std::log(sum);
+    }
+  }
+  return out;
+}
+
+double relative_error(const std::vector<double>& a, const std::vector<double>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (a[i] - b[i]) * (a[i] - b[i]);
+    den += b[i] * b[i];
+  }
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+}  // namespace proxyattn::test
