@@ -96,6 +96,15 @@ struct SparseCase {
   double tolerance;  // relative error against the fp64 mask reference
 };
 
+std::string dtype_label(pa_dtype dtype) {
+  switch (dtype) {
+    case PA_DTYPE_FLOAT32: return "float32";
+    case PA_DTYPE_FLOAT16: return "float16";
+    case PA_DTYPE_BFLOAT16: return "bfloat16";
+  }
+  return "unknown";
+}
+
 class SparseVsMaskReference : public ::testing::TestWithParam<SparseCase> {};
 
 // The sparse output equals attention restricted to the kept blocks (the index expanded to
@@ -126,10 +135,7 @@ INSTANTIATE_TEST_SUITE_P(Dtypes, SparseVsMaskReference,
                          ::testing::Values(SparseCase{PA_DTYPE_FLOAT32, 2e-6},
                                            SparseCase{PA_DTYPE_BFLOAT16, 4e-3},
                                            SparseCase{PA_DTYPE_FLOAT16, 6e-4}),
-                         [](const auto& info) {
-                           const char* names[] = {"float32", "float16", "bfloat16"};
-                           return std::string(names[info.param.dtype]);
-                         });
+                         [](const auto& info) { return dtype_label(info.param.dtype); });
 
 TEST(Attention, VarlenEqualsSeparateRuns) {
   const std::vector<int32_t> lengths = {300, 0, 1, 900, 64};
