@@ -47,7 +47,7 @@ double normal(uint64_t h) {  // Box-Muller from two hashes
   return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
 }
 
-enum Stream : uint64_t { kQNoise = 1, kKNoise, kVValue, kDirection, kGain, kPlace };
+enum Stream : uint64_t { kQNoise = 1, kKNoise, kVValue, kDirection, kGain, kPlace, kVMean };
 
 struct HeadGains {
   float sink, local, vertical, slash, needle;
@@ -187,7 +187,9 @@ pa_status generate(const pa_problem& problem, const pa_synth_params& params, voi
         }
         cpu::store_row(row.data(), problem.dtype, d,
                        static_cast<char*>(k) + ((t0 + t) * hkv + kv) * int64_t(d) * bytes);
-        for (int c = 0; c < d; ++c) row[c] = float(normal(key(seed, kVValue, t, kv, c)));
+        // Values: a per-KV-head mean (channels carry a bias, as in trained models) plus noise.
+        for (int c = 0; c < d; ++c)
+          row[c] = float(normal(key(seed, kVMean, kv, c)) + normal(key(seed, kVValue, t, kv, c)));
         cpu::store_row(row.data(), problem.dtype, d,
                        static_cast<char*>(v) + ((t0 + t) * hkv + kv) * int64_t(d) * bytes);
       }
