@@ -97,6 +97,15 @@ class Plan {
               float* lse = nullptr, void* stream = nullptr) const {
     check(pa_attend(plan_, &q, &k, &v, &o, lse, stream));
   }
+  // estimate then attend; host plans use their own workspace.
+  void forward(const pa_tensor& q, const pa_tensor& k, const pa_tensor& v, pa_tensor& o,
+               float* lse = nullptr) {
+    check(pa_forward(plan_, &q, &k, &v, &o, lse, workspace_.data(), workspace_.size(), nullptr));
+  }
+  void forward(const pa_tensor& q, const pa_tensor& k, const pa_tensor& v, pa_tensor& o, float* lse,
+               void* workspace, size_t bytes, void* stream) {
+    check(pa_forward(plan_, &q, &k, &v, &o, lse, workspace, bytes, stream));
+  }
 
   pa_plan_stats stats() const {
     pa_plan_stats s{};

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <set>
 
+#include "core/block_index.hpp"
 #include "fixtures.hpp"
 #include "index_compare.hpp"
 #include "reference.hpp"
@@ -224,6 +225,76 @@ TEST(Estimate, FlexConversionMatchesKeptSets) {
         for (int e = num[h * nqb + m]; e < nqb; ++e) EXPECT_EQ(row[e], 0);
       }
   }
+}
+
+}  // namespace
+}  // namespace proxyattn::test
+
+namespace proxyattn::test {
+namespace {
+
+// The checker reports each kind of broken index.
+TEST(Estimate, InvariantCheckerCatchesViolations) {
+  Batch batch({640}, 2, 1, 16, PA_DTYPE_FLOAT32);
+  pa_config c = small_config(64, 4, 0.9f, 64);
+  HostQKV x = random_qkv(batch.problem(), 61);
+  Plan plan = Plan::on_host(batch.problem(), c);
+  plan.estimate(x.tq(), x.tk());
+  const BatchLayout layout = make_batch_layout(batch.problem(), 64, 1);
+  int64_t rows = 0, entries = 0;
+  check(pa_plan_get_layout(plan.get(), &rows, &entries));
+  std::vector<int32_t> order(entries), count(rows * 2);
+  check(pa_plan_get_index(plan.get(), order.data(), count.data()));
+  auto check_with = [&](std::vector<int32_t> o, std::vector<int32_t> n, const char* needle) {
+    const HostIndex index{&layout, 2, 1, o.data(), n.data()};
+    EXPECT_EQ(check_index(index, true, true), PA_STATUS_INTERNAL) << needle;
+    EXPECT_NE(std::string(pa_last_error()).find(needle), std::string::npos) << pa_last_error();
+  };
+  const HostIndex good{&layout, 2, 1, order.data(), count.data()};
+  ASSERT_EQ(check_index(good, true, true), PA_STATUS_SUCCESS);
+  const int64_t row5 = order_row(layout.seqs[0], 0, 5);  // row 5: [0, 5, ...]
+  {
+    auto o = order;
+    o[row5 + 1] = 7;  // block after the query block
+    check_with(o, count, "not causal");
+  }
+  {
+    auto o = order;
+    auto n = count;
+    n[5 * 2] = 3;
+    o[row5 + 2] = o[row5 + 1];  // the diagonal twice
+    check_with(o, n, "kept twice");
+  }
+  {
+    auto o = order;
+    std::swap(o[row5], o[row5 + 5]);  // sink moved out of a prefix of 2
+    auto n = count;
+    n[5 * 2] = 2;
+    check_with(o, n, "sink block 0 missing");
+  }
+  {
+    auto n = count;
+    n[5 * 2 + 1] = 7;  // more than m + 1
+    check_with(order, n, "outside");
+  }
+}
+
+TEST(Estimate, ForwardEqualsEstimateThenAttend) {
+  Batch batch({900}, 4, 2, 32, PA_DTYPE_BFLOAT16);
+  const pa_problem& p = batch.problem();
+  pa_config c = small_config(64, 4, 0.9f, 128);
+  HostQKV x = structured_qkv(p, 71);
+  const size_t o_bytes = x.q.size();
+  std::vector<uint8_t> o1(o_bytes), o2(o_bytes, 0xff);
+  std::vector<float> l1(4 * 900), l2(4 * 900);
+  pa_tensor t1 = pa_tensor_contiguous(o1.data(), 4, 32), t2 = pa_tensor_contiguous(o2.data(), 4, 32);
+  Plan a = Plan::on_host(p, c);
+  a.estimate(x.tq(), x.tk());
+  a.attend(x.tq(), x.tk(), x.tv(), t1, l1.data());
+  Plan b = Plan::on_host(p, c);
+  b.forward(x.tq(), x.tk(), x.tv(), t2, l2.data());
+  EXPECT_EQ(o1, o2);
+  EXPECT_EQ(l1, l2);
 }
 
 }  // namespace
