@@ -23,7 +23,8 @@ configure: $(BUILD)/build.ninja
 $(BUILD)/build.ninja: deps CMakeLists.txt
 	cmake -S . -B $(BUILD) -G $(GENERATOR) -DPROXYATTN_CUDA=$(CUDA) \
 	  -DPROXYATTN_CUTLASS_INCLUDE=$(CURDIR)/$(DEPS)/cutlass/include \
-	  -DPROXYATTN_GTEST_SOURCE=$(CURDIR)/$(DEPS)/googletest $(CMAKE_ARGS)
+	  -DPROXYATTN_GTEST_SOURCE=$(CURDIR)/$(DEPS)/googletest \
+	  -DPROXYATTN_PYTHON=ON -DPython_EXECUTABLE=$(CURDIR)/.venv/bin/python $(CMAKE_ARGS)
 
 build: configure
 	cmake --build $(BUILD)

@@ -1,0 +1,27 @@
+"""proxyattn: ProxyAttn block-sparse attention for the prefill of long prompts.
+
+Drop-in attention in the flash-attn convention::
+
+    out = proxyattn.attention(q, k, v, gamma=0.95)          # q [B, N, Hq, d], k/v [B, N, Hkv, d]
+    out = proxyattn.attention_varlen(q, k, v, cu_seqlens, max_seqlen)   # packed [total, H, d]
+    plan = proxyattn.estimate(q, k)                          # inspectable: budgets, density, ...
+    out = proxyattn.attend(plan, q, k, v)
+
+Tensors may be torch tensors (CPU or CUDA; calls run on the current CUDA stream, buffers
+come from torch's allocator) or numpy arrays (CPU). Causal attention only (prefill).
+"""
+from . import _C
+from ._C import ProxyAttnError
+from ._api import Plan, attend, attention, attention_varlen, dense_attention, estimate, set_num_threads
+
+__all__ = [
+    "Plan",
+    "ProxyAttnError",
+    "attend",
+    "attention",
+    "attention_varlen",
+    "dense_attention",
+    "estimate",
+    "set_num_threads",
+]
+__version__ = "0.1.0"

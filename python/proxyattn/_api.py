@@ -1,0 +1,317 @@
+"""The Python API over proxyattn._C: argument checks, allocation through the caller's
+framework (numpy or torch), varlen packing, and the plan object."""
+import math
+
+import numpy as np
+
+from . import _C
+
+BUDGET_MODES = {"absolute": 0, "proportional": 1}
+_TORCH_DTYPES = ("torch.float32", "torch.float16", "torch.bfloat16")
+
+
+# ---- framework adapters ----------------------------------------------------------------
+def _is_torch(x):
+    return type(x).__module__.split(".")[0] == "torch"
+
+
+def _device_of(x):
+    return str(x.device) if _is_torch(x) else "cpu"
+
+
+def _empty(like, shape, dtype=None):
+    """An uninitialised array of `shape` from like's framework, on like's device."""
+    if _is_torch(like):
+        import torch
+
+        return torch.empty(shape, dtype=dtype or like.dtype, device=like.device)
+    return np.empty(shape, dtype=dtype or like.dtype)
+
+
+def _bytes(like, nbytes):
+    if _is_torch(like):
+        import torch
+
+        return torch.empty(max(nbytes, 1), dtype=torch.uint8, device=like.device)
+    return np.empty(max(nbytes, 1), dtype=np.uint8)
+
+
+def _float32(like):
+    if _is_torch(like):
+        import torch
+
+        return torch.float32
+    return np.float32
+
+
+def _stream(like):
+    """The current CUDA stream of like's device (0 for host arrays)."""
+    if _is_torch(like) and like.is_cuda:
+        import torch
+
+        return torch.cuda.current_stream(like.device).cuda_stream
+    return 0
+
+
+def _reshape(x, shape):
+    return x.reshape(shape)
+
+
+def _lse_per_sequence(lse, b, n):
+    """LSE [H, B * N] of a packed batch of B equal sequences -> [B, H, N]."""
+    return lse.reshape(lse.shape[0], b, n).swapaxes(0, 1)
+
+
+# ---- argument checks ---------------------------------------------------------------------
+def _check_qkv(q, k, v, ndim, layout):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t is None:
+            raise ValueError(f"{name} is None")
+        if t.ndim != ndim:
+            raise ValueError(f"{name}: expected {ndim} dimensions {layout}, got shape {tuple(t.shape)}")
+    if tuple(k.shape) != tuple(v.shape):
+        raise ValueError(f"k and v: shapes differ, {tuple(k.shape)} vs {tuple(v.shape)}")
+    if q.shape[:-2] != k.shape[:-2] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)}: batch, tokens and head_dim must match")
+    if q.shape[-2] % k.shape[-2] != 0:
+        raise ValueError(f"q heads ({q.shape[-2]}) must be a multiple of k heads ({k.shape[-2]})")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v: dtypes differ ({q.dtype}, {k.dtype}, {v.dtype})")
+    devices = {_device_of(t) for t in (q, k, v)}
+    if len(devices) != 1:
+        raise ValueError(f"q, k, v: on different devices {sorted(devices)}")
+    if _is_torch(q) and str(q.dtype) not in _TORCH_DTYPES:
+        raise TypeError(f"q: dtype {q.dtype} not supported (float32, float16, bfloat16)")
+
+
+def make_config(head_dim, *, gamma=0.95, num_proxy_groups=1, block_size=128, stride=4,
+                min_budget_tokens=2048, budget_mode="absolute", force_sink=True, force_local=True,
+                dense_below=None, softmax_scale=None):
+    """A _C.Config from keyword settings (ALGORITHM.md parameters); invalid values raise
+    ProxyAttnError from the library with the field named."""
+    c = _C.Config(int(head_dim))
+    if budget_mode not in BUDGET_MODES:
+        raise ValueError(f"budget_mode: {budget_mode!r} is not one of {sorted(BUDGET_MODES)}")
+    c.gamma = float(gamma)
+    c.num_proxy_groups = int(num_proxy_groups)
+    c.block_size = int(block_size)
+    c.stride = int(stride)
+    c.min_budget_tokens = int(min_budget_tokens)
+    c.budget_mode = BUDGET_MODES[budget_mode]
+    c.force_sink = int(bool(force_sink))
+    c.force_local = int(bool(force_local))
+    c.dense_below = int(min_budget_tokens if dense_below is None else dense_below)
+    c.softmax_scale = float(1.0 / math.sqrt(head_dim) if softmax_scale is None else softmax_scale)
+    return c
+
+
+def _cu_list(cu_seqlens):
+    if _is_torch(cu_seqlens) or isinstance(cu_seqlens, np.ndarray):
+        cu_seqlens = cu_seqlens.tolist()  # a device tensor costs one copy to the host here
+    cu = [int(x) for x in cu_seqlens]
+    if len(cu) < 2:
+        raise ValueError("cu_seqlens: needs at least 2 entries")
+    return cu
+
+
+# ---- plan ------------------------------------------------------------------------------------
+class Plan:
+    """The block index of one batch: per-head budgets, the shared rankings, kept blocks.
+
+    Made by estimate(); reusable by attend() for inputs of the same shapes."""
+
+    def __init__(self, cu_seqlens, num_q_heads, num_kv_heads, head_dim, like, config):
+        self.cu_seqlens = list(cu_seqlens)
+        self.num_q_heads, self.num_kv_heads, self.head_dim = num_q_heads, num_kv_heads, head_dim
+        self.config = config
+        self.device = _device_of(like)
+        self._dtype = _C.dtype_code(like)
+        args = (self.cu_seqlens, num_q_heads, num_kv_heads, head_dim, self._dtype, config)
+        self._storage = _bytes(like, _C.plan_bytes(*args))
+        self._workspace = _bytes(like, _C.workspace_bytes(*args))
+        self._plan = _C.Plan(*args, self._storage)
+
+    @property
+    def num_seqs(self):
+        return len(self.cu_seqlens) - 1
+
+    def _estimate(self, q, k):
+        self._plan.estimate(q, k, self._workspace, _stream(q))
+
+    def _attend(self, q, k, v, out, lse):
+        self._plan.attend(q, k, v, out, lse, _stream(q))
+
+    # -- inspection (host copies; for a device plan each call synchronises) --
+    def stats(self):
+        """Totals: kept_pairs, causal_pairs, density, kept_token_pairs, dense_seqs."""
+        return self._plan.stats()
+
+    @property
+    def density(self):
+        return self.stats()["density"]
+
+    def heads(self):
+        """Per (sequence, head): budget_blocks (K_i), needed_blocks (count_i), density; each
+        a numpy array [num_seqs, Hq]."""
+        budget, needed, density = self._plan.heads()
+        shape = (self.num_seqs, self.num_q_heads)
+        return {"budget_blocks": np.asarray(budget, np.int32).reshape(shape),
+                "needed_blocks": np.asarray(needed, np.int32).reshape(shape),
+                "density": np.asarray(density, np.float64).reshape(shape)}
+
+    def index(self):
+        """(order, count): the raw block index (docs/index_format.md) as numpy arrays."""
+        order, count = self._plan.index()
+        return np.asarray(order, np.int32), np.asarray(count, np.int32).reshape(-1, self.num_q_heads)
+
+    def check(self):
+        """Raises ProxyAttnError if an invariant of the index is broken."""
+        self._plan.check()
+
+    def to_flex(self, seq=0):
+        """(kv_num_blocks [Hq, Nqb], kv_indices [Hq, Nqb, Nqb]) int32 numpy arrays of one
+        sequence, in PyTorch FlexAttention's BlockMask form."""
+        n = self.cu_seqlens[seq + 1] - self.cu_seqlens[seq]
+        nqb = -(-n // self.config.block_size)
+        num = np.zeros((self.num_q_heads, nqb), np.int32)
+        idx = np.zeros((self.num_q_heads, nqb, nqb), np.int32)
+        self._plan.to_flex(seq, num, idx)
+        return num, idx
+
+    def to_flex_block_mask(self, seq=0, device=None):
+        """A torch.nn.attention.flex_attention.BlockMask of sequence `seq` (causal inside
+        the kept blocks) for flex_attention on q/k/v of shape [1, H, N, d]."""
+        import torch
+        from torch.nn.attention.flex_attention import BlockMask
+
+        num, idx = self.to_flex(seq)
+        n = self.cu_seqlens[seq + 1] - self.cu_seqlens[seq]
+        dev = device or (self.device if self.device != "cpu" else "cpu")
+
+        def causal(b, h, q_idx, kv_idx):
+            return q_idx >= kv_idx
+
+        return BlockMask.from_kv_blocks(torch.from_numpy(num)[None].to(dev), torch.from_numpy(idx)[None].to(dev),
+                                        BLOCK_SIZE=self.config.block_size, mask_mod=causal, seq_lengths=(n, n))
+
+    def __repr__(self):
+        return (f"Plan(num_seqs={self.num_seqs}, heads={self.num_q_heads}/{self.num_kv_heads}, "
+                f"head_dim={self.head_dim}, gamma={self.config.gamma:.3g}, device={self.device})")
+
+
+# ---- packed (varlen) entry points ------------------------------------------------------------
+def _estimate_packed(q, k, cu, config):
+    plan = Plan(cu, q.shape[1], k.shape[1], q.shape[2], q, config)
+    plan._estimate(q, k)
+    return plan
+
+
+def _attend_packed(plan, q, k, v, return_lse):
+    out = _empty(q, tuple(q.shape))
+    lse = _empty(q, (q.shape[1], q.shape[0]), _float32(q)) if return_lse else None
+    plan._attend(q, k, v, out, lse)
+    return out, lse
+
+
+def _settings(q, **kw):
+    return make_config(q.shape[-1], **kw)
+
+
+def estimate(q, k, cu_seqlens=None, **settings):
+    """Estimates the plan: q [B, N, Hq, d] and k [B, N, Hkv, d], or packed q [total, Hq, d]
+    and k [total, Hkv, d] with cu_seqlens. Settings as in attention()."""
+    if cu_seqlens is None:
+        _check_qkv(q, k, k, 4, "[B, N, H, d]")
+        b, n = q.shape[0], q.shape[1]
+        q, k = _reshape(q, (b * n,) + tuple(q.shape[2:])), _reshape(k, (b * n,) + tuple(k.shape[2:]))
+        cu = [i * n for i in range(b + 1)]
+    else:
+        _check_qkv(q, k, k, 3, "[total, H, d]")
+        cu = _cu_list(cu_seqlens)
+    return _estimate_packed(q, k, cu, _settings(q, **settings))
+
+
+def attend(plan, q, k, v, return_lse=False):
+    """Block-sparse attention over a plan from estimate(); same layouts as estimate()."""
+    if not isinstance(plan, Plan):
+        raise TypeError(f"plan: expected a proxyattn.Plan, got {type(plan).__name__}")
+    if q.ndim == 4:
+        _check_qkv(q, k, v, 4, "[B, N, H, d]")
+        b, n = q.shape[0], q.shape[1]
+        flat = [_reshape(t, (b * n,) + tuple(t.shape[2:])) for t in (q, k, v)]
+        out, lse = _attend_packed(plan, *flat, return_lse)
+        out = _reshape(out, tuple(q.shape))
+        if lse is not None:
+            lse = _lse_per_sequence(lse, b, n)
+        return (out, lse) if return_lse else out
+    _check_qkv(q, k, v, 3, "[total, H, d]")
+    out, lse = _attend_packed(plan, q, k, v, return_lse)
+    return (out, lse) if return_lse else out
+
+
+def _attention_eager(q, k, v, return_lse, settings):
+    _check_qkv(q, k, v, 4, "[B, N, H, d]")
+    plan = estimate(q, k, **settings)
+    return attend(plan, q, k, v, return_lse=return_lse)
+
+
+def attention(q, k, v, *, causal=True, gamma=0.95, num_proxy_groups=1, block_size=128, stride=4,
+              min_budget_tokens=2048, budget_mode="absolute", force_sink=True, force_local=True,
+              dense_below=None, softmax_scale=None, return_lse=False):
+    """ProxyAttn causal attention. q [B, N, Hq, d], k and v [B, N, Hkv, d] (Hq a multiple of
+    Hkv) -> out [B, N, Hq, d] (and lse [B, Hq, N] float32 with return_lse).
+
+    gamma: attention mass each head's budget covers; num_proxy_groups: proxy heads (divides
+    Hkv); sequences shorter than dense_below (default min_budget_tokens) run dense."""
+    if not causal:
+        raise ValueError("causal=False: ProxyAttn is a causal prefill method")
+    settings = dict(gamma=gamma, num_proxy_groups=num_proxy_groups, block_size=block_size, stride=stride,
+                    min_budget_tokens=min_budget_tokens, budget_mode=budget_mode, force_sink=force_sink,
+                    force_local=force_local, dense_below=dense_below, softmax_scale=softmax_scale)
+    if _is_torch(q):
+        from . import _torch_ops
+
+        return _torch_ops.attention(q, k, v, return_lse, settings)
+    return _attention_eager(q, k, v, return_lse, settings)
+
+
+def attention_varlen(q, k, v, cu_seqlens, max_seqlen=None, *, causal=True, return_lse=False, **settings):
+    """ProxyAttn on a packed batch: q [total, Hq, d], k and v [total, Hkv, d], cu_seqlens
+    [num_seqs + 1] (host or device; a device tensor is copied to the host once).
+    Returns out [total, Hq, d] (and lse [Hq, total] float32)."""
+    if not causal:
+        raise ValueError("causal=False: ProxyAttn is a causal prefill method")
+    cu = _cu_list(cu_seqlens)
+    if max_seqlen is not None and max(b - a for a, b in zip(cu, cu[1:])) > max_seqlen:
+        raise ValueError(f"max_seqlen = {max_seqlen} is smaller than the longest sequence")
+    plan = estimate(q, k, cu, **settings)
+    return attend(plan, q, k, v, return_lse=return_lse)
+
+
+def dense_attention(q, k, v, cu_seqlens=None, softmax_scale=None, return_lse=False):
+    """Exact causal attention (the library's baseline), same layouts as attention_varlen /
+    attention."""
+    four_d = q.ndim == 4
+    if four_d:
+        _check_qkv(q, k, v, 4, "[B, N, H, d]")
+        b, n = q.shape[0], q.shape[1]
+        q2, k2, v2 = (_reshape(t, (b * n,) + tuple(t.shape[2:])) for t in (q, k, v))
+        cu = [i * n for i in range(b + 1)]
+    else:
+        _check_qkv(q, k, v, 3, "[total, H, d]")
+        q2, k2, v2 = q, k, v
+        cu = _cu_list(cu_seqlens if cu_seqlens is not None else [0, q.shape[0]])
+    scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
+    out = _empty(q2, tuple(q2.shape))
+    lse = _empty(q2, (q2.shape[1], q2.shape[0]), _float32(q2)) if return_lse else None
+    _C.dense_attention(cu, scale, q2, k2, v2, out, lse, _stream(q2))
+    if four_d:
+        out = _reshape(out, tuple(q.shape))
+        if lse is not None:
+            lse = _lse_per_sequence(lse, b, n)
+    return (out, lse) if return_lse else out
+
+
+def set_num_threads(n):
+    """Threads of the CPU backend (0 = all cores)."""
+    _C.set_num_threads(int(n))

@@ -1,0 +1,41 @@
+"""torch.library custom op for proxyattn.attention, with a fake (meta) implementation, so
+torch.compile traces it without graph breaks. Imported on first use with torch tensors."""
+import torch
+
+from . import _api
+
+_SETTING_NAMES = ("gamma", "num_proxy_groups", "block_size", "stride", "min_budget_tokens", "budget_mode",
+                  "force_sink", "force_local", "dense_below", "softmax_scale")
+
+
+@torch.library.custom_op("proxyattn::attention", mutates_args=())
+def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gamma: float, num_proxy_groups: int,
+                  block_size: int, stride: int, min_budget_tokens: int, budget_mode: int, force_sink: bool,
+                  force_local: bool, dense_below: int, softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    settings = dict(gamma=gamma, num_proxy_groups=num_proxy_groups, block_size=block_size, stride=stride,
+                    min_budget_tokens=min_budget_tokens,
+                    budget_mode={v: k for k, v in _api.BUDGET_MODES.items()}[budget_mode],
+                    force_sink=force_sink, force_local=force_local, dense_below=dense_below,
+                    softmax_scale=softmax_scale)
+    out, lse = _api._attention_eager(q, k, v, True, settings)
+    return out, lse
+
+
+@_attention_op.register_fake
+def _(q, k, v, gamma, num_proxy_groups, block_size, stride, min_budget_tokens, budget_mode, force_sink,
+      force_local, dense_below, softmax_scale):
+    b, n, hq, _ = q.shape
+    return torch.empty_like(q), q.new_empty((b, hq, n), dtype=torch.float32)
+
+
+def attention(q, k, v, return_lse, settings):
+    """Calls the custom op with settings resolved to plain values (schema types)."""
+    d = q.shape[-1]
+    s = dict(settings)
+    s["budget_mode"] = _api.BUDGET_MODES[s["budget_mode"]]
+    if s["dense_below"] is None:
+        s["dense_below"] = s["min_budget_tokens"]
+    if s["softmax_scale"] is None:
+        s["softmax_scale"] = d ** -0.5
+    out, lse = torch.ops.proxyattn.attention(q, k, v, *(s[name] for name in _SETTING_NAMES))
+    return (out, lse) if return_lse else out

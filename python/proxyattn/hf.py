@@ -1,0 +1,52 @@
+"""Hugging Face transformers (5.x) integration.
+
+    import proxyattn.hf
+    proxyattn.hf.enable(gamma=0.95)                     # registers attn_implementation="proxyattn"
+    model = AutoModelForCausalLM.from_pretrained(name, attn_implementation="proxyattn")
+
+Prefill (no cached prefix, no padding, at least `dense_below` tokens) runs ProxyAttn;
+decoding, short prompts and padded batches run transformers' own SDPA attention.
+"""
+from . import _api
+
+NAME = "proxyattn"
+_settings = {}
+
+
+def _can_use_proxyattn(query, key, attention_mask, dropout):
+    """Causal prefill of whole sequences: queries and keys of the same length, no padding
+    mask (the registered mask function leaves a pure causal mask as None), no dropout."""
+    n = query.shape[2]
+    dense_below = _settings.get("dense_below")
+    if dense_below is None:
+        dense_below = _settings.get("min_budget_tokens", 2048)
+    return attention_mask is None and dropout == 0.0 and key.shape[2] == n and n >= max(dense_below, 1)
+
+
+def attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers attention function: query [B, Hq, N, d], key/value [B, Hkv, N, d] ->
+    (output [B, N, Hq, d], None)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if not _can_use_proxyattn(query, key, attention_mask, dropout if module.training else 0.0):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
+                                      dropout=dropout, **kwargs)
+    settings = dict(_settings)
+    if scaling is not None:
+        settings["softmax_scale"] = float(scaling)
+    q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # [B, N, H, d] views
+    out = _api.attention(q, k, v, **settings)
+    return out, None
+
+
+def enable(**settings):
+    """Registers attn_implementation="proxyattn" with transformers; settings are those of
+    proxyattn.attention (gamma, num_proxy_groups, block_size, min_budget_tokens, ...)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    _api.make_config(128, **{k: v for k, v in settings.items() if k != "softmax_scale"})  # validate now
+    _settings.clear()
+    _settings.update(settings)
+    AttentionInterface.register(NAME, attention_forward)
+    AttentionMaskInterface.register(NAME, sdpa_mask)

@@ -1,0 +1,112 @@
+"""The Python API on numpy arrays (CPU backend): results against a numpy reference, the
+plan's inspection, and errors that name the argument."""
+import numpy as np
+import pytest
+
+import proxyattn
+
+SETTINGS = dict(block_size=64, min_budget_tokens=128, gamma=0.9)
+
+
+def qkv(b, n, hq, hkv, d, seed=0, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((b, n, hq, d)).astype(dtype) * 1.5,
+            rng.standard_normal((b, n, hkv, d)).astype(dtype) * 1.5,
+            rng.standard_normal((b, n, hkv, d)).astype(dtype))
+
+
+def masked_reference(q, k, v, kept, block, scale):
+    """fp64 attention of one sequence [N, H, d] restricted to kept[h][m] key blocks."""
+    n, hq, d = q.shape
+    group = hq // k.shape[1]
+    out = np.zeros((n, hq, d))
+    for h in range(hq):
+        s = (q[:, h].astype(np.float64) @ k[:, h // group].astype(np.float64).T) * scale
+        allowed = np.tril(np.ones((n, n), bool))
+        blocks = np.zeros((n, n), bool)
+        for m, row in enumerate(kept[h]):
+            for kb in row:
+                blocks[m * block:(m + 1) * block, kb * block:(kb + 1) * block] = True
+        s = np.where(allowed & blocks, s, -np.inf)
+        p = np.exp(s - s.max(1, keepdims=True))
+        out[:, h] = (p / p.sum(1, keepdims=True)) @ v[:, h // group].astype(np.float64)
+    return out
+
+
+def kept_sets(plan, seq):
+    num, idx = plan.to_flex(seq)
+    return [[list(idx[h, m, :num[h, m]]) for m in range(num.shape[1])] for h in range(num.shape[0])]
+
+
+def test_attention_matches_masked_reference():
+    q, k, v = qkv(2, 700, 4, 2, 32)
+    out = proxyattn.attention(q, k, v, **SETTINGS)
+    plan = proxyattn.estimate(q, k, **SETTINGS)
+    plan.check()
+    for b in range(2):
+        ref = masked_reference(q[b], k[b], v[b], kept_sets(plan, b), 64, 32 ** -0.5)
+        assert np.linalg.norm(out[b] - ref) / np.linalg.norm(ref) < 2e-6
+
+
+def test_full_budget_equals_dense():
+    q, k, v = qkv(1, 500, 4, 1, 64, seed=1)
+    out, lse = proxyattn.attention(q, k, v, block_size=64, gamma=1.0, min_budget_tokens=1 << 20,
+                                   dense_below=0, return_lse=True)
+    dense, dense_lse = proxyattn.dense_attention(q, k, v, return_lse=True)
+    assert lse.shape == (1, 4, 500)
+    assert np.linalg.norm(out - dense) / np.linalg.norm(dense) < 1e-6
+    assert np.abs(lse - dense_lse).max() < 1e-5
+
+
+def test_varlen_equals_batched():
+    q, k, v = qkv(2, 600, 4, 2, 32, seed=2)
+    flat = [t.reshape(1200, t.shape[2], 32) for t in (q, k, v)]
+    out_varlen = proxyattn.attention_varlen(*flat, np.array([0, 600, 1200], np.int32), 600, **SETTINGS)
+    out = proxyattn.attention(q, k, v, **SETTINGS)
+    assert np.array_equal(out_varlen.reshape(2, 600, 4, 32), out)
+
+
+def test_plan_inspection():
+    q, k, _ = qkv(1, 1000, 8, 2, 32, seed=3)
+    plan = proxyattn.estimate(q, k, num_proxy_groups=2, **SETTINGS)
+    heads = plan.heads()
+    assert heads["budget_blocks"].shape == (1, 8)
+    assert (heads["budget_blocks"] >= 2).all() and (heads["needed_blocks"] <= 16).all()
+    assert 0 < plan.density <= 1
+    stats = plan.stats()
+    assert stats["causal_pairs"] == 8 * 16 * 17 // 2
+    order, count = plan.index()
+    assert count.shape == (16, 8) and order.size == 2 * 16 * 17 // 2
+
+
+def test_errors_name_the_argument():
+    q, k, v = qkv(1, 300, 4, 2, 32)
+    with pytest.raises(ValueError, match="q heads"):
+        proxyattn.attention(q, q[:, :, :3], q[:, :, :3])
+    with pytest.raises(ValueError, match="k and v"):
+        proxyattn.attention(q, k, v[:, :, :1])
+    with pytest.raises(ValueError, match="expected 4 dimensions"):
+        proxyattn.attention(q[0], k[0], v[0])
+    with pytest.raises(ValueError, match="causal"):
+        proxyattn.attention(q, k, v, causal=False)
+    with pytest.raises(proxyattn.ProxyAttnError, match="gamma"):
+        proxyattn.attention(q, k, v, gamma=1.5)
+    with pytest.raises(proxyattn.ProxyAttnError, match="num_proxy_groups = 3"):
+        proxyattn.attention(q, k, v, num_proxy_groups=3)
+    with pytest.raises(ValueError, match="budget_mode"):
+        proxyattn.attention(q, k, v, budget_mode="relative")
+    with pytest.raises(TypeError, match="dtypes differ"):
+        proxyattn.attention(q, k.astype(np.float16), v)
+    with pytest.raises(TypeError, match="dtype must be"):
+        proxyattn.attention(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64))
+    with pytest.raises(proxyattn.ProxyAttnError, match="PA_STATUS_INVALID_SEQLENS"):
+        proxyattn.attention_varlen(q[0], k[0], v[0], [0, 200, 100])
+
+
+def test_float16_and_strided_inputs():
+    q, k, v = qkv(1, 400, 4, 2, 32, seed=4, dtype=np.float16)
+    qt = np.ascontiguousarray(q.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)  # [B, N, H, d] view of [B, H, N, d]
+    a = proxyattn.attention(q, k, v, **SETTINGS)
+    b = proxyattn.attention(qt, k, v, **SETTINGS)
+    assert a.dtype == np.float16
+    assert np.array_equal(a, b)

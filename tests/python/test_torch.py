@@ -1,0 +1,89 @@
+"""The Python API on torch tensors: CPU and CUDA, the custom op under torch.compile, the
+caller's stream, CUDA graph capture, and FlexAttention on our exact mask."""
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import proxyattn  # noqa: E402
+
+SETTINGS = dict(block_size=64, min_budget_tokens=128, gamma=0.9)
+
+
+def qkv(b, n, hq, hkv, d, device="cpu", dtype=torch.float32, seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    make = lambda h, s: (torch.randn(b, n, h, d, generator=g) * s).to(device=device, dtype=dtype)  # noqa: E731
+    return make(hq, 1.5), make(hkv, 1.5), make(hkv, 1.0)
+
+
+def sdpa_reference(q, k, v):
+    """Dense causal attention in fp32 through torch: [B, N, H, d] layouts, GQA by repeat."""
+    group = q.shape[2] // k.shape[2]
+    qh, kh, vh = (t.float().transpose(1, 2) for t in (q, k, v))
+    kh, vh = kh.repeat_interleave(group, 1), vh.repeat_interleave(group, 1)
+    return torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, is_causal=True).transpose(1, 2)
+
+
+def rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def test_cpu_full_budget_matches_sdpa():
+    q, k, v = qkv(2, 500, 4, 2, 64)
+    out = proxyattn.attention(q, k, v, block_size=64, gamma=1.0, min_budget_tokens=1 << 20, dense_below=0)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert rel(out, sdpa_reference(q, k, v)) < 1e-5
+
+
+def test_compile_has_no_graph_break():
+    q, k, v = qkv(1, 400, 4, 2, 64)
+
+    def f(q, k, v):
+        return proxyattn.attention(q, k, v, **SETTINGS) * 2
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    assert torch.equal(compiled(q, k, v), f(q, k, v))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_matches_cpu_plan_and_reference(dtype):
+    q, k, v = qkv(1, 3000, 8, 2, 128, device="cuda", dtype=dtype, seed=1)
+    out = proxyattn.attention(q, k, v, **SETTINGS)
+    plan = proxyattn.estimate(q, k, **SETTINGS)
+    plan.check()
+    cpu_plan = proxyattn.estimate(q.cpu(), k.cpu(), **SETTINGS)
+    assert (plan.heads()["budget_blocks"] == cpu_plan.heads()["budget_blocks"]).all()
+    # FlexAttention on our exact mask is the independent reference of the sparse output.
+    from torch.nn.attention.flex_attention import flex_attention
+
+    mask = plan.to_flex_block_mask(0)
+    qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
+    ref = flex_attention(qh.float(), kh.float(), vh.float(), block_mask=mask, enable_gqa=True).transpose(1, 2)
+    assert rel(out, ref) < (2e-2 if dtype == torch.bfloat16 else 4e-3)
+
+
+@pytest.mark.gpu
+def test_cuda_runs_on_current_stream():
+    q, k, v = qkv(1, 2048, 4, 1, 128, device="cuda", dtype=torch.bfloat16, seed=2)
+    expected = proxyattn.attention(q, k, v, **SETTINGS)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        out = proxyattn.attention(q, k, v, **SETTINGS)
+    stream.synchronize()
+    assert torch.equal(out, expected)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_capture():
+    q, k, v = qkv(1, 2048, 4, 1, 128, device="cuda", dtype=torch.bfloat16, seed=3)
+    expected = proxyattn.attention(q, k, v, **SETTINGS)
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        proxyattn.attention(q, k, v, **SETTINGS)  # warm-up outside capture
+        with torch.cuda.graph(graph, stream=stream):
+            out = proxyattn.attention(q, k, v, **SETTINGS)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, expected)
