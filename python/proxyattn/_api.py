@@ -1,5 +1,6 @@
 """The Python API over proxyattn._C: argument checks, allocation through the caller's
 framework (numpy or torch), varlen packing, and the plan object."""
+import collections
 import math
 
 import numpy as np
@@ -249,10 +250,45 @@ def attend(plan, q, k, v, return_lse=False):
     return (out, lse) if return_lse else out
 
 
+# Plans of attention() / attention_varlen(), reused across calls of the same shapes: the
+# storage and workspace are allocated (and the batch tables written) once, outside any CUDA
+# graph capture, and every later call is two launches on the stream. Keyed by the stream
+# too, so that calls on different streams never share a plan's buffers.
+_PLAN_CACHE = collections.OrderedDict()
+_PLAN_CACHE_SIZE = 32
+_CONFIG_FIELDS = ("block_size", "stride", "gamma", "min_budget_tokens", "num_proxy_groups", "force_sink",
+                  "force_local", "budget_mode", "dense_below", "softmax_scale")
+
+
+def _cached_plan(q, k, cu, config):
+    key = (tuple(cu), q.shape[-2], k.shape[-2], q.shape[-1], str(q.dtype), _device_of(q), _stream(q),
+           tuple(getattr(config, f) for f in _CONFIG_FIELDS))
+    plan = _PLAN_CACHE.get(key)
+    if plan is None:
+        plan = Plan(cu, q.shape[-2], k.shape[-2], q.shape[-1], q, config)
+        _PLAN_CACHE[key] = plan
+        if len(_PLAN_CACHE) > _PLAN_CACHE_SIZE:
+            _PLAN_CACHE.popitem(last=False)
+    else:
+        _PLAN_CACHE.move_to_end(key)
+    return plan
+
+
+def _forward_packed(q, k, v, cu, settings, return_lse):
+    plan = _cached_plan(q, k, cu, _settings(q, **settings))
+    plan._estimate(q, k)
+    return _attend_packed(plan, q, k, v, return_lse)
+
+
 def _attention_eager(q, k, v, return_lse, settings):
     _check_qkv(q, k, v, 4, "[B, N, H, d]")
-    plan = estimate(q, k, **settings)
-    return attend(plan, q, k, v, return_lse=return_lse)
+    b, n = q.shape[0], q.shape[1]
+    flat = [_reshape(t, (b * n,) + tuple(t.shape[2:])) for t in (q, k, v)]
+    out, lse = _forward_packed(*flat, [i * n for i in range(b + 1)], settings, return_lse)
+    out = _reshape(out, tuple(q.shape))
+    if lse is not None:
+        lse = _lse_per_sequence(lse, b, n)
+    return (out, lse) if return_lse else out
 
 
 def attention(q, k, v, *, causal=True, gamma=0.95, num_proxy_groups=1, block_size=128, stride=4,
@@ -284,8 +320,9 @@ def attention_varlen(q, k, v, cu_seqlens, max_seqlen=None, *, causal=True, retur
     cu = _cu_list(cu_seqlens)
     if max_seqlen is not None and max(b - a for a, b in zip(cu, cu[1:])) > max_seqlen:
         raise ValueError(f"max_seqlen = {max_seqlen} is smaller than the longest sequence")
-    plan = estimate(q, k, cu, **settings)
-    return attend(plan, q, k, v, return_lse=return_lse)
+    _check_qkv(q, k, v, 3, "[total, H, d]")
+    out, lse = _forward_packed(q, k, v, cu, settings, return_lse)
+    return (out, lse) if return_lse else out
 
 
 def dense_attention(q, k, v, cu_seqlens=None, softmax_scale=None, return_lse=False):
