@@ -136,6 +136,18 @@ class Library:
         self._check(self.lib.pa_plan_to_flex(plan, ctypes.c_int32(seq), ctypes.c_void_p(kv_num_blocks_ptr),
                                              ctypes.c_void_p(kv_indices_ptr)))
 
+    def layout(self, plan):
+        """(total_qblocks, order_entries) of a plan."""
+        rows, entries = ctypes.c_int64(), ctypes.c_int64()
+        self._check(self.lib.pa_plan_get_layout(plan, ctypes.byref(rows), ctypes.byref(entries)))
+        return rows.value, entries.value
+
+    def set_index(self, plan, order_ptr, count_ptr, budget_ptr=0, needed_ptr=0):
+        """Writes the index from host int32 buffers (order [order_entries], count
+        [total_qblocks, Hq]); the plan then counts as estimated."""
+        self._check(self.lib.pa_plan_set_index(plan, ctypes.c_void_p(order_ptr), ctypes.c_void_p(count_ptr),
+                                               ctypes.c_void_p(budget_ptr), ctypes.c_void_p(needed_ptr)))
+
     def check(self, plan):
         self._check(self.lib.pa_plan_check(plan))
 

@@ -145,6 +145,16 @@ pa_status pa_plan_get_heads(const pa_plan* plan, int32_t* budget_blocks,
 pa_status pa_plan_get_layout(const pa_plan* plan, int64_t* total_qblocks, int64_t* order_entries);
 pa_status pa_plan_get_index(const pa_plan* plan, int32_t* order, int32_t* count);
 
+/* Writes the index from host arrays in pa_plan_get_index's layout (order int32
+ * [order_entries], count int32 [total_qblocks, num_q_heads]; budget and needed int32
+ * [num_seqs, num_q_heads], NULL for zeros), e.g. a plan estimated on the host copied to a
+ * device plan, or a hand-made mask. Checks that every count lies in [0, m + 1] and every
+ * kept entry in [0, m], unique in its row (pa_plan_check adds the forced blocks); a row
+ * with count 0 attends to nothing (O = 0, LSE = -inf). The plan then counts as estimated.
+ * Synchronous copy for device plans. */
+pa_status pa_plan_set_index(pa_plan* plan, const int32_t* order, const int32_t* count,
+                            const int32_t* budget, const int32_t* needed);
+
 /* Checks the invariants of the index: entries causal (n <= m), unique within each kept
  * prefix, forced blocks present, counts within [forced, m+1]. PA_STATUS_INTERNAL with a
  * message naming the first violation. */

@@ -140,6 +140,40 @@ HostIndex host_index(const pa_plan& plan, const HostArrays& arrays) {
                    arrays.order.data(), arrays.count.data()};
 }
 
+// The part of the index invariants that memory safety and the math rest on: counts in
+// [0, m + 1], kept entries causal and unique. Forced blocks are pa_plan_check's business.
+pa_status check_index_bounds(const PlanDesc& d, const int32_t* order, const int32_t* count) {
+  const int hq = d.problem.num_q_heads, g = d.groups();
+  std::vector<uint8_t> seen;
+  for (size_t s = 0; s < d.batch.seqs.size(); ++s) {
+    const SeqSpan& span = d.batch.seqs[s];
+    seen.assign(span.num_qblocks, 0);
+    for (int j = 0; j < g; ++j)
+      for (int m = 0; m < span.num_qblocks; ++m) {
+        int32_t kept = 0;  // the longest prefix any head of the group keeps
+        for (int h = j * (hq / g); h < (j + 1) * (hq / g); ++h) {
+          const int32_t c = count[(span.qblock_begin + m) * hq + h];
+          if (c < 0 || c > m + 1)
+            return fail(PA_STATUS_INVALID_SHAPE, "index: seq %zu head %d row %d: count %d outside [0, %d]",
+                        s, h, m, c, m + 1);
+          kept = std::max(kept, c);
+        }
+        const int32_t* row = order + order_row(span, j, m);
+        std::fill(seen.begin(), seen.begin() + m + 1, 0);
+        for (int e = 0; e < kept; ++e) {
+          if (row[e] < 0 || row[e] > m)
+            return fail(PA_STATUS_INVALID_SHAPE, "index: seq %zu group %d row %d entry %d: block %d "
+                        "outside [0, %d]", s, j, m, e, row[e], m);
+          if (seen[row[e]])
+            return fail(PA_STATUS_INVALID_SHAPE, "index: seq %zu group %d row %d: block %d kept twice",
+                        s, j, m, row[e]);
+          seen[row[e]] = 1;
+        }
+      }
+  }
+  return PA_STATUS_SUCCESS;
+}
+
 size_t workspace_bytes_for(const PlanDesc& d) {
   size_t bytes = cpu::estimate_workspace_bytes(d);
 #if PROXYATTN_WITH_CUDA
@@ -316,6 +350,37 @@ pa_status pa_plan_get_index(const pa_plan* plan, int32_t* order, int32_t* count)
     PA_TRY(host_arrays(*plan, arrays));
     if (order) std::copy(arrays.order.begin(), arrays.order.end(), order);
     if (count) std::copy(arrays.count.begin(), arrays.count.end(), count);
+    return PA_STATUS_SUCCESS;
+  });
+}
+
+pa_status pa_plan_set_index(pa_plan* plan, const int32_t* order, const int32_t* count,
+                            const int32_t* budget, const int32_t* needed) {
+  return guarded([&] {
+    PA_TRY(check_plan(plan, false));
+    const PlanDesc& d = plan->desc;
+    const size_t order_n = d.batch.order_entries, count_n = d.batch.total_qblocks * d.problem.num_q_heads;
+    const size_t head_n = size_t(d.problem.num_seqs) * d.problem.num_q_heads;
+    if (order == nullptr && order_n > 0) return fail(PA_STATUS_NULL_POINTER, "order is NULL");
+    if (count == nullptr && count_n > 0) return fail(PA_STATUS_NULL_POINTER, "count is NULL");
+    PA_TRY(check_index_bounds(d, order, count));
+    const std::vector<int32_t> zeros(budget != nullptr && needed != nullptr ? 0 : head_n, 0);
+    if (budget == nullptr) budget = zeros.data();
+    if (needed == nullptr) needed = zeros.data();
+    if (plan->on_device) {
+#if PROXYATTN_WITH_CUDA
+      PA_TRY(cuda::upload(d.index.order, order, order_n * sizeof(int32_t)));
+      PA_TRY(cuda::upload(d.index.count, count, count_n * sizeof(int32_t)));
+      PA_TRY(cuda::upload(d.index.budget, budget, head_n * sizeof(int32_t)));
+      PA_TRY(cuda::upload(d.index.needed, needed, head_n * sizeof(int32_t)));
+#endif
+    } else {
+      std::copy(order, order + order_n, d.index.order);
+      std::copy(count, count + count_n, d.index.count);
+      std::copy(budget, budget + head_n, d.index.budget);
+      std::copy(needed, needed + head_n, d.index.needed);
+    }
+    plan->estimated = true;
     return PA_STATUS_SUCCESS;
   });
 }

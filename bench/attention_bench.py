@@ -1,0 +1,250 @@
+#!/usr/bin/env python3
+"""Block-sparse attention speed (issue 4): ours (pa_attend on the GPU) against cuDNN SDPA
+dense causal and PyTorch FlexAttention running the same block mask.
+
+Shapes: one sequence of N tokens, 32 Q / 8 KV heads, d = 128, bf16, block 128.
+Masks: written straight into a device plan (pa_plan_set_index), ProxyAttn-shaped: one
+ranking per query-block row shared by all heads (num_proxy_groups = 1), sink and diagonal
+first, the other blocks ranked by a noisy recency score; per-head absolute budgets spread
+0.5x..1.5x around a common value found by bisection for the wanted density.
+Timing: CUDA events around each call, warm-up, median; inputs (>= 96 MiB) exceed L2.
+Effective TFLOP/s = 4 * d * kept causal token pairs / time (dense causal pairs for cuDNN).
+
+Usage: attention_bench.py --build build-gpu --out DIR [--quick]
+"""
+import argparse
+import datetime
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import capi  # noqa: E402
+
+HQ, HKV, D, BLOCK = 32, 8, 128, 128
+SIZES = [8192, 16384, 32768, 65536, 131072]
+DENSITIES = [0.05, 0.10, 0.20, 0.50, 1.00]
+REPEATS = {8192: 10, 16384: 8, 32768: 5, 65536: 3, 131072: 2}  # fewer at long N: under ~4 min total
+WARMUP = {8192: 2, 16384: 2, 32768: 1, 65536: 1, 131072: 1}
+PACKING_SIZE, PACKING_DENSITIES = 32768, [0.10, 0.50]  # both CTA packings (params.hpp) measured here
+BUDGET_SPREAD = (0.5, 1.5)
+
+
+def time_ms(fn, reps, warmup=2):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def make_order(nqb, rng):
+    """order [T(nqb)] of one proxy group: row m = m, 0, then 1..m-1 by noisy recency."""
+    order = np.empty(nqb * (nqb + 1) // 2, np.int32)
+    for m in range(nqb):
+        row = order[m * (m + 1) // 2:(m + 1) * (m + 2) // 2]
+        row[0] = m
+        if m == 0:
+            continue
+        row[1] = 0
+        others = np.arange(1, m, dtype=np.int32)
+        score = -np.log1p(m - others) + rng.gumbel(size=m - 1)
+        row[2:] = others[np.argsort(-score, kind="stable")]
+    return order
+
+
+def make_count(nqb, density, rng):
+    """count [nqb, HQ]: head h keeps min(m + 1, K_h) blocks, K_h = x * f_h (absolute budgets)."""
+    factors = rng.permutation(np.linspace(*BUDGET_SPREAD, HQ))
+    rows = np.arange(nqb)[:, None]
+
+    def counts(x):
+        budget = np.clip(np.rint(x * factors), 2, nqb)  # sink + diagonal at least
+        return np.minimum(rows + 1, budget[None, :]).astype(np.int32)
+
+    causal = HQ * nqb * (nqb + 1) / 2
+    lo, hi = 0.0, 2.0 * nqb / BUDGET_SPREAD[0]
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if counts(mid).sum() / causal < density else (lo, mid)
+    return counts(hi)
+
+
+def flex_block_mask(lib, plan, nqb):
+    """The plan's mask as a FlexAttention BlockMask: off-diagonal blocks full, the diagonal
+    block partial with a causal mask_mod (the fastest form Flex accepts)."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    kv_num = torch.empty(HQ, nqb, dtype=torch.int32)
+    kv_idx = torch.empty(HQ, nqb, nqb, dtype=torch.int32)
+    lib.to_flex(plan, 0, kv_num.data_ptr(), kv_idx.data_ptr())
+    kv_num, kv_idx = kv_num.cuda(), kv_idx.cuda()
+    rows = torch.arange(nqb, device="cuda", dtype=torch.int32)
+    last = kv_idx.gather(2, (kv_num - 1).clamp(min=0).long().unsqueeze(-1)).squeeze(-1)
+    has_diag = ((kv_num > 0) & (last == rows)).int()  # kept blocks ascend: the diagonal is last
+    partial_idx = torch.zeros_like(kv_idx)
+    partial_idx[..., 0] = rows
+
+    def causal(b, h, q_idx, kv_idx_):
+        return q_idx >= kv_idx_
+
+    return BlockMask.from_kv_blocks(has_diag[None], partial_idx[None], (kv_num - has_diag)[None], kv_idx[None],
+                                    BLOCK_SIZE=BLOCK, mask_mod=causal)
+
+
+def device_info():
+    info = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+            "cudnn": torch.backends.cudnn.version(), "cuda_runtime_torch": torch.version.cuda}
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30).stdout.strip().split(",")
+        info["driver"], info["max_sm_clock"] = smi[0].strip(), smi[1].strip()
+    except Exception as e:  # noqa: BLE001
+        info["driver"] = "unknown (%s)" % e
+    return info
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--build", default="build-gpu")
+    ap.add_argument("--out", default="bench-out")
+    ap.add_argument("--quick", action="store_true", help="8K and 32K only")
+    ap.add_argument("--no-flex", action="store_true")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    t_start = time.time()
+    lib = capi.Library(os.path.join(args.build, "libproxyattn.so"))
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    info = device_info()
+    print("device:", info, flush=True)
+    stream = torch.cuda.current_stream().cuda_stream
+    sizes = [8192, 32768] if args.quick else SIZES
+
+    flex = None
+    if not args.no_flex:
+        from torch.nn.attention.flex_attention import flex_attention
+        flex = torch.compile(flex_attention)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    results, packing = [], []
+    for n in sizes:
+        nqb = n // BLOCK
+        reps, warm = REPEATS[n], WARMUP[n]
+        q = torch.randn(n, HQ, D, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(n, HKV, D, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn(n, HKV, D, device="cuda", dtype=torch.bfloat16)
+        o = torch.empty_like(q)
+        qt, kt, vt = (x.permute(1, 0, 2).contiguous()[None] for x in (q, k, v))  # [1, H, N, d]
+        problem = lib.problem([n], HQ, HKV, D, "bfloat16")
+        config = lib.config(D, block_size=BLOCK, min_budget_tokens=0, dense_below=0, num_proxy_groups=1)
+        nbytes = lib.plan_bytes(problem, config)
+        storage = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+        plan = lib.plan_create(problem, config, storage.data_ptr(), nbytes)
+        qa, ka, va, oa = (lib.tensor(x) for x in (q, k, v, o))
+
+        # cuDNN dense causal (GQA natively if this build allows, else K/V repeated).
+        def cudnn_call(kk=kt, vv=vt, gqa=True):
+            with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                return F.scaled_dot_product_attention(qt, kk, vv, is_causal=True, enable_gqa=gqa)
+        cudnn_mode = "enable_gqa"
+        try:
+            cudnn_call()
+            cudnn_fn = cudnn_call
+        except RuntimeError as e:
+            print("cuDNN with enable_gqa failed (%s); repeating K/V" % str(e).splitlines()[0], flush=True)
+            kr, vr = kt.repeat_interleave(HQ // HKV, dim=1), vt.repeat_interleave(HQ // HKV, dim=1)
+            cudnn_fn = lambda: cudnn_call(kr, vr, False)  # noqa: E731
+            cudnn_mode = "repeated_kv"
+        dense_pairs = HQ * n * (n + 1) // 2
+        t_cudnn = time_ms(cudnn_fn, reps, warm)
+        ref_dense = cudnn_fn()[0].transpose(0, 1)  # [N, H, d]
+
+        order = make_order(nqb, rng)
+        for density in DENSITIES:
+            count = make_count(nqb, density, rng)
+            lib.set_index(plan, order.ctypes.data, count.ctypes.data)
+            stats = lib.stats(plan)
+            attend = lambda: lib.attend(plan, qa, ka, va, oa, 0, stream)  # noqa: E731
+            t_ours = time_ms(attend, reps, warm)
+            flops = 4.0 * D * stats.kept_token_pairs
+            row = {"N": n, "target_density": density, "density": stats.density,
+                   "kept_token_pairs": stats.kept_token_pairs, "ours_ms": t_ours,
+                   "ours_tflops_effective": flops / t_ours / 1e9, "cudnn_dense_ms": t_cudnn,
+                   "cudnn_tflops": 4.0 * D * dense_pairs / t_cudnn / 1e9,
+                   "speedup_vs_cudnn": t_cudnn / t_ours}
+            if density == 1.0:  # the all-blocks plan is dense attention: compare with cuDNN
+                torch.cuda.synchronize()
+                row["max_abs_diff_vs_cudnn"] = (o.float() - ref_dense.float()).abs().max().item()
+            if flex is not None:
+                try:
+                    bm = flex_block_mask(lib, plan, nqb)
+                    flex_fn = lambda: flex(qt, kt, vt, block_mask=bm, enable_gqa=True)  # noqa: E731
+                    t_flex = time_ms(flex_fn, reps, warm)
+                    out = flex_fn()[0].transpose(0, 1)
+                    attend()
+                    torch.cuda.synchronize()
+                    row.update({"flex_ms": t_flex, "flex_tflops_effective": flops / t_flex / 1e9,
+                                "speedup_vs_flex": t_flex / t_ours,
+                                "max_abs_diff_vs_flex": (o.float() - out.float()).abs().max().item()})
+                    del bm, out
+                except Exception as e:  # noqa: BLE001  (recorded, the other columns stand)
+                    row["flex_error"] = str(e).splitlines()[0][:300]
+                    print("flex failed:", row["flex_error"], flush=True)
+            results.append(row)
+            print("N %6d density %.3f: ours %8.3f ms (%5.1f TFLOP/s)  cuDNN dense %8.3f ms  flex %s ms  "
+                  "[%.0f s]" % (n, stats.density, t_ours, row["ours_tflops_effective"], t_cudnn,
+                                "%.3f" % row["flex_ms"] if "flex_ms" in row else "-", time.time() - t_start),
+                  flush=True)
+            if n == PACKING_SIZE and density in PACKING_DENSITIES:
+                os.environ["PROXYATTN_ATTN_PACKING"] = "heads"
+                t_heads = time_ms(attend, reps, warm)
+                del os.environ["PROXYATTN_ATTN_PACKING"]
+                t_chunks = time_ms(attend, reps, warm)  # again, next to it, for the spread
+                packing.append({"N": n, "density": stats.density, "chunks_of_head_ms": t_ours,
+                                "chunks_of_head_again_ms": t_chunks, "heads_of_chunk_ms": t_heads})
+                print("  packing: chunks of a head %.3f / %.3f ms, heads of a chunk %.3f ms"
+                      % (t_ours, t_chunks, t_heads), flush=True)
+        lib.plan_free(plan)
+        del q, k, v, o, qt, kt, vt, storage, ref_dense
+        torch.cuda.empty_cache()
+
+    date = datetime.date.today().isoformat()
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", info["device"]).strip("-").lower()
+    doc = {"benchmark": "attention", "date": date, **info,
+           "shape": {"num_q_heads": HQ, "num_kv_heads": HKV, "head_dim": D, "dtype": "bfloat16",
+                     "block_size": BLOCK, "num_proxy_groups": 1, "budget_spread": BUDGET_SPREAD},
+           "method": "CUDA events, median; warm-up %s; repeats %s" % (WARMUP, REPEATS),
+           "cudnn_gqa": cudnn_mode, "results": results, "packing": packing,
+           "wall_s": time.time() - t_start}
+    path = os.path.join(args.out, "attention-%s-%s.json" % (date, slug))
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
+
+    print("\n%7s %7s %9s %8s %9s %9s %8s %8s" % ("N", "density", "ours ms", "TFLOP/s", "cuDNN ms", "flex ms",
+                                                  "x cuDNN", "x flex"))
+    for r in results:
+        print("%7d %7.3f %9.3f %8.1f %9.3f %9s %8.2f %8s" % (
+            r["N"], r["density"], r["ours_ms"], r["ours_tflops_effective"], r["cudnn_dense_ms"],
+            "%.3f" % r["flex_ms"] if "flex_ms" in r else "-", r["speedup_vs_cudnn"],
+            "%.2f" % r["speedup_vs_flex"] if "speedup_vs_flex" in r else "-"))
+    print("wrote", path, "in %.0f s" % (time.time() - t_start))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+// GPU attention entry points (cuda/backend.hpp): checks what the kernels support, fills the
+// kernel parameters from the plan (or, for dense attention, from the problem), picks the
+// compiled variant for the runtime dtype and head_dim, and launches the work list on the
+// caller's stream, kMaxSeqsPerLaunch sequences per launch. Never synchronises.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "attention/params.hpp"
+#include "common/check.cuh"
+#include "core/problem.hpp"
+#include "core/status.hpp"
+#include "cuda/backend.hpp"
+
+namespace proxyattn::cuda {
+namespace {
+
+using attention::Packing;
+using attention::Params;
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr int kMinComputeMajor = 8;   // mma.sync bf16, cp.async, ldmatrix: sm_80
+constexpr int kVectorBytes = 16;      // the kernels move rows in 16-byte vectors
+// Row and key positions are int in the kernel and run up to a block (<= 128) plus a tile
+// past the sequence end.
+constexpr int kPositionSlack = 256;
+
+// Environment knob for measuring the two pair orders of params.hpp (a speed setting only:
+// both compute the same result): PROXYATTN_ATTN_PACKING=heads packs the heads of a row
+// chunk in a CTA; anything else (the default) keeps the chunks of one head together.
+Packing packing_from_environment() {
+  const char* value = std::getenv("PROXYATTN_ATTN_PACKING");
+  return value != nullptr && std::strcmp(value, "heads") == 0 ? Packing::kHeadsOfChunk
+                                                              : Packing::kChunksOfHead;
+}
+
+pa_status check_device(const char* call) {
+  int device = 0, major = 0, minor = 0;
+  PA_CUDA_TRY(cudaGetDevice(&device));
+  PA_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  PA_CUDA_TRY(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  if (major < kMinComputeMajor)
+    return fail(PA_STATUS_UNSUPPORTED, "%s: the GPU attention needs compute capability %d.0 or newer; "
+                "device %d is %d.%d", call, kMinComputeMajor, device, major, minor);
+  return PA_STATUS_SUCCESS;
+}
+
+pa_status check_view(const char* call, const char* name, const pa_tensor& t, int element_bytes) {
+  const int64_t vector_elements = kVectorBytes / element_bytes;
+  if (reinterpret_cast<uintptr_t>(t.data) % kVectorBytes != 0 || t.token_stride % vector_elements != 0 ||
+      t.head_stride % vector_elements != 0)
+    return fail(PA_STATUS_UNSUPPORTED,
+                "%s: %s must be %d-byte aligned with token_stride and head_stride multiples of %lld "
+                "elements on the GPU (data %p, token_stride %lld, head_stride %lld)",
+                call, name, kVectorBytes, (long long)vector_elements, t.data, (long long)t.token_stride,
+                (long long)t.head_stride);
+  return PA_STATUS_SUCCESS;
+}
+
+// What the kernels support, beyond what the API has validated.
+pa_status check_supported(const char* call, const pa_problem& p, int32_t max_length, const pa_tensor& q,
+                          const pa_tensor& k, const pa_tensor& v, const pa_tensor& o) {
+  if (p.dtype == PA_DTYPE_FLOAT32)
+    return fail(PA_STATUS_UNSUPPORTED, "%s: float32 tensors are not supported by the GPU attention "
+                "(bfloat16 and float16 are); convert them, or pass host tensors to run on the CPU", call);
+  if (p.dtype != PA_DTYPE_BFLOAT16 && p.dtype != PA_DTYPE_FLOAT16)
+    return fail(PA_STATUS_UNSUPPORTED, "%s: dtype = %d is not supported on the GPU", call, int(p.dtype));
+  if (p.head_dim != 64 && p.head_dim != 128)
+    return fail(PA_STATUS_UNSUPPORTED, "%s: head_dim = %d: the GPU attention supports 64 and 128", call,
+                p.head_dim);
+  if (max_length > INT32_MAX - kPositionSlack)
+    return fail(PA_STATUS_OVERFLOW, "%s: a sequence of %d tokens is too long for the GPU attention", call,
+                max_length);
+  const int bytes = dtype_bytes(p.dtype);
+  PA_TRY(check_view(call, "q", q, bytes));
+  PA_TRY(check_view(call, "k", k, bytes));
+  PA_TRY(check_view(call, "v", v, bytes));
+  PA_TRY(check_view(call, "o", o, bytes));
+  return check_device(call);
+}
+
+using Launcher = pa_status (*)(const Params&, int64_t, void*);
+
+Launcher select_variant(pa_dtype dtype, int head_dim) {
+  using attention::run_sm80;
+  if (dtype == PA_DTYPE_BFLOAT16)
+    return head_dim == 64 ? &run_sm80<PA_DTYPE_BFLOAT16, 64> : &run_sm80<PA_DTYPE_BFLOAT16, 128>;
+  return head_dim == 64 ? &run_sm80<PA_DTYPE_FLOAT16, 64> : &run_sm80<PA_DTYPE_FLOAT16, 128>;
+}
+
+Params base_params(const pa_problem& p, const pa_tensor& q, const pa_tensor& k, const pa_tensor& v,
+                   const pa_tensor& o, float* lse, float scale) {
+  Params params{};
+  params.q = {q.data, q.token_stride, q.head_stride};
+  params.k = {k.data, k.token_stride, k.head_stride};
+  params.v = {v.data, v.token_stride, v.head_stride};
+  params.o = {o.data, o.token_stride, o.head_stride};
+  params.lse = lse;
+  params.total_tokens = p.total_tokens;
+  params.num_q_heads = p.num_q_heads;
+  params.num_kv_heads = p.num_kv_heads;
+  params.scale_log2 = scale * kLog2e;
+  params.packing = packing_from_environment();
+  return params;
+}
+
+// Launches the work list of every non-empty sequence, at most kMaxSeqsPerLaunch a launch.
+pa_status launch_batch(Params params, const std::vector<SeqSpan>& seqs, Launcher launch, void* stream) {
+  const int heads_per_kv = params.num_q_heads / params.num_kv_heads;
+  const int pairs_per_row = heads_per_kv * (params.block_size / attention::kWarpRows);
+  params.slots_per_row = (pairs_per_row + attention::kWarps - 1) / attention::kWarps;
+  size_t next = 0;
+  while (next < seqs.size()) {
+    params.num_seqs = 0;
+    int64_t rows = 0;
+    for (; next < seqs.size() && params.num_seqs < attention::kMaxSeqsPerLaunch; ++next) {
+      if (seqs[next].num_qblocks == 0) continue;
+      if (params.num_seqs == 0) params.row_begin = seqs[next].qblock_begin;
+      params.seqs[params.num_seqs++] = seqs[next];
+      rows += seqs[next].num_qblocks;
+    }
+    if (params.num_seqs == 0) break;
+    const int64_t grid = rows * params.num_kv_heads * params.slots_per_row;
+    if (grid > INT32_MAX)
+      return fail(PA_STATUS_OVERFLOW, "GPU attention: %lld CTAs in one launch exceed the grid limit",
+                  (long long)grid);
+    params.num_rows = int32_t(rows);
+    PA_TRY(launch(params, grid, stream));
+  }
+  return PA_STATUS_SUCCESS;
+}
+
+}  // namespace
+
+pa_status attend(const PlanDesc& plan, const pa_tensor& q, const pa_tensor& k, const pa_tensor& v,
+                 const pa_tensor& o, float* lse, void* stream) {
+  const pa_problem& p = plan.problem;
+  PA_TRY(check_supported("pa_attend", p, plan.batch.max_length, q, k, v, o));
+  if (plan.config.block_size != 64 && plan.config.block_size != 128)
+    return fail(PA_STATUS_UNSUPPORTED, "pa_attend: block_size = %d: the GPU attention supports 64 and 128",
+                plan.config.block_size);
+  if (p.total_tokens == 0) return PA_STATUS_SUCCESS;
+  Params params = base_params(p, q, k, v, o, lse, plan.config.softmax_scale);
+  params.q_heads_per_group = plan.q_heads_per_group();
+  params.block_size = plan.config.block_size;
+  params.order = plan.index.order;
+  params.count = plan.index.count;
+  return launch_batch(params, plan.batch.seqs, select_variant(p.dtype, p.head_dim), stream);
+}
+
+pa_status dense_attention(const pa_problem& problem, float scale, const pa_tensor& q, const pa_tensor& k,
+                          const pa_tensor& v, const pa_tensor& o, float* lse, void* stream) {
+  // The dense work list: every causal block of kDenseBlock, one proxy group.
+  const BatchLayout batch = make_batch_layout(problem, attention::kDenseBlock, 1);
+  PA_TRY(check_supported("pa_dense_attention", problem, batch.max_length, q, k, v, o));
+  if (problem.total_tokens == 0) return PA_STATUS_SUCCESS;
+  Params params = base_params(problem, q, k, v, o, lse, scale);
+  params.q_heads_per_group = problem.num_q_heads;
+  params.block_size = attention::kDenseBlock;
+  params.order = nullptr;  // dense: row m keeps blocks 0..m
+  params.count = nullptr;
+  return launch_batch(params, batch.seqs, select_variant(problem.dtype, problem.head_dim), stream);
+}
+
+}  // namespace proxyattn::cuda

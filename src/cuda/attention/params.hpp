@@ -1,0 +1,90 @@
+// Parameters of the block-sparse attention forward (ALGORITHM.md step 7), shared by the
+// dispatcher (host) and the kernels. Plain C++: no CUDA types, so the dispatcher's
+// declarations of the per-variant launchers need no CUDA headers.
+//
+// Work list. One CTA per work item (query-block row, KV head, slot). A CTA has kWarps warps;
+// each warp owns kWarpRows query rows of one Q head (a "pair" = head x row chunk). The pairs
+// of a (row, KV head) are the GQA heads reading that KV head times the row chunks of the
+// block; a slot is kWarps consecutive pairs. All pairs of a CTA read the same KV head and the
+// same `order` row (heads of a KV head share a proxy group), so the CTA streams each kept K/V
+// tile through shared memory once for all its warps; each warp keeps its own head's prefix
+// `count` and skips tiles outside it (per-head masks at warp granularity).
+// Items are numbered longest row first (query block m descending), so the hardware block
+// scheduler, which hands out CTAs in index order as SMs free up, runs an approximate
+// longest-processing-time-first schedule: no SM idles on short rows while long ones wait.
+// The CTAs of one (row, KV head) have consecutive indices, so they run together and read
+// the shared K/V blocks while they are in L2.
+#pragma once
+
+#include <cstdint>
+
+#include "core/problem.hpp"
+#include "proxyattn/proxyattn.h"
+
+namespace proxyattn::cuda::attention {
+
+inline constexpr int kWarps = 4;          // warps per CTA
+inline constexpr int kWarpRows = 32;      // query rows per warp: two m16 MMA tiles
+inline constexpr int kTileKeys = 64;      // keys per K/V tile in shared memory
+inline constexpr int kDenseBlock = 128;   // block edge of pa_dense_attention's work list
+
+// SeqSpan entries passed by value in the kernel parameters (32 B each: 2 KiB of the
+// classic 4 KiB parameter space); batches of more sequences take several launches.
+inline constexpr int kMaxSeqsPerLaunch = 64;
+
+// How the pairs of one (row, KV head) are numbered, so which pairs share a CTA. Both read
+// each K/V tile of a (row, KV head) from L2 about once per CTA; kChunksOfHead keeps every
+// warp of a CTA busy (one head, one count), kHeadsOfChunk lets warps of short-budget heads
+// idle while the CTA runs its longest head. Measured on H100 (bench/results, 2026-11-23,
+// N = 32K, 32/8 heads, budgets spread 0.5x..1.5x): kChunksOfHead 2.98 / 13.8 ms,
+// kHeadsOfChunk 3.66 / 17.0 ms at density 0.1 / 0.5, so kChunksOfHead is the default.
+enum class Packing : int32_t {
+  kChunksOfHead = 0,  // pair = head * chunks + chunk: a CTA holds the row chunks of one head
+                      // (of two heads at block 64), all with the same count
+  kHeadsOfChunk = 1,  // pair = chunk * heads + head: a CTA holds one row chunk of up to
+                      // kWarps heads; diagonal tiles above the chunk are skipped
+};
+
+// A strided [tokens, heads, head_dim] view; strides in elements, head_dim contiguous.
+struct TensorArg {
+  const void* data;
+  int64_t token_stride;
+  int64_t head_stride;
+};
+struct OutputArg {
+  void* data;
+  int64_t token_stride;
+  int64_t head_stride;
+};
+
+struct Params {
+  TensorArg q, k, v;      // Q [tokens, Hq, d], K and V [tokens, Hkv, d]
+  OutputArg o;            // O [tokens, Hq, d] (written)
+  float* lse;             // [Hq, total_tokens] float32, natural log; may be null
+  int64_t total_tokens;
+  int32_t num_q_heads;
+  int32_t num_kv_heads;
+  int32_t q_heads_per_group;  // Hq / g: proxy group of head h is h / q_heads_per_group
+  int32_t block_size;         // b, query and key block edge: 64 or 128
+  float scale_log2;           // softmax_scale * log2(e): scores go to exp2
+  const int32_t* order;       // block index (core/block_index.hpp); null = dense causal
+  const int32_t* count;       // [total_qblocks, Hq]; unused when dense
+  Packing packing;
+
+  // The work list of this launch: rows [row_begin, row_begin + num_rows) of the batch,
+  // those of seqs[0 .. num_seqs) (non-empty sequences only, consecutive).
+  int64_t row_begin;
+  int32_t num_rows;
+  int32_t num_seqs;
+  int32_t slots_per_row;      // CTAs per (row, KV head)
+  SeqSpan seqs[kMaxSeqsPerLaunch];
+};
+
+static_assert(sizeof(Params) <= 4096, "kernel parameters within the classic 4 KiB limit");
+
+// One launcher per compiled variant (sm80/instantiate_*.cu): returns the launch's status.
+// grid_size = num_rows * num_kv_heads * slots_per_row CTAs.
+template <pa_dtype kDtype, int kHeadDim>
+pa_status run_sm80(const Params& params, int64_t grid_size, void* stream);
+
+}  // namespace proxyattn::cuda::attention

@@ -1,0 +1,437 @@
+// Block-sparse causal attention forward for sm_80 and later (mma.sync), FlashAttention-2
+// style: one CTA per work item of params.hpp (kWarps warps x kWarpRows query rows), K/V
+// tiles of kTileKeys keys streamed through shared memory in the order of the block index,
+// online softmax in fp32 registers, O and LSE written once at the end.
+//
+// Pipeline of one K/V tile i (single K and V buffers, FA2's overlap):
+//   wait K[i]; barrier | copy V[i]    | S = Q K[i]^T, mask, softmax
+//   wait V[i]; barrier | copy K[i+1]  | O += P V[i]
+// so each copy runs under the other half's tensor-core work.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "attention/params.hpp"
+#include "attention/sm80/ptx.cuh"
+
+namespace proxyattn::cuda::attention::sm80 {
+
+// Alignment of the shared-memory tiles, which lane_address() relies on.
+inline constexpr int kTileAlignment = 1024;
+
+// Every shape of the kernel, derived from the element type and head_dim.
+template <typename Element_, int kHeadDim_>
+struct KernelTraits {
+  using Element = Element_;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kCtaRows = kWarps * kWarpRows;            // query rows of a CTA
+  static constexpr int kVectorElems = 16 / int(sizeof(Element));  // elements of one 16-byte copy
+  static constexpr int kRowVectors = kHeadDim / kVectorElems;     // 16-byte vectors per row
+  static constexpr int kMmaM = 16, kMmaN = 8, kMmaK = 16;
+  static constexpr int kWarpMTiles = kWarpRows / kMmaM;   // m16 tiles per warp
+  static constexpr int kKeyNTiles = kTileKeys / kMmaN;    // n8 tiles of S per m16 tile
+  static constexpr int kDimNTiles = kHeadDim / kMmaN;     // n8 tiles of O per m16 tile
+  static constexpr int kDimKSteps = kHeadDim / kMmaK;     // k16 steps of Q K^T
+  static constexpr int kKeyKSteps = kTileKeys / kMmaK;    // k16 steps of P V
+  // Two CTAs per SM: caps registers at 65536 / (2 * 128) = 256 per thread, about what the
+  // O accumulators (kWarpMTiles * kDimNTiles * 4 = 128 floats at d = 128) and S (64
+  // floats) need; shared memory (64 KiB at d = 128) allows it too. At d = 128 ptxas still
+  // spills ~60 bytes (loop-invariant scalars: ~5 local loads per tile against 256 MMAs).
+  static constexpr int kMinCtasPerSm = 2;
+
+  static_assert(sizeof(Element) == 2, "16-bit elements (bf16, fp16)");
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "head_dim 64 or 128");
+  static_assert(kRowVectors >= 8, "the XOR swizzle permutes 8 vectors of a row");
+  static_assert((kTileKeys * kRowVectors) % kThreads == 0, "K/V tile copies split evenly");
+  static_assert(kWarpRows % kMmaM == 0 && kTileKeys % (2 * kMmaN) == 0, "ldmatrix.x4 pairs n8 tiles");
+  static constexpr int kRowBytes = kHeadDim * 2;
+  static_assert((kWarpRows * kRowBytes) % kTileAlignment == 0 && (kTileKeys * kRowBytes) % kTileAlignment == 0,
+                "every tile of SharedStorage starts 1024-byte aligned (lane_address)");
+};
+
+// Shared memory of one CTA; its sizeof is the launch's dynamic shared memory. Tiles are
+// row-major with 16-byte vectors XOR-swizzled by row % 8 (see swizzle()).
+template <typename Traits>
+struct alignas(kTileAlignment) SharedStorage {
+  uint16_t q[Traits::kCtaRows * Traits::kHeadDim];  // (kCtaRows, d): warp w owns rows [32w, 32w+32); O staging at the end
+  uint16_t k[kTileKeys * Traits::kHeadDim];         // (kTileKeys, d)
+  uint16_t v[kTileKeys * Traits::kHeadDim];         // (kTileKeys, d)
+};
+
+// Element offset of (row, col) in a (rows, kHeadDim) tile, col a multiple of 8: 16-byte
+// vector c of row r is stored at vector c ^ (r % 8), so the 8 rows an ldmatrix phase (or a
+// copy) touches at one column land in 8 different bank groups.
+template <int kHeadDim>
+__device__ __forceinline__ int swizzle(int row, int col) {
+  return row * kHeadDim + (((col >> 3) ^ (row & 7)) << 3);
+}
+
+// Inner loops address a tile as (lane base) ^ (step constant) + (row step): with tiles
+// 1024-byte aligned, rows of >= 128 bytes and the vector index of a step (2 * k-step) in
+// bits the lane part leaves clear, moving 16 columns right flips bit 5 upwards of the byte
+// address (XOR of an immediate) and moving whole 8-row groups adds a multiple of 8 rows
+// without touching the swizzle. So one register per operand holds the lane's address.
+template <int kHeadDim>
+__device__ __forceinline__ uint32_t lane_address(const uint16_t* tile, int row, int col) {
+  return smem_address(tile) + 2u * uint32_t(swizzle<kHeadDim>(row, col));
+}
+// Byte XOR that moves a lane address from column c to column c + 16 * step (step < d / 16).
+__device__ __forceinline__ constexpr uint32_t column_step(int step) { return uint32_t(step) << 5; }
+
+// T(n) = n (n + 1) / 2 (core/problem.hpp's triangle, for device code).
+__device__ __forceinline__ int64_t triangular(int64_t n) { return n * (n + 1) / 2; }
+
+// The sequence of global query-block row `row`: the last of the launch's (non-empty)
+// sequences that starts at or before it.
+__device__ __forceinline__ int find_seq(const Params& p, int64_t row) {
+  int lo = 0, hi = p.num_seqs - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (p.seqs[mid].qblock_begin <= row) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+// What one warp of the CTA computes: kWarpRows query rows of one Q head.
+struct WarpWork {
+  bool active = false;  // has a (head, chunk) pair with at least one row inside the sequence
+  int head = 0;         // Q head
+  int row0 = 0;         // first query row, sequence-relative
+  int last_row = -1;    // last valid query row (inclusive)
+  int count = 0;        // kept blocks of this head in this row: the prefix of the order row
+};
+
+__device__ __forceinline__ WarpWork warp_work(const Params& p, const SeqSpan& span, int m, int kv_head,
+                                              int slot, int warp) {
+  WarpWork w;
+  const int heads_per_kv = p.num_q_heads / p.num_kv_heads;
+  const int chunks = p.block_size / kWarpRows;
+  const int pair = slot * kWarps + warp;
+  if (pair >= heads_per_kv * chunks) return w;
+  const bool head_major = p.packing == Packing::kChunksOfHead;
+  const int head_local = head_major ? pair / chunks : pair % heads_per_kv;
+  const int chunk = head_major ? pair % chunks : pair / heads_per_kv;
+  w.head = kv_head * heads_per_kv + head_local;
+  w.row0 = m * p.block_size + chunk * kWarpRows;
+  if (w.row0 >= span.length) return w;
+  w.active = true;
+  w.last_row = min(w.row0 + kWarpRows, span.length) - 1;
+  // Dense: every causal block. Sparse: the head's count, clamped to [0, m + 1] so that a
+  // corrupt index cannot send the CTA outside the row.
+  const int kept = p.order == nullptr
+                       ? m + 1
+                       : __ldg(p.count + (span.qblock_begin + m) * p.num_q_heads + w.head);
+  w.count = max(0, min(kept, m + 1));
+  return w;
+}
+
+// Copies kTileKeys rows starting at key0 of one KV head into a swizzled tile, all threads
+// of the CTA together; rows past the sequence end are zero-filled (V rows must be finite:
+// their probabilities are 0, and 0 * NaN would poison O). A thread copies one 16-byte
+// column vector of every kPassRows-th row; the pass stays a rolled loop with pointer
+// increments, because unrolled per-pass offsets would be hoisted out of the tile loop and
+// cost ~50 registers the accumulators need.
+template <typename Traits>
+__device__ __forceinline__ void copy_kv_tile(uint16_t* tile, const typename Traits::Element* base,
+                                             int64_t token_stride, int key0, int length) {
+  constexpr int kPassRows = Traits::kThreads / Traits::kRowVectors;
+  static_assert(kPassRows % 8 == 0, "a pass keeps the swizzle phase (row % 8) of each thread");
+  const int r0 = int(threadIdx.x) / Traits::kRowVectors;
+  const int c = (int(threadIdx.x) % Traits::kRowVectors) * Traits::kVectorElems;
+  const auto* first = base + int64_t(key0) * token_stride + c;  // a valid address for zero-fill
+  const auto* src = first + int64_t(r0) * token_stride;
+  const int64_t step = kPassRows * token_stride;
+  uint32_t dst = smem_address(tile + swizzle<Traits::kHeadDim>(r0, c));
+#pragma unroll 1
+  for (int r = r0; r < kTileKeys; r += kPassRows) {
+    const bool inside = key0 + r < length;
+    cp_async_16(dst, inside ? src : first, inside);
+    src += step;
+    dst += kPassRows * Traits::kRowBytes;
+  }
+}
+
+template <typename Traits>
+__global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
+    attention_kernel(const __grid_constant__ Params params) {
+  using Element = typename Traits::Element;
+  constexpr int D = Traits::kHeadDim;
+  constexpr float kNegInf = -INFINITY;
+  constexpr float kLn2 = 0.693147180559945309f;
+  extern __shared__ __align__(kTileAlignment) unsigned char smem_bytes[];
+  SharedStorage<Traits>& smem = *reinterpret_cast<SharedStorage<Traits>*>(smem_bytes);
+  if (smem_address(smem_bytes) % kTileAlignment != 0) __trap();  // lane_address() needs it
+
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int quad_row = lane / 4, quad_col = lane % 4;  // g and t of the fragment layouts
+
+  // ---- Work item: blockIdx.x = ((row' * Hkv) + kv_head) * slots + slot, row' counting
+  // from the last (longest) row of the launch down.
+  int64_t item = blockIdx.x;
+  const int slot = int(item % params.slots_per_row);
+  item /= params.slots_per_row;
+  const int kv_head = int(item % params.num_kv_heads);
+  item /= params.num_kv_heads;
+  const int64_t row = params.row_begin + (params.num_rows - 1 - item);
+  const SeqSpan& span = params.seqs[find_seq(params, row)];
+  const int m = int(row - span.qblock_begin);  // query block of the sequence
+  const int length = span.length;
+  const int block = params.block_size;
+
+  // Every thread decodes every warp's work, so that CTA-wide decisions are uniform.
+  WarpWork mine;
+  int max_count = 0, cta_last_row = -1;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) {
+    const WarpWork other = warp_work(params, span, m, kv_head, slot, w);
+    if (w == warp) mine = other;
+    if (other.active) {
+      max_count = max(max_count, other.count);
+      cta_last_row = max(cta_last_row, other.last_row);
+    }
+  }
+  const int heads_per_kv = params.num_q_heads / params.num_kv_heads;
+  const int group = kv_head * heads_per_kv / params.q_heads_per_group;
+  const int32_t* order_row =
+      params.order == nullptr
+          ? nullptr
+          : params.order + span.order_begin + group * triangular(span.num_qblocks) + triangular(m);  // order_row()
+
+  const auto* k_base = static_cast<const Element*>(params.k.data) + span.token_begin * params.k.token_stride +
+                       int64_t(kv_head) * params.k.head_stride;
+  const auto* v_base = static_cast<const Element*>(params.v.data) + span.token_begin * params.v.token_stride +
+                       int64_t(kv_head) * params.v.head_stride;
+  uint16_t* q_warp = smem.q + warp * kWarpRows * D;  // this warp's rows of the Q (and O) tile
+
+  // ---- Q: each warp copies its own rows (zero past the sequence end).
+  if (mine.active) {
+    const auto* q_base = static_cast<const Element*>(params.q.data) + span.token_begin * params.q.token_stride +
+                         int64_t(mine.head) * params.q.head_stride;
+    for (int i = lane; i < kWarpRows * Traits::kRowVectors; i += 32) {
+      const int r = i / Traits::kRowVectors, c = (i % Traits::kRowVectors) * Traits::kVectorElems;
+      const bool inside = mine.row0 + r < length;
+      const auto* src = q_base + int64_t(inside ? mine.row0 + r : mine.row0) * params.q.token_stride + c;
+      cp_async_16(smem_address(q_warp + swizzle<D>(r, c)), src, inside);
+    }
+  }
+  cp_async_commit();
+
+  // ---- The tiles: tile i is sub-tile i % tiles_per_block of the block at rank
+  // i / tiles_per_block of the order row. The CTA skips a tile whose block is outside
+  // [0, m] (a corrupt index), that starts past the sequence end, or that lies wholly above
+  // the causal diagonal of every row of the CTA.
+  const int tiles_per_block = block / kTileKeys;
+  const int num_tiles = max_count * tiles_per_block;
+  auto block_at = [&](int rank) { return order_row == nullptr ? rank : __ldg(order_row + rank); };
+  auto tile_key0 = [&](int i, int n) {  // first key of tile i in block n, or -1 when skipped
+    if (n < 0 || n > m) return -1;
+    const int key0 = n * block + (i % tiles_per_block) * kTileKeys;
+    return key0 >= length || key0 > cta_last_row ? -1 : key0;
+  };
+
+  float o[Traits::kWarpMTiles][Traits::kDimNTiles][4];  // O accumulators, fp32
+  uint32_t p[Traits::kWarpMTiles][Traits::kKeyKSteps][4];  // probabilities, packed A fragments
+  float row_max[Traits::kWarpMTiles][2];  // running max of scaled scores (log2 domain) per row
+  float row_sum[Traits::kWarpMTiles][2];  // this thread's share of the running denominator
+#pragma unroll
+  for (int mi = 0; mi < Traits::kWarpMTiles; ++mi) {
+#pragma unroll
+    for (int di = 0; di < Traits::kDimNTiles; ++di)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) o[mi][di][c] = 0.0f;
+    row_max[mi][0] = row_max[mi][1] = kNegInf;
+    row_sum[mi][0] = row_sum[mi][1] = 0.0f;
+  }
+
+  // K of the first tile; a tile's K is copied during the tile before it.
+  int key0 = num_tiles > 0 ? tile_key0(0, block_at(0)) : -1;
+  if (key0 >= 0) copy_kv_tile<Traits>(smem.k, k_base, params.k.token_stride, key0, length);
+  cp_async_commit();
+
+  // ldmatrix lane addresses (fragment layouts in ptx.cuh): Q rows lane % 16, column
+  // 8 (lane / 16); K keys 8 (lane / 16) + lane % 8, dims 8 ((lane / 8) % 2); V (transposed)
+  // keys 8 ((lane / 8) % 2) + lane % 8, dims 8 (lane / 16).
+  const uint32_t q_lane = lane_address<D>(q_warp, lane % 16, (lane / 16) * 8);
+  const uint32_t k_lane = lane_address<D>(smem.k, (lane / 16) * 8 + lane % 8, ((lane / 8) % 2) * 8);
+  const uint32_t v_lane = lane_address<D>(smem.v, ((lane / 8) % 2) * 8 + lane % 8, (lane / 16) * 8);
+  constexpr uint32_t kRows16 = 16 * Traits::kRowBytes;  // bytes of 16 rows
+  for (int tile = 0; tile < num_tiles; ++tile) {
+    // Block of the next tile, read now so that its latency hides under this tile's work.
+    const int next = tile + 1;
+    const int next_block = next < num_tiles ? block_at(next / tiles_per_block) : 0;
+    const int rank = tile / tiles_per_block;
+    if (key0 < 0) {
+      // A skipped tile (uniform over the CTA): nothing of it is in shared memory, and the
+      // K buffer is free (the last computed tile did not copy into it), so just copy the
+      // next tile's K.
+      key0 = next < num_tiles ? tile_key0(next, next_block) : -1;
+      if (key0 >= 0) copy_kv_tile<Traits>(smem.k, k_base, params.k.token_stride, key0, length);
+      cp_async_commit();
+      continue;
+    }
+
+    // K[tile] (and Q) landed; every warp is done with V of the previous tile.
+    cp_async_wait_all();
+    __syncthreads();
+    copy_kv_tile<Traits>(smem.v, v_base, params.v.token_stride, key0, length);
+    cp_async_commit();
+
+    // This warp computes the tile when it lies in its head's prefix and not wholly above
+    // the diagonal of its rows.
+    const bool warp_on = mine.active && rank < mine.count && key0 <= mine.last_row;
+    if (warp_on) {
+      // S = Q K^T (raw scores; the scale goes into the exponent).
+      float s[Traits::kWarpMTiles][Traits::kKeyNTiles][4];  // scores, then probabilities
+#pragma unroll
+      for (int mi = 0; mi < Traits::kWarpMTiles; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < Traits::kKeyNTiles; ++ni)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) s[mi][ni][c] = 0.0f;
+#pragma unroll
+      for (int ks = 0; ks < Traits::kDimKSteps; ++ks) {
+        uint32_t a[Traits::kWarpMTiles][4];
+#pragma unroll
+        for (int mi = 0; mi < Traits::kWarpMTiles; ++mi)
+          ldmatrix_x4(a[mi], (q_lane ^ column_step(ks)) + mi * kRows16);
+#pragma unroll
+        for (int np = 0; np < Traits::kKeyNTiles / 2; ++np) {
+          uint32_t bk[4];  // keys 16 np.., dims 16 ks..: (b0 b1) of n8 tiles 2np and 2np + 1
+          ldmatrix_x4(bk, (k_lane ^ column_step(ks)) + np * kRows16);
+#pragma unroll
+          for (int mi = 0; mi < Traits::kWarpMTiles; ++mi) {
+            mma_16x8x16<Element>(s[mi][2 * np], a[mi], bk[0], bk[1]);
+            mma_16x8x16<Element>(s[mi][2 * np + 1], a[mi], bk[2], bk[3]);
+          }
+        }
+      }
+
+      // Causal mask inside the diagonal block and keys past the sequence end.
+      if (key0 + kTileKeys - 1 > mine.row0 || key0 + kTileKeys > length) {
+#pragma unroll
+        for (int mi = 0; mi < Traits::kWarpMTiles; ++mi)
+#pragma unroll
+          for (int ni = 0; ni < Traits::kKeyNTiles; ++ni)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+              const int q_pos = mine.row0 + mi * 16 + quad_row + (c / 2) * 8;
+              const int k_pos = key0 + ni * 8 + quad_col * 2 + (c % 2);
+              if (k_pos > q_pos || k_pos >= length) s[mi][ni][c] = kNegInf;
+            }
+      }
+
+      // Online softmax per row (a row's values sit in the 4 threads of a quad): new max,
+      // rescale what was accumulated, S becomes P = exp2(S * scale_log2 - max).
+#pragma unroll
+      for (int mi = 0; mi < Traits::kWarpMTiles; ++mi)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          float tile_max = kNegInf;
+#pragma unroll
+          for (int ni = 0; ni < Traits::kKeyNTiles; ++ni)
+            tile_max = fmaxf(tile_max, fmaxf(s[mi][ni][2 * half], s[mi][ni][2 * half + 1]));
+          tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+          tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+          const float new_max = fmaxf(row_max[mi][half], tile_max * params.scale_log2);
+          // A row with no key yet keeps max -inf; exponents then use 0 so that no -inf - -inf
+          // NaN appears (its probabilities are exp2(-inf) = 0).
+          const float base = new_max == kNegInf ? 0.0f : new_max;
+          const float correction = fast_exp2(row_max[mi][half] - base);
+          row_max[mi][half] = new_max;
+          float tile_sum = 0.0f;
+#pragma unroll
+          for (int ni = 0; ni < Traits::kKeyNTiles; ++ni)
+#pragma unroll
+            for (int c = 2 * half; c < 2 * half + 2; ++c) {
+              const float p = fast_exp2(fmaf(s[mi][ni][c], params.scale_log2, -base));
+              s[mi][ni][c] = p;
+              tile_sum += p;
+            }
+          row_sum[mi][half] = row_sum[mi][half] * correction + tile_sum;
+#pragma unroll
+          for (int di = 0; di < Traits::kDimNTiles; ++di) {
+            o[mi][di][2 * half] *= correction;
+            o[mi][di][2 * half + 1] *= correction;
+          }
+        }
+      // P rounded to the input type, packed as the A fragments of P V: the accumulator
+      // layout of n8 tiles 2ks and 2ks + 1 is the A layout of k16 step ks. Packing here
+      // halves the registers that stay live across the barrier below.
+#pragma unroll
+      for (int mi = 0; mi < Traits::kWarpMTiles; ++mi)
+#pragma unroll
+        for (int ks = 0; ks < Traits::kKeyKSteps; ++ks) {
+          p[mi][ks][0] = ElementTraits<Element>::pack(s[mi][2 * ks][0], s[mi][2 * ks][1]);
+          p[mi][ks][1] = ElementTraits<Element>::pack(s[mi][2 * ks][2], s[mi][2 * ks][3]);
+          p[mi][ks][2] = ElementTraits<Element>::pack(s[mi][2 * ks + 1][0], s[mi][2 * ks + 1][1]);
+          p[mi][ks][3] = ElementTraits<Element>::pack(s[mi][2 * ks + 1][2], s[mi][2 * ks + 1][3]);
+        }
+    }
+
+    const int next_key0 = next < num_tiles ? tile_key0(next, next_block) : -1;
+
+    // V[tile] landed; every warp is done with K[tile].
+    cp_async_wait_all();
+    __syncthreads();
+    if (next_key0 >= 0) copy_kv_tile<Traits>(smem.k, k_base, params.k.token_stride, next_key0, length);
+    cp_async_commit();
+
+    if (warp_on) {
+      // O += P V.
+#pragma unroll
+      for (int ks = 0; ks < Traits::kKeyKSteps; ++ks) {
+#pragma unroll
+        for (int dp = 0; dp < Traits::kDimNTiles / 2; ++dp) {
+          uint32_t bv[4];  // keys 16 ks.., dims 16 dp..: (b0 b1) of n8 tiles 2dp and 2dp + 1
+          ldmatrix_x4_trans(bv, (v_lane ^ column_step(dp)) + ks * kRows16);
+#pragma unroll
+          for (int mi = 0; mi < Traits::kWarpMTiles; ++mi) {
+            mma_16x8x16<Element>(o[mi][2 * dp], p[mi][ks], bv[0], bv[1]);
+            mma_16x8x16<Element>(o[mi][2 * dp + 1], p[mi][ks], bv[2], bv[3]);
+          }
+        }
+      }
+    }
+    key0 = next_key0;
+  }
+  // Q copies may still be in flight when no tile ran; the O staging reuses their rows.
+  cp_async_wait_all();
+  __syncthreads();
+  if (!mine.active) return;
+
+  // ---- Epilogue: O = acc / l into this warp's rows of the Q tile, then 16-byte stores of
+  // the valid rows; LSE = ln(l) + max. A row that saw no key gets O = 0, LSE = -inf.
+  Element* o_base = static_cast<Element*>(params.o.data) + span.token_begin * params.o.token_stride +
+                    int64_t(mine.head) * params.o.head_stride;
+  // This lane's pair (row quad_row, columns 2 quad_col..) of n8 tile 0; tile di is vector di.
+  const uint32_t o_lane = lane_address<D>(q_warp, quad_row, 0) + quad_col * 4;
+#pragma unroll
+  for (int mi = 0; mi < Traits::kWarpMTiles; ++mi)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float l = row_sum[mi][half];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+      const int r = mi * 16 + quad_row + half * 8;
+#pragma unroll
+      for (int di = 0; di < Traits::kDimNTiles; ++di) {
+        const uint32_t pair = ElementTraits<Element>::pack(o[mi][di][2 * half] * inv, o[mi][di][2 * half + 1] * inv);
+        st_shared_32((o_lane ^ (uint32_t(di) << 4)) + (mi * 16 + half * 8) * Traits::kRowBytes, pair);
+      }
+      if (params.lse != nullptr && quad_col == 0 && mine.row0 + r < length)
+        params.lse[int64_t(mine.head) * params.total_tokens + span.token_begin + mine.row0 + r] =
+            l > 0.0f ? (row_max[mi][half] + log2f(l)) * kLn2 : kNegInf;
+    }
+  __syncwarp();
+  for (int i = lane; i < kWarpRows * Traits::kRowVectors; i += 32) {
+    const int r = i / Traits::kRowVectors, c = (i % Traits::kRowVectors) * Traits::kVectorElems;
+    if (mine.row0 + r >= length) continue;
+    Element* dst = o_base + int64_t(mine.row0 + r) * params.o.token_stride + c;
+    *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(q_warp + swizzle<D>(r, c));
+  }
+}
+
+}  // namespace proxyattn::cuda::attention::sm80
