@@ -1,13 +1,153 @@
-// GPU estimation (issue 3): not written yet. The API reports PA_STATUS_UNSUPPORTED.
-#include "cuda/backend.hpp"
+// GPU estimation (ALGORITHM.md steps 2-6): validates what this backend supports, carves
+// the caller's workspace and runs the stages of stages.cuh on the caller's stream. No host
+// round trip and no synchronisation: the batch layout is known on the host from the plan,
+// everything data-dependent stays on the device.
+#include <algorithm>
+#include <cmath>
+
+#include "common/check.cuh"
 #include "core/status.hpp"
+#include "cuda/backend.hpp"
+#include "estimate/stages.cuh"
 
 namespace proxyattn::cuda {
+namespace {
 
-size_t estimate_workspace_bytes(const PlanDesc&) { return 0; }
+constexpr size_t kWorkspaceAlignment = 256;  // each array starts 256-byte aligned (vector loads)
+constexpr size_t kProxyElementBytes = 2;     // proxies are stored as bf16 / fp16
+constexpr float kLog2e = 1.4426950408889634f;
 
-pa_status estimate(const PlanDesc&, const pa_tensor&, const pa_tensor&, void*, void*) {
-  return fail(PA_STATUS_UNSUPPORTED, "pa_estimate: the CUDA estimation is not built yet");
+size_t align_up(size_t x) { return (x + kWorkspaceAlignment - 1) / kWorkspaceAlignment * kWorkspaceAlignment; }
+
+// Byte offsets of the workspace arrays (stages.cuh, Workspace); depends on shapes only.
+struct WorkspaceLayout {
+  size_t proxy_q, proxy_k, row_stats, scores, budget_partials, total;
+};
+
+// Key chunks of the proxy scores (stages.cuh, Geometry): the longest row's 64-key tiles
+// cut into at most kMaxChunks chunks of at least kMinChunkTiles tiles. Speed settings: short
+// chunks balance the causal rows over the SMs; the floor keeps a CTA's fixed costs small.
+constexpr int64_t kProxyKeyTile = 64;  // proxy_scores.cu's kTileKeys
+constexpr int64_t kMinChunkTiles = 16;
+constexpr int64_t kMaxChunks = 64;
+
+struct Chunking {
+  int32_t chunk_tiles, chunks;
+};
+
+Chunking chunking(const PlanDesc& plan) {
+  const int64_t ns = (int64_t(plan.batch.max_length) + plan.config.stride - 1) / plan.config.stride;
+  const int64_t tiles = std::max<int64_t>(1, (ns + kProxyKeyTile - 1) / kProxyKeyTile);
+  const int64_t chunk_tiles = std::max(kMinChunkTiles, (tiles + kMaxChunks - 1) / kMaxChunks);
+  return Chunking{int32_t(chunk_tiles), int32_t((tiles + chunk_tiles - 1) / chunk_tiles)};
+}
+
+WorkspaceLayout workspace_layout(const PlanDesc& plan) {
+  const int64_t per_block = plan.config.block_size / plan.config.stride;
+  const size_t sampled_rows = size_t(plan.batch.total_qblocks) * size_t(per_block);
+  const size_t groups = size_t(plan.groups());
+  WorkspaceLayout w{};
+  w.proxy_q = 0;
+  w.proxy_k = align_up(w.proxy_q + groups * sampled_rows * plan.problem.head_dim * kProxyElementBytes);
+  w.row_stats = align_up(w.proxy_k + groups * sampled_rows * plan.problem.head_dim * kProxyElementBytes);
+  w.scores = align_up(w.row_stats + groups * size_t(chunking(plan).chunks) * sampled_rows * sizeof(float2));
+  w.budget_partials = align_up(w.scores + size_t(plan.batch.order_entries) * sizeof(float));
+  w.total = align_up(w.budget_partials + size_t(plan.problem.num_q_heads) *
+                                             size_t(plan.batch.total_qblocks) *
+                                             size_t(plan.config.block_size) * sizeof(float2));
+  return w;
+}
+
+est::InputView input_view(const pa_tensor& t) {
+  constexpr int64_t kVecElems = 8;  // 16 bytes of 2-byte elements
+  const bool aligned = reinterpret_cast<uintptr_t>(t.data) % 16 == 0 &&
+                       t.token_stride % kVecElems == 0 && t.head_stride % kVecElems == 0;
+  return est::InputView{t.data, t.token_stride, t.head_stride, aligned};
+}
+
+}  // namespace
+
+size_t estimate_workspace_bytes(const PlanDesc& plan) {
+  if (plan.batch.total_qblocks == 0) return 0;
+  return workspace_layout(plan).total;
+}
+
+pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_tensor& k, void* workspace,
+                   void* stream) {
+  const pa_problem& p = plan.problem;
+  const pa_config& c = plan.config;
+  if (p.dtype != PA_DTYPE_BFLOAT16 && p.dtype != PA_DTYPE_FLOAT16)
+    return fail(PA_STATUS_UNSUPPORTED,
+                "pa_estimate: dtype %s on the GPU: the CUDA estimation takes bfloat16 or float16 "
+                "tensors (convert Q and K, or estimate on the CPU)", dtype_name(p.dtype));
+  if (p.head_dim != 64 && p.head_dim != 128)
+    return fail(PA_STATUS_UNSUPPORTED,
+                "pa_estimate: problem.head_dim = %d: the CUDA estimation supports 64 and 128",
+                p.head_dim);
+
+  est::Launch l{};
+  l.dtype = p.dtype;
+  l.head_dim = p.head_dim;
+  l.config = c;
+  l.stream = static_cast<cudaStream_t>(stream);
+  bool any_sparse = false;
+  for (size_t s = 0; s < plan.batch.seqs.size(); ++s) {
+    const SeqSpan& span = plan.batch.seqs[s];
+    if (span.num_qblocks > est::kMaxSortedBlocks)
+      return fail(PA_STATUS_UNSUPPORTED,
+                  "pa_estimate: sequence %zu has %d tokens = %d blocks of %d; the CUDA estimation "
+                  "sorts at most %d blocks per row", s, span.length, span.num_qblocks,
+                  c.block_size, est::kMaxSortedBlocks);
+    l.max_qblocks = std::max(l.max_qblocks, span.num_qblocks);
+    if (!plan.runs_dense(span) && span.num_qblocks > 0) {
+      any_sparse = true;
+      l.max_sparse_qblocks = std::max(l.max_sparse_qblocks, span.num_qblocks);
+    }
+  }
+
+  est::Geometry& g = l.geo;
+  g.seqs = plan.index.seqs;
+  g.qblock_seq = plan.index.qblock_seq;
+  g.total_qblocks = plan.batch.total_qblocks;
+  g.num_seqs = p.num_seqs;
+  g.num_q_heads = p.num_q_heads;
+  g.num_kv_heads = p.num_kv_heads;
+  g.groups = plan.groups();
+  g.block = c.block_size;
+  g.stride = c.stride;
+  g.per_block = c.block_size / c.stride;
+  g.dense_below = c.dense_below;
+  g.scale_log2 = c.softmax_scale * kLog2e;
+  const Chunking ch = chunking(plan);
+  g.chunk_tiles = ch.chunk_tiles;
+  g.chunks = ch.chunks;
+
+  const WorkspaceLayout w = workspace_layout(plan);
+  char* base = static_cast<char*>(workspace);
+  est::Workspace ws{};
+  if (plan.batch.total_qblocks > 0) {
+    ws.proxy_q = base + w.proxy_q;
+    ws.proxy_k = base + w.proxy_k;
+    ws.row_stats = reinterpret_cast<float2*>(base + w.row_stats);
+    ws.scores = reinterpret_cast<float*>(base + w.scores);
+    ws.budget_partials = reinterpret_cast<float2*>(base + w.budget_partials);
+  }
+  const est::InputView qv = input_view(q), kv = input_view(k);
+
+  if (any_sparse) {
+    // A is reduced with atomicMax from 0; then steps 2-4 and the budget partials.
+    PA_CUDA_TRY(cudaMemsetAsync(ws.scores, 0, size_t(plan.batch.order_entries) * sizeof(float), l.stream));
+    PA_TRY(est::launch_pool_proxies(l, qv, kv, ws));
+    PA_TRY(est::launch_proxy_row_stats(l, ws));
+    PA_TRY(est::launch_proxy_block_max(l, ws));
+    PA_TRY(est::launch_budget_partials(l, qv, kv, ws));
+  }
+  // Budgets of every sequence (dense and empty ones too), then the shared orderings.
+  PA_TRY(est::launch_budget_heads(l, ws, plan.index.budget, plan.index.needed));
+  if (plan.batch.total_qblocks > 0)
+    PA_TRY(est::launch_select(l, ws, plan.index.budget, plan.index.needed, plan.index.order,
+                              plan.index.count));
+  return PA_STATUS_SUCCESS;
 }
 
 }  // namespace proxyattn::cuda

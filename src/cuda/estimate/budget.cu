@@ -1,0 +1,392 @@
+// Step 5: per-head budgets from the last query block.
+//   budget_partials: for each Q head i and key block n, the softmax statistics of the last
+//     query block's rows (head i's own Q, its KV head's K, all keys, causal inside the last
+//     block) restricted to block n: (max of log2 logits, sum of 2^(x - max)). Tensor cores,
+//     one CTA per (head, 4 consecutive key blocks), one warp per 16 rows, key tiles
+//     double buffered.
+//   budget_heads: per (sequence, head), combines the partials into each row's max and sum,
+//     then the mass per key block  a_n = (1/rows) sum_r sum_{k in n} p_r(k)
+//     = (1/rows) sum_r S_rn 2^(M_rn - M_r) / L_r, sorts the masses (descending), and takes
+//     count_i = smallest k whose prefix reaches gamma * total (core/budget.cpp's rule),
+//     K_i = min(Nqb, max(count_i, Kmin)).
+#include <cub/block/block_radix_sort.cuh>
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
+
+#include <climits>
+
+#include "common/check.cuh"
+#include "estimate/device_utils.cuh"
+#include "estimate/sort_classes.cuh"  // kDefaultSmemLimit
+#include "estimate/stages.cuh"
+
+namespace proxyattn::cuda::est {
+namespace {
+
+// ---- budget_partials ------------------------------------------------------------------
+constexpr int kMaxBlock = 128;                             // largest block size b
+constexpr int kPartialThreadsMax = kMaxBlock / kMmaM * kWarpSize;  // one warp per 16 rows
+constexpr int kKeyTile = 64;                               // keys per shared-memory tile
+constexpr int kNTiles = kKeyTile / kMmaN;
+constexpr int kBlocksPerCta = 4;                           // key blocks per CTA (Q loaded once)
+constexpr int kSmemPad = 8;                                // conflict-free ldmatrix rows
+constexpr int kStages = 2;                                 // double buffering of key tiles
+
+template <typename T, int D>
+struct KeyTiles {
+  T k[kStages][kKeyTile][D + kSmemPad];  // [stage][key][d]
+};
+
+// Grid Hq * ceil(total_qblocks / kBlocksPerCta), heads fastest: the heads of one KV head
+// run side by side and share its K tiles through L2. b / 16 warps; the CTA's key tiles (b / 64 per block)
+// stream through two shared-memory stages, the next loading while the current computes.
+template <typename T, int D>
+__global__ void __launch_bounds__(kPartialThreadsMax)
+    budget_partials_kernel(Geometry geo, InputView q, InputView k, float2* __restrict__ partials) {
+  __shared__ __align__(16) KeyTiles<T, D> smem;
+  const int h = int(blockIdx.x % geo.num_q_heads);
+  const int64_t chunk = blockIdx.x / geo.num_q_heads;
+  const int kv = h / (geo.num_q_heads / geo.num_kv_heads);
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int b = geo.block;
+  const int tiles_per_block = b / kKeyTile;
+  const int row_a = warp * kMmaM + lane / 4, row_b = row_a + 8;  // rows of the last block
+  const int64_t gb_begin = chunk * kBlocksPerCta;
+  const int num_tiles = int(min(geo.total_qblocks - gb_begin, int64_t(kBlocksPerCta))) * tiles_per_block;
+
+  const T* qdata = static_cast<const T*>(q.data);
+  const T* kdata = static_cast<const T*>(k.data);
+
+  // K tile t of this CTA [64 keys, D] of KV head kv into stage (zero past the sequence's
+  // end; nothing for dense sequences). Always commits one group, so waits stay in step.
+  auto load_tile = [&](int t, int stage) {
+    const int64_t gb = gb_begin + t / tiles_per_block;
+    const SeqSpan span = geo.seqs[geo.qblock_seq[gb]];
+    if (!geo.dense(span)) {
+      const int64_t key0 = (gb - span.qblock_begin) * b + int64_t(t % tiles_per_block) * kKeyTile;
+      constexpr int kChunksPerRow = D / kVecElems;
+      for (int c = threadIdx.x; c < kKeyTile * kChunksPerRow; c += blockDim.x) {
+        const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * kVecElems;
+        const int64_t key = key0 + r;
+        const bool valid = key < span.length;
+        const T* src = kdata + (span.token_begin + (valid ? key : 0)) * k.token_stride +
+                       int64_t(kv) * k.head_stride + col;
+        if (k.vector_ok) {
+          cp_async_16(&smem.k[stage][r][col], src, valid);
+        } else {
+#pragma unroll
+          for (int e = 0; e < kVecElems; ++e)
+            smem.k[stage][r][col + e] = valid ? src[e] : Element<T>::from_float(0.0f);
+        }
+      }
+    }
+    cp_async_commit();
+  };
+
+  uint32_t qf[D / kMmaK][4];
+  int loaded_seq = -1;
+  float run_max[2] = {neg_inf(), neg_inf()}, run_sum[2] = {0.0f, 0.0f};
+  load_tile(0, 0);
+  for (int t = 0; t < num_tiles; ++t) {
+    const int stage = t % kStages;
+    if (t + 1 < num_tiles) {
+      load_tile(t + 1, (t + 1) % kStages);  // its stage was released at the end of t-1
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();  // tile t visible to every warp
+
+    const int64_t gb = gb_begin + t / tiles_per_block;
+    const int kt = t % tiles_per_block;
+    const int seq = geo.qblock_seq[gb];
+    const SeqSpan span = geo.seqs[seq];
+    if (!geo.dense(span)) {
+      const int last = span.num_qblocks - 1;
+      const int64_t q0 = int64_t(last) * b;  // first token of the last query block
+      const int rows = int(span.length - q0);
+      const int n = int(gb - span.qblock_begin);
+
+      // ---- this sequence's last-block rows of head h as A fragments --------------------
+      if (seq != loaded_seq) {
+        loaded_seq = seq;
+#pragma unroll
+        for (int ks = 0; ks < D / kMmaK; ++ks) {
+          const int col = ks * kMmaK + (lane % 4) * 2;
+          auto pair = [&](int row, int c) -> uint32_t {
+            if (row >= rows) return 0u;
+            const T* src = qdata + (span.token_begin + q0 + row) * q.token_stride +
+                           int64_t(h) * q.head_stride + c;
+            return load_pair(src, q.vector_ok);
+          };
+          qf[ks][0] = pair(row_a, col);
+          qf[ks][1] = pair(row_b, col);
+          qf[ks][2] = pair(row_a, col + 8);
+          qf[ks][3] = pair(row_b, col + 8);
+        }
+      }
+      if (kt == 0) {  // a new key block: fresh statistics
+        run_max[0] = run_max[1] = neg_inf();
+        run_sum[0] = run_sum[1] = 0.0f;
+      }
+
+      // ---- S[16 x 64] = Q_warp K_tile^T --------------------------------------------------
+      float acc[kNTiles][4];
+#pragma unroll
+      for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[nt][e] = 0.0f;
+#pragma unroll
+      for (int ks = 0; ks < D / kMmaK; ++ks)
+#pragma unroll
+        for (int np = 0; np < kNTiles / 2; ++np) {
+          uint32_t bf[4];
+          const int key = np * 2 * kMmaN + (lane & 7) + ((lane >> 4) << 3);
+          const int col = ks * kMmaK + ((lane >> 3) & 1) * 8;
+          ldmatrix_x4(bf, &smem.k[stage][key][col]);
+          Element<T>::mma(acc[2 * np], qf[ks], bf[0], bf[1]);
+          Element<T>::mma(acc[2 * np + 1], qf[ks], bf[2], bf[3]);
+        }
+
+      // ---- causal mask inside the last block (also covers keys past the end); the dot
+      // products stay unscaled (the max is scaled after, the exponentials fuse the scale) --
+      const float scale = geo.scale_log2;
+      if (n == last) {
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int key_in_block = kt * kKeyTile + nt * kMmaN + (lane % 4) * 2 + (e & 1);
+            const int row = e < 2 ? row_a : row_b;
+            if (key_in_block > row) acc[nt][e] = neg_inf();
+          }
+      }
+
+      // ---- fold into the block's running statistics ----------------------------------------
+#pragma unroll
+      for (int hi = 0; hi < 2; ++hi) {
+        float tile_max = neg_inf();
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt)
+          tile_max = fmaxf(tile_max, fmaxf(acc[nt][2 * hi], acc[nt][2 * hi + 1]));
+        tile_max = quad_max(tile_max) * scale;  // -inf stays -inf (scale > 0)
+        const float new_max = fmaxf(run_max[hi], tile_max);
+        const float shift = new_max == neg_inf() ? 0.0f : new_max;
+        float sum = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt)
+          sum += exp2f(fmaf(acc[nt][2 * hi], scale, -shift)) +
+                 exp2f(fmaf(acc[nt][2 * hi + 1], scale, -shift));
+        run_sum[hi] = run_sum[hi] * exp2f(run_max[hi] - shift) + sum;
+        run_max[hi] = new_max;
+      }
+
+      // ---- last tile of the block: its partial statistics for each valid row -------------
+      if (kt == tiles_per_block - 1) {
+        float2* out = partials + (int64_t(h) * geo.total_qblocks + gb) * b;
+        const int rows_of[2] = {row_a, row_b};
+#pragma unroll
+        for (int hi = 0; hi < 2; ++hi) {
+          const float sum = quad_sum(run_sum[hi]);
+          if (lane % 4 == 0 && rows_of[hi] < rows) out[rows_of[hi]] = make_float2(run_max[hi], sum);
+        }
+      }
+    }
+    __syncthreads();  // every warp is done with this stage before it is refilled
+  }
+}
+
+template <typename T, int D>
+pa_status launch_partials(const Launch& l, const InputView& q, const InputView& k,
+                          const Workspace& ws) {
+  const int64_t ctas = (l.geo.total_qblocks + kBlocksPerCta - 1) / kBlocksPerCta;
+  const dim3 grid(unsigned(int64_t(l.geo.num_q_heads) * ctas));
+  const int threads = l.geo.block / kMmaM * kWarpSize;
+  budget_partials_kernel<T, D><<<grid, threads, 0, l.stream>>>(l.geo, q, k, ws.budget_partials);
+  PA_CUDA_CHECK_LAUNCH("budget_partials_kernel");
+  return PA_STATUS_SUCCESS;
+}
+
+// ---- budget_heads ---------------------------------------------------------------------
+constexpr int kHeadsThreads = 512;  // one CTA per (sequence, head): wide for latency hiding
+constexpr int kLoadBatch = 8;  // partials loaded ahead per row (latency hiding: few CTAs)
+constexpr int kMassBatch = 4;  // key blocks per warp step
+
+struct MinOp {
+  __device__ int operator()(int a, int b) const { return a < b ? a : b; }
+};
+
+struct HeadsParams {
+  double gamma;
+  int32_t min_blocks;  // ceil(min_budget_tokens / b)
+};
+
+template <int Threads, int Items>
+struct HeadsSmem {
+  using Sort = cub::BlockRadixSort<float, Threads, Items>;
+  using Scan = cub::BlockScan<double, Threads>;
+  using Reduce = cub::BlockReduce<int, Threads>;
+  union {
+    typename Sort::TempStorage sort;
+    typename Scan::TempStorage scan;
+    typename Reduce::TempStorage reduce;
+  } tmp;
+  float2 row_part[Threads / kMaxBlock][kMaxBlock];  // per thread group and row: (max, sum)
+  float row_max[kMaxBlock];  // per last-block row: max of log2 logits over all keys
+  float row_inv[kMaxBlock];  // 1 / sum of 2^(x - max)
+  float mass[Threads * Items];
+};
+
+// Grid (num_seqs, Hq); dynamic shared memory sizeof(HeadsSmem).
+template <int Threads, int Items>
+__global__ void __launch_bounds__(Threads)
+    budget_heads_kernel(Geometry geo, const float2* __restrict__ partials, HeadsParams params,
+                        int32_t* __restrict__ budget, int32_t* __restrict__ needed) {
+  using Smem = HeadsSmem<Threads, Items>;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  Smem& smem = *reinterpret_cast<Smem*>(smem_raw);
+  const int seq = blockIdx.x, h = blockIdx.y;
+  const SeqSpan span = geo.seqs[seq];
+  const int nqb = span.num_qblocks;
+  const int64_t out = int64_t(seq) * geo.num_q_heads + h;
+  if (nqb == 0 || geo.dense(span)) {  // empty: nothing; dense: every block
+    if (threadIdx.x == 0) budget[out] = needed[out] = nqb;
+    return;
+  }
+  const int b = geo.block;
+  const int rows = int(span.length - int64_t(nqb - 1) * b);
+  const float2* part = partials + (int64_t(h) * geo.total_qblocks + span.qblock_begin) * b;  // [n][b]
+
+  // ---- each row's max and sum over all key blocks: kRowGroups threads per row, each over
+  // every kRowGroups-th block with kLoadBatch loads in flight, then combined -------------
+  constexpr int kRowGroups = Threads / kMaxBlock;
+  auto fold = [](float& mx, float& sum, float2 s) {
+    const float new_max = fmaxf(mx, s.x);
+    sum = sum * exp2f(mx - new_max) + s.y * exp2f(s.x - new_max);
+    mx = new_max;
+  };
+  {
+    const int r = threadIdx.x % kMaxBlock, group = threadIdx.x / kMaxBlock;
+    if (r < rows) {
+      float mx = neg_inf(), sum = 0.0f;
+      int n = group;
+      for (; n + (kLoadBatch - 1) * kRowGroups < nqb; n += kLoadBatch * kRowGroups) {
+        float2 s[kLoadBatch];
+#pragma unroll
+        for (int u = 0; u < kLoadBatch; ++u) s[u] = part[int64_t(n + u * kRowGroups) * b + r];
+#pragma unroll
+        for (int u = 0; u < kLoadBatch; ++u) fold(mx, sum, s[u]);
+      }
+      for (; n < nqb; n += kRowGroups) fold(mx, sum, part[int64_t(n) * b + r]);
+      smem.row_part[group][r] = make_float2(mx, sum);
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x < rows) {
+    float mx = neg_inf(), sum = 0.0f;
+#pragma unroll
+    for (int group = 0; group < kRowGroups; ++group) fold(mx, sum, smem.row_part[group][threadIdx.x]);
+    smem.row_max[threadIdx.x] = mx;
+    smem.row_inv[threadIdx.x] = 1.0f / sum;
+  }
+  __syncthreads();
+
+  // ---- mass per key block: a warp takes kMassBatch blocks, lanes run over rows ------------
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  constexpr int kWarps = Threads / kWarpSize;
+  for (int n0 = warp * kMassBatch; n0 < nqb; n0 += kWarps * kMassBatch) {
+    float t[kMassBatch];
+#pragma unroll
+    for (int u = 0; u < kMassBatch; ++u) t[u] = 0.0f;
+    for (int r = lane; r < rows; r += kWarpSize) {
+      const float mr = smem.row_max[r], inv = smem.row_inv[r];
+      float2 s[kMassBatch];
+#pragma unroll
+      for (int u = 0; u < kMassBatch; ++u)
+        s[u] = n0 + u < nqb ? part[int64_t(n0 + u) * b + r] : make_float2(neg_inf(), 0.0f);
+#pragma unroll
+      for (int u = 0; u < kMassBatch; ++u) t[u] += s[u].y * exp2f(s[u].x - mr) * inv;
+    }
+#pragma unroll
+    for (int u = 0; u < kMassBatch; ++u) {
+#pragma unroll
+      for (int mask = kWarpSize / 2; mask > 0; mask /= 2) t[u] = sum_xor(t[u], mask);
+      if (lane == 0 && n0 + u < nqb) smem.mass[n0 + u] = t[u] / float(rows);
+    }
+  }
+  __syncthreads();
+
+  // ---- sort descending (pads -1 go last), prefix sums in double --------------------------
+  float keys[Items];
+#pragma unroll
+  for (int i = 0; i < Items; ++i) {
+    const int idx = threadIdx.x * Items + i;
+    keys[i] = idx < nqb ? smem.mass[idx] : -1.0f;
+  }
+  typename Smem::Sort(smem.tmp.sort).SortDescending(keys);  // blocked: rank t * Items + i
+  __syncthreads();
+  double local = 0.0;
+#pragma unroll
+  for (int i = 0; i < Items; ++i) local += keys[i] > 0.0f ? double(keys[i]) : 0.0;
+  double before = 0.0, total = 0.0;
+  typename Smem::Scan(smem.tmp.scan).ExclusiveSum(local, before, total);
+  __syncthreads();
+  const double target = params.gamma * total;
+  int first = INT_MAX;  // smallest count whose prefix reaches the target
+  double prefix = before;
+#pragma unroll
+  for (int i = 0; i < Items; ++i) {
+    const int rank = threadIdx.x * Items + i;
+    if (rank < nqb) {
+      prefix += keys[i] > 0.0f ? double(keys[i]) : 0.0;
+      if (first == INT_MAX && prefix >= target) first = rank + 1;
+    }
+  }
+  const int found = typename Smem::Reduce(smem.tmp.reduce).Reduce(first, MinOp());
+  if (threadIdx.x == 0) {
+    // No mass at all, or rounding kept the prefix under the target: keep every block.
+    const int count = total > 0.0 && found != INT_MAX ? min(found, nqb) : nqb;
+    needed[out] = count;
+    budget[out] = min(nqb, max(count, params.min_blocks));
+  }
+}
+
+template <int Threads, int Items>
+pa_status launch_heads(const Launch& l, const Workspace& ws, int32_t* budget, int32_t* needed) {
+  using Smem = HeadsSmem<Threads, Items>;
+  auto kernel = budget_heads_kernel<Threads, Items>;
+  const size_t bytes = sizeof(Smem);
+  if (bytes > kDefaultSmemLimit)
+    PA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  const HeadsParams params{double(l.config.gamma),
+                           (l.config.min_budget_tokens + l.config.block_size - 1) / l.config.block_size};
+  const dim3 grid(unsigned(l.geo.num_seqs), unsigned(l.geo.num_q_heads));
+  kernel<<<grid, Threads, bytes, l.stream>>>(l.geo, ws.budget_partials, params, budget, needed);
+  PA_CUDA_CHECK_LAUNCH("budget_heads_kernel");
+  return PA_STATUS_SUCCESS;
+}
+
+}  // namespace
+
+pa_status launch_budget_partials(const Launch& l, const InputView& q, const InputView& k,
+                                 const Workspace& ws) {
+  const bool bf16 = l.dtype == PA_DTYPE_BFLOAT16;
+  if (l.head_dim == 64)
+    return bf16 ? launch_partials<__nv_bfloat16, 64>(l, q, k, ws)
+                : launch_partials<__half, 64>(l, q, k, ws);
+  return bf16 ? launch_partials<__nv_bfloat16, 128>(l, q, k, ws)
+              : launch_partials<__half, 128>(l, q, k, ws);
+}
+
+pa_status launch_budget_heads(const Launch& l, const Workspace& ws, int32_t* budget,
+                              int32_t* needed) {
+  // Capacities 1024, 4096, 16384 blocks (kMaxSortedBlocks).
+  const int32_t n = l.max_sparse_qblocks;
+  switch (n <= 2 * kHeadsThreads ? 0 : n <= 8 * kHeadsThreads ? 1 : 2) {
+    case 0: return launch_heads<kHeadsThreads, 2>(l, ws, budget, needed);
+    case 1: return launch_heads<kHeadsThreads, 8>(l, ws, budget, needed);
+    default: return launch_heads<kHeadsThreads, 32>(l, ws, budget, needed);
+  }
+}
+
+}  // namespace proxyattn::cuda::est

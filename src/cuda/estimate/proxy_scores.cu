@@ -1,0 +1,356 @@
+// Step 4: token-level proxy scores with 2-D block max pooling, as a small causal
+// attention over the sampled proxies on tensor cores, in two passes over the keys:
+//   pass 1 (row stats): per sampled query row tq, max and sum of 2^(x - max) over the
+//           sampled keys tk <= tq, x = Qp[tq] . Kp[tk] * scale * log2(e);
+//   pass 2 (block max): A[j][m][n] = max over tq in block m, tk in block n, tk <= tq, of
+//           2^(x - max_tq) / sum_tq.
+// Since 2^x is monotone, the max of the probabilities of one row over a key block is the
+// probability of the row's largest logit there: pass 2 takes one exponential per (row,
+// key block) instead of one per element. No N x N matrix exists anywhere; A (triangular,
+// at the order layout's offsets) is reduced with atomicMax on the float bits (probabilities
+// are >= 0, so the integer order is the float order), zeroed beforehand by the caller.
+//
+// Tiling: a CTA of 4 warps takes 64 consecutive sampled query rows of one sequence (whole
+// query blocks when b/s <= 64, half a block when b/s = 128), each warp 16 rows as the MMA
+// A operand in registers; keys stream through shared memory 64 at a time, double buffered
+// with cp.async, as the B operand via ldmatrix. Causal rows have very different lengths,
+// so a CTA takes at most chunk_tiles key tiles (a chunk) of its rows: the units of work are
+// even and many. Pass 1 writes (max, sum) per chunk; combine_row_stats_kernel folds a row's
+// chunks; pass 2 reads the result.
+#include "common/check.cuh"
+#include "estimate/device_utils.cuh"
+#include "estimate/stages.cuh"
+
+namespace proxyattn::cuda::est {
+namespace {
+
+// Speed settings (results do not depend on them).
+constexpr int kWarps = 4;                        // warps per CTA
+constexpr int kThreads = kWarps * kWarpSize;
+constexpr int kTileRows = kWarps * kMmaM;        // 64 sampled query rows per CTA
+constexpr int kTileKeys = 64;                    // sampled keys per shared-memory stage
+constexpr int kNTiles = kTileKeys / kMmaN;       // 8 accumulator tiles per warp and stage
+constexpr int kStages = 2;                       // double buffering of key tiles
+constexpr int kSmemPad = 8;                      // elements after each key row: the 8 rows of
+                                                 // an ldmatrix phase start in distinct banks
+
+constexpr int kMinCtasPerSm = 4;                 // 16 warps per SM: registers <= 128
+
+enum class Pass { kRowStats, kBlockMax };
+
+template <typename T, int D>
+struct KeyTiles {
+  T k[kStages][kTileKeys][D + kSmemPad];  // sampled proxy keys, [stage][key][d]
+};
+
+template <typename T, int D, Pass P>
+__global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
+    proxy_scores_kernel(Geometry geo, const T* __restrict__ proxy_q, const T* __restrict__ proxy_k,
+                        float2* __restrict__ row_stats, float* __restrict__ scores) {
+  __shared__ __align__(16) KeyTiles<T, D> smem;
+  static_assert(D % kMmaK == 0 && (kTileKeys * D / kVecElems) % kThreads == 0,
+                "head_dim must be a multiple of 16 and tiles a whole number of 16-byte chunks");
+
+  // ---- which rows and keys: grid (block, group, chunk * subtiles + subtile) -------------
+  const int64_t gb = geo.total_qblocks - 1 - blockIdx.x;  // later (longer) rows first
+  const int j = blockIdx.y;
+  const int subtiles = geo.per_block > kTileRows ? geo.per_block / kTileRows : 1;
+  const int subtile = blockIdx.z % subtiles, chunk = blockIdx.z / subtiles;
+  const SeqSpan span = geo.seqs[geo.qblock_seq[gb]];
+  if (geo.dense(span)) return;
+  const int pb = geo.per_block;
+  const int m = int(gb - span.qblock_begin);
+  const int blocks_per_cta = pb >= kTileRows ? 1 : kTileRows / pb;
+  if (m % blocks_per_cta != 0) return;  // another CTA covers this block
+  const int64_t ns = geo.sampled(span);
+  const int64_t r0 = int64_t(m) * pb + int64_t(subtile) * kTileRows;  // first sampled row
+  if (r0 >= ns) return;
+  const int64_t last_row = min(r0 + kTileRows, ns) - 1;
+  const int num_key_tiles = int(last_row / kTileKeys) + 1;  // keys 0..last_row
+  const int kt_begin = chunk * geo.chunk_tiles;            // this CTA's key tiles
+  if (kt_begin >= num_key_tiles) return;
+  const int kt_end = min(num_key_tiles, kt_begin + geo.chunk_tiles);
+
+  const int64_t row_base = span.qblock_begin * pb;  // padded row of sampled index 0
+  const int64_t group_row0 = int64_t(j) * geo.sampled_rows() + row_base;
+  const T* gq = proxy_q + group_row0 * D;  // [ns, D] of this sequence and group
+  const T* gk = proxy_k + group_row0 * D;
+  // Row statistics per key chunk: [chunks][sampled_rows] of this group, at this sequence.
+  float2* stats = row_stats + int64_t(j) * geo.chunks * geo.sampled_rows() + row_base;
+  const int64_t chunk_stride = geo.sampled_rows();
+
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int64_t warp_row0 = r0 + int64_t(warp) * kMmaM;
+  const int64_t warp_last = min(warp_row0 + kMmaM - 1, ns - 1);
+  const bool warp_active = warp_row0 < ns;
+  const int64_t row_a = warp_row0 + lane / 4;  // accumulator rows of this thread
+  const int64_t row_b = row_a + 8;
+
+  // ---- the warp's 16 query rows as MMA A fragments, [D / 16][4] --------------------------
+  uint32_t qf[D / kMmaK][4];
+#pragma unroll
+  for (int ks = 0; ks < D / kMmaK; ++ks) {
+    const int col = ks * kMmaK + (lane % 4) * 2;
+    auto pair = [&](int64_t row, int c) -> uint32_t {
+      return row < ns ? *reinterpret_cast<const uint32_t*>(gq + row * D + c) : 0u;
+    };
+    qf[ks][0] = pair(row_a, col);
+    qf[ks][1] = pair(row_b, col);
+    qf[ks][2] = pair(row_a, col + 8);
+    qf[ks][3] = pair(row_b, col + 8);
+  }
+
+  // ---- per-row state ----------------------------------------------------------------------
+  // Pass 1: running max (log2 units) and this thread's partial sum over this chunk's keys.
+  float run_max[2] = {neg_inf(), neg_inf()}, run_sum[2] = {0.0f, 0.0f};
+  // Pass 2: the row's max and 1 / sum over all keys (combine_row_stats_kernel folded the
+  // chunks into plane 0; invalid rows give probability 0).
+  float row_max[2] = {0.0f, 0.0f}, row_inv[2] = {0.0f, 0.0f};
+  if (P == Pass::kBlockMax) {
+    const int64_t rows[2] = {row_a, row_b};
+#pragma unroll
+    for (int hi = 0; hi < 2; ++hi)
+      if (rows[hi] < ns) {
+        const float2 s = stats[rows[hi]];  // chunk plane 0 holds the combined statistics
+        row_max[hi] = s.x;
+        row_inv[hi] = 1.0f / s.y;  // the CPU multiplies by the reciprocal too
+      }
+  }
+
+  auto load_key_tile = [&](int kt, int stage) {
+    constexpr int kChunksPerRow = D / kVecElems;
+    for (int c = threadIdx.x; c < kTileKeys * kChunksPerRow; c += kThreads) {
+      const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * kVecElems;
+      const int64_t key = int64_t(kt) * kTileKeys + r;
+      const bool valid = key < ns;
+      cp_async_16(&smem.k[stage][r][col], valid ? gk + key * D + col : gk, valid);
+    }
+    cp_async_commit();
+  };
+
+  // ---- stream the key tiles -------------------------------------------------------------
+  load_key_tile(kt_begin, 0);
+  for (int kt = kt_begin; kt < kt_end; ++kt) {
+    const int stage = (kt - kt_begin) % kStages;
+    if (kt + 1 < kt_end) {
+      load_key_tile(kt + 1, (kt + 1 - kt_begin) % kStages);  // released at the end of kt-1
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();  // tile kt visible to every warp
+
+    const int64_t k0 = int64_t(kt) * kTileKeys;
+    if (warp_active && k0 <= warp_last) {
+      // S[16 x 64] = Q_warp K_tile^T on tensor cores.
+      float acc[kNTiles][4];
+#pragma unroll
+      for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[nt][e] = 0.0f;
+#pragma unroll
+      for (int ks = 0; ks < D / kMmaK; ++ks)
+#pragma unroll
+        for (int np = 0; np < kNTiles / 2; ++np) {
+          uint32_t b[4];  // b0, b1 of n-tiles 2np and 2np + 1
+          const int key = np * 2 * kMmaN + (lane & 7) + ((lane >> 4) << 3);
+          const int col = ks * kMmaK + ((lane >> 3) & 1) * 8;
+          ldmatrix_x4(b, &smem.k[stage][key][col]);
+          Element<T>::mma(acc[2 * np], qf[ks], b[0], b[1]);
+          Element<T>::mma(acc[2 * np + 1], qf[ks], b[2], b[3]);
+        }
+
+      // Mask keys after the query (and rows past the sequence), only in tiles that reach
+      // the warp's diagonal. The dot products stay unscaled: maxima are taken first and
+      // scaled after (x -> x * scale is monotone, so the max is the same number), and the
+      // exponentials fuse the scale into one FMA.
+      const float scale = geo.scale_log2;
+      const bool needs_mask = k0 + kTileKeys - 1 > warp_row0 || warp_row0 + kMmaM - 1 >= ns;
+      if (needs_mask) {
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int64_t key = k0 + nt * kMmaN + (lane % 4) * 2 + (e & 1);
+            const int64_t row = e < 2 ? row_a : row_b;
+            if (!(key <= row && row < ns)) acc[nt][e] = neg_inf();
+          }
+      }
+
+      if (P == Pass::kRowStats) {
+        // Online softmax statistics, branch-free (rows with no key yet stay at -inf, 0).
+#pragma unroll
+        for (int hi = 0; hi < 2; ++hi) {
+          float tile_max = neg_inf();
+#pragma unroll
+          for (int nt = 0; nt < kNTiles; ++nt)
+            tile_max = fmaxf(tile_max, fmaxf(acc[nt][2 * hi], acc[nt][2 * hi + 1]));
+          tile_max = quad_max(tile_max) * scale;  // -inf stays -inf (scale > 0)
+          const float new_max = fmaxf(run_max[hi], tile_max);
+          const float shift = new_max == neg_inf() ? 0.0f : new_max;
+          float sum = 0.0f;
+#pragma unroll
+          for (int nt = 0; nt < kNTiles; ++nt)
+            sum += exp2_flushed(fmaf(acc[nt][2 * hi], scale, -shift)) +
+                   exp2_flushed(fmaf(acc[nt][2 * hi + 1], scale, -shift));
+          run_sum[hi] = run_sum[hi] * exp2_flushed(run_max[hi] - shift) + sum;
+          run_max[hi] = new_max;
+        }
+      } else {
+        // Largest logit of each (row, key segment); a segment is the part of one key block
+        // inside this tile: min(b/s, 64) keys = seg_tiles n-tiles, or half an n-tile at b/s = 4.
+        const int seg_tiles = pb >= kMmaN ? min(pb, kTileKeys) / kMmaN : 1;
+        float v[2][kNTiles];
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt) {
+          v[0][nt] = fmaxf(acc[nt][0], acc[nt][1]);
+          v[1][nt] = fmaxf(acc[nt][2], acc[nt][3]);
+        }
+        // Fold the n-tiles of a segment into its first n-tile.
+#pragma unroll
+        for (int step = 1; step < kNTiles; step *= 2)
+          if (step < seg_tiles)
+#pragma unroll
+            for (int nt = 0; nt < kNTiles; nt += 2 * step)
+#pragma unroll
+              for (int hi = 0; hi < 2; ++hi) v[hi][nt] = fmaxf(v[hi][nt], v[hi][nt + step]);
+        // Only the first n-tile of each segment carries on (a uniform branch).
+        // Across the quad's columns: lanes q^1 share a 4-column group, q^2 an 8-column one.
+        // Then the normalised probability of each row's largest logit, and the max over the
+        // rows of one query block: rows lane/4 differ in lane bits 2..4; rows a and b (8
+        // apart) share a block when b/s >= 16.
+        const bool merge_ab = pb >= 2 * kMmaN;
+        float p[2][kNTiles];
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt) {
+          if (nt % seg_tiles != 0) continue;
+#pragma unroll
+          for (int hi = 0; hi < 2; ++hi) {
+            v[hi][nt] = max_xor(v[hi][nt], 1);
+            if (pb >= kMmaN) v[hi][nt] = max_xor(v[hi][nt], 2);
+            p[hi][nt] = exp2_flushed(v[hi][nt] * scale - row_max[hi]) * row_inv[hi];
+          }
+          if (merge_ab) p[0][nt] = fmaxf(p[0][nt], p[1][nt]);
+#pragma unroll
+          for (int hi = 0; hi < 2; ++hi) {
+            if (hi == 1 && merge_ab) continue;
+            p[hi][nt] = max_xor(p[hi][nt], 4);
+            p[hi][nt] = max_xor(p[hi][nt], 8);
+            if (pb >= kMmaN) p[hi][nt] = max_xor(p[hi][nt], 16);
+          }
+        }
+        // One lane per reduced group writes: the lane whose reduced bits are all zero.
+        const int reduced_cols = pb >= kMmaN ? 3 : 1;
+        const int reduced_rows = (min(pb, kMmaN) - 1) << 2;
+        if ((lane & (reduced_cols | reduced_rows)) == 0) {
+#pragma unroll
+          for (int nt = 0; nt < kNTiles; ++nt) {
+            if (nt % seg_tiles != 0) continue;
+#pragma unroll
+            for (int hi = 0; hi < 2; ++hi) {
+              if (hi == 1 && merge_ab) continue;
+              const float prob = p[hi][nt];
+              if (!(prob > 0.0f)) continue;  // A starts at 0
+              const int64_t row = hi == 0 ? row_a : row_b;
+              const int64_t key = k0 + nt * kMmaN + (lane % 4) * 2;
+              const int qblock = int(row / pb), kblock = int(key / pb);
+              int* slot = reinterpret_cast<int*>(scores + order_row_offset(span, j, qblock) + kblock);
+              atomicMax(slot, __float_as_int(prob));
+            }
+          }
+        }
+      }
+    }
+    __syncthreads();  // every warp is done with this stage before it is refilled
+  }
+
+  if (P == Pass::kRowStats && warp_active) {
+    const int64_t rows[2] = {row_a, row_b};
+#pragma unroll
+    for (int hi = 0; hi < 2; ++hi) {
+      const float sum = quad_sum(run_sum[hi]);
+      if (lane % 4 == 0 && rows[hi] < ns)
+        stats[chunk * chunk_stride + rows[hi]] = make_float2(run_max[hi], sum);
+    }
+  }
+}
+
+constexpr int kCombineThreads = 256;
+constexpr int kCombineBatch = 4;  // chunk statistics loaded ahead
+
+// Between the passes: folds each sampled row's per-chunk (max, sum) into chunk plane 0.
+// Grid (ceil(sampled_rows / 256), g), one thread per padded sampled row.
+__global__ void __launch_bounds__(kCombineThreads)
+    combine_row_stats_kernel(Geometry geo, float2* __restrict__ row_stats) {
+  const int64_t gr = int64_t(blockIdx.x) * kCombineThreads + threadIdx.x;  // padded row
+  if (gr >= geo.sampled_rows()) return;
+  const int j = blockIdx.y;
+  const int pb = geo.per_block;
+  const SeqSpan span = geo.seqs[geo.qblock_seq[gr / pb]];
+  if (geo.dense(span)) return;
+  const int64_t ns = geo.sampled(span);
+  const int64_t i = gr - span.qblock_begin * pb;  // sampled index in the sequence
+  if (i >= ns) return;
+  // The chunks of this row's CTA (rows r0 .. r0 + 63, r0 a multiple of 64).
+  const int64_t r0 = i / kTileRows * kTileRows;
+  const int num_key_tiles = int((min(r0 + kTileRows, ns) - 1) / kTileKeys) + 1;
+  const int num_chunks = (num_key_tiles + geo.chunk_tiles - 1) / geo.chunk_tiles;
+  float2* s = row_stats + int64_t(j) * geo.chunks * geo.sampled_rows() + gr;
+  const int64_t stride = geo.sampled_rows();
+  float mx = neg_inf(), sum = 0.0f;
+  for (int c0 = 0; c0 < num_chunks; c0 += kCombineBatch) {
+    float2 part[kCombineBatch];
+#pragma unroll
+    for (int u = 0; u < kCombineBatch; ++u)
+      part[u] = c0 + u < num_chunks ? s[(c0 + u) * stride] : make_float2(neg_inf(), 0.0f);
+#pragma unroll
+    for (int u = 0; u < kCombineBatch; ++u) {
+      const float new_max = fmaxf(mx, part[u].x);
+      const float shift = new_max == neg_inf() ? 0.0f : new_max;
+      sum = sum * exp2_flushed(mx - shift) + part[u].y * exp2_flushed(part[u].x - shift);
+      mx = new_max;
+    }
+  }
+  s[0] = make_float2(mx, sum);
+}
+
+template <typename T, int D, Pass P>
+pa_status launch(const Launch& l, const Workspace& ws, const char* name) {
+  const int pb = l.geo.per_block;
+  const int subtiles = pb > kTileRows ? pb / kTileRows : 1;
+  const dim3 grid(unsigned(l.geo.total_qblocks), unsigned(l.geo.groups),
+                  unsigned(subtiles * l.geo.chunks));
+  // Room for kMinCtasPerSm CTAs' key tiles in the SM's shared memory / L1 split.
+  PA_CUDA_TRY(cudaFuncSetAttribute(proxy_scores_kernel<T, D, P>,
+                                   cudaFuncAttributePreferredSharedMemoryCarveout,
+                                   cudaSharedmemCarveoutMaxShared));
+  proxy_scores_kernel<T, D, P><<<grid, kThreads, 0, l.stream>>>(
+      l.geo, static_cast<const T*>(ws.proxy_q), static_cast<const T*>(ws.proxy_k), ws.row_stats,
+      ws.scores);
+  PA_CUDA_CHECK_LAUNCH(name);
+  return PA_STATUS_SUCCESS;
+}
+
+template <Pass P>
+pa_status dispatch(const Launch& l, const Workspace& ws, const char* name) {
+  const bool bf16 = l.dtype == PA_DTYPE_BFLOAT16;
+  if (l.head_dim == 64)
+    return bf16 ? launch<__nv_bfloat16, 64, P>(l, ws, name) : launch<__half, 64, P>(l, ws, name);
+  return bf16 ? launch<__nv_bfloat16, 128, P>(l, ws, name) : launch<__half, 128, P>(l, ws, name);
+}
+
+}  // namespace
+
+pa_status launch_proxy_row_stats(const Launch& l, const Workspace& ws) {
+  return dispatch<Pass::kRowStats>(l, ws, "proxy_scores_kernel (row stats)");
+}
+
+pa_status launch_proxy_block_max(const Launch& l, const Workspace& ws) {
+  const dim3 grid(unsigned((l.geo.sampled_rows() + kCombineThreads - 1) / kCombineThreads),
+                  unsigned(l.geo.groups));
+  combine_row_stats_kernel<<<grid, kCombineThreads, 0, l.stream>>>(l.geo, ws.row_stats);
+  PA_CUDA_CHECK_LAUNCH("combine_row_stats_kernel");
+  return dispatch<Pass::kBlockMax>(l, ws, "proxy_scores_kernel (block max)");
+}
+
+}  // namespace proxyattn::cuda::est

@@ -1,0 +1,564 @@
+// GPU estimation against the CPU backend, through the public C API: the same problem and
+// config estimated on host copies (CPU) and on device tensors (CUDA), then the two block
+// indexes compared.
+//
+// What must be equal, and what may differ (fp32 tensor-core accumulation order and the
+// exponentials differ from the CPU in the last bits, about 1e-6 relative, so exact
+// near-ties can flip; the tolerances below are far above that and far below any real
+// difference in ranking):
+//   - per (sequence, head): needed_blocks and budget_blocks equal; OR needed differs by
+//     exactly one and the reference (fp64) prefix sum of the smaller count lies within
+//     kGammaSlack of gamma (as a fraction of the total mass). The GPU budget must follow
+//     from its own needed (K_i = min(Nqb, max(count_i, Kmin))).
+//   - per (sequence, head, row): the GPU count equals row_keep() of the GPU's budget, and
+//     equals the CPU count wherever budgets agree.
+//   - per (sequence, group, row, kept length c): the set of the first c GPU entries equals
+//     the set of the first c CPU entries; OR every block in the symmetric difference has a
+//     reference (fp64) score within kTieRelative (relative) or kTieAbsolute of the CPU's
+//     c-th score. At most max(1, kMaxRowFraction * rows) (group, row) pairs of a case may
+//     differ at all.
+//   - every GPU order row is a permutation of 0..m with the forced blocks first, and
+//     pa_plan_check passes.
+// The measured differences are printed per case ("[compare]" lines).
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/budget.hpp"
+#include "gpu_util.hpp"
+#include "proxyattn/proxyattn.h"
+#include "proxyattn/proxyattn.hpp"
+
+namespace proxyattn::test {
+namespace {
+
+constexpr double kTieRelative = 1e-3;   // scores this close (relative) may swap places
+constexpr double kTieAbsolute = 1e-30;  // underflowed scores (the CPU flushes below e^-87)
+constexpr double kGammaSlack = 1e-4;    // needed may differ by one this close to gamma
+constexpr double kMaxRowFraction = 0.01;
+
+int64_t tri(int64_t n) { return n * (n + 1) / 2; }
+int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// ---- inputs ------------------------------------------------------------------------------
+// Q and K on the host (2-byte elements), with the strides of their views.
+struct Inputs {
+  std::vector<uint16_t> q, k;
+  pa_tensor tq{}, tk{};  // views over q, k (host pointers)
+  pa_dtype dtype = PA_DTYPE_BFLOAT16;
+  // q and k as float, converted on first use by the references.
+  mutable std::vector<float> qf, kf;
+  void ensure_float() const {
+    if (!qf.empty()) return;
+    qf.resize(q.size());
+    kf.resize(k.size());
+    check(pa_to_float32(dtype, q.data(), int64_t(q.size()), qf.data()));
+    check(pa_to_float32(dtype, k.data(), int64_t(k.size()), kf.data()));
+  }
+};
+
+// head_pad > 0 stores each head in head_dim + head_pad elements (a strided view).
+Inputs make_inputs(const pa_problem& p, bool structured, uint64_t seed, int head_pad = 0) {
+  const int64_t nq = p.total_tokens * p.num_q_heads * p.head_dim;
+  const int64_t nk = p.total_tokens * p.num_kv_heads * p.head_dim;
+  std::vector<uint16_t> q(nq), k(nk), v(nk);
+  if (structured) {
+    const pa_synth_params params = pa_synth_default(seed);
+    check(pa_synth_generate(&p, &params, q.data(), k.data(), v.data()));
+  } else {
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> normal(0.0f, 1.5f);
+    std::vector<float> f(std::max(nq, nk));
+    for (int64_t i = 0; i < nq; ++i) f[i] = normal(rng);
+    check(pa_from_float32(p.dtype, f.data(), nq, q.data()));
+    for (int64_t i = 0; i < nk; ++i) f[i] = normal(rng);
+    check(pa_from_float32(p.dtype, f.data(), nk, k.data()));
+  }
+  Inputs in;
+  in.dtype = p.dtype;
+  const int hs = p.head_dim + head_pad;
+  auto relayout = [&](const std::vector<uint16_t>& src, int heads, std::vector<uint16_t>& dst,
+                      pa_tensor& view) {
+    dst.assign(size_t(p.total_tokens) * heads * hs, 0x7fc0);  // padding: NaN, never read
+    for (int64_t t = 0; t < p.total_tokens; ++t)
+      for (int h = 0; h < heads; ++h)
+        std::memcpy(&dst[(t * heads + h) * hs], &src[(t * heads + h) * p.head_dim],
+                    sizeof(uint16_t) * p.head_dim);
+    view.data = dst.data();
+    view.head_stride = hs;
+    view.token_stride = int64_t(heads) * hs;
+  };
+  relayout(q, p.num_q_heads, in.q, in.tq);
+  relayout(k, p.num_kv_heads, in.k, in.tk);
+  return in;
+}
+
+// ---- an index copied to the host ------------------------------------------------------------
+struct Index {
+  std::vector<int32_t> order, count, budget, needed;
+};
+
+Index read_index(const pa_plan* plan, const pa_problem& p) {
+  int64_t rows = 0, entries = 0;
+  check(pa_plan_get_layout(plan, &rows, &entries));
+  Index x;
+  x.order.resize(entries);
+  x.count.resize(rows * p.num_q_heads);
+  x.budget.resize(size_t(p.num_seqs) * p.num_q_heads);
+  x.needed.resize(x.budget.size());
+  check(pa_plan_get_index(plan, x.order.data(), x.count.data()));
+  check(pa_plan_get_heads(plan, x.budget.data(), x.needed.data(), nullptr));
+  return x;
+}
+
+Index estimate_cpu(const pa_problem& p, const pa_config& c, const Inputs& in) {
+  Plan plan = Plan::on_host(p, c);
+  plan.estimate(in.tq, in.tk);
+  return read_index(plan.get(), p);
+}
+
+// Device plan storage and workspace poisoned (0xff) before the run; estimation on a
+// stream of its own; returns the status of pa_estimate.
+pa_status estimate_gpu(const pa_problem& p, const pa_config& c, const Inputs& in, Index* out,
+                       int poison = 0xff) {
+  DeviceBuffer dq(in.q.size() * sizeof(uint16_t)), dk(in.k.size() * sizeof(uint16_t));
+  EXPECT_EQ(dq.upload(in.q.data()), cudaSuccess);
+  EXPECT_EQ(dk.upload(in.k.data()), cudaSuccess);
+  size_t plan_bytes = 0, ws_bytes = 0;
+  check(pa_plan_bytes(&p, &c, &plan_bytes));
+  check(pa_workspace_bytes(&p, &c, &ws_bytes));
+  DeviceBuffer storage(plan_bytes), workspace(ws_bytes);
+  EXPECT_EQ(storage.poison(poison), cudaSuccess);  // before pa_plan_create writes its tables
+  EXPECT_EQ(workspace.poison(poison), cudaSuccess);
+  pa_plan* plan = nullptr;
+  check(pa_plan_create(&p, &c, storage.get(), plan_bytes, &plan));
+  pa_tensor q = in.tq, k = in.tk;
+  q.data = dq.get();
+  k.data = dk.get();
+  cudaStream_t stream = nullptr;
+  EXPECT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  const pa_status st = pa_estimate(plan, &q, &k, workspace.get(), ws_bytes, stream);
+  EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  cudaStreamDestroy(stream);
+  if (st == PA_STATUS_SUCCESS) {
+    EXPECT_EQ(pa_plan_check(plan), PA_STATUS_SUCCESS) << pa_last_error();
+    if (out) *out = read_index(plan, p);
+  }
+  pa_plan_free(plan);
+  return st;
+}
+
+// ---- fp64 references for the rows and heads that differ ----------------------------------
+float to_float(pa_dtype dtype, uint16_t x) {
+  float f = 0.0f;
+  check(pa_to_float32(dtype, &x, 1, &f));
+  return f;
+}
+float round_to(pa_dtype dtype, float x) {
+  uint16_t h = 0;
+  check(pa_from_float32(dtype, &x, 1, &h));
+  return to_float(dtype, h);
+}
+// Element (token, head, c) of a view over `values` (the float copy of its buffer).
+double element(const pa_tensor& t, const std::vector<float>& values, int64_t token, int head, int c) {
+  return values[token * t.token_stride + head * t.head_stride + c];
+}
+
+struct SeqRef {
+  const pa_problem* p;
+  const pa_config* c;
+  const Inputs* in;
+  int64_t token_begin;
+  int length;
+  std::vector<std::vector<double>> qp, kp;  // [g][ns * d]: proxies as the library stores them
+
+  void build_proxies() {
+    if (!qp.empty()) return;
+    in->ensure_float();
+    const int g = c->num_proxy_groups, d = p->head_dim, s = c->stride;
+    const int ns = int(cdiv(length, s));
+    const int qh = p->num_q_heads / g, kh = p->num_kv_heads / g;
+    qp.assign(g, std::vector<double>(size_t(ns) * d));
+    kp = qp;
+    for (int j = 0; j < g; ++j)
+      for (int i = 0; i < ns; ++i)
+        for (int x = 0; x < d; ++x) {
+          const int64_t t = token_begin + int64_t(i) * s;
+          float sq = 0.0f, sk = 0.0f;  // fp32 in head order, like both backends
+          for (int h = j * qh; h < (j + 1) * qh; ++h) sq += float(element(in->tq, in->qf, t, h, x));
+          for (int h = j * kh; h < (j + 1) * kh; ++h) sk += float(element(in->tk, in->kf, t, h, x));
+          qp[j][size_t(i) * d + x] = round_to(p->dtype, sq / float(qh));
+          kp[j][size_t(i) * d + x] = round_to(p->dtype, sk / float(kh));
+        }
+  }
+
+  // A[j][m][0..m] in fp64.
+  std::vector<double> scores(int j, int m) {
+    build_proxies();
+    const int d = p->head_dim, pb = c->block_size / c->stride;
+    const int ns = int(cdiv(length, c->stride));
+    std::vector<double> a(m + 1, 0.0);
+    for (int tq = m * pb; tq < std::min(ns, (m + 1) * pb); ++tq) {
+      std::vector<double> logit(tq + 1);
+      double mx = -INFINITY;
+      for (int tk = 0; tk <= tq; ++tk) {
+        double dot = 0.0;
+        for (int x = 0; x < d; ++x) dot += qp[j][size_t(tq) * d + x] * kp[j][size_t(tk) * d + x];
+        logit[tk] = dot * c->softmax_scale;
+        mx = std::max(mx, logit[tk]);
+      }
+      double sum = 0.0;
+      for (double l : logit) sum += std::exp(l - mx);
+      for (int tk = 0; tk <= tq; ++tk) a[tk / pb] = std::max(a[tk / pb], std::exp(logit[tk] - mx) / sum);
+    }
+    return a;
+  }
+
+  // Masses of head h's last query block per key block, sorted descending, in fp64.
+  std::vector<double> sorted_mass(int h) {
+    in->ensure_float();
+    const int d = p->head_dim, b = c->block_size, nqb = int(cdiv(length, b));
+    const int kv = h / (p->num_q_heads / p->num_kv_heads);
+    const int q0 = (nqb - 1) * b;
+    std::vector<double> mass(nqb, 0.0);
+    for (int t = q0; t < length; ++t) {
+      std::vector<double> logit(t + 1);
+      double mx = -INFINITY;
+      for (int u = 0; u <= t; ++u) {
+        double dot = 0.0;
+        for (int x = 0; x < d; ++x)
+          dot += element(in->tq, in->qf, token_begin + t, h, x) *
+                 element(in->tk, in->kf, token_begin + u, kv, x);
+        logit[u] = dot * c->softmax_scale;
+        mx = std::max(mx, logit[u]);
+      }
+      double sum = 0.0;
+      for (double l : logit) sum += std::exp(l - mx);
+      for (int u = 0; u <= t; ++u) mass[u / b] += std::exp(logit[u] - mx) / sum / (length - q0);
+    }
+    std::sort(mass.begin(), mass.end(), std::greater<double>());
+    return mass;
+  }
+};
+
+bool near_tie(double a, double b) {
+  return std::fabs(a - b) <= kTieRelative * std::max(a, b) + kTieAbsolute;
+}
+
+// ---- the comparison --------------------------------------------------------------------
+struct Report {
+  int64_t rows = 0, rows_differ = 0, heads = 0, heads_differ = 0;
+  double max_row_gap = 0.0;    // largest relative score gap among tolerated swaps
+  double max_gamma_gap = 0.0;  // largest |prefix/total - gamma| among tolerated budget flips
+};
+
+void compare(const std::string& name, const pa_problem& p, const pa_config& c, const Inputs& in,
+             const Index& cpu, const Index& gpu, Report& rep) {
+  const int hq = p.num_q_heads, g = c.num_proxy_groups, per_group = hq / g;
+  const int min_blocks = int(cdiv(c.min_budget_tokens, c.block_size));
+  ASSERT_EQ(cpu.order.size(), gpu.order.size());
+  int64_t qblock = 0, order_begin = 0;
+  for (int s = 0; s < p.num_seqs; ++s) {
+    const int len = p.cu_seqlens[s + 1] - p.cu_seqlens[s];
+    const int nqb = int(cdiv(len, c.block_size));
+    SeqRef ref{&p, &c, &in, p.cu_seqlens[s], len, {}, {}};
+    const bool dense = len < c.dense_below;
+    // Budgets.
+    std::vector<bool> budget_agrees(hq, true);
+    for (int h = 0; h < hq; ++h) {
+      if (nqb == 0) continue;
+      const size_t at = size_t(s) * hq + h;
+      ++rep.heads;
+      EXPECT_EQ(gpu.budget[at], budget_blocks(gpu.needed[at], nqb, min_blocks))
+          << name << " seq " << s << " head " << h;
+      if (gpu.needed[at] == cpu.needed[at]) {
+        EXPECT_EQ(gpu.budget[at], cpu.budget[at]) << name << " seq " << s << " head " << h;
+        continue;
+      }
+      budget_agrees[h] = false;
+      ++rep.heads_differ;
+      ASSERT_FALSE(dense) << name << ": dense sequence " << s << " with differing budgets";
+      ASSERT_LE(std::abs(gpu.needed[at] - cpu.needed[at]), 1)
+          << name << " seq " << s << " head " << h << ": needed gpu " << gpu.needed[at] << " cpu "
+          << cpu.needed[at];
+      const std::vector<double> mass = ref.sorted_mass(h);
+      const double total = std::accumulate(mass.begin(), mass.end(), 0.0);
+      const int lo = std::min(gpu.needed[at], cpu.needed[at]);
+      const double prefix = std::accumulate(mass.begin(), mass.begin() + lo, 0.0);
+      const double gap = std::fabs(prefix / total - double(c.gamma));
+      rep.max_gamma_gap = std::max(rep.max_gamma_gap, gap);
+      EXPECT_LE(gap, kGammaSlack) << name << " seq " << s << " head " << h << ": needed gpu "
+                                  << gpu.needed[at] << " cpu " << cpu.needed[at]
+                                  << ", prefix/total at the boundary " << prefix / total;
+    }
+    // Rows.
+    for (int j = 0; j < g; ++j)
+      for (int m = 0; m < nqb; ++m) {
+        const int64_t off = order_begin + int64_t(j) * tri(nqb) + tri(m);
+        const int32_t* go = &gpu.order[off];
+        const int32_t* co = &cpu.order[off];
+        // A permutation of 0..m, forced blocks first.
+        std::vector<int> perm(go, go + m + 1);
+        std::sort(perm.begin(), perm.end());
+        for (int n = 0; n <= m; ++n) ASSERT_EQ(perm[n], n) << name << " seq " << s << " row " << m;
+        int e = 0;
+        if (c.force_sink) ASSERT_EQ(go[e++], 0) << name;
+        if (c.force_local && !(c.force_sink && m == 0)) ASSERT_EQ(go[e++], m) << name;
+        std::set<int> lengths;
+        for (int h = j * per_group; h < (j + 1) * per_group; ++h) {
+          const int64_t at = (qblock + m) * hq + h;
+          const size_t head = size_t(s) * hq + h;
+          const int forced = forced_blocks(m, c.force_sink, c.force_local);
+          const int32_t expect = dense ? m + 1
+                                       : row_keep(c.budget_mode, gpu.budget[head], gpu.needed[head],
+                                                  nqb, min_blocks, m, forced);
+          ASSERT_EQ(gpu.count[at], expect) << name << " seq " << s << " head " << h << " row " << m;
+          if (budget_agrees[h]) ASSERT_EQ(gpu.count[at], cpu.count[at]) << name;
+          lengths.insert(gpu.count[at]);
+        }
+        ++rep.rows;
+        bool differs = false;
+        std::vector<double> a;
+        for (int len_c : lengths) {
+          std::set<int> gs(go, go + len_c), cs(co, co + len_c);
+          if (gs == cs) continue;
+          differs = true;
+          if (a.empty()) a = ref.scores(j, m);
+          const double boundary = a[co[len_c - 1]];
+          std::vector<int> diff;
+          std::set_symmetric_difference(gs.begin(), gs.end(), cs.begin(), cs.end(), std::back_inserter(diff));
+          for (int n : diff) {
+            const double gap = std::fabs(a[n] - boundary) / std::max(std::max(a[n], boundary), 1e-300);
+            if (std::fabs(a[n] - boundary) > kTieAbsolute) rep.max_row_gap = std::max(rep.max_row_gap, gap);
+            EXPECT_TRUE(near_tie(a[n], boundary))
+                << name << " seq " << s << " group " << j << " row " << m << " keep " << len_c
+                << ": block " << n << " score " << a[n] << " vs boundary " << boundary;
+          }
+        }
+        if (differs) ++rep.rows_differ;
+      }
+    qblock += nqb;
+    order_begin += int64_t(g) * tri(nqb);
+  }
+}
+
+struct Case {
+  std::string name;
+  std::vector<int32_t> lengths;
+  int hq = 8, hkv = 2, d = 128;
+  pa_dtype dtype = PA_DTYPE_BFLOAT16;
+  pa_config config{};
+  bool structured = true;
+  uint64_t seed = 1;
+  int head_pad = 0;
+};
+
+pa_config base_config(int d) {
+  pa_config c = pa_config_default(d);
+  c.min_budget_tokens = 256;  // small floors so budgets, not the floor, decide most rows
+  c.dense_below = 0;
+  return c;
+}
+
+// Runs one case on both backends and checks it; returns the report.
+Report run_case(const Case& k) {
+  Batch batch(k.lengths, k.hq, k.hkv, k.d, k.dtype);
+  const pa_problem& p = batch.problem();
+  const Inputs in = make_inputs(p, k.structured, k.seed, k.head_pad);
+  const Index cpu = estimate_cpu(p, k.config, in);
+  Index gpu;
+  const pa_status st = estimate_gpu(p, k.config, in, &gpu);
+  Report rep;
+  EXPECT_EQ(st, PA_STATUS_SUCCESS) << k.name << ": " << pa_last_error();
+  if (st != PA_STATUS_SUCCESS) return rep;
+  compare(k.name, p, k.config, in, cpu, gpu, rep);
+  std::printf("[compare] %-40s rows %lld differ %lld (max score gap %.2e) heads %lld differ %lld "
+              "(max gamma gap %.2e)\n",
+              k.name.c_str(), (long long)rep.rows, (long long)rep.rows_differ, rep.max_row_gap,
+              (long long)rep.heads, (long long)rep.heads_differ, rep.max_gamma_gap);
+  EXPECT_LE(rep.rows_differ, std::max<int64_t>(1, int64_t(kMaxRowFraction * rep.rows))) << k.name;
+  return rep;
+}
+
+// ---- cases ---------------------------------------------------------------------------------
+TEST(EstimateGpu, SanitizeSmallVarlen) {
+  PA_REQUIRE_GPU();
+  Case k;
+  k.name = "sanitize";
+  k.lengths = {300, 1, 129, 64, 77};
+  k.hq = 4, k.hkv = 2, k.d = 64;
+  k.config = base_config(64);
+  k.config.block_size = 64;
+  k.config.num_proxy_groups = 2;
+  k.config.dense_below = 70;  // 1 and 64 run dense
+  k.config.min_budget_tokens = 64;
+  run_case(k);
+}
+
+TEST(EstimateGpu, SingleSequenceLengths) {
+  PA_REQUIRE_GPU();
+  uint64_t seed = 11;
+  for (int n : {1, 100, 127, 128, 129, 1000, 4096 + 77, 16384}) {
+    for (bool structured : {true, false}) {
+      Case k;
+      k.name = "N=" + std::to_string(n) + (structured ? " structured" : " random");
+      k.lengths = {n};
+      k.config = base_config(128);
+      k.structured = structured;
+      k.seed = seed++;
+      run_case(k);
+    }
+  }
+}
+
+TEST(EstimateGpu, VarlenMixedDefaults) {
+  PA_REQUIRE_GPU();
+  Case k;
+  k.name = "varlen defaults fp16 d64 g=Hkv";
+  k.lengths = {5000, 300, 1, 4096 + 77, 2048, 2047, 9000, 0, 129};
+  k.hq = 8, k.hkv = 4, k.d = 64;
+  k.dtype = PA_DTYPE_FLOAT16;
+  k.config = pa_config_default(64);  // dense below 2048 tokens, Kmin = 16 blocks
+  k.config.num_proxy_groups = 4;
+  k.seed = 21;
+  run_case(k);
+}
+
+// Every setting at least once, in varied combinations.
+TEST(EstimateGpu, ConfigMatrix) {
+  PA_REQUIRE_GPU();
+  const int strides[] = {1, 4, 8, 2, 16};
+  int i = 0;
+  for (int d : {64, 128})
+    for (pa_dtype dtype : {PA_DTYPE_BFLOAT16, PA_DTYPE_FLOAT16})
+      for (int g : {1, 4})
+        for (int block : {64, 128}) {
+          Case k;
+          k.hq = 8, k.hkv = 4, k.d = d, k.dtype = dtype;
+          k.config = base_config(d);
+          k.config.block_size = block;
+          k.config.stride = strides[i % 5];
+          k.config.num_proxy_groups = g;
+          k.config.budget_mode = (i % 2) ? PA_BUDGET_PROPORTIONAL : PA_BUDGET_ABSOLUTE;
+          k.config.force_sink = (i / 2) % 2;
+          k.config.force_local = (i / 4) % 2 ? 0 : 1;
+          k.config.gamma = (i % 3 == 0) ? 0.9f : 0.95f;
+          k.lengths = {2000 + 173 * i, 700 + 31 * i};
+          k.structured = i % 3 != 1;
+          k.seed = 100 + i;
+          k.name = "matrix#" + std::to_string(i) + " d" + std::to_string(d) +
+                   (dtype == PA_DTYPE_BFLOAT16 ? " bf16" : " fp16") + " g" + std::to_string(g) +
+                   " b" + std::to_string(block) + " s" + std::to_string(k.config.stride);
+          run_case(k);
+          ++i;
+        }
+}
+
+// Every sampled-rows-per-block value b/s in 4..128 (the kernels' row and segment layouts).
+TEST(EstimateGpu, SampledRowsPerBlock) {
+  PA_REQUIRE_GPU();
+  const int settings[][2] = {{64, 16}, {128, 16}, {64, 8}, {64, 2}, {64, 1}, {128, 2}, {128, 1}};
+  int i = 0;
+  for (const auto& bs : settings) {
+    Case k;
+    k.config = base_config(128);
+    k.config.block_size = bs[0];
+    k.config.stride = bs[1];
+    k.lengths = {3000 + 61 * i};
+    k.structured = i % 2 == 0;
+    k.seed = 300 + i;
+    k.name = "b" + std::to_string(bs[0]) + " s" + std::to_string(bs[1]);
+    run_case(k);
+    ++i;
+  }
+}
+
+// Long rows at stride 1: many key chunks per row tile, two CTAs per query block (b/s = 128).
+TEST(EstimateGpu, LongRowsManyChunks) {
+  PA_REQUIRE_GPU();
+  Case k;
+  k.name = "16K stride 1 g2";
+  k.lengths = {16384};
+  k.hq = 4, k.hkv = 2, k.d = 64;
+  k.config = base_config(64);
+  k.config.stride = 1;
+  k.config.num_proxy_groups = 2;
+  k.seed = 700;
+  run_case(k);
+}
+
+TEST(EstimateGpu, Llama16K) {
+  PA_REQUIRE_GPU();
+  for (int g : {1, 8}) {
+    Case k;
+    k.name = "16K 32/8 heads g" + std::to_string(g);
+    k.lengths = {16384};
+    k.hq = 32, k.hkv = 8, k.d = 128;
+    k.config = pa_config_default(128);
+    k.config.num_proxy_groups = g;
+    k.seed = 400 + g;
+    run_case(k);
+  }
+}
+
+// Non-contiguous views: padded heads keep 16-byte alignment (vector loads), odd padding
+// does not (element loads).
+TEST(EstimateGpu, StridedViews) {
+  PA_REQUIRE_GPU();
+  for (int pad : {8, 3}) {
+    Case k;
+    k.name = "head padding " + std::to_string(pad);
+    k.lengths = {2500, 900};
+    k.hq = 4, k.hkv = 4, k.d = 64;  // no GQA
+    k.config = base_config(64);
+    k.head_pad = pad;
+    k.seed = 500 + pad;
+    run_case(k);
+  }
+}
+
+// Same inputs, different poison: bit-identical indexes (no race, nothing read unwritten).
+TEST(EstimateGpu, Deterministic) {
+  PA_REQUIRE_GPU();
+  Batch batch({3000, 5000}, 8, 2, 128, PA_DTYPE_BFLOAT16);
+  const pa_config c = base_config(128);
+  const Inputs in = make_inputs(batch.problem(), true, 600);
+  Index a, b;
+  ASSERT_EQ(estimate_gpu(batch.problem(), c, in, &a, 0xff), PA_STATUS_SUCCESS) << pa_last_error();
+  ASSERT_EQ(estimate_gpu(batch.problem(), c, in, &b, 0x00), PA_STATUS_SUCCESS) << pa_last_error();
+  EXPECT_EQ(a.order, b.order);
+  EXPECT_EQ(a.count, b.count);
+  EXPECT_EQ(a.budget, b.budget);
+  EXPECT_EQ(a.needed, b.needed);
+}
+
+TEST(EstimateGpu, Float32IsUnsupported) {
+  PA_REQUIRE_GPU();
+  Batch batch({300}, 4, 2, 64, PA_DTYPE_FLOAT32);
+  const pa_problem& p = batch.problem();
+  const pa_config c = base_config(64);
+  DeviceBuffer dq(p.total_tokens * 4 * 64 * sizeof(float)), dk(p.total_tokens * 2 * 64 * sizeof(float));
+  size_t plan_bytes = 0, ws_bytes = 0;
+  check(pa_plan_bytes(&p, &c, &plan_bytes));
+  check(pa_workspace_bytes(&p, &c, &ws_bytes));
+  DeviceBuffer storage(plan_bytes), workspace(ws_bytes);
+  pa_plan* plan = nullptr;
+  check(pa_plan_create(&p, &c, storage.get(), plan_bytes, &plan));
+  const pa_tensor q = pa_tensor_contiguous(dq.get(), 4, 64), k = pa_tensor_contiguous(dk.get(), 2, 64);
+  EXPECT_EQ(pa_estimate(plan, &q, &k, workspace.get(), ws_bytes, nullptr), PA_STATUS_UNSUPPORTED);
+  EXPECT_NE(std::string(pa_last_error()).find("float32"), std::string::npos) << pa_last_error();
+  pa_plan_free(plan);
+}
+
+}  // namespace
+}  // namespace proxyattn::test
