@@ -260,7 +260,11 @@ pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_tensor& k,
   float* base = static_cast<float*>(workspace);
   for (size_t seq = 0; seq < plan.batch.seqs.size(); ++seq) {
     const SeqSpan& span = plan.batch.seqs[seq];
-    if (span.num_qblocks == 0) continue;
+    if (span.num_qblocks == 0) {  // empty sequence: no block, no budget
+      for (int h = 0; h < plan.problem.num_q_heads; ++h)
+        plan.index.budget[seq * plan.problem.num_q_heads + h] = plan.index.needed[seq * plan.problem.num_q_heads + h] = 0;
+      continue;
+    }
     if (plan.runs_dense(span)) {
       estimate_dense(plan, span, int(seq));
       continue;

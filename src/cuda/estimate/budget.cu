@@ -144,8 +144,8 @@ __global__ void __launch_bounds__(kPartialThreadsMax)
           const int key = np * 2 * kMmaN + (lane & 7) + ((lane >> 4) << 3);
           const int col = ks * kMmaK + ((lane >> 3) & 1) * 8;
           ldmatrix_x4(bf, &smem.k[stage][key][col]);
-          Element<T>::mma(acc[2 * np], qf[ks], bf[0], bf[1]);
-          Element<T>::mma(acc[2 * np + 1], qf[ks], bf[2], bf[3]);
+          mma_16x8x16<T>(acc[2 * np], qf[ks], bf[0], bf[1]);
+          mma_16x8x16<T>(acc[2 * np + 1], qf[ks], bf[2], bf[3]);
         }
 
       // ---- causal mask inside the last block (also covers keys past the end); the dot

@@ -1,14 +1,6 @@
-// Device building blocks of the estimation kernels: element types, tensor-core MMA
-// (mma.sync m16n8k16, fp32 accumulate), ldmatrix, cp.async and warp reductions.
-//
-// Fragment layouts of mma.sync.m16n8k16 (PTX ISA, "Matrix fragments for mma.m16n8k16"),
-// with g = lane / 4 (the row group) and q = lane % 4 (the thread in the quad):
-//   A [16 x 16] row-major, 4 registers of 2 elements:
-//     a0 = A[g][2q..2q+1], a1 = A[g+8][2q..], a2 = A[g][2q+8..], a3 = A[g+8][2q+8..]
-//   B [16 x 8] (k x n), 2 registers: b0 = B[2q..2q+1][g], b1 = B[2q+8..][g]
-//   C [16 x 8] fp32, 4 registers: c0, c1 = C[g][2q..2q+1], c2, c3 = C[g+8][2q..2q+1]
-// B = K^T with K stored [keys, d] row-major is exactly the "col" operand: b0 holds two
-// consecutive d-elements of key g, which ldmatrix (non-transposed) delivers from K rows.
+// Device building blocks of the estimation kernels beyond the shared sm_80 wrappers
+// (common/mma_sm80.cuh: cp.async, ldmatrix, mma.sync and their fragment layouts): element
+// conversions, global loads, the CPU's exp flush rule and warp reductions.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -16,9 +8,11 @@
 
 #include <cstdint>
 
+#include "common/mma_sm80.cuh"
+
 namespace proxyattn::cuda::est {
 
-// Element type of the tensors (bf16 or fp16): conversions and the MMA instruction.
+// Element type of the tensors (bf16 or fp16): conversions to and from fp32.
 template <typename T>
 struct Element;
 
@@ -26,29 +20,12 @@ template <>
 struct Element<__nv_bfloat16> {
   static __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
   static __device__ __forceinline__ __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
-  // C += A * B on tensor cores.
-  static __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                             uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
 };
 
 template <>
 struct Element<__half> {
   static __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
   static __device__ __forceinline__ __half from_float(float x) { return __float2half_rn(x); }
-  static __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                             uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
 };
 
 inline constexpr int kWarpSize = 32;
@@ -69,29 +46,13 @@ __device__ __forceinline__ float exp2_flushed(float x) {
   return x < kExp2FlushBelow ? 0.0f : exp2f(x);
 }
 
-// ---- shared-memory movement ---------------------------------------------------------
-__device__ __forceinline__ uint32_t smem_address(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte asynchronous copy global -> shared; zero-fills when !valid (src is not read).
-__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
-  const int src_bytes = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(smem)),
-               "l"(gmem), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int Pending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending));
-}
-
-// Four 8x8 matrices of 2-byte elements; lane l gives the row address of matrix l / 8.
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem_row) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_address(smem_row)));
-}
+// ---- shared-memory movement and MMA: common/mma_sm80.cuh ----------------------------
+using cuda::cp_async_16;
+using cuda::cp_async_commit;
+using cuda::cp_async_wait;
+using cuda::ldmatrix_x4;
+using cuda::mma_16x8x16;
+using cuda::smem_address;
 
 // Eight consecutive elements from global memory: one 16-byte load when `vector` (address
 // 16-byte aligned), else element by element (strided views with odd strides).

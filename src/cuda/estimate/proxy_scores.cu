@@ -156,8 +156,8 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
           const int key = np * 2 * kMmaN + (lane & 7) + ((lane >> 4) << 3);
           const int col = ks * kMmaK + ((lane >> 3) & 1) * 8;
           ldmatrix_x4(b, &smem.k[stage][key][col]);
-          Element<T>::mma(acc[2 * np], qf[ks], b[0], b[1]);
-          Element<T>::mma(acc[2 * np + 1], qf[ks], b[2], b[3]);
+          mma_16x8x16<T>(acc[2 * np], qf[ks], b[0], b[1]);
+          mma_16x8x16<T>(acc[2 * np + 1], qf[ks], b[2], b[3]);
         }
 
       // Mask keys after the query (and rows past the sequence), only in tiles that reach
