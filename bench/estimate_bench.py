@@ -259,7 +259,7 @@ def main():
         "results": results,
         "wall_s": time.time() - t_start,
     }
-    path = os.path.join(args.out, f"estimate-{stamp.strftime('%Y%m%d')}-{dev_tag}.json")
+    path = os.path.join(args.out, f"estimate-{stamp.strftime('%Y-%m-%d')}-{dev_tag}.json")
     with open(path, "w") as f:
         json.dump(doc, f, indent=1)
     print("wrote", path)
