@@ -73,7 +73,7 @@ def main():
         dense_ms = median_ms(dense, reps)
         _, dense_lse = proxyattn.dense_attention(q, k, v, return_lse=True)
         for gamma in GAMMAS:
-            plan = proxyattn.estimate(q, k, gamma=gamma)
+            plan = proxyattn.estimate(q, k, [0, n], gamma=gamma)
             est_ms = median_ms(lambda: plan._estimate(q, k), reps)
             att_ms = median_ms(lambda: proxyattn.attend(plan, q, k, v), reps)
             total_ms = median_ms(lambda: proxyattn.attention_varlen(q, k, v, [0, n], gamma=gamma), reps)

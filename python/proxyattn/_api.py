@@ -180,20 +180,35 @@ class Plan:
         return num, idx
 
     def to_flex_block_mask(self, seq=0, device=None):
-        """A torch.nn.attention.flex_attention.BlockMask of sequence `seq` (causal inside
-        the kept blocks) for flex_attention on q/k/v of shape [1, H, N, d]."""
+        """A torch.nn.attention.flex_attention.BlockMask of sequence `seq` for flex_attention
+        on q/k/v of shape [1, H, N, d]: kept off-diagonal blocks are full blocks, the kept
+        diagonal block is partial (causal), and mask_mod itself also encodes the kept blocks,
+        because eager (uncompiled) flex_attention applies mask_mod to every score and ignores
+        the block structure."""
         import torch
         from torch.nn.attention.flex_attention import BlockMask
 
         num, idx = self.to_flex(seq)
         n = self.cu_seqlens[seq + 1] - self.cu_seqlens[seq]
-        dev = device or (self.device if self.device != "cpu" else "cpu")
+        block = self.config.block_size
+        dev = device or self.device
+        num_t, idx_t = torch.from_numpy(num).to(dev), torch.from_numpy(idx).to(dev)
+        heads, nqb = num.shape
+        rows = torch.arange(nqb, device=dev, dtype=torch.int32)
+        # kept[h, m, n]: block n kept in row m (padding entries of idx are 0: add, don't overwrite).
+        valid = (torch.arange(nqb, device=dev)[None, None, :] < num_t[..., None]).int()
+        kept = torch.zeros(heads, nqb, nqb, dtype=torch.int32, device=dev).scatter_add_(2, idx_t.long(), valid) > 0
+        # Kept blocks ascend, so a kept diagonal block is the last entry of its row.
+        last = idx_t.gather(2, (num_t - 1).clamp(min=0).long().unsqueeze(-1)).squeeze(-1)
+        has_diagonal = ((num_t > 0) & (last == rows)).int()
+        partial_idx = torch.zeros_like(idx_t)
+        partial_idx[..., 0] = rows
 
-        def causal(b, h, q_idx, kv_idx):
-            return q_idx >= kv_idx
+        def mask_mod(b, h, q_idx, kv_idx):
+            return (q_idx >= kv_idx) & kept[h, q_idx // block, kv_idx // block]
 
-        return BlockMask.from_kv_blocks(torch.from_numpy(num)[None].to(dev), torch.from_numpy(idx)[None].to(dev),
-                                        BLOCK_SIZE=self.config.block_size, mask_mod=causal, seq_lengths=(n, n))
+        return BlockMask.from_kv_blocks(has_diagonal[None], partial_idx[None], (num_t - has_diagonal)[None],
+                                        idx_t[None], BLOCK_SIZE=block, mask_mod=mask_mod, seq_lengths=(n, n))
 
     def __repr__(self):
         return (f"Plan(num_seqs={self.num_seqs}, heads={self.num_q_heads}/{self.num_kv_heads}, "
