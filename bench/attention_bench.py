@@ -17,7 +17,6 @@ import datetime
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import capi  # noqa: E402
+from timing import median_ms  # noqa: E402
 
 HQ, HKV, D, BLOCK = 32, 8, 128, 128
 SIZES = [8192, 16384, 32768, 65536, 131072]
@@ -36,21 +36,6 @@ REPEATS = {8192: 10, 16384: 8, 32768: 5, 65536: 3, 131072: 2}  # fewer at long N
 WARMUP = {8192: 2, 16384: 2, 32768: 1, 65536: 1, 131072: 1}
 PACKING_SIZE, PACKING_DENSITIES = 32768, [0.10, 0.50]  # both CTA packings (params.hpp) measured here
 BUDGET_SPREAD = (0.5, 1.5)
-
-
-def time_ms(fn, reps, warmup=2):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def make_order(nqb, rng):
@@ -172,7 +157,7 @@ def main():
             cudnn_fn = lambda: cudnn_call(kr, vr, False)  # noqa: E731
             cudnn_mode = "repeated_kv"
         dense_pairs = HQ * n * (n + 1) // 2
-        t_cudnn = time_ms(cudnn_fn, reps, warm)
+        t_cudnn = median_ms(cudnn_fn, reps, warm)
         ref_dense = cudnn_fn()[0].transpose(0, 1)  # [N, H, d]
 
         order = make_order(nqb, rng)
@@ -181,7 +166,7 @@ def main():
             lib.set_index(plan, order.ctypes.data, count.ctypes.data)
             stats = lib.stats(plan)
             attend = lambda: lib.attend(plan, qa, ka, va, oa, 0, stream)  # noqa: E731
-            t_ours = time_ms(attend, reps, warm)
+            t_ours = median_ms(attend, reps, warm)
             flops = 4.0 * D * stats.kept_token_pairs
             row = {"N": n, "target_density": density, "density": stats.density,
                    "kept_token_pairs": stats.kept_token_pairs, "ours_ms": t_ours,
@@ -195,7 +180,7 @@ def main():
                 try:
                     bm = flex_block_mask(lib, plan, nqb)
                     flex_fn = lambda: flex(qt, kt, vt, block_mask=bm, enable_gqa=True)  # noqa: E731
-                    t_flex = time_ms(flex_fn, reps, warm)
+                    t_flex = median_ms(flex_fn, reps, warm)
                     out = flex_fn()[0].transpose(0, 1)
                     attend()
                     torch.cuda.synchronize()
@@ -213,9 +198,9 @@ def main():
                   flush=True)
             if n == PACKING_SIZE and density in PACKING_DENSITIES:
                 os.environ["PROXYATTN_ATTN_PACKING"] = "heads"
-                t_heads = time_ms(attend, reps, warm)
+                t_heads = median_ms(attend, reps, warm)
                 del os.environ["PROXYATTN_ATTN_PACKING"]
-                t_chunks = time_ms(attend, reps, warm)  # again, next to it, for the spread
+                t_chunks = median_ms(attend, reps, warm)  # again, next to it, for the spread
                 packing.append({"N": n, "density": stats.density, "chunks_of_head_ms": t_ours,
                                 "chunks_of_head_again_ms": t_chunks, "heads_of_chunk_ms": t_heads})
                 print("  packing: chunks of a head %.3f / %.3f ms, heads of a chunk %.3f ms"

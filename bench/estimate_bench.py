@@ -28,27 +28,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import capi  # noqa: E402
+from timing import median_ms, times_ms  # noqa: E402
 
 HQ, HKV, D = 32, 8, 128
 GROUPS = (1, 8)
 # Repeats (timed calls after warm-up) per measured thing; dense attention at 256K takes ~1 s.
 WARMUP, REPEATS_OURS, REPEATS_TORCH, REPEATS_DENSE = 2, 10, 3, 3
 TORCH_CHUNK_BYTES = 2 << 30  # the PyTorch estimation keeps each logit chunk under 2 GiB
-
-
-def median_ms(fn, repeats, warmup=WARMUP):
-    """Median of `repeats` timed calls (CUDA events on the current stream) after warm-up."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times), times
 
 
 def torch_estimate(q, k, g, block=128, stride=4, gamma=0.95, min_budget_tokens=2048):
@@ -182,7 +168,7 @@ def main():
             def dense():
                 with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
                     return F.scaled_dot_product_attention(qd, kd, vd, is_causal=True)
-        dense_ms, _ = median_ms(dense, REPEATS_DENSE, warmup=1)
+        dense_ms = median_ms(dense, REPEATS_DENSE, 1)
         dense_tflops = 4 * HQ * D * n * n / 2 / (dense_ms * 1e-3) / 1e12
         print(f"N={n}: dense cuDNN {dense_ms:.2f} ms ({dense_tflops:.0f} TFLOP/s)", flush=True)
 
@@ -199,7 +185,8 @@ def main():
             def ours():
                 lib.estimate(plan, tq, tk, workspace.data_ptr(), ws_bytes, stream)
 
-            ours_ms, ours_all = median_ms(ours, REPEATS_OURS)
+            ours_all = times_ms(ours, REPEATS_OURS, WARMUP)
+            ours_ms = statistics.median(ours_all)
             torch.cuda.synchronize()
             try:
                 breakdown = kernel_breakdown(ours)
@@ -215,7 +202,7 @@ def main():
                    "workspace_bytes": ws_bytes, "plan_bytes": plan_bytes,
                    "kernels_ms": breakdown}
             try:
-                torch_ms, _ = median_ms(lambda: torch_estimate(q, k, g), REPEATS_TORCH, warmup=1)
+                torch_ms = median_ms(lambda: torch_estimate(q, k, g), REPEATS_TORCH, 1)
                 _, _, t_needed = torch_estimate(q, k, g)
                 agree = sum(int(a == b) for a, b in zip(t_needed.tolist(), needed)) / HQ
                 row.update({"torch_estimate_ms": torch_ms, "torch_over_ours": torch_ms / ours_ms,

@@ -13,7 +13,6 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import sys
 
 import torch
@@ -24,25 +23,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import proxyattn  # noqa: E402
 from proxyattn import _C  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import median_ms  # noqa: E402
+
 HQ, HKV, D = 32, 8, 128
 GAMMAS = (0.95, 0.90)
 WARMUP = 1
 REPEATS = {32768: 5, 65536: 3, 131072: 3}
 RECALL_QUERIES = 4096  # mass recall measured on the last queries (dense LSE of all rows is costly)
-
-
-def median_ms(fn, repeats):
-    for _ in range(WARMUP):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def structured_inputs(n, seed=1):
@@ -70,13 +58,13 @@ def main():
             with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
                 return F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, enable_gqa=True)
 
-        dense_ms = median_ms(dense, reps)
+        dense_ms = median_ms(dense, reps, WARMUP)
         _, dense_lse = proxyattn.dense_attention(q, k, v, return_lse=True)
         for gamma in GAMMAS:
             plan = proxyattn.estimate(q, k, [0, n], gamma=gamma)
-            est_ms = median_ms(lambda: plan._estimate(q, k), reps)
-            att_ms = median_ms(lambda: proxyattn.attend(plan, q, k, v), reps)
-            total_ms = median_ms(lambda: proxyattn.attention_varlen(q, k, v, [0, n], gamma=gamma), reps)
+            est_ms = median_ms(lambda: plan._estimate(q, k), reps, WARMUP)
+            att_ms = median_ms(lambda: proxyattn.attend(plan, q, k, v), reps, WARMUP)
+            total_ms = median_ms(lambda: proxyattn.attention_varlen(q, k, v, [0, n], gamma=gamma), reps, WARMUP)
             _, lse = proxyattn.attend(plan, q, k, v, return_lse=True)
             recall = torch.exp(lse[:, -RECALL_QUERIES:] - dense_lse[:, -RECALL_QUERIES:]).mean().item()
             row = {"N": n, "gamma": gamma, "density": plan.density, "estimate_ms": est_ms, "attend_ms": att_ms,
