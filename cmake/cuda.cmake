@@ -4,9 +4,9 @@ if(NOT PROXYATTN_CUDA STREQUAL "OFF")
   include(CheckLanguage)
   check_language(CUDA)
   if(CMAKE_CUDA_COMPILER)
-    # sm_80 machine code (A100 and later run it) and sm_90a (wgmma, TMA on Hopper).
+    # sm_80 machine code and PTX (A100, Ada; newer GPUs JIT the PTX) and sm_90a (wgmma, TMA).
     if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
-      set(CMAKE_CUDA_ARCHITECTURES "80-real;90a-real" CACHE STRING "CUDA architectures")
+      set(CMAKE_CUDA_ARCHITECTURES "80;90a-real" CACHE STRING "CUDA architectures")
     endif()
     enable_language(CUDA)
     set(PROXYATTN_WITH_CUDA ON)
