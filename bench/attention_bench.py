@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""Block-sparse attention speed (issue 4): ours (pa_attend on the GPU) against cuDNN SDPA
-dense causal and PyTorch FlexAttention running the same block mask.
+"""Block-sparse attention speed (issues 4, 5): ours (pa_attend on the GPU, the kernel the
+dispatcher picks: sm90 on compute capability 9.0) and our sm80 kernel (forced with
+PROXYATTN_ATTN_KERNEL=sm80) against cuDNN SDPA dense causal and PyTorch FlexAttention
+running the same block mask.
 
 Shapes: one sequence of N tokens, 32 Q / 8 KV heads, d = 128, bf16, block 128.
 Masks: written straight into a device plan (pa_plan_set_index), ProxyAttn-shaped: one
@@ -10,7 +12,7 @@ first, the other blocks ranked by a noisy recency score; per-head absolute budge
 Timing: CUDA events around each call, warm-up, median; inputs (>= 96 MiB) exceed L2.
 Effective TFLOP/s = 4 * d * kept causal token pairs / time (dense causal pairs for cuDNN).
 
-Usage: attention_bench.py --build build-gpu --out DIR [--quick]
+Usage: attention_bench.py --build build-gpu --out DIR [--quick | --sizes 8192,32768]
 """
 import argparse
 import datetime
@@ -109,6 +111,7 @@ def main():
     ap.add_argument("--build", default="build-gpu")
     ap.add_argument("--out", default="bench-out")
     ap.add_argument("--quick", action="store_true", help="8K and 32K only")
+    ap.add_argument("--sizes", default="", help="comma-separated N, each one of %s" % SIZES)
     ap.add_argument("--no-flex", action="store_true")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -120,6 +123,13 @@ def main():
     print("device:", info, flush=True)
     stream = torch.cuda.current_stream().cuda_stream
     sizes = [8192, 32768] if args.quick else SIZES
+    if args.sizes:
+        sizes = [int(x) for x in args.sizes.split(",")]
+        unknown = [n for n in sizes if n not in REPEATS]
+        if unknown:
+            ap.error("--sizes: %s not among %s" % (unknown, SIZES))
+    major, minor = torch.cuda.get_device_capability()
+    default_kernel = "sm90" if (major, minor) == (9, 0) else "sm80"
 
     flex = None
     if not args.no_flex:
@@ -176,6 +186,16 @@ def main():
             if density == 1.0:  # the all-blocks plan is dense attention: compare with cuDNN
                 torch.cuda.synchronize()
                 row["max_abs_diff_vs_cudnn"] = (o.float() - ref_dense.float()).abs().max().item()
+            # The sm80 kernel on the same plan, and how far its output is from the default's.
+            o_default = o.clone()
+            os.environ["PROXYATTN_ATTN_KERNEL"] = "sm80"
+            t_sm80 = median_ms(attend, reps, warm)
+            del os.environ["PROXYATTN_ATTN_KERNEL"]
+            torch.cuda.synchronize()
+            row.update({"sm80_ms": t_sm80, "sm80_tflops_effective": flops / t_sm80 / 1e9,
+                        "max_abs_diff_vs_sm80": (o.float() - o_default.float()).abs().max().item()})
+            attend()
+            del o_default
             if flex is not None:
                 try:
                     bm = flex_block_mask(lib, plan, nqb)
@@ -192,8 +212,8 @@ def main():
                     row["flex_error"] = str(e).splitlines()[0][:300]
                     print("flex failed:", row["flex_error"], flush=True)
             results.append(row)
-            print("N %6d density %.3f: ours %8.3f ms (%5.1f TFLOP/s)  cuDNN dense %8.3f ms  flex %s ms  "
-                  "[%.0f s]" % (n, stats.density, t_ours, row["ours_tflops_effective"], t_cudnn,
+            print("N %6d density %.3f: ours %8.3f ms (%5.1f TFLOP/s)  sm80 %8.3f ms  cuDNN dense %8.3f ms  "
+                  "flex %s ms  [%.0f s]" % (n, stats.density, t_ours, row["ours_tflops_effective"], t_sm80, t_cudnn,
                                 "%.3f" % row["flex_ms"] if "flex_ms" in row else "-", time.time() - t_start),
                   flush=True)
             if n == PACKING_SIZE and density in PACKING_DENSITIES:
@@ -211,7 +231,7 @@ def main():
 
     date = datetime.date.today().isoformat()
     slug = re.sub(r"[^A-Za-z0-9]+", "-", info["device"]).strip("-").lower()
-    doc = {"benchmark": "attention", "date": date, **info,
+    doc = {"benchmark": "attention", "date": date, **info, "default_kernel": default_kernel,
            "shape": {"num_q_heads": HQ, "num_kv_heads": HKV, "head_dim": D, "dtype": "bfloat16",
                      "block_size": BLOCK, "num_proxy_groups": 1, "budget_spread": BUDGET_SPREAD},
            "method": "CUDA events, median; warm-up %s; repeats %s" % (WARMUP, REPEATS),
@@ -221,11 +241,12 @@ def main():
     with open(path, "w") as f:
         json.dump(doc, f, indent=1)
 
-    print("\n%7s %7s %9s %8s %9s %9s %8s %8s" % ("N", "density", "ours ms", "TFLOP/s", "cuDNN ms", "flex ms",
-                                                  "x cuDNN", "x flex"))
+    print("\nours = %s" % default_kernel)
+    print("%7s %7s %9s %8s %9s %9s %9s %8s %8s" % ("N", "density", "ours ms", "TFLOP/s", "sm80 ms", "cuDNN ms",
+                                                   "flex ms", "x cuDNN", "x flex"))
     for r in results:
-        print("%7d %7.3f %9.3f %8.1f %9.3f %9s %8.2f %8s" % (
-            r["N"], r["density"], r["ours_ms"], r["ours_tflops_effective"], r["cudnn_dense_ms"],
+        print("%7d %7.3f %9.3f %8.1f %9.3f %9.3f %9s %8.2f %8s" % (
+            r["N"], r["density"], r["ours_ms"], r["ours_tflops_effective"], r["sm80_ms"], r["cudnn_dense_ms"],
             "%.3f" % r["flex_ms"] if "flex_ms" in r else "-", r["speedup_vs_cudnn"],
             "%.2f" % r["speedup_vs_flex"] if "speedup_vs_flex" in r else "-"))
     print("wrote", path, "in %.0f s" % (time.time() - t_start))

@@ -446,6 +446,19 @@ TEST(AttentionSanitize, SparseVarlenBlock64) {
   check_sparse_case(c);
 }
 
+// Block 128 with GQA 4: at the default packing a CTA's two consumer warpgroups share a
+// head; packed by heads, they hold different heads with different counts (the sm90 kernel's
+// per-warpgroup skipping of tiles another head keeps).
+TEST(AttentionSanitize, SparseBlock128Gqa4BothPackings) {
+  PA_REQUIRE_GPU();
+  Case c;
+  c.lengths = {300, 129};
+  c.hq = 4, c.hkv = 1, c.d = 128, c.block = 128, c.gamma = 0.6f;
+  check_sparse_case(c);
+  ScopedEnv packed("PROXYATTN_ATTN_PACKING", "heads");
+  check_sparse_case(c);
+}
+
 TEST(AttentionSanitize, DenseFp16D128) {
   PA_REQUIRE_GPU();
   Case c;
@@ -594,6 +607,47 @@ TEST(Attention, EmptyRowsGiveZeroAndMinusInf) {
       for (int x = 0; x < c.d; ++x) ASSERT_EQ(gpu.o[(t * c.hq + h) * c.d + x], 0.0f);
     }
   EXPECT_GT(empty_rows, 0u);
+}
+
+// The two kernels (sm90 where the device has it, sm80 forced by PROXYATTN_ATTN_KERNEL) on
+// the same inputs and index: each within tolerance of the fp64 reference, and of each other.
+// On a device without the sm90 kernel both runs use sm80 and agree exactly.
+TEST(Attention, KernelsAgree) {
+  PA_REQUIRE_GPU();
+  struct Shape {
+    int d;
+    pa_dtype dtype;
+    int block;
+    int hq, hkv;
+    Inputs inputs;
+  };
+  const Shape shapes[] = {{128, PA_DTYPE_BFLOAT16, 128, 8, 2, Inputs::kStructured},
+                          {64, PA_DTYPE_FLOAT16, 128, 4, 1, Inputs::kRandom},
+                          {128, PA_DTYPE_FLOAT16, 64, 6, 2, Inputs::kRandom},
+                          {64, PA_DTYPE_BFLOAT16, 64, 8, 1, Inputs::kStructured}};
+  for (const Shape& shape : shapes) {
+    Case c;
+    c.lengths = {700, 65, 258};
+    c.d = shape.d, c.dtype = shape.dtype, c.block = shape.block, c.hq = shape.hq, c.hkv = shape.hkv;
+    c.gamma = 0.7f, c.inputs = shape.inputs;
+    const uint64_t seed = fresh_seed();
+    SCOPED_TRACE(describe(c, seed));
+    const Host in = make_host(c, seed);
+    CpuRun cpu;
+    run_cpu(c, in, nullptr, cpu);
+    const Reference ref = sparse_reference(c, in, cpu.index);
+    Output fast, sm80;
+    ASSERT_EQ(run_gpu(c, in, &cpu.index, fast), PA_STATUS_SUCCESS) << pa_last_error();
+    {
+      ScopedEnv forced("PROXYATTN_ATTN_KERNEL", "sm80");
+      ASSERT_EQ(run_gpu(c, in, &cpu.index, sm80), PA_STATUS_SUCCESS) << pa_last_error();
+    }
+    expect_close("default kernel", c, fast, ref, &cpu.out);
+    expect_close("sm80 kernel", c, sm80, ref, &cpu.out);
+    const double err_plain = max_abs_diff(ref.o_plain, ref.o);
+    EXPECT_LE(max_abs_diff(fast.o, sm80.o), 2.0 * err_plain + kAtol) << "default kernel against sm80";
+    EXPECT_LE(max_abs_diff(fast.lse, sm80.lse), kLseTol) << "LSE, default kernel against sm80";
+  }
 }
 
 TEST(Attention, StridedViews) {

@@ -1,7 +1,8 @@
 // GPU attention entry points (cuda/backend.hpp): checks what the kernels support, fills the
 // kernel parameters from the plan (or, for dense attention, from the problem), picks the
-// compiled variant for the runtime dtype and head_dim, and launches the work list on the
-// caller's stream, kMaxSeqsPerLaunch sequences per launch. Never synchronises.
+// kernel for the device (sm90 on compute capability 9.0, sm80 elsewhere) and the compiled
+// variant for the runtime dtype and head_dim, and launches the work list on the caller's
+// stream, kMaxSeqsPerLaunch sequences per launch. Never synchronises.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -18,11 +19,13 @@
 namespace proxyattn::cuda {
 namespace {
 
+using attention::CtaShape;
 using attention::Packing;
 using attention::Params;
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kMinComputeMajor = 8;   // mma.sync bf16, cp.async, ldmatrix: sm_80
+constexpr int kHopperMajor = 9, kHopperMinor = 0;  // the sm_90a machine code of the sm90 kernel
 constexpr int kVectorBytes = 16;      // the kernels move rows in 16-byte vectors
 // Row and key positions are int in the kernel and run up to a block (<= 128) plus a tile
 // past the sequence end.
@@ -37,7 +40,18 @@ Packing packing_from_environment() {
                                                               : Packing::kChunksOfHead;
 }
 
-pa_status check_device(const char* call) {
+// Which kernel runs. Both compute the same function (within rounding); sm90 is the fast one
+// on Hopper. PROXYATTN_ATTN_KERNEL=sm80 forces the mma.sync kernel everywhere (comparisons,
+// a fallback); anything else leaves the choice to the device.
+enum class Kernel { kSm80, kSm90 };
+
+bool sm80_forced_by_environment() {
+  const char* value = std::getenv("PROXYATTN_ATTN_KERNEL");
+  return value != nullptr && std::strcmp(value, "sm80") == 0;
+}
+
+// Checks the device and picks the kernel for it and for the batch's token count.
+pa_status select_kernel(const char* call, int64_t total_tokens, Kernel* kernel) {
   int device = 0, major = 0, minor = 0;
   PA_CUDA_TRY(cudaGetDevice(&device));
   PA_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
@@ -45,6 +59,9 @@ pa_status check_device(const char* call) {
   if (major < kMinComputeMajor)
     return fail(PA_STATUS_UNSUPPORTED, "%s: the GPU attention needs compute capability %d.0 or newer; "
                 "device %d is %d.%d", call, kMinComputeMajor, device, major, minor);
+  const bool hopper = major == kHopperMajor && minor == kHopperMinor;
+  const bool tma_coordinates_fit = total_tokens <= INT32_MAX - attention::kTmaSlack;
+  *kernel = hopper && tma_coordinates_fit && !sm80_forced_by_environment() ? Kernel::kSm90 : Kernel::kSm80;
   return PA_STATUS_SUCCESS;
 }
 
@@ -78,17 +95,29 @@ pa_status check_supported(const char* call, const pa_problem& p, int32_t max_len
   PA_TRY(check_view(call, "q", q, bytes));
   PA_TRY(check_view(call, "k", k, bytes));
   PA_TRY(check_view(call, "v", v, bytes));
-  PA_TRY(check_view(call, "o", o, bytes));
-  return check_device(call);
+  return check_view(call, "o", o, bytes);
 }
 
 using Launcher = pa_status (*)(const Params&, int64_t, void*);
 
-Launcher select_variant(pa_dtype dtype, int head_dim) {
+// The compiled variant and the CTA shape of its work list.
+struct Variant {
+  Launcher launch;
+  CtaShape shape;
+};
+
+Variant select_variant(Kernel kernel, pa_dtype dtype, int head_dim) {
   using attention::run_sm80;
-  if (dtype == PA_DTYPE_BFLOAT16)
-    return head_dim == 64 ? &run_sm80<PA_DTYPE_BFLOAT16, 64> : &run_sm80<PA_DTYPE_BFLOAT16, 128>;
-  return head_dim == 64 ? &run_sm80<PA_DTYPE_FLOAT16, 64> : &run_sm80<PA_DTYPE_FLOAT16, 128>;
+  using attention::run_sm90;
+  const bool bf16 = dtype == PA_DTYPE_BFLOAT16, d64 = head_dim == 64;
+  if (kernel == Kernel::kSm90) {
+    const Launcher launch = bf16 ? (d64 ? &run_sm90<PA_DTYPE_BFLOAT16, 64> : &run_sm90<PA_DTYPE_BFLOAT16, 128>)
+                                 : (d64 ? &run_sm90<PA_DTYPE_FLOAT16, 64> : &run_sm90<PA_DTYPE_FLOAT16, 128>);
+    return {launch, attention::kSm90Shape};
+  }
+  const Launcher launch = bf16 ? (d64 ? &run_sm80<PA_DTYPE_BFLOAT16, 64> : &run_sm80<PA_DTYPE_BFLOAT16, 128>)
+                               : (d64 ? &run_sm80<PA_DTYPE_FLOAT16, 64> : &run_sm80<PA_DTYPE_FLOAT16, 128>);
+  return {launch, attention::kSm80Shape};
 }
 
 Params base_params(const pa_problem& p, const pa_tensor& q, const pa_tensor& k, const pa_tensor& v,
@@ -108,10 +137,10 @@ Params base_params(const pa_problem& p, const pa_tensor& q, const pa_tensor& k, 
 }
 
 // Launches the work list of every non-empty sequence, at most kMaxSeqsPerLaunch a launch.
-pa_status launch_batch(Params params, const std::vector<SeqSpan>& seqs, Launcher launch, void* stream) {
+pa_status launch_batch(Params params, const std::vector<SeqSpan>& seqs, const Variant& variant, void* stream) {
   const int heads_per_kv = params.num_q_heads / params.num_kv_heads;
-  const int pairs_per_row = heads_per_kv * (params.block_size / attention::kWarpRows);
-  params.slots_per_row = (pairs_per_row + attention::kWarps - 1) / attention::kWarps;
+  const int pairs_per_row = heads_per_kv * (params.block_size / variant.shape.pair_rows);
+  params.slots_per_row = (pairs_per_row + variant.shape.pairs_per_cta - 1) / variant.shape.pairs_per_cta;
   size_t next = 0;
   while (next < seqs.size()) {
     params.num_seqs = 0;
@@ -128,7 +157,7 @@ pa_status launch_batch(Params params, const std::vector<SeqSpan>& seqs, Launcher
       return fail(PA_STATUS_OVERFLOW, "GPU attention: %lld CTAs in one launch exceed the grid limit",
                   (long long)grid);
     params.num_rows = int32_t(rows);
-    PA_TRY(launch(params, grid, stream));
+    PA_TRY(variant.launch(params, grid, stream));
   }
   return PA_STATUS_SUCCESS;
 }
@@ -142,13 +171,15 @@ pa_status attend(const PlanDesc& plan, const pa_tensor& q, const pa_tensor& k, c
   if (plan.config.block_size != 64 && plan.config.block_size != 128)
     return fail(PA_STATUS_UNSUPPORTED, "pa_attend: block_size = %d: the GPU attention supports 64 and 128",
                 plan.config.block_size);
+  Kernel kernel;
+  PA_TRY(select_kernel("pa_attend", p.total_tokens, &kernel));
   if (p.total_tokens == 0) return PA_STATUS_SUCCESS;
   Params params = base_params(p, q, k, v, o, lse, plan.config.softmax_scale);
   params.q_heads_per_group = plan.q_heads_per_group();
   params.block_size = plan.config.block_size;
   params.order = plan.index.order;
   params.count = plan.index.count;
-  return launch_batch(params, plan.batch.seqs, select_variant(p.dtype, p.head_dim), stream);
+  return launch_batch(params, plan.batch.seqs, select_variant(kernel, p.dtype, p.head_dim), stream);
 }
 
 pa_status dense_attention(const pa_problem& problem, float scale, const pa_tensor& q, const pa_tensor& k,
@@ -156,13 +187,15 @@ pa_status dense_attention(const pa_problem& problem, float scale, const pa_tenso
   // The dense work list: every causal block of kDenseBlock, one proxy group.
   const BatchLayout batch = make_batch_layout(problem, attention::kDenseBlock, 1);
   PA_TRY(check_supported("pa_dense_attention", problem, batch.max_length, q, k, v, o));
+  Kernel kernel;
+  PA_TRY(select_kernel("pa_dense_attention", problem.total_tokens, &kernel));
   if (problem.total_tokens == 0) return PA_STATUS_SUCCESS;
   Params params = base_params(problem, q, k, v, o, lse, scale);
   params.q_heads_per_group = problem.num_q_heads;
   params.block_size = attention::kDenseBlock;
   params.order = nullptr;  // dense: row m keeps blocks 0..m
   params.count = nullptr;
-  return launch_batch(params, batch.seqs, select_variant(problem.dtype, problem.head_dim), stream);
+  return launch_batch(params, batch.seqs, select_variant(kernel, problem.dtype, problem.head_dim), stream);
 }
 
 }  // namespace proxyattn::cuda

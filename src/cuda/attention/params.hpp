@@ -2,13 +2,15 @@
 // dispatcher (host) and the kernels. Plain C++: no CUDA types, so the dispatcher's
 // declarations of the per-variant launchers need no CUDA headers.
 //
-// Work list. One CTA per work item (query-block row, KV head, slot). A CTA has kWarps warps;
-// each warp owns kWarpRows query rows of one Q head (a "pair" = head x row chunk). The pairs
-// of a (row, KV head) are the GQA heads reading that KV head times the row chunks of the
-// block; a slot is kWarps consecutive pairs. All pairs of a CTA read the same KV head and the
+// Work list. One CTA per work item (query-block row, KV head, slot). A CTA of the sm80 kernel
+// has kWarps warps, each owning kWarpRows query rows of one Q head (a "pair" = head x row
+// chunk); a CTA of the sm90 kernel has sm90::kConsumers consumer warpgroups of
+// sm90::kGroupRows rows each (CtaShape below says which). The pairs of a (row, KV head) are
+// the GQA heads reading that KV head times the row chunks of the block; a slot is
+// CtaShape::pairs_per_cta consecutive pairs. All pairs of a CTA read the same KV head and the
 // same `order` row (heads of a KV head share a proxy group), so the CTA streams each kept K/V
-// tile through shared memory once for all its warps; each warp keeps its own head's prefix
-// `count` and skips tiles outside it (per-head masks at warp granularity).
+// tile through shared memory once for all its warps; each warp (warpgroup) keeps its own
+// head's prefix `count` and skips tiles outside it (per-head masks at warp granularity).
 // Items are numbered longest row first (query block m descending), so the hardware block
 // scheduler, which hands out CTAs in index order as SMs free up, runs an approximate
 // longest-processing-time-first schedule: no SM idles on short rows while long ones wait.
@@ -27,6 +29,21 @@ inline constexpr int kWarps = 4;          // warps per CTA
 inline constexpr int kWarpRows = 32;      // query rows per warp: two m16 MMA tiles
 inline constexpr int kTileKeys = 64;      // keys per K/V tile in shared memory
 inline constexpr int kDenseBlock = 128;   // block edge of pa_dense_attention's work list
+
+// The sm90 kernel (sm90/kernel.cuh): a producer warpgroup feeding kConsumers consumer
+// warpgroups, each a pair of kGroupRows query rows (one wgmma m64 tile) of one head.
+namespace sm90 {
+inline constexpr int kConsumers = 2;
+inline constexpr int kGroupRows = 64;
+}  // namespace sm90
+
+// Query rows of one pair and pairs per CTA: what the dispatcher needs to size the work list.
+struct CtaShape {
+  int pair_rows;
+  int pairs_per_cta;
+};
+inline constexpr CtaShape kSm80Shape{kWarpRows, kWarps};
+inline constexpr CtaShape kSm90Shape{sm90::kGroupRows, sm90::kConsumers};
 
 // SeqSpan entries passed by value in the kernel parameters (32 B each: 2 KiB of the
 // classic 4 KiB parameter space); batches of more sequences take several launches.
@@ -82,9 +99,14 @@ struct Params {
 
 static_assert(sizeof(Params) <= 4096, "kernel parameters within the classic 4 KiB limit");
 
-// One launcher per compiled variant (sm80/instantiate_*.cu): returns the launch's status.
-// grid_size = num_rows * num_kv_heads * slots_per_row CTAs.
+// One launcher per compiled variant (sm80/instantiate_*.cu, sm90/instantiate_*.cu): returns
+// the launch's status. grid_size = num_rows * num_kv_heads * slots_per_row CTAs. run_sm90
+// needs a device of compute capability 9.0 and total_tokens + kTmaSlack <= INT32_MAX (its
+// tensor-copy coordinates are int32).
+inline constexpr int64_t kTmaSlack = 256;
 template <pa_dtype kDtype, int kHeadDim>
 pa_status run_sm80(const Params& params, int64_t grid_size, void* stream);
+template <pa_dtype kDtype, int kHeadDim>
+pa_status run_sm90(const Params& params, int64_t grid_size, void* stream);
 
 }  // namespace proxyattn::cuda::attention

@@ -14,6 +14,7 @@
 
 #include "attention/params.hpp"
 #include "attention/sm80/ptx.cuh"
+#include "attention/work_list.cuh"
 
 namespace proxyattn::cuda::attention::sm80 {
 
@@ -79,20 +80,6 @@ __device__ __forceinline__ uint32_t lane_address(const uint16_t* tile, int row, 
 }
 // Byte XOR that moves a lane address from column c to column c + 16 * step (step < d / 16).
 __device__ __forceinline__ constexpr uint32_t column_step(int step) { return uint32_t(step) << 5; }
-
-// T(n) = n (n + 1) / 2 (core/problem.hpp's triangle, for device code).
-__device__ __forceinline__ int64_t triangular(int64_t n) { return n * (n + 1) / 2; }
-
-// The sequence of global query-block row `row`: the last of the launch's (non-empty)
-// sequences that starts at or before it.
-__device__ __forceinline__ int find_seq(const Params& p, int64_t row) {
-  int lo = 0, hi = p.num_seqs - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (p.seqs[mid].qblock_begin <= row) lo = mid; else hi = mid - 1;
-  }
-  return lo;
-}
 
 // What one warp of the CTA computes: kWarpRows query rows of one Q head.
 struct WarpWork {

@@ -1,0 +1,599 @@
+// Block-sparse causal attention forward for sm_90a (H100), FlashAttention-3 style: one CTA
+// per work item of params.hpp, warp-specialised.
+//
+//   warpgroup 0 (producer, registers released): one thread walks the CTA's kept blocks in
+//     the order of the block index and copies each K and V tile with the tensor copy engine
+//     (TMA, 128-byte swizzle) into a ring of kStages shared-memory stages, each completing
+//     on its own "full" mbarrier; it first copies every consumer's Q tile.
+//   warpgroups 1..kConsumers (consumers): kGroupRows query rows of one head each (a pair of
+//     params.hpp). S = Q K^T with wgmma (Q and K from shared memory), mask, online softmax
+//     in fp32 registers, O += P V with wgmma (P from registers, V from shared memory).
+//
+// Tiles: a K/V tile is kTileKeys = 2 x kBoxRows keys, two "halves" of kBoxRows keys, each
+// one TMA box per 64 columns. At block 128 a tile is one kept block; at block 64 it is two
+// consecutive kept blocks of the order row. A half that no consumer needs (past the
+// row's kept prefix, above the diagonal, past the sequence) is loaded from the other
+// half's keys (finite data) and masked to -inf, so its probabilities are exactly 0.
+// The producer publishes each tile's halves (TileDesc) next to the stage, so consumers
+// decide per half whether their head keeps it (heads of a CTA share the order row but not
+// the count) without reading the index themselves.
+//
+// Consumer loop, intra-warpgroup overlap (FA3): in the iteration of tile j
+//   issue S_j = Q K_j^T | rescale O, issue O += P_{j-1} V_{j-1} | wait S_j, release K_j |
+//   mask + softmax of S_j (under the P V product) | wait P V, release V_{j-1} | P_j = S_j
+// Every consumer waits on every tile's barriers and releases every stage, also a tile it
+// skips (kept by another head of the CTA), so the ring's phases stay in step.
+#pragma once
+
+#include <cuda.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "attention/params.hpp"
+#include "attention/sm80/ptx.cuh"
+#include "attention/sm90/tma.cuh"
+#include "attention/sm90/wgmma.cuh"
+#include "attention/work_list.cuh"
+
+namespace proxyattn::cuda::attention::sm90 {
+
+using cuda::smem_address;
+using sm80::ElementTraits;
+using sm80::fast_exp2;
+using sm80::st_shared_32;
+
+inline constexpr int kWarpgroupThreads = 128;
+inline constexpr int kWarpsPerGroup = 4;
+inline constexpr int kSwizzleBytes = 128;                  // one swizzled row: 64 16-bit elements
+inline constexpr int kSwizzleElems = kSwizzleBytes / 2;    // columns of a TMA box
+inline constexpr int kAtomBytes = 8 * kSwizzleBytes;       // 8 rows: swizzle period, descriptor row-group step
+inline constexpr int kTileAlignment = kAtomBytes;
+inline constexpr int kBoxRows = 64;                        // rows of one TMA box: half a K/V tile
+inline constexpr int kTileKeys = 2 * kBoxRows;             // keys of a K/V tile: N of S = Q K^T
+inline constexpr int kMmaK = 16;                           // K of one wgmma
+inline constexpr int kMmaStepBytes = kMmaK * 2;            // a k-step inside a swizzled row
+inline constexpr int kN8 = 8;                              // columns of one accumulator n8 tile
+inline constexpr uint32_t kUnusedLeadingBytes = 16;        // K-major swizzled: LBO ignored (encoded 1)
+// Register split (setmaxnreg): 128 x 40 + 2 x 128 x 232 = 64512 of the SM's 65536.
+inline constexpr int kProducerRegisters = 40;
+inline constexpr int kConsumerRegisters = 232;
+static_assert(kWarpgroupThreads * (kProducerRegisters + kConsumers * kConsumerRegisters) <= 65536,
+              "register split within the register file");
+static_assert(kGroupRows == 64, "a consumer is one wgmma m64 tile");
+static_assert(kBoxRows == kGroupRows, "Q and K/V use tensor maps of the same box");
+
+// Named barriers (id 0 is __syncthreads): the epilogue of consumer c syncs its warpgroup on
+// kBarrierEpilogue + c.
+enum NamedBarrier : int { kBarrierEpilogue = 1 };
+
+// Every shape of the kernel, derived from the element type and head_dim. Stage counts are
+// speed settings: a stage holds a K and a V tile; 2 at d = 128 (FA3's choice; 160 KiB),
+// 3 at d = 64 (tiles compute in half the time, so the copies need more lead).
+template <typename Element_, int kHeadDim_>
+struct KernelTraits {
+  using Element = Element_;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kThreads = (1 + kConsumers) * kWarpgroupThreads;
+  static constexpr int kStages = kHeadDim == 128 ? 2 : 3;
+  static constexpr int kChunks = kHeadDim / kSwizzleElems;      // 64-column chunks of a row
+  static constexpr int kQChunkBytes = kGroupRows * kSwizzleBytes;
+  static constexpr int kQBytes = kChunks * kQChunkBytes;         // (kChunks, 64 rows, 64 cols)
+  static constexpr int kKvChunkBytes = kTileKeys * kSwizzleBytes;
+  static constexpr int kKvBytes = kChunks * kKvChunkBytes;       // (kChunks, 128 keys, 64 cols)
+  static constexpr int kBoxBytes = kBoxRows * kSwizzleBytes;
+  static constexpr int kScoreRegs = kTileKeys / 2;   // S accumulators of a thread (m64n128)
+  static constexpr int kOutRegs = kHeadDim / 2;      // O accumulators of a thread (m64nD)
+  static constexpr int kScoreTiles = kTileKeys / kN8;
+  static constexpr int kOutTiles = kHeadDim / kN8;
+  static constexpr int kDimSteps = kHeadDim / kMmaK;   // k-steps of Q K^T
+  static constexpr int kKeySteps = kTileKeys / kMmaK;  // k-steps of P V
+  static constexpr int kStepsPerChunk = kSwizzleElems / kMmaK;
+  static constexpr int kOutRowBytes = kHeadDim * 2;    // O staging rows (row-major, swizzled)
+  static constexpr int kVectorElems = 8;               // 16-byte vectors of the O stores
+
+  static_assert(sizeof(Element) == 2, "16-bit elements (bf16, fp16)");
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "head_dim 64 or 128");
+  static_assert(kGroupRows * kOutRowBytes == kQBytes, "O staging reuses the consumer's Q tile");
+  static_assert(kQChunkBytes % kTileAlignment == 0 && kBoxBytes % kTileAlignment == 0,
+                "every TMA box starts on a swizzle atom");
+};
+
+// A K/V tile as the producer loaded it, published next to its stage.
+struct TileDesc {
+  int32_t key0[2];   // first key of each half (sequence-relative) where `needed` has its bit
+  int32_t rank[2];   // rank of each half's block in the order row
+  uint32_t needed;   // bit h: some consumer of the CTA may keep half h
+  uint32_t done;     // 1: no more tiles (this stage carries no data)
+};
+
+// Shared memory of one CTA; its sizeof is the launch's dynamic shared memory.
+template <typename Traits>
+struct alignas(kTileAlignment) SharedStorage {
+  uint8_t q[kConsumers][Traits::kQBytes];       // consumer c's Q tile; its O staging at the end
+  uint8_t k[Traits::kStages][Traits::kKvBytes];
+  uint8_t v[Traits::kStages][Traits::kKvBytes];
+  uint64_t q_full[kConsumers];
+  uint64_t k_full[Traits::kStages];   // producer arrival + TMA bytes
+  uint64_t k_empty[Traits::kStages];  // one arrival per consumer warp
+  uint64_t v_full[Traits::kStages];
+  uint64_t v_empty[Traits::kStages];
+  TileDesc desc[Traits::kStages];
+};
+
+// What one consumer warpgroup computes: kGroupRows query rows of one Q head.
+struct GroupWork {
+  bool active = false;  // has a (head, chunk) pair with at least one row inside the sequence
+  int head = 0;         // Q head
+  int row0 = 0;         // first query row, sequence-relative
+  int last_row = -1;    // last valid query row (inclusive)
+  int count = 0;        // kept blocks of this head in this row
+};
+
+__device__ __forceinline__ GroupWork group_work(const Params& p, const SeqSpan& span, int m, int kv_head,
+                                                int slot, int consumer) {
+  GroupWork w;
+  const int heads_per_kv = p.num_q_heads / p.num_kv_heads;
+  const int chunks = p.block_size / kGroupRows;
+  const int pair = slot * kConsumers + consumer;
+  if (pair >= heads_per_kv * chunks) return w;
+  const bool head_major = p.packing == Packing::kChunksOfHead;
+  const int head_local = head_major ? pair / chunks : pair % heads_per_kv;
+  const int chunk = head_major ? pair % chunks : pair / heads_per_kv;
+  w.head = kv_head * heads_per_kv + head_local;
+  w.row0 = m * p.block_size + chunk * kGroupRows;
+  if (w.row0 >= span.length) return w;
+  w.active = true;
+  w.last_row = min(w.row0 + kGroupRows, span.length) - 1;
+  // Clamped to [0, m + 1] so that a corrupt index cannot send the CTA outside the row.
+  const int kept = p.order == nullptr
+                       ? m + 1
+                       : __ldg(p.count + (span.qblock_begin + m) * p.num_q_heads + w.head);
+  w.count = max(0, min(kept, m + 1));
+  return w;
+}
+
+// The CTA's work item, decoded the same way by every thread.
+struct CtaWork {
+  const SeqSpan* span;
+  int m;                     // query block of the sequence
+  int kv_head;
+  const int32_t* order_row;  // the group's order row; null = dense (block n at rank n)
+  int max_count;             // largest count of the active consumers
+  int last_row;              // last valid row of the active consumers (-1: none)
+};
+
+// The value of lane 0 for the whole warp. Branches around wgmma must be provably uniform,
+// or ptxas serialises every wgmma of the kernel (warning C7518); a broadcast is what its
+// uniformity analysis recognises (as cutlass::canonical_warp_idx_sync does).
+__device__ __forceinline__ int warp_uniform(int value) { return __shfl_sync(0xffffffffu, value, 0); }
+
+// ---- producer ------------------------------------------------------------------------
+// One K or V tile: two halves of kBoxRows tokens from `token0`/`token1`, one box per chunk.
+template <typename Traits>
+__device__ __forceinline__ void load_kv_tile(uint32_t tile, const CUtensorMap* map, uint32_t bar, int kv_head,
+                                             int token0, int token1) {
+#pragma unroll
+  for (int c = 0; c < Traits::kChunks; ++c) {
+    tma_load_3d(tile + c * Traits::kKvChunkBytes, map, bar, c * kSwizzleElems, kv_head, token0);
+    tma_load_3d(tile + c * Traits::kKvChunkBytes + Traits::kBoxBytes, map, bar, c * kSwizzleElems, kv_head,
+                token1);
+  }
+}
+
+template <typename Traits>
+__device__ __forceinline__ void produce(SharedStorage<Traits>& smem, const Params& params, const CtaWork& cta,
+                                        const GroupWork (&group)[kConsumers], const CUtensorMap* q_map,
+                                        const CUtensorMap* k_map, const CUtensorMap* v_map) {
+  tma_prefetch_descriptor(q_map);
+  tma_prefetch_descriptor(k_map);
+  tma_prefetch_descriptor(v_map);
+  const SeqSpan& span = *cta.span;
+  const int token_begin = int(span.token_begin);  // the dispatcher keeps tokens within int32
+
+  // Q of every active consumer.
+#pragma unroll
+  for (int c = 0; c < kConsumers; ++c) {
+    if (!group[c].active) continue;
+    const uint32_t bar = smem_address(&smem.q_full[c]);
+    mbarrier_arrive_expect_tx(bar, Traits::kQBytes);
+#pragma unroll
+    for (int ch = 0; ch < Traits::kChunks; ++ch)
+      tma_load_3d(smem_address(smem.q[c]) + ch * Traits::kQChunkBytes, q_map, bar, ch * kSwizzleElems,
+                  group[c].head, token_begin + group[c].row0);
+  }
+
+  // K/V tiles: unit u (a half) is sub-block u % units_per_block of the block at rank
+  // u / units_per_block of the order row; tile t holds units 2t and 2t + 1. A unit is
+  // skipped when its block is outside [0, m] (a corrupt index), starts past the sequence
+  // end, or lies wholly above the diagonal of every row of the CTA.
+  const int block = params.block_size;
+  const int units_per_block = block / kBoxRows;
+  const int num_units = cta.max_count * units_per_block;
+  auto block_at = [&](int rank) { return cta.order_row == nullptr ? rank : __ldg(cta.order_row + rank); };
+  auto unit_key0 = [&](int unit, int n) {  // first key of the unit, or -1 when skipped
+    if (n < 0 || n > cta.m) return -1;
+    const int key0 = n * block + (unit % units_per_block) * kBoxRows;
+    return key0 >= span.length || key0 > cta.last_row ? -1 : key0;
+  };
+  int stage = 0;
+  uint32_t phase = 0;
+  for (int unit = 0; unit < num_units; unit += 2) {
+    const int rank0 = unit / units_per_block, rank1 = (unit + 1) / units_per_block;
+    const bool has_second = unit + 1 < num_units;
+    const int n0 = block_at(rank0);
+    const int n1 = !has_second ? -1 : rank1 == rank0 ? n0 : block_at(rank1);
+    const int key0 = unit_key0(unit, n0);
+    const int key1 = has_second ? unit_key0(unit + 1, n1) : -1;
+    if (key0 < 0 && key1 < 0) continue;
+    TileDesc desc;
+    desc.key0[0] = key0;
+    desc.key0[1] = key1;
+    desc.rank[0] = rank0;
+    desc.rank[1] = rank1;
+    desc.needed = (key0 >= 0 ? 1u : 0u) | (key1 >= 0 ? 2u : 0u);
+    desc.done = 0;
+    const int token0 = token_begin + (key0 >= 0 ? key0 : key1);  // a skipped half: the other's keys
+    const int token1 = token_begin + (key1 >= 0 ? key1 : key0);
+
+    // K: wait until every consumer warp released the stage, publish the tile, copy.
+    mbarrier_wait(smem_address(&smem.k_empty[stage]), phase ^ 1);
+    smem.desc[stage] = desc;
+    uint32_t bar = smem_address(&smem.k_full[stage]);
+    mbarrier_arrive_expect_tx(bar, Traits::kKvBytes);
+    load_kv_tile<Traits>(smem_address(smem.k[stage]), k_map, bar, cta.kv_head, token0, token1);
+    // V, into the same stage of its own ring.
+    mbarrier_wait(smem_address(&smem.v_empty[stage]), phase ^ 1);
+    bar = smem_address(&smem.v_full[stage]);
+    mbarrier_arrive_expect_tx(bar, Traits::kKvBytes);
+    load_kv_tile<Traits>(smem_address(smem.v[stage]), v_map, bar, cta.kv_head, token0, token1);
+    if (++stage == Traits::kStages) stage = 0, phase ^= 1;
+  }
+  // End of the tiles: a K stage with `done` set and no bytes.
+  mbarrier_wait(smem_address(&smem.k_empty[stage]), phase ^ 1);
+  TileDesc last{};
+  last.done = 1;
+  smem.desc[stage] = last;
+  mbarrier_arrive(smem_address(&smem.k_full[stage]));
+}
+
+// ---- consumer ------------------------------------------------------------------------
+template <typename Traits>
+__device__ __forceinline__ void consume(SharedStorage<Traits>& smem, const Params& params, const CtaWork& cta,
+                                        const GroupWork& mine, int consumer) {
+  using Element = typename Traits::Element;
+  constexpr int D = Traits::kHeadDim;
+  constexpr float kNegInf = -INFINITY;
+  constexpr float kLn2 = 0.693147180559945309f;
+  const int thread = int(threadIdx.x) % kWarpgroupThreads;
+  const int warp = thread / 32, lane = thread % 32;
+  const int quad_row = lane / 4, quad_col = lane % 4;  // g and t of the register layouts
+  const int length = cta.span->length;
+  const int row_lo = mine.row0 + 16 * warp + quad_row;  // this thread's rows: row_lo, row_lo + 8
+
+  const uint32_t q_tile = smem_address(smem.q[consumer]);
+  const uint64_t q_desc = make_descriptor(q_tile, kUnusedLeadingBytes, kAtomBytes);
+
+  float o[Traits::kOutRegs];     // O accumulators, fp32 (m64nD layout)
+  float s[Traits::kScoreRegs];   // scores, then probabilities (m64n128 layout)
+  uint32_t p[Traits::kKeySteps][4];  // probabilities in the input type: A registers of P V
+  float row_max[2] = {kNegInf, kNegInf};  // running max of scaled scores (log2 domain), rows lo/hi
+  float row_sum[2] = {0.0f, 0.0f};        // this thread's share of the running denominators
+#pragma unroll
+  for (int i = 0; i < Traits::kOutRegs; ++i) o[i] = 0.0f;
+#pragma unroll
+  for (int i = 0; i < Traits::kScoreRegs; ++i) s[i] = 0.0f;
+#pragma unroll
+  for (int k = 0; k < Traits::kKeySteps; ++k)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) p[k][c] = 0u;
+
+  // A CTA whose heads keep no block of this row runs no pipeline (producer included):
+  // straight to the epilogue, O = 0 and LSE = -inf.
+  const bool has_tiles = cta.max_count > 0;
+  if (mine.active && has_tiles) mbarrier_wait(smem_address(&smem.q_full[consumer]), 0);
+
+  // Releases a stage to the producer: one arrival per warp, by lane 0, the only lane that
+  // reads the stage's TileDesc (read_desc), so its release orders every generic read of the
+  // stage before the producer's next write (the tiles themselves are read by wgmma, which
+  // has completed before any release).
+  auto release = [&](uint32_t bar) {
+    if (lane == 0) mbarrier_arrive(bar);
+  };
+  // The TileDesc of a stage, read by lane 0 and broadcast (also makes it warp-uniform).
+  auto read_desc = [&](int stage) {
+    TileDesc d{};
+    if (lane == 0) d = smem.desc[stage];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      d.key0[h] = warp_uniform(d.key0[h]);
+      d.rank[h] = warp_uniform(d.rank[h]);
+    }
+    d.needed = uint32_t(warp_uniform(int(d.needed)));
+    d.done = uint32_t(warp_uniform(int(d.done)));
+    return d;
+  };
+
+  // The tile before the current one, whose P V product is still to be issued.
+  bool pending = false, pending_on = false;
+  int pending_stage = 0;
+  uint32_t pending_phase = 0;
+  float pending_correction[2] = {1.0f, 1.0f};
+
+  // O = O * correction, then issue O += P V of the pending tile.
+  auto issue_pv = [&]() {
+#pragma unroll
+    for (int i = 0; i < Traits::kOutRegs; ++i) o[i] *= pending_correction[(i % 4) / 2];
+    fence_registers(o);
+    fence_registers(p);
+    wgmma_fence();
+    const uint64_t v_desc =
+        make_descriptor(smem_address(smem.v[pending_stage]), Traits::kKvChunkBytes, kAtomBytes);
+#pragma unroll
+    for (int k = 0; k < Traits::kKeySteps; ++k)
+      wgmma_rs<Element, D>(o, p[k], v_desc + descriptor_offset(k * kMmaK * kSwizzleBytes), 1);
+    wgmma_commit();
+    fence_registers(o);
+    fence_registers(p);
+  };
+
+  // Issue S = Q K^T of the tile in `stage` (raw scores; the scale goes into the exponent).
+  auto issue_s = [&](int stage) {
+    fence_registers(s);
+    wgmma_fence();
+    const uint64_t k_desc = make_descriptor(smem_address(smem.k[stage]), kUnusedLeadingBytes, kAtomBytes);
+#pragma unroll
+    for (int k = 0; k < Traits::kDimSteps; ++k) {
+      const int chunk = k / Traits::kStepsPerChunk, within = (k % Traits::kStepsPerChunk) * kMmaStepBytes;
+      wgmma_ss<Element, kTileKeys>(s, q_desc + descriptor_offset(chunk * Traits::kQChunkBytes + within),
+                                   k_desc + descriptor_offset(chunk * Traits::kKvChunkBytes + within),
+                                   k > 0 ? 1 : 0);
+    }
+    wgmma_commit();
+    fence_registers(s);
+  };
+
+  // Mask S, then the online softmax: S becomes P (fp32), `correction` is what the O
+  // accumulated so far must be multiplied by.
+  auto softmax = [&](const TileDesc& desc, const bool (&half_on)[2], float (&correction)[2]) {
+    // Causal mask inside the diagonal block, keys past the sequence end, halves this head
+    // does not keep. Column 8 i + 2 t + (c % 2) of S is key key0[i / 8] + that % 64.
+    bool needs_mask = false;
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      needs_mask |= !half_on[h] || desc.key0[h] + kBoxRows - 1 > mine.row0 || desc.key0[h] + kBoxRows > length;
+    if (needs_mask) {
+#pragma unroll
+      for (int i = 0; i < Traits::kScoreTiles; ++i)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          constexpr int kTilesPerHalf = kBoxRows / kN8;
+          const int h = i / kTilesPerHalf;
+          const int key = desc.key0[h] + (i % kTilesPerHalf) * kN8 + 2 * quad_col + (c % 2);
+          const int q_pos = row_lo + 8 * (c / 2);
+          if (!half_on[h] || key > q_pos || key >= length) s[4 * i + c] = kNegInf;
+        }
+    }
+    // Per row (its values sit in the 4 threads of a quad): new max, correction of what was
+    // accumulated, S becomes P = exp2(S * scale_log2 - max).
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float tile_max = kNegInf;
+#pragma unroll
+      for (int i = 0; i < Traits::kScoreTiles; ++i)
+        tile_max = fmaxf(tile_max, fmaxf(s[4 * i + 2 * r], s[4 * i + 2 * r + 1]));
+      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+      const float new_max = fmaxf(row_max[r], tile_max * params.scale_log2);
+      // A row with no key yet keeps max -inf; exponents then use 0 so that no -inf - -inf
+      // NaN appears (its probabilities are exp2(-inf) = 0).
+      const float base = new_max == kNegInf ? 0.0f : new_max;
+      correction[r] = fast_exp2(row_max[r] - base);
+      row_max[r] = new_max;
+      float tile_sum = 0.0f;
+#pragma unroll
+      for (int i = 0; i < Traits::kScoreTiles; ++i)
+#pragma unroll
+        for (int c = 2 * r; c < 2 * r + 2; ++c) {
+          const float prob = fast_exp2(fmaf(s[4 * i + c], params.scale_log2, -base));
+          s[4 * i + c] = prob;
+          tile_sum += prob;
+        }
+      row_sum[r] = row_sum[r] * correction[r] + tile_sum;
+    }
+  };
+
+  // P rounded to the input type: n8 tiles 2k and 2k + 1 of S are the A registers of k-step k.
+  auto pack_p = [&]() {
+#pragma unroll
+    for (int k = 0; k < Traits::kKeySteps; ++k)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) p[k][c] = ElementTraits<Element>::pack(s[8 * k + 2 * c], s[8 * k + 2 * c + 1]);
+  };
+
+  // Every wgmma group is waited for in the branch that issued it: ptxas's register
+  // tracking does not correlate conditions, and would otherwise serialise the products.
+  int stage = 0;
+  uint32_t phase = 0;
+  while (has_tiles) {
+    // ---- K of tile j landed: which halves does this head keep?
+    mbarrier_wait(smem_address(&smem.k_full[stage]), phase);
+    const TileDesc desc = read_desc(stage);
+    if (desc.done) break;
+    bool half_on[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      half_on[h] = ((desc.needed >> h) & 1u) && desc.rank[h] < mine.count && desc.key0[h] <= mine.last_row;
+    const bool on = warp_uniform(half_on[0] || half_on[1]);  // the same over the warpgroup
+    const uint32_t k_empty = smem_address(&smem.k_empty[stage]);
+    const uint32_t v_full_pending = smem_address(&smem.v_full[pending_stage]);
+    const uint32_t v_empty_pending = smem_address(&smem.v_empty[pending_stage]);
+    float correction[2] = {1.0f, 1.0f};
+    if (on && pending_on) {
+      // S_j, then the previous tile's P V; softmax of S_j runs under the P V product.
+      issue_s(stage);
+      mbarrier_wait(v_full_pending, pending_phase);
+      issue_pv();
+      wgmma_wait<1>();
+      fence_registers(s);
+      release(k_empty);
+      softmax(desc, half_on, correction);
+      wgmma_wait<0>();
+      fence_registers(o);
+      fence_registers(p);
+      release(v_empty_pending);
+      pack_p();
+    } else if (on) {
+      // No previous product (first tile, or the previous one not kept by this head).
+      issue_s(stage);
+      if (pending) mbarrier_wait(v_full_pending, pending_phase);
+      wgmma_wait<0>();
+      fence_registers(s);
+      release(k_empty);
+      softmax(desc, half_on, correction);
+      if (pending) release(v_empty_pending);
+      pack_p();
+    } else {
+      // A tile another head of the CTA keeps: release it, finish the previous product.
+      release(k_empty);
+      if (pending) mbarrier_wait(v_full_pending, pending_phase);
+      if (pending_on) {
+        issue_pv();
+        wgmma_wait<0>();
+        fence_registers(o);
+        fence_registers(p);
+      }
+      if (pending) release(v_empty_pending);
+    }
+    pending = true;
+    pending_on = on;
+    pending_stage = stage;
+    pending_phase = phase;
+    pending_correction[0] = correction[0];
+    pending_correction[1] = correction[1];
+    if (++stage == Traits::kStages) stage = 0, phase ^= 1;
+  }
+
+  // ---- the last tile's P V.
+  if (pending) {
+    mbarrier_wait(smem_address(&smem.v_full[pending_stage]), pending_phase);
+    if (pending_on) {
+      issue_pv();
+      wgmma_wait<0>();
+      fence_registers(o);
+      fence_registers(p);
+    }
+    release(smem_address(&smem.v_empty[pending_stage]));
+  }
+  if (!mine.active) return;
+
+  // ---- Epilogue: O = acc / l staged in this consumer's Q tile (row-major, 16-byte
+  // vectors XOR-swizzled by row % 8), then 16-byte stores of the valid rows;
+  // LSE = ln(l) + max. A row that saw no key gets O = 0, LSE = -inf.
+  float inv[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float l = row_sum[r];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    inv[r] = l > 0.0f ? 1.0f / l : 0.0f;
+    const int row = row_lo + 8 * r;
+    if (params.lse != nullptr && quad_col == 0 && row < length)
+      params.lse[int64_t(mine.head) * params.total_tokens + cta.span->token_begin + row] =
+          l > 0.0f ? (row_max[r] + log2f(l)) * kLn2 : kNegInf;
+  }
+#pragma unroll
+  for (int i = 0; i < Traits::kOutTiles; ++i)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = 16 * warp + quad_row + 8 * r;  // row % 8 == quad_row
+      const uint32_t address =
+          q_tile + row * Traits::kOutRowBytes + ((i ^ quad_row) * 16) + quad_col * 4;
+      st_shared_32(address, ElementTraits<Element>::pack(o[4 * i + 2 * r] * inv[r], o[4 * i + 2 * r + 1] * inv[r]));
+    }
+  named_barrier_sync(kBarrierEpilogue + consumer, kWarpgroupThreads);
+  Element* o_base = static_cast<Element*>(params.o.data) + cta.span->token_begin * params.o.token_stride +
+                    int64_t(mine.head) * params.o.head_stride;
+  constexpr int kRowVectors = D / Traits::kVectorElems;
+  for (int i = thread; i < kGroupRows * kRowVectors; i += kWarpgroupThreads) {
+    const int r = i / kRowVectors, vc = i % kRowVectors;
+    if (mine.row0 + r >= length) continue;
+    const uint4 value =
+        *reinterpret_cast<const uint4*>(smem.q[consumer] + r * Traits::kOutRowBytes + ((vc ^ (r % 8)) * 16));
+    *reinterpret_cast<uint4*>(o_base + int64_t(mine.row0 + r) * params.o.token_stride + vc * Traits::kVectorElems) =
+        value;
+  }
+}
+
+template <typename Traits>
+__global__ void __launch_bounds__(Traits::kThreads, 1)
+    attention_kernel(const __grid_constant__ Params params, const __grid_constant__ CUtensorMap q_map,
+                     const __grid_constant__ CUtensorMap k_map, const __grid_constant__ CUtensorMap v_map) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ __align__(kTileAlignment) unsigned char smem_bytes[];
+  SharedStorage<Traits>& smem = *reinterpret_cast<SharedStorage<Traits>*>(smem_bytes);
+  if (smem_address(smem_bytes) % kTileAlignment != 0) __trap();  // the swizzle atoms need it
+
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int role = warp_uniform(warp / kWarpsPerGroup);  // 0: producer, 1 + c: consumer c
+
+  // ---- Work item: blockIdx.x = ((row' * Hkv) + kv_head) * slots + slot, row' counting
+  // from the last (longest) row of the launch down.
+  int64_t item = blockIdx.x;
+  const int slot = int(item % params.slots_per_row);
+  item /= params.slots_per_row;
+  CtaWork cta;
+  cta.kv_head = int(item % params.num_kv_heads);
+  item /= params.num_kv_heads;
+  const int64_t row = params.row_begin + (params.num_rows - 1 - item);
+  cta.span = &params.seqs[find_seq(params, row)];
+  cta.m = int(row - cta.span->qblock_begin);
+  GroupWork group[kConsumers];
+  cta.max_count = 0;
+  cta.last_row = -1;
+#pragma unroll
+  for (int c = 0; c < kConsumers; ++c) {
+    group[c] = group_work(params, *cta.span, cta.m, cta.kv_head, slot, c);
+    if (group[c].active) {
+      cta.max_count = max(cta.max_count, group[c].count);
+      cta.last_row = max(cta.last_row, group[c].last_row);
+    }
+  }
+  const int heads_per_kv = params.num_q_heads / params.num_kv_heads;
+  const int proxy_group = cta.kv_head * heads_per_kv / params.q_heads_per_group;
+  cta.order_row = params.order == nullptr
+                      ? nullptr
+                      : params.order + cta.span->order_begin + proxy_group * triangular(cta.span->num_qblocks) +
+                            triangular(cta.m);
+
+  // ---- Barriers, then the roles.
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int c = 0; c < kConsumers; ++c) mbarrier_init(smem_address(&smem.q_full[c]), 1);
+#pragma unroll
+    for (int s = 0; s < Traits::kStages; ++s) {
+      mbarrier_init(smem_address(&smem.k_full[s]), 1);
+      mbarrier_init(smem_address(&smem.v_full[s]), 1);
+      mbarrier_init(smem_address(&smem.k_empty[s]), kConsumers * kWarpsPerGroup);
+      mbarrier_init(smem_address(&smem.v_empty[s]), kConsumers * kWarpsPerGroup);
+    }
+    mbarrier_init_fence();
+  }
+  __syncthreads();
+
+  if (role == 0) {
+    registers_release<kProducerRegisters>();
+    if (warp == 0 && lane == 0 && cta.max_count > 0)
+      produce<Traits>(smem, params, cta, group, &q_map, &k_map, &v_map);
+    return;
+  }
+  registers_acquire<kConsumerRegisters>();
+  GroupWork mine;
+#pragma unroll
+  for (int c = 0; c < kConsumers; ++c)
+    if (role == 1 + c) mine = group[c];
+  consume<Traits>(smem, params, cta, mine, role - 1);
+#endif
+}
+
+}  // namespace proxyattn::cuda::attention::sm90
