@@ -21,4 +21,41 @@ __device__ __forceinline__ int find_seq(const Params& p, int64_t row) {
   return lo;
 }
 
+// What one compute unit of a CTA (a warp of the sm80 kernel, a consumer warpgroup of the
+// sm90 kernel) computes: kUnitRows query rows of one Q head.
+struct UnitWork {
+  bool active = false;  // has a (head, chunk) pair with at least one row inside the sequence
+  int head = 0;         // Q head
+  int row0 = 0;         // first query row, sequence-relative
+  int last_row = -1;    // last valid query row (inclusive)
+  int count = 0;        // kept blocks of this head in this row: the prefix of the order row
+};
+
+// Unit `unit` of slot `slot` of work item (row m, KV head): the pair numbering of
+// params.hpp (Packing) over kUnitsPerCta units of kUnitRows rows each.
+template <int kUnitRows, int kUnitsPerCta>
+__device__ __forceinline__ UnitWork unit_work(const Params& p, const SeqSpan& span, int m, int kv_head,
+                                              int slot, int unit) {
+  UnitWork w;
+  const int heads_per_kv = p.num_q_heads / p.num_kv_heads;
+  const int chunks = p.block_size / kUnitRows;
+  const int pair = slot * kUnitsPerCta + unit;
+  if (pair >= heads_per_kv * chunks) return w;
+  const bool head_major = p.packing == Packing::kChunksOfHead;
+  const int head_local = head_major ? pair / chunks : pair % heads_per_kv;
+  const int chunk = head_major ? pair % chunks : pair / heads_per_kv;
+  w.head = kv_head * heads_per_kv + head_local;
+  w.row0 = m * p.block_size + chunk * kUnitRows;
+  if (w.row0 >= span.length) return w;
+  w.active = true;
+  w.last_row = min(w.row0 + kUnitRows, span.length) - 1;
+  // Dense: every causal block. Sparse: the head's count, clamped to [0, m + 1] so that a
+  // corrupt index cannot send the CTA outside the row.
+  const int kept = p.order == nullptr
+                       ? m + 1
+                       : __ldg(p.count + (span.qblock_begin + m) * p.num_q_heads + w.head);
+  w.count = max(0, min(kept, m + 1));
+  return w;
+}
+
 }  // namespace proxyattn::cuda::attention

@@ -82,36 +82,10 @@ __device__ __forceinline__ uint32_t lane_address(const uint16_t* tile, int row, 
 __device__ __forceinline__ constexpr uint32_t column_step(int step) { return uint32_t(step) << 5; }
 
 // What one warp of the CTA computes: kWarpRows query rows of one Q head.
-struct WarpWork {
-  bool active = false;  // has a (head, chunk) pair with at least one row inside the sequence
-  int head = 0;         // Q head
-  int row0 = 0;         // first query row, sequence-relative
-  int last_row = -1;    // last valid query row (inclusive)
-  int count = 0;        // kept blocks of this head in this row: the prefix of the order row
-};
-
+using WarpWork = UnitWork;
 __device__ __forceinline__ WarpWork warp_work(const Params& p, const SeqSpan& span, int m, int kv_head,
                                               int slot, int warp) {
-  WarpWork w;
-  const int heads_per_kv = p.num_q_heads / p.num_kv_heads;
-  const int chunks = p.block_size / kWarpRows;
-  const int pair = slot * kWarps + warp;
-  if (pair >= heads_per_kv * chunks) return w;
-  const bool head_major = p.packing == Packing::kChunksOfHead;
-  const int head_local = head_major ? pair / chunks : pair % heads_per_kv;
-  const int chunk = head_major ? pair % chunks : pair / heads_per_kv;
-  w.head = kv_head * heads_per_kv + head_local;
-  w.row0 = m * p.block_size + chunk * kWarpRows;
-  if (w.row0 >= span.length) return w;
-  w.active = true;
-  w.last_row = min(w.row0 + kWarpRows, span.length) - 1;
-  // Dense: every causal block. Sparse: the head's count, clamped to [0, m + 1] so that a
-  // corrupt index cannot send the CTA outside the row.
-  const int kept = p.order == nullptr
-                       ? m + 1
-                       : __ldg(p.count + (span.qblock_begin + m) * p.num_q_heads + w.head);
-  w.count = max(0, min(kept, m + 1));
-  return w;
+  return unit_work<kWarpRows, kWarps>(p, span, m, kv_head, slot, warp);
 }
 
 // Copies kTileKeys rows starting at key0 of one KV head into a swizzled tile, all threads

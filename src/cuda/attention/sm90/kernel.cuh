@@ -122,35 +122,10 @@ struct alignas(kTileAlignment) SharedStorage {
 };
 
 // What one consumer warpgroup computes: kGroupRows query rows of one Q head.
-struct GroupWork {
-  bool active = false;  // has a (head, chunk) pair with at least one row inside the sequence
-  int head = 0;         // Q head
-  int row0 = 0;         // first query row, sequence-relative
-  int last_row = -1;    // last valid query row (inclusive)
-  int count = 0;        // kept blocks of this head in this row
-};
-
+using GroupWork = UnitWork;
 __device__ __forceinline__ GroupWork group_work(const Params& p, const SeqSpan& span, int m, int kv_head,
                                                 int slot, int consumer) {
-  GroupWork w;
-  const int heads_per_kv = p.num_q_heads / p.num_kv_heads;
-  const int chunks = p.block_size / kGroupRows;
-  const int pair = slot * kConsumers + consumer;
-  if (pair >= heads_per_kv * chunks) return w;
-  const bool head_major = p.packing == Packing::kChunksOfHead;
-  const int head_local = head_major ? pair / chunks : pair % heads_per_kv;
-  const int chunk = head_major ? pair % chunks : pair / heads_per_kv;
-  w.head = kv_head * heads_per_kv + head_local;
-  w.row0 = m * p.block_size + chunk * kGroupRows;
-  if (w.row0 >= span.length) return w;
-  w.active = true;
-  w.last_row = min(w.row0 + kGroupRows, span.length) - 1;
-  // Clamped to [0, m + 1] so that a corrupt index cannot send the CTA outside the row.
-  const int kept = p.order == nullptr
-                       ? m + 1
-                       : __ldg(p.count + (span.qblock_begin + m) * p.num_q_heads + w.head);
-  w.count = max(0, min(kept, m + 1));
-  return w;
+  return unit_work<kGroupRows, kConsumers>(p, span, m, kv_head, slot, consumer);
 }
 
 // The CTA's work item, decoded the same way by every thread.
