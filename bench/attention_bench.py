@@ -16,9 +16,7 @@ Usage: attention_bench.py --build build-gpu --out DIR [--quick | --sizes 8192,32
 """
 import argparse
 import datetime
-import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -29,7 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import capi  # noqa: E402
-from timing import median_ms  # noqa: E402
+from common import median_ms, write_result  # noqa: E402
 
 HQ, HKV, D, BLOCK = 32, 8, 128, 128
 SIZES = [8192, 16384, 32768, 65536, 131072]
@@ -230,16 +228,13 @@ def main():
         torch.cuda.empty_cache()
 
     date = datetime.date.today().isoformat()
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", info["device"]).strip("-").lower()
     doc = {"benchmark": "attention", "date": date, **info, "default_kernel": default_kernel,
            "shape": {"num_q_heads": HQ, "num_kv_heads": HKV, "head_dim": D, "dtype": "bfloat16",
                      "block_size": BLOCK, "num_proxy_groups": 1, "budget_spread": BUDGET_SPREAD},
            "method": "CUDA events, median; warm-up %s; repeats %s" % (WARMUP, REPEATS),
            "cudnn_gqa": cudnn_mode, "results": results, "packing": packing,
            "wall_s": time.time() - t_start}
-    path = os.path.join(args.out, "attention-%s-%s.json" % (date, slug))
-    with open(path, "w") as f:
-        json.dump(doc, f, indent=1)
+    path = write_result(args.out, "attention", info["device"], doc)
 
     print("\nours = %s" % default_kernel)
     print("%7s %7s %9s %8s %9s %9s %9s %8s %8s" % ("N", "density", "ours ms", "TFLOP/s", "sm80 ms", "cuDNN ms",

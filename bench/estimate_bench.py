@@ -13,7 +13,6 @@ gamma = 0.95, 2048-token floor). Writes $OUT/estimate-<date>-<device>.json.
 """
 import argparse
 import datetime
-import json
 import math
 import os
 import platform
@@ -28,7 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import capi  # noqa: E402
-from timing import median_ms, times_ms  # noqa: E402
+from common import median_ms, times_ms, write_result  # noqa: E402
 
 HQ, HKV, D = 32, 8, 128
 GROUPS = (1, 8)
@@ -230,7 +229,6 @@ def main():
               f"{r.get('torch_over_ours', float('nan')):>7.1f}")
 
     stamp = datetime.datetime.now(datetime.timezone.utc)
-    dev_tag = re.sub(r"[^A-Za-z0-9]+", "-", device_name()).strip("-").lower()
     doc = {
         "benchmark": "estimate",
         "date_utc": stamp.isoformat(timespec="seconds"),
@@ -246,9 +244,7 @@ def main():
         "results": results,
         "wall_s": time.time() - t_start,
     }
-    path = os.path.join(args.out, f"estimate-{stamp.strftime('%Y-%m-%d')}-{dev_tag}.json")
-    with open(path, "w") as f:
-        json.dump(doc, f, indent=1)
+    path = write_result(args.out, "estimate", device_name(), doc)
     print("wrote", path)
 
 

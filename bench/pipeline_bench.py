@@ -11,7 +11,6 @@ Writes $OUT/pipeline-<date>-<device>.json.
 """
 import argparse
 import datetime
-import json
 import os
 import sys
 
@@ -24,7 +23,7 @@ import proxyattn  # noqa: E402
 from proxyattn import _C  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import median_ms  # noqa: E402
+from common import median_ms, write_result  # noqa: E402
 
 HQ, HKV, D = 32, 8, 128
 GAMMAS = (0.95, 0.90)
@@ -78,16 +77,13 @@ def main():
         del q, k, v, dense_lse
         torch.cuda.empty_cache()
     props = torch.cuda.get_device_properties(0)
-    device = props.name.lower().replace(" ", "-")
     date = datetime.date.today().isoformat()
     result = {"benchmark": "pipeline", "date": date, "device": props.name, "torch": torch.__version__,
               "cudnn": torch.backends.cudnn.version(), "shape": {"num_q_heads": HQ, "num_kv_heads": HKV,
                                                                  "head_dim": D, "dtype": "bfloat16"},
               "input": "pa_synth_generate seed 1 (structured)", "config": "defaults (b=128, s=4, floor 2048, g=1)",
               "method": f"CUDA events, median of {REPEATS} after {WARMUP} warm-up", "results": rows}
-    path = os.path.join(args.out, f"pipeline-{date}-{device}.json")
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
+    path = write_result(args.out, "pipeline", props.name, result)
     print("wrote", path)
 
 
