@@ -106,38 +106,45 @@ pa_status check_space(bool device, std::initializer_list<std::pair<const char*, 
   return PA_STATUS_SUCCESS;
 }
 
-// The index on the host: the plan's own arrays, or a downloaded copy of device arrays.
+// The index as host memory: a host plan's own arrays, read in place, or one downloaded copy
+// of a device plan's arrays.
 struct HostArrays {
-  std::vector<int32_t> order, count, budget, needed;
+  const int32_t* order = nullptr;   // [order_entries]
+  const int32_t* count = nullptr;   // [total_qblocks, Hq]
+  const int32_t* budget = nullptr;  // [num_seqs, Hq]
+  const int32_t* needed = nullptr;  // [num_seqs, Hq]
+  size_t order_n = 0, count_n = 0, head_n = 0;
+  std::vector<int32_t> downloaded;  // backs the pointers for a device plan
 };
 
 pa_status host_arrays(const pa_plan& plan, HostArrays& out) {
   const PlanDesc& d = plan.desc;
-  const size_t order_n = d.batch.order_entries, count_n = d.batch.total_qblocks * d.problem.num_q_heads;
-  const size_t head_n = size_t(d.problem.num_seqs) * d.problem.num_q_heads;
-  out.order.resize(order_n);
-  out.count.resize(count_n);
-  out.budget.resize(head_n);
-  out.needed.resize(head_n);
+  out.order_n = d.batch.order_entries;
+  out.count_n = d.batch.total_qblocks * d.problem.num_q_heads;
+  out.head_n = size_t(d.problem.num_seqs) * d.problem.num_q_heads;
   if (!plan.on_device) {
-    std::copy(d.index.order, d.index.order + order_n, out.order.begin());
-    std::copy(d.index.count, d.index.count + count_n, out.count.begin());
-    std::copy(d.index.budget, d.index.budget + head_n, out.budget.begin());
-    std::copy(d.index.needed, d.index.needed + head_n, out.needed.begin());
+    out.order = d.index.order, out.count = d.index.count;
+    out.budget = d.index.budget, out.needed = d.index.needed;
     return PA_STATUS_SUCCESS;
   }
 #if PROXYATTN_WITH_CUDA
-  PA_TRY(cuda::download(out.order.data(), d.index.order, order_n * sizeof(int32_t)));
-  PA_TRY(cuda::download(out.count.data(), d.index.count, count_n * sizeof(int32_t)));
-  PA_TRY(cuda::download(out.budget.data(), d.index.budget, head_n * sizeof(int32_t)));
-  PA_TRY(cuda::download(out.needed.data(), d.index.needed, head_n * sizeof(int32_t)));
+  out.downloaded.resize(out.order_n + out.count_n + 2 * out.head_n);
+  int32_t* order = out.downloaded.data();
+  int32_t* count = order + out.order_n;
+  int32_t* budget = count + out.count_n;
+  int32_t* needed = budget + out.head_n;
+  PA_TRY(cuda::download(order, d.index.order, out.order_n * sizeof(int32_t)));
+  PA_TRY(cuda::download(count, d.index.count, out.count_n * sizeof(int32_t)));
+  PA_TRY(cuda::download(budget, d.index.budget, out.head_n * sizeof(int32_t)));
+  PA_TRY(cuda::download(needed, d.index.needed, out.head_n * sizeof(int32_t)));
+  out.order = order, out.count = count, out.budget = budget, out.needed = needed;
 #endif
   return PA_STATUS_SUCCESS;
 }
 
 HostIndex host_index(const pa_plan& plan, const HostArrays& arrays) {
-  return HostIndex{&plan.desc.batch, plan.desc.problem.num_q_heads, plan.desc.groups(),
-                   arrays.order.data(), arrays.count.data()};
+  return HostIndex{&plan.desc.batch, plan.desc.problem.num_q_heads, plan.desc.groups(), arrays.order,
+                   arrays.count};
 }
 
 // The part of the index invariants that memory safety and the math rest on: counts in
@@ -174,6 +181,23 @@ pa_status check_index_bounds(const PlanDesc& d, const int32_t* order, const int3
   return PA_STATUS_SUCCESS;
 }
 
+// Workspace of the backend that runs this plan.
+size_t backend_workspace_bytes(const pa_plan& plan) {
+#if PROXYATTN_WITH_CUDA
+  if (plan.on_device) return cuda::estimate_workspace_bytes(plan.desc);
+#endif
+  return cpu::estimate_workspace_bytes(plan.desc);
+}
+
+pa_status backend_estimate(const pa_plan& plan, const pa_tensor& q, const pa_tensor& k, void* workspace,
+                           void* stream) {
+#if PROXYATTN_WITH_CUDA
+  if (plan.on_device) return cuda::estimate(plan.desc, q, k, workspace, stream);
+#endif
+  return cpu::estimate(plan.desc, q, k, workspace);
+}
+
+// pa_workspace_bytes knows no memory space: enough for either backend.
 size_t workspace_bytes_for(const PlanDesc& d) {
   size_t bytes = cpu::estimate_workspace_bytes(d);
 #if PROXYATTN_WITH_CUDA
@@ -348,8 +372,8 @@ pa_status pa_plan_get_index(const pa_plan* plan, int32_t* order, int32_t* count)
     PA_TRY(check_plan(plan, true));
     HostArrays arrays;
     PA_TRY(host_arrays(*plan, arrays));
-    if (order) std::copy(arrays.order.begin(), arrays.order.end(), order);
-    if (count) std::copy(arrays.count.begin(), arrays.count.end(), count);
+    if (order) std::copy(arrays.order, arrays.order + arrays.order_n, order);
+    if (count) std::copy(arrays.count, arrays.count + arrays.count_n, count);
     return PA_STATUS_SUCCESS;
   });
 }
@@ -419,24 +443,13 @@ pa_status pa_estimate(pa_plan* plan, const pa_tensor* q, const pa_tensor* k, voi
     PA_TRY(validate_tensor(q, "q", d.problem, d.problem.num_q_heads));
     PA_TRY(validate_tensor(k, "k", d.problem, d.problem.num_kv_heads));
     PA_TRY(check_space(plan->on_device, {{"q", q->data}, {"k", k->data}, {"workspace", workspace}}));
-#if PROXYATTN_WITH_CUDA
-    const size_t needed = plan->on_device ? cuda::estimate_workspace_bytes(d) : cpu::estimate_workspace_bytes(d);
-#else
-    const size_t needed = cpu::estimate_workspace_bytes(d);
-#endif
+    const size_t needed = backend_workspace_bytes(*plan);
     if (workspace == nullptr && needed > 0) return fail(PA_STATUS_NULL_POINTER, "workspace is NULL");
     if (workspace_bytes < needed)
       return fail(PA_STATUS_BUFFER_TOO_SMALL,
                   "workspace_bytes = %zu: estimation needs %zu (pa_workspace_bytes)", workspace_bytes,
                   needed);
-#if PROXYATTN_WITH_CUDA
-    if (plan->on_device) {
-      PA_TRY(cuda::estimate(d, *q, *k, workspace, stream));
-      plan->estimated = true;
-      return PA_STATUS_SUCCESS;
-    }
-#endif
-    PA_TRY(cpu::estimate(d, *q, *k, workspace));
+    PA_TRY(backend_estimate(*plan, *q, *k, workspace, stream));
     plan->estimated = true;
     return PA_STATUS_SUCCESS;
   });
