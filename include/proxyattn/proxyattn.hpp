@@ -32,19 +32,15 @@ class Batch {
  public:
   Batch(std::vector<int32_t> lengths, int32_t num_q_heads, int32_t num_kv_heads, int32_t head_dim,
         pa_dtype dtype)
-      : cu_seqlens_(lengths.size() + 1, 0) {
-    for (size_t i = 0; i < lengths.size(); ++i) cu_seqlens_[i + 1] = cu_seqlens_[i] + lengths[i];
-    problem_.num_seqs = static_cast<int32_t>(lengths.size());
-    problem_.cu_seqlens = cu_seqlens_.data();
-    problem_.total_tokens = cu_seqlens_.back();
-    problem_.num_q_heads = num_q_heads;
-    problem_.num_kv_heads = num_kv_heads;
-    problem_.head_dim = head_dim;
-    problem_.dtype = dtype;
+      : Batch(prefix_sums(lengths), num_q_heads, num_kv_heads, head_dim, dtype, CuSeqlens{}) {}
+  // From cu_seqlens [num_seqs + 1] (at least 2 entries; validity is the library's check).
+  static Batch from_cu_seqlens(std::vector<int32_t> cu_seqlens, int32_t num_q_heads,
+                               int32_t num_kv_heads, int32_t head_dim, pa_dtype dtype) {
+    return Batch(std::move(cu_seqlens), num_q_heads, num_kv_heads, head_dim, dtype, CuSeqlens{});
   }
-  Batch(const Batch& other) : Batch(other.lengths(), other.problem_.num_q_heads,
+  Batch(const Batch& other) : Batch(other.cu_seqlens_, other.problem_.num_q_heads,
                                     other.problem_.num_kv_heads, other.problem_.head_dim,
-                                    other.problem_.dtype) {}
+                                    other.problem_.dtype, CuSeqlens{}) {}
   Batch& operator=(const Batch&) = delete;
 
   const pa_problem& problem() const { return problem_; }
@@ -56,6 +52,24 @@ class Batch {
   }
 
  private:
+  struct CuSeqlens {};
+  static std::vector<int32_t> prefix_sums(const std::vector<int32_t>& lengths) {
+    std::vector<int32_t> cu(lengths.size() + 1, 0);
+    for (size_t i = 0; i < lengths.size(); ++i) cu[i + 1] = cu[i] + lengths[i];
+    return cu;
+  }
+  Batch(std::vector<int32_t> cu_seqlens, int32_t num_q_heads, int32_t num_kv_heads, int32_t head_dim,
+        pa_dtype dtype, CuSeqlens)
+      : cu_seqlens_(std::move(cu_seqlens)) {
+    problem_.num_seqs = static_cast<int32_t>(cu_seqlens_.empty() ? 0 : cu_seqlens_.size() - 1);
+    problem_.cu_seqlens = cu_seqlens_.data();
+    problem_.total_tokens = cu_seqlens_.empty() ? 0 : cu_seqlens_.back();
+    problem_.num_q_heads = num_q_heads;
+    problem_.num_kv_heads = num_kv_heads;
+    problem_.head_dim = head_dim;
+    problem_.dtype = dtype;
+  }
+
   std::vector<int32_t> cu_seqlens_;
   pa_problem problem_{};
 };

@@ -52,28 +52,18 @@ float* lse_ptr(const nb::object& lse) {
 
 void* stream_ptr(uintptr_t stream) { return reinterpret_cast<void*>(stream); }
 
-// The problem of a call: lengths from cu_seqlens (host int32), shapes from q and k.
-struct Problem {
-  std::vector<int32_t> cu;
-  pa_problem p{};
-  Problem(const std::vector<int32_t>& cu_seqlens, int hq, int hkv, int d, pa_dtype dtype) : cu(cu_seqlens) {
-    if (cu.size() < 2) throw nb::value_error("cu_seqlens: needs at least 2 entries");
-    p.num_seqs = int32_t(cu.size() - 1);
-    p.cu_seqlens = cu.data();
-    p.total_tokens = cu.back();
-    p.num_q_heads = hq;
-    p.num_kv_heads = hkv;
-    p.head_dim = d;
-    p.dtype = dtype;
-  }
-};
+// The batch of a call: lengths from cu_seqlens (host int32), shapes from q and k.
+proxyattn::Batch make_batch(const std::vector<int32_t>& cu_seqlens, int hq, int hkv, int d, pa_dtype dtype) {
+  if (cu_seqlens.size() < 2) throw nb::value_error("cu_seqlens: needs at least 2 entries");
+  return proxyattn::Batch::from_cu_seqlens(cu_seqlens, hq, hkv, d, dtype);
+}
 
 class PyPlan {
  public:
   PyPlan(const std::vector<int32_t>& cu_seqlens, int hq, int hkv, int d, int dtype, const pa_config& config,
          Array storage)
-      : problem_(cu_seqlens, hq, hkv, d, pa_dtype(dtype)), config_(config), storage_(storage) {
-    proxyattn::check(pa_plan_create(&problem_.p, &config_, storage.data(), storage.nbytes(), &plan_));
+      : batch_(make_batch(cu_seqlens, hq, hkv, d, pa_dtype(dtype))), config_(config), storage_(storage) {
+    proxyattn::check(pa_plan_create(&batch_.problem(), &config_, storage.data(), storage.nbytes(), &plan_));
   }
   ~PyPlan() { pa_plan_free(plan_); }
   PyPlan(const PyPlan&) = delete;
@@ -110,7 +100,7 @@ class PyPlan {
 
   // (budget_blocks, needed_blocks, density), each [num_seqs * Hq].
   std::tuple<std::vector<int32_t>, std::vector<int32_t>, std::vector<double>> heads() const {
-    const size_t n = size_t(problem_.p.num_seqs) * problem_.p.num_q_heads;
+    const size_t n = size_t(batch_.problem().num_seqs) * batch_.problem().num_q_heads;
     std::vector<int32_t> budget(n), needed(n);
     std::vector<double> density(n);
     proxyattn::check(pa_plan_get_heads(plan_, budget.data(), needed.data(), density.data()));
@@ -121,7 +111,7 @@ class PyPlan {
   std::tuple<std::vector<int32_t>, std::vector<int32_t>> index() const {
     int64_t rows = 0, entries = 0;
     proxyattn::check(pa_plan_get_layout(plan_, &rows, &entries));
-    std::vector<int32_t> order(entries), count(rows * problem_.p.num_q_heads);
+    std::vector<int32_t> order(entries), count(rows * batch_.problem().num_q_heads);
     proxyattn::check(pa_plan_get_index(plan_, order.data(), count.data()));
     return {order, count};
   }
@@ -136,10 +126,10 @@ class PyPlan {
 
  private:
   void check_dtype(const Array& a, const char* name) const {
-    if (dtype_of(a, name) != problem_.p.dtype)
+    if (dtype_of(a, name) != batch_.problem().dtype)
       throw nb::type_error((std::string(name) + ": dtype differs from the plan's").c_str());
   }
-  Problem problem_;
+  proxyattn::Batch batch_;
   pa_config config_;
   Array storage_;  // keeps the caller's storage alive as long as the plan
   pa_plan* plan_ = nullptr;
@@ -169,15 +159,15 @@ NB_MODULE(_C, m) {
   m.def("dtype_code", [](const Array& a) { return int(dtype_of(a, "tensor")); });
 
   m.def("plan_bytes", [](const std::vector<int32_t>& cu, int hq, int hkv, int d, int dtype, const pa_config& c) {
-    Problem p(cu, hq, hkv, d, pa_dtype(dtype));
+    const proxyattn::Batch b = make_batch(cu, hq, hkv, d, pa_dtype(dtype));
     size_t bytes = 0;
-    proxyattn::check(pa_plan_bytes(&p.p, &c, &bytes));
+    proxyattn::check(pa_plan_bytes(&b.problem(), &c, &bytes));
     return bytes;
   });
   m.def("workspace_bytes", [](const std::vector<int32_t>& cu, int hq, int hkv, int d, int dtype, const pa_config& c) {
-    Problem p(cu, hq, hkv, d, pa_dtype(dtype));
+    const proxyattn::Batch b = make_batch(cu, hq, hkv, d, pa_dtype(dtype));
     size_t bytes = 0;
-    proxyattn::check(pa_workspace_bytes(&p.p, &c, &bytes));
+    proxyattn::check(pa_workspace_bytes(&b.problem(), &c, &bytes));
     return bytes;
   });
 
@@ -195,20 +185,20 @@ NB_MODULE(_C, m) {
   m.def("dense_attention", [](const std::vector<int32_t>& cu, float scale, const Array& q, const Array& k,
                               const Array& v, Array o, nb::object lse, uintptr_t stream) {
     const pa_dtype dt = dtype_of(q, "q");
-    Problem p(cu, int(q.shape(1)), int(k.shape(1)), int(q.shape(2)), dt);
+    const proxyattn::Batch b = make_batch(cu, int(q.shape(1)), int(k.shape(1)), int(q.shape(2)), dt);
     const pa_tensor tq = view(q, "q"), tk = view(k, "k"), tv = view(v, "v");
     pa_tensor to = view(o, "o");
     float* l = lse_ptr(lse);
     nb::gil_scoped_release release;
-    proxyattn::check(pa_dense_attention(&p.p, scale, &tq, &tk, &tv, &to, l, stream_ptr(stream)));
+    proxyattn::check(pa_dense_attention(&b.problem(), scale, &tq, &tk, &tv, &to, l, stream_ptr(stream)));
   }, nb::arg("cu_seqlens"), nb::arg("scale"), nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("o"),
      nb::arg("lse").none(), nb::arg("stream"));
 
   m.def("synth_generate", [](const std::vector<int32_t>& cu, uint64_t seed, Array q, Array k, Array v) {
     const pa_dtype dt = dtype_of(q, "q");
-    Problem p(cu, int(q.shape(1)), int(k.shape(1)), int(q.shape(2)), dt);
+    const proxyattn::Batch b = make_batch(cu, int(q.shape(1)), int(k.shape(1)), int(q.shape(2)), dt);
     const pa_synth_params params = pa_synth_default(seed);
-    proxyattn::check(pa_synth_generate(&p.p, &params, q.data(), k.data(), v.data()));
+    proxyattn::check(pa_synth_generate(&b.problem(), &params, q.data(), k.data(), v.data()));
   });
 
   m.def("set_num_threads", [](int n) { proxyattn::check(pa_set_num_threads(n)); });
