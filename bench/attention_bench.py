@@ -17,7 +17,6 @@ Usage: attention_bench.py --build build-gpu --out DIR [--quick | --sizes 8192,32
 import argparse
 import datetime
 import os
-import subprocess
 import sys
 import time
 
@@ -26,8 +25,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 import capi  # noqa: E402
-from common import median_ms, write_result  # noqa: E402
+from proxyattn.bench.timing import machine, median_ms, write_result  # noqa: E402
 
 HQ, HKV, D, BLOCK = 32, 8, 128, 128
 SIZES = [8192, 16384, 32768, 65536, 131072]
@@ -92,18 +92,6 @@ def flex_block_mask(lib, plan, nqb):
                                     BLOCK_SIZE=BLOCK, mask_mod=causal)
 
 
-def device_info():
-    info = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-            "cudnn": torch.backends.cudnn.version(), "cuda_runtime_torch": torch.version.cuda}
-    try:
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30).stdout.strip().split(",")
-        info["driver"], info["max_sm_clock"] = smi[0].strip(), smi[1].strip()
-    except Exception as e:  # noqa: BLE001
-        info["driver"] = "unknown (%s)" % e
-    return info
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--build", default="build-gpu")
@@ -117,8 +105,8 @@ def main():
     lib = capi.Library(os.path.join(args.build, "libproxyattn.so"))
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    info = device_info()
-    print("device:", info, flush=True)
+    info = machine()
+    print("machine:", info, flush=True)
     stream = torch.cuda.current_stream().cuda_stream
     sizes = [8192, 32768] if args.quick else SIZES
     if args.sizes:
@@ -228,13 +216,13 @@ def main():
         torch.cuda.empty_cache()
 
     date = datetime.date.today().isoformat()
-    doc = {"benchmark": "attention", "date": date, **info, "default_kernel": default_kernel,
+    doc = {"benchmark": "attention", "date": date, "machine": info, "default_kernel": default_kernel,
            "shape": {"num_q_heads": HQ, "num_kv_heads": HKV, "head_dim": D, "dtype": "bfloat16",
                      "block_size": BLOCK, "num_proxy_groups": 1, "budget_spread": BUDGET_SPREAD},
            "method": "CUDA events, median; warm-up %s; repeats %s" % (WARMUP, REPEATS),
            "cudnn_gqa": cudnn_mode, "results": results, "packing": packing,
            "wall_s": time.time() - t_start}
-    path = write_result(args.out, "attention", info["device"], doc)
+    path = write_result(args.out, doc, prefix="attention-")
 
     print("\nours = %s" % default_kernel)
     print("%7s %7s %9s %8s %9s %9s %9s %8s %8s" % ("N", "density", "ours ms", "TFLOP/s", "sm80 ms", "cuDNN ms",

@@ -12,5 +12,7 @@ inline constexpr int kExitUsage = 2;    // bad command line
 
 int run_demo(const std::vector<std::string>& args);
 void print_demo_help();
+int run_bench(const std::vector<std::string>& args);
+void print_bench_help();
 
 }  // namespace proxyattn::tools

@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
     return kExitOk;
   }
   if (command == "demo") return run_demo(args);
+  if (command == "bench") return run_bench(args);
   std::fprintf(stderr, "proxyattn: unknown command '%s' (try 'proxyattn help')\n", command.c_str());
   return kExitUsage;
 }

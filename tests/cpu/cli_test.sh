@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Checks the proxyattn command line: a small demo prints every metric, --help works, and
+# Checks the proxyattn command line: a small demo prints every metric, a small bench writes
+# its JSON, --help works, and
 # bad options fail with exit status 2 and a message naming the option.
 set -u
 cli=$1
@@ -20,6 +21,15 @@ expect 0 "density" -- "${small[@]}"
 expect 0 "recall" -- "${small[@]}" --gamma 0.9 --groups 2 --budget-mode proportional --dtype fp16
 expect 0 "speedup" -- "${small[@]}"
 expect 0 "usage: proxyattn demo" -- demo --help
+json=$(mktemp)
+expect 0 "x dense" -- bench --device cpu --sizes 1024,1500 --gammas 0.9 --out "$json"
+for field in '"dense_ms"' '"density"' '"estimate_ms"' '"attend_ms"' '"forward_ms"' '"mass_recall"'; do
+  [ "$(grep -o "$field" "$json" | wc -l)" -ge 2 ] || { echo "FAIL: bench JSON lacks $field twice"; fail=1; }
+done
+rm -f "$json"
+expect 0 "usage: proxyattn bench" -- bench --help
+expect 2 "--device tpu" -- bench --device tpu
+expect 2 "'x' is not a number" -- bench --sizes 1024,x
 expect 0 "commands:" -- help
 expect 2 "unknown option --bogus" -- demo --bogus 1
 expect 2 "--gamma 1.5" -- demo --gamma 1.5

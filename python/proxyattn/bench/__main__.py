@@ -1,0 +1,73 @@
+"""Command line of the benchmark suite (see __init__.py)."""
+import argparse
+import sys
+import time
+
+from . import compare, model
+
+
+def _ints(text):
+    return [int(x) for x in text.split(",") if x]
+
+
+def _floats(text):
+    return [float(x) for x in text.split(",") if x]
+
+
+def measure(args):
+    import torch
+
+    from .timing import machine, write_result
+
+    if not torch.cuda.is_available():
+        sys.exit("python -m proxyattn.bench: needs a CUDA device (torch.cuda.is_available() is False)")
+    t0 = time.time()
+    doc = {"benchmark": "proxyattn.bench", "suites": args.suite, "machine": machine(),
+           "command": " ".join(sys.argv)}
+    print("machine:", doc["machine"], flush=True)
+    unknown = [s for s in args.shapes if s not in compare.SHAPES]
+    if unknown:
+        sys.exit(f"--shapes: {unknown} not among {sorted(compare.SHAPES)}")
+    if "compare" in args.suite:
+        doc["compare"] = {"shapes": {s: compare.SHAPES[s] for s in args.shapes}, "gammas": args.gammas,
+                          "config": "library defaults (b=128, s=4, 2048-token floor, absolute budgets, "
+                                    "sink and diagonal forced) except gamma and g",
+                          "cases": compare.run(args.sizes, args.shapes, args.gammas, args.activations,
+                                               not args.no_flex, not args.no_torch_estimate)}
+    if "model" in args.suite:
+        doc["model"] = model.run(args.model_sizes, args.model_layers)
+    doc["wall_s"] = time.time() - t0
+    print("wrote", write_result(args.out, doc, args.prefix), "in %.0f s" % doc["wall_s"])
+
+
+def main():
+    ap = argparse.ArgumentParser(prog="python -m proxyattn.bench",
+                                 description="ProxyAttn against dense attention and peers on the GPU")
+    sub = ap.add_subparsers(dest="command")
+    plot = sub.add_parser("plot", help="pictures for docs/benchmarks.md from a results file")
+    plot.add_argument("results", nargs="+", help="results files (e.g. the compare and the model run)")
+    plot.add_argument("--img", default="docs/img")
+    ap.add_argument("--suite", default="compare,model", type=lambda s: s.split(","),
+                    help="compare, model or both (default)")
+    ap.add_argument("--out", default="bench/results", help="folder of the results file")
+    ap.add_argument("--prefix", default="", help="results file name prefix")
+    ap.add_argument("--sizes", default=",".join(map(str, compare.SIZES)), type=_ints)
+    ap.add_argument("--shapes", default=",".join(compare.SHAPES), type=lambda s: s.split(","))
+    ap.add_argument("--gammas", default=",".join(map(str, compare.GAMMAS)), type=_floats)
+    ap.add_argument("--activations", nargs="*", default=[],
+                    help="captured q/k/v files (torch.save of {q, k, v: [N, H, d], scale, source})")
+    ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--no-torch-estimate", action="store_true")
+    ap.add_argument("--model-sizes", default=",".join(map(str, model.SIZES)), type=_ints)
+    ap.add_argument("--model-layers", default=model.LLAMA_31_8B["num_hidden_layers"], type=int)
+    args = ap.parse_args()
+    if args.command == "plot":
+        from . import plots
+
+        plots.main(args.results, args.img)
+    else:
+        measure(args)
+
+
+if __name__ == "__main__":
+    main()

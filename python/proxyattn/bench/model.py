@@ -1,0 +1,141 @@
+"""Time to first token of a whole Llama-3.1-8B-shaped model (random bf16 weights, HF
+transformers), dense attention (SDPA on cuDNN) against ProxyAttn (proxyattn.hf), with the
+split between attention and the rest of the model.
+
+Random weights give near-uniform attention, so ProxyAttn's budgets there come out close to
+dense. The suite therefore runs two attention inputs: the model's own ("model": its random
+q, k, v; says what the machinery costs when nothing is sparse) and "structured": each layer
+computes its projections as usual and then attends over the library's structured default
+input of the same shape (the density a long real prompt gives is what decides the speed).
+"""
+import statistics
+import time
+
+import torch
+
+from . import compare
+from .timing import times_ms
+
+LLAMA_31_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                   num_key_value_heads=8, head_dim=128, vocab_size=128256, rope_theta=500000.0,
+                   rms_norm_eps=1e-5, tie_word_embeddings=False)
+SIZES = (32768, 131072)
+REPEATS = {32768: 3, 131072: 2}
+WARMUP = 1
+GAMMA = 0.95
+
+
+class AttentionTimer:
+    """transformers attention functions that time each call with CUDA events and may swap the
+    layer's q, k, v for fixed inputs [1, H, N, d] (the "structured" mode)."""
+
+    def __init__(self):
+        self.events, self.replacement = [], None
+        self.first_qk = None  # (query, key) of layer 0's last call, [1, H, N, d]
+
+    def wrap(self, attention_forward, dense_backend=None):
+        def timed(module, query, key, value, attention_mask, **kwargs):
+            if self.replacement is not None:
+                query, key, value = self.replacement
+            if getattr(module, "layer_idx", None) == 0:
+                self.first_qk = (query, key)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            if dense_backend is not None:
+                from torch.nn.attention import sdpa_kernel
+
+                with sdpa_kernel(dense_backend):
+                    out = attention_forward(module, query, key, value, attention_mask, **kwargs)
+            else:
+                out = attention_forward(module, query, key, value, attention_mask, **kwargs)
+            end.record()
+            self.events.append((start, end))
+            return out
+        return timed
+
+    def take_ms(self):
+        """Summed attention time of the calls since the last take (synchronises)."""
+        torch.cuda.synchronize()
+        total = sum(s.elapsed_time(e) for s, e in self.events)
+        self.events = []
+        return total
+
+
+def build_model(num_layers):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**{**LLAMA_31_8B, "num_hidden_layers": num_layers},
+                         max_position_embeddings=2 * max(SIZES))
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            model = LlamaForCausalLM(config).eval()
+    finally:
+        torch.set_default_dtype(previous)
+    return model
+
+
+def run(sizes, num_layers, log=print):
+    """Records per N and attention input: dense and ProxyAttn TTFT, attention time, density."""
+    import proxyattn.hf
+    from torch.nn.attention import SDPBackend
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    t0 = time.time()
+    proxyattn.hf.enable(gamma=GAMMA)
+    timer = AttentionTimer()
+    AttentionInterface.register("bench_dense", timer.wrap(sdpa_attention_forward, SDPBackend.CUDNN_ATTENTION))
+    AttentionInterface.register("bench_proxyattn", timer.wrap(proxyattn.hf.attention_forward))
+    for name in ("bench_dense", "bench_proxyattn"):
+        AttentionMaskInterface.register(name, sdpa_mask)
+    model = build_model(num_layers)
+    params = sum(p.numel() for p in model.parameters())
+    log(f"  model: {num_layers} layers, {params / 1e9:.2f} B parameters, built in {time.time() - t0:.0f} s")
+    cfg = model.config
+    hq, hkv, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    rows = []
+    for n in sizes:
+        ids = torch.randint(0, cfg.vocab_size, (1, n), device="cuda", generator=torch.Generator("cuda").manual_seed(n))
+        q, k, v = compare.structured_input(n, hq, hkv, d)
+        structured = tuple(t.transpose(0, 1).contiguous()[None] for t in (q, k, v))  # [1, H, N, d]
+        del q, k, v
+        for attention_input in ("model", "structured"):
+            timer.replacement = structured if attention_input == "structured" else None
+            row = {"N": n, "attention_input": attention_input, "gamma": GAMMA}
+            for method, impl in (("dense_cudnn", "bench_dense"), ("proxyattn", "bench_proxyattn")):
+                model.set_attn_implementation(impl)
+
+                def prefill():
+                    with torch.no_grad():
+                        return model(ids, logits_to_keep=1).logits
+
+                ttft = times_ms(prefill, REPEATS.get(n, 3), WARMUP)
+                ttft_ms = statistics.median(ttft)
+                attn_ms = timer.take_ms() / (WARMUP + REPEATS.get(n, 3))  # mean per forward
+                row[method] = {"ttft_ms": ttft_ms, "ttft_all_ms": ttft, "attention_ms": attn_ms,
+                               "rest_ms": ttft_ms - attn_ms}
+            query, key = (t[0].transpose(0, 1) for t in timer.first_qk)  # [N, H, d] views
+            row["density_layer0"] = proxyattn.estimate(query, key, [0, n], gamma=GAMMA).density
+            timer.first_qk = None
+            row["ttft_speedup"] = row["dense_cudnn"]["ttft_ms"] / row["proxyattn"]["ttft_ms"]
+            row["attention_speedup"] = row["dense_cudnn"]["attention_ms"] / row["proxyattn"]["attention_ms"]
+            rows.append(row)
+            log("  model N=%6d %-10s density (layer 0) %.3f | dense TTFT %8.1f ms (attention %8.1f) | ProxyAttn TTFT %8.1f ms "
+                "(attention %8.1f) | x%.2f TTFT, x%.2f attention" % (
+                    n, attention_input, row["density_layer0"], row["dense_cudnn"]["ttft_ms"],
+                    row["dense_cudnn"]["attention_ms"], row["proxyattn"]["ttft_ms"],
+                    row["proxyattn"]["attention_ms"], row["ttft_speedup"], row["attention_speedup"]))
+        timer.replacement = None
+        del structured, ids
+        torch.cuda.empty_cache()
+    return {"config": {**LLAMA_31_8B, "num_hidden_layers": num_layers}, "parameters": params,
+            "weights": "random (transformers' init, seed 0), bf16", "dense": "SDPA forced to cuDNN",
+            "proxyattn": f"proxyattn.hf, gamma {GAMMA}, other settings default",
+            "timing": f"CUDA events, median of {REPEATS} after {WARMUP} warm-up; attention time = mean "
+                      "per forward of the summed per-layer attention calls",
+            "peak_memory_bytes": torch.cuda.max_memory_allocated(), "results": rows, "wall_s": time.time() - t0}
+

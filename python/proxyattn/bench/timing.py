@@ -1,0 +1,119 @@
+"""GPU timing and the description of the machine, shared by the benchmark suites.
+
+Timing: CUDA events on the current stream around each call, after untimed warm-up calls
+(module load, allocator growth and compilation stay out of the numbers); the median of the
+timed calls is the figure. Callers pass inputs through a Rotation, so that a call never finds
+its operands in L2 where the previous call left them.
+"""
+import datetime
+import itertools
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+
+import torch
+
+ROTATION_L2_MULTIPLE = 2  # rotated copies together span at least this many L2 sizes
+ROTATION_MAX_COPIES = 8
+
+
+def times_ms(fn, repeats, warmup):
+    """Milliseconds of `repeats` timed calls of fn() after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return times
+
+
+def median_ms(fn, repeats, warmup):
+    return statistics.median(times_ms(fn, repeats, warmup))
+
+
+class Rotation:
+    """Copies of a set of input tensors, used in turn: next() gives the next set. Enough
+    copies that together they exceed ROTATION_L2_MULTIPLE x L2 (one copy when a single set
+    already does), so each call reads its inputs from HBM, as in a model's forward pass."""
+
+    def __init__(self, tensors):
+        one_set = sum(t.numel() * t.element_size() for t in tensors)
+        l2 = torch.cuda.get_device_properties(tensors[0].device).L2_cache_size
+        copies = 1 if one_set >= ROTATION_L2_MULTIPLE * l2 else \
+            min(ROTATION_MAX_COPIES, -(-ROTATION_L2_MULTIPLE * l2 // one_set))
+        self.sets = [tuple(tensors)] + [tuple(t.clone() for t in tensors) for _ in range(copies - 1)]
+        self._cycle = itertools.cycle(self.sets)
+
+    def __len__(self):
+        return len(self.sets)
+
+    def next(self):
+        return next(self._cycle)
+
+
+def _smi(fields):
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=" + fields, "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30).stdout.strip().splitlines()[0]
+        return dict(zip(fields.split(","), (x.strip() for x in out.split(","))))
+    except (OSError, IndexError, subprocess.SubprocessError) as e:
+        return {"error": str(e)}
+
+
+def clocks():
+    """Current and maximum SM / memory clocks, power and temperature (nvidia-smi)."""
+    return _smi("clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,power.draw,temperature.gpu")
+
+
+def _version(module):
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return None
+
+
+def _git_commit():
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..")
+    try:
+        return subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def machine():
+    """Device, driver, clocks and software versions, for the results file."""
+    import proxyattn
+
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "device": props.name, "compute_capability": "%d.%d" % (props.major, props.minor),
+        "sms": props.multi_processor_count, "l2_bytes": props.L2_cache_size,
+        "memory_bytes": props.total_memory, "driver": _smi("driver_version").get("driver_version"),
+        "clocks_at_start": clocks(),
+        "versions": {"proxyattn": proxyattn.__version__, "proxyattn_commit": _git_commit(),
+                     "torch": torch.__version__, "cuda": torch.version.cuda,
+                     "cudnn": torch.backends.cudnn.version(), "triton": _version("triton"),
+                     "transformers": _version("transformers"), "python": platform.python_version()},
+    }
+
+
+def write_result(out_dir, doc, prefix=""):
+    """Writes doc as <out_dir>/<prefix><date>-<device>.json (the bench/results naming) and
+    returns the path."""
+    date = datetime.date.today().isoformat()
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", doc["machine"]["device"]).strip("-").lower()
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"{prefix}{date}-{slug}.json")
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
+    return path
