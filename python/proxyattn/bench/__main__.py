@@ -17,7 +17,7 @@ def _floats(text):
 def measure(args):
     import torch
 
-    from .timing import machine, write_result
+    from .timing import machine, spin_up, write_result
 
     if not torch.cuda.is_available():
         sys.exit("python -m proxyattn.bench: needs a CUDA device (torch.cuda.is_available() is False)")
@@ -25,6 +25,7 @@ def measure(args):
     doc = {"benchmark": "proxyattn.bench", "suites": args.suite, "machine": machine(),
            "command": " ".join(sys.argv)}
     print("machine:", doc["machine"], flush=True)
+    spin_up()
     unknown = [s for s in args.shapes if s not in compare.SHAPES]
     if unknown:
         sys.exit(f"--shapes: {unknown} not among {sorted(compare.SHAPES)}")

@@ -38,16 +38,24 @@ class Flex:
 
     def __init__(self):
         import torch._dynamo
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        from torch.nn.attention.flex_attention import flex_attention
 
         torch._dynamo.config.cache_size_limit = 64  # one graph per (shape, mask function)
-        self._create_block_mask = create_block_mask
         self._flex = torch.compile(flex_attention, dynamic=False)
 
-    def causal_mask(self, n, device):
-        """Dense causal BlockMask: full blocks below the diagonal, partial diagonal blocks."""
-        return self._create_block_mask(lambda b, h, q_idx, kv_idx: q_idx >= kv_idx, None, None, n, n,
-                                       device=device)
+    def causal_mask(self, n, device, block=128):
+        """Dense causal BlockMask, built from its block lists (create_block_mask would
+        materialise the N x N mask): row m has full blocks 0..m-1 and the partial diagonal."""
+        from torch.nn.attention.flex_attention import BlockMask
+
+        nqb = -(-n // block)
+        rows = torch.arange(nqb, device=device, dtype=torch.int32)
+        full_idx = rows.expand(nqb, nqb).contiguous()[None, None]  # row m uses its first m entries
+        partial_idx = torch.zeros(1, 1, nqb, nqb, device=device, dtype=torch.int32)
+        partial_idx[..., 0] = rows
+        return BlockMask.from_kv_blocks(torch.ones(1, 1, nqb, device=device, dtype=torch.int32), partial_idx,
+                                        rows[None, None].contiguous(), full_idx, BLOCK_SIZE=block,
+                                        mask_mod=lambda b, h, q_idx, kv_idx: q_idx >= kv_idx, seq_lengths=(n, n))
 
     def __call__(self, q, k, v, block_mask):
         return self._flex(q, k, v, block_mask=block_mask, enable_gqa=True)

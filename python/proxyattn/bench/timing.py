@@ -13,11 +13,13 @@ import platform
 import re
 import statistics
 import subprocess
+import time
 
 import torch
 
 ROTATION_L2_MULTIPLE = 2  # rotated copies together span at least this many L2 sizes
 ROTATION_MAX_COPIES = 8
+SPIN_UP_S, SPIN_UP_MATRIX = 3.0, 8192
 
 
 def times_ms(fn, repeats, warmup):
@@ -38,6 +40,17 @@ def times_ms(fn, repeats, warmup):
 
 def median_ms(fn, repeats, warmup):
     return statistics.median(times_ms(fn, repeats, warmup))
+
+
+def spin_up(seconds=SPIN_UP_S):
+    """Runs bf16 matmuls for a while, so that the first measurements find the GPU at its
+    working clocks rather than idle ones."""
+    a = torch.randn(SPIN_UP_MATRIX, SPIN_UP_MATRIX, device="cuda", dtype=torch.bfloat16)
+    end = time.time() + seconds
+    while time.time() < end:
+        for _ in range(10):
+            a @ a
+        torch.cuda.synchronize()
 
 
 class Rotation:
