@@ -48,6 +48,8 @@ def main():
     plot = sub.add_parser("plot", help="pictures for docs/benchmarks.md from a results file")
     plot.add_argument("results", nargs="+", help="results files (e.g. the compare and the model run)")
     plot.add_argument("--img", default="docs/img")
+    table = sub.add_parser("table", help="markdown tables for docs/benchmarks.md from results files")
+    table.add_argument("results", nargs="+")
     ap.add_argument("--suite", default="compare,model", type=lambda s: s.split(","),
                     help="compare, model or both (default)")
     ap.add_argument("--out", default="bench/results", help="folder of the results file")
@@ -66,6 +68,10 @@ def main():
         from . import plots
 
         plots.main(args.results, args.img)
+    elif args.command == "table":
+        from . import tables
+
+        tables.main(args.results)
     else:
         measure(args)
 

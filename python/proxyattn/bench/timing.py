@@ -97,7 +97,7 @@ def _version(module):
 def _git_commit():
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..")
     try:
-        return subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
+        return subprocess.run(["git", "-C", root, "describe", "--always", "--dirty"], capture_output=True,
                               text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None

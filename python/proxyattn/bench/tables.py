@@ -1,0 +1,71 @@
+"""Markdown tables for docs/benchmarks.md from results files of `python -m proxyattn.bench`
+(printed; the numbers in the document are these, unedited)."""
+import json
+
+
+def _ms(entry):
+    return entry["ms"] if entry and "ms" in entry else float("nan")
+
+
+def _f(x, digits=3):
+    """Milliseconds and ratios: 3 decimals below 100, one from 100 on; NaN as '-'."""
+    return "-" if x != x else (f"{x:.1f}" if x >= 100 else f"{x:.{digits}f}")
+
+
+def compare_tables(doc):
+    lines = []
+    for shape, (hq, hkv, d, g) in doc["compare"]["shapes"].items():
+        lines += [f"**{shape}** ({hq} Q / {hkv} KV heads, d = {d}, g = {g}), structured input:", "",
+                  "| N | γ | density | estimate ms | attention ms | total ms | cuDNN ms | FA2 ms | Flex dense ms | "
+                  "Flex on our mask ms | x cuDNN (total) | x Flex-mask (attention) | PyTorch estimate / ours | recall |",
+                  "|" + "---|" * 14]
+        for c in (c for c in doc["compare"]["cases"] if c.get("shape") == shape and "dense" in c):
+            for r in c["proxyattn"]:
+                lines.append("| %dK | %.2f | %.3f | %s | %s | %s | %s | %s | %s | %s | %.2f | %s | %s | %.3f |" % (
+                    c["N"] // 1024, r["gamma"], r["density"], _f(r["estimate_ms"]), _f(r["attend_ms"]),
+                    _f(r["total_ms"]), _f(_ms(c["dense"]["cudnn"])), _f(_ms(c["dense"].get("fa2"))),
+                    _f(_ms(c["dense"].get("flex"))), _f(r.get("flex_masked_ms", float("nan"))),
+                    r["speedup_vs_cudnn"], _f(r.get("speedup_attend_vs_flex_masked", float("nan")), 2),
+                    _f(r.get("torch_estimate_over_ours", float("nan")), 1), r["mass_recall_mean"]))
+        lines.append("")
+    captured = [c for c in doc["compare"]["cases"] if c.get("shape") == "captured"]
+    if captured:
+        lines += ["Captured activations (g = 1):", "",
+                  "| source | N | heads | γ | density | estimate ms | attention ms | total ms | cuDNN ms | "
+                  "Flex on our mask ms | x cuDNN | recall (mean / worst head) |", "|" + "---|" * 12]
+        for c in captured:
+            for r in c["proxyattn"]:
+                lines.append("| %s | %dK | %d/%d, d=%d | %.2f | %.3f | %s | %s | %s | %s | %s | %.2f | %.3f / %.3f |" % (
+                    c["input"], c["N"] // 1024, c["num_q_heads"], c["num_kv_heads"], c["head_dim"], r["gamma"],
+                    r["density"], _f(r["estimate_ms"]), _f(r["attend_ms"]), _f(r["total_ms"]),
+                    _f(_ms(c["dense"]["cudnn"])), _f(r.get("flex_masked_ms", float("nan"))), r["speedup_vs_cudnn"],
+                    r["mass_recall_mean"], r["mass_recall_min_head"]))
+        lines.append("")
+    return lines
+
+
+def model_table(doc):
+    m = doc["model"]
+    lines = [f"Whole model ({m['parameters'] / 1e9:.2f} B parameters, {m['weights']}; dense: {m['dense']}; "
+             f"ProxyAttn: {m['proxyattn']}):", "",
+             "| N | attention input | density (layer 0) | dense TTFT ms | dense attention ms | ProxyAttn TTFT ms | "
+             "ProxyAttn attention ms | rest of the model ms (dense / ProxyAttn) | TTFT speedup | attention speedup |",
+             "|" + "---|" * 10]
+    for r in m["results"]:
+        dn, pa = r["dense_cudnn"], r["proxyattn"]
+        lines.append("| %dK | %s | %.3f | %s | %s | %s | %s | %s / %s | %.2f | %.2f |" % (
+            r["N"] // 1024, r["attention_input"], r["density_layer0"], _f(dn["ttft_ms"]), _f(dn["attention_ms"]),
+            _f(pa["ttft_ms"]), _f(pa["attention_ms"]), _f(dn["rest_ms"]), _f(pa["rest_ms"]),
+            r["ttft_speedup"], r["attention_speedup"]))
+    return lines + [""]
+
+
+def main(results):
+    for path in results:
+        with open(path) as f:
+            doc = json.load(f)
+        print(f"<!-- {path} -->")
+        if "compare" in doc:
+            print("\n".join(compare_tables(doc)))
+        if "model" in doc:
+            print("\n".join(model_table(doc)))
