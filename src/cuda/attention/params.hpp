@@ -11,9 +11,10 @@
 // same `order` row (heads of a KV head share a proxy group), so the CTA streams each kept K/V
 // tile through shared memory once for all its warps; each warp (warpgroup) keeps its own
 // head's prefix `count` and skips tiles outside it (per-head masks at warp granularity).
-// Items are numbered longest row first (query block m descending), so the hardware block
-// scheduler, which hands out CTAs in index order as SMs free up, runs an approximate
-// longest-processing-time-first schedule: no SM idles on short rows while long ones wait.
+// Items are numbered longest row first (query block m descending): the sm80 kernel's CTAs
+// (one per item) go out in index order as SMs free up, and the sm90 kernel's persistent CTA i
+// runs items i, i + grid, ...; both approximate a longest-processing-time-first schedule,
+// so no SM idles on short rows while long ones wait.
 // The CTAs of one (row, KV head) have consecutive indices, so they run together and read
 // the shared K/V blocks while they are in L2.
 #pragma once
@@ -100,13 +101,14 @@ struct Params {
 static_assert(sizeof(Params) <= 4096, "kernel parameters within the classic 4 KiB limit");
 
 // One launcher per compiled variant (sm80/instantiate_*.cu, sm90/instantiate_*.cu): returns
-// the launch's status. grid_size = num_rows * num_kv_heads * slots_per_row CTAs. run_sm90
+// the launch's status. The work list has num_rows * num_kv_heads * slots_per_row items:
+// run_sm80 launches a CTA per item, run_sm90 persistent CTAs (one per SM). run_sm90
 // needs a device of compute capability 9.0 and total_tokens + kTmaSlack <= INT32_MAX (its
 // tensor-copy coordinates are int32).
 inline constexpr int64_t kTmaSlack = 256;
 template <pa_dtype kDtype, int kHeadDim>
-pa_status run_sm80(const Params& params, int64_t grid_size, void* stream);
+pa_status run_sm80(const Params& params, int64_t items, void* stream);
 template <pa_dtype kDtype, int kHeadDim>
-pa_status run_sm90(const Params& params, int64_t grid_size, void* stream);
+pa_status run_sm90(const Params& params, int64_t items, void* stream);
 
 }  // namespace proxyattn::cuda::attention

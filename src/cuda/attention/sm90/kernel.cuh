@@ -1,10 +1,14 @@
-// Block-sparse causal attention forward for sm_90a (H100), FlashAttention-3 style: one CTA
-// per work item of params.hpp, warp-specialised.
+// Block-sparse causal attention forward for sm_90a (H100), FlashAttention-3 style:
+// persistent CTAs (one per SM; CTA i runs work items i, i + gridDim.x, ... of params.hpp,
+// longest rows first), warp-specialised.
 //
-//   warpgroup 0 (producer, registers released): one thread walks the CTA's kept blocks in
+//   warpgroup 0 (producer, registers released): one thread walks each item's kept blocks in
 //     the order of the block index and copies each K and V tile with the tensor copy engine
 //     (TMA, 128-byte swizzle) into a ring of kStages shared-memory stages, each completing
-//     on its own "full" mbarrier; it first copies every consumer's Q tile.
+//     on its own "full" mbarrier; it first copies every consumer's Q tile (once that consumer
+//     has released the previous item's Q). The ring runs on across items, so the next
+//     item's Q and first tiles load while the consumers finish the current one (the last
+//     P V product and the epilogue): a short row no longer pays its pipeline fill.
 //   warpgroups 1..kConsumers (consumers): kGroupRows query rows of one head each (a pair of
 //     params.hpp). S = Q K^T with wgmma (Q and K from shared memory), mask, online softmax
 //     in fp32 registers, O += P V with wgmma (P from registers, V from shared memory).
@@ -22,7 +26,8 @@
 //   issue S_j = Q K_j^T | rescale O, issue O += P_{j-1} V_{j-1} | wait S_j, release K_j |
 //   mask + softmax of S_j (under the P V product) | wait P V, release V_{j-1} | P_j = S_j
 // Every consumer waits on every tile's barriers and releases every stage, also a tile it
-// skips (kept by another head of the CTA), so the ring's phases stay in step.
+// skips (kept by another head of the CTA) and the item's closing stage (`done`, no data),
+// so the ring's phases stay in step. The epilogue stages O in its own buffer, not in Q's.
 #pragma once
 
 #include <cuda.h>
@@ -94,7 +99,7 @@ struct KernelTraits {
 
   static_assert(sizeof(Element) == 2, "16-bit elements (bf16, fp16)");
   static_assert(kHeadDim == 64 || kHeadDim == 128, "head_dim 64 or 128");
-  static_assert(kGroupRows * kOutRowBytes == kQBytes, "O staging reuses the consumer's Q tile");
+  static_assert(kGroupRows * kOutRowBytes == kQBytes, "O staging has the Q tile's size");
   static_assert(kQChunkBytes % kTileAlignment == 0 && kBoxBytes % kTileAlignment == 0,
                 "every TMA box starts on a swizzle atom");
 };
@@ -110,10 +115,12 @@ struct TileDesc {
 // Shared memory of one CTA; its sizeof is the launch's dynamic shared memory.
 template <typename Traits>
 struct alignas(kTileAlignment) SharedStorage {
-  uint8_t q[kConsumers][Traits::kQBytes];       // consumer c's Q tile; its O staging at the end
+  uint8_t q[kConsumers][Traits::kQBytes];       // consumer c's Q tile
+  uint8_t o[kConsumers][Traits::kQBytes];       // consumer c's O staging (epilogue)
   uint8_t k[Traits::kStages][Traits::kKvBytes];
   uint8_t v[Traits::kStages][Traits::kKvBytes];
   uint64_t q_full[kConsumers];
+  uint64_t q_empty[kConsumers];       // one arrival per consumer warp: Q read for the last time
   uint64_t k_full[Traits::kStages];   // producer arrival + TMA bytes
   uint64_t k_empty[Traits::kStages];  // one arrival per consumer warp
   uint64_t v_full[Traits::kStages];
@@ -143,6 +150,47 @@ struct CtaWork {
 // uniformity analysis recognises (as cutlass::canonical_warp_idx_sync does).
 __device__ __forceinline__ int warp_uniform(int value) { return __shfl_sync(0xffffffffu, value, 0); }
 
+// A position in the ring of K/V stages; the producer and every consumer walk it in step,
+// across all the items of the CTA.
+template <int kStages>
+struct Ring {
+  int stage = 0;
+  uint32_t phase = 0;
+  __device__ __forceinline__ void advance() {
+    if (++stage == kStages) stage = 0, phase ^= 1;
+  }
+};
+
+// Work item `item` (params.hpp): item = ((row' * Hkv) + kv_head) * slots + slot, row'
+// counting from the last (longest) row of the launch down. Decoded the same way by every
+// thread.
+__device__ __forceinline__ void decode_item(const Params& params, int64_t item, CtaWork& cta,
+                                            GroupWork (&group)[kConsumers]) {
+  const int slot = int(item % params.slots_per_row);
+  item /= params.slots_per_row;
+  cta.kv_head = int(item % params.num_kv_heads);
+  item /= params.num_kv_heads;
+  const int64_t row = params.row_begin + (params.num_rows - 1 - item);
+  cta.span = &params.seqs[find_seq(params, row)];
+  cta.m = int(row - cta.span->qblock_begin);
+  cta.max_count = 0;
+  cta.last_row = -1;
+#pragma unroll
+  for (int c = 0; c < kConsumers; ++c) {
+    group[c] = group_work(params, *cta.span, cta.m, cta.kv_head, slot, c);
+    if (group[c].active) {
+      cta.max_count = max(cta.max_count, group[c].count);
+      cta.last_row = max(cta.last_row, group[c].last_row);
+    }
+  }
+  const int heads_per_kv = params.num_q_heads / params.num_kv_heads;
+  const int proxy_group = cta.kv_head * heads_per_kv / params.q_heads_per_group;
+  cta.order_row = params.order == nullptr
+                      ? nullptr
+                      : params.order + cta.span->order_begin + proxy_group * triangular(cta.span->num_qblocks) +
+                            triangular(cta.m);
+}
+
 // ---- producer ------------------------------------------------------------------------
 // One K or V tile: two halves of kBoxRows tokens from `token0`/`token1`, one box per chunk.
 template <typename Traits>
@@ -156,20 +204,22 @@ __device__ __forceinline__ void load_kv_tile(uint32_t tile, const CUtensorMap* m
   }
 }
 
+// One item (with at least one kept block): Q tiles, K/V tiles, the closing stage.
+// q_phase[c]: parity of consumer c's Q loads so far.
 template <typename Traits>
-__device__ __forceinline__ void produce(SharedStorage<Traits>& smem, const Params& params, const CtaWork& cta,
-                                        const GroupWork (&group)[kConsumers], const CUtensorMap* q_map,
-                                        const CUtensorMap* k_map, const CUtensorMap* v_map) {
-  tma_prefetch_descriptor(q_map);
-  tma_prefetch_descriptor(k_map);
-  tma_prefetch_descriptor(v_map);
+__device__ __forceinline__ void produce_item(SharedStorage<Traits>& smem, const Params& params, const CtaWork& cta,
+                                             const GroupWork (&group)[kConsumers], Ring<Traits::kStages>& ring,
+                                             uint32_t (&q_phase)[kConsumers], const CUtensorMap* q_map,
+                                             const CUtensorMap* k_map, const CUtensorMap* v_map) {
   const SeqSpan& span = *cta.span;
   const int token_begin = int(span.token_begin);  // the dispatcher keeps tokens within int32
 
-  // Q of every active consumer.
+  // Q of every active consumer, once it has read its previous Q for the last time.
 #pragma unroll
   for (int c = 0; c < kConsumers; ++c) {
     if (!group[c].active) continue;
+    mbarrier_wait(smem_address(&smem.q_empty[c]), q_phase[c] ^ 1);
+    q_phase[c] ^= 1;
     const uint32_t bar = smem_address(&smem.q_full[c]);
     mbarrier_arrive_expect_tx(bar, Traits::kQBytes);
 #pragma unroll
@@ -191,8 +241,6 @@ __device__ __forceinline__ void produce(SharedStorage<Traits>& smem, const Param
     const int key0 = n * block + (unit % units_per_block) * kBoxRows;
     return key0 >= span.length || key0 > cta.last_row ? -1 : key0;
   };
-  int stage = 0;
-  uint32_t phase = 0;
   for (int unit = 0; unit < num_units; unit += 2) {
     const int rank0 = unit / units_per_block, rank1 = (unit + 1) / units_per_block;
     const bool has_second = unit + 1 < num_units;
@@ -212,30 +260,35 @@ __device__ __forceinline__ void produce(SharedStorage<Traits>& smem, const Param
     const int token1 = token_begin + (key1 >= 0 ? key1 : key0);
 
     // K: wait until every consumer warp released the stage, publish the tile, copy.
-    mbarrier_wait(smem_address(&smem.k_empty[stage]), phase ^ 1);
-    smem.desc[stage] = desc;
-    uint32_t bar = smem_address(&smem.k_full[stage]);
+    mbarrier_wait(smem_address(&smem.k_empty[ring.stage]), ring.phase ^ 1);
+    smem.desc[ring.stage] = desc;
+    uint32_t bar = smem_address(&smem.k_full[ring.stage]);
     mbarrier_arrive_expect_tx(bar, Traits::kKvBytes);
-    load_kv_tile<Traits>(smem_address(smem.k[stage]), k_map, bar, cta.kv_head, token0, token1);
+    load_kv_tile<Traits>(smem_address(smem.k[ring.stage]), k_map, bar, cta.kv_head, token0, token1);
     // V, into the same stage of its own ring.
-    mbarrier_wait(smem_address(&smem.v_empty[stage]), phase ^ 1);
-    bar = smem_address(&smem.v_full[stage]);
+    mbarrier_wait(smem_address(&smem.v_empty[ring.stage]), ring.phase ^ 1);
+    bar = smem_address(&smem.v_full[ring.stage]);
     mbarrier_arrive_expect_tx(bar, Traits::kKvBytes);
-    load_kv_tile<Traits>(smem_address(smem.v[stage]), v_map, bar, cta.kv_head, token0, token1);
-    if (++stage == Traits::kStages) stage = 0, phase ^= 1;
+    load_kv_tile<Traits>(smem_address(smem.v[ring.stage]), v_map, bar, cta.kv_head, token0, token1);
+    ring.advance();
   }
-  // End of the tiles: a K stage with `done` set and no bytes.
-  mbarrier_wait(smem_address(&smem.k_empty[stage]), phase ^ 1);
+  // End of the item's tiles: a stage with `done` set and no bytes, in both rings.
+  mbarrier_wait(smem_address(&smem.k_empty[ring.stage]), ring.phase ^ 1);
   TileDesc last{};
   last.done = 1;
-  smem.desc[stage] = last;
-  mbarrier_arrive(smem_address(&smem.k_full[stage]));
+  smem.desc[ring.stage] = last;
+  mbarrier_arrive(smem_address(&smem.k_full[ring.stage]));
+  mbarrier_wait(smem_address(&smem.v_empty[ring.stage]), ring.phase ^ 1);
+  mbarrier_arrive(smem_address(&smem.v_full[ring.stage]));
+  ring.advance();
 }
 
 // ---- consumer ------------------------------------------------------------------------
+// One item. q_phase: parity of this consumer's Q loads so far.
 template <typename Traits>
-__device__ __forceinline__ void consume(SharedStorage<Traits>& smem, const Params& params, const CtaWork& cta,
-                                        const GroupWork& mine, int consumer) {
+__device__ __forceinline__ void consume_item(SharedStorage<Traits>& smem, const Params& params, const CtaWork& cta,
+                                             const GroupWork& mine, int consumer, Ring<Traits::kStages>& ring,
+                                             uint32_t& q_phase) {
   using Element = typename Traits::Element;
   constexpr int D = Traits::kHeadDim;
   constexpr float kNegInf = -INFINITY;
@@ -266,7 +319,11 @@ __device__ __forceinline__ void consume(SharedStorage<Traits>& smem, const Param
   // A CTA whose heads keep no block of this row runs no pipeline (producer included):
   // straight to the epilogue, O = 0 and LSE = -inf.
   const bool has_tiles = cta.max_count > 0;
-  if (mine.active && has_tiles) mbarrier_wait(smem_address(&smem.q_full[consumer]), 0);
+  const bool loads_q = mine.active && has_tiles;  // the producer's condition for this Q tile
+  if (loads_q) {
+    mbarrier_wait(smem_address(&smem.q_full[consumer]), q_phase);
+    q_phase ^= 1;
+  }
 
   // Releases a stage to the producer: one arrival per warp, by lane 0, the only lane that
   // reads the stage's TileDesc (read_desc), so its release orders every generic read of the
@@ -388,13 +445,19 @@ __device__ __forceinline__ void consume(SharedStorage<Traits>& smem, const Param
 
   // Every wgmma group is waited for in the branch that issued it: ptxas's register
   // tracking does not correlate conditions, and would otherwise serialise the products.
-  int stage = 0;
-  uint32_t phase = 0;
   while (has_tiles) {
+    const int stage = ring.stage;
+    const uint32_t phase = ring.phase;
     // ---- K of tile j landed: which halves does this head keep?
     mbarrier_wait(smem_address(&smem.k_full[stage]), phase);
     const TileDesc desc = read_desc(stage);
-    if (desc.done) break;
+    if (desc.done) {  // the closing stage: release it in both rings
+      release(smem_address(&smem.k_empty[stage]));
+      mbarrier_wait(smem_address(&smem.v_full[stage]), phase);
+      release(smem_address(&smem.v_empty[stage]));
+      ring.advance();
+      break;
+    }
     bool half_on[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h)
@@ -446,8 +509,10 @@ __device__ __forceinline__ void consume(SharedStorage<Traits>& smem, const Param
     pending_phase = phase;
     pending_correction[0] = correction[0];
     pending_correction[1] = correction[1];
-    if (++stage == Traits::kStages) stage = 0, phase ^= 1;
+    ring.advance();
   }
+  // Every Q K^T product of the item has completed: the producer may load the next Q.
+  if (loads_q) release(smem_address(&smem.q_empty[consumer]));
 
   // ---- the last tile's P V.
   if (pending) {
@@ -462,9 +527,10 @@ __device__ __forceinline__ void consume(SharedStorage<Traits>& smem, const Param
   }
   if (!mine.active) return;
 
-  // ---- Epilogue: O = acc / l staged in this consumer's Q tile (row-major, 16-byte
+  // ---- Epilogue: O = acc / l staged in this consumer's O buffer (row-major, 16-byte
   // vectors XOR-swizzled by row % 8), then 16-byte stores of the valid rows;
   // LSE = ln(l) + max. A row that saw no key gets O = 0, LSE = -inf.
+  const uint32_t o_tile = smem_address(smem.o[consumer]);
   float inv[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -477,13 +543,14 @@ __device__ __forceinline__ void consume(SharedStorage<Traits>& smem, const Param
       params.lse[int64_t(mine.head) * params.total_tokens + cta.span->token_begin + row] =
           l > 0.0f ? (row_max[r] + log2f(l)) * kLn2 : kNegInf;
   }
+  named_barrier_sync(kBarrierEpilogue + consumer, kWarpgroupThreads);  // the previous item's reads are done
 #pragma unroll
   for (int i = 0; i < Traits::kOutTiles; ++i)
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int row = 16 * warp + quad_row + 8 * r;  // row % 8 == quad_row
       const uint32_t address =
-          q_tile + row * Traits::kOutRowBytes + ((i ^ quad_row) * 16) + quad_col * 4;
+          o_tile + row * Traits::kOutRowBytes + ((i ^ quad_row) * 16) + quad_col * 4;
       st_shared_32(address, ElementTraits<Element>::pack(o[4 * i + 2 * r] * inv[r], o[4 * i + 2 * r + 1] * inv[r]));
     }
   named_barrier_sync(kBarrierEpilogue + consumer, kWarpgroupThreads);
@@ -494,7 +561,7 @@ __device__ __forceinline__ void consume(SharedStorage<Traits>& smem, const Param
     const int r = i / kRowVectors, vc = i % kRowVectors;
     if (mine.row0 + r >= length) continue;
     const uint4 value =
-        *reinterpret_cast<const uint4*>(smem.q[consumer] + r * Traits::kOutRowBytes + ((vc ^ (r % 8)) * 16));
+        *reinterpret_cast<const uint4*>(smem.o[consumer] + r * Traits::kOutRowBytes + ((vc ^ (r % 8)) * 16));
     *reinterpret_cast<uint4*>(o_base + int64_t(mine.row0 + r) * params.o.token_stride + vc * Traits::kVectorElems) =
         value;
   }
@@ -511,40 +578,15 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
 
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int role = warp_uniform(warp / kWarpsPerGroup);  // 0: producer, 1 + c: consumer c
+  const int64_t items = int64_t(params.num_rows) * params.num_kv_heads * params.slots_per_row;
 
-  // ---- Work item: blockIdx.x = ((row' * Hkv) + kv_head) * slots + slot, row' counting
-  // from the last (longest) row of the launch down.
-  int64_t item = blockIdx.x;
-  const int slot = int(item % params.slots_per_row);
-  item /= params.slots_per_row;
-  CtaWork cta;
-  cta.kv_head = int(item % params.num_kv_heads);
-  item /= params.num_kv_heads;
-  const int64_t row = params.row_begin + (params.num_rows - 1 - item);
-  cta.span = &params.seqs[find_seq(params, row)];
-  cta.m = int(row - cta.span->qblock_begin);
-  GroupWork group[kConsumers];
-  cta.max_count = 0;
-  cta.last_row = -1;
-#pragma unroll
-  for (int c = 0; c < kConsumers; ++c) {
-    group[c] = group_work(params, *cta.span, cta.m, cta.kv_head, slot, c);
-    if (group[c].active) {
-      cta.max_count = max(cta.max_count, group[c].count);
-      cta.last_row = max(cta.last_row, group[c].last_row);
-    }
-  }
-  const int heads_per_kv = params.num_q_heads / params.num_kv_heads;
-  const int proxy_group = cta.kv_head * heads_per_kv / params.q_heads_per_group;
-  cta.order_row = params.order == nullptr
-                      ? nullptr
-                      : params.order + cta.span->order_begin + proxy_group * triangular(cta.span->num_qblocks) +
-                            triangular(cta.m);
-
-  // ---- Barriers, then the roles.
+  // ---- Barriers, then the roles, each walking the items blockIdx.x, + gridDim.x, ...
   if (threadIdx.x == 0) {
 #pragma unroll
-    for (int c = 0; c < kConsumers; ++c) mbarrier_init(smem_address(&smem.q_full[c]), 1);
+    for (int c = 0; c < kConsumers; ++c) {
+      mbarrier_init(smem_address(&smem.q_full[c]), 1);
+      mbarrier_init(smem_address(&smem.q_empty[c]), kWarpsPerGroup);
+    }
 #pragma unroll
     for (int s = 0; s < Traits::kStages; ++s) {
       mbarrier_init(smem_address(&smem.k_full[s]), 1);
@@ -556,18 +598,33 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   }
   __syncthreads();
 
+  CtaWork cta;
+  GroupWork group[kConsumers];
+  Ring<Traits::kStages> ring;
   if (role == 0) {
     registers_release<kProducerRegisters>();
-    if (warp == 0 && lane == 0 && cta.max_count > 0)
-      produce<Traits>(smem, params, cta, group, &q_map, &k_map, &v_map);
+    if (warp == 0 && lane == 0) {
+      tma_prefetch_descriptor(&q_map);
+      tma_prefetch_descriptor(&k_map);
+      tma_prefetch_descriptor(&v_map);
+      uint32_t q_phase[kConsumers] = {};
+      for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
+        decode_item(params, item, cta, group);
+        if (cta.max_count > 0) produce_item<Traits>(smem, params, cta, group, ring, q_phase, &q_map, &k_map, &v_map);
+      }
+    }
     return;
   }
   registers_acquire<kConsumerRegisters>();
-  GroupWork mine;
+  uint32_t q_phase = 0;
+  for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
+    decode_item(params, item, cta, group);
+    GroupWork mine;
 #pragma unroll
-  for (int c = 0; c < kConsumers; ++c)
-    if (role == 1 + c) mine = group[c];
-  consume<Traits>(smem, params, cta, mine, role - 1);
+    for (int c = 0; c < kConsumers; ++c)
+      if (role == 1 + c) mine = group[c];
+    consume_item<Traits>(smem, params, cta, mine, role - 1, ring, q_phase);
+  }
 #endif
 }
 

@@ -10,6 +10,10 @@
 #include <cuda_runtime.h>
 #include <cudaTypedefs.h>
 
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
 #include "attention/params.hpp"
 #include "attention/sm90/kernel.cuh"
 #include "common/check.cuh"
@@ -80,13 +84,29 @@ pa_status make_tensor_map(EncodeTiled encode, CUtensorMap* map, const char* name
   return PA_STATUS_SUCCESS;
 }
 
+// CTAs of a launch of `items` work items: one per SM (the kernel is persistent, one CTA fits
+// an SM), or one per item with PROXYATTN_ATTN_PERSISTENT=0 (for measuring what persistence
+// brings; the same kernel then runs one item per CTA).
+inline pa_status persistent_grid(int64_t items, int64_t* grid) {
+  const char* value = std::getenv("PROXYATTN_ATTN_PERSISTENT");
+  if (value != nullptr && std::strcmp(value, "0") == 0) {
+    *grid = items;
+    return PA_STATUS_SUCCESS;
+  }
+  int device = 0, sms = 0;
+  PA_CUDA_TRY(cudaGetDevice(&device));
+  PA_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  *grid = std::min<int64_t>(items, sms);
+  return PA_STATUS_SUCCESS;
+}
+
 }  // namespace sm90
 
 static_assert(sizeof(Params) + 3 * sizeof(CUtensorMap) + alignof(CUtensorMap) <= 4096,
               "Params and the three tensor maps within the classic 4 KiB of kernel parameters");
 
 template <pa_dtype kDtype, int kHeadDim>
-pa_status run_sm90(const Params& params, int64_t grid_size, void* stream) {
+pa_status run_sm90(const Params& params, int64_t items, void* stream) {
   using Traits = sm90::KernelTraits<typename sm90::ElementOf<kDtype>::type, kHeadDim>;
   constexpr int kSharedBytes = int(sizeof(sm90::SharedStorage<Traits>));
   sm90::EncodeTiled encode = nullptr;
@@ -101,6 +121,8 @@ pa_status run_sm90(const Params& params, int64_t grid_size, void* stream) {
   const auto kernel = sm90::attention_kernel<Traits>;
   // Above 48 KiB a kernel must opt in to its dynamic shared memory (per device; cheap).
   PA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes));
+  int64_t grid_size = 0;
+  PA_TRY(sm90::persistent_grid(items, &grid_size));
   kernel<<<dim3(static_cast<unsigned>(grid_size)), Traits::kThreads, kSharedBytes,
            static_cast<cudaStream_t>(stream)>>>(params, q_map, k_map, v_map);
   PA_CUDA_CHECK_LAUNCH("the sm90 attention kernel");
