@@ -459,6 +459,20 @@ TEST(AttentionSanitize, SparseBlock128Gqa4BothPackings) {
   check_sparse_case(c);
 }
 
+// More work items than an H100 has SMs (132), so the persistent sm90 CTAs each run two or
+// more items: the ring, the Q hand-over and the O staging across items.
+TEST(AttentionSanitize, PersistentManyItemsPerCta) {
+  PA_REQUIRE_GPU();
+  Case c;
+  c.lengths = {2500, 700};  // 51 rows x 4 KV heads = 204 items at block 64
+  c.hq = 8, c.hkv = 4, c.d = 64, c.block = 64, c.gamma = 0.8f;
+  check_sparse_case(c);
+  Case d;
+  d.lengths = {3000};  // 24 rows x 8 KV heads = 192 items at block 128
+  d.hq = 8, d.hkv = 8, d.d = 128, d.block = 128, d.gamma = 0.8f;
+  check_sparse_case(d);
+}
+
 TEST(AttentionSanitize, DenseFp16D128) {
   PA_REQUIRE_GPU();
   Case c;
