@@ -1,8 +1,9 @@
 // Block-sparse causal attention forward for sm_90a (H100), FlashAttention-3 style:
-// persistent CTAs (one per SM; CTA i runs work items i, i + gridDim.x, ... of params.hpp,
-// longest rows first), warp-specialised.
+// persistent CTAs (one per SM) taking the work items of params.hpp in order (longest rows
+// first) from an atomic counter, warp-specialised.
 //
-//   warpgroup 0 (producer, registers released): one thread walks each item's kept blocks in
+//   warpgroup 0 (producer, registers released): one thread takes the next item from the
+//     counter and hands it to the consumers through a small shared-memory ring; it walks each item's kept blocks in
 //     the order of the block index and copies each K and V tile with the tensor copy engine
 //     (TMA, 128-byte swizzle) into a ring of kStages shared-memory stages, each completing
 //     on its own "full" mbarrier; it first copies every consumer's Q tile (once that consumer
@@ -60,13 +61,18 @@ inline constexpr int kMmaK = 16;                           // K of one wgmma
 inline constexpr int kMmaStepBytes = kMmaK * 2;            // a k-step inside a swizzled row
 inline constexpr int kN8 = 8;                              // columns of one accumulator n8 tile
 inline constexpr uint32_t kUnusedLeadingBytes = 16;        // K-major swizzled: LBO ignored (encoded 1)
-// Register split (setmaxnreg): 128 x 40 + 2 x 128 x 232 = 64512 of the SM's 65536.
-inline constexpr int kProducerRegisters = 40;
-inline constexpr int kConsumerRegisters = 232;
+// Register split (setmaxnreg): 128 x 56 + 2 x 128 x 224 = 64512 of the SM's 65536 (the producer
+// keeps its item and ring state in 56 without spilling).
+inline constexpr int kProducerRegisters = 56;
+inline constexpr int kConsumerRegisters = 224;
 static_assert(kWarpgroupThreads * (kProducerRegisters + kConsumers * kConsumerRegisters) <= 65536,
               "register split within the register file");
 static_assert(kGroupRows == 64, "a consumer is one wgmma m64 tile");
 static_assert(kBoxRows == kGroupRows, "Q and K/V use tensor maps of the same box");
+
+// Items in flight between the producer and the consumers: the producer runs at most this
+// many items ahead.
+inline constexpr int kItemSlots = 2;
 
 // Named barriers (id 0 is __syncthreads): the epilogue of consumer c syncs its warpgroup on
 // kBarrierEpilogue + c.
@@ -121,6 +127,9 @@ struct alignas(kTileAlignment) SharedStorage {
   uint8_t v[Traits::kStages][Traits::kKvBytes];
   uint64_t q_full[kConsumers];
   uint64_t q_empty[kConsumers];       // one arrival per consumer warp: Q read for the last time
+  int64_t item[kItemSlots];           // the items handed to the consumers (>= items: no more)
+  uint64_t item_full[kItemSlots];     // producer arrival
+  uint64_t item_empty[kItemSlots];    // one arrival per consumer warp
   uint64_t k_full[Traits::kStages];   // producer arrival + TMA bytes
   uint64_t k_empty[Traits::kStages];  // one arrival per consumer warp
   uint64_t v_full[Traits::kStages];
@@ -580,8 +589,13 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   const int role = warp_uniform(warp / kWarpsPerGroup);  // 0: producer, 1 + c: consumer c
   const int64_t items = int64_t(params.num_rows) * params.num_kv_heads * params.slots_per_row;
 
-  // ---- Barriers, then the roles, each walking the items blockIdx.x, + gridDim.x, ...
+  // ---- Barriers, then the roles, each walking the items the producer takes.
   if (threadIdx.x == 0) {
+#pragma unroll
+    for (int i = 0; i < kItemSlots; ++i) {
+      mbarrier_init(smem_address(&smem.item_full[i]), 1);
+      mbarrier_init(smem_address(&smem.item_empty[i]), kConsumers * kWarpsPerGroup);
+    }
 #pragma unroll
     for (int c = 0; c < kConsumers; ++c) {
       mbarrier_init(smem_address(&smem.q_full[c]), 1);
@@ -601,6 +615,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   CtaWork cta;
   GroupWork group[kConsumers];
   Ring<Traits::kStages> ring;
+  Ring<kItemSlots> item_ring;
   if (role == 0) {
     registers_release<kProducerRegisters>();
     if (warp == 0 && lane == 0) {
@@ -608,7 +623,13 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       tma_prefetch_descriptor(&k_map);
       tma_prefetch_descriptor(&v_map);
       uint32_t q_phase[kConsumers] = {};
-      for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
+      for (;;) {
+        const int64_t item = atomicAdd(params.item_counter, 1u);
+        mbarrier_wait(smem_address(&smem.item_empty[item_ring.stage]), item_ring.phase ^ 1);
+        smem.item[item_ring.stage] = item;
+        mbarrier_arrive(smem_address(&smem.item_full[item_ring.stage]));
+        item_ring.advance();
+        if (item >= items) break;
         decode_item(params, item, cta, group);
         if (cta.max_count > 0) produce_item<Traits>(smem, params, cta, group, ring, q_phase, &q_map, &k_map, &v_map);
       }
@@ -617,7 +638,14 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   }
   registers_acquire<kConsumerRegisters>();
   uint32_t q_phase = 0;
-  for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
+  for (;;) {
+    // The next item, read by lane 0 and broadcast; the slot goes back once every warp has it.
+    mbarrier_wait(smem_address(&smem.item_full[item_ring.stage]), item_ring.phase);
+    int64_t item = lane == 0 ? smem.item[item_ring.stage] : 0;
+    item = (int64_t(uint32_t(warp_uniform(int(item >> 32)))) << 32) | uint32_t(warp_uniform(int(item)));
+    if (lane == 0) mbarrier_arrive(smem_address(&smem.item_empty[item_ring.stage]));
+    item_ring.advance();
+    if (item >= items) break;
     decode_item(params, item, cta, group);
     GroupWork mine;
 #pragma unroll

@@ -11,6 +11,7 @@
 #include <cudaTypedefs.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
@@ -100,6 +101,24 @@ inline pa_status persistent_grid(int64_t items, int64_t* grid) {
   return PA_STATUS_SUCCESS;
 }
 
+// Work-item counters (Params::item_counter) of this file's launches, used in turn and each
+// zeroed on the launch's stream just before its kernel, so that launches in flight at the
+// same time on different streams do not share one (up to kItemCounters of them; a CUDA
+// graph keeps the counter it captured, so one graph must not replay on two streams at once).
+namespace {
+constexpr uint32_t kItemCounters = 256;
+__device__ uint32_t item_counters[kItemCounters];
+std::atomic<uint32_t> next_item_counter{0};
+}  // namespace
+
+inline pa_status zeroed_item_counter(void* stream, uint32_t** counter) {
+  void* base = nullptr;
+  PA_CUDA_TRY(cudaGetSymbolAddress(&base, item_counters));
+  *counter = static_cast<uint32_t*>(base) + next_item_counter.fetch_add(1, std::memory_order_relaxed) % kItemCounters;
+  PA_CUDA_TRY(cudaMemsetAsync(*counter, 0, sizeof(uint32_t), static_cast<cudaStream_t>(stream)));
+  return PA_STATUS_SUCCESS;
+}
+
 }  // namespace sm90
 
 static_assert(sizeof(Params) + 3 * sizeof(CUtensorMap) + alignof(CUtensorMap) <= 4096,
@@ -123,8 +142,10 @@ pa_status run_sm90(const Params& params, int64_t items, void* stream) {
   PA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes));
   int64_t grid_size = 0;
   PA_TRY(sm90::persistent_grid(items, &grid_size));
+  Params launch_params = params;
+  PA_TRY(sm90::zeroed_item_counter(stream, &launch_params.item_counter));
   kernel<<<dim3(static_cast<unsigned>(grid_size)), Traits::kThreads, kSharedBytes,
-           static_cast<cudaStream_t>(stream)>>>(params, q_map, k_map, v_map);
+           static_cast<cudaStream_t>(stream)>>>(launch_params, q_map, k_map, v_map);
   PA_CUDA_CHECK_LAUNCH("the sm90 attention kernel");
   return PA_STATUS_SUCCESS;
 }
