@@ -2,7 +2,7 @@
 
   speedup.png       speedup over cuDNN dense against N, per method (one panel per shape)
   time_split.png    estimation and attention time as a share of cuDNN dense, per N and gamma
-  head_density.png  per-head density against N (first shape, each gamma)
+  head_density.png  per-head budget and density against N (first shape, each gamma)
   kept_mask.png     the kept blocks of the sparsest and the densest head (first shape, 32K)
   ttft.png          whole-model time to first token, dense vs ProxyAttn, attention vs the rest
 """
@@ -88,18 +88,24 @@ def plot_time_split(doc, out, source):
 
 
 def plot_head_density(doc, out, source):
+    """Per head and N: the budget K_i (as a share of the row's blocks) and the density, per gamma."""
     shape = list(doc["compare"]["shapes"])[0]
     cases = _cases(doc, shape)
     gammas = doc["compare"]["gammas"]
-    fig, axes = plt.subplots(1, len(gammas), figsize=(5.5 * len(gammas), 3.6), squeeze=False)
-    for ax, gamma in zip(axes[0], gammas):
-        grid = np.array([next(r for r in c["proxyattn"] if r["gamma"] == gamma)["head_density"] for c in cases])
-        im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1)
-        ax.set_yticks(range(len(cases)), [f"{c['N'] // 1024}K" for c in cases])
-        ax.set_xlabel("Q head")
-        ax.set_ylabel("N")
-        ax.set_title(f"{shape}: per-head density, gamma {gamma:g}", fontsize=9)
-        fig.colorbar(im, ax=ax, fraction=0.04)
+    fig, axes = plt.subplots(2, len(gammas), figsize=(5.5 * len(gammas), 6.4), squeeze=False)
+    for col, gamma in enumerate(gammas):
+        rows = [next(r for r in c["proxyattn"] if r["gamma"] == gamma) for c in cases]
+        nqb = np.array([c["N"] // 128 for c in cases], dtype=float)[:, None]
+        grids = (("budget K_i / blocks per row", np.array([r["head_budget_blocks"] for r in rows]) / nqb),
+                 ("density", np.array([r["head_density"] for r in rows])))
+        for row, (what, grid) in enumerate(grids):
+            ax = axes[row][col]
+            im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+            ax.set_yticks(range(len(cases)), [f"{c['N'] // 1024}K" for c in cases])
+            ax.set_xlabel("Q head")
+            ax.set_ylabel("N")
+            ax.set_title(f"{shape}: per-head {what}, gamma {gamma:g}", fontsize=9)
+            fig.colorbar(im, ax=ax, fraction=0.04)
     fig.text(0.01, 0.01, source, fontsize=6, color="grey")
     fig.tight_layout()
     fig.savefig(os.path.join(out, "head_density.png"), dpi=DPI)
