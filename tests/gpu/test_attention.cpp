@@ -459,8 +459,9 @@ TEST(AttentionSanitize, SparseBlock128Gqa4BothPackings) {
   check_sparse_case(c);
 }
 
-// More work items than an H100 has SMs (132), so the persistent sm90 CTAs each run two or
-// more items: the ring, the Q hand-over and the O staging across items.
+// More work items than an H100 has SMs (132), so some persistent sm90 CTAs run several
+// items (the ring, the Q hand-over and the O staging across items); scripts/gpu-check also
+// runs the whole suite with PROXYATTN_ATTN_MAX_CTAS=3, where every CTA runs many.
 TEST(AttentionSanitize, PersistentManyItemsPerCta) {
   PA_REQUIRE_GPU();
   Case c;

@@ -2,7 +2,7 @@
 // dispatcher (host) and the kernels. Plain C++: no CUDA types, so the dispatcher's
 // declarations of the per-variant launchers need no CUDA headers.
 //
-// Work list. One CTA per work item (query-block row, KV head, slot). A CTA of the sm80 kernel
+// Work list: work items (query-block row, KV head, slot), each run by one CTA. A CTA of the sm80 kernel
 // has kWarps warps, each owning kWarpRows query rows of one Q head (a "pair" = head x row
 // chunk); a CTA of the sm90 kernel has sm90::kConsumers consumer warpgroups of
 // sm90::kGroupRows rows each (CtaShape below says which). The pairs of a (row, KV head) are
@@ -97,7 +97,8 @@ struct Params {
   int32_t num_rows;
   int32_t num_seqs;
   int32_t slots_per_row;      // CTAs per (row, KV head)
-  uint32_t* item_counter;     // sm90: next work item to hand out, zeroed before the launch
+  uint32_t* item_counter;     // sm90: next work item to hand out, zeroed before the launch;
+                              // null: CTA i runs item i only (a launch of one CTA per item)
   SeqSpan seqs[kMaxSeqsPerLaunch];
 };
 

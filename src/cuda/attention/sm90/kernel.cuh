@@ -79,7 +79,8 @@ inline constexpr int kItemSlots = 2;
 enum NamedBarrier : int { kBarrierEpilogue = 1 };
 
 // Every shape of the kernel, derived from the element type and head_dim. Stage counts are
-// speed settings: a stage holds a K and a V tile; 2 at d = 128 (FA3's choice; 160 KiB),
+// speed settings: a stage holds a K and a V tile; 2 at d = 128 (FA3's choice; 192 KiB with
+// Q and the O staging),
 // 3 at d = 64 (tiles compute in half the time, so the copies need more lead).
 template <typename Element_, int kHeadDim_>
 struct KernelTraits {
@@ -623,9 +624,13 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       tma_prefetch_descriptor(&k_map);
       tma_prefetch_descriptor(&v_map);
       uint32_t q_phase[kConsumers] = {};
-      for (;;) {
-        const int64_t item = atomicAdd(params.item_counter, 1u);
+      for (bool first = true;; first = false) {
+        // A slot first, then the item: an item is taken only when this CTA can start on it.
         mbarrier_wait(smem_address(&smem.item_empty[item_ring.stage]), item_ring.phase ^ 1);
+        // No counter: one item per CTA (PROXYATTN_ATTN_PERSISTENT=0, a launch of `items` CTAs).
+        const int64_t item = params.item_counter != nullptr ? int64_t(atomicAdd(params.item_counter, 1u))
+                             : first                        ? int64_t(blockIdx.x)
+                                                            : items;
         smem.item[item_ring.stage] = item;
         mbarrier_arrive(smem_address(&smem.item_full[item_ring.stage]));
         item_ring.advance();

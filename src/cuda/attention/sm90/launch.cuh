@@ -11,11 +11,11 @@
 #include <cudaTypedefs.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
 #include "attention/params.hpp"
+#include "attention/sm90/item_counter.hpp"
 #include "attention/sm90/kernel.cuh"
 #include "common/check.cuh"
 
@@ -85,37 +85,25 @@ pa_status make_tensor_map(EncodeTiled encode, CUtensorMap* map, const char* name
   return PA_STATUS_SUCCESS;
 }
 
-// CTAs of a launch of `items` work items: one per SM (the kernel is persistent, one CTA fits
-// an SM), or one per item with PROXYATTN_ATTN_PERSISTENT=0 (for measuring what persistence
-// brings; the same kernel then runs one item per CTA).
-inline pa_status persistent_grid(int64_t items, int64_t* grid) {
+// Whether the kernel runs persistent CTAs taking items from a counter (the default), or one
+// CTA per item (PROXYATTN_ATTN_PERSISTENT=0, to measure what persistence brings).
+inline bool persistent_from_environment() {
   const char* value = std::getenv("PROXYATTN_ATTN_PERSISTENT");
-  if (value != nullptr && std::strcmp(value, "0") == 0) {
-    *grid = items;
-    return PA_STATUS_SUCCESS;
-  }
+  return value == nullptr || std::strcmp(value, "0") != 0;
+}
+
+// The launch's CTAs: one per SM when persistent (one CTA fits an SM), else one per item.
+// PROXYATTN_ATTN_MAX_CTAS=n (for tests) caps the persistent CTAs at n, so that every CTA
+// runs many items whatever the problem size.
+inline pa_status launch_grid(bool persistent, int64_t items, int64_t* grid) {
+  *grid = items;
+  if (!persistent) return PA_STATUS_SUCCESS;
   int device = 0, sms = 0;
   PA_CUDA_TRY(cudaGetDevice(&device));
   PA_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  *grid = std::min<int64_t>(items, sms);
-  return PA_STATUS_SUCCESS;
-}
-
-// Work-item counters (Params::item_counter) of this file's launches, used in turn and each
-// zeroed on the launch's stream just before its kernel, so that launches in flight at the
-// same time on different streams do not share one (up to kItemCounters of them; a CUDA
-// graph keeps the counter it captured, so one graph must not replay on two streams at once).
-namespace {
-constexpr uint32_t kItemCounters = 256;
-__device__ uint32_t item_counters[kItemCounters];
-std::atomic<uint32_t> next_item_counter{0};
-}  // namespace
-
-inline pa_status zeroed_item_counter(void* stream, uint32_t** counter) {
-  void* base = nullptr;
-  PA_CUDA_TRY(cudaGetSymbolAddress(&base, item_counters));
-  *counter = static_cast<uint32_t*>(base) + next_item_counter.fetch_add(1, std::memory_order_relaxed) % kItemCounters;
-  PA_CUDA_TRY(cudaMemsetAsync(*counter, 0, sizeof(uint32_t), static_cast<cudaStream_t>(stream)));
+  int64_t ctas = sms;
+  if (const char* cap = std::getenv("PROXYATTN_ATTN_MAX_CTAS")) ctas = std::min<int64_t>(ctas, std::max(1, std::atoi(cap)));
+  *grid = std::min<int64_t>(items, ctas);
   return PA_STATUS_SUCCESS;
 }
 
@@ -140,10 +128,12 @@ pa_status run_sm90(const Params& params, int64_t items, void* stream) {
   const auto kernel = sm90::attention_kernel<Traits>;
   // Above 48 KiB a kernel must opt in to its dynamic shared memory (per device; cheap).
   PA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes));
+  const bool persistent = sm90::persistent_from_environment();
   int64_t grid_size = 0;
-  PA_TRY(sm90::persistent_grid(items, &grid_size));
+  PA_TRY(sm90::launch_grid(persistent, items, &grid_size));
   Params launch_params = params;
-  PA_TRY(sm90::zeroed_item_counter(stream, &launch_params.item_counter));
+  launch_params.item_counter = nullptr;
+  if (persistent) PA_TRY(sm90::zeroed_item_counter(stream, &launch_params.item_counter));
   kernel<<<dim3(static_cast<unsigned>(grid_size)), Traits::kThreads, kSharedBytes,
            static_cast<cudaStream_t>(stream)>>>(launch_params, q_map, k_map, v_map);
   PA_CUDA_CHECK_LAUNCH("the sm90 attention kernel");
