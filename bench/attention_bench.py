@@ -220,7 +220,7 @@ def main():
                 print("  packing: chunks of a head %.3f / %.3f ms, heads of a chunk %.3f ms"
                       % (t_ours, t_chunks, t_heads), flush=True)
         lib.plan_free(plan)
-        del q, k, v, o, qt, kt, vt, storage, ref_dense
+        del q, k, v, o, storage, ref_dense  # qt, kt, vt: rebound next size (closures read them)
         torch.cuda.empty_cache()
 
     date = datetime.date.today().isoformat()

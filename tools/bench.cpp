@@ -10,6 +10,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "bench_device.hpp"
@@ -49,8 +50,10 @@ std::string json_number(double x) {
   return buf;
 }
 
+// A comma-separated list of numbers in (low, high] (low_open) or [low, high]; integers only
+// when T is integral.
 template <typename T>
-bool parse_list(const std::string& name, const std::string& text, double low, double high,
+bool parse_list(const std::string& name, const std::string& text, double low, bool low_open, double high,
                 std::vector<T>& out, std::string& error) {
   out.clear();
   std::stringstream in(text);
@@ -58,9 +61,12 @@ bool parse_list(const std::string& name, const std::string& text, double low, do
   while (std::getline(in, item, ',')) {
     char* end = nullptr;
     const double x = std::strtod(item.c_str(), &end);
-    if (item.empty() || *end != '\0' || !(x >= low && x <= high)) {
-      error = "--" + name + " " + text + ": '" + item + "' is not a number in [" + json_number(low) + ", " +
-              json_number(high) + "]";
+    const bool in_range = (low_open ? x > low : x >= low) && x <= high;
+    const bool integral_ok = !std::is_integral<T>::value || x == std::floor(x);
+    if (item.empty() || *end != '\0' || !in_range || !integral_ok) {
+      error = "--" + name + " " + text + ": '" + item + "' is not " +
+              (std::is_integral<T>::value ? "an integer" : "a number") + " in " + (low_open ? "(" : "[") +
+              json_number(low) + ", " + json_number(high) + "]";
       return false;
     }
     out.push_back(T(x));
@@ -84,8 +90,8 @@ bool parse_settings(const std::vector<std::string>& args, BenchSettings& s, std:
     error = "--shape " + s.shape + ": expected llama3.1-8b or qwen2.5-7b";
     return false;
   }
-  return (!o.has("sizes") || parse_list("sizes", o.get_string("sizes", ""), 1, kMaxTokens, s.sizes, error)) &&
-         (!o.has("gammas") || parse_list("gammas", o.get_string("gammas", ""), 0, 1, s.gammas, error)) &&
+  return (!o.has("sizes") || parse_list("sizes", o.get_string("sizes", ""), 1, false, kMaxTokens, s.sizes, error)) &&
+         (!o.has("gammas") || parse_list("gammas", o.get_string("gammas", ""), 0, true, 1, s.gammas, error)) &&
          o.get_int("repeats", 1, 1000, s.repeats, error) && o.get_int("warmup", 0, 1000, s.warmup, error) &&
          o.get_int("threads", 0, 4096, s.threads, error) && o.get_int("seed", 0, 1LL << 62, s.seed, error);
 }

@@ -18,15 +18,16 @@ class CudaDevice final : public BenchDevice {
     cudaDeviceProp props{};
     check_cuda(cudaGetDeviceProperties(&props, 0), "cudaGetDeviceProperties");
     name_ = std::string(props.name) + " (sm_" + std::to_string(props.major) + std::to_string(props.minor) + ")";
-    check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
-    check_cuda(cudaEventCreate(&start_), "cudaEventCreate");
-    check_cuda(cudaEventCreate(&stop_), "cudaEventCreate");
+    try {
+      check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+      check_cuda(cudaEventCreate(&start_), "cudaEventCreate");
+      check_cuda(cudaEventCreate(&stop_), "cudaEventCreate");
+    } catch (...) {
+      destroy();  // a throwing constructor runs no destructor
+      throw;
+    }
   }
-  ~CudaDevice() override {
-    cudaEventDestroy(start_);
-    cudaEventDestroy(stop_);
-    cudaStreamDestroy(stream_);
-  }
+  ~CudaDevice() override { destroy(); }
   std::string name() const override { return name_; }
   bool is_gpu() const override { return true; }
   void* alloc(size_t bytes) override {
@@ -54,6 +55,12 @@ class CudaDevice final : public BenchDevice {
   }
 
  private:
+  void destroy() {
+    if (start_ != nullptr) cudaEventDestroy(start_);
+    if (stop_ != nullptr) cudaEventDestroy(stop_);
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  }
+
   std::string name_;
   cudaStream_t stream_ = nullptr;
   cudaEvent_t start_ = nullptr, stop_ = nullptr;
@@ -66,7 +73,7 @@ std::unique_ptr<BenchDevice> make_cuda_device(std::string& why) {
   const cudaError_t status = cudaGetDeviceCount(&count);
   if (status != cudaSuccess || count == 0) {
     why = status != cudaSuccess ? std::string("no CUDA device: ") + cudaGetErrorString(status) : "no CUDA device";
-    cudaGetLastError();  // clear the sticky-free error of the failed query
+    cudaGetLastError();  // reset the runtime's last-error state the failed query set
     return nullptr;
   }
   return std::make_unique<CudaDevice>();

@@ -29,7 +29,9 @@ done
 rm -f "$json"
 expect 0 "usage: proxyattn bench" -- bench --help
 expect 2 "--device tpu" -- bench --device tpu
-expect 2 "'x' is not a number" -- bench --sizes 1024,x
+expect 2 "'x' is not an integer" -- bench --sizes 1024,x
+expect 2 "'1500.5' is not an integer" -- bench --sizes 1500.5
+expect 2 "'0' is not a number in (0, 1]" -- bench --gammas 0
 expect 0 "commands:" -- help
 expect 2 "unknown option --bogus" -- demo --bogus 1
 expect 2 "--gamma 1.5" -- demo --gamma 1.5

@@ -3,7 +3,7 @@ import argparse
 import sys
 import time
 
-from . import compare, model
+from .config import BLOCK_SIZE, GAMMAS, LLAMA_31_8B, MODEL_SIZES, SHAPES, SIZES, SUITES
 
 
 def _ints(text):
@@ -15,8 +15,13 @@ def _floats(text):
 
 
 def measure(args):
+    for name, given, known in (("--suite", args.suite, SUITES), ("--shapes", args.shapes, SHAPES)):
+        unknown = [x for x in given if x not in known]
+        if unknown:
+            sys.exit(f"{name}: {unknown} not among {sorted(known)}")
     import torch
 
+    from . import compare, model
     from .timing import machine, spin_up, write_result
 
     if not torch.cuda.is_available():
@@ -26,11 +31,9 @@ def measure(args):
            "command": " ".join(sys.argv)}
     print("machine:", doc["machine"], flush=True)
     spin_up()
-    unknown = [s for s in args.shapes if s not in compare.SHAPES]
-    if unknown:
-        sys.exit(f"--shapes: {unknown} not among {sorted(compare.SHAPES)}")
     if "compare" in args.suite:
-        doc["compare"] = {"shapes": {s: compare.SHAPES[s] for s in args.shapes}, "gammas": args.gammas,
+        doc["compare"] = {"shapes": {s: SHAPES[s] for s in args.shapes}, "gammas": args.gammas,
+                          "block_size": BLOCK_SIZE,
                           "config": "library defaults (b=128, s=4, 2048-token floor, absolute budgets, "
                                     "sink and diagonal forced) except gamma and g",
                           "cases": compare.run(args.sizes, args.shapes, args.gammas, args.activations,
@@ -54,15 +57,15 @@ def main():
                     help="compare, model or both (default)")
     ap.add_argument("--out", default="bench/results", help="folder of the results file")
     ap.add_argument("--prefix", default="", help="results file name prefix")
-    ap.add_argument("--sizes", default=",".join(map(str, compare.SIZES)), type=_ints)
-    ap.add_argument("--shapes", default=",".join(compare.SHAPES), type=lambda s: s.split(","))
-    ap.add_argument("--gammas", default=",".join(map(str, compare.GAMMAS)), type=_floats)
+    ap.add_argument("--sizes", default=",".join(map(str, SIZES)), type=_ints)
+    ap.add_argument("--shapes", default=",".join(SHAPES), type=lambda s: s.split(","))
+    ap.add_argument("--gammas", default=",".join(map(str, GAMMAS)), type=_floats)
     ap.add_argument("--activations", nargs="*", default=[],
                     help="captured q/k/v files (torch.save of {q, k, v: [N, H, d], scale, source})")
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--no-torch-estimate", action="store_true")
-    ap.add_argument("--model-sizes", default=",".join(map(str, model.SIZES)), type=_ints)
-    ap.add_argument("--model-layers", default=model.LLAMA_31_8B["num_hidden_layers"], type=int)
+    ap.add_argument("--model-sizes", default=",".join(map(str, MODEL_SIZES)), type=_ints)
+    ap.add_argument("--model-layers", default=LLAMA_31_8B["num_hidden_layers"], type=int)
     args = ap.parse_args()
     if args.command == "plot":
         from . import plots

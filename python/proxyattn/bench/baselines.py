@@ -19,13 +19,13 @@ def sdpa(backend, q, k, v, gqa):
 
 
 def sdpa_gqa_mode(backend, q, k, v):
-    """How a backend serves GQA: "enable_gqa" natively, or "repeated_kv" where it refuses
-    enable_gqa and K and V must be repeated to Hq heads (repeat_kv)."""
+    """How a backend serves GQA: ("enable_gqa", None) natively, or ("repeated_kv", its error
+    message) where it refuses enable_gqa and K and V must be repeated to Hq heads (repeat_kv)."""
     try:
         sdpa(backend, q, k, v, True)
-        return "enable_gqa"
-    except RuntimeError:
-        return "repeated_kv"
+        return "enable_gqa", None
+    except RuntimeError as e:
+        return "repeated_kv", str(e).splitlines()[0][:300]
 
 
 def repeat_kv(q, k, v):
@@ -40,7 +40,9 @@ class Flex:
         import torch._dynamo
         from torch.nn.attention.flex_attention import flex_attention
 
-        torch._dynamo.config.cache_size_limit = 64  # one graph per (shape, mask function)
+        # One compiled graph per (shape, mask function): the suite's dozen shapes would pass
+        # dynamo's default limit of 8 and fall back to the unfused eager path (this process only).
+        torch._dynamo.config.cache_size_limit = 64
         self._flex = torch.compile(flex_attention, dynamic=False)
 
     def causal_mask(self, n, device, block=128):

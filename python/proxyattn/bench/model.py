@@ -14,12 +14,9 @@ import time
 import torch
 
 from . import compare
+from .config import LLAMA_31_8B, MODEL_SIZES
 from .timing import times_ms
 
-LLAMA_31_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                   num_key_value_heads=8, head_dim=128, vocab_size=128256, rope_theta=500000.0,
-                   rms_norm_eps=1e-5, tie_word_embeddings=False)
-SIZES = (32768, 131072)
 REPEATS = {32768: 3, 131072: 2}
 WARMUP = 1
 GAMMA = 0.95
@@ -65,7 +62,7 @@ def build_model(num_layers):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(**{**LLAMA_31_8B, "num_hidden_layers": num_layers},
-                         max_position_embeddings=2 * max(SIZES))
+                         max_position_embeddings=2 * max(MODEL_SIZES))
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
@@ -134,7 +131,7 @@ def run(sizes, num_layers, log=print):
                     row["dense_cudnn"]["attention_ms"], row["proxyattn"]["ttft_ms"],
                     row["proxyattn"]["attention_ms"], row["ttft_speedup"], row["attention_speedup"]))
         timer.replacement = None
-        del structured, ids
+        del structured
         torch.cuda.empty_cache()
     return {"config": {**LLAMA_31_8B, "num_hidden_layers": num_layers}, "parameters": params,
             "weights": "random (transformers' init, seed 0), bf16", "dense": "SDPA forced to cuDNN",

@@ -15,6 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .config import BLOCK_SIZE  # noqa: E402
+
 DPI = 110
 
 
@@ -95,7 +97,8 @@ def plot_head_density(doc, out, source):
     fig, axes = plt.subplots(2, len(gammas), figsize=(5.5 * len(gammas), 6.4), squeeze=False)
     for col, gamma in enumerate(gammas):
         rows = [next(r for r in c["proxyattn"] if r["gamma"] == gamma) for c in cases]
-        nqb = np.array([c["N"] // 128 for c in cases], dtype=float)[:, None]
+        block = doc["compare"].get("block_size", BLOCK_SIZE)
+        nqb = np.array([-(-c["N"] // block) for c in cases], dtype=float)[:, None]
         grids = (("budget K_i / blocks per row", np.array([r["head_budget_blocks"] for r in rows]) / nqb),
                  ("density", np.array([r["head_density"] for r in rows])))
         for row, (what, grid) in enumerate(grids):

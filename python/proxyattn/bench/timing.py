@@ -1,8 +1,8 @@
 """GPU timing and the description of the machine, shared by the benchmark suites.
 
-Timing: CUDA events on the current stream around each call, after untimed warm-up calls
-(module load, allocator growth and compilation stay out of the numbers); the median of the
-timed calls is the figure. Callers pass inputs through a Rotation, so that a call never finds
+Timing: CUDA events on the current stream around each call (around a batch of calls for
+calls under BATCH_MS), after untimed warm-up calls (module load, allocator growth and
+compilation stay out of the numbers); the median of the samples is the figure. Callers pass inputs through a Rotation, so that a call never finds
 its operands in L2 where the previous call left them.
 """
 import datetime
@@ -19,23 +19,34 @@ import torch
 
 ROTATION_L2_MULTIPLE = 2  # rotated copies together span at least this many L2 sizes
 ROTATION_MAX_COPIES = 8
+BATCH_MS, BATCH_MAX_CALLS = 1.0, 64  # timed calls shorter than BATCH_MS run in batches
 SPIN_UP_S, SPIN_UP_MATRIX = 3.0, 8192
 
 
+def _events_ms(fn, calls):
+    """Milliseconds per call of `calls` back-to-back calls of fn() between two CUDA events."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(calls):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / calls
+
+
 def times_ms(fn, repeats, warmup):
-    """Milliseconds of `repeats` timed calls of fn() after `warmup` untimed ones."""
+    """Milliseconds per call of fn(): `repeats` samples after `warmup` untimed calls. A call
+    shorter than BATCH_MS (timed once first) is sampled in batches of back-to-back calls
+    making BATCH_MS (at most BATCH_MAX_CALLS), so that the host's dispatch of each call
+    hides behind the previous one instead of counting in its time."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return times
+    if repeats == 0:
+        return []
+    one = _events_ms(fn, 1)
+    calls = 1 if one >= BATCH_MS else min(BATCH_MAX_CALLS, int(BATCH_MS / max(one, 1e-3)))
+    return [_events_ms(fn, calls) for _ in range(repeats)]
 
 
 def median_ms(fn, repeats, warmup):
@@ -94,15 +105,6 @@ def _version(module):
         return None
 
 
-def _git_commit():
-    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..")
-    try:
-        return subprocess.run(["git", "-C", root, "describe", "--always", "--dirty"], capture_output=True,
-                              text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def machine():
     """Device, driver, clocks and software versions, for the results file."""
     import proxyattn
@@ -113,8 +115,7 @@ def machine():
         "sms": props.multi_processor_count, "l2_bytes": props.L2_cache_size,
         "memory_bytes": props.total_memory, "driver": _smi("driver_version").get("driver_version"),
         "clocks_at_start": clocks(),
-        "versions": {"proxyattn": proxyattn.__version__, "proxyattn_commit": _git_commit(),
-                     "torch": torch.__version__, "cuda": torch.version.cuda,
+        "versions": {"proxyattn": proxyattn.__version__, "torch": torch.__version__, "cuda": torch.version.cuda,
                      "cudnn": torch.backends.cudnn.version(), "triton": _version("triton"),
                      "transformers": _version("transformers"), "python": platform.python_version()},
     }
