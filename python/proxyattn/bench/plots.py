@@ -25,6 +25,14 @@ def _cases(doc, shape):
                   key=lambda c: c["N"])
 
 
+def _save(fig, out, name, source):
+    """Writes the figure as out/name with the results file names in a corner, and closes it."""
+    fig.text(0.01, 0.01, source, fontsize=6, color="grey")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, name), dpi=DPI)
+    plt.close(fig)
+
+
 def _ms(entry):
     return entry["ms"] if entry and "ms" in entry else np.nan
 
@@ -58,10 +66,7 @@ def plot_speedup(doc, out, source):
         ax.set_title(f"{shape}: {hq} Q / {hkv} KV heads, d={d}, g={g}, structured input", fontsize=9)
         ax.legend(fontsize=6.5)
     fig.suptitle(doc["machine"]["device"], fontsize=10)
-    fig.text(0.01, 0.01, source, fontsize=6, color="grey")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "speedup.png"), dpi=DPI)
-    plt.close(fig)
+    _save(fig, out, "speedup.png", source)
 
 
 def plot_time_split(doc, out, source):
@@ -83,10 +88,7 @@ def plot_time_split(doc, out, source):
     ax.set_ylabel("time / cuDNN dense time")
     ax.set_title(f"{shape}, structured input: where ProxyAttn's time goes", fontsize=9)
     ax.legend(fontsize=8)
-    fig.text(0.01, 0.01, source, fontsize=6, color="grey")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "time_split.png"), dpi=DPI)
-    plt.close(fig)
+    _save(fig, out, "time_split.png", source)
 
 
 def plot_head_density(doc, out, source):
@@ -109,10 +111,7 @@ def plot_head_density(doc, out, source):
             ax.set_ylabel("N")
             ax.set_title(f"{shape}: per-head {what}, gamma {gamma:g}", fontsize=9)
             fig.colorbar(im, ax=ax, fraction=0.04)
-    fig.text(0.01, 0.01, source, fontsize=6, color="grey")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "head_density.png"), dpi=DPI)
-    plt.close(fig)
+    _save(fig, out, "head_density.png", source)
 
 
 def plot_kept_mask(doc, out, source):
@@ -132,10 +131,7 @@ def plot_kept_mask(doc, out, source):
         ax.set_xlabel("key block")
         ax.set_ylabel("query block")
     fig.suptitle(f"{case['shape']}, N={case['N'] // 1024}K, gamma {row['gamma']:g}: kept blocks (black)", fontsize=9)
-    fig.text(0.01, 0.01, source, fontsize=6, color="grey")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "kept_mask.png"), dpi=DPI)
-    plt.close(fig)
+    _save(fig, out, "kept_mask.png", source)
 
 
 def plot_ttft(doc, out, source):
@@ -154,10 +150,7 @@ def plot_ttft(doc, out, source):
     ax.set_ylabel("time to first token (s)")
     ax.set_title("Llama-3.1-8B-shaped prefill (random weights), dense cuDNN vs ProxyAttn", fontsize=9)
     ax.legend(fontsize=7)
-    fig.text(0.01, 0.01, source, fontsize=6, color="grey")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "ttft.png"), dpi=DPI)
-    plt.close(fig)
+    _save(fig, out, "ttft.png", source)
 
 
 def main(results, img):
