@@ -12,7 +12,8 @@ come from torch's allocator) or numpy arrays (CPU). Causal attention only (prefi
 """
 from . import _C
 from ._C import ProxyAttnError
-from ._api import Plan, attend, attention, attention_varlen, dense_attention, estimate, set_num_threads
+from ._api import (Plan, attend, attention, attention_varlen, clear_plan_cache, dense_attention, estimate,
+                   set_num_threads)
 
 __all__ = [
     "Plan",
@@ -20,6 +21,7 @@ __all__ = [
     "attend",
     "attention",
     "attention_varlen",
+    "clear_plan_cache",
     "dense_attention",
     "estimate",
     "set_num_threads",

@@ -275,6 +275,12 @@ _CONFIG_FIELDS = ("block_size", "stride", "gamma", "min_budget_tokens", "num_pro
                   "force_local", "budget_mode", "dense_below", "softmax_scale")
 
 
+def clear_plan_cache():
+    """Drops the plans attention() and attention_varlen() keep for reuse (their storage and
+    workspace go back to the allocator once no call uses them)."""
+    _PLAN_CACHE.clear()
+
+
 def _cached_plan(q, k, cu, config):
     key = (tuple(cu), q.shape[-2], k.shape[-2], q.shape[-1], str(q.dtype), _device_of(q), _stream(q),
            tuple(getattr(config, f) for f in _CONFIG_FIELDS))

@@ -66,6 +66,21 @@ def test_varlen_equals_batched():
     assert np.array_equal(out_varlen.reshape(2, 600, 4, 32), out)
 
 
+def test_plan_cache_reuses_and_clears():
+    """attention() reuses a plan per shapes and settings; clear_plan_cache() drops them, and
+    results stay the same after it."""
+    from proxyattn import _api
+
+    q, k, v = qkv(1, 500, 4, 2, 32, seed=5)
+    proxyattn.clear_plan_cache()
+    first = proxyattn.attention(q, k, v, **SETTINGS)
+    second = proxyattn.attention(q, k, v, **SETTINGS)
+    assert len(_api._PLAN_CACHE) == 1 and np.array_equal(first, second)
+    proxyattn.clear_plan_cache()
+    assert len(_api._PLAN_CACHE) == 0
+    assert np.array_equal(proxyattn.attention(q, k, v, **SETTINGS), first)
+
+
 def test_plan_inspection():
     q, k, _ = qkv(1, 1000, 8, 2, 32, seed=3)
     plan = proxyattn.estimate(q, k, num_proxy_groups=2, **SETTINGS)

@@ -153,7 +153,7 @@ class Suite:
                          row["speedup_vs_cudnn"], row["mass_recall_mean"]))
         case["clocks_after"] = clocks()
         case["wall_s"] = time.time() - t0
-        _api._PLAN_CACHE.clear()  # the cached plans of this case's shapes: memory for the next
+        proxyattn.clear_plan_cache()  # the cached plans of this case's shapes: memory for the next
         return case
 
 
