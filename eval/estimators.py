@@ -104,6 +104,21 @@ def recall_at_counts(cum, counts, num_tokens):
     return float(cum[rows, counts - 1].sum() / num_tokens)
 
 
+def threshold_counts(score, order, tau):
+    """The estimators' own selection rule (FlexPrefill's and XAttention's cumulative threshold,
+    per query-block row): the row's causal scores normalised to sum 1, taken in ranking
+    order, keep the fewest blocks whose scores add up to at least tau. The forced blocks
+    (sink, diagonal) lead every ranking and are always kept. Returns counts [Nb] int64."""
+    nb = score.shape[0]
+    s = np.where(np.tri(nb, dtype=bool), np.asarray(score, dtype=np.float64), 0.0)
+    s /= np.maximum(s.sum(1, keepdims=True), _EPS)
+    cum = np.cumsum(np.take_along_axis(s, order, axis=1), axis=1)
+    counts = (cum < tau).sum(1) + 1  # the first position where the cumulative score reaches tau
+    rows = np.arange(nb)
+    forced = np.minimum(rows + 1, 2)
+    return np.clip(np.maximum(counts, forced), 1, rows + 1)
+
+
 # ---- the estimators -------------------------------------------------------------------------
 def oracle_scores(mass):
     return [mass[h].numpy() for h in range(mass.shape[0])]

@@ -9,7 +9,8 @@ a sentence boundary at a given depth of a haystack (an essay collection or a nov
 that the whole chat prompt has the target length in the model's own tokens). Keys are words
 from words.txt, values random 7-digit numbers. Tasks:
 A length counts the prompt and the answer tokens together (as RULER does): the prompt has
-length - MAX_NEW_TOKENS tokens, so that the 8K case stays inside SmolLM2's 8192 positions.
+length - MAX_NEW_TOKENS tokens, so that a case at the trained context (8K for SmolLM2, 32K for
+Qwen2.5-Coder) stays inside the model's positions.
   single    one needle; the question asks for its key.
   multikey  four needles with different keys; the question asks for one of them.
 The question follows the text, and the answer is primed with RULER's answer prefix. A case
@@ -19,6 +20,7 @@ scores 1 when the asked value appears in the greedy answer. Every mode sees the 
 """
 import argparse
 import itertools
+import json
 import pathlib
 import random
 import re
@@ -51,6 +53,10 @@ MODES = {
     "proxy_g0.95_mb512_p1": dict(gamma=0.95, num_proxy_groups=1, block_size=BLOCK, min_budget_tokens=512),
     "proxy_g0.90_mb512_p1": dict(gamma=0.90, num_proxy_groups=1, block_size=BLOCK, min_budget_tokens=512),
     "proxy_g0.95_mb512_p3": dict(gamma=0.95, num_proxy_groups=3, block_size=BLOCK, min_budget_tokens=512),
+    # Qwen2.5-Coder (2 KV heads): one proxy per KV head
+    "proxy_g0.95_mb2048_p2": dict(gamma=0.95, num_proxy_groups=2, block_size=BLOCK, min_budget_tokens=2048),
+    "proxy_g0.90_mb2048_p2": dict(gamma=0.90, num_proxy_groups=2, block_size=BLOCK, min_budget_tokens=2048),
+    "proxy_g0.95_mb512_p2": dict(gamma=0.95, num_proxy_groups=2, block_size=BLOCK, min_budget_tokens=512),
 }
 DEFAULT_MODES = ["dense", "proxy_g0.95_mb2048_p1", "proxy_g0.95_mb512_p1", "proxy_g0.90_mb512_p1"]
 
@@ -150,6 +156,21 @@ def answer(model, tokenizer, ids, stop_ids):
     return tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
 
 
+def reuse_modes(cases, path):
+    """Copies into `cases` the results of every mode that the earlier result file `path` (same
+    seed and case arguments) already has; returns {mode: settings} and {mode: seconds} of those."""
+    old = json.loads(pathlib.Path(path).read_text())
+    same = len(old["cases"]) == len(cases) and all(
+        (o["task"], o["length"], o["depth"], o["key"], o["value"], o["tokens"]) ==
+        (c["task"], c["length"], c["depth"], c["key"], c["value"], len(c["ids"])) for o, c in zip(old["cases"], cases))
+    if not same:
+        raise SystemExit(f"--reuse {path}: its cases are not these (other seed or arguments?)")
+    for o, c in zip(old["cases"], cases):
+        for field in ("answers", "correct", "sparse_layer_calls"):
+            c[field] = dict(o[field])
+    return old["modes"], old["seconds_per_mode"]
+
+
 def summary_table(cases, modes):
     """Markdown: exact-match percentage per task and length, one column per mode."""
     lines = ["| task | tokens | cases | " + " | ".join(modes) + " |",
@@ -174,6 +195,8 @@ def main():
     ap.add_argument("--modes", nargs="+", default=DEFAULT_MODES, choices=list(MODES))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    ap.add_argument("--reuse", type=pathlib.Path,
+                    help="earlier result file of the same cases: its modes are copied, not run again")
     args = ap.parse_args()
 
     import proxyattn
@@ -187,8 +210,9 @@ def main():
     keys = load_keys(args.corpus)
     cases = make_cases(args, tokenizer, keys)
     print(f"{len(cases)} cases, lengths {sorted({c['tokens'] for c in cases})}")
-    seconds = {}
-    for mode in args.modes:
+    modes, seconds = reuse_modes(cases, args.reuse) if args.reuse else ({}, {})
+    modes.update({m: MODES[m] for m in args.modes if m not in modes})
+    for mode in (m for m in args.modes if m not in seconds):
         if MODES[mode] is None:
             model.set_attn_implementation("sdpa")
         else:
@@ -204,12 +228,12 @@ def main():
             print(f"{mode:24s} {c['task']:8s} {c['haystack']:9s} {c['tokens']:5d} depth {c['depth']:.1f} "
                   f"{'ok ' if c['correct'][mode] else 'MISS'} {c['value']} <- {text.strip()!r}", flush=True)
         seconds[mode] = round(time.perf_counter() - t0, 1)
-    table = summary_table(cases, args.modes)
+    table = summary_table(cases, list(modes))
     print(table)
     for c in cases:
         del c["ids"]
-    common.write_json(args.out, {"model": common.MODEL_LABEL, "environment": common.environment(),
-                                 "modes": {m: MODES[m] for m in args.modes}, "seconds_per_mode": seconds,
+    common.write_json(args.out, {"model": common.model_label(args.model), "environment": common.environment(),
+                                 "modes": modes, "seconds_per_mode": seconds,
                                  "max_new_tokens": MAX_NEW_TOKENS, "seed": args.seed, "cases": cases,
                                  "table": table})
 

@@ -4,7 +4,8 @@
         --img docs/img --out eval/results/tables.md
 
 Every number printed is read from the result files; nothing is computed here beyond means,
-minima and maxima over heads and layers.
+minima and maxima over heads and layers, and (selection curves) a linear interpolation of
+each threshold curve at ProxyAttn's densities.
 """
 import argparse
 import json
@@ -20,10 +21,13 @@ COMPETITORS = ["meanpool", "vslash", "flexprefill", "xattn_s8", "xattn_s16"]  # 
 ABLATIONS = ["tokmax_perhead", "toksum_perhead"]
 # Settings shown layer by layer (setting keys of attention_accuracy.setting_key, without the
 # block size, which is each file's own).
-PER_LAYER_SETTINGS = ["mb2048_g0.95_p1", "mb512_g0.90_p1", "mb512_g0.95_p1", "mb512_g0.95_p3"]
-COMPARISON_SETTINGS = ["mb512_g0.95_p1", "mb512_g0.95_p3"]  # shown per layer, for every block size
+# Settings missing from a file are skipped (g = 3 is SmolLM2's Hkv, g = 2 Qwen2.5-Coder's).
+PER_LAYER_SETTINGS = ["mb2048_g0.95_p1", "mb512_g0.90_p1", "mb512_g0.95_p1", "mb512_g0.95_p3", "mb512_g0.95_p2"]
+COMPARISON_SETTINGS = ["mb512_g0.95_p1", "mb512_g0.95_p3", "mb512_g0.95_p2"]  # per layer, for every block size
 PLOT_DPI = 80
 PLOT_BLOCK = 128  # the plots show the files of this block size
+# Selection curves: the curves drawn and tabulated (names as in attention_accuracy.py's output).
+CURVE_ESTIMATORS = ["meanpool", "vslash", "flexprefill", "xattn_s8", "xattn_s16", "toksum_perhead", "oracle"]
 
 
 def load(results):
@@ -54,15 +58,17 @@ def ranking_values(doc, setting, name):
 # ---- tables ---------------------------------------------------------------------------------
 def summary_table(docs):
     lines = ["| input | setting | density | recall (mean) | recall (worst head) | error (mean over layers) "
-             "| error (worst layer) | error (worst head) |", "|---|---|---|---|---|---|---|---|"]
+             "| error (worst layer) | error (worst head) | heads with recall < γ |", "|---|---|---|---|---|---|---|---|---|"]
     for doc in docs:
         for s in doc["settings"]:
             dens = layer_values(doc, s, "layer_density")
             rec = layer_values(doc, s, "recall")
             err_all = layer_values(doc, s, "error_all")
             err = layer_values(doc, s, "error")
+            gamma = doc["layers"][next(iter(doc["layers"]))]["settings"][s]["config"]["gamma"]
             lines.append(f"| {label(doc)} | {describe(s)} | {dens.mean():.3f} | {rec.mean():.4f} | {rec.min():.3f} "
-                         f"| {err_all.mean():.2e} | {err_all.max():.2e} | {err.max():.2e} |")
+                         f"| {err_all.mean():.2e} | {err_all.max():.2e} | {err.max():.2e} "
+                         f"| {(rec < gamma).sum()}/{rec.size} |")
     return "\n".join(lines)
 
 
@@ -133,18 +139,27 @@ def flexprefill_choice_line(docs):
 
 
 def lse_check_line(docs):
-    worst = max(e["lse_check_max_abs"] for doc in docs for l in doc["layers"]
-                for e in doc["layers"][l]["per_block_size"].values())
-    proxy_gap = max(np.abs(layer_values(doc, s, "recall") - ranking_values(doc, s, "proxyattn")).max()
-                    for doc in docs for s in doc["settings"])
-    return worst, proxy_gap
+    """Per input: the largest |dense LSE, library - torch| and |ProxyAttn recall from the LSEs -
+    recall of its ranking on the block-mass matrix| over layers, heads and settings."""
+    out = []
+    for doc in docs:
+        lse = max(e["lse_check_max_abs"] for l in doc["layers"] for e in doc["layers"][l]["per_block_size"].values())
+        gap = max(np.abs(layer_values(doc, s, "recall") - ranking_values(doc, s, "proxyattn")).max()
+                  for s in doc["settings"])
+        out.append(f"{label_blocks(doc)}: {lse:.2e} / {gap:.2e}")
+    return "; ".join(out)
 
 
-def needle_section(path):
-    """The needle table, and per mode against dense: identical answers, cases lost and gained,
-    and how many layers ran ProxyAttn per prompt length."""
-    doc = json.loads(pathlib.Path(path).read_text())
-    cases, modes = doc["cases"], list(doc["modes"])
+def needle_section(paths):
+    """The needle table over the cases of all files (same modes in each), and per mode against
+    dense: identical answers, cases lost and gained, how many layers ran ProxyAttn per prompt."""
+    from needle import summary_table
+
+    docs = [json.loads(pathlib.Path(p).read_text()) for p in paths]
+    modes = list(docs[0]["modes"])
+    if any(list(d["modes"]) != modes for d in docs):
+        raise SystemExit(f"{paths}: the needle files ran different modes")
+    cases = [c for d in docs for c in d["cases"]]
     lines = ["| mode | answers identical to dense | right dense, wrong here | wrong dense, right here "
              "| layers running ProxyAttn per prompt (by length) |", "|---|---|---|---|---|"]
     for m in modes:
@@ -155,17 +170,69 @@ def needle_section(path):
                  for length in sorted({c["length"] for c in cases})}
         lines.append(f"| {m} | {same}/{len(cases)} | {lost} | {gained} | "
                      + ", ".join(f"{k}: {'/'.join(map(str, v))}" for k, v in calls.items()) + " |")
-    return doc["table"], "\n".join(lines), doc["seconds_per_mode"]
+    seconds = {m: round(sum(d["seconds_per_mode"][m] for d in docs), 1) for m in modes}
+    return summary_table(cases, modes), "\n".join(lines), seconds, len(cases), docs[0]["max_new_tokens"]
+
+
+def layer_list(doc):
+    layers = sorted(int(l) for l in doc["layers"])
+    return f"{layers[0]}-{layers[-1]}" if layers == list(range(layers[0], layers[-1] + 1)) else ",".join(map(str, layers))
+
+
+def curve_points(doc, kind, name):
+    """{sweep value: (density, recall)} means over heads and layers of one curve; kind is
+    "thresholds" (name: an estimator) or "proxyattn" (name: mb<floor>_p<groups>)."""
+    per_layer = [doc["layers"][l]["per_block_size"][str(PLOT_BLOCK)]["curves"][kind][name]
+                 for l in sorted(doc["layers"], key=int)]
+    return {x: (np.mean([p[x]["density"] for p in per_layer]), np.mean([p[x]["recall"] for p in per_layer]))
+            for x in per_layer[0]}
+
+
+def proxy_curve_names(doc):
+    return [f"mb{mb}_p{g}" for mb in doc["curves"]["min_budgets"] for g in doc["curves"]["groups"]]
+
+
+def curve_table(doc):
+    """One row per curve: density / recall at each sweep value."""
+    lines = ["| method | swept | value: density / recall |", "|---|---|---|"]
+    for name in proxy_curve_names(doc):
+        mb, g = name.split("_")
+        pts = curve_points(doc, "proxyattn", name)
+        lines.append(f"| proxyattn (min {mb[2:]}, g={g[1:]}) | γ | "
+                     + "; ".join(f"{x}: {d:.3f} / {r:.4f}" for x, (d, r) in pts.items()) + " |")
+    for name in CURVE_ESTIMATORS:
+        pts = curve_points(doc, "thresholds", name)
+        lines.append(f"| {name} | τ | " + "; ".join(f"{x}: {d:.3f} / {r:.4f}" for x, (d, r) in pts.items()) + " |")
+    return "\n".join(lines)
+
+
+def interpolate(points, density):
+    """Recall of a (density, recall) curve at `density`, None outside the curve's range."""
+    d, r = zip(*sorted(points.values()))
+    return float(np.interp(density, d, r)) if d[0] <= density <= d[-1] else None
+
+
+def curve_at_proxy_table(doc):
+    """At each ProxyAttn point (density, recall): each threshold curve's recall there."""
+    lines = ["| ProxyAttn curve | γ | density | proxyattn | " + " | ".join(CURVE_ESTIMATORS) + " |",
+             "|---|---|---|---|" + "---|" * len(CURVE_ESTIMATORS)]
+    curves = {e: curve_points(doc, "thresholds", e) for e in CURVE_ESTIMATORS}
+    for name in proxy_curve_names(doc):
+        for gamma, (dens, rec) in curve_points(doc, "proxyattn", name).items():
+            cells = [interpolate(curves[e], dens) for e in CURVE_ESTIMATORS]
+            lines.append(f"| {name} | {gamma} | {dens:.3f} | {rec:.4f} | "
+                         + " | ".join("-" if c is None else f"{c:.4f}" for c in cells) + " |")
+    return "\n".join(lines)
 
 
 # ---- plots ---------------------------------------------------------------------------------
-def plot_layers(docs, img):
+def plot_layers(shown, img, prefix):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    longest = [d for d in longest_docs(docs) if blocks(d) == [PLOT_BLOCK]]
+    longest = [d for d in shown if blocks(d) == [PLOT_BLOCK]]
     fig, axes = plt.subplots(2, len(longest), figsize=(4.2 * len(longest), 5.2), squeeze=False, sharex=True)
     for col, doc in enumerate(longest):
         layers = sorted(int(l) for l in doc["layers"])
@@ -178,7 +245,7 @@ def plot_layers(docs, img):
         axes[1][col].set_xlabel("layer")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    out = pathlib.Path(img) / "accuracy_layers.png"
+    out = pathlib.Path(img) / f"{prefix}_layers.png"
     fig.savefig(out, dpi=PLOT_DPI)
     plt.close(fig)
 
@@ -195,45 +262,89 @@ def plot_layers(docs, img):
         axes[0][col].set_ylabel("missed mass at equal budget")
     axes[0][0].legend(fontsize=6)
     fig.tight_layout()
-    out2 = pathlib.Path(img) / "accuracy_estimators.png"
+    out2 = pathlib.Path(img) / f"{prefix}_estimators.png"
     fig.savefig(out2, dpi=PLOT_DPI)
     plt.close(fig)
     return [out, out2]
 
 
-def longest_docs(docs):
-    return [d for d in docs if d["tokens"] == max(x["tokens"] for x in docs)]
+def plot_curves(docs, img, prefix):
+    """Density against mass recall: ProxyAttn's gamma sweeps and each estimator's threshold sweep."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with_curves = [d for d in docs if d.get("curves")]
+    if not with_curves:
+        return []
+    fig, axes = plt.subplots(1, len(with_curves), figsize=(5.0 * len(with_curves), 4.0), squeeze=False)
+    for col, doc in enumerate(with_curves):
+        ax = axes[0][col]
+        for i, name in enumerate(proxy_curve_names(doc)):
+            d, r = zip(*curve_points(doc, "proxyattn", name).values())
+            ax.plot(d, r, marker="o", linewidth=2.0, color=f"C{i}", label=f"proxyattn {name} (γ)")
+        for i, name in enumerate(CURVE_ESTIMATORS):
+            d, r = zip(*curve_points(doc, "thresholds", name).values())
+            style = dict(linestyle="--", color="k") if name == "oracle" else dict(linewidth=1.0, color=f"C{i + 4}")
+            ax.plot(d, r, marker=".", label=f"{name} (τ)", **style)
+        ax.set_title(f"{label(doc)}, b={PLOT_BLOCK}, layers {layer_list(doc)}", fontsize=9)
+        ax.set_xlabel("density (mean over heads and layers)")
+        ax.set_ylabel("mass recall")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    out = pathlib.Path(img) / f"{prefix}_curves.png"
+    fig.savefig(out, dpi=PLOT_DPI)
+    plt.close(fig)
+    return [out]
+
+
+def shown_docs(docs, tokens):
+    """The files shown layer by layer: those of the given lengths (default: the longest)."""
+    tokens = tokens or [max(d["tokens"] for d in docs)]
+    return [d for d in docs if d["tokens"] in tokens]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", type=pathlib.Path, required=True, help="folder of attention_accuracy.py JSONs")
-    ap.add_argument("--needle", type=pathlib.Path, help="needle.py JSON")
+    ap.add_argument("--needle", type=pathlib.Path, nargs="+", help="needle.py JSON file(s), tabulated together")
     ap.add_argument("--img", type=pathlib.Path, help="folder for PNG plots")
+    ap.add_argument("--prefix", default="accuracy", help="file name prefix of the plots")
+    ap.add_argument("--per-layer-tokens", nargs="+", type=int,
+                    help="input lengths shown layer by layer (tables and plots; default: the longest)")
     ap.add_argument("--out", type=pathlib.Path, required=True, help="markdown file to write")
     args = ap.parse_args()
     docs = load(args.results)
-    parts = ["## Summary per input and setting (means over the 30 layers)", summary_table(docs)]
-    for doc in longest_docs(docs):
+    layer_counts = "/".join(sorted({str(len(d["layers"])) for d in docs}))
+    parts = [f"## Summary per input and setting (means over the {layer_counts} layers evaluated)",
+             summary_table(docs)]
+    for doc in shown_docs(docs, args.per_layer_tokens):
         parts += [f"## Per layer, {label_blocks(doc)}: density / mass recall / output error", per_layer_table(doc)]
     parts += ["## Missed mass (%) of each ranking at ProxyAttn's per-row budgets", missed_mass_table(docs)]
-    for doc in longest_docs(docs):
+    for doc in shown_docs(docs, args.per_layer_tokens):
         for s in (f"b{b}_{c}" for b in blocks(doc) for c in COMPARISON_SETTINGS):
             if s in doc["settings"]:
                 parts += [f"## Rankings at equal budget, per layer, {label(doc)}, {describe(s)}",
                           comparison_table(doc, s)]
-    worst, gap = lse_check_line(docs)
-    parts += ["## Checks", f"- dense LSE, library vs torch reference: max |difference| {worst:.2e}",
-              f"- ProxyAttn recall from LSE vs from the block-mass matrix and its own ranking: max |difference| "
-              f"{gap:.2e}", f"- FlexPrefill pattern choice (tau = {docs[0]['flexprefill_tau']}): "
+    for doc in (d for d in docs if d.get("curves")):
+        parts += [f"## Selection curves, {label(doc)}, b={PLOT_BLOCK}, layers {layer_list(doc)}: each method with "
+                  "its own rule (density / mass recall, means over heads and layers)", curve_table(doc),
+                  f"## Recall of each threshold curve at ProxyAttn's densities, {label(doc)} (linear interpolation; "
+                  "- where the curve does not reach that density)", curve_at_proxy_table(doc)]
+    parts += ["## Checks", "- max |difference| of the dense LSE, library vs torch reference / of ProxyAttn's recall "
+              "from the LSEs vs from the block-mass matrix and its own ranking: " + lse_check_line(docs),
+              f"- FlexPrefill pattern choice (tau = {docs[0]['flexprefill_tau']}): "
               + flexprefill_choice_line(docs)]
     if args.needle:
-        table, against_dense, seconds = needle_section(args.needle)
+        table, against_dense, seconds, prompts, max_new = needle_section(args.needle)
         parts += ["## Needle in a haystack (exact match, %)", table, "## Needle: each mode against dense",
-                  against_dense, f"- wall seconds per mode (60 prompts, prefill and 16 decoding steps): {seconds}"]
+                  against_dense, f"- wall seconds per mode ({prompts} prompts, prefill and up to "
+                  f"{max_new} decoding steps): {seconds}"]
     if args.img:
         args.img.mkdir(parents=True, exist_ok=True)
-        for p in plot_layers(docs, args.img):
+        for p in plot_layers(shown_docs(docs, args.per_layer_tokens), args.img, args.prefix) + plot_curves(docs, args.img, args.prefix):
             parts.append(f"- plot: {p} ({p.stat().st_size // 1024} KiB)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n\n".join(parts) + "\n")
