@@ -5,12 +5,14 @@
     model = AutoModelForCausalLM.from_pretrained(name, attn_implementation="proxyattn")
 
 Prefill (no cached prefix, no padding, at least `dense_below` tokens) runs ProxyAttn;
-decoding, short prompts and padded batches run transformers' own SDPA attention.
+decoding, short prompts, padded batches and the layers named in `dense_layers` run
+transformers' own SDPA attention.
 """
 from . import _api
 
 NAME = "proxyattn"
 _settings = {}
+_dense_layers = set()  # layer_idx of the layers that always run dense
 
 
 def _can_use_proxyattn(query, key, attention_mask, dropout):
@@ -28,7 +30,8 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
     (output [B, N, Hq, d], None)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if not _can_use_proxyattn(query, key, attention_mask, dropout if module.training else 0.0):
+    if getattr(module, "layer_idx", None) in _dense_layers or \
+            not _can_use_proxyattn(query, key, attention_mask, dropout if module.training else 0.0):
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
                                       dropout=dropout, **kwargs)
     settings = dict(_settings)
@@ -39,14 +42,24 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
     return out, None
 
 
-def enable(**settings):
+def enable(dense_layers=(), **settings):
     """Registers attn_implementation="proxyattn" with transformers; settings are those of
-    proxyattn.attention (gamma, num_proxy_groups, block_size, min_budget_tokens, ...)."""
+    proxyattn.attention (gamma, num_proxy_groups, block_size, min_budget_tokens, ...).
+    dense_layers: layer indices (transformers' layer_idx) that always run dense, e.g. [0]
+    for models whose first layer's attention the last query block's budget underestimates
+    (docs/accuracy.md, Qwen2.5-Coder-0.5B)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     _api.make_config(128, **{k: v for k, v in settings.items() if k != "softmax_scale"})  # validate now
+    layers = set()
+    for layer in dense_layers:
+        if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+            raise ValueError(f"dense_layers: {layer!r} is not a layer index (an int >= 0)")
+        layers.add(layer)
     _settings.clear()
     _settings.update(settings)
+    _dense_layers.clear()
+    _dense_layers.update(layers)
     AttentionInterface.register(NAME, attention_forward)
     AttentionMaskInterface.register(NAME, sdpa_mask)

@@ -52,3 +52,32 @@ def test_from_pretrained_accepts_the_name(tmp_path):
     tiny_llama("sdpa").save_pretrained(tmp_path)
     model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="proxyattn")
     assert model.config._attn_implementation == "proxyattn"
+
+
+def test_dense_layers_run_sdpa():
+    """dense_layers=[0, 1] makes every layer dense: the logits equal SDPA's even with a sparse
+    setting; dense_layers=[0] leaves one layer (1) on ProxyAttn."""
+    sparse = dict(gamma=0.5, block_size=64, min_budget_tokens=64, dense_below=64)
+    ids = torch.randint(0, 512, (1, 700), generator=torch.Generator().manual_seed(3))
+    calls = {"proxy": 0}
+    original = proxyattn.hf._api.attention
+
+    def counting(*args, **kwargs):
+        calls["proxy"] += 1
+        return original(*args, **kwargs)
+
+    proxyattn.hf._api.attention = counting
+    try:
+        with torch.no_grad():
+            dense = tiny_llama("sdpa")(ids).logits
+            proxyattn.hf.enable(dense_layers=[0, 1], **sparse)
+            all_dense = tiny_llama("proxyattn")(ids).logits
+            assert calls["proxy"] == 0
+            proxyattn.hf.enable(dense_layers=[0], **sparse)
+            tiny_llama("proxyattn")(ids)
+            assert calls["proxy"] == 1
+    finally:
+        proxyattn.hf._api.attention = original
+    assert ((all_dense - dense).norm() / dense.norm()).item() < 1e-5
+    with pytest.raises(ValueError, match="dense_layers"):
+        proxyattn.hf.enable(dense_layers=[-1])
