@@ -5,7 +5,26 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+import contextlib  # noqa: E402
+
 import proxyattn.hf  # noqa: E402
+
+
+@contextlib.contextmanager
+def counting_proxy_calls():
+    """Counts the calls of proxyattn.attention the integration makes, in calls["proxy"]."""
+    calls = {"proxy": 0}
+    original = proxyattn.hf._api.attention
+
+    def counting(*args, **kwargs):
+        calls["proxy"] += 1
+        return original(*args, **kwargs)
+
+    proxyattn.hf._api.attention = counting
+    try:
+        yield calls
+    finally:
+        proxyattn.hf._api.attention = original
 
 
 def tiny_llama(attn_implementation):
@@ -29,20 +48,9 @@ def test_prefill_matches_dense_when_budget_covers_everything():
 
 def test_generate_runs_sparse_prefill_then_dense_decoding():
     proxyattn.hf.enable(gamma=0.9, block_size=64, min_budget_tokens=128, dense_below=256)
-    calls = {"proxy": 0}
-    original = proxyattn.hf._api.attention
-
-    def counting(*args, **kwargs):
-        calls["proxy"] += 1
-        return original(*args, **kwargs)
-
-    proxyattn.hf._api.attention = counting
-    try:
-        ids = torch.randint(0, 512, (1, 600), generator=torch.Generator().manual_seed(2))
-        with torch.no_grad():
-            out = tiny_llama("proxyattn").generate(ids, max_new_tokens=5, do_sample=False)
-    finally:
-        proxyattn.hf._api.attention = original
+    ids = torch.randint(0, 512, (1, 600), generator=torch.Generator().manual_seed(2))
+    with counting_proxy_calls() as calls, torch.no_grad():
+        out = tiny_llama("proxyattn").generate(ids, max_new_tokens=5, do_sample=False)
     assert out.shape == (1, 605)
     assert calls["proxy"] == 2  # one prefill per layer; the 5 decoding steps ran dense
 
@@ -59,25 +67,14 @@ def test_dense_layers_run_sdpa():
     setting; dense_layers=[0] leaves one layer (1) on ProxyAttn."""
     sparse = dict(gamma=0.5, block_size=64, min_budget_tokens=64, dense_below=64)
     ids = torch.randint(0, 512, (1, 700), generator=torch.Generator().manual_seed(3))
-    calls = {"proxy": 0}
-    original = proxyattn.hf._api.attention
-
-    def counting(*args, **kwargs):
-        calls["proxy"] += 1
-        return original(*args, **kwargs)
-
-    proxyattn.hf._api.attention = counting
-    try:
-        with torch.no_grad():
-            dense = tiny_llama("sdpa")(ids).logits
-            proxyattn.hf.enable(dense_layers=[0, 1], **sparse)
-            all_dense = tiny_llama("proxyattn")(ids).logits
-            assert calls["proxy"] == 0
-            proxyattn.hf.enable(dense_layers=[0], **sparse)
-            tiny_llama("proxyattn")(ids)
-            assert calls["proxy"] == 1
-    finally:
-        proxyattn.hf._api.attention = original
+    with counting_proxy_calls() as calls, torch.no_grad():
+        dense = tiny_llama("sdpa")(ids).logits
+        proxyattn.hf.enable(dense_layers=[0, 1], **sparse)
+        all_dense = tiny_llama("proxyattn")(ids).logits
+        assert calls["proxy"] == 0
+        proxyattn.hf.enable(dense_layers=[0], **sparse)
+        tiny_llama("proxyattn")(ids)
+        assert calls["proxy"] == 1
     assert ((all_dense - dense).norm() / dense.norm()).item() < 1e-5
     with pytest.raises(ValueError, match="dense_layers"):
         proxyattn.hf.enable(dense_layers=[-1])
