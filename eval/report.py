@@ -226,6 +226,17 @@ def curve_at_proxy_table(doc):
 
 
 # ---- plots ---------------------------------------------------------------------------------
+def save_figure(fig, img, name):
+    """Writes fig as img/name (PNG), closes it and returns the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out = pathlib.Path(img) / name
+    fig.savefig(out, dpi=PLOT_DPI)
+    plt.close(fig)
+    return out
+
+
 def plot_layers(shown, img, prefix):
     import matplotlib
 
@@ -244,10 +255,7 @@ def plot_layers(shown, img, prefix):
         axes[1][col].set_ylabel("mass recall (mean over heads)")
         axes[1][col].set_xlabel("layer")
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    out = pathlib.Path(img) / f"{prefix}_layers.png"
-    fig.savefig(out, dpi=PLOT_DPI)
-    plt.close(fig)
+    out = save_figure(fig, img, f"{prefix}_layers.png")
 
     fig, axes = plt.subplots(1, len(longest), figsize=(4.2 * len(longest), 3.4), squeeze=False)
     setting = f"b{PLOT_BLOCK}_{COMPARISON_SETTINGS[0]}"
@@ -261,11 +269,7 @@ def plot_layers(shown, img, prefix):
         axes[0][col].set_xlabel("layer")
         axes[0][col].set_ylabel("missed mass at equal budget")
     axes[0][0].legend(fontsize=6)
-    fig.tight_layout()
-    out2 = pathlib.Path(img) / f"{prefix}_estimators.png"
-    fig.savefig(out2, dpi=PLOT_DPI)
-    plt.close(fig)
-    return [out, out2]
+    return [out, save_figure(fig, img, f"{prefix}_estimators.png")]
 
 
 def plot_curves(docs, img, prefix):
@@ -293,11 +297,7 @@ def plot_curves(docs, img, prefix):
         ax.set_ylabel("mass recall")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=6)
-    fig.tight_layout()
-    out = pathlib.Path(img) / f"{prefix}_curves.png"
-    fig.savefig(out, dpi=PLOT_DPI)
-    plt.close(fig)
-    return [out]
+    return [save_figure(fig, img, f"{prefix}_curves.png")]
 
 
 def shown_docs(docs, tokens):

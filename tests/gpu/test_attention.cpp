@@ -434,6 +434,13 @@ class ScopedEnv {
   const char* name_;
 };
 
+// check_sparse_case at the default CTA packing and with the heads of a chunk packed together.
+void check_sparse_case_both_packings(const Case& c) {
+  check_sparse_case(c);
+  ScopedEnv packed("PROXYATTN_ATTN_PACKING", "heads");
+  check_sparse_case(c);
+}
+
 // ---- cases ---------------------------------------------------------------------------
 // Small cases that scripts/gpu-check also runs under compute-sanitizer (memcheck, racecheck).
 TEST(AttentionSanitize, SparseVarlenBlock64) {
@@ -441,9 +448,7 @@ TEST(AttentionSanitize, SparseVarlenBlock64) {
   Case c;
   c.lengths = {70, 1, 130};
   c.hq = 4, c.hkv = 2, c.d = 64, c.block = 64, c.gamma = 0.7f;
-  check_sparse_case(c);
-  ScopedEnv packed("PROXYATTN_ATTN_PACKING", "heads");
-  check_sparse_case(c);
+  check_sparse_case_both_packings(c);
 }
 
 // Block 128 with GQA 4: at the default packing a CTA's two consumer warpgroups share a
@@ -454,9 +459,7 @@ TEST(AttentionSanitize, SparseBlock128Gqa4BothPackings) {
   Case c;
   c.lengths = {300, 129};
   c.hq = 4, c.hkv = 1, c.d = 128, c.block = 128, c.gamma = 0.6f;
-  check_sparse_case(c);
-  ScopedEnv packed("PROXYATTN_ATTN_PACKING", "heads");
-  check_sparse_case(c);
+  check_sparse_case_both_packings(c);
 }
 
 // More work items than an H100 has SMs (132), so some persistent sm90 CTAs run several

@@ -12,6 +12,7 @@ import statistics
 import time
 
 import torch
+from torch.nn.attention import sdpa_kernel
 
 from . import compare
 from .config import LLAMA_31_8B, MODEL_SIZES
@@ -39,8 +40,6 @@ class AttentionTimer:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             if dense_backend is not None:
-                from torch.nn.attention import sdpa_kernel
-
                 with sdpa_kernel(dense_backend):
                     out = attention_forward(module, query, key, value, attention_mask, **kwargs)
             else:
