@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Block-sparse attention speed (issues 4, 5): ours (pa_attend on the GPU, the kernel the
-dispatcher picks: sm90 on compute capability 9.0, persistent; also with one work item per
-CTA, PROXYATTN_ATTN_PERSISTENT=0) and our sm80 kernel (forced with
+dispatcher picks: sm90 on compute capability 9.0, persistent, consumers taking turns; also
+its variants in SM90_VARIANTS) and our sm80 kernel (forced with
 PROXYATTN_ATTN_KERNEL=sm80) against cuDNN SDPA dense causal and PyTorch FlexAttention
 running the same block mask.
 
@@ -37,6 +37,12 @@ REPEATS = {8192: 10, 16384: 8, 32768: 5, 65536: 3, 131072: 2}  # fewer at long N
 WARMUP = {8192: 2, 16384: 2, 32768: 1, 65536: 1, 131072: 1}
 PACKING_SIZE, PACKING_DENSITIES = 32768, [0.10, 0.50]  # both CTA packings (params.hpp) measured here
 BUDGET_SPREAD = (0.5, 1.5)
+# The sm90 kernel with one of its choices undone (launch.cuh), timed on the same plan next
+# to the default: result key -> environment.
+SM90_VARIANTS = {
+    "sm90_item_per_cta_ms": {"PROXYATTN_ATTN_PERSISTENT": "0"},  # one work item per CTA
+    "sm90_no_turns_ms": {"PROXYATTN_ATTN_PINGPONG": "0"},        # consumers issue freely
+}
 
 
 def make_order(nqb, rng):
@@ -173,11 +179,12 @@ def main():
             if density == 1.0:  # the all-blocks plan is dense attention: compare with cuDNN
                 torch.cuda.synchronize()
                 row["max_abs_diff_vs_cudnn"] = (o.float() - ref_dense.float()).abs().max().item()
-            # The sm90 kernel with one work item per CTA (not persistent), on the same plan.
             if default_kernel == "sm90":
-                os.environ["PROXYATTN_ATTN_PERSISTENT"] = "0"
-                row["sm90_item_per_cta_ms"] = median_ms(attend, reps, warm)
-                del os.environ["PROXYATTN_ATTN_PERSISTENT"]
+                for key, env in SM90_VARIANTS.items():
+                    os.environ.update(env)
+                    row[key] = median_ms(attend, reps, warm)
+                    for name in env:
+                        del os.environ[name]
             # The sm80 kernel on the same plan, and how far its output is from the default's.
             o_default = o.clone()
             os.environ["PROXYATTN_ATTN_KERNEL"] = "sm80"
@@ -204,10 +211,10 @@ def main():
                     row["flex_error"] = str(e).splitlines()[0][:300]
                     print("flex failed:", row["flex_error"], flush=True)
             results.append(row)
-            print("N %6d density %.3f: ours %8.3f ms (%5.1f TFLOP/s, item per CTA %s ms)  sm80 %8.3f ms  "
+            variants = " ".join("%s %.3f" % (key[5:-3], row[key]) for key in SM90_VARIANTS if key in row)
+            print("N %6d density %.3f: ours %8.3f ms (%5.1f TFLOP/s; %s)  sm80 %8.3f ms  "
                   "cuDNN dense %8.3f ms  flex %s ms  [%.0f s]" % (
-                      n, stats.density, t_ours, row["ours_tflops_effective"],
-                      "%.3f" % row["sm90_item_per_cta_ms"] if "sm90_item_per_cta_ms" in row else "-", t_sm80, t_cudnn,
+                      n, stats.density, t_ours, row["ours_tflops_effective"], variants or "-", t_sm80, t_cudnn,
                                 "%.3f" % row["flex_ms"] if "flex_ms" in row else "-", time.time() - t_start),
                   flush=True)
             if n == PACKING_SIZE and density in PACKING_DENSITIES:

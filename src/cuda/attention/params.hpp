@@ -99,6 +99,7 @@ struct Params {
   int32_t slots_per_row;      // CTAs per (row, KV head)
   uint32_t* item_counter;     // sm90: next work item to hand out, zeroed before the launch;
                               // null: CTA i runs item i only (a launch of one CTA per item)
+  int32_t consumer_turns;     // sm90: 1 = the consumers take turns issuing products (ping-pong)
   SeqSpan seqs[kMaxSeqsPerLaunch];
 };
 

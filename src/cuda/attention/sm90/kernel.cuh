@@ -26,6 +26,8 @@
 // Consumer loop, intra-warpgroup overlap (FA3): in the iteration of tile j
 //   issue S_j = Q K_j^T | rescale O, issue O += P_{j-1} V_{j-1} | wait S_j, release K_j |
 //   mask + softmax of S_j (under the P V product) | wait P V, release V_{j-1} | P_j = S_j
+// The products of an iteration are issued in the consumer's turn (Turns), so the two
+// consumers' softmaxes fall between each other's products.
 // Every consumer waits on every tile's barriers and releases every stage, also a tile it
 // skips (kept by another head of the CTA) and the item's closing stage (`done`, no data),
 // so the ring's phases stay in step. The epilogue stages O in its own buffer, not in Q's.
@@ -75,8 +77,30 @@ static_assert(kBoxRows == kGroupRows, "Q and K/V use tensor maps of the same box
 inline constexpr int kItemSlots = 2;
 
 // Named barriers (id 0 is __syncthreads): the epilogue of consumer c syncs its warpgroup on
-// kBarrierEpilogue + c.
-enum NamedBarrier : int { kBarrierEpilogue = 1 };
+// kBarrierEpilogue + c; consumer c waits for its turn (Turns) on kBarrierTurn + c.
+enum NamedBarrier : int { kBarrierEpilogue = 1, kBarrierTurn = kBarrierEpilogue + kConsumers };
+static_assert(kBarrierTurn + kConsumers <= 16, "16 named barriers per CTA");
+
+// Turn-taking of the consumer warpgroups around their tensor-core issue (FA3's
+// inter-warpgroup ping-pong): consumer c issues the products of a tile once consumer c - 1
+// has issued its own, then passes the turn on, so one consumer's softmax runs while the
+// other's products keep the tensor cores busy. Named barrier kBarrierTurn + c is consumer c's
+// turn: it waits there (128 threads) for the previous consumer's arrival (128 more). Every
+// consumer walks the same tiles, so all take the same number of turns; the last consumer's
+// opening pass starts the ring and consumer 0's closing wait takes the last pass, so no
+// arrival is left over.
+struct Turns {
+  static constexpr int kThreads = 2 * kWarpgroupThreads;
+  bool enabled;  // Params::consumer_turns
+  int mine, next;
+  __device__ __forceinline__ void wait() const {
+    if (enabled) named_barrier_sync(mine, kThreads);
+  }
+  __device__ __forceinline__ void pass() const {
+    if (enabled) named_barrier_arrive(next, kThreads);
+  }
+};
+static_assert(kConsumers >= 2, "turns need two consumers");
 
 // Every shape of the kernel, derived from the element type and head_dim. Stage counts are
 // speed settings: a stage holds a K and a V tile; 2 at d = 128 (FA3's choice; 192 KiB with
@@ -297,8 +321,8 @@ __device__ __forceinline__ void produce_item(SharedStorage<Traits>& smem, const 
 // One item. q_phase: parity of this consumer's Q loads so far.
 template <typename Traits>
 __device__ __forceinline__ void consume_item(SharedStorage<Traits>& smem, const Params& params, const CtaWork& cta,
-                                             const GroupWork& mine, int consumer, Ring<Traits::kStages>& ring,
-                                             uint32_t& q_phase) {
+                                             const GroupWork& mine, int consumer, const Turns& turns,
+                                             Ring<Traits::kStages>& ring, uint32_t& q_phase) {
   using Element = typename Traits::Element;
   constexpr int D = Traits::kHeadDim;
   constexpr float kNegInf = -INFINITY;
@@ -380,6 +404,10 @@ __device__ __forceinline__ void consume_item(SharedStorage<Traits>& smem, const 
   };
 
   // Issue S = Q K^T of the tile in `stage` (raw scores; the scale goes into the exponent).
+  // Always the whole tile, also where this head keeps one half (the first consumer's
+  // diagonal tile): branches between an n64 and an n128 product, or around the P V k-steps
+  // of the masked half, make ptxas serialise every product of the kernel (C7520, measured
+  // at compile time).
   auto issue_s = [&](int stage) {
     fence_registers(s);
     wgmma_fence();
@@ -479,9 +507,11 @@ __device__ __forceinline__ void consume_item(SharedStorage<Traits>& smem, const 
     float correction[2] = {1.0f, 1.0f};
     if (on && pending_on) {
       // S_j, then the previous tile's P V; softmax of S_j runs under the P V product.
+      turns.wait();
       issue_s(stage);
       mbarrier_wait(v_full_pending, pending_phase);
       issue_pv();
+      turns.pass();
       wgmma_wait<1>();
       fence_registers(s);
       release(k_empty);
@@ -493,7 +523,9 @@ __device__ __forceinline__ void consume_item(SharedStorage<Traits>& smem, const 
       pack_p();
     } else if (on) {
       // No previous product (first tile, or the previous one not kept by this head).
+      turns.wait();
       issue_s(stage);
+      turns.pass();
       if (pending) mbarrier_wait(v_full_pending, pending_phase);
       wgmma_wait<0>();
       fence_registers(s);
@@ -505,11 +537,15 @@ __device__ __forceinline__ void consume_item(SharedStorage<Traits>& smem, const 
       // A tile another head of the CTA keeps: release it, finish the previous product.
       release(k_empty);
       if (pending) mbarrier_wait(v_full_pending, pending_phase);
+      turns.wait();
       if (pending_on) {
         issue_pv();
+        turns.pass();
         wgmma_wait<0>();
         fence_registers(o);
         fence_registers(p);
+      } else {
+        turns.pass();
       }
       if (pending) release(v_empty_pending);
     }
@@ -642,6 +678,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     return;
   }
   registers_acquire<kConsumerRegisters>();
+  const int consumer = role - 1;
+  const Turns turns{params.consumer_turns != 0, kBarrierTurn + consumer, kBarrierTurn + (consumer + 1) % kConsumers};
+  if (consumer == kConsumers - 1) turns.pass();
   uint32_t q_phase = 0;
   for (;;) {
     // The next item, read by lane 0 and broadcast; the slot goes back once every warp has it.
@@ -656,8 +695,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
 #pragma unroll
     for (int c = 0; c < kConsumers; ++c)
       if (role == 1 + c) mine = group[c];
-    consume_item<Traits>(smem, params, cta, mine, role - 1, ring, q_phase);
+    consume_item<Traits>(smem, params, cta, mine, consumer, turns, ring, q_phase);
   }
+  if (consumer == 0) turns.wait();
 #endif
 }
 

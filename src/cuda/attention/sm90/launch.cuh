@@ -92,6 +92,13 @@ inline bool persistent_from_environment() {
   return value == nullptr || std::strcmp(value, "0") != 0;
 }
 
+// Whether the consumers take turns issuing their products (the default), or issue freely
+// (PROXYATTN_ATTN_PINGPONG=0, to measure what the turns bring).
+inline bool consumer_turns_from_environment() {
+  const char* value = std::getenv("PROXYATTN_ATTN_PINGPONG");
+  return value == nullptr || std::strcmp(value, "0") != 0;
+}
+
 // The launch's CTAs: one per SM when persistent (one CTA fits an SM), else one per item.
 // PROXYATTN_ATTN_MAX_CTAS=n (for tests) caps the persistent CTAs at n, so that every CTA
 // runs many items whatever the problem size.
@@ -133,6 +140,7 @@ pa_status run_sm90(const Params& params, int64_t items, void* stream) {
   PA_TRY(sm90::launch_grid(persistent, items, &grid_size));
   Params launch_params = params;
   launch_params.item_counter = nullptr;
+  launch_params.consumer_turns = sm90::consumer_turns_from_environment() ? 1 : 0;
   if (persistent) PA_TRY(sm90::zeroed_item_counter(stream, &launch_params.item_counter));
   kernel<<<dim3(static_cast<unsigned>(grid_size)), Traits::kThreads, kSharedBytes,
            static_cast<cudaStream_t>(stream)>>>(launch_params, q_map, k_map, v_map);

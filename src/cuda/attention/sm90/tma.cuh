@@ -65,6 +65,10 @@ __device__ __forceinline__ void tma_load_3d(uint32_t dst, const void* tensor_map
 __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
+// Arrival on named barrier `id` without waiting (the other side of a named_barrier_sync).
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
 
 // Register reallocation between warpgroups (all warps of a warpgroup execute the same one).
 template <int kRegisters>
