@@ -10,7 +10,8 @@ Masks: written straight into a device plan (pa_plan_set_index), ProxyAttn-shaped
 ranking per query-block row shared by all heads (num_proxy_groups = 1), sink and diagonal
 first, the other blocks ranked by a noisy recency score; per-head absolute budgets spread
 0.5x..1.5x around a common value found by bisection for the wanted density.
-Timing: CUDA events around each call, warm-up, median; inputs (>= 96 MiB) exceed L2.
+Timing: CUDA events around each call, warm-up, median; all methods of a point sampled in
+turn (so clock drifts during long runs fall on all alike); inputs (>= 96 MiB) exceed L2.
 Effective TFLOP/s = 4 * d * kept causal token pairs / time (dense causal pairs for cuDNN).
 
 Usage: attention_bench.py --build build-gpu --out DIR [--quick | --sizes 8192,32768]
@@ -28,12 +29,12 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 import capi  # noqa: E402
-from proxyattn.bench.timing import machine, median_ms, write_result  # noqa: E402
+from proxyattn.bench.timing import interleaved_median_ms, machine, with_environment, write_result  # noqa: E402
 
 HQ, HKV, D, BLOCK = 32, 8, 128, 128
 SIZES = [8192, 16384, 32768, 65536, 131072]
 DENSITIES = [0.05, 0.10, 0.20, 0.50, 1.00]
-REPEATS = {8192: 10, 16384: 8, 32768: 5, 65536: 3, 131072: 2}  # fewer at long N: under ~4 min total
+REPEATS = {8192: 10, 16384: 8, 32768: 5, 65536: 4, 131072: 3}  # fewer at long N: about 2 min in all
 WARMUP = {8192: 2, 16384: 2, 32768: 1, 65536: 1, 131072: 1}
 PACKING_SIZE, PACKING_DENSITIES = 32768, [0.10, 0.50]  # both CTA packings (params.hpp) measured here
 BUDGET_SPREAD = (0.5, 1.5)
@@ -160,7 +161,6 @@ def main():
             cudnn_fn = lambda: cudnn_call(kr, vr, False)  # noqa: E731
             cudnn_mode = "repeated_kv"
         dense_pairs = HQ * n * (n + 1) // 2
-        t_cudnn = median_ms(cudnn_fn, reps, warm)
         ref_dense = cudnn_fn()[0].transpose(0, 1)  # [N, H, d]
 
         order = make_order(nqb, rng)
@@ -169,47 +169,53 @@ def main():
             lib.set_index(plan, order.ctypes.data, count.ctypes.data)
             stats = lib.stats(plan)
             attend = lambda: lib.attend(plan, qa, ka, va, oa, 0, stream)  # noqa: E731
-            t_ours = median_ms(attend, reps, warm)
+            # Every method timed in turn on this plan (interleaved_median_ms): ours, its
+            # variants, our sm80 kernel, cuDNN dense, Flex on the same mask.
+            calls = {"ours": attend}
+            if default_kernel == "sm90":
+                calls.update({key: with_environment(env, attend) for key, env in SM90_VARIANTS.items()})
+            calls["sm80"] = with_environment({"PROXYATTN_ATTN_KERNEL": "sm80"}, attend)
+            calls["cudnn"] = cudnn_fn
+            bm, flex_fn, flex_error = None, None, None
+            if flex is not None:
+                try:
+                    bm = flex_block_mask(lib, plan, nqb)
+                    flex_fn = lambda: flex(qt, kt, vt, block_mask=bm, enable_gqa=True)  # noqa: E731
+                    flex_fn()
+                    calls["flex"] = flex_fn
+                except Exception as e:  # noqa: BLE001  (recorded, the other columns stand)
+                    flex_error = str(e).splitlines()[0][:300]
+                    print("flex failed:", flex_error, flush=True)
+            t = interleaved_median_ms(calls, reps, warm)
+            t_ours, t_sm80, t_cudnn = t["ours"], t["sm80"], t["cudnn"]
             flops = 4.0 * D * stats.kept_token_pairs
             row = {"N": n, "target_density": density, "density": stats.density,
                    "kept_token_pairs": stats.kept_token_pairs, "ours_ms": t_ours,
                    "ours_tflops_effective": flops / t_ours / 1e9, "cudnn_dense_ms": t_cudnn,
                    "cudnn_tflops": 4.0 * D * dense_pairs / t_cudnn / 1e9,
-                   "speedup_vs_cudnn": t_cudnn / t_ours}
-            if density == 1.0:  # the all-blocks plan is dense attention: compare with cuDNN
-                torch.cuda.synchronize()
-                row["max_abs_diff_vs_cudnn"] = (o.float() - ref_dense.float()).abs().max().item()
-            if default_kernel == "sm90":
-                for key, env in SM90_VARIANTS.items():
-                    os.environ.update(env)
-                    row[key] = median_ms(attend, reps, warm)
-                    for name in env:
-                        del os.environ[name]
-            # The sm80 kernel on the same plan, and how far its output is from the default's.
-            o_default = o.clone()
-            os.environ["PROXYATTN_ATTN_KERNEL"] = "sm80"
-            t_sm80 = median_ms(attend, reps, warm)
-            del os.environ["PROXYATTN_ATTN_KERNEL"]
-            torch.cuda.synchronize()
-            row.update({"sm80_ms": t_sm80, "sm80_tflops_effective": flops / t_sm80 / 1e9,
-                        "max_abs_diff_vs_sm80": (o.float() - o_default.float()).abs().max().item()})
+                   "speedup_vs_cudnn": t_cudnn / t_ours,
+                   "sm80_ms": t_sm80, "sm80_tflops_effective": flops / t_sm80 / 1e9}
+            row.update({key: t[key] for key in SM90_VARIANTS if key in t})
+
+            # Outputs: ours against cuDNN (the all-blocks plan is dense attention), our sm80
+            # kernel and Flex on the same plan.
             attend()
-            del o_default
-            if flex is not None:
-                try:
-                    bm = flex_block_mask(lib, plan, nqb)
-                    flex_fn = lambda: flex(qt, kt, vt, block_mask=bm, enable_gqa=True)  # noqa: E731
-                    t_flex = median_ms(flex_fn, reps, warm)
-                    out = flex_fn()[0].transpose(0, 1)
-                    attend()
-                    torch.cuda.synchronize()
-                    row.update({"flex_ms": t_flex, "flex_tflops_effective": flops / t_flex / 1e9,
-                                "speedup_vs_flex": t_flex / t_ours,
-                                "max_abs_diff_vs_flex": (o.float() - out.float()).abs().max().item()})
-                    del bm, out
-                except Exception as e:  # noqa: BLE001  (recorded, the other columns stand)
-                    row["flex_error"] = str(e).splitlines()[0][:300]
-                    print("flex failed:", row["flex_error"], flush=True)
+            torch.cuda.synchronize()
+            o_default = o.clone()
+            if density == 1.0:
+                row["max_abs_diff_vs_cudnn"] = (o_default.float() - ref_dense.float()).abs().max().item()
+            calls["sm80"]()
+            torch.cuda.synchronize()
+            row["max_abs_diff_vs_sm80"] = (o.float() - o_default.float()).abs().max().item()
+            if flex_fn is not None:
+                out = flex_fn()[0].transpose(0, 1)
+                row.update({"flex_ms": t["flex"], "flex_tflops_effective": flops / t["flex"] / 1e9,
+                            "speedup_vs_flex": t["flex"] / t_ours,
+                            "max_abs_diff_vs_flex": (o_default.float() - out.float()).abs().max().item()})
+                del out
+            if flex_error is not None:
+                row["flex_error"] = flex_error
+            del o_default, bm, flex_fn, calls
             results.append(row)
             variants = " ".join("%s %.3f" % (key[5:-3], row[key]) for key in SM90_VARIANTS if key in row)
             print("N %6d density %.3f: ours %8.3f ms (%5.1f TFLOP/s; %s)  sm80 %8.3f ms  "
@@ -218,14 +224,13 @@ def main():
                                 "%.3f" % row["flex_ms"] if "flex_ms" in row else "-", time.time() - t_start),
                   flush=True)
             if n == PACKING_SIZE and density in PACKING_DENSITIES:
-                os.environ["PROXYATTN_ATTN_PACKING"] = "heads"
-                t_heads = median_ms(attend, reps, warm)
-                del os.environ["PROXYATTN_ATTN_PACKING"]
-                t_chunks = median_ms(attend, reps, warm)  # again, next to it, for the spread
-                packing.append({"N": n, "density": stats.density, "chunks_of_head_ms": t_ours,
-                                "chunks_of_head_again_ms": t_chunks, "heads_of_chunk_ms": t_heads})
-                print("  packing: chunks of a head %.3f / %.3f ms, heads of a chunk %.3f ms"
-                      % (t_ours, t_chunks, t_heads), flush=True)
+                tp = interleaved_median_ms(
+                    {"chunks": attend, "heads": with_environment({"PROXYATTN_ATTN_PACKING": "heads"}, attend)},
+                    reps, warm)
+                packing.append({"N": n, "density": stats.density, "chunks_of_head_ms": tp["chunks"],
+                                "heads_of_chunk_ms": tp["heads"]})
+                print("  packing: chunks of a head %.3f ms, heads of a chunk %.3f ms"
+                      % (tp["chunks"], tp["heads"]), flush=True)
         lib.plan_free(plan)
         del q, k, v, o, storage, ref_dense  # qt, kt, vt: rebound next size (closures read them)
         torch.cuda.empty_cache()
@@ -234,7 +239,8 @@ def main():
     doc = {"benchmark": "attention", "date": date, "machine": info, "default_kernel": default_kernel,
            "shape": {"num_q_heads": HQ, "num_kv_heads": HKV, "head_dim": D, "dtype": "bfloat16",
                      "block_size": BLOCK, "num_proxy_groups": 1, "budget_spread": BUDGET_SPREAD},
-           "method": "CUDA events, median; warm-up %s; repeats %s" % (WARMUP, REPEATS),
+           "method": "CUDA events, median of samples taken in turn over all methods of a point; "
+                     "warm-up %s; repeats %s" % (WARMUP, REPEATS),
            "cudnn_gqa": cudnn_mode, "results": results, "packing": packing,
            "wall_s": time.time() - t_start}
     path = write_result(args.out, doc, prefix="attention-")

@@ -67,4 +67,38 @@ def test_model_suite_runs():
     for row in result["results"]:
         for method in ("dense_cudnn", "proxyattn"):
             assert 0 < row[method]["attention_ms"] < row[method]["ttft_ms"]
+            assert row[method]["attention_calls_per_forward"] == [2]  # one forward's layers, no more
         assert 0 < row["density_layer0"] <= 1
+
+
+def test_with_environment_sets_and_restores():
+    import os
+
+    from proxyattn.bench.timing import with_environment
+
+    os.environ.pop("PROXYATTN_TEST_A", None)
+    os.environ["PROXYATTN_TEST_B"] = "before"
+    seen = with_environment({"PROXYATTN_TEST_A": "1", "PROXYATTN_TEST_B": "2"},
+                            lambda: (os.environ["PROXYATTN_TEST_A"], os.environ["PROXYATTN_TEST_B"]))()
+    assert seen == ("1", "2")
+    assert "PROXYATTN_TEST_A" not in os.environ and os.environ.pop("PROXYATTN_TEST_B") == "before"
+
+
+@pytest.mark.gpu
+def test_interleaved_median_ms_times_each_call():
+    from proxyattn.bench.timing import interleaved_median_ms
+
+    a = torch.randn(2048, 2048, device="cuda")
+    counts = {"one": 0, "two": 0}
+
+    def one():
+        counts["one"] += 1
+        return a @ a
+
+    def two():
+        counts["two"] += 1
+        return (a @ a) @ a
+
+    t = interleaved_median_ms({"one": one, "two": two}, repeats=3, warmup=1)
+    assert set(t) == {"one", "two"} and 0 < t["one"] < t["two"]
+    assert counts["one"] >= 1 + 1 + 3 and counts["two"] >= 1 + 1 + 3

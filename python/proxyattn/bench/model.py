@@ -16,7 +16,7 @@ from torch.nn.attention import sdpa_kernel
 
 from . import compare
 from .config import LLAMA_31_8B, MODEL_SIZES
-from .timing import times_ms
+from .timing import once_ms, times_ms
 
 REPEATS = {32768: 3, 131072: 2}
 WARMUP = 1
@@ -28,7 +28,7 @@ class AttentionTimer:
     layer's q, k, v for fixed inputs [1, H, N, d] (the "structured" mode)."""
 
     def __init__(self):
-        self.events, self.replacement = [], None
+        self.events, self.replacement, self.taken_calls = [], None, 0
         self.first_qk = None  # (query, key) of layer 0's last call, [1, H, N, d]
 
     def wrap(self, attention_forward, dense_backend=None):
@@ -50,9 +50,11 @@ class AttentionTimer:
         return timed
 
     def take_ms(self):
-        """Summed attention time of the calls since the last take (synchronises)."""
+        """Summed attention time of the calls since the last take (synchronises); their
+        number is left in self.taken_calls."""
         torch.cuda.synchronize()
         total = sum(s.elapsed_time(e) for s, e in self.events)
+        self.taken_calls = len(self.events)
         self.events = []
         return total
 
@@ -111,13 +113,15 @@ def run(sizes, num_layers, log=print):
 
                 times_ms(prefill, 0, WARMUP)
                 timer.take_ms()  # the warm-up's attention calls
-                ttft, attention = [], []
+                ttft, attention, calls = [], [], set()
                 for _ in range(REPEATS.get(n, 3)):
-                    ttft += times_ms(prefill, 1, 0)
+                    ttft.append(once_ms(prefill))  # one forward, so the timer holds its calls only
                     attention.append(timer.take_ms())
+                    calls.add(timer.taken_calls)
                 ttft_ms, attn_ms = statistics.median(ttft), statistics.median(attention)
                 row[method] = {"ttft_ms": ttft_ms, "ttft_all_ms": ttft, "attention_ms": attn_ms,
-                               "attention_all_ms": attention, "rest_ms": ttft_ms - attn_ms}
+                               "attention_all_ms": attention, "rest_ms": ttft_ms - attn_ms,
+                               "attention_calls_per_forward": sorted(calls)}
             query, key = (t[0].transpose(0, 1) for t in timer.first_qk)  # [N, H, d] views
             row["density_layer0"] = proxyattn.estimate(query, key, [0, n], gamma=GAMMA).density
             timer.first_qk = None

@@ -2,7 +2,8 @@
 
 Timing: CUDA events on the current stream around each call (around a batch of calls for
 calls under BATCH_MS), after untimed warm-up calls (module load, allocator growth and
-compilation stay out of the numbers); the median of the samples is the figure. Callers pass inputs through a Rotation, so that a call never finds
+compilation stay out of the numbers); the median of the samples is the figure. Methods
+compared with each other are sampled in turn (interleaved_median_ms). Callers pass inputs through a Rotation, so that a call never finds
 its operands in L2 where the previous call left them.
 """
 import datetime
@@ -10,6 +11,7 @@ import itertools
 import json
 import os
 import platform
+import random
 import re
 import statistics
 import subprocess
@@ -21,6 +23,7 @@ ROTATION_L2_MULTIPLE = 2  # rotated copies together span at least this many L2 s
 ROTATION_MAX_COPIES = 8
 BATCH_MS, BATCH_MAX_CALLS = 1.0, 64  # timed calls shorter than BATCH_MS run in batches
 SPIN_UP_S, SPIN_UP_MATRIX = 3.0, 8192
+INTERLEAVE_SEED = 0  # the shuffled order of interleaved_median_ms's rounds
 
 
 def _events_ms(fn, calls):
@@ -32,6 +35,12 @@ def _events_ms(fn, calls):
     end.record()
     end.synchronize()
     return start.elapsed_time(end) / calls
+
+
+def once_ms(fn):
+    """Milliseconds of exactly one call of fn() (no probe call, no batching): for calls with
+    side effects counted per call, such as the model's attention timers."""
+    return _events_ms(fn, 1)
 
 
 def times_ms(fn, repeats, warmup):
@@ -51,6 +60,46 @@ def times_ms(fn, repeats, warmup):
 
 def median_ms(fn, repeats, warmup):
     return statistics.median(times_ms(fn, repeats, warmup))
+
+
+def interleaved_median_ms(calls, repeats, warmup):
+    """Median milliseconds per call of each callable in `calls` (name -> fn), sampled in
+    rounds that take one sample of each, so that slow drifts of the clocks (heat, power
+    limits during long runs) fall on all of them alike. Each round runs the callables in a
+    new shuffled order (seeded): a call that follows a long full-power call can find the
+    clocks lowered, and a fixed order would always give that place to the same method.
+    Warm-up and batching as in times_ms."""
+    calls_per_sample = {}
+    for name, fn in calls.items():
+        for _ in range(warmup):
+            fn()
+        torch.cuda.synchronize()
+        one = _events_ms(fn, 1)
+        calls_per_sample[name] = 1 if one >= BATCH_MS else min(BATCH_MAX_CALLS, int(BATCH_MS / max(one, 1e-3)))
+    samples = {name: [] for name in calls}
+    order, shuffle = list(calls), random.Random(INTERLEAVE_SEED).shuffle
+    for _ in range(repeats):
+        shuffle(order)
+        for name in order:
+            samples[name].append(_events_ms(calls[name], calls_per_sample[name]))
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def with_environment(env, fn):
+    """fn() run with the environment variables `env` set (and restored afterwards): the
+    library reads its kernel choices from the environment at each call."""
+    def call():
+        saved = {name: os.environ.get(name) for name in env}
+        os.environ.update(env)
+        try:
+            return fn()
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    del os.environ[name]
+                else:
+                    os.environ[name] = value
+    return call
 
 
 def spin_up(seconds=SPIN_UP_S):
