@@ -43,7 +43,11 @@ BUDGET_SPREAD = (0.5, 1.5)
 SM90_VARIANTS = {
     "sm90_item_per_cta_ms": {"PROXYATTN_ATTN_PERSISTENT": "0"},  # one work item per CTA
     "sm90_no_turns_ms": {"PROXYATTN_ATTN_PINGPONG": "0"},        # consumers issue freely
+    "sm90_row_major_ms": {"PROXYATTN_ATTN_ROW_CHUNK": "1"},      # items row by row, all KV heads
 }
+# Our sm80 kernel is timed as it runs by default and with the row-major item order.
+SM80 = {"PROXYATTN_ATTN_KERNEL": "sm80"}
+SM80_ROW_MAJOR = {**SM80, "PROXYATTN_ATTN_ROW_CHUNK": "1"}
 
 
 def make_order(nqb, rng):
@@ -174,7 +178,8 @@ def main():
             calls = {"ours": attend}
             if default_kernel == "sm90":
                 calls.update({key: with_environment(env, attend) for key, env in SM90_VARIANTS.items()})
-            calls["sm80"] = with_environment({"PROXYATTN_ATTN_KERNEL": "sm80"}, attend)
+            calls["sm80"] = with_environment(SM80, attend)
+            calls["sm80_row_major_ms"] = with_environment(SM80_ROW_MAJOR, attend)
             calls["cudnn"] = cudnn_fn
             bm, flex_fn, flex_error = None, None, None
             if flex is not None:
@@ -195,7 +200,7 @@ def main():
                    "cudnn_tflops": 4.0 * D * dense_pairs / t_cudnn / 1e9,
                    "speedup_vs_cudnn": t_cudnn / t_ours,
                    "sm80_ms": t_sm80, "sm80_tflops_effective": flops / t_sm80 / 1e9}
-            row.update({key: t[key] for key in SM90_VARIANTS if key in t})
+            row.update({key: t[key] for key in (*SM90_VARIANTS, "sm80_row_major_ms") if key in t})
 
             # Outputs: ours against cuDNN (the all-blocks plan is dense attention), our sm80
             # kernel and Flex on the same plan.

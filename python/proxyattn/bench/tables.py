@@ -1,5 +1,5 @@
 """Markdown tables for docs/benchmarks.md from results files of `python -m proxyattn.bench`
-(printed; the numbers in the document are these, unedited)."""
+and bench/attention_bench.py (printed; the numbers in the document are these, unedited)."""
 import json
 
 
@@ -60,6 +60,25 @@ def model_table(doc):
     return lines + [""]
 
 
+def attention_table(doc):
+    """The kernel table of bench/attention_bench.py's results (benchmark "attention")."""
+    variants = [("sm90_row_major_ms", "sm90 row-major order ms"), ("sm90_no_turns_ms", "sm90 without turns ms"),
+                ("sm90_item_per_cta_ms", "sm90 one item per CTA ms"), ("sm80_row_major_ms", "sm80 row-major order ms")]
+    variants = [(key, title) for key, title in variants if any(key in r for r in doc["results"])]
+    lines = ["| N | density | ours ms | TFLOP/s eff. | " + "".join(f"{t} | " for _, t in variants) +
+             "sm80 ms | sm80 / ours | cuDNN dense ms | cuDNN TFLOP/s | eff. / cuDNN rate | Flex ms | x cuDNN | x Flex |",
+             "|" + "---|" * (12 + len(variants))]
+    for r in doc["results"]:
+        cells = [f"{r['N'] // 1024}K", "%.3f" % r["density"], _f(r["ours_ms"]), "%.0f" % r["ours_tflops_effective"]]
+        cells += [_f(r.get(key, float("nan"))) for key, _ in variants]
+        cells += [_f(r["sm80_ms"]), "%.2f" % (r["sm80_ms"] / r["ours_ms"]), _f(r["cudnn_dense_ms"]),
+                  "%.0f" % r["cudnn_tflops"], "%.2f" % (r["ours_tflops_effective"] / r["cudnn_tflops"]),
+                  _f(r.get("flex_ms", float("nan"))), "%.2f" % r["speedup_vs_cudnn"],
+                  _f(r.get("speedup_vs_flex", float("nan")), 2)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def main(results):
     for path in results:
         with open(path) as f:
@@ -69,3 +88,5 @@ def main(results):
             print("\n".join(compare_tables(doc)))
         if "model" in doc:
             print("\n".join(model_table(doc)))
+        if doc.get("benchmark") == "attention":
+            print("\n".join(attention_table(doc)))

@@ -5,6 +5,7 @@
 // stream, kMaxSeqsPerLaunch sequences per launch. Never synchronises.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -38,6 +39,22 @@ Packing packing_from_environment() {
   const char* value = std::getenv("PROXYATTN_ATTN_PACKING");
   return value != nullptr && std::strcmp(value, "heads") == 0 ? Packing::kHeadsOfChunk
                                                               : Packing::kChunksOfHead;
+}
+
+// Rows per chunk of the item order (params.hpp): PROXYATTN_ATTN_ROW_CHUNK=n sets it (1: the
+// plain row-major order, to measure what the chunks bring); by default one KV head's items
+// of a chunk about fill the GPU (the CTAs resident at once).
+pa_status rows_per_chunk(const CtaShape& shape, int slots_per_row, int32_t* rows) {
+  if (const char* value = std::getenv("PROXYATTN_ATTN_ROW_CHUNK")) {
+    *rows = std::max(1, std::atoi(value));
+    return PA_STATUS_SUCCESS;
+  }
+  int device = 0, sms = 0;
+  PA_CUDA_TRY(cudaGetDevice(&device));
+  PA_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int resident = shape.ctas_per_sm * sms;
+  *rows = std::max(1, (resident + slots_per_row - 1) / slots_per_row);
+  return PA_STATUS_SUCCESS;
 }
 
 // Which kernel runs. Both compute the same function (within rounding); sm90 is the fast one
@@ -141,6 +158,7 @@ pa_status launch_batch(Params params, const std::vector<SeqSpan>& seqs, const Va
   const int heads_per_kv = params.num_q_heads / params.num_kv_heads;
   const int pairs_per_row = heads_per_kv * (params.block_size / variant.shape.pair_rows);
   params.slots_per_row = (pairs_per_row + variant.shape.pairs_per_cta - 1) / variant.shape.pairs_per_cta;
+  PA_TRY(rows_per_chunk(variant.shape, params.slots_per_row, &params.rows_per_chunk));
   size_t next = 0;
   while (next < seqs.size()) {
     params.num_seqs = 0;

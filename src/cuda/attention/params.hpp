@@ -17,14 +17,25 @@
 // CTAs drift apart in the list and lose the L2 reuse below: measured 37% slower at 128K).
 // Either way a longest-processing-time-first schedule: no SM idles on short rows while long
 // ones wait.
-// The CTAs of one (row, KV head) have consecutive indices, so they run together and read
-// the shared K/V blocks while they are in L2.
+// The rows go in chunks of rows_per_chunk; inside a chunk, one KV head after the other, each
+// with its rows (longest first) and each row with its slots (item_position below).
+// The dispatcher sizes a chunk so that one KV head's items of a chunk about fill the GPU:
+// the CTAs in flight then read one KV head's K and V, which L2 holds, rather than every KV
+// head's at once. The CTAs of one (row, KV head) have consecutive indices, so they run
+// together and read the shared K/V blocks while they are in L2.
 #pragma once
 
 #include <cstdint>
 
 #include "core/problem.hpp"
 #include "proxyattn/proxyattn.h"
+
+// Functions both the kernels and host code (tests) call.
+#ifdef __CUDACC__
+#define PA_HOST_DEVICE __host__ __device__
+#else
+#define PA_HOST_DEVICE
+#endif
 
 namespace proxyattn::cuda::attention {
 
@@ -44,9 +55,11 @@ inline constexpr int kGroupRows = 64;
 struct CtaShape {
   int pair_rows;
   int pairs_per_cta;
+  int ctas_per_sm;  // CTAs resident on one SM (the launch bounds' minimum)
 };
-inline constexpr CtaShape kSm80Shape{kWarpRows, kWarps};
-inline constexpr CtaShape kSm90Shape{sm90::kGroupRows, sm90::kConsumers};
+inline constexpr int kSm80CtasPerSm = 2;  // sm80 KernelTraits::kMinCtasPerSm
+inline constexpr CtaShape kSm80Shape{kWarpRows, kWarps, kSm80CtasPerSm};
+inline constexpr CtaShape kSm90Shape{sm90::kGroupRows, sm90::kConsumers, 1};
 
 // SeqSpan entries passed by value in the kernel parameters (32 B each: 2 KiB of the
 // classic 4 KiB parameter space); batches of more sequences take several launches.
@@ -97,6 +110,7 @@ struct Params {
   int32_t num_rows;
   int32_t num_seqs;
   int32_t slots_per_row;      // CTAs per (row, KV head)
+  int32_t rows_per_chunk;     // rows of a chunk of the item order (>= 1; 1: row-major order)
   uint32_t* item_counter;     // sm90: next work item to hand out, zeroed before the launch;
                               // null: CTA i runs item i only (a launch of one CTA per item)
   int32_t consumer_turns;     // sm90: 1 = the consumers take turns issuing products (ping-pong)
@@ -104,6 +118,29 @@ struct Params {
 };
 
 static_assert(sizeof(Params) <= 4096, "kernel parameters within the classic 4 KiB limit");
+
+// Where work item `item` of the launch sits (params.hpp): chunk c holds rows' [c R, c R + R)
+// (R = rows_per_chunk, row' counting from the last, longest, row of the launch down; the
+// last chunk may be shorter); inside it item = (kv_head * rows + row' - c R) * slots + slot.
+struct ItemPosition {
+  int64_t row;  // query-block row of the batch
+  int kv_head;
+  int slot;
+};
+PA_HOST_DEVICE inline ItemPosition item_position(const Params& p, int64_t item) {
+  const int64_t chunk_items = int64_t(p.rows_per_chunk) * p.num_kv_heads * p.slots_per_row;
+  const int64_t first = item / chunk_items * p.rows_per_chunk;  // row' of the chunk's first row
+  const int64_t within = item % chunk_items;
+  const int64_t rows = p.rows_per_chunk < p.num_rows - first ? int64_t(p.rows_per_chunk) : p.num_rows - first;
+  const int64_t head_items = rows * p.slots_per_row;
+  ItemPosition position;
+  position.kv_head = int(within / head_items);
+  const int64_t rest = within % head_items;
+  position.slot = int(rest % p.slots_per_row);
+  position.row = p.row_begin + (p.num_rows - 1 - (first + rest / p.slots_per_row));
+  return position;
+}
+
 
 // One launcher per compiled variant (sm80/instantiate_*.cu, sm90/instantiate_*.cu): returns
 // the launch's status. The work list has num_rows * num_kv_heads * slots_per_row items:

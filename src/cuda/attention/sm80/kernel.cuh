@@ -36,11 +36,11 @@ struct KernelTraits {
   static constexpr int kDimNTiles = kHeadDim / kMmaN;     // n8 tiles of O per m16 tile
   static constexpr int kDimKSteps = kHeadDim / kMmaK;     // k16 steps of Q K^T
   static constexpr int kKeyKSteps = kTileKeys / kMmaK;    // k16 steps of P V
-  // Two CTAs per SM: caps registers at 65536 / (2 * 128) = 256 per thread, about what the
+  // Two CTAs per SM (params.hpp's kSm80CtasPerSm, which sizes the work list's chunks): caps registers at 65536 / (2 * 128) = 256 per thread, about what the
   // O accumulators (kWarpMTiles * kDimNTiles * 4 = 128 floats at d = 128) and S (64
   // floats) need; shared memory (64 KiB at d = 128) allows it too. At d = 128 ptxas still
   // spills ~60 bytes (loop-invariant scalars: ~5 local loads per tile against 256 MMAs).
-  static constexpr int kMinCtasPerSm = 2;
+  static constexpr int kMinCtasPerSm = kSm80CtasPerSm;
 
   static_assert(sizeof(Element) == 2, "16-bit elements (bf16, fp16)");
   static_assert(kHeadDim == 64 || kHeadDim == 128, "head_dim 64 or 128");
@@ -128,14 +128,10 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int quad_row = lane / 4, quad_col = lane % 4;  // g and t of the fragment layouts
 
-  // ---- Work item: blockIdx.x = ((row' * Hkv) + kv_head) * slots + slot, row' counting
-  // from the last (longest) row of the launch down.
-  int64_t item = blockIdx.x;
-  const int slot = int(item % params.slots_per_row);
-  item /= params.slots_per_row;
-  const int kv_head = int(item % params.num_kv_heads);
-  item /= params.num_kv_heads;
-  const int64_t row = params.row_begin + (params.num_rows - 1 - item);
+  // ---- Work item blockIdx.x (params.hpp, work_list.cuh).
+  const ItemPosition position = item_position(params, blockIdx.x);
+  const int slot = position.slot, kv_head = position.kv_head;
+  const int64_t row = position.row;
   const SeqSpan& span = params.seqs[find_seq(params, row)];
   const int m = int(row - span.qblock_begin);  // query block of the sequence
   const int length = span.length;

@@ -195,16 +195,13 @@ struct Ring {
   }
 };
 
-// Work item `item` (params.hpp): item = ((row' * Hkv) + kv_head) * slots + slot, row'
-// counting from the last (longest) row of the launch down. Decoded the same way by every
-// thread.
+// Work item `item` (params.hpp, work_list.cuh), decoded the same way by every thread.
 __device__ __forceinline__ void decode_item(const Params& params, int64_t item, CtaWork& cta,
                                             GroupWork (&group)[kConsumers]) {
-  const int slot = int(item % params.slots_per_row);
-  item /= params.slots_per_row;
-  cta.kv_head = int(item % params.num_kv_heads);
-  item /= params.num_kv_heads;
-  const int64_t row = params.row_begin + (params.num_rows - 1 - item);
+  const ItemPosition position = item_position(params, item);
+  const int slot = position.slot;
+  cta.kv_head = position.kv_head;
+  const int64_t row = position.row;
   cta.span = &params.seqs[find_seq(params, row)];
   cta.m = int(row - cta.span->qblock_begin);
   cta.max_count = 0;
