@@ -6,6 +6,7 @@ library changes: the budgets are recomputed here and applied to the library's ow
     PYTHONPATH=python python eval/budget_rows.py --corpus ../shared/corpus \
         --model ~/.cache/proxyattn/qwen2.5-coder-0.5b-hf --runs 32768:0,12 16384:0 \
         --out eval/results/budget-rows-qwen05.json
+    python eval/budget_rows.py --table eval/results/budget-rows-qwen05.json --table-settings g0.95_mb512_p2
 
 For every run LENGTH:LAYERS (one prefill, attention_accuracy.capture_qkv: float32 post-RoPE
 Q/K/V of the layers) and every setting (gamma, floor, proxy groups g; block 128, stride 4):
@@ -28,13 +29,16 @@ Q/K/V of the layers) and every setting (gamma, floor, proxy groups g; block 128,
       oracle       the smallest K_i whose recall, averaged over all rows with the library's
                    ranking, reaches gamma (no floor); oracle_floor: that with the floor
     Per rule: density, recall per head (mean over all queries), over the first and second half
-    of the query rows, the budgets.
+    of the query rows, the budgets; and the recall of the same per-row counts with the true
+    ranking (key blocks by dense mass, forced blocks first), which tells a budget that is too
+    small from a ranking that misses the heavy blocks.
  4. The extra estimation work: step 5 for query block m costs 2 b (m + 1) b d FLOPs per head
     (Q K^T over its causal keys); reported relative to the last block's, and the whole
     estimate (steps 2-5) relative to dense attention.
 """
 import argparse
 import itertools
+import json
 import math
 import os
 import pathlib
@@ -86,14 +90,19 @@ def oracle_budget(cum, gamma, num_tokens):
     return int(np.argmax(recall >= gamma) + 1) if (recall >= gamma).any() else nb
 
 
-def score(cums, counts, num_tokens):
-    """Per head (counts [nb, Hq]): density, recall over all rows, first / second half of the rows."""
+def score(cums, counts, num_tokens, true_cums):
+    """Per head (counts [nb, Hq]): density, recall over all rows, first / second half of the rows;
+    and the recall the same counts would have with the true ranking (true_cums: blocks in order
+    of their dense mass, forced blocks first), which separates the budget from the ranking."""
     nb, hq = counts.shape
     half = nb // 2
-    kept = np.stack([cums[h][np.arange(nb), counts[:, h] - 1] for h in range(hq)])  # [Hq, nb] mass kept
+    rows = np.arange(nb)
+    kept = np.stack([cums[h][rows, counts[:, h] - 1] for h in range(hq)])  # [Hq, nb] mass kept
     per_row = kept / (num_tokens / nb)
+    true_kept = np.stack([true_cums[h][rows, counts[:, h] - 1] for h in range(hq)])
     return {"density": counts.sum(0) / (nb * (nb + 1) / 2), "recall": kept.sum(1) / num_tokens,
-            "recall_first_half": per_row[:, :half].mean(1), "recall_second_half": per_row[:, half:].mean(1)}
+            "recall_first_half": per_row[:, :half].mean(1), "recall_second_half": per_row[:, half:].mean(1),
+            "recall_true_ranking": true_kept.sum(1) / num_tokens}
 
 
 def summary(per_head, gamma):
@@ -101,7 +110,9 @@ def summary(per_head, gamma):
             "recall_worst_head": rounded(per_head["recall"].min()),
             "recall_first_half": rounded(per_head["recall_first_half"].mean()),
             "recall_second_half": rounded(per_head["recall_second_half"].mean()),
-            "heads_below_gamma": int((per_head["recall"] < gamma).sum())}
+            "heads_below_gamma": int((per_head["recall"] < gamma).sum()),
+            "recall_true_ranking_mean": rounded(per_head["recall_true_ranking"].mean()),
+            "recall_true_ranking_worst_head": rounded(per_head["recall_true_ranking"].min())}
 
 
 def flops(n_tok, hq, d, g, rows_used):
@@ -124,6 +135,7 @@ def measure_layer(q, k, v, scale, settings, rows_list, check_setting):
     mass, lse_ref = est.dense_block_mass(q, k, BLOCK, scale)
     mass_np = mass.numpy()
     print(f"  dense block mass: {time.perf_counter() - t0:.0f} s", flush=True)
+    true_cums = [est.cumulative_mass(mass_np[h], est.rank_rows(mass_np[h])) for h in range(hq)]
     qn, kn, vn = (t.numpy()[None] for t in (q, k, v))
     step5 = {gm: np.stack([step5_counts(mass_np[h], gm) for h in range(hq)], axis=1)  # [nb, Hq]
              for gm in {s[0] for s in settings}}
@@ -147,11 +159,11 @@ def measure_layer(q, k, v, scale, settings, rows_list, check_setting):
         budgets["max_all"] = np.maximum(counts5.max(0), floor)
         oracle = np.array([oracle_budget(cums[h], gamma, n_tok) for h in range(hq)])
         budgets["oracle"], budgets["oracle_floor"] = oracle, np.maximum(oracle, floor)
-        rules = {"library": score(cums, lib_counts, n_tok)}
+        rules = {"library": score(cums, lib_counts, n_tok, true_cums)}
         rules["library"]["budget"] = heads["budget_blocks"][0]
         for name, kb in budgets.items():
             counts = np.stack([absolute_counts(kb[h], nb) for h in range(hq)], axis=1)
-            rules[name] = score(cums, counts, n_tok)
+            rules[name] = score(cums, counts, n_tok, true_cums)
             rules[name]["budget"] = kb
         proxy_f, last_f, dense_f = flops(n_tok, hq, d, g, [nb - 1])
         cost = {"last": {"budget_flops_vs_last": 1.0, "estimate_flops_vs_dense": rounded((proxy_f + last_f) / dense_f)}}
@@ -180,11 +192,35 @@ def measure_layer(q, k, v, scale, settings, rows_list, check_setting):
                                                   "recall_first_half": rounded(ph["recall_first_half"])}}
                               for name, ph in rules.items()}}
         line = "  ".join(f"{n} {out[key]['rules'][n]['density']:.3f}/{out[key]['rules'][n]['recall_mean']:.3f}"
+                         f"/{out[key]['rules'][n]['recall_true_ranking_mean']:.3f}"
                          for n in ("library", "max_r4", "mean_r4", "max_all", "oracle_floor"))
-        print(f"  {key}: density/recall {line}; checks {checks}", flush=True)
+        print(f"  {key}: density/recall/true-ranking recall {line}; checks {checks}", flush=True)
     return out, {"step5_counts_at_spread_blocks": {
         f"{gm:.2f}": {str(m): [int(x) for x in c[m]] for m in sorted(set(sum(spread.values(), [])))}
         for gm, c in step5.items()}}
+
+
+TABLE_RULES = ["library", "max_r4", "mean_r4", "max_r8", "max_all", "oracle_floor"]
+
+
+def print_table(path, settings, rules):
+    """Markdown table of a result file: one line per (run, setting, rule)."""
+    doc = json.loads(pathlib.Path(path).read_text())
+    print("| N | layer | γ, floor, g | budget rule | density | recall mean | worst head | rows 1st half | "
+          "rows 2nd half | heads < γ | recall, true ranking | step-5 FLOPs vs last block |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for run in doc["runs"]:
+        for key, res in run["settings"].items():
+            if settings and key not in settings:
+                continue
+            for name in rules:
+                r = res["rules"][name]
+                cost = f"{r['cost']['budget_flops_vs_last']:g}x" if r["cost"] else "-"
+                print(f"| {run['tokens'] // 1024}K | {run['layer']} | {res['gamma']:.2f}, {res['min_budget_tokens']}, "
+                      f"{res['g']} | {name} | {r['density']:.3f} | {r['recall_mean']:.3f} | "
+                      f"{r['recall_worst_head']:.3f} | {r['recall_first_half']:.3f} | {r['recall_second_half']:.3f} | "
+                      f"{r['heads_below_gamma']}/{len(r['per_head']['recall'])} | {r['recall_true_ranking_mean']:.3f} | "
+                      f"{cost} |")
 
 
 def parse_run(text):
@@ -194,12 +230,12 @@ def parse_run(text):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--corpus", type=pathlib.Path, required=True, help="the shared corpus folder")
-    ap.add_argument("--model", type=pathlib.Path, required=True, help="model folder written by acquire.py")
+    ap.add_argument("--corpus", type=pathlib.Path, help="the shared corpus folder")
+    ap.add_argument("--model", type=pathlib.Path, help="model folder written by acquire.py")
     ap.add_argument("--text", default="pg_essays", choices=list(common.TEXTS))
-    ap.add_argument("--runs", nargs="+", type=parse_run, required=True,
+    ap.add_argument("--runs", nargs="+", type=parse_run,
                     help="LENGTH:LAYER[,LAYER...], e.g. 32768:0,12 16384:0 (one prefill each)")
-    ap.add_argument("--out", type=pathlib.Path, required=True, help="result JSON file")
+    ap.add_argument("--out", type=pathlib.Path, help="result JSON file")
     ap.add_argument("--gammas", nargs="+", type=float, default=DEFAULT_GAMMAS)
     ap.add_argument("--min-budgets", nargs="+", type=int, default=DEFAULT_MIN_BUDGETS)
     ap.add_argument("--groups", nargs="+", type=int, help="proxy groups g (default: 1 and Hkv)")
@@ -208,7 +244,16 @@ def main():
     ap.add_argument("--check-setting", default="0.95,2048,1",
                     help="gamma,floor,g on which the library's recall is also computed from attend's LSE")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    ap.add_argument("--table", metavar="FILE", help="only print a markdown table of a result file and exit")
+    ap.add_argument("--table-settings", nargs="*", help="setting keys of the table (e.g. g0.95_mb512_p2; default all)")
+    ap.add_argument("--table-rules", nargs="+", default=TABLE_RULES)
     args = ap.parse_args()
+    if args.table:
+        print_table(args.table, args.table_settings, args.table_rules)
+        return
+    missing = [f"--{n}" for n in ("corpus", "model", "runs", "out") if getattr(args, n) is None]
+    if missing:
+        ap.error(f"the measurement needs {', '.join(missing)}")
 
     import proxyattn
 

@@ -43,16 +43,19 @@ Packing packing_from_environment() {
 
 // Rows per chunk of the item order (params.hpp): PROXYATTN_ATTN_ROW_CHUNK=n sets it (1: the
 // plain row-major order, to measure what the chunks bring); by default one KV head's items
-// of a chunk about fill the GPU (the CTAs resident at once).
+// of a chunk about fill the GPU (shape.chunk_ctas_per_sm CTAs per SM), or one row per chunk
+// where the kernel runs best in row-major order.
 pa_status rows_per_chunk(const CtaShape& shape, int slots_per_row, int32_t* rows) {
   if (const char* value = std::getenv("PROXYATTN_ATTN_ROW_CHUNK")) {
     *rows = std::max(1, std::atoi(value));
     return PA_STATUS_SUCCESS;
   }
+  *rows = 1;
+  if (shape.chunk_ctas_per_sm == 0) return PA_STATUS_SUCCESS;
   int device = 0, sms = 0;
   PA_CUDA_TRY(cudaGetDevice(&device));
   PA_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const int resident = shape.ctas_per_sm * sms;
+  const int resident = shape.chunk_ctas_per_sm * sms;
   *rows = std::max(1, (resident + slots_per_row - 1) / slots_per_row);
   return PA_STATUS_SUCCESS;
 }

@@ -19,7 +19,8 @@
 // ones wait.
 // The rows go in chunks of rows_per_chunk; inside a chunk, one KV head after the other, each
 // with its rows (longest first) and each row with its slots (item_position below).
-// The dispatcher sizes a chunk so that one KV head's items of a chunk about fill the GPU:
+// The dispatcher sizes a chunk so that one KV head's items of a chunk about fill the GPU
+// (sm90; the sm80 kernel keeps one row per chunk, CtaShape):
 // the CTAs in flight then read one KV head's K and V, which L2 holds, rather than every KV
 // head's at once. The CTAs of one (row, KV head) have consecutive indices, so they run
 // together and read the shared K/V blocks while they are in L2.
@@ -55,10 +56,14 @@ inline constexpr int kGroupRows = 64;
 struct CtaShape {
   int pair_rows;
   int pairs_per_cta;
-  int ctas_per_sm;  // CTAs resident on one SM (the launch bounds' minimum)
+  int chunk_ctas_per_sm;  // a chunk of the item order fills this many CTAs per SM; 0: one
+                          // row per chunk (row-major order)
 };
-inline constexpr int kSm80CtasPerSm = 2;  // sm80 KernelTraits::kMinCtasPerSm
-inline constexpr CtaShape kSm80Shape{kWarpRows, kWarps, kSm80CtasPerSm};
+// The sm80 kernel keeps the row-major order: with chunks (of its 2 x SMs resident CTAs) it
+// ran 2.4% slower on average over the benchmark's 25 points on the H100 (mma.sync work is
+// its limit, not L2), the sm90 kernel 1.2% faster, up to 15% at 64K-128K
+// (bench/results/attention-sm90-chunks-*.json).
+inline constexpr CtaShape kSm80Shape{kWarpRows, kWarps, 0};
 inline constexpr CtaShape kSm90Shape{sm90::kGroupRows, sm90::kConsumers, 1};
 
 // SeqSpan entries passed by value in the kernel parameters (32 B each: 2 KiB of the

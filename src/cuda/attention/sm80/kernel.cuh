@@ -36,11 +36,11 @@ struct KernelTraits {
   static constexpr int kDimNTiles = kHeadDim / kMmaN;     // n8 tiles of O per m16 tile
   static constexpr int kDimKSteps = kHeadDim / kMmaK;     // k16 steps of Q K^T
   static constexpr int kKeyKSteps = kTileKeys / kMmaK;    // k16 steps of P V
-  // Two CTAs per SM (params.hpp's kSm80CtasPerSm, which sizes the work list's chunks): caps registers at 65536 / (2 * 128) = 256 per thread, about what the
+  // Two CTAs per SM: caps registers at 65536 / (2 * 128) = 256 per thread, about what the
   // O accumulators (kWarpMTiles * kDimNTiles * 4 = 128 floats at d = 128) and S (64
   // floats) need; shared memory (64 KiB at d = 128) allows it too. At d = 128 ptxas still
   // spills ~60 bytes (loop-invariant scalars: ~5 local loads per tile against 256 MMAs).
-  static constexpr int kMinCtasPerSm = kSm80CtasPerSm;
+  static constexpr int kMinCtasPerSm = 2;
 
   static_assert(sizeof(Element) == 2, "16-bit elements (bf16, fp16)");
   static_assert(kHeadDim == 64 || kHeadDim == 128, "head_dim 64 or 128");
