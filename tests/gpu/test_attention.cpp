@@ -569,6 +569,39 @@ TEST(Attention, HeadPackingGivesIdenticalOutput) {
   }
 }
 
+// The order of the work items (params.hpp: chunks of rows) changes which CTA runs an item
+// and when, never what it computes: both kernels give bit-identical outputs in row-major
+// order, in chunks of 3 rows (several chunks, a shorter last one) and by default. A bad
+// PROXYATTN_ATTN_ROW_CHUNK is an error naming it.
+TEST(Attention, ItemOrderGivesIdenticalOutput) {
+  PA_REQUIRE_GPU();
+  Case c;
+  c.lengths = {1500, 700};
+  c.hq = 8, c.hkv = 2, c.gamma = 0.8f, c.inputs = Inputs::kStructured;
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE(describe(c, seed));
+  const Host in = make_host(c, seed);
+  CpuRun cpu;
+  run_cpu(c, in, nullptr, cpu);
+  for (const char* kernel : {"default", "sm80"}) {
+    SCOPED_TRACE(kernel);
+    ScopedEnv chosen("PROXYATTN_ATTN_KERNEL", kernel);
+    Output base;
+    ASSERT_EQ(run_gpu(c, in, &cpu.index, base), PA_STATUS_SUCCESS) << pa_last_error();
+    for (const char* rows : {"1", "3"}) {
+      ScopedEnv chunk("PROXYATTN_ATTN_ROW_CHUNK", rows);
+      Output other;
+      ASSERT_EQ(run_gpu(c, in, &cpu.index, other), PA_STATUS_SUCCESS) << pa_last_error();
+      EXPECT_EQ(max_abs_diff(base.o, other.o), 0.0) << "rows per chunk " << rows;
+      EXPECT_EQ(max_abs_diff(base.lse, other.lse), 0.0) << "rows per chunk " << rows;
+    }
+  }
+  ScopedEnv bad("PROXYATTN_ATTN_ROW_CHUNK", "3x");
+  Output unused;
+  EXPECT_EQ(run_gpu(c, in, &cpu.index, unused), PA_STATUS_INVALID_CONFIG);
+  EXPECT_NE(std::strstr(pa_last_error(), "PROXYATTN_ATTN_ROW_CHUNK"), nullptr) << pa_last_error();
+}
+
 // An index keeping every causal block in ascending order visits the same tiles in the same
 // order as dense attention (block 128): the outputs are bit-identical.
 TEST(Attention, AllBlocksEqualsDense) {

@@ -16,7 +16,7 @@ from torch.nn.attention import sdpa_kernel
 
 from . import compare
 from .config import LLAMA_31_8B, MODEL_SIZES
-from .timing import once_ms, times_ms
+from .timing import once_ms, warm_up
 
 REPEATS = {32768: 3, 131072: 2}
 WARMUP = 1
@@ -111,7 +111,7 @@ def run(sizes, num_layers, log=print):
                     with torch.no_grad():
                         return model(ids, logits_to_keep=1).logits
 
-                times_ms(prefill, 0, WARMUP)
+                warm_up(prefill, WARMUP)
                 timer.take_ms()  # the warm-up's attention calls
                 ttft, attention, calls = [], [], set()
                 for _ in range(REPEATS.get(n, 3)):

@@ -23,7 +23,7 @@ ROTATION_L2_MULTIPLE = 2  # rotated copies together span at least this many L2 s
 ROTATION_MAX_COPIES = 8
 BATCH_MS, BATCH_MAX_CALLS = 1.0, 64  # timed calls shorter than BATCH_MS run in batches
 SPIN_UP_S, SPIN_UP_MATRIX = 3.0, 8192
-INTERLEAVE_SEED = 0  # the shuffled order of interleaved_median_ms's rounds
+INTERLEAVE_SEED = 0  # the shuffled orders of interleaved_median_ms's rounds
 
 
 def _events_ms(fn, calls):
@@ -48,38 +48,52 @@ def times_ms(fn, repeats, warmup):
     shorter than BATCH_MS (timed once first) is sampled in batches of back-to-back calls
     making BATCH_MS (at most BATCH_MAX_CALLS), so that the host's dispatch of each call
     hides behind the previous one instead of counting in its time."""
-    for _ in range(warmup):
+    if repeats == 0:
+        raise ValueError("times_ms: repeats must be >= 1 (warm up with warm_up())")
+    warm_up(fn, warmup)
+    calls = _calls_per_sample(fn)
+    return [_events_ms(fn, calls) for _ in range(repeats)]
+
+
+def warm_up(fn, calls):
+    """`calls` untimed calls of fn(), then a synchronisation."""
+    for _ in range(calls):
         fn()
     torch.cuda.synchronize()
-    if repeats == 0:
-        return []
+
+
+def _calls_per_sample(fn):
+    """Back-to-back calls of fn() per timed sample: 1, or as many as make BATCH_MS for a call
+    shorter than that (timed once here: one extra call)."""
     one = _events_ms(fn, 1)
-    calls = 1 if one >= BATCH_MS else min(BATCH_MAX_CALLS, int(BATCH_MS / max(one, 1e-3)))
-    return [_events_ms(fn, calls) for _ in range(repeats)]
+    return 1 if one >= BATCH_MS else min(BATCH_MAX_CALLS, int(BATCH_MS / max(one, 1e-3)))
 
 
 def median_ms(fn, repeats, warmup):
     return statistics.median(times_ms(fn, repeats, warmup))
 
 
+_interleave_order = random.Random(INTERLEAVE_SEED)
+
+
 def interleaved_median_ms(calls, repeats, warmup):
     """Median milliseconds per call of each callable in `calls` (name -> fn), sampled in
     rounds that take one sample of each, so that slow drifts of the clocks (heat, power
     limits during long runs) fall on all of them alike. Each round runs the callables in a
-    new shuffled order (seeded): a call that follows a long full-power call can find the
-    clocks lowered, and a fixed order would always give that place to the same method.
+    new shuffled order (one seeded generator per process, so a run is repeatable): a call that
+    follows a long full-power call can find the clocks lowered, and a fixed order would always
+    give that place to the same method.
     Warm-up and batching as in times_ms."""
+    if repeats == 0:
+        raise ValueError("interleaved_median_ms: repeats must be >= 1")
     calls_per_sample = {}
     for name, fn in calls.items():
-        for _ in range(warmup):
-            fn()
-        torch.cuda.synchronize()
-        one = _events_ms(fn, 1)
-        calls_per_sample[name] = 1 if one >= BATCH_MS else min(BATCH_MAX_CALLS, int(BATCH_MS / max(one, 1e-3)))
+        warm_up(fn, warmup)
+        calls_per_sample[name] = _calls_per_sample(fn)
     samples = {name: [] for name in calls}
-    order, shuffle = list(calls), random.Random(INTERLEAVE_SEED).shuffle
+    order = list(calls)
     for _ in range(repeats):
-        shuffle(order)
+        _interleave_order.shuffle(order)
         for name in order:
             samples[name].append(_events_ms(calls[name], calls_per_sample[name]))
     return {name: statistics.median(times) for name, times in samples.items()}

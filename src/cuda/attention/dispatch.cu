@@ -41,22 +41,42 @@ Packing packing_from_environment() {
                                                               : Packing::kChunksOfHead;
 }
 
-// Rows per chunk of the item order (params.hpp): PROXYATTN_ATTN_ROW_CHUNK=n sets it (1: the
-// plain row-major order, to measure what the chunks bring); by default one KV head's items
-// of a chunk about fill the GPU (shape.chunk_ctas_per_sm CTAs per SM), or one row per chunk
-// where the kernel runs best in row-major order.
-pa_status rows_per_chunk(const CtaShape& shape, int slots_per_row, int32_t* rows) {
+// A launch's item order has at least this many chunks (params.hpp), so that its last chunk,
+// whose last KV head runs that chunk's longest rows at the very end, holds at most an eighth
+// of the rows: a short tail where SMs could idle.
+inline constexpr int kMinChunksPerLaunch = 8;
+
+// How the rows of a launch are chunked (params.hpp): `fill` rows, the chunk whose one KV
+// head's items about fill the GPU (shape.chunk_ctas_per_sm CTAs per SM; 0 where the kernel
+// keeps one row per chunk), capped per launch at kMinChunksPerLaunch chunks.
+// PROXYATTN_ATTN_ROW_CHUNK=n fixes the rows per chunk instead (1: row-major order, to measure
+// what the chunks bring; applies to both kernels).
+struct ChunkRule {
+  int32_t fill = 0;   // 0: one row per chunk
+  int32_t fixed = 0;  // > 0: PROXYATTN_ATTN_ROW_CHUNK
+  int32_t rows_per_chunk(int32_t num_rows) const {
+    if (fixed > 0) return fixed;
+    if (fill == 0) return 1;
+    return std::max(1, std::min(fill, (num_rows + kMinChunksPerLaunch - 1) / kMinChunksPerLaunch));
+  }
+};
+
+pa_status chunk_rule(const CtaShape& shape, int slots_per_row, ChunkRule* rule) {
+  *rule = ChunkRule{};
   if (const char* value = std::getenv("PROXYATTN_ATTN_ROW_CHUNK")) {
-    *rows = std::max(1, std::atoi(value));
+    char* end = nullptr;
+    const long rows = std::strtol(value, &end, 10);
+    if (end == value || *end != '\0' || rows < 1 || rows > INT32_MAX)
+      return fail(PA_STATUS_INVALID_CONFIG, "PROXYATTN_ATTN_ROW_CHUNK = \"%s\": expected a positive integer", value);
+    rule->fixed = int32_t(rows);
     return PA_STATUS_SUCCESS;
   }
-  *rows = 1;
   if (shape.chunk_ctas_per_sm == 0) return PA_STATUS_SUCCESS;
   int device = 0, sms = 0;
   PA_CUDA_TRY(cudaGetDevice(&device));
   PA_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   const int resident = shape.chunk_ctas_per_sm * sms;
-  *rows = std::max(1, (resident + slots_per_row - 1) / slots_per_row);
+  rule->fill = std::max(1, (resident + slots_per_row - 1) / slots_per_row);
   return PA_STATUS_SUCCESS;
 }
 
@@ -161,7 +181,8 @@ pa_status launch_batch(Params params, const std::vector<SeqSpan>& seqs, const Va
   const int heads_per_kv = params.num_q_heads / params.num_kv_heads;
   const int pairs_per_row = heads_per_kv * (params.block_size / variant.shape.pair_rows);
   params.slots_per_row = (pairs_per_row + variant.shape.pairs_per_cta - 1) / variant.shape.pairs_per_cta;
-  PA_TRY(rows_per_chunk(variant.shape, params.slots_per_row, &params.rows_per_chunk));
+  ChunkRule chunks;
+  PA_TRY(chunk_rule(variant.shape, params.slots_per_row, &chunks));
   size_t next = 0;
   while (next < seqs.size()) {
     params.num_seqs = 0;
@@ -178,6 +199,7 @@ pa_status launch_batch(Params params, const std::vector<SeqSpan>& seqs, const Va
       return fail(PA_STATUS_OVERFLOW, "GPU attention: %lld CTAs in one launch exceed the grid limit",
                   (long long)grid);
     params.num_rows = int32_t(rows);
+    params.rows_per_chunk = chunks.rows_per_chunk(params.num_rows);
     PA_TRY(variant.launch(params, grid, stream));
   }
   return PA_STATUS_SUCCESS;

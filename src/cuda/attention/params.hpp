@@ -11,18 +11,20 @@
 // same `order` row (heads of a KV head share a proxy group), so the CTA streams each kept K/V
 // tile through shared memory once for all its warps; each warp (warpgroup) keeps its own
 // head's prefix `count` and skips tiles outside it (per-head masks at warp granularity).
-// Items are numbered longest row first (query block m descending) and handed out in index
-// order as SMs free up: the sm80 kernel's CTAs (one per item) by the hardware, the sm90
+// Items are numbered from the launch's last query-block row down (within a sequence, longest
+// row first) and handed out in index order as SMs free up: the sm80 kernel's CTAs (one per item) by the hardware, the sm90
 // kernel's persistent CTAs by an atomic counter (a static i, i + grid, ... split lets the
 // CTAs drift apart in the list and lose the L2 reuse below: measured 37% slower at 128K).
-// Either way a longest-processing-time-first schedule: no SM idles on short rows while long
-// ones wait.
+// Either way about a longest-processing-time-first schedule: no SM idles on short rows while
+// long ones wait.
 // The rows go in chunks of rows_per_chunk; inside a chunk, one KV head after the other, each
-// with its rows (longest first) and each row with its slots (item_position below).
-// The dispatcher sizes a chunk so that one KV head's items of a chunk about fill the GPU
-// (sm90; the sm80 kernel keeps one row per chunk, CtaShape):
-// the CTAs in flight then read one KV head's K and V, which L2 holds, rather than every KV
-// head's at once. The CTAs of one (row, KV head) have consecutive indices, so they run
+// with its rows (longest first) and each row with its slots (item_position below), so the
+// order is longest first chunk by chunk, not item by item: the last KV head of the last
+// chunk runs the chunk's longest rows at the very end. The dispatcher sizes a chunk so that
+// one KV head's items of it about fill the GPU (sm90; the sm80 kernel keeps one row per
+// chunk, CtaShape), and a launch has at least kMinChunksPerLaunch chunks (dispatch.cu), which
+// keeps that tail short: the CTAs in flight then read one KV head's K and V, which L2 holds,
+// rather than every KV head's at once. The CTAs of one (row, KV head) have consecutive indices, so they run
 // together and read the shared K/V blocks while they are in L2.
 #pragma once
 
@@ -50,6 +52,7 @@ inline constexpr int kDenseBlock = 128;   // block edge of pa_dense_attention's 
 namespace sm90 {
 inline constexpr int kConsumers = 2;
 inline constexpr int kGroupRows = 64;
+inline constexpr int kCtasPerSm = 1;  // persistent: one CTA per SM (its shared memory fills the SM)
 }  // namespace sm90
 
 // Query rows of one pair and pairs per CTA: what the dispatcher needs to size the work list.
@@ -64,7 +67,7 @@ struct CtaShape {
 // its limit, not L2), the sm90 kernel 1.2% faster, up to 15% at 64K-128K
 // (bench/results/attention-sm90-chunks-*.json).
 inline constexpr CtaShape kSm80Shape{kWarpRows, kWarps, 0};
-inline constexpr CtaShape kSm90Shape{sm90::kGroupRows, sm90::kConsumers, 1};
+inline constexpr CtaShape kSm90Shape{sm90::kGroupRows, sm90::kConsumers, sm90::kCtasPerSm};
 
 // SeqSpan entries passed by value in the kernel parameters (32 B each: 2 KiB of the
 // classic 4 KiB parameter space); batches of more sequences take several launches.
@@ -124,9 +127,10 @@ struct Params {
 
 static_assert(sizeof(Params) <= 4096, "kernel parameters within the classic 4 KiB limit");
 
-// Where work item `item` of the launch sits (params.hpp): chunk c holds rows' [c R, c R + R)
-// (R = rows_per_chunk, row' counting from the last, longest, row of the launch down; the
-// last chunk may be shorter); inside it item = (kv_head * rows + row' - c R) * slots + slot.
+// Where work item `item` of the launch sits: chunk c = item / (R * Hkv * slots) holds rows'
+// [c R, c R + rows) (R = rows_per_chunk, rows = R except in a shorter last chunk, row'
+// counting from the launch's last row down), and the item's offset inside its chunk is
+// (kv_head * rows + row' - c R) * slots + slot.
 struct ItemPosition {
   int64_t row;  // query-block row of the batch
   int kv_head;
@@ -145,7 +149,6 @@ PA_HOST_DEVICE inline ItemPosition item_position(const Params& p, int64_t item) 
   position.row = p.row_begin + (p.num_rows - 1 - (first + rest / p.slots_per_row));
   return position;
 }
-
 
 // One launcher per compiled variant (sm80/instantiate_*.cu, sm90/instantiate_*.cu): returns
 // the launch's status. The work list has num_rows * num_kv_heads * slots_per_row items:

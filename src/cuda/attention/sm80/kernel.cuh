@@ -128,7 +128,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int quad_row = lane / 4, quad_col = lane % 4;  // g and t of the fragment layouts
 
-  // ---- Work item blockIdx.x (params.hpp, work_list.cuh).
+  // ---- Work item blockIdx.x (params.hpp: item_position).
   const ItemPosition position = item_position(params, blockIdx.x);
   const int slot = position.slot, kv_head = position.kv_head;
   const int64_t row = position.row;

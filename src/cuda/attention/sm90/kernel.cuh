@@ -195,7 +195,7 @@ struct Ring {
   }
 };
 
-// Work item `item` (params.hpp, work_list.cuh), decoded the same way by every thread.
+// Work item `item` (params.hpp: item_position), decoded the same way by every thread.
 __device__ __forceinline__ void decode_item(const Params& params, int64_t item, CtaWork& cta,
                                             GroupWork (&group)[kConsumers]) {
   const ItemPosition position = item_position(params, item);

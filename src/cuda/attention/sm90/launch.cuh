@@ -85,19 +85,19 @@ pa_status make_tensor_map(EncodeTiled encode, CUtensorMap* map, const char* name
   return PA_STATUS_SUCCESS;
 }
 
-// Whether the kernel runs persistent CTAs taking items from a counter (the default), or one
-// CTA per item (PROXYATTN_ATTN_PERSISTENT=0, to measure what persistence brings).
-inline bool persistent_from_environment() {
-  const char* value = std::getenv("PROXYATTN_ATTN_PERSISTENT");
+// A kernel choice on by default: off when the environment variable `name` is "0".
+inline bool on_unless_zero(const char* name) {
+  const char* value = std::getenv(name);
   return value == nullptr || std::strcmp(value, "0") != 0;
 }
 
+// Whether the kernel runs persistent CTAs taking items from a counter (the default), or one
+// CTA per item (PROXYATTN_ATTN_PERSISTENT=0, to measure what persistence brings).
+inline bool persistent_from_environment() { return on_unless_zero("PROXYATTN_ATTN_PERSISTENT"); }
+
 // Whether the consumers take turns issuing their products (the default), or issue freely
 // (PROXYATTN_ATTN_PINGPONG=0, to measure what the turns bring).
-inline bool consumer_turns_from_environment() {
-  const char* value = std::getenv("PROXYATTN_ATTN_PINGPONG");
-  return value == nullptr || std::strcmp(value, "0") != 0;
-}
+inline bool consumer_turns_from_environment() { return on_unless_zero("PROXYATTN_ATTN_PINGPONG"); }
 
 // The launch's CTAs: one per SM when persistent (one CTA fits an SM), else one per item.
 // PROXYATTN_ATTN_MAX_CTAS=n (for tests) caps the persistent CTAs at n, so that every CTA
@@ -108,7 +108,7 @@ inline pa_status launch_grid(bool persistent, int64_t items, int64_t* grid) {
   int device = 0, sms = 0;
   PA_CUDA_TRY(cudaGetDevice(&device));
   PA_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  int64_t ctas = sms;
+  int64_t ctas = int64_t(kCtasPerSm) * sms;
   if (const char* cap = std::getenv("PROXYATTN_ATTN_MAX_CTAS")) ctas = std::min<int64_t>(ctas, std::max(1, std::atoi(cap)));
   *grid = std::min<int64_t>(items, ctas);
   return PA_STATUS_SUCCESS;
