@@ -28,7 +28,9 @@ def measure(args):
         sys.exit("python -m proxyattn.bench: needs a CUDA device (torch.cuda.is_available() is False)")
     t0 = time.time()
     doc = {"benchmark": "proxyattn.bench", "suites": args.suite, "machine": machine(),
-           "command": " ".join(["python -m proxyattn.bench"] + sys.argv[1:])}
+           # the command line with the output folder named OUT (a machine's own path stays out)
+           "command": " ".join(["python -m proxyattn.bench"] +
+                               ["OUT" if a == args.out else a for a in sys.argv[1:]])}
     print("machine:", doc["machine"], flush=True)
     spin_up()
     if "compare" in args.suite:
