@@ -241,11 +241,7 @@ def main():
     ap.add_argument("--curve-min-budgets", nargs="+", type=int, default=DEFAULT_CURVE_MIN_BUDGETS)
     args = ap.parse_args()
 
-    import proxyattn
-
-    proxyattn.set_num_threads(args.threads)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    common.set_threads(args.threads)
     model, tokenizer = common.load_model(args.model)
     cfg = model.config
     hq, hkv = cfg.num_attention_heads, cfg.num_key_value_heads

@@ -257,11 +257,7 @@ def main():
     if missing:
         ap.error(f"the measurement needs {', '.join(missing)}")
 
-    import proxyattn
-
-    proxyattn.set_num_threads(args.threads)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    common.set_threads(args.threads)
     model, tokenizer = common.load_model(args.model)
     cfg = model.config
     hq, hkv = cfg.num_attention_heads, cfg.num_key_value_heads

@@ -34,6 +34,16 @@ TEXTS = {
 
 
 # ---- model ------------------------------------------------------------------------------------
+def set_threads(threads):
+    """CPU threads of the library and of torch (0: the library's default, all cores)."""
+    import proxyattn
+    import torch
+
+    proxyattn.set_num_threads(threads)
+    if threads:
+        torch.set_num_threads(threads)
+
+
 def load_model(model_dir, attn_implementation="sdpa"):
     """The transformers model and tokenizer saved by acquire.py, float32 on the CPU, eval mode."""
     import torch

@@ -202,12 +202,9 @@ def main():
                     help="earlier result file of the same cases: its modes are copied, not run again")
     args = ap.parse_args()
 
-    import proxyattn
     import proxyattn.hf
 
-    proxyattn.set_num_threads(args.threads)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    common.set_threads(args.threads)
     model, tokenizer = common.load_model(args.model)
     stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
     keys = load_keys(args.corpus)
