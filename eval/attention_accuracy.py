@@ -23,7 +23,6 @@ turns them into tables and plots.
 """
 import argparse
 import itertools
-import math
 import pathlib
 import time
 
@@ -67,7 +66,8 @@ class Capture:
         if self.keep is None or module.layer_idx in self.keep:
             self.layers[module.layer_idx] = tuple(t[0].transpose(0, 1).contiguous().float()
                                                   for t in (query, key, value))
-            self.scaling[module.layer_idx] = scaling
+            # the softmax scale the layer uses: its own, or SDPA's default 1 / sqrt(d)
+            self.scaling[module.layer_idx] = scaling if scaling is not None else query.shape[-1] ** -0.5
             if self.keep is not None and module.layer_idx == max(self.keep):
                 raise _CaptureDone
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
@@ -211,8 +211,13 @@ def setting_key(cfg):
     return f"b{cfg['block_size']}_mb{cfg['min_budget_tokens']}_g{cfg['gamma']:.2f}_p{cfg['num_proxy_groups']}"
 
 
+def proxy_groups(groups, hkv):
+    """The proxy-group counts to measure: `groups` (--groups), or 1 and Hkv."""
+    return sorted({1, hkv} if groups is None else set(groups))
+
+
 def settings_grid(args, hkv):
-    groups = sorted({1, hkv} if args.groups is None else set(args.groups))
+    groups = proxy_groups(args.groups, hkv)
     return [dict(block_size=b, min_budget_tokens=mb, gamma=gm, num_proxy_groups=g)
             for b, mb, gm, g in itertools.product(args.block_sizes, args.min_budgets, args.gammas, groups)]
 
@@ -265,7 +270,7 @@ def main():
         for layer in layers:
             t1 = time.perf_counter()
             q, k, v = cap.layers[layer]
-            scale = cap.scaling[layer] if cap.scaling[layer] is not None else 1.0 / math.sqrt(q.shape[-1])
+            scale = cap.scaling[layer]
             res, extras = layer_measurements(q, k, v, float(scale), settings, args.xattn_strides, curves)
             doc["layers"][str(layer)] = {"settings": res, "per_block_size": {str(b): e for b, e in extras.items()},
                                          "seconds": rounded(time.perf_counter() - t1)}

@@ -39,7 +39,6 @@ Q/K/V of the layers) and every setting (gamma, floor, proxy groups g; block 128,
 import argparse
 import itertools
 import json
-import math
 import os
 import pathlib
 import sys
@@ -53,7 +52,7 @@ sys.path.insert(0, _HERE)
 sys.path.insert(0, os.path.join(_HERE, "..", "python"))
 import common  # noqa: E402
 import estimators as est  # noqa: E402
-from attention_accuracy import capture_qkv, group_of_head, rounded  # noqa: E402
+from attention_accuracy import capture_qkv, group_of_head, proxy_groups, rounded  # noqa: E402
 
 BLOCK, STRIDE = 128, 4  # the library defaults
 DEFAULT_GAMMAS = [0.90, 0.95]
@@ -261,7 +260,7 @@ def main():
     model, tokenizer = common.load_model(args.model)
     cfg = model.config
     hq, hkv = cfg.num_attention_heads, cfg.num_key_value_heads
-    groups = sorted({1, hkv} if args.groups is None else set(args.groups))
+    groups = proxy_groups(args.groups, hkv)
     settings = list(itertools.product(args.gammas, args.min_budgets, groups))
     gm, mb, g = args.check_setting.split(",")
     check_setting = (float(gm), int(mb), int(g))
@@ -277,7 +276,7 @@ def main():
         for layer in layers:
             t1 = time.perf_counter()
             q, k, v = cap.layers.pop(layer)
-            scale = cap.scaling[layer] if cap.scaling[layer] is not None else 1.0 / math.sqrt(q.shape[-1])
+            scale = cap.scaling[layer]
             print(f"layer {layer}", flush=True)
             res, extra = measure_layer(q, k, v, float(scale), settings, args.rows, check_setting)
             doc["runs"].append({"tokens": n_tok, "layer": layer, "settings": res, **extra,
