@@ -14,7 +14,12 @@ Timing: CUDA events around each call, warm-up, median; all methods of a point sa
 turn (so clock drifts during long runs fall on all alike); inputs (>= 96 MiB) exceed L2.
 Effective TFLOP/s = 4 * d * kept causal token pairs / time (dense causal pairs for cuDNN).
 
+A/B of a kernel change: --baseline DIR loads a second build of the library (e.g. the
+previous commit's, built by scripts/gpu-check's `baseline` step) and times its kernel in the
+same interleaved rounds ("baseline_ms"), on its own plan with the same index.
+
 Usage: attention_bench.py --build build-gpu --out DIR [--quick | --sizes 8192,32768]
+       [--baseline DIR --baseline-label TEXT]
 """
 import argparse
 import datetime
@@ -109,10 +114,13 @@ def main():
     ap.add_argument("--quick", action="store_true", help="8K and 32K only")
     ap.add_argument("--sizes", default="", help="comma-separated N, each one of %s" % SIZES)
     ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--baseline", default="", help="build folder of a second library to time next to ours")
+    ap.add_argument("--baseline-label", default="", help="what the baseline build is (recorded)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     t_start = time.time()
     lib = capi.Library(os.path.join(args.build, "libproxyattn.so"))
+    base = capi.Library(os.path.join(args.baseline, "libproxyattn.so")) if args.baseline else None
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     info = machine()
@@ -148,6 +156,9 @@ def main():
         storage = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
         plan = lib.plan_create(problem, config, storage.data_ptr(), nbytes)
         qa, ka, va, oa = (lib.tensor(x) for x in (q, k, v, o))
+        if base is not None:  # the baseline library's own plan (same problem and config)
+            base_storage = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+            base_plan = base.plan_create(problem, config, base_storage.data_ptr(), nbytes)
 
         # cuDNN dense causal (GQA natively if this build allows, else K/V repeated).
         def cudnn_call(kk=kt, vv=vt, gqa=True):
@@ -177,6 +188,9 @@ def main():
             if default_kernel == "sm90":
                 calls.update({key: with_environment(env, attend) for key, env in SM90_VARIANTS.items()})
             calls["sm80"] = with_environment(SM80, attend)
+            if base is not None:
+                base.set_index(base_plan, order.ctypes.data, count.ctypes.data)
+                calls["baseline"] = lambda: base.attend(base_plan, qa, ka, va, oa, 0, stream)  # noqa: E731
             calls["cudnn"] = cudnn_fn
             bm, flex_fn, flex_error = None, None, None
             if flex is not None:
@@ -207,6 +221,8 @@ def main():
                    "speedup_vs_cudnn": t_cudnn / t_ours,
                    "sm80_ms": t_sm80, "sm80_tflops_effective": flops / t_sm80 / 1e9}
             row.update({key: t[key] for key in SM90_VARIANTS if key in t})
+            if base is not None:
+                row["baseline_ms"] = t["baseline"]
 
             # Outputs: ours against cuDNN (the all-blocks plan is dense attention), our sm80
             # kernel and Flex on the same plan.
@@ -228,7 +244,7 @@ def main():
                 row["flex_error"] = flex_error
             del o_default, bm, flex_fn, calls
             results.append(row)
-            variants = " ".join("%s %.3f" % (key, row[key]) for key in SM90_VARIANTS if key in row)
+            variants = " ".join("%s %.3f" % (key, row[key]) for key in [*SM90_VARIANTS, "baseline_ms"] if key in row)
             print("N %6d density %.3f: ours %8.3f ms (%5.1f TFLOP/s; %s)  sm80 %8.3f ms  "
                   "cuDNN dense %8.3f ms  flex %s ms  [%.0f s]" % (
                       n, stats.density, t_ours, row["ours_tflops_effective"], variants or "-", t_sm80, t_cudnn,
@@ -243,6 +259,9 @@ def main():
                 print("  packing: chunks of a head %.3f ms, heads of a chunk %.3f ms"
                       % (tp["chunks"], tp["heads"]), flush=True)
         lib.plan_free(plan)
+        if base is not None:
+            base.plan_free(base_plan)
+            del base_storage
         del q, k, v, o, storage, ref_dense  # qt, kt, vt: rebound next size (closures read them)
         torch.cuda.empty_cache()
 
@@ -253,10 +272,14 @@ def main():
            "method": "CUDA events, median of samples taken in turn over all methods of a point; "
                      "warm-up %s; repeats %s" % (WARMUP, REPEATS),
            "cudnn_gqa": cudnn_mode, "results": results, "packing": packing,
+           "baseline": args.baseline_label or args.baseline or None,
            "wall_s": time.time() - t_start}
     path = write_result(args.out, doc, prefix="attention-")
 
     print("\nours = %s" % default_kernel)
+    if base is not None:
+        print("baseline (%s) / ours: %s" % (args.baseline_label or args.baseline, " ".join(
+            "%.3f" % (r["baseline_ms"] / r["ours_ms"]) for r in results)))
     print("%7s %7s %9s %8s %9s %9s %9s %8s %8s" % ("N", "density", "ours ms", "TFLOP/s", "sm80 ms", "cuDNN ms",
                                                    "flex ms", "x cuDNN", "x flex"))
     for r in results:

@@ -3,7 +3,8 @@
 // first) from an atomic counter, warp-specialised.
 //
 //   warpgroup 0 (producer, registers released): one thread takes the next item from the
-//     counter and hands it to the consumers through a small shared-memory ring; it walks each item's kept blocks in
+//     counter, decodes it and hands it to the consumers through a small shared-memory ring
+//     (they read no global memory between items); it walks each item's kept blocks in
 //     the order of the block index and copies each K and V tile with the tensor copy engine
 //     (TMA, 128-byte swizzle) into a ring of kStages shared-memory stages, each completing
 //     on its own "full" mbarrier; it first copies every consumer's Q tile (once that consumer
@@ -29,8 +30,11 @@
 // The products of an iteration are issued in the consumer's turn (Turns), so the two
 // consumers' softmaxes fall between each other's products.
 // Every consumer waits on every tile's barriers and releases every stage, also a tile it
-// skips (kept by another head of the CTA) and the item's closing stage (`done`, no data),
-// so the ring's phases stay in step. The epilogue stages O in its own buffer, not in Q's.
+// skips (kept by another head of the CTA), so the ring's phases stay in step. The producer
+// flags each item's last tile (an item whose units were all skipped gets one empty stage),
+// and the consumers release Q as soon as that tile's Q K^T product has completed, so the
+// next item's Q loads under the last softmax, P V and the epilogue. The epilogue stages O
+// in its own buffer, not in Q's.
 #pragma once
 
 #include <cuda.h>
@@ -136,11 +140,24 @@ struct KernelTraits {
 };
 
 // A K/V tile as the producer loaded it, published next to its stage.
+enum TileFlags : uint32_t {
+  kTileLast = 1,   // the item's last tile
+  kTileEmpty = 2,  // carries no data: closes an item whose units were all skipped
+};
 struct TileDesc {
   int32_t key0[2];   // first key of each half (sequence-relative) where `needed` has its bit
   int32_t rank[2];   // rank of each half's block in the order row
   uint32_t needed;   // bit h: some consumer of the CTA may keep half h
-  uint32_t done;     // 1: no more tiles (this stage carries no data)
+  uint32_t flags;    // TileFlags
+};
+
+// A work item as the producer decoded it (decode_item), handed to the consumers through the
+// item ring: they read no global memory between items.
+struct ItemSlot {
+  int32_t end;        // 1: no more items
+  int32_t seq;        // the item's sequence: params.seqs[seq]
+  int32_t max_count;  // largest count of its active consumers (0: no K/V tile)
+  UnitWork group[kConsumers];
 };
 
 // Shared memory of one CTA; its sizeof is the launch's dynamic shared memory.
@@ -152,7 +169,7 @@ struct alignas(kTileAlignment) SharedStorage {
   uint8_t v[Traits::kStages][Traits::kKvBytes];
   uint64_t q_full[kConsumers];
   uint64_t q_empty[kConsumers];       // one arrival per consumer warp: Q read for the last time
-  int64_t item[kItemSlots];           // the items handed to the consumers (>= items: no more)
+  ItemSlot item[kItemSlots];          // the items handed to the consumers
   uint64_t item_full[kItemSlots];     // producer arrival
   uint64_t item_empty[kItemSlots];    // one arrival per consumer warp
   uint64_t k_full[Traits::kStages];   // producer arrival + TMA bytes
@@ -171,6 +188,7 @@ __device__ __forceinline__ GroupWork group_work(const Params& p, const SeqSpan& 
 
 // The CTA's work item, decoded the same way by every thread.
 struct CtaWork {
+  int seq;                   // params.seqs[seq] holds the row
   const SeqSpan* span;
   int m;                     // query block of the sequence
   int kv_head;
@@ -202,7 +220,8 @@ __device__ __forceinline__ void decode_item(const Params& params, int64_t item, 
   const int slot = position.slot;
   cta.kv_head = position.kv_head;
   const int64_t row = position.row;
-  cta.span = &params.seqs[find_seq(params, row)];
+  cta.seq = find_seq(params, row);
+  cta.span = &params.seqs[cta.seq];
   cta.m = int(row - cta.span->qblock_begin);
   cta.max_count = 0;
   cta.last_row = -1;
@@ -235,7 +254,7 @@ __device__ __forceinline__ void load_kv_tile(uint32_t tile, const CUtensorMap* m
   }
 }
 
-// One item (with at least one kept block): Q tiles, K/V tiles, the closing stage.
+// One item (with at least one kept block): Q tiles, then K/V tiles, the last one flagged.
 // q_phase[c]: parity of consumer c's Q loads so far.
 template <typename Traits>
 __device__ __forceinline__ void produce_item(SharedStorage<Traits>& smem, const Params& params, const CtaWork& cta,
@@ -272,6 +291,33 @@ __device__ __forceinline__ void produce_item(SharedStorage<Traits>& smem, const 
     const int key0 = n * block + (unit % units_per_block) * kBoxRows;
     return key0 >= span.length || key0 > cta.last_row ? -1 : key0;
   };
+  // Each tile is published once the next one is known, so that the item's last tile
+  // carries kTileLast; an item whose units were all skipped closes with an empty stage.
+  auto publish = [&](const TileDesc& desc, int token0, int token1) {
+    // K: wait until every consumer warp released the stage, publish the tile, copy.
+    mbarrier_wait(smem_address(&smem.k_empty[ring.stage]), ring.phase ^ 1);
+    smem.desc[ring.stage] = desc;
+    uint32_t bar = smem_address(&smem.k_full[ring.stage]);
+    if (desc.flags & kTileEmpty) {
+      mbarrier_arrive(bar);
+    } else {
+      mbarrier_arrive_expect_tx(bar, Traits::kKvBytes);
+      load_kv_tile<Traits>(smem_address(smem.k[ring.stage]), k_map, bar, cta.kv_head, token0, token1);
+    }
+    // V, into the same stage of its own ring.
+    mbarrier_wait(smem_address(&smem.v_empty[ring.stage]), ring.phase ^ 1);
+    bar = smem_address(&smem.v_full[ring.stage]);
+    if (desc.flags & kTileEmpty) {
+      mbarrier_arrive(bar);
+    } else {
+      mbarrier_arrive_expect_tx(bar, Traits::kKvBytes);
+      load_kv_tile<Traits>(smem_address(smem.v[ring.stage]), v_map, bar, cta.kv_head, token0, token1);
+    }
+    ring.advance();
+  };
+  TileDesc held{};
+  int held_token[2] = {0, 0};
+  bool holding = false;
   for (int unit = 0; unit < num_units; unit += 2) {
     const int rank0 = unit / units_per_block, rank1 = (unit + 1) / units_per_block;
     const bool has_second = unit + 1 < num_units;
@@ -280,45 +326,29 @@ __device__ __forceinline__ void produce_item(SharedStorage<Traits>& smem, const 
     const int key0 = unit_key0(unit, n0);
     const int key1 = has_second ? unit_key0(unit + 1, n1) : -1;
     if (key0 < 0 && key1 < 0) continue;
-    TileDesc desc;
-    desc.key0[0] = key0;
-    desc.key0[1] = key1;
-    desc.rank[0] = rank0;
-    desc.rank[1] = rank1;
-    desc.needed = (key0 >= 0 ? 1u : 0u) | (key1 >= 0 ? 2u : 0u);
-    desc.done = 0;
-    const int token0 = token_begin + (key0 >= 0 ? key0 : key1);  // a skipped half: the other's keys
-    const int token1 = token_begin + (key1 >= 0 ? key1 : key0);
-
-    // K: wait until every consumer warp released the stage, publish the tile, copy.
-    mbarrier_wait(smem_address(&smem.k_empty[ring.stage]), ring.phase ^ 1);
-    smem.desc[ring.stage] = desc;
-    uint32_t bar = smem_address(&smem.k_full[ring.stage]);
-    mbarrier_arrive_expect_tx(bar, Traits::kKvBytes);
-    load_kv_tile<Traits>(smem_address(smem.k[ring.stage]), k_map, bar, cta.kv_head, token0, token1);
-    // V, into the same stage of its own ring.
-    mbarrier_wait(smem_address(&smem.v_empty[ring.stage]), ring.phase ^ 1);
-    bar = smem_address(&smem.v_full[ring.stage]);
-    mbarrier_arrive_expect_tx(bar, Traits::kKvBytes);
-    load_kv_tile<Traits>(smem_address(smem.v[ring.stage]), v_map, bar, cta.kv_head, token0, token1);
-    ring.advance();
+    if (holding) publish(held, held_token[0], held_token[1]);
+    held.key0[0] = key0;
+    held.key0[1] = key1;
+    held.rank[0] = rank0;
+    held.rank[1] = rank1;
+    held.needed = (key0 >= 0 ? 1u : 0u) | (key1 >= 0 ? 2u : 0u);
+    held.flags = 0;
+    held_token[0] = token_begin + (key0 >= 0 ? key0 : key1);  // a skipped half: the other's keys
+    held_token[1] = token_begin + (key1 >= 0 ? key1 : key0);
+    holding = true;
   }
-  // End of the item's tiles: a stage with `done` set and no bytes, in both rings.
-  mbarrier_wait(smem_address(&smem.k_empty[ring.stage]), ring.phase ^ 1);
-  TileDesc last{};
-  last.done = 1;
-  smem.desc[ring.stage] = last;
-  mbarrier_arrive(smem_address(&smem.k_full[ring.stage]));
-  mbarrier_wait(smem_address(&smem.v_empty[ring.stage]), ring.phase ^ 1);
-  mbarrier_arrive(smem_address(&smem.v_full[ring.stage]));
-  ring.advance();
+  if (!holding) held = TileDesc{};
+  held.flags = holding ? kTileLast : kTileLast | kTileEmpty;
+  publish(held, held_token[0], held_token[1]);
 }
 
 // ---- consumer ------------------------------------------------------------------------
-// One item. q_phase: parity of this consumer's Q loads so far.
+// One item of sequence `span`: this consumer's rows `mine`; has_tiles: the producer streams
+// K/V tiles for it (the largest count of the item's consumers is positive). q_phase: parity
+// of this consumer's Q loads so far.
 template <typename Traits>
-__device__ __forceinline__ void consume_item(SharedStorage<Traits>& smem, const Params& params, const CtaWork& cta,
-                                             const GroupWork& mine, int consumer, const Turns& turns,
+__device__ __forceinline__ void consume_item(SharedStorage<Traits>& smem, const Params& params, const SeqSpan& span,
+                                             bool has_tiles, const GroupWork& mine, int consumer, const Turns& turns,
                                              Ring<Traits::kStages>& ring, uint32_t& q_phase) {
   using Element = typename Traits::Element;
   constexpr int D = Traits::kHeadDim;
@@ -327,7 +357,7 @@ __device__ __forceinline__ void consume_item(SharedStorage<Traits>& smem, const 
   const int thread = int(threadIdx.x) % kWarpgroupThreads;
   const int warp = thread / 32, lane = thread % 32;
   const int quad_row = lane / 4, quad_col = lane % 4;  // g and t of the register layouts
-  const int length = cta.span->length;
+  const int length = span.length;
   const int row_lo = mine.row0 + 16 * warp + quad_row;  // this thread's rows: row_lo, row_lo + 8
 
   const uint32_t q_tile = smem_address(smem.q[consumer]);
@@ -349,13 +379,11 @@ __device__ __forceinline__ void consume_item(SharedStorage<Traits>& smem, const 
 
   // A CTA whose heads keep no block of this row runs no pipeline (producer included):
   // straight to the epilogue, O = 0 and LSE = -inf.
-  const bool has_tiles = cta.max_count > 0;
-  const bool loads_q = mine.active && has_tiles;  // the producer's condition for this Q tile
-  if (loads_q) {
+  bool q_held = mine.active && has_tiles;  // the producer's condition for this Q tile
+  if (q_held) {
     mbarrier_wait(smem_address(&smem.q_full[consumer]), q_phase);
     q_phase ^= 1;
   }
-
   // Releases a stage to the producer: one arrival per warp, by lane 0, the only lane that
   // reads the stage's TileDesc (read_desc), so its release orders every generic read of the
   // stage before the producer's next write (the tiles themselves are read by wgmma, which
@@ -363,6 +391,13 @@ __device__ __forceinline__ void consume_item(SharedStorage<Traits>& smem, const 
   auto release = [&](uint32_t bar) {
     if (lane == 0) mbarrier_arrive(bar);
   };
+  // Once the item's last Q K^T product has completed, the producer may load the next Q
+  // (while this consumer finishes the last softmax, P V and the epilogue).
+  auto release_q = [&]() {
+    if (q_held) release(smem_address(&smem.q_empty[consumer]));
+    q_held = false;
+  };
+
   // The TileDesc of a stage, read by lane 0 and broadcast (also makes it warp-uniform).
   auto read_desc = [&](int stage) {
     TileDesc d{};
@@ -373,7 +408,7 @@ __device__ __forceinline__ void consume_item(SharedStorage<Traits>& smem, const 
       d.rank[h] = warp_uniform(d.rank[h]);
     }
     d.needed = uint32_t(warp_uniform(int(d.needed)));
-    d.done = uint32_t(warp_uniform(int(d.done)));
+    d.flags = uint32_t(warp_uniform(int(d.flags)));
     return d;
   };
 
@@ -486,13 +521,14 @@ __device__ __forceinline__ void consume_item(SharedStorage<Traits>& smem, const 
     // ---- K of tile j landed: which halves does this head keep?
     mbarrier_wait(smem_address(&smem.k_full[stage]), phase);
     const TileDesc desc = read_desc(stage);
-    if (desc.done) {  // the closing stage: release it in both rings
+    if (desc.flags & kTileEmpty) {  // an item without tiles: release the stage in both rings
       release(smem_address(&smem.k_empty[stage]));
       mbarrier_wait(smem_address(&smem.v_full[stage]), phase);
       release(smem_address(&smem.v_empty[stage]));
       ring.advance();
       break;
     }
+    const bool last = (desc.flags & kTileLast) != 0;
     bool half_on[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h)
@@ -512,6 +548,7 @@ __device__ __forceinline__ void consume_item(SharedStorage<Traits>& smem, const 
       wgmma_wait<1>();
       fence_registers(s);
       release(k_empty);
+      if (last) release_q();
       softmax(desc, half_on, correction);
       wgmma_wait<0>();
       fence_registers(o);
@@ -527,12 +564,14 @@ __device__ __forceinline__ void consume_item(SharedStorage<Traits>& smem, const 
       wgmma_wait<0>();
       fence_registers(s);
       release(k_empty);
+      if (last) release_q();
       softmax(desc, half_on, correction);
       if (pending) release(v_empty_pending);
       pack_p();
     } else {
       // A tile another head of the CTA keeps: release it, finish the previous product.
       release(k_empty);
+      if (last) release_q();
       if (pending) mbarrier_wait(v_full_pending, pending_phase);
       turns.wait();
       if (pending_on) {
@@ -553,9 +592,9 @@ __device__ __forceinline__ void consume_item(SharedStorage<Traits>& smem, const 
     pending_correction[0] = correction[0];
     pending_correction[1] = correction[1];
     ring.advance();
+    if (last) break;
   }
-  // Every Q K^T product of the item has completed: the producer may load the next Q.
-  if (loads_q) release(smem_address(&smem.q_empty[consumer]));
+  release_q();  // an item without tiles
 
   // ---- the last tile's P V.
   if (pending) {
@@ -583,7 +622,7 @@ __device__ __forceinline__ void consume_item(SharedStorage<Traits>& smem, const 
     inv[r] = l > 0.0f ? 1.0f / l : 0.0f;
     const int row = row_lo + 8 * r;
     if (params.lse != nullptr && quad_col == 0 && row < length)
-      params.lse[int64_t(mine.head) * params.total_tokens + cta.span->token_begin + row] =
+      params.lse[int64_t(mine.head) * params.total_tokens + span.token_begin + row] =
           l > 0.0f ? (row_max[r] + log2f(l)) * kLn2 : kNegInf;
   }
   named_barrier_sync(kBarrierEpilogue + consumer, kWarpgroupThreads);  // the previous item's reads are done
@@ -597,7 +636,7 @@ __device__ __forceinline__ void consume_item(SharedStorage<Traits>& smem, const 
       st_shared_32(address, ElementTraits<Element>::pack(o[4 * i + 2 * r] * inv[r], o[4 * i + 2 * r + 1] * inv[r]));
     }
   named_barrier_sync(kBarrierEpilogue + consumer, kWarpgroupThreads);
-  Element* o_base = static_cast<Element*>(params.o.data) + cta.span->token_begin * params.o.token_stride +
+  Element* o_base = static_cast<Element*>(params.o.data) + span.token_begin * params.o.token_stride +
                     int64_t(mine.head) * params.o.head_stride;
   constexpr int kRowVectors = D / Traits::kVectorElems;
   for (int i = thread; i < kGroupRows * kRowVectors; i += kWarpgroupThreads) {
@@ -646,8 +685,6 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   }
   __syncthreads();
 
-  CtaWork cta;
-  GroupWork group[kConsumers];
   Ring<Traits::kStages> ring;
   Ring<kItemSlots> item_ring;
   if (role == 0) {
@@ -657,6 +694,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       tma_prefetch_descriptor(&k_map);
       tma_prefetch_descriptor(&v_map);
       uint32_t q_phase[kConsumers] = {};
+      CtaWork cta;
+      GroupWork group[kConsumers];
       for (bool first = true;; first = false) {
         // A slot first, then the item: an item is taken only when this CTA can start on it.
         mbarrier_wait(smem_address(&smem.item_empty[item_ring.stage]), item_ring.phase ^ 1);
@@ -664,11 +703,18 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         const int64_t item = params.item_counter != nullptr ? int64_t(atomicAdd(params.item_counter, 1u))
                              : first                        ? int64_t(blockIdx.x)
                                                             : items;
-        smem.item[item_ring.stage] = item;
+        ItemSlot& slot = smem.item[item_ring.stage];
+        slot.end = item >= items ? 1 : 0;
+        if (item < items) {
+          decode_item(params, item, cta, group);
+          slot.seq = cta.seq;
+          slot.max_count = cta.max_count;
+#pragma unroll
+          for (int c = 0; c < kConsumers; ++c) slot.group[c] = group[c];
+        }
         mbarrier_arrive(smem_address(&smem.item_full[item_ring.stage]));
         item_ring.advance();
         if (item >= items) break;
-        decode_item(params, item, cta, group);
         if (cta.max_count > 0) produce_item<Traits>(smem, params, cta, group, ring, q_phase, &q_map, &k_map, &v_map);
       }
     }
@@ -680,19 +726,28 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   if (consumer == kConsumers - 1) turns.pass();
   uint32_t q_phase = 0;
   for (;;) {
-    // The next item, read by lane 0 and broadcast; the slot goes back once every warp has it.
+    // The next item as the producer decoded it, read by lane 0 and broadcast (uniform for
+    // the branches around wgmma); the slot goes back once every warp has it.
     mbarrier_wait(smem_address(&smem.item_full[item_ring.stage]), item_ring.phase);
-    int64_t item = lane == 0 ? smem.item[item_ring.stage] : 0;
-    item = (int64_t(uint32_t(warp_uniform(int(item >> 32)))) << 32) | uint32_t(warp_uniform(int(item)));
-    if (lane == 0) mbarrier_arrive(smem_address(&smem.item_empty[item_ring.stage]));
-    item_ring.advance();
-    if (item >= items) break;
-    decode_item(params, item, cta, group);
+    int end = 0, seq = 0, max_count = 0;
     GroupWork mine;
-#pragma unroll
-    for (int c = 0; c < kConsumers; ++c)
-      if (role == 1 + c) mine = group[c];
-    consume_item<Traits>(smem, params, cta, mine, consumer, turns, ring, q_phase);
+    if (lane == 0) {
+      const ItemSlot& slot = smem.item[item_ring.stage];
+      end = slot.end;
+      seq = slot.seq;
+      max_count = slot.max_count;
+      mine = slot.group[consumer];
+      mbarrier_arrive(smem_address(&smem.item_empty[item_ring.stage]));
+    }
+    item_ring.advance();
+    if (warp_uniform(end)) break;
+    mine.active = warp_uniform(mine.active ? 1 : 0) != 0;
+    mine.head = warp_uniform(mine.head);
+    mine.row0 = warp_uniform(mine.row0);
+    mine.last_row = warp_uniform(mine.last_row);
+    mine.count = warp_uniform(mine.count);
+    consume_item<Traits>(smem, params, params.seqs[warp_uniform(seq)], warp_uniform(max_count) > 0, mine,
+                         consumer, turns, ring, q_phase);
   }
   if (consumer == 0) turns.wait();
 #endif
