@@ -106,14 +106,10 @@ struct Turns {
 };
 static_assert(kConsumers >= 2, "turns need two consumers");
 
-// Q tiles of a consumer in flight: the next item's Q loads while the current item's last
-// products run, which the consumer issues together with the next item's first Q K^T.
-inline constexpr int kQStages = 2;
-
 // Every shape of the kernel, derived from the element type and head_dim. Stage counts are
-// speed settings: a stage holds a K and a V tile; 2 at d = 128 (FA3's choice; 224 KiB with
-// the two Q stages and the O staging, of the 227 KiB a CTA may have), 3 at d = 64 (tiles
-// compute in half the time, so the copies need more lead).
+// speed settings: a stage holds a K and a V tile; 2 at d = 128 (FA3's choice; 192 KiB with
+// Q and the O staging),
+// 3 at d = 64 (tiles compute in half the time, so the copies need more lead).
 template <typename Element_, int kHeadDim_>
 struct KernelTraits {
   using Element = Element_;
@@ -155,16 +151,6 @@ struct TileDesc {
   uint32_t flags;    // TileFlags
 };
 
-// Where a consumer's finished item goes: kGroupRows rows of one Q head in one sequence.
-// The consumers keep the item whose output is still to write in shared memory (one copy per
-// warp, written and read by its lane 0), not in registers, which its tile loop needs.
-struct OutputRows {
-  int32_t active;  // 0: no row inside the sequence (nothing to write)
-  int32_t head;
-  int32_t row0;    // first row, sequence-relative
-  int32_t seq;     // params.seqs[seq]
-};
-
 // A work item as the producer decoded it (decode_item), handed to the consumers through the
 // item ring: they read no global memory between items.
 struct ItemSlot {
@@ -177,12 +163,12 @@ struct ItemSlot {
 // Shared memory of one CTA; its sizeof is the launch's dynamic shared memory.
 template <typename Traits>
 struct alignas(kTileAlignment) SharedStorage {
-  uint8_t q[kQStages][kConsumers][Traits::kQBytes];  // consumer c's Q tiles
+  uint8_t q[kConsumers][Traits::kQBytes];       // consumer c's Q tile
   uint8_t o[kConsumers][Traits::kQBytes];       // consumer c's O staging (epilogue)
   uint8_t k[Traits::kStages][Traits::kKvBytes];
   uint8_t v[Traits::kStages][Traits::kKvBytes];
-  uint64_t q_full[kQStages][kConsumers];
-  uint64_t q_empty[kQStages][kConsumers];  // one arrival per consumer warp: Q read for the last time
+  uint64_t q_full[kConsumers];
+  uint64_t q_empty[kConsumers];       // one arrival per consumer warp: Q read for the last time
   ItemSlot item[kItemSlots];          // the items handed to the consumers
   uint64_t item_full[kItemSlots];     // producer arrival
   uint64_t item_empty[kItemSlots];    // one arrival per consumer warp
@@ -191,7 +177,6 @@ struct alignas(kTileAlignment) SharedStorage {
   uint64_t v_full[Traits::kStages];
   uint64_t v_empty[Traits::kStages];
   TileDesc desc[Traits::kStages];
-  OutputRows carried[kConsumers][kWarpsPerGroup];  // consumer c's carried item, a copy per warp
 };
 
 // What one consumer warpgroup computes: kGroupRows query rows of one Q head.
@@ -270,28 +255,27 @@ __device__ __forceinline__ void load_kv_tile(uint32_t tile, const CUtensorMap* m
 }
 
 // One item (with at least one kept block): Q tiles, then K/V tiles, the last one flagged.
-// q_ring[c]: consumer c's Q stages (advanced once per item in which c is active).
+// q_phase[c]: parity of consumer c's Q loads so far.
 template <typename Traits>
 __device__ __forceinline__ void produce_item(SharedStorage<Traits>& smem, const Params& params, const CtaWork& cta,
                                              const GroupWork (&group)[kConsumers], Ring<Traits::kStages>& ring,
-                                             Ring<kQStages> (&q_ring)[kConsumers], const CUtensorMap* q_map,
+                                             uint32_t (&q_phase)[kConsumers], const CUtensorMap* q_map,
                                              const CUtensorMap* k_map, const CUtensorMap* v_map) {
   const SeqSpan& span = *cta.span;
   const int token_begin = int(span.token_begin);  // the dispatcher keeps tokens within int32
 
-  // Q of every active consumer, into a stage it has read for the last time.
+  // Q of every active consumer, once it has read its previous Q for the last time.
 #pragma unroll
   for (int c = 0; c < kConsumers; ++c) {
     if (!group[c].active) continue;
-    Ring<kQStages>& q = q_ring[c];
-    mbarrier_wait(smem_address(&smem.q_empty[q.stage][c]), q.phase ^ 1);
-    const uint32_t bar = smem_address(&smem.q_full[q.stage][c]);
+    mbarrier_wait(smem_address(&smem.q_empty[c]), q_phase[c] ^ 1);
+    q_phase[c] ^= 1;
+    const uint32_t bar = smem_address(&smem.q_full[c]);
     mbarrier_arrive_expect_tx(bar, Traits::kQBytes);
 #pragma unroll
     for (int ch = 0; ch < Traits::kChunks; ++ch)
-      tma_load_3d(smem_address(smem.q[q.stage][c]) + ch * Traits::kQChunkBytes, q_map, bar, ch * kSwizzleElems,
+      tma_load_3d(smem_address(smem.q[c]) + ch * Traits::kQChunkBytes, q_map, bar, ch * kSwizzleElems,
                   group[c].head, token_begin + group[c].row0);
-    q.advance();
   }
 
   // K/V tiles: unit u (a half) is sub-block u % units_per_block of the block at rank
@@ -359,99 +343,31 @@ __device__ __forceinline__ void produce_item(SharedStorage<Traits>& smem, const 
 }
 
 // ---- consumer ------------------------------------------------------------------------
-// What a consumer needs of an item: its rows, their sequence, whether K/V tiles stream.
-struct ConsumerItem {
-  GroupWork mine;
-  int seq;         // params.seqs[seq]
-  bool has_tiles;  // the producer streams K/V tiles (the largest count of the item's consumers is positive)
-};
-
-// Online-softmax state of a thread's two rows (lo, hi).
-struct RowState {
-  float max[2];  // running max of scaled scores (log2 domain)
-  float sum[2];  // this thread's share of the running denominators
-};
-
-// The output of a finished item, in two steps. output_scale: 1 / l of this thread's two rows
-// (l summed over the quad), and LSE = ln(l) + max written; a row that saw no key gets
-// LSE = -inf and scale 0 (so O = 0).
-__device__ __forceinline__ void output_scale(const Params& params, const OutputRows& out, const RowState& rows,
-                                             float (&inv)[2]) {
-  constexpr float kNegInf = -INFINITY;
-  constexpr float kLn2 = 0.693147180559945309f;
-  const int lane = int(threadIdx.x) % 32, warp = (int(threadIdx.x) % kWarpgroupThreads) / 32;
-  const SeqSpan& span = params.seqs[out.seq];
-  const int row_lo = out.row0 + 16 * warp + lane / 4;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float l = rows.sum[r];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    inv[r] = l > 0.0f ? 1.0f / l : 0.0f;
-    const int row = row_lo + 8 * r;
-    if (out.active && params.lse != nullptr && lane % 4 == 0 && row < span.length)
-      params.lse[int64_t(out.head) * params.total_tokens + span.token_begin + row] =
-          l > 0.0f ? (rows.max[r] + log2f(l)) * kLn2 : kNegInf;
-  }
-}
-
-// store_output: O * inv staged in this consumer's O buffer (row-major, 16-byte vectors
-// XOR-swizzled by row % 8), then 16-byte stores of the valid rows.
+// One item of sequence `span`: this consumer's rows `mine`; has_tiles: the producer streams
+// K/V tiles for it (the largest count of the item's consumers is positive). q_phase: parity
+// of this consumer's Q loads so far.
 template <typename Traits>
-__device__ __forceinline__ void store_output(SharedStorage<Traits>& smem, const Params& params, const OutputRows& out,
-                                             int consumer, const float (&o)[Traits::kOutRegs], const float (&inv)[2]) {
-  using Element = typename Traits::Element;
-  if (!out.active) return;
-  const int thread = int(threadIdx.x) % kWarpgroupThreads;
-  const int warp = thread / 32, lane = thread % 32;
-  const int quad_row = lane / 4, quad_col = lane % 4;
-  const SeqSpan& span = params.seqs[out.seq];
-  const uint32_t o_tile = smem_address(smem.o[consumer]);
-  named_barrier_sync(kBarrierEpilogue + consumer, kWarpgroupThreads);  // the previous item's reads are done
-#pragma unroll
-  for (int i = 0; i < Traits::kOutTiles; ++i)
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int row = 16 * warp + quad_row + 8 * r;  // row % 8 == quad_row
-      const uint32_t address = o_tile + row * Traits::kOutRowBytes + ((i ^ quad_row) * 16) + quad_col * 4;
-      st_shared_32(address, ElementTraits<Element>::pack(o[4 * i + 2 * r] * inv[r], o[4 * i + 2 * r + 1] * inv[r]));
-    }
-  named_barrier_sync(kBarrierEpilogue + consumer, kWarpgroupThreads);
-  Element* o_base = static_cast<Element*>(params.o.data) + span.token_begin * params.o.token_stride +
-                    int64_t(out.head) * params.o.head_stride;
-  constexpr int kRowVectors = Traits::kHeadDim / Traits::kVectorElems;
-  for (int i = thread; i < kGroupRows * kRowVectors; i += kWarpgroupThreads) {
-    const int r = i / kRowVectors, vc = i % kRowVectors;
-    if (out.row0 + r >= span.length) continue;
-    const uint4 value =
-        *reinterpret_cast<const uint4*>(smem.o[consumer] + r * Traits::kOutRowBytes + ((vc ^ (r % 8)) * 16));
-    *reinterpret_cast<uint4*>(o_base + int64_t(out.row0 + r) * params.o.token_stride + vc * Traits::kVectorElems) =
-        value;
-  }
-}
-
-// A consumer warpgroup: the items the producer hands over, one tile stream across them.
-// An item's last P V product is not waited for at the item's end: it is issued together with
-// the next item's first Q K^T, and that item's first softmax runs under it; then the finished
-// item's output is written (the handover). So a short row no longer pays a lone softmax and a
-// lone P V product.
-template <typename Traits>
-__device__ __forceinline__ void consume(SharedStorage<Traits>& smem, const Params& params, int consumer,
-                                       const Turns& turns) {
+__device__ __forceinline__ void consume_item(SharedStorage<Traits>& smem, const Params& params, const SeqSpan& span,
+                                             bool has_tiles, const GroupWork& mine, int consumer, const Turns& turns,
+                                             Ring<Traits::kStages>& ring, uint32_t& q_phase) {
   using Element = typename Traits::Element;
   constexpr int D = Traits::kHeadDim;
   constexpr float kNegInf = -INFINITY;
+  constexpr float kLn2 = 0.693147180559945309f;
   const int thread = int(threadIdx.x) % kWarpgroupThreads;
   const int warp = thread / 32, lane = thread % 32;
   const int quad_row = lane / 4, quad_col = lane % 4;  // g and t of the register layouts
+  const int length = span.length;
+  const int row_lo = mine.row0 + 16 * warp + quad_row;  // this thread's rows: row_lo, row_lo + 8
 
-  float o[Traits::kOutRegs];         // O accumulators, fp32 (m64nD layout)
-  float s[Traits::kScoreRegs];       // scores, then probabilities (m64n128 layout)
+  const uint32_t q_tile = smem_address(smem.q[consumer]);
+  const uint64_t q_desc = make_descriptor(q_tile, kUnusedLeadingBytes, kAtomBytes);
+
+  float o[Traits::kOutRegs];     // O accumulators, fp32 (m64nD layout)
+  float s[Traits::kScoreRegs];   // scores, then probabilities (m64n128 layout)
   uint32_t p[Traits::kKeySteps][4];  // probabilities in the input type: A registers of P V
-  RowState rows;                     // of the item whose products run
-  // O is zeroed once: a new item's first P V product multiplies what O holds by its
-  // correction, exp2(-inf - max) = 0, so O needs no zeroing between items (zeroing it at
-  // the handover makes ptxas serialise the products and spill, C7512).
+  float row_max[2] = {kNegInf, kNegInf};  // running max of scaled scores (log2 domain), rows lo/hi
+  float row_sum[2] = {0.0f, 0.0f};        // this thread's share of the running denominators
 #pragma unroll
   for (int i = 0; i < Traits::kOutRegs; ++i) o[i] = 0.0f;
 #pragma unroll
@@ -460,12 +376,14 @@ __device__ __forceinline__ void consume(SharedStorage<Traits>& smem, const Param
   for (int k = 0; k < Traits::kKeySteps; ++k)
 #pragma unroll
     for (int c = 0; c < 4; ++c) p[k][c] = 0u;
-  // A fresh item: no key seen (its output scale is 0 until one is).
-  auto reset = [&]() {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) rows.max[r] = kNegInf, rows.sum[r] = 0.0f;
-  };
 
+  // A CTA whose heads keep no block of this row runs no pipeline (producer included):
+  // straight to the epilogue, O = 0 and LSE = -inf.
+  bool q_held = mine.active && has_tiles;  // the producer's condition for this Q tile
+  if (q_held) {
+    mbarrier_wait(smem_address(&smem.q_full[consumer]), q_phase);
+    q_phase ^= 1;
+  }
   // Releases a stage to the producer: one arrival per warp, by lane 0, the only lane that
   // reads the stage's TileDesc (read_desc), so its release orders every generic read of the
   // stage before the producer's next write (the tiles themselves are read by wgmma, which
@@ -473,6 +391,13 @@ __device__ __forceinline__ void consume(SharedStorage<Traits>& smem, const Param
   auto release = [&](uint32_t bar) {
     if (lane == 0) mbarrier_arrive(bar);
   };
+  // Once the item's last Q K^T product has completed, the producer may load the next Q
+  // (while this consumer finishes the last softmax, P V and the epilogue).
+  auto release_q = [&]() {
+    if (q_held) release(smem_address(&smem.q_empty[consumer]));
+    q_held = false;
+  };
+
   // The TileDesc of a stage, read by lane 0 and broadcast (also makes it warp-uniform).
   auto read_desc = [&](int stage) {
     TileDesc d{};
@@ -487,24 +412,7 @@ __device__ __forceinline__ void consume(SharedStorage<Traits>& smem, const Param
     return d;
   };
 
-  ConsumerItem item{};  // the item whose tiles stream
-  bool carry = false;   // an item's output is still to write (smem.carried)
-  // The carried item's rows: written at the item's end, read at the handover.
-  auto stash_carried = [&]() {
-    if (lane == 0)
-      smem.carried[consumer][warp] = OutputRows{item.mine.active ? 1 : 0, item.mine.head, item.mine.row0, item.seq};
-  };
-  auto load_carried = [&]() {
-    OutputRows out{};
-    if (lane == 0) out = smem.carried[consumer][warp];
-    return OutputRows{warp_uniform(out.active), warp_uniform(out.head), warp_uniform(out.row0), warp_uniform(out.seq)};
-  };
-  // The output of `item` itself (an item without tiles).
-  auto item_rows = [&]() { return OutputRows{item.mine.active ? 1 : 0, item.mine.head, item.mine.row0, item.seq}; };
-  int row_lo = 0;          // this thread's rows of `item`: row_lo, row_lo + 8
-  int q_stage = 0;         // the Q stage of `item`
-  // The tile before the current one (possibly the carried item's last), whose P V product
-  // is still to be issued.
+  // The tile before the current one, whose P V product is still to be issued.
   bool pending = false, pending_on = false;
   int pending_stage = 0;
   uint32_t pending_phase = 0;
@@ -535,7 +443,6 @@ __device__ __forceinline__ void consume(SharedStorage<Traits>& smem, const Param
   auto issue_s = [&](int stage) {
     fence_registers(s);
     wgmma_fence();
-    const uint64_t q_desc = make_descriptor(smem_address(smem.q[q_stage][consumer]), kUnusedLeadingBytes, kAtomBytes);
     const uint64_t k_desc = make_descriptor(smem_address(smem.k[stage]), kUnusedLeadingBytes, kAtomBytes);
 #pragma unroll
     for (int k = 0; k < Traits::kDimSteps; ++k) {
@@ -553,11 +460,10 @@ __device__ __forceinline__ void consume(SharedStorage<Traits>& smem, const Param
   auto softmax = [&](const TileDesc& desc, const bool (&half_on)[2], float (&correction)[2]) {
     // Causal mask inside the diagonal block, keys past the sequence end, halves this head
     // does not keep. Column 8 i + 2 t + (c % 2) of S is key key0[i / 8] + that % 64.
-    const int length = params.seqs[item.seq].length;
     bool needs_mask = false;
 #pragma unroll
     for (int h = 0; h < 2; ++h)
-      needs_mask |= !half_on[h] || desc.key0[h] + kBoxRows - 1 > item.mine.row0 || desc.key0[h] + kBoxRows > length;
+      needs_mask |= !half_on[h] || desc.key0[h] + kBoxRows - 1 > mine.row0 || desc.key0[h] + kBoxRows > length;
     if (needs_mask) {
 #pragma unroll
       for (int i = 0; i < Traits::kScoreTiles; ++i)
@@ -580,12 +486,12 @@ __device__ __forceinline__ void consume(SharedStorage<Traits>& smem, const Param
         tile_max = fmaxf(tile_max, fmaxf(s[4 * i + 2 * r], s[4 * i + 2 * r + 1]));
       tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
       tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-      const float new_max = fmaxf(rows.max[r], tile_max * params.scale_log2);
+      const float new_max = fmaxf(row_max[r], tile_max * params.scale_log2);
       // A row with no key yet keeps max -inf; exponents then use 0 so that no -inf - -inf
       // NaN appears (its probabilities are exp2(-inf) = 0).
       const float base = new_max == kNegInf ? 0.0f : new_max;
-      correction[r] = fast_exp2(rows.max[r] - base);
-      rows.max[r] = new_max;
+      correction[r] = fast_exp2(row_max[r] - base);
+      row_max[r] = new_max;
       float tile_sum = 0.0f;
 #pragma unroll
       for (int i = 0; i < Traits::kScoreTiles; ++i)
@@ -595,7 +501,7 @@ __device__ __forceinline__ void consume(SharedStorage<Traits>& smem, const Param
           s[4 * i + c] = prob;
           tile_sum += prob;
         }
-      rows.sum[r] = rows.sum[r] * correction[r] + tile_sum;
+      row_sum[r] = row_sum[r] * correction[r] + tile_sum;
     }
   };
 
@@ -607,191 +513,140 @@ __device__ __forceinline__ void consume(SharedStorage<Traits>& smem, const Param
       for (int c = 0; c < 4; ++c) p[k][c] = ElementTraits<Element>::pack(s[8 * k + 2 * c], s[8 * k + 2 * c + 1]);
   };
 
-  // Which halves of a tile this head keeps (half_on), and whether it keeps any (the same
-  // over the warpgroup).
-  auto keeps = [&](const TileDesc& desc, bool (&half_on)[2]) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h)
-      half_on[h] = ((desc.needed >> h) & 1u) && desc.rank[h] < item.mine.count && desc.key0[h] <= item.mine.last_row;
-    return warp_uniform(half_on[0] || half_on[1]);
-  };
-
-  // Finishes the carried item on its own: its last P V product (if its head kept that
-  // tile), the stage's release, its output.
-  auto finish_carried = [&]() {
-    if (pending) {
-      mbarrier_wait(smem_address(&smem.v_full[pending_stage]), pending_phase);
-      if (pending_on) {
-        issue_pv();
-        wgmma_wait<0>();
-        fence_registers(o);
-        fence_registers(p);
-      }
-      release(smem_address(&smem.v_empty[pending_stage]));
-      pending = pending_on = false;
-    }
-    const OutputRows out = load_carried();
-    float inv[2];
-    output_scale(params, out, rows, inv);
-    store_output<Traits>(smem, params, out, consumer, o, inv);
-    carry = false;
-  };
-
-  Ring<Traits::kStages> ring;
-  Ring<kItemSlots> item_ring;
-  Ring<kQStages> q_ring;
   // Every wgmma group is waited for in the branch that issued it: ptxas's register
   // tracking does not correlate conditions, and would otherwise serialise the products.
-  for (;;) {
-    // The next item as the producer decoded it, read by lane 0 and broadcast (uniform for
-    // the branches around wgmma); the slot goes back once every warp has it.
-    mbarrier_wait(smem_address(&smem.item_full[item_ring.stage]), item_ring.phase);
-    int end = 0, seq = 0, max_count = 0;
-    GroupWork mine;
-    if (lane == 0) {
-      const ItemSlot& slot = smem.item[item_ring.stage];
-      end = slot.end;
-      seq = slot.seq;
-      max_count = slot.max_count;
-      mine = slot.group[consumer];
-      mbarrier_arrive(smem_address(&smem.item_empty[item_ring.stage]));
+  while (has_tiles) {
+    const int stage = ring.stage;
+    const uint32_t phase = ring.phase;
+    // ---- K of tile j landed: which halves does this head keep?
+    mbarrier_wait(smem_address(&smem.k_full[stage]), phase);
+    const TileDesc desc = read_desc(stage);
+    if (desc.flags & kTileEmpty) {  // an item without tiles: release the stage in both rings
+      release(smem_address(&smem.k_empty[stage]));
+      mbarrier_wait(smem_address(&smem.v_full[stage]), phase);
+      release(smem_address(&smem.v_empty[stage]));
+      ring.advance();
+      break;
     }
-    item_ring.advance();
-    if (warp_uniform(end)) break;
-    item.mine.active = warp_uniform(mine.active ? 1 : 0) != 0;
-    item.mine.head = warp_uniform(mine.head);
-    item.mine.row0 = warp_uniform(mine.row0);
-    item.mine.last_row = warp_uniform(mine.last_row);
-    item.mine.count = warp_uniform(mine.count);
-    item.seq = warp_uniform(seq);
-    item.has_tiles = warp_uniform(max_count) > 0;
-    row_lo = item.mine.row0 + 16 * warp + quad_row;
-
-    // A CTA whose heads keep no block of this row runs no pipeline (producer included):
-    // its output is O = 0 and LSE = -inf.
-    if (!item.has_tiles) {
-      if (carry) finish_carried();
-      reset();
-      float inv[2];
-      output_scale(params, item_rows(), rows, inv);
-      store_output<Traits>(smem, params, item_rows(), consumer, o, inv);
-      continue;
-    }
-    // The handover: the carried item's last P V product runs under this item's first S only
-    // when both heads keep their tile; otherwise the carried item is finished here, alone.
-    if (carry) {
-      mbarrier_wait(smem_address(&smem.k_full[ring.stage]), ring.phase);
-      const TileDesc desc = read_desc(ring.stage);
-      bool half_on[2];
-      if (!(pending_on && !(desc.flags & kTileEmpty) && keeps(desc, half_on))) finish_carried(), reset();
+    const bool last = (desc.flags & kTileLast) != 0;
+    bool half_on[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      half_on[h] = ((desc.needed >> h) & 1u) && desc.rank[h] < mine.count && desc.key0[h] <= mine.last_row;
+    const bool on = warp_uniform(half_on[0] || half_on[1]);  // the same over the warpgroup
+    const uint32_t k_empty = smem_address(&smem.k_empty[stage]);
+    const uint32_t v_full_pending = smem_address(&smem.v_full[pending_stage]);
+    const uint32_t v_empty_pending = smem_address(&smem.v_empty[pending_stage]);
+    float correction[2] = {1.0f, 1.0f};
+    if (on && pending_on) {
+      // S_j, then the previous tile's P V; softmax of S_j runs under the P V product.
+      turns.wait();
+      issue_s(stage);
+      mbarrier_wait(v_full_pending, pending_phase);
+      issue_pv();
+      turns.pass();
+      wgmma_wait<1>();
+      fence_registers(s);
+      release(k_empty);
+      if (last) release_q();
+      softmax(desc, half_on, correction);
+      wgmma_wait<0>();
+      fence_registers(o);
+      fence_registers(p);
+      release(v_empty_pending);
+      pack_p();
+    } else if (on) {
+      // No previous product (first tile, or the previous one not kept by this head).
+      turns.wait();
+      issue_s(stage);
+      turns.pass();
+      if (pending) mbarrier_wait(v_full_pending, pending_phase);
+      wgmma_wait<0>();
+      fence_registers(s);
+      release(k_empty);
+      if (last) release_q();
+      softmax(desc, half_on, correction);
+      if (pending) release(v_empty_pending);
+      pack_p();
     } else {
-      reset();
-    }
-    bool q_held = item.mine.active;  // the producer's condition for this Q tile
-    q_stage = q_ring.stage;
-    if (q_held) {
-      mbarrier_wait(smem_address(&smem.q_full[q_stage][consumer]), q_ring.phase);
-      q_ring.advance();
-    }
-    // Once the item's last Q K^T product has completed, the producer may load the Q after
-    // the next into this stage.
-    auto release_q = [&]() {
-      if (q_held) release(smem_address(&smem.q_empty[q_stage][consumer]));
-      q_held = false;
-    };
-
-    for (bool first = true;; first = false) {
-      const int stage = ring.stage;
-      const uint32_t phase = ring.phase;
-      // ---- K of tile j landed: which halves does this head keep?
-      mbarrier_wait(smem_address(&smem.k_full[stage]), phase);
-      const TileDesc desc = read_desc(stage);
-      const bool handover = first && carry;  // the carried item's output is still to write
-      if (desc.flags & kTileEmpty) {  // an item without tiles: release the stage in both rings
-        release(smem_address(&smem.k_empty[stage]));
-        mbarrier_wait(smem_address(&smem.v_full[stage]), phase);
-        release(smem_address(&smem.v_empty[stage]));
-        ring.advance();
-        break;
-      }
-      const bool last = (desc.flags & kTileLast) != 0;
-      bool half_on[2];
-      const bool on = keeps(desc, half_on);
-      const uint32_t k_empty = smem_address(&smem.k_empty[stage]);
-      const uint32_t v_full_pending = smem_address(&smem.v_full[pending_stage]);
-      const uint32_t v_empty_pending = smem_address(&smem.v_empty[pending_stage]);
-      float correction[2] = {1.0f, 1.0f};
-      if (on && pending_on) {
-        // S_j, then the previous tile's P V (at the handover: the carried item's last);
-        // softmax of S_j runs under the P V product.
-        turns.wait();
-        issue_s(stage);
-        mbarrier_wait(v_full_pending, pending_phase);
+      // A tile another head of the CTA keeps: release it, finish the previous product.
+      release(k_empty);
+      if (last) release_q();
+      if (pending) mbarrier_wait(v_full_pending, pending_phase);
+      turns.wait();
+      if (pending_on) {
         issue_pv();
         turns.pass();
-        wgmma_wait<1>();
-        fence_registers(s);
-        release(k_empty);
-        if (last) release_q();
-        float inv[2];  // the carried item's output scale, taken before its row state goes
-        if (handover) {
-          output_scale(params, load_carried(), rows, inv);
-          reset();
-        }
-        softmax(desc, half_on, correction);
         wgmma_wait<0>();
         fence_registers(o);
         fence_registers(p);
-        release(v_empty_pending);
-        pack_p();  // before the output: S is dead then, which leaves registers for it
-        if (handover) {
-          store_output<Traits>(smem, params, load_carried(), consumer, o, inv);
-          carry = false;
-        }
-      } else if (on) {
-        // No previous product (first tile, or the previous one not kept by this head).
-        turns.wait();
-        issue_s(stage);
-        turns.pass();
-        if (pending) mbarrier_wait(v_full_pending, pending_phase);
-        wgmma_wait<0>();
-        fence_registers(s);
-        release(k_empty);
-        if (last) release_q();
-        softmax(desc, half_on, correction);
-        if (pending) release(v_empty_pending);
-        pack_p();
       } else {
-        // A tile another head of the CTA keeps: release it, finish the previous product.
-        release(k_empty);
-        if (last) release_q();
-        if (pending) mbarrier_wait(v_full_pending, pending_phase);
-        turns.wait();
-        if (pending_on) {
-          issue_pv();
-          turns.pass();
-          wgmma_wait<0>();
-          fence_registers(o);
-          fence_registers(p);
-        } else {
-          turns.pass();
-        }
-        if (pending) release(v_empty_pending);
+        turns.pass();
       }
-      pending = true;
-      pending_on = on;
-      pending_stage = stage;
-      pending_phase = phase;
-      pending_correction[0] = correction[0];
-      pending_correction[1] = correction[1];
-      ring.advance();
-      if (last) break;
+      if (pending) release(v_empty_pending);
     }
-    release_q();  // an item without tiles
-    stash_carried();
-    carry = true;
+    pending = true;
+    pending_on = on;
+    pending_stage = stage;
+    pending_phase = phase;
+    pending_correction[0] = correction[0];
+    pending_correction[1] = correction[1];
+    ring.advance();
+    if (last) break;
   }
-  if (carry) finish_carried();
+  release_q();  // an item without tiles
+
+  // ---- the last tile's P V.
+  if (pending) {
+    mbarrier_wait(smem_address(&smem.v_full[pending_stage]), pending_phase);
+    if (pending_on) {
+      issue_pv();
+      wgmma_wait<0>();
+      fence_registers(o);
+      fence_registers(p);
+    }
+    release(smem_address(&smem.v_empty[pending_stage]));
+  }
+  if (!mine.active) return;
+
+  // ---- Epilogue: O = acc / l staged in this consumer's O buffer (row-major, 16-byte
+  // vectors XOR-swizzled by row % 8), then 16-byte stores of the valid rows;
+  // LSE = ln(l) + max. A row that saw no key gets O = 0, LSE = -inf.
+  const uint32_t o_tile = smem_address(smem.o[consumer]);
+  float inv[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float l = row_sum[r];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    inv[r] = l > 0.0f ? 1.0f / l : 0.0f;
+    const int row = row_lo + 8 * r;
+    if (params.lse != nullptr && quad_col == 0 && row < length)
+      params.lse[int64_t(mine.head) * params.total_tokens + span.token_begin + row] =
+          l > 0.0f ? (row_max[r] + log2f(l)) * kLn2 : kNegInf;
+  }
+  named_barrier_sync(kBarrierEpilogue + consumer, kWarpgroupThreads);  // the previous item's reads are done
+#pragma unroll
+  for (int i = 0; i < Traits::kOutTiles; ++i)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = 16 * warp + quad_row + 8 * r;  // row % 8 == quad_row
+      const uint32_t address =
+          o_tile + row * Traits::kOutRowBytes + ((i ^ quad_row) * 16) + quad_col * 4;
+      st_shared_32(address, ElementTraits<Element>::pack(o[4 * i + 2 * r] * inv[r], o[4 * i + 2 * r + 1] * inv[r]));
+    }
+  named_barrier_sync(kBarrierEpilogue + consumer, kWarpgroupThreads);
+  Element* o_base = static_cast<Element*>(params.o.data) + span.token_begin * params.o.token_stride +
+                    int64_t(mine.head) * params.o.head_stride;
+  constexpr int kRowVectors = D / Traits::kVectorElems;
+  for (int i = thread; i < kGroupRows * kRowVectors; i += kWarpgroupThreads) {
+    const int r = i / kRowVectors, vc = i % kRowVectors;
+    if (mine.row0 + r >= length) continue;
+    const uint4 value =
+        *reinterpret_cast<const uint4*>(smem.o[consumer] + r * Traits::kOutRowBytes + ((vc ^ (r % 8)) * 16));
+    *reinterpret_cast<uint4*>(o_base + int64_t(mine.row0 + r) * params.o.token_stride + vc * Traits::kVectorElems) =
+        value;
+  }
 }
 
 template <typename Traits>
@@ -815,12 +670,10 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       mbarrier_init(smem_address(&smem.item_empty[i]), kConsumers * kWarpsPerGroup);
     }
 #pragma unroll
-    for (int q = 0; q < kQStages; ++q)
-#pragma unroll
-      for (int c = 0; c < kConsumers; ++c) {
-        mbarrier_init(smem_address(&smem.q_full[q][c]), 1);
-        mbarrier_init(smem_address(&smem.q_empty[q][c]), kWarpsPerGroup);
-      }
+    for (int c = 0; c < kConsumers; ++c) {
+      mbarrier_init(smem_address(&smem.q_full[c]), 1);
+      mbarrier_init(smem_address(&smem.q_empty[c]), kWarpsPerGroup);
+    }
 #pragma unroll
     for (int s = 0; s < Traits::kStages; ++s) {
       mbarrier_init(smem_address(&smem.k_full[s]), 1);
@@ -832,15 +685,15 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   }
   __syncthreads();
 
+  Ring<Traits::kStages> ring;
+  Ring<kItemSlots> item_ring;
   if (role == 0) {
     registers_release<kProducerRegisters>();
     if (warp == 0 && lane == 0) {
       tma_prefetch_descriptor(&q_map);
       tma_prefetch_descriptor(&k_map);
       tma_prefetch_descriptor(&v_map);
-      Ring<Traits::kStages> ring;
-      Ring<kItemSlots> item_ring;
-      Ring<kQStages> q_ring[kConsumers];
+      uint32_t q_phase[kConsumers] = {};
       CtaWork cta;
       GroupWork group[kConsumers];
       for (bool first = true;; first = false) {
@@ -862,7 +715,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         mbarrier_arrive(smem_address(&smem.item_full[item_ring.stage]));
         item_ring.advance();
         if (item >= items) break;
-        if (cta.max_count > 0) produce_item<Traits>(smem, params, cta, group, ring, q_ring, &q_map, &k_map, &v_map);
+        if (cta.max_count > 0) produce_item<Traits>(smem, params, cta, group, ring, q_phase, &q_map, &k_map, &v_map);
       }
     }
     return;
@@ -871,7 +724,31 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   const int consumer = role - 1;
   const Turns turns{params.consumer_turns != 0, kBarrierTurn + consumer, kBarrierTurn + (consumer + 1) % kConsumers};
   if (consumer == kConsumers - 1) turns.pass();
-  consume<Traits>(smem, params, consumer, turns);
+  uint32_t q_phase = 0;
+  for (;;) {
+    // The next item as the producer decoded it, read by lane 0 and broadcast (uniform for
+    // the branches around wgmma); the slot goes back once every warp has it.
+    mbarrier_wait(smem_address(&smem.item_full[item_ring.stage]), item_ring.phase);
+    int end = 0, seq = 0, max_count = 0;
+    GroupWork mine;
+    if (lane == 0) {
+      const ItemSlot& slot = smem.item[item_ring.stage];
+      end = slot.end;
+      seq = slot.seq;
+      max_count = slot.max_count;
+      mine = slot.group[consumer];
+      mbarrier_arrive(smem_address(&smem.item_empty[item_ring.stage]));
+    }
+    item_ring.advance();
+    if (warp_uniform(end)) break;
+    mine.active = warp_uniform(mine.active ? 1 : 0) != 0;
+    mine.head = warp_uniform(mine.head);
+    mine.row0 = warp_uniform(mine.row0);
+    mine.last_row = warp_uniform(mine.last_row);
+    mine.count = warp_uniform(mine.count);
+    consume_item<Traits>(smem, params, params.seqs[warp_uniform(seq)], warp_uniform(max_count) > 0, mine,
+                         consumer, turns, ring, q_phase);
+  }
   if (consumer == 0) turns.wait();
 #endif
 }
