@@ -33,9 +33,8 @@
 // skips (kept by another head of the CTA), so the ring's phases stay in step. The producer
 // flags each item's last tile (an item whose units were all skipped gets one empty stage),
 // and the consumers release Q as soon as that tile's Q K^T product has completed, so the
-// next item's Q loads under the last softmax, P V and the epilogue. The epilogue stores O
-// straight from the registers (no shared-memory staging, no barrier), which leaves the
-// shared memory to a third K/V stage.
+// next item's Q loads under the last softmax, P V and the epilogue. The epilogue stages O
+// in its own buffer, not in Q's.
 #pragma once
 
 #include <cuda.h>
@@ -54,6 +53,7 @@ namespace proxyattn::cuda::attention::sm90 {
 using cuda::smem_address;
 using sm80::ElementTraits;
 using sm80::fast_exp2;
+using sm80::st_shared_32;
 
 inline constexpr int kWarpgroupThreads = 128;
 inline constexpr int kWarpsPerGroup = 4;
@@ -80,9 +80,9 @@ static_assert(kBoxRows == kGroupRows, "Q and K/V use tensor maps of the same box
 // many items ahead.
 inline constexpr int kItemSlots = 2;
 
-// Named barriers (id 0 is __syncthreads): consumer c waits for its turn (Turns) on
-// kBarrierTurn + c.
-enum NamedBarrier : int { kBarrierTurn = 1 };
+// Named barriers (id 0 is __syncthreads): the epilogue of consumer c syncs its warpgroup on
+// kBarrierEpilogue + c; consumer c waits for its turn (Turns) on kBarrierTurn + c.
+enum NamedBarrier : int { kBarrierEpilogue = 1, kBarrierTurn = kBarrierEpilogue + kConsumers };
 static_assert(kBarrierTurn + kConsumers <= 16, "16 named barriers per CTA");
 
 // Turn-taking of the consumer warpgroups around their tensor-core issue (FA3's
@@ -107,15 +107,15 @@ struct Turns {
 static_assert(kConsumers >= 2, "turns need two consumers");
 
 // Every shape of the kernel, derived from the element type and head_dim. Stage counts are
-// speed settings: a stage holds a K and a V tile; 3 at both head dims (224 KiB with Q at
-// d = 128, of the 227 KiB a CTA may have; a short row's first tiles and the next item's
-// load while the current item's last ones compute).
+// speed settings: a stage holds a K and a V tile; 2 at d = 128 (FA3's choice; 192 KiB with
+// Q and the O staging),
+// 3 at d = 64 (tiles compute in half the time, so the copies need more lead).
 template <typename Element_, int kHeadDim_>
 struct KernelTraits {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kThreads = (1 + kConsumers) * kWarpgroupThreads;
-  static constexpr int kStages = 3;
+  static constexpr int kStages = kHeadDim == 128 ? 2 : 3;
   static constexpr int kChunks = kHeadDim / kSwizzleElems;      // 64-column chunks of a row
   static constexpr int kQChunkBytes = kGroupRows * kSwizzleBytes;
   static constexpr int kQBytes = kChunks * kQChunkBytes;         // (kChunks, 64 rows, 64 cols)
@@ -129,9 +129,12 @@ struct KernelTraits {
   static constexpr int kDimSteps = kHeadDim / kMmaK;   // k-steps of Q K^T
   static constexpr int kKeySteps = kTileKeys / kMmaK;  // k-steps of P V
   static constexpr int kStepsPerChunk = kSwizzleElems / kMmaK;
+  static constexpr int kOutRowBytes = kHeadDim * 2;    // O staging rows (row-major, swizzled)
+  static constexpr int kVectorElems = 8;               // 16-byte vectors of the O stores
 
   static_assert(sizeof(Element) == 2, "16-bit elements (bf16, fp16)");
   static_assert(kHeadDim == 64 || kHeadDim == 128, "head_dim 64 or 128");
+  static_assert(kGroupRows * kOutRowBytes == kQBytes, "O staging has the Q tile's size");
   static_assert(kQChunkBytes % kTileAlignment == 0 && kBoxBytes % kTileAlignment == 0,
                 "every TMA box starts on a swizzle atom");
 };
@@ -161,6 +164,7 @@ struct ItemSlot {
 template <typename Traits>
 struct alignas(kTileAlignment) SharedStorage {
   uint8_t q[kConsumers][Traits::kQBytes];       // consumer c's Q tile
+  uint8_t o[kConsumers][Traits::kQBytes];       // consumer c's O staging (epilogue)
   uint8_t k[Traits::kStages][Traits::kKvBytes];
   uint8_t v[Traits::kStages][Traits::kKvBytes];
   uint64_t q_full[kConsumers];
@@ -605,27 +609,43 @@ __device__ __forceinline__ void consume_item(SharedStorage<Traits>& smem, const 
   }
   if (!mine.active) return;
 
-  // ---- Epilogue: O = acc / l stored from the registers, each thread its two columns of
-  // every n8 tile in its two rows (a quad writes 16 contiguous bytes; no staging, no
-  // barrier); LSE = ln(l) + max. A row that saw no key gets O = 0, LSE = -inf.
-  Element* o_base = static_cast<Element*>(params.o.data) + span.token_begin * params.o.token_stride +
-                    int64_t(mine.head) * params.o.head_stride;
+  // ---- Epilogue: O = acc / l staged in this consumer's O buffer (row-major, 16-byte
+  // vectors XOR-swizzled by row % 8), then 16-byte stores of the valid rows;
+  // LSE = ln(l) + max. A row that saw no key gets O = 0, LSE = -inf.
+  const uint32_t o_tile = smem_address(smem.o[consumer]);
+  float inv[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     float l = row_sum[r];
     l += __shfl_xor_sync(0xffffffffu, l, 1);
     l += __shfl_xor_sync(0xffffffffu, l, 2);
-    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    inv[r] = l > 0.0f ? 1.0f / l : 0.0f;
     const int row = row_lo + 8 * r;
-    if (row >= length) continue;
-    if (params.lse != nullptr && quad_col == 0)
+    if (params.lse != nullptr && quad_col == 0 && row < length)
       params.lse[int64_t(mine.head) * params.total_tokens + span.token_begin + row] =
           l > 0.0f ? (row_max[r] + log2f(l)) * kLn2 : kNegInf;
-    Element* o_row = o_base + int64_t(row) * params.o.token_stride + 2 * quad_col;
+  }
+  named_barrier_sync(kBarrierEpilogue + consumer, kWarpgroupThreads);  // the previous item's reads are done
 #pragma unroll
-    for (int i = 0; i < Traits::kOutTiles; ++i)
-      *reinterpret_cast<uint32_t*>(o_row + i * kN8) =
-          ElementTraits<Element>::pack(o[4 * i + 2 * r] * inv, o[4 * i + 2 * r + 1] * inv);
+  for (int i = 0; i < Traits::kOutTiles; ++i)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = 16 * warp + quad_row + 8 * r;  // row % 8 == quad_row
+      const uint32_t address =
+          o_tile + row * Traits::kOutRowBytes + ((i ^ quad_row) * 16) + quad_col * 4;
+      st_shared_32(address, ElementTraits<Element>::pack(o[4 * i + 2 * r] * inv[r], o[4 * i + 2 * r + 1] * inv[r]));
+    }
+  named_barrier_sync(kBarrierEpilogue + consumer, kWarpgroupThreads);
+  Element* o_base = static_cast<Element*>(params.o.data) + span.token_begin * params.o.token_stride +
+                    int64_t(mine.head) * params.o.head_stride;
+  constexpr int kRowVectors = D / Traits::kVectorElems;
+  for (int i = thread; i < kGroupRows * kRowVectors; i += kWarpgroupThreads) {
+    const int r = i / kRowVectors, vc = i % kRowVectors;
+    if (mine.row0 + r >= length) continue;
+    const uint4 value =
+        *reinterpret_cast<const uint4*>(smem.o[consumer] + r * Traits::kOutRowBytes + ((vc ^ (r % 8)) * 16));
+    *reinterpret_cast<uint4*>(o_base + int64_t(mine.row0 + r) * params.o.token_stride + vc * Traits::kVectorElems) =
+        value;
   }
 }
 

@@ -35,8 +35,6 @@ template <> struct ElementOf<PA_DTYPE_FLOAT16> {
 // cuTensorMapEncodeTiled from the driver, found once through the runtime (no libcuda link).
 using EncodeTiled = PFN_cuTensorMapEncodeTiled_v12000;
 inline constexpr unsigned kEncodeTiledVersion = 12000;  // the CUDA version that introduced it
-// Dynamic shared memory one CTA of compute capability 9.0 may opt in to (227 KiB).
-inline constexpr int kMaxSharedBytes = 227 * 1024;
 
 inline pa_status tensor_map_encoder(EncodeTiled* encode) {
   struct Lookup {
@@ -125,7 +123,6 @@ template <pa_dtype kDtype, int kHeadDim>
 pa_status run_sm90(const Params& params, int64_t items, void* stream) {
   using Traits = sm90::KernelTraits<typename sm90::ElementOf<kDtype>::type, kHeadDim>;
   constexpr int kSharedBytes = int(sizeof(sm90::SharedStorage<Traits>));
-  static_assert(kSharedBytes <= sm90::kMaxSharedBytes, "shared memory within what a CTA of sm_90 may have");
   sm90::EncodeTiled encode = nullptr;
   PA_TRY(sm90::tensor_map_encoder(&encode));
   CUtensorMap q_map, k_map, v_map;
