@@ -279,8 +279,7 @@ __device__ __forceinline__ void produce_item(SharedStorage<Traits>& smem, const 
   }
 
   // K/V tiles: unit u (a half) is sub-block u % units_per_block of the block at rank
-  // u / units_per_block of the order row; tile t holds units 2t and 2t + 1 (the diagonal
-  // block's tile moved last, below). A unit is
+  // u / units_per_block of the order row; tile t holds units 2t and 2t + 1. A unit is
   // skipped when its block is outside [0, m] (a corrupt index), starts past the sequence
   // end, or lies wholly above the diagonal of every row of the CTA.
   const int block = params.block_size;
@@ -319,16 +318,14 @@ __device__ __forceinline__ void produce_item(SharedStorage<Traits>& smem, const 
   TileDesc held{};
   int held_token[2] = {0, 0};
   bool holding = false;
-  // The tile of units `unit` and `unit + 1` into `held` (the one before it published), unless
-  // both are skipped.
-  auto hold = [&](int unit) {
+  for (int unit = 0; unit < num_units; unit += 2) {
     const int rank0 = unit / units_per_block, rank1 = (unit + 1) / units_per_block;
     const bool has_second = unit + 1 < num_units;
     const int n0 = block_at(rank0);
     const int n1 = !has_second ? -1 : rank1 == rank0 ? n0 : block_at(rank1);
     const int key0 = unit_key0(unit, n0);
     const int key1 = has_second ? unit_key0(unit + 1, n1) : -1;
-    if (key0 < 0 && key1 < 0) return;
+    if (key0 < 0 && key1 < 0) continue;
     if (holding) publish(held, held_token[0], held_token[1]);
     held.key0[0] = key0;
     held.key0[1] = key1;
@@ -339,21 +336,7 @@ __device__ __forceinline__ void produce_item(SharedStorage<Traits>& smem, const 
     held_token[0] = token_begin + (key0 >= 0 ? key0 : key1);  // a skipped half: the other's keys
     held_token[1] = token_begin + (key1 >= 0 ? key1 : key0);
     holding = true;
-  };
-  // At one block a tile (block 128) the diagonal block's tile goes last, whatever its rank:
-  // its causal mask makes its softmax the longest, which then runs under the previous
-  // tile's P V product instead of alone at the item's start (the dense walk, rank n =
-  // block n, has it last anyway).
-  const bool diagonal_last = units_per_block == 2;
-  int diagonal_unit = -1;
-  for (int unit = 0; unit < num_units; unit += 2) {
-    if (diagonal_last && diagonal_unit < 0 && block_at(unit / units_per_block) == cta.m) {
-      diagonal_unit = unit;
-      continue;
-    }
-    hold(unit);
   }
-  if (diagonal_unit >= 0) hold(diagonal_unit);
   if (!holding) held = TileDesc{};
   held.flags = holding ? kTileLast : kTileLast | kTileEmpty;
   publish(held, held_token[0], held_token[1]);
