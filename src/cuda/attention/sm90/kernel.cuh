@@ -294,25 +294,24 @@ __device__ __forceinline__ void produce_item(SharedStorage<Traits>& smem, const 
   // Each tile is published once the next one is known, so that the item's last tile
   // carries kTileLast; an item whose units were all skipped closes with an empty stage.
   auto publish = [&](const TileDesc& desc, int token0, int token1) {
+    // Arrival on a stage's full barrier, with the bytes of its tile to come (none for an
+    // empty stage).
+    auto copy = [&](uint64_t& full, uint8_t* tile, const CUtensorMap* map) {
+      const uint32_t bar = smem_address(&full);
+      if (desc.flags & kTileEmpty) {
+        mbarrier_arrive(bar);
+        return;
+      }
+      mbarrier_arrive_expect_tx(bar, Traits::kKvBytes);
+      load_kv_tile<Traits>(smem_address(tile), map, bar, cta.kv_head, token0, token1);
+    };
     // K: wait until every consumer warp released the stage, publish the tile, copy.
     mbarrier_wait(smem_address(&smem.k_empty[ring.stage]), ring.phase ^ 1);
     smem.desc[ring.stage] = desc;
-    uint32_t bar = smem_address(&smem.k_full[ring.stage]);
-    if (desc.flags & kTileEmpty) {
-      mbarrier_arrive(bar);
-    } else {
-      mbarrier_arrive_expect_tx(bar, Traits::kKvBytes);
-      load_kv_tile<Traits>(smem_address(smem.k[ring.stage]), k_map, bar, cta.kv_head, token0, token1);
-    }
+    copy(smem.k_full[ring.stage], smem.k[ring.stage], k_map);
     // V, into the same stage of its own ring.
     mbarrier_wait(smem_address(&smem.v_empty[ring.stage]), ring.phase ^ 1);
-    bar = smem_address(&smem.v_full[ring.stage]);
-    if (desc.flags & kTileEmpty) {
-      mbarrier_arrive(bar);
-    } else {
-      mbarrier_arrive_expect_tx(bar, Traits::kKvBytes);
-      load_kv_tile<Traits>(smem_address(smem.v[ring.stage]), v_map, bar, cta.kv_head, token0, token1);
-    }
+    copy(smem.v_full[ring.stage], smem.v[ring.stage], v_map);
     ring.advance();
   };
   TileDesc held{};
