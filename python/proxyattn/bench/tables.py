@@ -1,6 +1,7 @@
 """Markdown tables for docs/benchmarks.md from results files of `python -m proxyattn.bench`
 and bench/attention_bench.py (printed; the numbers in the document are these, unedited)."""
 import json
+import math
 
 
 def _ms(entry):
@@ -61,16 +62,27 @@ def model_table(doc):
 
 
 def attention_table(doc):
-    """The kernel table of bench/attention_bench.py's results (benchmark "attention")."""
+    """The kernel table of bench/attention_bench.py's results (benchmark "attention"); with
+    --baseline results, the baseline build's times and baseline / ours per point, and their
+    geometric mean in a line above the table."""
     variants = [("sm90_row_major_ms", "sm90 row-major order ms"), ("sm90_no_turns_ms", "sm90 without turns ms"),
                 ("sm90_item_per_cta_ms", "sm90 one item per CTA ms"), ("sm80_row_major_ms", "sm80 row-major order ms")]
     variants = [(key, title) for key, title in variants if any(key in r for r in doc["results"])]
-    header = ["N", "density", "ours ms", "TFLOP/s eff.", *(title for _, title in variants), "sm80 ms", "sm80 / ours",
+    baseline = all("baseline_ms" in r for r in doc["results"])
+    header = ["N", "density", "ours ms", "TFLOP/s eff.", *(title for _, title in variants),
+              *(["baseline ms", "baseline / ours"] if baseline else []), "sm80 ms", "sm80 / ours",
               "cuDNN dense ms", "cuDNN TFLOP/s", "eff. / cuDNN rate", "Flex ms", "x cuDNN", "x Flex"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    if baseline:
+        ratios = [r["baseline_ms"] / r["ours_ms"] for r in doc["results"]]
+        mean = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
+        lines = [f"Baseline: {doc.get('baseline') or 'a second build'}; baseline / ours, geometric mean over "
+                 f"{len(ratios)} points: {mean:.3f} ({min(ratios):.2f}-{max(ratios):.2f}).", ""] + lines
     for r in doc["results"]:
         cells = [f"{r['N'] // 1024}K", "%.3f" % r["density"], _f(r["ours_ms"]), "%.0f" % r["ours_tflops_effective"]]
         cells += [_f(r.get(key, float("nan"))) for key, _ in variants]
+        if baseline:
+            cells += [_f(r["baseline_ms"]), "%.3f" % (r["baseline_ms"] / r["ours_ms"])]
         cells += [_f(r["sm80_ms"]), "%.2f" % (r["sm80_ms"] / r["ours_ms"]), _f(r["cudnn_dense_ms"]),
                   "%.0f" % r["cudnn_tflops"], "%.2f" % (r["ours_tflops_effective"] / r["cudnn_tflops"]),
                   _f(r.get("flex_ms", float("nan"))), "%.2f" % r["speedup_vs_cudnn"],

@@ -1,0 +1,29 @@
+"""The results tables (proxyattn.bench.tables): the kernel table's A/B columns."""
+from proxyattn.bench import tables
+
+
+def attention_doc(with_baseline):
+    results = []
+    for n, ours, base in [(8192, 0.5, 0.55), (32768, 2.0, 1.8)]:
+        row = {"N": n, "density": 0.1, "ours_ms": ours, "ours_tflops_effective": 400.0, "sm80_ms": 1.0,
+               "cudnn_dense_ms": 4.0, "cudnn_tflops": 600.0, "speedup_vs_cudnn": 4.0 / ours}
+        if with_baseline:
+            row["baseline_ms"] = base
+        results.append(row)
+    return {"benchmark": "attention", "results": results, "baseline": "abc1234 v9" if with_baseline else None}
+
+
+def test_attention_table_baseline_columns():
+    lines = tables.attention_table(attention_doc(True))
+    header = next(line for line in lines if line.startswith("| N |"))
+    assert "baseline ms" in header and "baseline / ours" in header
+    rows = [line for line in lines if line.startswith("| 8K") or line.startswith("| 32K")]
+    assert "| 0.550 | 1.100 |" in rows[0] and "| 1.800 | 0.900 |" in rows[1]
+    # geometric mean of 1.1 and 0.9
+    assert lines[0].startswith("Baseline: abc1234 v9;") and "0.995 (0.90-1.10)" in lines[0]
+
+
+def test_attention_table_without_baseline():
+    lines = tables.attention_table(attention_doc(False))
+    assert all("baseline" not in line for line in lines)
+    assert len(lines[0].split("|")) == len(lines[2].split("|"))  # header and rows have the same columns
