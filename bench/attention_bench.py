@@ -16,7 +16,8 @@ Effective TFLOP/s = 4 * d * kept causal token pairs / time (dense causal pairs f
 
 A/B of a kernel change: --baseline DIR loads a second build of the library (e.g. the
 previous commit's, built by scripts/gpu-check's `baseline` step) and times its kernel in the
-same interleaved rounds ("baseline_ms"), on its own plan with the same index.
+same interleaved rounds ("baseline_ms", and its sm80 kernel "baseline_sm80_ms"), on its own
+plan with the same index.
 
 Usage: attention_bench.py --build build-gpu --out DIR [--quick | --sizes 8192,32768]
        [--baseline DIR --baseline-label TEXT]
@@ -190,7 +191,9 @@ def main():
             calls["sm80"] = with_environment(SM80, attend)
             if base is not None:
                 base.set_index(base_plan, order.ctypes.data, count.ctypes.data)
-                calls["baseline"] = lambda: base.attend(base_plan, qa, ka, va, oa, 0, stream)  # noqa: E731
+                base_attend = lambda: base.attend(base_plan, qa, ka, va, oa, 0, stream)  # noqa: E731
+                calls["baseline"] = base_attend
+                calls["baseline_sm80"] = with_environment(SM80, base_attend)
             calls["cudnn"] = cudnn_fn
             bm, flex_fn, flex_error = None, None, None
             if flex is not None:
@@ -223,6 +226,7 @@ def main():
             row.update({key: t[key] for key in SM90_VARIANTS if key in t})
             if base is not None:
                 row["baseline_ms"] = t["baseline"]
+                row["baseline_sm80_ms"] = t["baseline_sm80"]
 
             # Outputs: ours against cuDNN (the all-blocks plan is dense attention), our sm80
             # kernel and Flex on the same plan.
@@ -244,7 +248,8 @@ def main():
                 row["flex_error"] = flex_error
             del o_default, bm, flex_fn, calls
             results.append(row)
-            variants = " ".join("%s %.3f" % (key, row[key]) for key in [*SM90_VARIANTS, "baseline_ms"] if key in row)
+            variants = " ".join("%s %.3f" % (key, row[key]) for key in [*SM90_VARIANTS, "baseline_ms", "baseline_sm80_ms"]
+                                if key in row)
             print("N %6d density %.3f: ours %8.3f ms (%5.1f TFLOP/s; %s)  sm80 %8.3f ms  "
                   "cuDNN dense %8.3f ms  flex %s ms  [%.0f s]" % (
                       n, stats.density, t_ours, row["ours_tflops_effective"], variants or "-", t_sm80, t_cudnn,
@@ -280,6 +285,8 @@ def main():
     if base is not None:
         print("baseline (%s) / ours: %s" % (args.baseline_label or args.baseline, " ".join(
             "%.3f" % (r["baseline_ms"] / r["ours_ms"]) for r in results)))
+        print("baseline sm80 / ours sm80: %s" % " ".join(
+            "%.3f" % (r["baseline_sm80_ms"] / r["sm80_ms"]) for r in results))
     print("%7s %7s %9s %8s %9s %9s %9s %8s %8s" % ("N", "density", "ours ms", "TFLOP/s", "sm80 ms", "cuDNN ms",
                                                    "flex ms", "x cuDNN", "x flex"))
     for r in results:

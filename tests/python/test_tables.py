@@ -9,6 +9,7 @@ def attention_doc(with_baseline):
                "cudnn_dense_ms": 4.0, "cudnn_tflops": 600.0, "speedup_vs_cudnn": 4.0 / ours}
         if with_baseline:
             row["baseline_ms"] = base
+            row["baseline_sm80_ms"] = 2.0 * row["sm80_ms"]
         results.append(row)
     return {"benchmark": "attention", "results": results, "baseline": "abc1234 v9" if with_baseline else None}
 
@@ -21,6 +22,7 @@ def test_attention_table_baseline_columns():
     assert "| 0.550 | 1.100 |" in rows[0] and "| 1.800 | 0.900 |" in rows[1]
     # geometric mean of 1.1 and 0.9
     assert lines[0].startswith("Baseline: abc1234 v9;") and "0.995 (0.90-1.10)" in lines[0]
+    assert "The sm80 kernels, baseline / ours: 2.000 (2.00-2.00)." in lines[0]
 
 
 def test_attention_table_without_baseline():

@@ -61,6 +61,10 @@ def model_table(doc):
     return lines + [""]
 
 
+def _geomean(values):
+    return math.exp(sum(math.log(x) for x in values) / len(values))
+
+
 def attention_table(doc):
     """The kernel table of bench/attention_bench.py's results (benchmark "attention"); with
     --baseline results, the baseline build's times and baseline / ours per point, and their
@@ -75,9 +79,13 @@ def attention_table(doc):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     if baseline:
         ratios = [r["baseline_ms"] / r["ours_ms"] for r in doc["results"]]
-        mean = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
-        lines = [f"Baseline: {doc.get('baseline') or 'a second build'}; baseline / ours, geometric mean over "
-                 f"{len(ratios)} points: {mean:.3f} ({min(ratios):.2f}-{max(ratios):.2f}).", ""] + lines
+        mean = _geomean(ratios)
+        head = [f"Baseline: {doc.get('baseline') or 'a second build'}; baseline / ours, geometric mean over "
+                f"{len(ratios)} points: {mean:.3f} ({min(ratios):.2f}-{max(ratios):.2f})."]
+        if all("baseline_sm80_ms" in r for r in doc["results"]):
+            sm80 = [r["baseline_sm80_ms"] / r["sm80_ms"] for r in doc["results"]]
+            head.append(f"The sm80 kernels, baseline / ours: {_geomean(sm80):.3f} ({min(sm80):.2f}-{max(sm80):.2f}).")
+        lines = [" ".join(head), ""] + lines
     for r in doc["results"]:
         cells = [f"{r['N'] // 1024}K", "%.3f" % r["density"], _f(r["ours_ms"]), "%.0f" % r["ours_tflops_effective"]]
         cells += [_f(r.get(key, float("nan"))) for key, _ in variants]
