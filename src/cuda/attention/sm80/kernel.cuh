@@ -279,8 +279,11 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
             }
       }
 
-      // Online softmax per row (a row's values sit in the 4 threads of a quad): new max,
-      // rescale what was accumulated, S becomes P = exp2(S * scale_log2 - max).
+      // Online softmax per row (a row's values sit in the 4 threads of a quad): the max
+      // moves only by more than kRescaleBound (ptx.cuh), S becomes P = exp2(S * scale_log2 -
+      // max), and O is rescaled only when a row of the warp moved its max.
+      float correction[Traits::kWarpMTiles][2];
+      bool moved = false;
 #pragma unroll
       for (int mi = 0; mi < Traits::kWarpMTiles; ++mi)
 #pragma unroll
@@ -291,11 +294,15 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
             tile_max = fmaxf(tile_max, fmaxf(s[mi][ni][2 * half], s[mi][ni][2 * half + 1]));
           tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
           tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-          const float new_max = fmaxf(row_max[mi][half], tile_max * params.scale_log2);
+          // A row's first key always moves it (-inf + bound = -inf).
+          const float scaled = tile_max * params.scale_log2;
+          const bool moves = scaled > row_max[mi][half] + kRescaleBound;
+          const float new_max = moves ? scaled : row_max[mi][half];
           // A row with no key yet keeps max -inf; exponents then use 0 so that no -inf - -inf
           // NaN appears (its probabilities are exp2(-inf) = 0).
           const float base = new_max == kNegInf ? 0.0f : new_max;
-          const float correction = fast_exp2(row_max[mi][half] - base);
+          correction[mi][half] = moves ? fast_exp2(row_max[mi][half] - base) : 1.0f;
+          moved |= moves;
           row_max[mi][half] = new_max;
           float tile_sum = 0.0f;
 #pragma unroll
@@ -306,13 +313,16 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
               s[mi][ni][c] = p;
               tile_sum += p;
             }
-          row_sum[mi][half] = row_sum[mi][half] * correction + tile_sum;
-#pragma unroll
-          for (int di = 0; di < Traits::kDimNTiles; ++di) {
-            o[mi][di][2 * half] *= correction;
-            o[mi][di][2 * half + 1] *= correction;
-          }
+          row_sum[mi][half] = row_sum[mi][half] * correction[mi][half] + tile_sum;
         }
+      if (__any_sync(0xffffffffu, moved)) {
+#pragma unroll
+        for (int mi = 0; mi < Traits::kWarpMTiles; ++mi)
+#pragma unroll
+          for (int di = 0; di < Traits::kDimNTiles; ++di)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) o[mi][di][c] *= correction[mi][c / 2];
+      }
       // P rounded to the input type, packed as the A fragments of P V: the accumulator
       // layout of n8 tiles 2ks and 2ks + 1 is the A layout of k16 step ks. Packing here
       // halves the registers that stay live across the barrier below.

@@ -46,4 +46,10 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
+// Online softmax with a lazy max (both kernels): the max a row's exponents are taken
+// against moves only when a tile's max exceeds it by more than this (log2 units), so
+// probabilities stay <= 2^kRescaleBound (256: fp32 sums and 16-bit P hold it) and O is
+// rescaled only on such a move, which after a row's first tiles is rare.
+inline constexpr float kRescaleBound = 8.0f;
+
 }  // namespace proxyattn::cuda::attention::sm80

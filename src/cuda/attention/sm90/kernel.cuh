@@ -53,6 +53,7 @@ namespace proxyattn::cuda::attention::sm90 {
 using cuda::smem_address;
 using sm80::ElementTraits;
 using sm80::fast_exp2;
+using sm80::kRescaleBound;
 using sm80::st_shared_32;
 
 inline constexpr int kWarpgroupThreads = 128;
@@ -417,10 +418,13 @@ __device__ __forceinline__ void consume_item(SharedStorage<Traits>& smem, const 
   uint32_t pending_phase = 0;
   float pending_correction[2] = {1.0f, 1.0f};
 
-  // O = O * correction, then issue O += P V of the pending tile.
+  // O = O * correction (skipped when no row of the warp moved its max), then issue
+  // O += P V of the pending tile.
   auto issue_pv = [&]() {
+    if (__any_sync(0xffffffffu, pending_correction[0] != 1.0f || pending_correction[1] != 1.0f)) {
 #pragma unroll
-    for (int i = 0; i < Traits::kOutRegs; ++i) o[i] *= pending_correction[(i % 4) / 2];
+      for (int i = 0; i < Traits::kOutRegs; ++i) o[i] *= pending_correction[(i % 4) / 2];
+    }
     fence_registers(o);
     fence_registers(p);
     wgmma_fence();
@@ -475,8 +479,9 @@ __device__ __forceinline__ void consume_item(SharedStorage<Traits>& smem, const 
           if (!half_on[h] || key > q_pos || key >= length) s[4 * i + c] = kNegInf;
         }
     }
-    // Per row (its values sit in the 4 threads of a quad): new max, correction of what was
-    // accumulated, S becomes P = exp2(S * scale_log2 - max).
+    // Per row (its values sit in the 4 threads of a quad): the max moves only by more than
+    // kRescaleBound (sm80/ptx.cuh; then `correction` is what the O accumulated so far must be
+    // multiplied by, else 1), S becomes P = exp2(S * scale_log2 - max).
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       float tile_max = kNegInf;
@@ -485,11 +490,14 @@ __device__ __forceinline__ void consume_item(SharedStorage<Traits>& smem, const 
         tile_max = fmaxf(tile_max, fmaxf(s[4 * i + 2 * r], s[4 * i + 2 * r + 1]));
       tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
       tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-      const float new_max = fmaxf(row_max[r], tile_max * params.scale_log2);
+      // A row's first key always moves it (-inf + bound = -inf).
+      const float scaled = tile_max * params.scale_log2;
+      const bool moves = scaled > row_max[r] + kRescaleBound;
+      const float new_max = moves ? scaled : row_max[r];
       // A row with no key yet keeps max -inf; exponents then use 0 so that no -inf - -inf
       // NaN appears (its probabilities are exp2(-inf) = 0).
       const float base = new_max == kNegInf ? 0.0f : new_max;
-      correction[r] = fast_exp2(row_max[r] - base);
+      correction[r] = moves ? fast_exp2(row_max[r] - base) : 1.0f;
       row_max[r] = new_max;
       float tile_sum = 0.0f;
 #pragma unroll
