@@ -33,9 +33,8 @@
 // skips (kept by another head of the CTA), so the ring's phases stay in step. The producer
 // flags each item's last tile (an item whose units were all skipped gets one empty stage),
 // and the consumers release Q as soon as that tile's Q K^T product has completed, so the
-// next item's Q loads under the last softmax and P V. An item's epilogue waits in the O
-// registers until the next item's first Q K^T product is issued and runs under it (Finished);
-// it stages O in its own buffer, not in Q's.
+// next item's Q loads under the last softmax, P V and the epilogue. The epilogue stages O
+// in its own buffer, not in Q's.
 #pragma once
 
 #include <cuda.h>
@@ -344,81 +343,17 @@ __device__ __forceinline__ void produce_item(SharedStorage<Traits>& smem, const 
 }
 
 // ---- consumer ------------------------------------------------------------------------
-// An item whose output still sits in a consumer's O registers. Its epilogue is deferred to
-// the next item's first Q K^T product and runs under it (or, at the latest, at the end of
-// the next item or of the kernel), so that a short row's epilogue does not idle the tensor
-// cores.
-struct Finished {
-  bool held = false;
-  int head = 0, row0 = 0;  // of its GroupWork
-  int length = 0;          // of its sequence
-  int64_t token_begin = 0;
-  float row_max[2] = {0.0f, 0.0f}, row_sum[2] = {0.0f, 0.0f};  // as in consume_item
-};
-
-// Epilogue of a finished item: O = acc / l staged in this consumer's O buffer (row-major,
-// 16-byte vectors XOR-swizzled by row % 8), then 16-byte stores of the valid rows;
-// LSE = ln(l) + max. A row that saw no key gets O = 0, LSE = -inf.
+// One item of sequence `span`: this consumer's rows `mine`; has_tiles: the producer streams
+// K/V tiles for it (the largest count of the item's consumers is positive). q_phase: parity
+// of this consumer's Q loads so far.
 template <typename Traits>
-__device__ __forceinline__ void store_output(SharedStorage<Traits>& smem, const Params& params, const Finished& done,
-                                             const float (&o)[Traits::kOutRegs], int consumer) {
+__device__ __forceinline__ void consume_item(SharedStorage<Traits>& smem, const Params& params, const SeqSpan& span,
+                                             bool has_tiles, const GroupWork& mine, int consumer, const Turns& turns,
+                                             Ring<Traits::kStages>& ring, uint32_t& q_phase) {
   using Element = typename Traits::Element;
   constexpr int D = Traits::kHeadDim;
   constexpr float kNegInf = -INFINITY;
   constexpr float kLn2 = 0.693147180559945309f;
-  const int thread = int(threadIdx.x) % kWarpgroupThreads;
-  const int warp = thread / 32, lane = thread % 32;
-  const int quad_row = lane / 4, quad_col = lane % 4;
-  const int row_lo = done.row0 + 16 * warp + quad_row;
-  const uint32_t o_tile = smem_address(smem.o[consumer]);
-  float inv[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float l = done.row_sum[r];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    inv[r] = l > 0.0f ? 1.0f / l : 0.0f;
-    const int row = row_lo + 8 * r;
-    if (params.lse != nullptr && quad_col == 0 && row < done.length)
-      params.lse[int64_t(done.head) * params.total_tokens + done.token_begin + row] =
-          l > 0.0f ? (done.row_max[r] + log2f(l)) * kLn2 : kNegInf;
-  }
-  named_barrier_sync(kBarrierEpilogue + consumer, kWarpgroupThreads);  // the previous item's reads are done
-#pragma unroll
-  for (int i = 0; i < Traits::kOutTiles; ++i)
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int row = 16 * warp + quad_row + 8 * r;  // row % 8 == quad_row
-      const uint32_t address =
-          o_tile + row * Traits::kOutRowBytes + ((i ^ quad_row) * 16) + quad_col * 4;
-      st_shared_32(address, ElementTraits<Element>::pack(o[4 * i + 2 * r] * inv[r], o[4 * i + 2 * r + 1] * inv[r]));
-    }
-  named_barrier_sync(kBarrierEpilogue + consumer, kWarpgroupThreads);
-  Element* o_base = static_cast<Element*>(params.o.data) + done.token_begin * params.o.token_stride +
-                    int64_t(done.head) * params.o.head_stride;
-  constexpr int kRowVectors = D / Traits::kVectorElems;
-  for (int i = thread; i < kGroupRows * kRowVectors; i += kWarpgroupThreads) {
-    const int r = i / kRowVectors, vc = i % kRowVectors;
-    if (done.row0 + r >= done.length) continue;
-    const uint4 value =
-        *reinterpret_cast<const uint4*>(smem.o[consumer] + r * Traits::kOutRowBytes + ((vc ^ (r % 8)) * 16));
-    *reinterpret_cast<uint4*>(o_base + int64_t(done.row0 + r) * params.o.token_stride + vc * Traits::kVectorElems) =
-        value;
-  }
-}
-
-// One item of sequence `span`: this consumer's rows `mine`; has_tiles: the producer streams
-// K/V tiles for it (the largest count of the item's consumers is positive). q_phase: parity
-// of this consumer's Q loads so far. o: the O registers, holding `done`'s output on entry
-// (when done.held) and this item's on return, in `done`.
-template <typename Traits>
-__device__ __forceinline__ void consume_item(SharedStorage<Traits>& smem, const Params& params, const SeqSpan& span,
-                                             bool has_tiles, const GroupWork& mine, int consumer, const Turns& turns,
-                                             Ring<Traits::kStages>& ring, uint32_t& q_phase,
-                                             float (&o)[Traits::kOutRegs], Finished& done) {
-  using Element = typename Traits::Element;
-  constexpr int D = Traits::kHeadDim;
-  constexpr float kNegInf = -INFINITY;
   const int thread = int(threadIdx.x) % kWarpgroupThreads;
   const int warp = thread / 32, lane = thread % 32;
   const int quad_row = lane / 4, quad_col = lane % 4;  // g and t of the register layouts
@@ -428,10 +363,13 @@ __device__ __forceinline__ void consume_item(SharedStorage<Traits>& smem, const 
   const uint32_t q_tile = smem_address(smem.q[consumer]);
   const uint64_t q_desc = make_descriptor(q_tile, kUnusedLeadingBytes, kAtomBytes);
 
+  float o[Traits::kOutRegs];     // O accumulators, fp32 (m64nD layout)
   float s[Traits::kScoreRegs];   // scores, then probabilities (m64n128 layout)
   uint32_t p[Traits::kKeySteps][4];  // probabilities in the input type: A registers of P V
   float row_max[2] = {kNegInf, kNegInf};  // running max of scaled scores (log2 domain), rows lo/hi
   float row_sum[2] = {0.0f, 0.0f};        // this thread's share of the running denominators
+#pragma unroll
+  for (int i = 0; i < Traits::kOutRegs; ++i) o[i] = 0.0f;
 #pragma unroll
   for (int i = 0; i < Traits::kScoreRegs; ++i) s[i] = 0.0f;
 #pragma unroll
@@ -458,17 +396,6 @@ __device__ __forceinline__ void consume_item(SharedStorage<Traits>& smem, const 
   auto release_q = [&]() {
     if (q_held) release(smem_address(&smem.q_empty[consumer]));
     q_held = false;
-  };
-
-  // The previous item's epilogue, if still held, then O = 0 for this item: called before
-  // this item first touches O (after its first Q K^T is issued, so the epilogue runs under it).
-  auto flush = [&]() {
-    if (warp_uniform(done.held ? 1 : 0)) {
-      store_output<Traits>(smem, params, done, o, consumer);
-#pragma unroll
-      for (int i = 0; i < Traits::kOutRegs; ++i) o[i] = 0.0f;
-      done.held = false;
-    }
   };
 
   // The TileDesc of a stage, read by lane 0 and broadcast (also makes it warp-uniform).
@@ -636,12 +563,10 @@ __device__ __forceinline__ void consume_item(SharedStorage<Traits>& smem, const 
       release(v_empty_pending);
       pack_p();
     } else if (on) {
-      // No previous product (first tile, or the previous one not kept by this head); the
-      // previous item's epilogue runs under this Q K^T.
+      // No previous product (first tile, or the previous one not kept by this head).
       turns.wait();
       issue_s(stage);
       turns.pass();
-      flush();
       if (pending) mbarrier_wait(v_full_pending, pending_phase);
       wgmma_wait<0>();
       fence_registers(s);
@@ -689,15 +614,46 @@ __device__ __forceinline__ void consume_item(SharedStorage<Traits>& smem, const 
     }
     release(smem_address(&smem.v_empty[pending_stage]));
   }
-  // This item's output stays in O until the next item's first Q K^T (or the kernel's end).
-  flush();
-  done.held = mine.active;
-  done.head = mine.head;
-  done.row0 = mine.row0;
-  done.length = length;
-  done.token_begin = span.token_begin;
+  if (!mine.active) return;
+
+  // ---- Epilogue: O = acc / l staged in this consumer's O buffer (row-major, 16-byte
+  // vectors XOR-swizzled by row % 8), then 16-byte stores of the valid rows;
+  // LSE = ln(l) + max. A row that saw no key gets O = 0, LSE = -inf.
+  const uint32_t o_tile = smem_address(smem.o[consumer]);
+  float inv[2];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) done.row_max[r] = row_max[r], done.row_sum[r] = row_sum[r];
+  for (int r = 0; r < 2; ++r) {
+    float l = row_sum[r];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    inv[r] = l > 0.0f ? 1.0f / l : 0.0f;
+    const int row = row_lo + 8 * r;
+    if (params.lse != nullptr && quad_col == 0 && row < length)
+      params.lse[int64_t(mine.head) * params.total_tokens + span.token_begin + row] =
+          l > 0.0f ? (row_max[r] + log2f(l)) * kLn2 : kNegInf;
+  }
+  named_barrier_sync(kBarrierEpilogue + consumer, kWarpgroupThreads);  // the previous item's reads are done
+#pragma unroll
+  for (int i = 0; i < Traits::kOutTiles; ++i)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = 16 * warp + quad_row + 8 * r;  // row % 8 == quad_row
+      const uint32_t address =
+          o_tile + row * Traits::kOutRowBytes + ((i ^ quad_row) * 16) + quad_col * 4;
+      st_shared_32(address, ElementTraits<Element>::pack(o[4 * i + 2 * r] * inv[r], o[4 * i + 2 * r + 1] * inv[r]));
+    }
+  named_barrier_sync(kBarrierEpilogue + consumer, kWarpgroupThreads);
+  Element* o_base = static_cast<Element*>(params.o.data) + span.token_begin * params.o.token_stride +
+                    int64_t(mine.head) * params.o.head_stride;
+  constexpr int kRowVectors = D / Traits::kVectorElems;
+  for (int i = thread; i < kGroupRows * kRowVectors; i += kWarpgroupThreads) {
+    const int r = i / kRowVectors, vc = i % kRowVectors;
+    if (mine.row0 + r >= length) continue;
+    const uint4 value =
+        *reinterpret_cast<const uint4*>(smem.o[consumer] + r * Traits::kOutRowBytes + ((vc ^ (r % 8)) * 16));
+    *reinterpret_cast<uint4*>(o_base + int64_t(mine.row0 + r) * params.o.token_stride + vc * Traits::kVectorElems) =
+        value;
+  }
 }
 
 template <typename Traits>
@@ -776,10 +732,6 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   const Turns turns{params.consumer_turns != 0, kBarrierTurn + consumer, kBarrierTurn + (consumer + 1) % kConsumers};
   if (consumer == kConsumers - 1) turns.pass();
   uint32_t q_phase = 0;
-  float o[Traits::kOutRegs];  // O accumulators, fp32 (m64nD layout), carried across items
-#pragma unroll
-  for (int i = 0; i < Traits::kOutRegs; ++i) o[i] = 0.0f;
-  Finished done;
   for (;;) {
     // The next item as the producer decoded it, read by lane 0 and broadcast (uniform for
     // the branches around wgmma); the slot goes back once every warp has it.
@@ -802,9 +754,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     mine.last_row = warp_uniform(mine.last_row);
     mine.count = warp_uniform(mine.count);
     consume_item<Traits>(smem, params, params.seqs[warp_uniform(seq)], warp_uniform(max_count) > 0, mine,
-                         consumer, turns, ring, q_phase, o, done);
+                         consumer, turns, ring, q_phase);
   }
-  if (warp_uniform(done.held ? 1 : 0)) store_output<Traits>(smem, params, done, o, consumer);
   if (consumer == 0) turns.wait();
 #endif
 }
