@@ -39,7 +39,7 @@ struct KernelTraits {
   // Two CTAs per SM: caps registers at 65536 / (2 * 128) = 256 per thread, about what the
   // O accumulators (kWarpMTiles * kDimNTiles * 4 = 128 floats at d = 128) and S (64
   // floats) need; shared memory (64 KiB at d = 128) allows it too. At d = 128 ptxas still
-  // spills ~60 bytes (loop-invariant scalars: ~5 local loads per tile against 256 MMAs).
+  // spills 8 bytes for sm_90 and 12 for sm_80 (loop-invariant scalars).
   static constexpr int kMinCtasPerSm = 2;
 
   static_assert(sizeof(Element) == 2, "16-bit elements (bf16, fp16)");
@@ -91,13 +91,16 @@ __device__ __forceinline__ WarpWork warp_work(const Params& p, const SeqSpan& sp
 // Copies kTileKeys rows starting at key0 of one KV head into a swizzled tile, all threads
 // of the CTA together; rows past the sequence end are zero-filled (V rows must be finite:
 // their probabilities are 0, and 0 * NaN would poison O). A thread copies one 16-byte
-// column vector of every kPassRows-th row; the pass stays a rolled loop with pointer
-// increments, because unrolled per-pass offsets would be hoisted out of the tile loop and
-// cost ~50 registers the accumulators need.
+// column vector of every kPassRows-th row. A tile wholly inside the sequence (all but a
+// sequence's last) takes the unrolled passes: a pointer increment and an immediate
+// shared-memory offset each, no bounds test. The partial tile's passes stay a rolled loop,
+// because unrolled per-pass offsets would be hoisted out of the tile loop and cost ~50
+// registers the accumulators need.
 template <typename Traits>
 __device__ __forceinline__ void copy_kv_tile(uint16_t* tile, const typename Traits::Element* base,
                                              int64_t token_stride, int key0, int length) {
   constexpr int kPassRows = Traits::kThreads / Traits::kRowVectors;
+  constexpr int kPasses = kTileKeys / kPassRows;
   static_assert(kPassRows % 8 == 0, "a pass keeps the swizzle phase (row % 8) of each thread");
   const int r0 = int(threadIdx.x) / Traits::kRowVectors;
   const int c = (int(threadIdx.x) % Traits::kRowVectors) * Traits::kVectorElems;
@@ -105,6 +108,14 @@ __device__ __forceinline__ void copy_kv_tile(uint16_t* tile, const typename Trai
   const auto* src = first + int64_t(r0) * token_stride;
   const int64_t step = kPassRows * token_stride;
   uint32_t dst = smem_address(tile + swizzle<Traits::kHeadDim>(r0, c));
+  if (key0 + kTileKeys <= length) {
+#pragma unroll
+    for (int pass = 0; pass < kPasses; ++pass) {
+      cp_async_16(dst + pass * kPassRows * Traits::kRowBytes, src, true);
+      src += step;
+    }
+    return;
+  }
 #pragma unroll 1
   for (int r = r0; r < kTileKeys; r += kPassRows) {
     const bool inside = key0 + r < length;
@@ -175,16 +186,16 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   }
   cp_async_commit();
 
-  // ---- The tiles: tile i is sub-tile i % tiles_per_block of the block at rank
-  // i / tiles_per_block of the order row. The CTA skips a tile whose block is outside
-  // [0, m] (a corrupt index), that starts past the sequence end, or that lies wholly above
-  // the causal diagonal of every row of the CTA.
+  // ---- The tiles: tile i is sub-tile `sub` of the block at rank `rank` of the order row
+  // (i = rank * tiles_per_block + sub; the loop steps both, no division). The CTA skips a
+  // tile whose block is outside [0, m] (a corrupt index), that starts past the sequence end,
+  // or that lies wholly above the causal diagonal of every row of the CTA.
   const int tiles_per_block = block / kTileKeys;
   const int num_tiles = max_count * tiles_per_block;
   auto block_at = [&](int rank) { return order_row == nullptr ? rank : __ldg(order_row + rank); };
-  auto tile_key0 = [&](int i, int n) {  // first key of tile i in block n, or -1 when skipped
+  auto tile_key0 = [&](int sub, int n) {  // first key of sub-tile `sub` of block n, or -1 when skipped
     if (n < 0 || n > m) return -1;
-    const int key0 = n * block + (i % tiles_per_block) * kTileKeys;
+    const int key0 = n * block + sub * kTileKeys;
     return key0 >= length || key0 > cta_last_row ? -1 : key0;
   };
 
@@ -203,7 +214,8 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   }
 
   // K of the first tile; a tile's K is copied during the tile before it.
-  int key0 = num_tiles > 0 ? tile_key0(0, block_at(0)) : -1;
+  int block_n = num_tiles > 0 ? block_at(0) : 0;  // the block of the current tile
+  int key0 = num_tiles > 0 ? tile_key0(0, block_n) : -1;
   if (key0 >= 0) copy_kv_tile<Traits>(smem.k, k_base, params.k.token_stride, key0, length);
   cp_async_commit();
 
@@ -214,18 +226,22 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   const uint32_t k_lane = lane_address<D>(smem.k, (lane / 16) * 8 + lane % 8, ((lane / 8) % 2) * 8);
   const uint32_t v_lane = lane_address<D>(smem.v, ((lane / 8) % 2) * 8 + lane % 8, (lane / 16) * 8);
   constexpr uint32_t kRows16 = 16 * Traits::kRowBytes;  // bytes of 16 rows
-  for (int tile = 0; tile < num_tiles; ++tile) {
-    // Block of the next tile, read now so that its latency hides under this tile's work.
-    const int next = tile + 1;
-    const int next_block = next < num_tiles ? block_at(next / tiles_per_block) : 0;
-    const int rank = tile / tiles_per_block;
+  for (int tile = 0, rank = 0, sub = 0; tile < num_tiles; ++tile) {
+    // The next tile's place, and its block (read now, so that the load's latency hides
+    // under this tile's work; only when the next tile starts a block).
+    const bool next_exists = tile + 1 < num_tiles;
+    const bool next_new_block = sub + 1 == tiles_per_block;
+    const int next_rank = next_new_block ? rank + 1 : rank;
+    const int next_sub = next_new_block ? 0 : sub + 1;
+    const int next_block = !next_exists ? 0 : next_new_block ? block_at(next_rank) : block_n;
     if (key0 < 0) {
       // A skipped tile (uniform over the CTA): nothing of it is in shared memory, and the
       // K buffer is free (the last computed tile did not copy into it), so just copy the
       // next tile's K.
-      key0 = next < num_tiles ? tile_key0(next, next_block) : -1;
+      key0 = next_exists ? tile_key0(next_sub, next_block) : -1;
       if (key0 >= 0) copy_kv_tile<Traits>(smem.k, k_base, params.k.token_stride, key0, length);
       cp_async_commit();
+      rank = next_rank, sub = next_sub, block_n = next_block;
       continue;
     }
 
@@ -337,7 +353,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
         }
     }
 
-    const int next_key0 = next < num_tiles ? tile_key0(next, next_block) : -1;
+    const int next_key0 = next_exists ? tile_key0(next_sub, next_block) : -1;
 
     // V[tile] landed; every warp is done with K[tile].
     cp_async_wait_all();
@@ -362,6 +378,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
       }
     }
     key0 = next_key0;
+    rank = next_rank, sub = next_sub, block_n = next_block;
   }
   // Q copies may still be in flight when no tile ran; the O staging reuses their rows.
   cp_async_wait_all();
