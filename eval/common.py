@@ -44,8 +44,9 @@ def set_threads(threads):
         torch.set_num_threads(threads)
 
 
-def load_model(model_dir, attn_implementation="sdpa"):
-    """The transformers model and tokenizer saved by acquire.py, float32 on the CPU, eval mode."""
+def load_model(model_dir, attn_implementation="sdpa", device="cpu"):
+    """The transformers model and tokenizer saved by acquire.py, eval mode: float32 on the CPU,
+    bfloat16 on a GPU (device "cuda"; the library's GPU kernels take 16-bit inputs)."""
     import torch
     import transformers
 
@@ -53,9 +54,10 @@ def load_model(model_dir, attn_implementation="sdpa"):
     if not (model_dir / "config.json").exists():
         raise SystemExit(f"{model_dir}: no config.json; run eval/acquire.py --cache <folder> first")
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype,
                                                               attn_implementation=attn_implementation)
-    return model.eval(), tokenizer
+    return model.to(device).eval(), tokenizer
 
 
 def default_model_dir(cache, model=DEFAULT_MODEL):
@@ -106,9 +108,12 @@ def environment():
 
     import proxyattn
 
-    return {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "processor": platform.processor(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "proxyattn": proxyattn.__version__}
+    env = {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "processor": platform.processor(),
+           "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+           "transformers": transformers.__version__, "proxyattn": proxyattn.__version__}
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name()
+    return env
 
 
 def write_json(path, obj, compact=False):

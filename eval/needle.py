@@ -36,6 +36,7 @@ DEFAULT_TASKS = ["single", "multikey"]
 MULTIKEY_NEEDLES = 4
 VALUE_DIGITS = 7
 MAX_NEW_TOKENS = 16
+PREFILL_REPEATS = 3  # timed prefills per case and mode (--time-prefill, GPU)
 KEY_PATTERN = re.compile(r"^[a-z]{5,10}$")  # plain lower-case words make unambiguous keys
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -154,9 +155,25 @@ class CountSparseCalls:
 
 def answer(model, tokenizer, ids, stop_ids):
     with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
-                             eos_token_id=stop_ids, pad_token_id=stop_ids[0])
+        out = model.generate(torch.tensor([ids], device=model.device), max_new_tokens=MAX_NEW_TOKENS,
+                             do_sample=False, eos_token_id=stop_ids, pad_token_id=stop_ids[0])
     return tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+
+
+def prefill_seconds(model, ids):
+    """Time of one prefill of the prompt (the decoder only, no logits), on a GPU: the time to
+    first token without the one-token head and sampling. Median of PREFILL_REPEATS after a
+    warm-up (the first call of a mode builds plans and compiles nothing else)."""
+    x = torch.tensor([ids], device=model.device)
+    times = []
+    with torch.no_grad():
+        for _ in range(PREFILL_REPEATS + 1):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            model.model(x)
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+    return sorted(times[1:])[PREFILL_REPEATS // 2]
 
 
 def reuse_modes(cases, path):
@@ -169,8 +186,9 @@ def reuse_modes(cases, path):
     if not same:
         raise SystemExit(f"--reuse {path}: its cases are not these (other seed or arguments?)")
     for o, c in zip(old["cases"], cases):
-        for field in ("answers", "correct", "sparse_layer_calls"):
-            c[field] = dict(o[field])
+        for field in ("answers", "correct", "sparse_layer_calls", "prefill_ms"):
+            if field in o:
+                c[field] = dict(o[field])
     return old["modes"], old["seconds_per_mode"]
 
 
@@ -198,6 +216,10 @@ def main():
     ap.add_argument("--modes", nargs="+", default=DEFAULT_MODES, choices=list(MODES))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="cpu: float32 model, the library's CPU backend; cuda: bfloat16 model, its GPU kernels")
+    ap.add_argument("--time-prefill", action="store_true",
+                    help="on a GPU, also time each case's prefill per mode (prefill_seconds)")
     ap.add_argument("--reuse", type=pathlib.Path,
                     help="earlier result file of the same cases: its modes are copied, not run again")
     args = ap.parse_args()
@@ -205,7 +227,9 @@ def main():
     import proxyattn.hf
 
     common.set_threads(args.threads)
-    model, tokenizer = common.load_model(args.model)
+    if args.time_prefill and args.device != "cuda":
+        raise SystemExit("--time-prefill: GPU timings only (--device cuda)")
+    model, tokenizer = common.load_model(args.model, device=args.device)
     stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
     keys = load_keys(args.corpus)
     cases = make_cases(args, tokenizer, keys)
@@ -225,17 +249,20 @@ def main():
             c.setdefault("sparse_layer_calls", {})[mode] = counter.calls  # layers that ran ProxyAttn
             c.setdefault("answers", {})[mode] = text
             c.setdefault("correct", {})[mode] = int(c["value"] in text)
+            if args.time_prefill:
+                c.setdefault("prefill_ms", {})[mode] = round(1e3 * prefill_seconds(model, c["ids"]), 3)
             print(f"{mode:24s} {c['task']:8s} {c['haystack']:9s} {c['tokens']:5d} depth {c['depth']:.1f} "
                   f"{'ok ' if c['correct'][mode] else 'MISS'} {c['value']} <- {text.strip()!r}", flush=True)
         seconds[mode] = round(time.perf_counter() - t0, 1)
-    table = summary_table(cases, list(modes))
-    print(table)
-    for c in cases:
-        del c["ids"]
-    common.write_json(args.out, {"model": common.model_label(args.model), "environment": common.environment(),
-                                 "modes": modes, "seconds_per_mode": seconds,
-                                 "max_new_tokens": MAX_NEW_TOKENS, "seed": args.seed, "cases": cases,
-                                 "table": table})
+        # after every mode, so that a run stopped by a time limit keeps the modes it finished
+        table = summary_table(cases, [m for m in modes if m in seconds])
+        done = {m: modes[m] for m in modes if m in seconds}
+        common.write_json(args.out, {"model": common.model_label(args.model), "environment": common.environment(),
+                                     "device": args.device, "modes": done, "seconds_per_mode": seconds,
+                                     "max_new_tokens": MAX_NEW_TOKENS, "seed": args.seed,
+                                     "cases": [{k: v for k, v in c.items() if k != "ids"} for c in cases],
+                                     "table": table})
+    print(summary_table(cases, list(modes)))
 
 
 if __name__ == "__main__":

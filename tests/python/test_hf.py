@@ -78,3 +78,22 @@ def test_dense_layers_run_sdpa():
     assert ((all_dense - dense).norm() / dense.norm()).item() < 1e-5
     with pytest.raises(ValueError, match="dense_layers"):
         proxyattn.hf.enable(dense_layers=[-1])
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_prefill_matches_dense_and_generates():
+    """The GPU path of the integration (bf16 model on CUDA, the library's GPU kernels): with a
+    budget covering every block the logits are SDPA's up to bf16 rounding, and generate runs
+    the sparse prefill in every layer, then decodes."""
+    proxyattn.hf.enable(gamma=1.0, block_size=128, min_budget_tokens=1 << 20, dense_below=128)
+    ids = torch.randint(0, 512, (1, 1000), generator=torch.Generator().manual_seed(4)).cuda()
+    with torch.no_grad():
+        dense = tiny_llama("sdpa").to("cuda", torch.bfloat16)(ids).logits.float()
+        with counting_proxy_calls() as calls:
+            sparse = tiny_llama("proxyattn").to("cuda", torch.bfloat16)(ids).logits.float()
+        assert calls["proxy"] == 2
+        assert ((sparse - dense).norm() / dense.norm()).item() < 2e-2
+        proxyattn.hf.enable(gamma=0.9, block_size=128, min_budget_tokens=256, dense_below=256)
+        with counting_proxy_calls() as calls:
+            out = tiny_llama("proxyattn").to("cuda", torch.bfloat16).generate(ids, max_new_tokens=4, do_sample=False)
+    assert out.shape == (1, 1004) and calls["proxy"] == 2
