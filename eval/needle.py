@@ -61,6 +61,12 @@ MODES = {
     # the sparse setting with the first layer dense (proxyattn.hf's dense_layers)
     "proxy_g0.90_mb512_p1_dense0": dict(gamma=0.90, num_proxy_groups=1, block_size=BLOCK, min_budget_tokens=512,
                                         dense_layers=[0]),
+    # every block kept (the floor covers the whole row): our kernels and integration without sparsity
+    "proxy_all_blocks": dict(gamma=1.0, num_proxy_groups=2, block_size=BLOCK, min_budget_tokens=1 << 20),
+    "proxy_g0.98_mb2048_p2": dict(gamma=0.98, num_proxy_groups=2, block_size=BLOCK, min_budget_tokens=2048),
+    "proxy_g0.95_mb4096_p2": dict(gamma=0.95, num_proxy_groups=2, block_size=BLOCK, min_budget_tokens=4096),
+    "proxy_g0.95_mb2048_p2_dense0": dict(gamma=0.95, num_proxy_groups=2, block_size=BLOCK, min_budget_tokens=2048,
+                                         dense_layers=[0]),
 }
 DEFAULT_MODES = ["dense", "proxy_g0.95_mb2048_p1", "proxy_g0.95_mb512_p1", "proxy_g0.90_mb512_p1"]
 
