@@ -4,9 +4,7 @@
 //
 //   warpgroup 0 (producer, registers released): one thread takes the next item from the
 //     counter, decodes it and hands it to the consumers through a small shared-memory ring
-//     (they read no global memory between items), one item ahead: the next item is taken
-//     and decoded once the current one's first tile is out, so the counter's and the
-//     decoding's global loads wait under its tiles; it walks each item's kept blocks in
+//     (they read no global memory between items); it walks each item's kept blocks in
 //     the order of the block index and copies each K and V tile with the tensor copy engine
 //     (TMA, 128-byte swizzle) into a ring of kStages shared-memory stages, each completing
 //     on its own "full" mbarrier; it first copies every consumer's Q tile (once that consumer
@@ -70,9 +68,8 @@ inline constexpr int kMmaK = 16;                           // K of one wgmma
 inline constexpr int kMmaStepBytes = kMmaK * 2;            // a k-step inside a swizzled row
 inline constexpr int kN8 = 8;                              // columns of one accumulator n8 tile
 inline constexpr uint32_t kUnusedLeadingBytes = 16;        // K-major swizzled: LBO ignored (encoded 1)
-// Register split (setmaxnreg): 128 x 56 + 2 x 128 x 224 = 64512, the CTA's launch allocation
-// (168 per thread); the producer spills a few words of item state (~7 local accesses per
-// item, none per tile).
+// Register split (setmaxnreg): 128 x 56 + 2 x 128 x 224 = 64512 of the SM's 65536 (the producer
+// keeps its item and ring state in 56 without spilling).
 inline constexpr int kProducerRegisters = 56;
 inline constexpr int kConsumerRegisters = 224;
 static_assert(kWarpgroupThreads * (kProducerRegisters + kConsumers * kConsumerRegisters) <= 65536,
@@ -156,16 +153,12 @@ struct TileDesc {
 };
 
 // A work item as the producer decoded it (decode_item), handed to the consumers through the
-// item ring: they read no global memory between items. The producer decodes an item while
-// it still streams the previous one's tiles (its lookahead) and reads it back from here.
+// item ring: they read no global memory between items.
 struct ItemSlot {
   int32_t end;        // 1: no more items
   int32_t seq;        // the item's sequence: params.seqs[seq]
   int32_t max_count;  // largest count of its active consumers (0: no K/V tile)
   UnitWork group[kConsumers];
-  // the rest of CtaWork, for the producer only
-  int32_t m, kv_head, last_row;
-  const int32_t* order_row;
 };
 
 // Shared memory of one CTA; its sizeof is the launch's dynamic shared memory.
@@ -263,15 +256,12 @@ __device__ __forceinline__ void load_kv_tile(uint32_t tile, const CUtensorMap* m
 }
 
 // One item (with at least one kept block): Q tiles, then K/V tiles, the last one flagged.
-// q_phase[c]: parity of consumer c's Q loads so far. lookahead() is called once the item's
-// first tile is published (if it has a second): the next item's decoding, whose global loads
-// then wait under this item's remaining tiles instead of between the items.
-template <typename Traits, typename Lookahead>
+// q_phase[c]: parity of consumer c's Q loads so far.
+template <typename Traits>
 __device__ __forceinline__ void produce_item(SharedStorage<Traits>& smem, const Params& params, const CtaWork& cta,
                                              const GroupWork (&group)[kConsumers], Ring<Traits::kStages>& ring,
                                              uint32_t (&q_phase)[kConsumers], const CUtensorMap* q_map,
-                                             const CUtensorMap* k_map, const CUtensorMap* v_map,
-                                             Lookahead&& lookahead) {
+                                             const CUtensorMap* k_map, const CUtensorMap* v_map) {
   const SeqSpan& span = *cta.span;
   const int token_begin = int(span.token_begin);  // the dispatcher keeps tokens within int32
 
@@ -336,10 +326,7 @@ __device__ __forceinline__ void produce_item(SharedStorage<Traits>& smem, const 
     const int key0 = unit_key0(unit, n0);
     const int key1 = has_second ? unit_key0(unit + 1, n1) : -1;
     if (key0 < 0 && key1 < 0) continue;
-    if (holding) {
-      publish(held, held_token[0], held_token[1]);
-      lookahead();
-    }
+    if (holding) publish(held, held_token[0], held_token[1]);
     held.key0[0] = key0;
     held.key0[1] = key1;
     held.rank[0] = rank0;
@@ -714,58 +701,28 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       tma_prefetch_descriptor(&k_map);
       tma_prefetch_descriptor(&v_map);
       uint32_t q_phase[kConsumers] = {};
-      // Takes the next item, decodes it into the next item slot and hands that to the
-      // consumers (an item is taken only once a slot is free); returns the slot, or -1 when
-      // there are no more items (the slot then says so to the consumers).
-      auto take_item = [&](bool first) -> int {
+      CtaWork cta;
+      GroupWork group[kConsumers];
+      for (bool first = true;; first = false) {
+        // A slot first, then the item: an item is taken only when this CTA can start on it.
         mbarrier_wait(smem_address(&smem.item_empty[item_ring.stage]), item_ring.phase ^ 1);
         // No counter: one item per CTA (PROXYATTN_ATTN_PERSISTENT=0, a launch of `items` CTAs).
         const int64_t item = params.item_counter != nullptr ? int64_t(atomicAdd(params.item_counter, 1u))
                              : first                        ? int64_t(blockIdx.x)
                                                             : items;
-        const int stage = item_ring.stage;
-        ItemSlot& slot = smem.item[stage];
+        ItemSlot& slot = smem.item[item_ring.stage];
         slot.end = item >= items ? 1 : 0;
         if (item < items) {
-          CtaWork cta;
-          GroupWork group[kConsumers];
           decode_item(params, item, cta, group);
           slot.seq = cta.seq;
           slot.max_count = cta.max_count;
 #pragma unroll
           for (int c = 0; c < kConsumers; ++c) slot.group[c] = group[c];
-          slot.m = cta.m;
-          slot.kv_head = cta.kv_head;
-          slot.last_row = cta.last_row;
-          slot.order_row = cta.order_row;
         }
-        mbarrier_arrive(smem_address(&smem.item_full[stage]));
+        mbarrier_arrive(smem_address(&smem.item_full[item_ring.stage]));
         item_ring.advance();
-        return item < items ? stage : -1;
-      };
-      for (int current = take_item(true); current >= 0;) {
-        const ItemSlot& slot = smem.item[current];
-        CtaWork cta;
-        GroupWork group[kConsumers];
-        cta.seq = slot.seq;
-        cta.span = &params.seqs[cta.seq];
-        cta.m = slot.m;
-        cta.kv_head = slot.kv_head;
-        cta.order_row = slot.order_row;
-        cta.max_count = slot.max_count;
-        cta.last_row = slot.last_row;
-#pragma unroll
-        for (int c = 0; c < kConsumers; ++c) group[c] = slot.group[c];
-        bool taken = false;
-        int next = -1;
-        auto lookahead = [&]() {
-          if (!taken) next = take_item(false);
-          taken = true;
-        };
-        if (cta.max_count > 0)
-          produce_item<Traits>(smem, params, cta, group, ring, q_phase, &q_map, &k_map, &v_map, lookahead);
-        lookahead();  // an item of one tile or none
-        current = next;
+        if (item >= items) break;
+        if (cta.max_count > 0) produce_item<Traits>(smem, params, cta, group, ring, q_phase, &q_map, &k_map, &v_map);
       }
     }
     return;
