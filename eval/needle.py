@@ -121,20 +121,34 @@ def build_case(tokenizer, text, length, depth, needles, key):
     raise RuntimeError(f"could not fit the prompt in {length} tokens")
 
 
-def make_cases(args, tokenizer, keys):
+def draw_cases(args, keys):
+    """The cases' random draws, in order (--tasks x --haystacks x --lengths x --depths, seed
+    args.seed): per case (task, haystack, length, depth, needles), the needles as (key, value)
+    with the asked one first (it is placed at `depth`). Every case's draws depend on the ones
+    before it, so a single case is reproduced by walking this sequence."""
     rng = random.Random(args.seed)
-    texts = {name: common.read_text(args.corpus, name) for name in args.haystacks}
-    cases = []
     for task, name, length, depth in itertools.product(args.tasks, args.haystacks, args.lengths, args.depths):
         n_needles = 1 if task == "single" else MULTIKEY_NEEDLES
         chosen = rng.sample(keys, n_needles)
         values = [random_value(rng) for _ in chosen]
         target = rng.randrange(n_needles)  # which needle is asked for
-        order = [target] + [i for i in range(n_needles) if i != target]  # asked one at `depth`
-        needles = [NEEDLE.format(key=chosen[i], value=values[i]) for i in order]
-        ids = build_case(tokenizer, texts[name], length - MAX_NEW_TOKENS, depth, needles, chosen[target])
+        order = [target] + [i for i in range(n_needles) if i != target]
+        yield task, name, length, depth, [(chosen[i], values[i]) for i in order]
+
+
+def build_prompt(tokenizer, text, length, depth, needles):
+    """Token ids of a case whose needles are draw_cases' (key, value) pairs, the asked one first."""
+    sentences = [NEEDLE.format(key=key, value=value) for key, value in needles]
+    return build_case(tokenizer, text, length - MAX_NEW_TOKENS, depth, sentences, needles[0][0])
+
+
+def make_cases(args, tokenizer, keys):
+    texts = {name: common.read_text(args.corpus, name) for name in args.haystacks}
+    cases = []
+    for task, name, length, depth, needles in draw_cases(args, keys):
+        ids = build_prompt(tokenizer, texts[name], length, depth, needles)
         cases.append({"task": task, "haystack": name, "length": length, "tokens": len(ids), "depth": depth,
-                      "key": chosen[target], "value": values[target], "distractors": len(needles) - 1, "ids": ids})
+                      "key": needles[0][0], "value": needles[0][1], "distractors": len(needles) - 1, "ids": ids})
     return cases
 
 

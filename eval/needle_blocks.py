@@ -5,7 +5,7 @@ query-block row (the question, the answer prefix and the token the answer is gen
         --model ~/.cache/proxyattn/qwen2.5-coder-0.5b-hf \
         --case multikey pg_essays 32768 0.3 --out eval/results/needle-blocks-qwen05-32k.json
 
- 1. The prompt is regenerated exactly as eval/needle.py builds it (make_cases: the same seed,
+ 1. The prompt is regenerated exactly as eval/needle.py builds it (draw_cases: the same seed,
     the same itertools.product order over --lengths/--depths/--tasks/--haystacks, so the random
     keys and values are those of the needle run); the needles' keys, values and token spans
     (the needle sentence, its key and its value tokens) are recorded.
@@ -33,16 +33,15 @@ The JSON has per layer and head numbers only (no activations): {"model", "enviro
 one run per (case, --qkv-from); with --append a run is added to an existing file.
 """
 import argparse
-import itertools
 import json
 import pathlib
-import random
 import time
 
 import numpy as np
 import torch
 
 import common
+import estimators as est
 import needle
 
 CAPTURE_NAME = "proxyattn_needle_blocks_capture"
@@ -51,24 +50,16 @@ DIGITS = 3
 
 # ---- the prompt -------------------------------------------------------------------------------
 def regenerate_case(args, tokenizer, keys):
-    """The case (task, haystack, length, depth) of eval/needle.make_cases with its needles: the
-    random draws of every case before it are repeated (same rng order), only this case is built."""
-    task, haystack, length, depth = args.case[0], args.case[1], int(args.case[2]), float(args.case[3])
-    rng = random.Random(args.seed)
-    for t, name, n, d in itertools.product(args.tasks, args.haystacks, args.lengths, args.depths):
-        n_needles = 1 if t == "single" else needle.MULTIKEY_NEEDLES
-        chosen = rng.sample(keys, n_needles)
-        values = [needle.random_value(rng) for _ in chosen]
-        target = rng.randrange(n_needles)
-        if (t, name, n, d) != (task, haystack, length, depth):
+    """The case (task, haystack, length, depth) of eval/needle.make_cases with its needles
+    (needle.draw_cases repeats the random draws of every case before it; only this one is built)."""
+    wanted = (args.case[0], args.case[1], int(args.case[2]), float(args.case[3]))
+    for task, name, length, depth, needles in needle.draw_cases(args, keys):
+        if (task, name, length, depth) != wanted:
             continue
-        order = [target] + [i for i in range(n_needles) if i != target]
-        needles = [needle.NEEDLE.format(key=chosen[i], value=values[i]) for i in order]
-        text = common.read_text(args.corpus, name)
-        ids = needle.build_case(tokenizer, text, n - needle.MAX_NEW_TOKENS, d, needles, chosen[target])
-        return {"task": t, "haystack": name, "length": n, "depth": d, "tokens": len(ids),
-                "key": chosen[target], "value": values[target],
-                "needles": [{"key": chosen[i], "value": values[i], "asked": i == target} for i in order]}, ids
+        ids = needle.build_prompt(tokenizer, common.read_text(args.corpus, name), length, depth, needles)
+        return {"task": task, "haystack": name, "length": length, "depth": depth, "tokens": len(ids),
+                "key": needles[0][0], "value": needles[0][1],
+                "needles": [{"key": k, "value": v, "asked": i == 0} for i, (k, v) in enumerate(needles)]}, ids
     raise SystemExit(f"--case {args.case}: not among the cases of these --tasks/--haystacks/--lengths/--depths")
 
 
@@ -188,7 +179,7 @@ def analyse_layer(q, k, scale, needles, cfg, gammas, last_queries):
         rows = [order[j * tri + m * (m + 1) // 2: j * tri + m * (m + 1) // 2 + m + 1] for j in range(g)]
         plans[gamma] = {"rows": rows, "count": count[m], "budget": heads["budget_blocks"][0],
                         "needed": heads["needed_blocks"][0]}
-    group_of = [est_kv(h, hq, hkv) // (hkv // g) for h in range(hq)]
+    group_of = [est.kv_head_of(h, hq, hkv) // (hkv // g) for h in range(hq)]
     # the group proxies' row scores (ALGORITHM.md steps 2-4) and agreement with the library's order
     proxy_scores, agree = [], []
     for j in range(g):
@@ -203,7 +194,7 @@ def analyse_layer(q, k, scale, needles, cfg, gammas, last_queries):
     pos = torch.arange(n_tok)
     heads_out = []
     for h in range(hq):
-        j, kvh = group_of[h], est_kv(h, hq, hkv)
+        j, kvh = group_of[h], est.kv_head_of(h, hq, hkv)
         kh = k[:, kvh].double()
         # dense attention of the whole last query block (step 5's a_i) and of the last queries
         q0 = m * block
@@ -259,10 +250,6 @@ def analyse_layer(q, k, scale, needles, cfg, gammas, last_queries):
             entry["needles"].append(info)
         heads_out.append(entry)
     return {"order_agreement": agree, "heads": heads_out}
-
-
-def est_kv(h, hq, hkv):
-    return h // (hq // hkv)
 
 
 # ---- output -----------------------------------------------------------------------------------
