@@ -28,7 +28,7 @@ class Config(ctypes.Structure):
                 ("min_budget_tokens", ctypes.c_int32), ("num_proxy_groups", ctypes.c_int32),
                 ("force_sink", ctypes.c_int32), ("force_local", ctypes.c_int32),
                 ("budget_mode", ctypes.c_int), ("dense_below", ctypes.c_int32),
-                ("softmax_scale", ctypes.c_float)]
+                ("softmax_scale", ctypes.c_float), ("anchor_blocks", ctypes.c_int32)]
 
 
 class PlanStats(ctypes.Structure):

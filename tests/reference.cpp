@@ -116,6 +116,7 @@ RefIndex reference_index(const Inputs& in, const pa_config& c) {
   r.kept.assign(in.hq, std::vector<std::vector<int>>(nqb));
   r.budget.assign(in.hq, nqb);
   r.needed.assign(in.hq, nqb);
+  r.anchors.assign(in.hq, {});
   if (in.n == 0) return r;
   const bool dense = in.n < c.dense_below;
   if (!dense) {
@@ -124,15 +125,28 @@ RefIndex reference_index(const Inputs& in, const pa_config& c) {
     for (int h = 0; h < in.hq; ++h) {
       r.needed[h] = needed_count(mass[h], c.gamma);
       r.budget[h] = std::min(nqb, std::max(r.needed[h], kmin));
+      // anchors: blocks by mass descending (stable: ties to the lower block), the last
+      // row's forced blocks left out, the first T taken
+      std::vector<int> by_mass(nqb);
+      std::iota(by_mass.begin(), by_mass.end(), 0);
+      std::stable_sort(by_mass.begin(), by_mass.end(),
+                       [&](int a, int x) { return mass[h][a] > mass[h][x]; });
+      for (int n : by_mass)
+        if (int(r.anchors[h].size()) < c.anchor_blocks && !(c.force_sink && n == 0) &&
+            !(c.force_local && n == nqb - 1))
+          r.anchors[h].push_back(n);
     }
   }
   for (int h = 0; h < in.hq; ++h) {
     const int j = h / (in.hq / g);
     for (int m = 0; m < nqb; ++m) {
-      std::vector<int> order;
-      if (c.force_sink) order.push_back(0);
-      if (c.force_local && m != 0) order.push_back(m);
-      if (c.force_local && m == 0 && !c.force_sink) order.push_back(0);
+      std::vector<int> order;  // forced blocks, ascending
+      for (int n = 0; n <= m; ++n) {
+        bool forced = (c.force_sink && n == 0) || (c.force_local && n == m);
+        for (int o = j * (in.hq / g); o < (j + 1) * (in.hq / g); ++o)
+          forced |= std::find(r.anchors[o].begin(), r.anchors[o].end(), n) != r.anchors[o].end();
+        if (forced) order.push_back(n);
+      }
       std::vector<int> rest;
       for (int n = 0; n <= m; ++n)
         if (std::find(order.begin(), order.end(), n) == order.end()) rest.push_back(n);

@@ -35,6 +35,7 @@ int needed_count(std::vector<double> mass, double gamma);
 // Steps 5-6 assembled: kept block sets per (head, row) [Hq][Nqb][kept blocks ascending].
 struct RefIndex {
   std::vector<int> budget, needed;                    // [Hq]
+  std::vector<std::vector<int>> anchors;              // [Hq][<= anchor_blocks]
   std::vector<std::vector<std::vector<int>>> kept;    // [Hq][Nqb] sorted ascending
   std::vector<double> scores;                         // A, [g][Nqb][Nqb]
 };

@@ -102,7 +102,12 @@ typedef struct pa_config {
   pa_budget_mode budget_mode;
   int32_t dense_below;         /* sequences shorter than this run dense, >= 0 */
   float softmax_scale;         /* > 0; pa_config_default sets 1/sqrt(head_dim) */
+  int32_t anchor_blocks;       /* T in [0, PA_MAX_ANCHOR_BLOCKS]: each head's T key blocks of
+                                  largest mass in the last query block (step 5; blocks already
+                                  forced there excluded) are forced in every row of its group */
 } pa_config;
+
+#define PA_MAX_ANCHOR_BLOCKS 8
 
 /* Defaults of ALGORITHM.md for a given head_dim (the scale is 1/sqrt(head_dim)). */
 pa_config pa_config_default(int32_t head_dim);
@@ -141,6 +146,11 @@ pa_status pa_plan_get_stats(const pa_plan* plan, pa_plan_stats* stats);
 pa_status pa_plan_get_heads(const pa_plan* plan, int32_t* budget_blocks,
                             int32_t* needed_blocks, double* density);
 
+/* Anchors of the estimation, int32 [num_seqs, num_q_heads, config.anchor_blocks] on the host:
+ * per head its anchor blocks by mass descending, -1 where the last query block has fewer
+ * candidate blocks, and for dense sequences or an index from pa_plan_set_index. */
+pa_status pa_plan_get_anchors(const pa_plan* plan, int32_t* anchors);
+
 /* Number of query blocks of the batch, and the host copy of the index arrays. */
 pa_status pa_plan_get_layout(const pa_plan* plan, int64_t* total_qblocks, int64_t* order_entries);
 pa_status pa_plan_get_index(const pa_plan* plan, int32_t* order, int32_t* count);
@@ -148,7 +158,7 @@ pa_status pa_plan_get_index(const pa_plan* plan, int32_t* order, int32_t* count)
 /* Writes the index from host arrays in pa_plan_get_index's layout (order int32
  * [order_entries], count int32 [total_qblocks, num_q_heads]; budget and needed int32
  * [num_seqs, num_q_heads], NULL for zeros), e.g. a plan estimated on the host copied to a
- * device plan, or a hand-made mask. Checks that every count lies in [0, m + 1] and every
+ * device plan, or a hand-made mask. The plan's anchors become none (-1). Checks that every count lies in [0, m + 1] and every
  * kept entry in [0, m], unique in its row (pa_plan_check adds the forced blocks); a row
  * with count 0 attends to nothing (O = 0, LSE = -inf). The plan then counts as estimated.
  * Synchronous copy for device plans. */

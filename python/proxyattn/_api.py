@@ -87,7 +87,7 @@ def _check_qkv(q, k, v, ndim, layout):
 
 def make_config(head_dim, *, gamma=0.95, num_proxy_groups=1, block_size=128, stride=4,
                 min_budget_tokens=2048, budget_mode="absolute", force_sink=True, force_local=True,
-                dense_below=None, softmax_scale=None):
+                dense_below=None, softmax_scale=None, anchor_blocks=0):
     """A _C.Config from keyword settings (ALGORITHM.md parameters); invalid values raise
     ProxyAttnError from the library with the field named."""
     c = _C.Config(int(head_dim))
@@ -103,6 +103,7 @@ def make_config(head_dim, *, gamma=0.95, num_proxy_groups=1, block_size=128, str
     c.force_local = int(bool(force_local))
     c.dense_below = int(min_budget_tokens if dense_below is None else dense_below)
     c.softmax_scale = float(1.0 / math.sqrt(head_dim) if softmax_scale is None else softmax_scale)
+    c.anchor_blocks = int(anchor_blocks)
     return c
 
 
@@ -152,13 +153,14 @@ class Plan:
         return self.stats()["density"]
 
     def heads(self):
-        """Per (sequence, head): budget_blocks (K_i), needed_blocks (count_i), density; each
-        a numpy array [num_seqs, Hq]."""
+        """Per (sequence, head): budget_blocks (K_i), needed_blocks (count_i), density, each
+        a numpy array [num_seqs, Hq], and anchors [num_seqs, Hq, anchor_blocks] (-1 = none)."""
         budget, needed, density = self._plan.heads()
         shape = (self.num_seqs, self.num_q_heads)
         return {"budget_blocks": np.asarray(budget, np.int32).reshape(shape),
                 "needed_blocks": np.asarray(needed, np.int32).reshape(shape),
-                "density": np.asarray(density, np.float64).reshape(shape)}
+                "density": np.asarray(density, np.float64).reshape(shape),
+                "anchors": np.asarray(self._plan.anchors(), np.int32).reshape(shape + (self.config.anchor_blocks,))}
 
     def index(self):
         """(order, count): the raw block index (docs/index_format.md) as numpy arrays."""
@@ -272,7 +274,7 @@ def attend(plan, q, k, v, return_lse=False):
 _PLAN_CACHE = collections.OrderedDict()
 _PLAN_CACHE_SIZE = 32
 _CONFIG_FIELDS = ("block_size", "stride", "gamma", "min_budget_tokens", "num_proxy_groups", "force_sink",
-                  "force_local", "budget_mode", "dense_below", "softmax_scale")
+                  "force_local", "budget_mode", "dense_below", "softmax_scale", "anchor_blocks")
 
 
 def clear_plan_cache():
@@ -314,17 +316,19 @@ def _attention_eager(q, k, v, return_lse, settings):
 
 def attention(q, k, v, *, causal=True, gamma=0.95, num_proxy_groups=1, block_size=128, stride=4,
               min_budget_tokens=2048, budget_mode="absolute", force_sink=True, force_local=True,
-              dense_below=None, softmax_scale=None, return_lse=False):
+              dense_below=None, softmax_scale=None, anchor_blocks=0, return_lse=False):
     """ProxyAttn causal attention. q [B, N, Hq, d], k and v [B, N, Hkv, d] (Hq a multiple of
     Hkv) -> out [B, N, Hq, d] (and lse [B, Hq, N] float32 with return_lse).
 
     gamma: attention mass each head's budget covers; num_proxy_groups: proxy heads (divides
-    Hkv); sequences shorter than dense_below (default min_budget_tokens) run dense."""
+    Hkv); sequences shorter than dense_below (default min_budget_tokens) run dense;
+    anchor_blocks: each head's blocks of largest last-block mass forced for its group."""
     if not causal:
         raise ValueError("causal=False: ProxyAttn is a causal prefill method")
     settings = dict(gamma=gamma, num_proxy_groups=num_proxy_groups, block_size=block_size, stride=stride,
                     min_budget_tokens=min_budget_tokens, budget_mode=budget_mode, force_sink=force_sink,
-                    force_local=force_local, dense_below=dense_below, softmax_scale=softmax_scale)
+                    force_local=force_local, dense_below=dense_below, softmax_scale=softmax_scale,
+                    anchor_blocks=anchor_blocks)
     if _is_torch(q):
         from . import _torch_ops
 

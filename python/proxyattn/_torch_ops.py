@@ -5,25 +5,26 @@ import torch
 from . import _api
 
 _SETTING_NAMES = ("gamma", "num_proxy_groups", "block_size", "stride", "min_budget_tokens", "budget_mode",
-                  "force_sink", "force_local", "dense_below", "softmax_scale")
+                  "force_sink", "force_local", "dense_below", "softmax_scale", "anchor_blocks")
 
 
 @torch.library.custom_op("proxyattn::attention", mutates_args=())
 def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gamma: float, num_proxy_groups: int,
                   block_size: int, stride: int, min_budget_tokens: int, budget_mode: int, force_sink: bool,
-                  force_local: bool, dense_below: int, softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+                  force_local: bool, dense_below: int, softmax_scale: float,
+                  anchor_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
     settings = dict(gamma=gamma, num_proxy_groups=num_proxy_groups, block_size=block_size, stride=stride,
                     min_budget_tokens=min_budget_tokens,
                     budget_mode={v: k for k, v in _api.BUDGET_MODES.items()}[budget_mode],
                     force_sink=force_sink, force_local=force_local, dense_below=dense_below,
-                    softmax_scale=softmax_scale)
+                    softmax_scale=softmax_scale, anchor_blocks=anchor_blocks)
     out, lse = _api._attention_eager(q, k, v, True, settings)
     return out, lse
 
 
 @_attention_op.register_fake
 def _(q, k, v, gamma, num_proxy_groups, block_size, stride, min_budget_tokens, budget_mode, force_sink,
-      force_local, dense_below, softmax_scale):
+      force_local, dense_below, softmax_scale, anchor_blocks):
     b, n, hq, _ = q.shape
     return torch.empty_like(q), q.new_empty((b, hq, n), dtype=torch.float32)
 

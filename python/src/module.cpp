@@ -107,6 +107,15 @@ class PyPlan {
     return {budget, needed, density};
   }
 
+  // Anchors [num_seqs * Hq * anchor_blocks] (-1 = none).
+  std::vector<int32_t> anchors() const {
+    const size_t n = size_t(batch_.problem().num_seqs) * batch_.problem().num_q_heads *
+                     size_t(config_.anchor_blocks);
+    std::vector<int32_t> out(n);
+    proxyattn::check(pa_plan_get_anchors(plan_, out.data()));
+    return out;
+  }
+
   // (order [order_entries], count [total_qblocks * Hq]).
   std::tuple<std::vector<int32_t>, std::vector<int32_t>> index() const {
     int64_t rows = 0, entries = 0;
@@ -154,7 +163,8 @@ NB_MODULE(_C, m) {
       .def_prop_rw("budget_mode", [](const pa_config& c) { return int(c.budget_mode); },
                    [](pa_config& c, int mode) { c.budget_mode = pa_budget_mode(mode); })
       .def_rw("dense_below", &pa_config::dense_below)
-      .def_rw("softmax_scale", &pa_config::softmax_scale);
+      .def_rw("softmax_scale", &pa_config::softmax_scale)
+      .def_rw("anchor_blocks", &pa_config::anchor_blocks);
 
   m.def("dtype_code", [](const Array& a) { return int(dtype_of(a, "tensor")); });
 
@@ -178,6 +188,7 @@ NB_MODULE(_C, m) {
            nb::arg("lse").none(), nb::arg("stream"))
       .def("stats", &PyPlan::stats)
       .def("heads", &PyPlan::heads)
+      .def("anchors", &PyPlan::anchors)
       .def("index", &PyPlan::index)
       .def("to_flex", &PyPlan::to_flex)
       .def("check", &PyPlan::check_invariants);

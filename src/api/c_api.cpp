@@ -62,7 +62,7 @@ PlanDesc describe(const pa_problem& problem, const pa_config& config) {
   d.problem = problem;
   d.config = config;
   d.batch = make_batch_layout(problem, config.block_size, config.num_proxy_groups);
-  d.storage = storage_layout(d.batch, problem.num_q_heads, problem.num_seqs);
+  d.storage = storage_layout(d.batch, problem.num_q_heads, problem.num_seqs, config.anchor_blocks);
   return d;
 }
 
@@ -113,7 +113,8 @@ struct HostArrays {
   const int32_t* count = nullptr;   // [total_qblocks, Hq]
   const int32_t* budget = nullptr;  // [num_seqs, Hq]
   const int32_t* needed = nullptr;  // [num_seqs, Hq]
-  size_t order_n = 0, count_n = 0, head_n = 0;
+  const int32_t* anchors = nullptr;  // [num_seqs, Hq, T]
+  size_t order_n = 0, count_n = 0, head_n = 0, anchor_n = 0;
   std::vector<int32_t> downloaded;  // backs the pointers for a device plan
 };
 
@@ -122,29 +123,33 @@ pa_status host_arrays(const pa_plan& plan, HostArrays& out) {
   out.order_n = d.batch.order_entries;
   out.count_n = d.batch.total_qblocks * d.problem.num_q_heads;
   out.head_n = size_t(d.problem.num_seqs) * d.problem.num_q_heads;
+  out.anchor_n = out.head_n * d.config.anchor_blocks;
   if (!plan.on_device) {
     out.order = d.index.order, out.count = d.index.count;
-    out.budget = d.index.budget, out.needed = d.index.needed;
+    out.budget = d.index.budget, out.needed = d.index.needed, out.anchors = d.index.anchors;
     return PA_STATUS_SUCCESS;
   }
 #if PROXYATTN_WITH_CUDA
-  out.downloaded.resize(out.order_n + out.count_n + 2 * out.head_n);
+  out.downloaded.resize(out.order_n + out.count_n + 2 * out.head_n + out.anchor_n);
   int32_t* order = out.downloaded.data();
   int32_t* count = order + out.order_n;
   int32_t* budget = count + out.count_n;
   int32_t* needed = budget + out.head_n;
+  int32_t* anchors = needed + out.head_n;
   PA_TRY(cuda::download(order, d.index.order, out.order_n * sizeof(int32_t)));
   PA_TRY(cuda::download(count, d.index.count, out.count_n * sizeof(int32_t)));
   PA_TRY(cuda::download(budget, d.index.budget, out.head_n * sizeof(int32_t)));
   PA_TRY(cuda::download(needed, d.index.needed, out.head_n * sizeof(int32_t)));
+  PA_TRY(cuda::download(anchors, d.index.anchors, out.anchor_n * sizeof(int32_t)));
   out.order = order, out.count = count, out.budget = budget, out.needed = needed;
+  out.anchors = anchors;
 #endif
   return PA_STATUS_SUCCESS;
 }
 
 HostIndex host_index(const pa_plan& plan, const HostArrays& arrays) {
   return HostIndex{&plan.desc.batch, plan.desc.problem.num_q_heads, plan.desc.groups(), arrays.order,
-                   arrays.count};
+                   arrays.count, arrays.anchors, plan.desc.config.anchor_blocks};
 }
 
 // The part of the index invariants that memory safety and the math rest on: counts in
@@ -358,6 +363,17 @@ pa_status pa_plan_get_heads(const pa_plan* plan, int32_t* budget_blocks, int32_t
   });
 }
 
+pa_status pa_plan_get_anchors(const pa_plan* plan, int32_t* anchors) {
+  return guarded([&] {
+    PA_TRY(check_plan(plan, true));
+    HostArrays arrays;
+    PA_TRY(host_arrays(*plan, arrays));
+    if (anchors == nullptr && arrays.anchor_n > 0) return fail(PA_STATUS_NULL_POINTER, "anchors is NULL");
+    std::copy(arrays.anchors, arrays.anchors + arrays.anchor_n, anchors);
+    return PA_STATUS_SUCCESS;
+  });
+}
+
 pa_status pa_plan_get_layout(const pa_plan* plan, int64_t* total_qblocks, int64_t* order_entries) {
   return guarded([&] {
     PA_TRY(check_plan(plan, false));
@@ -391,18 +407,21 @@ pa_status pa_plan_set_index(pa_plan* plan, const int32_t* order, const int32_t* 
     const std::vector<int32_t> zeros(budget != nullptr && needed != nullptr ? 0 : head_n, 0);
     if (budget == nullptr) budget = zeros.data();
     if (needed == nullptr) needed = zeros.data();
+    const std::vector<int32_t> no_anchors(head_n * d.config.anchor_blocks, -1);
     if (plan->on_device) {
 #if PROXYATTN_WITH_CUDA
       PA_TRY(cuda::upload(d.index.order, order, order_n * sizeof(int32_t)));
       PA_TRY(cuda::upload(d.index.count, count, count_n * sizeof(int32_t)));
       PA_TRY(cuda::upload(d.index.budget, budget, head_n * sizeof(int32_t)));
       PA_TRY(cuda::upload(d.index.needed, needed, head_n * sizeof(int32_t)));
+      PA_TRY(cuda::upload(d.index.anchors, no_anchors.data(), no_anchors.size() * sizeof(int32_t)));
 #endif
     } else {
       std::copy(order, order + order_n, d.index.order);
       std::copy(count, count + count_n, d.index.count);
       std::copy(budget, budget + head_n, d.index.budget);
       std::copy(needed, needed + head_n, d.index.needed);
+      std::copy(no_anchors.begin(), no_anchors.end(), d.index.anchors);
     }
     plan->estimated = true;
     return PA_STATUS_SUCCESS;

@@ -10,13 +10,16 @@ namespace proxyattn {
 
 static size_t align_up(size_t x) { return (x + kStorageAlignment - 1) / kStorageAlignment * kStorageAlignment; }
 
-StorageLayout storage_layout(const BatchLayout& batch, int num_q_heads, int num_seqs) {
+StorageLayout storage_layout(const BatchLayout& batch, int num_q_heads, int num_seqs,
+                             int anchor_blocks) {
   StorageLayout s{};
   s.order_offset = 0;
   s.count_offset = align_up(s.order_offset + sizeof(int32_t) * batch.order_entries);
   s.budget_offset = align_up(s.count_offset + sizeof(int32_t) * batch.total_qblocks * num_q_heads);
   s.needed_offset = align_up(s.budget_offset + sizeof(int32_t) * num_seqs * num_q_heads);
-  s.seqs_offset = align_up(s.needed_offset + sizeof(int32_t) * num_seqs * num_q_heads);
+  s.anchors_offset = align_up(s.needed_offset + sizeof(int32_t) * num_seqs * num_q_heads);
+  s.seqs_offset =
+      align_up(s.anchors_offset + sizeof(int32_t) * size_t(num_seqs) * num_q_heads * anchor_blocks);
   s.qblock_seq_offset = align_up(s.seqs_offset + sizeof(SeqSpan) * num_seqs);
   s.total_bytes = align_up(s.qblock_seq_offset + sizeof(int32_t) * batch.total_qblocks);
   return s;
@@ -38,6 +41,7 @@ IndexArrays bind_storage(void* storage, const StorageLayout& layout) {
   a.count = reinterpret_cast<int32_t*>(base + layout.count_offset);
   a.budget = reinterpret_cast<int32_t*>(base + layout.budget_offset);
   a.needed = reinterpret_cast<int32_t*>(base + layout.needed_offset);
+  a.anchors = reinterpret_cast<int32_t*>(base + layout.anchors_offset);
   a.seqs = reinterpret_cast<SeqSpan*>(base + layout.seqs_offset);
   a.qblock_seq = reinterpret_cast<int32_t*>(base + layout.qblock_seq_offset);
   return a;
@@ -46,14 +50,22 @@ IndexArrays bind_storage(void* storage, const StorageLayout& layout) {
 pa_status check_index(const HostIndex& index, bool force_sink, bool force_local) {
   const BatchLayout& batch = *index.batch;
   std::vector<uint8_t> seen;
+  std::vector<int32_t> forced;
+  const int per_group = index.num_q_heads / index.num_groups;
+  const int anchor_count = index.anchors != nullptr ? per_group * index.anchor_blocks : 0;
   for (size_t s = 0; s < batch.seqs.size(); ++s) {
     const SeqSpan& span = batch.seqs[s];
     seen.assign(span.num_qblocks, 0);
     for (int h = 0; h < index.num_q_heads; ++h) {
       const int j = group_of_head(h, index.num_q_heads, index.num_groups);
+      const int32_t* anchors =
+          anchor_count > 0 ? group_anchors(index.anchors, int(s), j, index.num_q_heads,
+                                           index.num_groups, index.anchor_blocks)
+                           : nullptr;
       for (int m = 0; m < span.num_qblocks; ++m) {
         const int32_t c = index.count[(span.qblock_begin + m) * index.num_q_heads + h];
-        const int32_t lowest = std::max(1, forced_blocks(m, force_sink, force_local));
+        row_forced(m, force_sink, force_local, anchors, anchor_count, forced);
+        const int32_t lowest = std::max<int32_t>(1, int32_t(forced.size()));
         if (c < lowest || c > m + 1)
           return fail(PA_STATUS_INTERNAL, "index: seq %zu head %d row %d: count %d outside [%d, %d]",
                       s, h, m, c, lowest, m + 1);
@@ -69,11 +81,10 @@ pa_status check_index(const HostIndex& index, bool force_sink, bool force_local)
                         s, j, m, n);
           seen[n] = 1;
         }
-        if (force_sink && !seen[0])
-          return fail(PA_STATUS_INTERNAL, "index: seq %zu head %d row %d: sink block 0 missing", s, h, m);
-        if (force_local && !seen[m])
-          return fail(PA_STATUS_INTERNAL, "index: seq %zu head %d row %d: diagonal block %d missing",
-                      s, h, m, m);
+        for (int32_t n : forced)
+          if (!seen[n])
+            return fail(PA_STATUS_INTERNAL, "index: seq %zu head %d row %d: forced block %d (%s) missing",
+                        s, h, m, n, n == 0 && force_sink ? "sink" : n == m && force_local ? "diagonal" : "anchor");
       }
     }
   }

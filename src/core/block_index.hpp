@@ -5,6 +5,8 @@
 //          order_begin(s) + j * T(Nqb_s) + T(m), m + 1 entries.
 //   count  int32 [total_qblocks, Hq]: head h keeps order row [0, count) of its group.
 //   budget int32 [num_seqs, Hq]: K_i.   needed int32 [num_seqs, Hq]: count_i.
+//   anchors int32 [num_seqs, Hq, T]: each head's anchor blocks (T = config.anchor_blocks,
+//          -1 = none); a group's anchors n <= m are forced in its row m.
 #pragma once
 
 #include <cstddef>
@@ -23,13 +25,15 @@ struct IndexArrays {
   int32_t* count = nullptr;       // [total_qblocks, Hq]
   int32_t* budget = nullptr;      // [num_seqs, Hq]
   int32_t* needed = nullptr;      // [num_seqs, Hq]
+  int32_t* anchors = nullptr;     // [num_seqs, Hq, T]
   SeqSpan* seqs = nullptr;        // [num_seqs]
   int32_t* qblock_seq = nullptr;  // [total_qblocks]: sequence of each global query-block row
 };
 
 // Byte offsets of the arrays inside plan storage.
 struct StorageLayout {
-  size_t order_offset, count_offset, budget_offset, needed_offset, seqs_offset, qblock_seq_offset;
+  size_t order_offset, count_offset, budget_offset, needed_offset, anchors_offset, seqs_offset,
+      qblock_seq_offset;
   size_t total_bytes;
 };
 
@@ -42,7 +46,8 @@ BatchTables batch_tables(const BatchLayout& batch);
 
 inline constexpr size_t kStorageAlignment = 256;  // cudaMalloc's alignment, for vector loads
 
-StorageLayout storage_layout(const BatchLayout& batch, int num_q_heads, int num_seqs);
+StorageLayout storage_layout(const BatchLayout& batch, int num_q_heads, int num_seqs,
+                             int anchor_blocks);
 IndexArrays bind_storage(void* storage, const StorageLayout& layout);
 
 // Offset of order row m of group j in sequence span.
@@ -57,10 +62,19 @@ struct HostIndex {
   int num_groups;
   const int32_t* order;
   const int32_t* count;
+  const int32_t* anchors = nullptr;  // [num_seqs, Hq, anchor_blocks]; nullptr: none
+  int anchor_blocks = 0;
 };
 
 inline int group_of_head(int head, int num_q_heads, int num_groups) {
   return head / (num_q_heads / num_groups);
+}
+
+// Group j's anchors in sequence seq: heads_per_group * anchor_blocks entries.
+inline const int32_t* group_anchors(const int32_t* anchors, int seq, int group, int num_q_heads,
+                                    int num_groups, int anchor_blocks) {
+  return anchors + (int64_t(seq) * num_q_heads + int64_t(group) * (num_q_heads / num_groups)) *
+                       anchor_blocks;
 }
 
 // First violated invariant as PA_STATUS_INTERNAL with a message, else success.

@@ -25,9 +25,29 @@ int32_t budget_blocks(int32_t needed, int32_t num_qblocks, int32_t min_blocks) {
   return std::min(num_qblocks, std::max(needed, min_blocks));
 }
 
-int32_t forced_blocks(int32_t m, bool force_sink, bool force_local) {
-  if (m == 0) return (force_sink || force_local) ? 1 : 0;
-  return (force_sink ? 1 : 0) + (force_local ? 1 : 0);
+void anchor_blocks(const double* mass, int32_t num_qblocks, int32_t count, bool force_sink,
+                   bool force_local, int32_t* out) {
+  std::fill(out, out + count, -1);
+  for (int32_t a = 0; a < count; ++a) {
+    int32_t best = -1;
+    for (int32_t n = 0; n < num_qblocks; ++n) {
+      const bool forced = (force_sink && n == 0) || (force_local && n == num_qblocks - 1);
+      if (forced || std::find(out, out + a, n) != out + a) continue;
+      if (best < 0 || mass[n] > mass[best]) best = n;
+    }
+    out[a] = best;
+  }
+}
+
+void row_forced(int32_t m, bool force_sink, bool force_local, const int32_t* anchors,
+                int32_t count, std::vector<int32_t>& out) {
+  out.clear();
+  if (force_sink) out.push_back(0);
+  if (force_local) out.push_back(m);
+  for (int32_t a = 0; a < count; ++a)
+    if (anchors[a] >= 0 && anchors[a] <= m) out.push_back(anchors[a]);
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
 }
 
 int32_t row_keep(pa_budget_mode mode, int32_t budget, int32_t needed, int32_t num_qblocks,

@@ -18,6 +18,7 @@ pa_config default_config(int head_dim) {
   c.budget_mode = PA_BUDGET_ABSOLUTE;
   c.dense_below = kDefaultMinBudgetTokens;
   c.softmax_scale = head_dim > 0 ? 1.0f / std::sqrt(static_cast<float>(head_dim)) : 1.0f;
+  c.anchor_blocks = kDefaultAnchorBlocks;
   return c;
 }
 
@@ -55,6 +56,9 @@ pa_status validate_config(const pa_config& c, const pa_problem* problem) {
   if (!(c.softmax_scale > 0.0f) || !std::isfinite(c.softmax_scale))
     return fail(PA_STATUS_INVALID_CONFIG, "config.softmax_scale = %g: must be finite and > 0",
                 static_cast<double>(c.softmax_scale));
+  if (c.anchor_blocks < 0 || c.anchor_blocks > PA_MAX_ANCHOR_BLOCKS)
+    return fail(PA_STATUS_INVALID_CONFIG, "config.anchor_blocks = %d: must lie in [0, %d]",
+                c.anchor_blocks, PA_MAX_ANCHOR_BLOCKS);
   if (problem != nullptr && problem->num_kv_heads > 0 &&
       problem->num_kv_heads % c.num_proxy_groups != 0)
     return fail(PA_STATUS_INVALID_CONFIG,

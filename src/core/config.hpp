@@ -11,6 +11,7 @@ inline constexpr int kDefaultStride = 4;
 inline constexpr float kDefaultGamma = 0.95f;
 inline constexpr int kDefaultMinBudgetTokens = 2048;
 inline constexpr int kMaxStride = 16;
+inline constexpr int kDefaultAnchorBlocks = 0;
 
 pa_config default_config(int head_dim);
 

@@ -159,28 +159,25 @@ void last_block_mass(const PlanDesc& plan, const SeqSpan& span, const pa_tensor&
   two_pass_softmax(m, rows, b, sc, logits, block_mass);
 }
 
-// Step 6 for one row: forced blocks first, then the others by score descending, ties to
-// the lower block. Writes m + 1 entries.
-void write_order_row(const float* scores, int m, bool force_sink, bool force_local, int32_t* out,
-                     std::vector<int32_t>& rest) {
-  int e = 0;
-  if (force_sink) out[e++] = 0;
-  if (force_local && !(force_sink && m == 0)) out[e++] = m;
+// Step 6 for one row: the forced blocks (ascending) first, then the others by score
+// descending, ties to the lower block. Writes m + 1 entries; flags is scratch.
+void write_order_row(const float* scores, int m, const std::vector<int32_t>& forced, int32_t* out,
+                     std::vector<int32_t>& rest, std::vector<uint8_t>& flags) {
+  flags.assign(m + 1, 0);
+  for (int32_t n : forced) flags[n] = 1;
+  std::copy(forced.begin(), forced.end(), out);
   rest.clear();
-  for (int n = 0; n <= m; ++n) {
-    const bool forced = (force_sink && n == 0) || (force_local && n == m);
-    if (!forced) rest.push_back(n);
-  }
+  for (int n = 0; n <= m; ++n)
+    if (!flags[n]) rest.push_back(n);
   if (scores != nullptr)
     std::stable_sort(rest.begin(), rest.end(),
                      [&](int32_t a, int32_t c) { return scores[a] > scores[c]; });
-  std::copy(rest.begin(), rest.end(), out + e);
+  std::copy(rest.begin(), rest.end(), out + forced.size());
 }
 
-void write_counts(const PlanDesc& plan, const SeqSpan& span, int seq, int j, int m) {
+void write_counts(const PlanDesc& plan, const SeqSpan& span, int seq, int j, int m, int forced) {
   const pa_config& c = plan.config;
   const int hq = plan.problem.num_q_heads, per_group = plan.q_heads_per_group();
-  const int forced = forced_blocks(m, c.force_sink, c.force_local);
   const int min_blocks = min_budget_blocks(c);
   for (int h = j * per_group; h < (j + 1) * per_group; ++h) {
     const int32_t budget = plan.index.budget[seq * hq + h];
@@ -190,14 +187,22 @@ void write_counts(const PlanDesc& plan, const SeqSpan& span, int seq, int j, int
   }
 }
 
+// No anchors in sequence seq (dense, empty or an index set by hand).
+void clear_anchors(const PlanDesc& plan, int seq) {
+  const int64_t per_seq = int64_t(plan.problem.num_q_heads) * plan.config.anchor_blocks;
+  std::fill(plan.index.anchors + seq * per_seq, plan.index.anchors + (seq + 1) * per_seq, -1);
+}
+
 void estimate_dense(const PlanDesc& plan, const SeqSpan& span, int seq) {
   const int hq = plan.problem.num_q_heads, nqb = span.num_qblocks;
   for (int h = 0; h < hq; ++h) plan.index.budget[seq * hq + h] = plan.index.needed[seq * hq + h] = nqb;
-  std::vector<int32_t> rest;
+  clear_anchors(plan, seq);
+  std::vector<int32_t> rest, forced;
+  std::vector<uint8_t> flags;
   for (int j = 0; j < plan.groups(); ++j)
     for (int m = 0; m < nqb; ++m) {
-      write_order_row(nullptr, m, plan.config.force_sink, plan.config.force_local,
-                      plan.index.order + order_row(span, j, m), rest);
+      row_forced(m, plan.config.force_sink, plan.config.force_local, nullptr, 0, forced);
+      write_order_row(nullptr, m, forced, plan.index.order + order_row(span, j, m), rest, flags);
       for (int h = j * plan.q_heads_per_group(); h < (j + 1) * plan.q_heads_per_group(); ++h)
         plan.index.count[(span.qblock_begin + m) * hq + h] = m + 1;
     }
@@ -224,6 +229,8 @@ void estimate_sparse(const PlanDesc& plan, const SeqSpan& span, int seq, const p
     const int32_t needed = needed_blocks(sc.mass.data(), nqb, c.gamma, sc.sorted.data());
     plan.index.needed[seq * hq + h] = needed;
     plan.index.budget[seq * hq + h] = budget_blocks(needed, nqb, min_blocks);
+    anchor_blocks(sc.mass.data(), nqb, c.anchor_blocks, c.force_sink, c.force_local,
+                  plan.index.anchors + (int64_t(seq) * hq + h) * c.anchor_blocks);
   });
 
   // Steps 2-4 and 6: proxies, then per (group, row) scores, one ordering, head prefixes.
@@ -231,8 +238,10 @@ void estimate_sparse(const PlanDesc& plan, const SeqSpan& span, int seq, const p
   struct RowScratch {
     SoftmaxScratch softmax;
     std::vector<float> scores;
-    std::vector<int32_t> rest;
+    std::vector<int32_t> rest, forced;
+    std::vector<uint8_t> flags;
   };
+  const int anchor_count = plan.q_heads_per_group() * c.anchor_blocks;
   std::vector<RowScratch> rs(workers);
   const int64_t items = int64_t(g) * nqb;
   parallel_for(items, [&](int w, int64_t item) {
@@ -242,9 +251,12 @@ void estimate_sparse(const PlanDesc& plan, const SeqSpan& span, int seq, const p
     RowScratch& sc = rs[w];
     sc.scores.resize(nqb);
     proxy_block_scores(plan, px, j, m, sc.scores.data(), sc.softmax);
-    write_order_row(sc.scores.data(), m, c.force_sink, c.force_local,
-                    plan.index.order + order_row(span, j, m), sc.rest);
-    write_counts(plan, span, seq, j, m);
+    row_forced(m, c.force_sink, c.force_local,
+               group_anchors(plan.index.anchors, seq, j, hq, g, c.anchor_blocks), anchor_count,
+               sc.forced);
+    write_order_row(sc.scores.data(), m, sc.forced, plan.index.order + order_row(span, j, m),
+                    sc.rest, sc.flags);
+    write_counts(plan, span, seq, j, m, int(sc.forced.size()));
   });
 }
 
@@ -263,6 +275,7 @@ pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_tensor& k,
     if (span.num_qblocks == 0) {  // empty sequence: no block, no budget
       for (int h = 0; h < plan.problem.num_q_heads; ++h)
         plan.index.budget[seq * plan.problem.num_q_heads + h] = plan.index.needed[seq * plan.problem.num_q_heads + h] = 0;
+      clear_anchors(plan, int(seq));
       continue;
     }
     if (plan.runs_dense(span)) {

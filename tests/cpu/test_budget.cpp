@@ -35,13 +35,40 @@ TEST(Budget, BudgetBlocksClampsToFloorAndLength) {
   EXPECT_EQ(budget_blocks(3, 10, 0), 3);
 }
 
+std::vector<int32_t> forced(int32_t m, bool sink, bool local, std::vector<int32_t> anchors = {}) {
+  std::vector<int32_t> out;
+  row_forced(m, sink, local, anchors.data(), int32_t(anchors.size()), out);
+  return out;
+}
+
 TEST(Budget, ForcedBlocks) {
-  EXPECT_EQ(forced_blocks(0, true, true), 1);  // sink and diagonal coincide
-  EXPECT_EQ(forced_blocks(0, false, true), 1);
-  EXPECT_EQ(forced_blocks(0, false, false), 0);
-  EXPECT_EQ(forced_blocks(5, true, true), 2);
-  EXPECT_EQ(forced_blocks(5, true, false), 1);
-  EXPECT_EQ(forced_blocks(5, false, false), 0);
+  using V = std::vector<int32_t>;
+  EXPECT_EQ(forced(0, true, true), V{0});  // sink and diagonal coincide
+  EXPECT_EQ(forced(0, false, true), V{0});
+  EXPECT_EQ(forced(0, false, false), V{});
+  EXPECT_EQ(forced(5, true, true), (V{0, 5}));
+  EXPECT_EQ(forced(5, true, false), V{0});
+  EXPECT_EQ(forced(5, false, false), V{});
+  // anchors: ascending with the others, deduplicated, only causal ones (n <= m), -1 ignored
+  EXPECT_EQ(forced(5, true, true, {3, 9, -1, 3, 0, 5, 1}), (V{0, 1, 3, 5}));
+  EXPECT_EQ(forced(9, false, false, {9, 2}), (V{2, 9}));
+}
+
+std::vector<int32_t> anchors(std::vector<double> mass, int32_t count, bool sink, bool local) {
+  std::vector<int32_t> out(count);
+  anchor_blocks(mass.data(), int32_t(mass.size()), count, sink, local, out.data());
+  return out;
+}
+
+TEST(Budget, AnchorBlocksTakeTheLargestMassesOutsideTheForcedOnes) {
+  using V = std::vector<int32_t>;
+  const std::vector<double> mass{0.5, 0.05, 0.2, 0.05, 0.1, 0.1};
+  EXPECT_EQ(anchors(mass, 2, true, true), (V{2, 4}));     // ties to the lower block
+  EXPECT_EQ(anchors(mass, 3, false, false), (V{0, 2, 4}));
+  EXPECT_EQ(anchors(mass, 2, false, true), (V{0, 2}));
+  EXPECT_EQ(anchors(mass, 6, true, true), (V{2, 4, 1, 3, -1, -1}));  // 4 candidates
+  EXPECT_EQ(anchors({1.0}, 1, true, true), V{-1});
+  EXPECT_EQ(anchors(mass, 0, true, true), V{});
 }
 
 TEST(Budget, RowKeepAbsolute) {

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstring>
+#include <random>
 #include <set>
 
 #include "core/block_index.hpp"
@@ -32,6 +34,7 @@ struct Case {
   bool structured;
   pa_budget_mode mode;
   bool sink, local;
+  int anchors;  // config.anchor_blocks
 };
 
 class EstimateVsReference : public ::testing::TestWithParam<Case> {};
@@ -46,6 +49,7 @@ TEST_P(EstimateVsReference, IndexMatchesFp64Reference) {
   c.budget_mode = k.mode;
   c.force_sink = k.sink;
   c.force_local = k.local;
+  c.anchor_blocks = k.anchors;
   HostQKV x = k.structured ? structured_qkv(p, 11 + k.n) : random_qkv(p, 17 + k.n);
   Plan plan = Plan::on_host(p, c);
   plan.estimate(x.tq(), x.tk());
@@ -60,25 +64,34 @@ TEST_P(EstimateVsReference, IndexMatchesFp64Reference) {
   RecordProperty("needed_ties", diff.needed_ties);
   if (diff.needed_ties == 0)
     for (int h = 0; h < k.hq; ++h) EXPECT_EQ(lib.budget[h], ref.budget[h]) << "head " << h;
+  std::vector<int32_t> anchors(size_t(k.hq) * k.anchors);
+  check(pa_plan_get_anchors(plan.get(), anchors.data()));
+  for (int h = 0; h < k.hq; ++h) {
+    std::vector<int> expect = ref.anchors[h];
+    expect.resize(k.anchors, -1);
+    EXPECT_EQ(std::vector<int>(anchors.begin() + h * k.anchors, anchors.begin() + (h + 1) * k.anchors),
+              expect) << "head " << h;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, EstimateVsReference,
     ::testing::Values(
         // N not a multiple of the block or the stride; GQA 2:1; g = 1.
-        Case{1001, 4, 2, 64, 1, 64, 4, PA_DTYPE_FLOAT32, false, PA_BUDGET_ABSOLUTE, true, true},
+        Case{1001, 4, 2, 64, 1, 64, 4, PA_DTYPE_FLOAT32, false, PA_BUDGET_ABSOLUTE, true, true, 0},
         // g = Hkv, proportional budgets, bf16 proxies.
-        Case{1500, 8, 4, 32, 4, 64, 4, PA_DTYPE_BFLOAT16, true, PA_BUDGET_PROPORTIONAL, true, true},
+        Case{1500, 8, 4, 32, 4, 64, 4, PA_DTYPE_BFLOAT16, true, PA_BUDGET_PROPORTIONAL, true, true, 2},
         // No GQA (Hq = Hkv), stride 1, no forced blocks.
-        Case{700, 2, 2, 16, 2, 64, 1, PA_DTYPE_FLOAT32, false, PA_BUDGET_ABSOLUTE, false, false},
+        Case{700, 2, 2, 16, 2, 64, 1, PA_DTYPE_FLOAT32, false, PA_BUDGET_ABSOLUTE, false, false, 1},
         // Block 128, stride 8, fp16, only the diagonal forced.
-        Case{2100, 4, 1, 64, 1, 128, 8, PA_DTYPE_FLOAT16, true, PA_BUDGET_ABSOLUTE, false, true},
+        Case{2100, 4, 1, 64, 1, 128, 8, PA_DTYPE_FLOAT16, true, PA_BUDGET_ABSOLUTE, false, true, 3},
         // Only the sink forced, stride 16.
-        Case{1300, 4, 2, 64, 2, 64, 16, PA_DTYPE_FLOAT32, true, PA_BUDGET_PROPORTIONAL, true, false}),
+        Case{1300, 4, 2, 64, 2, 64, 16, PA_DTYPE_FLOAT32, true, PA_BUDGET_PROPORTIONAL, true, false, 2}),
     [](const auto& info) {
       const Case& k = info.param;
       return "N" + std::to_string(k.n) + "_Hq" + std::to_string(k.hq) + "_Hkv" + std::to_string(k.hkv) +
-             "_g" + std::to_string(k.g) + "_b" + std::to_string(k.block) + "_s" + std::to_string(k.stride);
+             "_g" + std::to_string(k.g) + "_b" + std::to_string(k.block) + "_s" + std::to_string(k.stride) +
+             "_T" + std::to_string(k.anchors);
     });
 
 TEST(Estimate, EdgeLengths) {
@@ -270,13 +283,85 @@ TEST(Estimate, InvariantCheckerCatchesViolations) {
     std::swap(o[row5], o[row5 + 5]);  // sink moved out of a prefix of 2
     auto n = count;
     n[5 * 2] = 2;
-    check_with(o, n, "sink block 0 missing");
+    check_with(o, n, "forced block 0 (sink) missing");
   }
   {
     auto n = count;
     n[5 * 2 + 1] = 7;  // more than m + 1
     check_with(order, n, "outside");
   }
+  {
+    // an anchor (block 3 of head 1) raises row 5's forced blocks to 3; keep only 2
+    const std::vector<int32_t> anchors{-1, 3};
+    auto o = order;
+    auto n = count;
+    n[5 * 2] = 2;
+    const HostIndex index{&layout, 2, 1, o.data(), n.data(), anchors.data(), 1};
+    EXPECT_EQ(check_index(index, true, true), PA_STATUS_INTERNAL);
+    EXPECT_NE(std::string(pa_last_error()).find("count 2 outside [3, 6]"), std::string::npos)
+        << pa_last_error();
+    n = count;
+    const int64_t e = std::find(o.begin() + row5, o.begin() + row5 + 6, 3) - o.begin();
+    std::swap(o[e], o[row5 + 5]);  // block 3 moved to the end of the row
+    std::swap(o[row5 + 2], o[row5 + 4]);
+    n[5 * 2] = 3;
+    n[5 * 2 + 1] = 3;
+    const HostIndex moved{&layout, 2, 1, o.data(), n.data(), anchors.data(), 1};
+    EXPECT_EQ(check_index(moved, true, true), PA_STATUS_INTERNAL);
+    EXPECT_NE(std::string(pa_last_error()).find("forced block 3 (anchor) missing"), std::string::npos)
+        << pa_last_error();
+  }
+}
+
+// Two Q heads share one KV head and one proxy. Head 0 looks for direction u, which lives in
+// key block 3; head 1 for w (block 7) and away from u, so that their mean (the proxy) has
+// no u at all and ranks block 3 among the noise. With a one-block budget head 0 then loses
+// its only important block; its anchor (T = 1) keeps it in every row from 3 on.
+TEST(Estimate, AnchorsKeepEachHeadsTopBlockTheProxyMisses) {
+  const int n = 640, hq = 2, hkv = 1, d = 32, block = 64;
+  const int u_block = 3, w_block = 7;
+  Batch batch({n}, hq, hkv, d, PA_DTYPE_FLOAT32);
+  std::mt19937_64 rng(5);
+  std::normal_distribution<float> noise(0.0f, 0.1f);
+  std::vector<float> q(size_t(n) * hq * d), k(size_t(n) * d), v(size_t(n) * d);
+  constexpr float kSignal = 6.0f;  // |q| * |k| / sqrt(d) of a matching pair: about e^9 odds
+  for (int t = 0; t < n; ++t) {
+    for (int c = 0; c < d; ++c) {
+      k[size_t(t) * d + c] = noise(rng);
+      v[size_t(t) * d + c] = noise(rng);
+    }
+    if (t / block == u_block) k[size_t(t) * d + 0] += kSignal;  // u = e0
+    if (t / block == w_block) k[size_t(t) * d + 1] += kSignal;  // w = e1
+    q[(size_t(t) * hq + 0) * d + 0] = kSignal;                   // head 0: u
+    q[(size_t(t) * hq + 1) * d + 0] = -kSignal;                  // head 1: w - u
+    q[(size_t(t) * hq + 1) * d + 1] = 2.0f * kSignal;
+  }
+  HostQKV x;
+  x.hq = hq, x.hkv = hkv, x.d = d;
+  auto bytes = [](const std::vector<float>& f) {
+    std::vector<uint8_t> b(f.size() * sizeof(float));
+    std::memcpy(b.data(), f.data(), b.size());
+    return b;
+  };
+  x.q = bytes(q), x.k = bytes(k), x.v = bytes(v);
+  auto head0_keeps_u = [&](int anchors) {
+    pa_config c = small_config(block, 4, 0.5f, 0);
+    c.anchor_blocks = anchors;
+    Plan plan = Plan::on_host(batch.problem(), c);
+    plan.estimate(x.tq(), x.tk());
+    plan.check_invariants();
+    const KeptSets lib = kept_sets(plan, batch, c);
+    EXPECT_EQ(lib.needed[0], 1);  // head 0's mass is in block 3
+    int rows = 0;
+    for (int m = u_block; m < n / block; ++m) {
+      const auto& kept = lib.kept[0][0][m];
+      rows += std::find(kept.begin(), kept.end(), u_block) != kept.end();
+    }
+    return rows;
+  };
+  const int rows_after_u = n / block - u_block;
+  EXPECT_EQ(head0_keeps_u(1), rows_after_u);
+  EXPECT_LT(head0_keeps_u(0), rows_after_u / 2);  // the proxy alone misses it in most rows
 }
 
 TEST(Estimate, ForwardEqualsEstimateThenAttend) {

@@ -17,8 +17,11 @@
 //     reference (fp64) score within kTieRelative (relative) or kTieAbsolute of the CPU's
 //     c-th score. At most max(1, kMaxRowFraction * rows) (group, row) pairs of a case may
 //     differ at all.
-//   - every GPU order row is a permutation of 0..m with the forced blocks first, and
-//     pa_plan_check passes.
+//   - per (sequence, head): the anchors equal; OR each differing anchor's reference (fp64)
+//     mass is a near-tie (kTieRelative) of the CPU's anchor in that place; the rows of a
+//     group whose anchors differ are then not compared (their forced sets differ).
+//   - every GPU order row is a permutation of 0..m with its forced blocks (sink, the GPU's
+//     group anchors, diagonal) first, ascending, and pa_plan_check passes.
 // The measured differences are printed per case ("[compare]" lines).
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
@@ -104,10 +107,10 @@ Inputs make_inputs(const pa_problem& p, bool structured, uint64_t seed, int head
 
 // ---- an index copied to the host ------------------------------------------------------------
 struct Index {
-  std::vector<int32_t> order, count, budget, needed;
+  std::vector<int32_t> order, count, budget, needed, anchors;
 };
 
-Index read_index(const pa_plan* plan, const pa_problem& p) {
+Index read_index(const pa_plan* plan, const pa_problem& p, const pa_config& c) {
   int64_t rows = 0, entries = 0;
   check(pa_plan_get_layout(plan, &rows, &entries));
   Index x;
@@ -117,13 +120,15 @@ Index read_index(const pa_plan* plan, const pa_problem& p) {
   x.needed.resize(x.budget.size());
   check(pa_plan_get_index(plan, x.order.data(), x.count.data()));
   check(pa_plan_get_heads(plan, x.budget.data(), x.needed.data(), nullptr));
+  x.anchors.resize(x.budget.size() * c.anchor_blocks);
+  check(pa_plan_get_anchors(plan, x.anchors.data()));
   return x;
 }
 
 Index estimate_cpu(const pa_problem& p, const pa_config& c, const Inputs& in) {
   Plan plan = Plan::on_host(p, c);
   plan.estimate(in.tq, in.tk);
-  return read_index(plan.get(), p);
+  return read_index(plan.get(), p, c);
 }
 
 // Device plan storage and workspace poisoned (0xff) before the run; estimation on a
@@ -152,7 +157,7 @@ pa_status estimate_gpu(const pa_problem& p, const pa_config& c, const Inputs& in
   cudaStreamDestroy(stream);
   if (st == PA_STATUS_SUCCESS) {
     EXPECT_EQ(pa_plan_check(plan), PA_STATUS_SUCCESS) << pa_last_error();
-    if (out) *out = read_index(plan, p);
+    if (out) *out = read_index(plan, p, c);
   }
   pa_plan_free(plan);
   return st;
@@ -226,6 +231,13 @@ struct SeqRef {
 
   // Masses of head h's last query block per key block, sorted descending, in fp64.
   std::vector<double> sorted_mass(int h) {
+    std::vector<double> m = mass(h);
+    std::sort(m.begin(), m.end(), std::greater<double>());
+    return m;
+  }
+
+  // Masses of head h's last query block per key block, in fp64.
+  std::vector<double> mass(int h) {
     in->ensure_float();
     const int d = p->head_dim, b = c->block_size, nqb = int(cdiv(length, b));
     const int kv = h / (p->num_q_heads / p->num_kv_heads);
@@ -246,7 +258,6 @@ struct SeqRef {
       for (double l : logit) sum += std::exp(l - mx);
       for (int u = 0; u <= t; ++u) mass[u / b] += std::exp(logit[u] - mx) / sum / (length - q0);
     }
-    std::sort(mass.begin(), mass.end(), std::greater<double>());
     return mass;
   }
 };
@@ -301,7 +312,26 @@ void compare(const std::string& name, const pa_problem& p, const pa_config& c, c
                                   << gpu.needed[at] << " cpu " << cpu.needed[at]
                                   << ", prefix/total at the boundary " << prefix / total;
     }
+    // Anchors: equal, or near-ties in mass; a group with differing anchors skips its rows.
+    const int ta = c.anchor_blocks;
+    std::vector<bool> anchors_agree(g, true);
+    for (int h = 0; h < hq && nqb > 0; ++h) {
+      const int32_t* ga = &gpu.anchors[(size_t(s) * hq + h) * ta];
+      const int32_t* ca = &cpu.anchors[(size_t(s) * hq + h) * ta];
+      if (std::equal(ga, ga + ta, ca)) continue;
+      anchors_agree[h / per_group] = false;
+      ASSERT_TRUE(budget_agrees[h]) << name;  // both follow from the same masses
+      const std::vector<double> mass = ref.mass(h);
+      for (int a = 0; a < ta; ++a) {
+        if (ga[a] == ca[a]) continue;
+        ASSERT_TRUE(ga[a] >= 0 && ca[a] >= 0) << name << " seq " << s << " head " << h << " anchor " << a;
+        EXPECT_TRUE(near_tie(mass[ga[a]], mass[ca[a]]))
+            << name << " seq " << s << " head " << h << " anchor " << a << ": gpu block " << ga[a]
+            << " mass " << mass[ga[a]] << ", cpu block " << ca[a] << " mass " << mass[ca[a]];
+      }
+    }
     // Rows.
+    std::vector<int32_t> forced;
     for (int j = 0; j < g; ++j)
       for (int m = 0; m < nqb; ++m) {
         const int64_t off = order_begin + int64_t(j) * tri(nqb) + tri(m);
@@ -311,22 +341,27 @@ void compare(const std::string& name, const pa_problem& p, const pa_config& c, c
         std::vector<int> perm(go, go + m + 1);
         std::sort(perm.begin(), perm.end());
         for (int n = 0; n <= m; ++n) ASSERT_EQ(perm[n], n) << name << " seq " << s << " row " << m;
-        int e = 0;
-        if (c.force_sink) ASSERT_EQ(go[e++], 0) << name;
-        if (c.force_local && !(c.force_sink && m == 0)) ASSERT_EQ(go[e++], m) << name;
+        row_forced(m, c.force_sink, c.force_local,
+                   gpu.anchors.data() + (size_t(s) * hq + size_t(j) * per_group) * ta, per_group * ta,
+                   forced);
+        for (size_t e = 0; e < forced.size(); ++e)
+          ASSERT_EQ(go[e], forced[e]) << name << " seq " << s << " group " << j << " row " << m;
         std::set<int> lengths;
         for (int h = j * per_group; h < (j + 1) * per_group; ++h) {
           const int64_t at = (qblock + m) * hq + h;
           const size_t head = size_t(s) * hq + h;
-          const int forced = forced_blocks(m, c.force_sink, c.force_local);
           const int32_t expect = dense ? m + 1
                                        : row_keep(c.budget_mode, gpu.budget[head], gpu.needed[head],
-                                                  nqb, min_blocks, m, forced);
+                                                  nqb, min_blocks, m, int32_t(forced.size()));
           ASSERT_EQ(gpu.count[at], expect) << name << " seq " << s << " head " << h << " row " << m;
-          if (budget_agrees[h]) ASSERT_EQ(gpu.count[at], cpu.count[at]) << name;
+          if (budget_agrees[h] && anchors_agree[j]) ASSERT_EQ(gpu.count[at], cpu.count[at]) << name;
           lengths.insert(gpu.count[at]);
         }
         ++rep.rows;
+        if (!anchors_agree[j]) {
+          ++rep.rows_differ;
+          continue;
+        }
         bool differs = false;
         std::vector<double> a;
         for (int len_c : lengths) {
@@ -402,6 +437,7 @@ TEST(EstimateGpu, SanitizeSmallVarlen) {
   k.config.num_proxy_groups = 2;
   k.config.dense_below = 70;  // 1 and 64 run dense
   k.config.min_budget_tokens = 64;
+  k.config.anchor_blocks = 2;  // the anchor bitmap and counters under racecheck too
   run_case(k);
 }
 
@@ -453,12 +489,14 @@ TEST(EstimateGpu, ConfigMatrix) {
           k.config.force_sink = (i / 2) % 2;
           k.config.force_local = (i / 4) % 2 ? 0 : 1;
           k.config.gamma = (i % 3 == 0) ? 0.9f : 0.95f;
+          k.config.anchor_blocks = (i / 3) % 4 == 0 ? 0 : (i / 3) % 4 == 1 ? 1 : (i / 3) % 4 == 2 ? 2 : 8;
           k.lengths = {2000 + 173 * i, 700 + 31 * i};
           k.structured = i % 3 != 1;
           k.seed = 100 + i;
           k.name = "matrix#" + std::to_string(i) + " d" + std::to_string(d) +
                    (dtype == PA_DTYPE_BFLOAT16 ? " bf16" : " fp16") + " g" + std::to_string(g) +
-                   " b" + std::to_string(block) + " s" + std::to_string(k.config.stride);
+                   " b" + std::to_string(block) + " s" + std::to_string(k.config.stride) + " T" +
+                   std::to_string(k.config.anchor_blocks);
           run_case(k);
           ++i;
         }
@@ -501,11 +539,12 @@ TEST(EstimateGpu, Llama16K) {
   PA_REQUIRE_GPU();
   for (int g : {1, 8}) {
     Case k;
-    k.name = "16K 32/8 heads g" + std::to_string(g);
+    k.name = "16K 32/8 heads g" + std::to_string(g) + " T2";
     k.lengths = {16384};
     k.hq = 32, k.hkv = 8, k.d = 128;
     k.config = pa_config_default(128);
     k.config.num_proxy_groups = g;
+    k.config.anchor_blocks = 2;
     k.seed = 400 + g;
     run_case(k);
   }
@@ -531,7 +570,8 @@ TEST(EstimateGpu, StridedViews) {
 TEST(EstimateGpu, Deterministic) {
   PA_REQUIRE_GPU();
   Batch batch({3000, 5000}, 8, 2, 128, PA_DTYPE_BFLOAT16);
-  const pa_config c = base_config(128);
+  pa_config c = base_config(128);
+  c.anchor_blocks = 4;
   const Inputs in = make_inputs(batch.problem(), true, 600);
   Index a, b;
   ASSERT_EQ(estimate_gpu(batch.problem(), c, in, &a, 0xff), PA_STATUS_SUCCESS) << pa_last_error();
@@ -540,6 +580,7 @@ TEST(EstimateGpu, Deterministic) {
   EXPECT_EQ(a.count, b.count);
   EXPECT_EQ(a.budget, b.budget);
   EXPECT_EQ(a.needed, b.needed);
+  EXPECT_EQ(a.anchors, b.anchors);
 }
 
 TEST(EstimateGpu, Float32IsUnsupported) {

@@ -92,6 +92,20 @@ def test_plan_inspection():
     assert stats["causal_pairs"] == 8 * 16 * 17 // 2
     order, count = plan.index()
     assert count.shape == (16, 8) and order.size == 2 * 16 * 17 // 2
+    assert heads["anchors"].shape == (1, 8, 0)
+
+
+def test_anchor_blocks_are_kept_by_their_group():
+    q, k, _ = qkv(1, 1000, 8, 2, 32, seed=4)
+    plan = proxyattn.estimate(q, k, num_proxy_groups=2, anchor_blocks=2, **SETTINGS)
+    plan.check()
+    anchors = plan.heads()["anchors"][0]  # [Hq, 2]
+    assert anchors.shape == (8, 2) and (anchors > 0).all() and (anchors < 15).all()  # sink, last excluded
+    kept = kept_sets(plan, 0)
+    for h in range(8):
+        group = range(h // 4 * 4, h // 4 * 4 + 4)
+        for a in {int(x) for g in group for x in anchors[g]}:
+            assert all(a in kept[h][m] for m in range(a, 16)), (h, a)
 
 
 def test_errors_name_the_argument():

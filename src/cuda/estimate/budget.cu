@@ -8,7 +8,8 @@
 //     then the mass per key block  a_n = (1/rows) sum_r sum_{k in n} p_r(k)
 //     = (1/rows) sum_r S_rn 2^(M_rn - M_r) / L_r, sorts the masses (descending), and takes
 //     count_i = smallest k whose prefix reaches gamma * total (core/budget.cpp's rule),
-//     K_i = min(Nqb, max(count_i, Kmin)).
+//     K_i = min(Nqb, max(count_i, Kmin)), and picks the head's anchors: T rounds of a
+//     block-wide arg max over the masses (core/budget.cpp's anchor_blocks()).
 #include <cub/block/block_radix_sort.cuh>
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
@@ -216,21 +217,39 @@ struct MinOp {
   __device__ int operator()(int a, int b) const { return a < b ? a : b; }
 };
 
+struct MaxOp {
+  __device__ unsigned long long operator()(unsigned long long a, unsigned long long b) const {
+    return a > b ? a : b;
+  }
+};
+
 struct HeadsParams {
   double gamma;
-  int32_t min_blocks;  // ceil(min_budget_tokens / b)
+  int32_t min_blocks;     // ceil(min_budget_tokens / b)
+  int32_t anchor_blocks;  // T
+  int32_t force_sink, force_local;
 };
+
+// Arg max key of block n: the mass's bits (monotone for mass >= 0) above the complement
+// of n, so that the largest key is the largest mass, ties to the lower block; 0 = none.
+__device__ inline unsigned long long anchor_key(float mass, int n) {
+  return (static_cast<unsigned long long>(__float_as_uint(fmaxf(mass, 0.0f))) << 32) |
+         (0xFFFFFFFFu - static_cast<unsigned>(n));
+}
 
 template <int Threads, int Items>
 struct HeadsSmem {
   using Sort = cub::BlockRadixSort<float, Threads, Items>;
   using Scan = cub::BlockScan<double, Threads>;
   using Reduce = cub::BlockReduce<int, Threads>;
+  using ArgMax = cub::BlockReduce<unsigned long long, Threads>;
   union {
     typename Sort::TempStorage sort;
     typename Scan::TempStorage scan;
     typename Reduce::TempStorage reduce;
+    typename ArgMax::TempStorage arg_max;
   } tmp;
+  int32_t anchors[PA_MAX_ANCHOR_BLOCKS];  // chosen so far
   float2 row_part[Threads / kMaxBlock][kMaxBlock];  // per thread group and row: (max, sum)
   float row_max[kMaxBlock];  // per last-block row: max of log2 logits over all keys
   float row_inv[kMaxBlock];  // 1 / sum of 2^(x - max)
@@ -241,7 +260,8 @@ struct HeadsSmem {
 template <int Threads, int Items>
 __global__ void __launch_bounds__(Threads)
     budget_heads_kernel(Geometry geo, const float2* __restrict__ partials, HeadsParams params,
-                        int32_t* __restrict__ budget, int32_t* __restrict__ needed) {
+                        int32_t* __restrict__ budget, int32_t* __restrict__ needed,
+                        int32_t* __restrict__ anchors) {
   using Smem = HeadsSmem<Threads, Items>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   Smem& smem = *reinterpret_cast<Smem*>(smem_raw);
@@ -249,8 +269,10 @@ __global__ void __launch_bounds__(Threads)
   const SeqSpan span = geo.seqs[seq];
   const int nqb = span.num_qblocks;
   const int64_t out = int64_t(seq) * geo.num_q_heads + h;
-  if (nqb == 0 || geo.dense(span)) {  // empty: nothing; dense: every block
+  int32_t* head_anchors = anchors + out * params.anchor_blocks;
+  if (nqb == 0 || geo.dense(span)) {  // empty: nothing; dense: every block, no anchors
     if (threadIdx.x == 0) budget[out] = needed[out] = nqb;
+    for (int a = threadIdx.x; a < params.anchor_blocks; a += Threads) head_anchors[a] = -1;
     return;
   }
   const int b = geo.block;
@@ -349,19 +371,40 @@ __global__ void __launch_bounds__(Threads)
     needed[out] = count;
     budget[out] = min(nqb, max(count, params.min_blocks));
   }
+
+  // ---- anchors: T arg max rounds over the masses, skipping the blocks the last row forces
+  // and the ones already chosen ----------------------------------------------------------
+  for (int a = 0; a < params.anchor_blocks; ++a) {
+    __syncthreads();  // tmp is reused; smem.anchors[0, a) are visible
+    unsigned long long best = 0;
+    for (int n = threadIdx.x; n < nqb; n += Threads) {
+      bool skip = (params.force_sink && n == 0) || (params.force_local && n == nqb - 1);
+      for (int c = 0; c < a; ++c) skip |= smem.anchors[c] == n;
+      if (!skip) best = max(best, anchor_key(smem.mass[n], n));
+    }
+    best = typename Smem::ArgMax(smem.tmp.arg_max).Reduce(best, MaxOp());
+    if (threadIdx.x == 0) {
+      const int32_t n = best == 0 ? -1 : int32_t(0xFFFFFFFFu - unsigned(best & 0xFFFFFFFFull));
+      smem.anchors[a] = n;
+      head_anchors[a] = n;
+    }
+  }
 }
 
 template <int Threads, int Items>
-pa_status launch_heads(const Launch& l, const Workspace& ws, int32_t* budget, int32_t* needed) {
+pa_status launch_heads(const Launch& l, const Workspace& ws, int32_t* budget, int32_t* needed,
+                       int32_t* anchors) {
   using Smem = HeadsSmem<Threads, Items>;
   auto kernel = budget_heads_kernel<Threads, Items>;
   const size_t bytes = sizeof(Smem);
   if (bytes > kDefaultSmemLimit)
     PA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
   const HeadsParams params{double(l.config.gamma),
-                           (l.config.min_budget_tokens + l.config.block_size - 1) / l.config.block_size};
+                           (l.config.min_budget_tokens + l.config.block_size - 1) / l.config.block_size,
+                           l.config.anchor_blocks, l.config.force_sink, l.config.force_local};
   const dim3 grid(unsigned(l.geo.num_seqs), unsigned(l.geo.num_q_heads));
-  kernel<<<grid, Threads, bytes, l.stream>>>(l.geo, ws.budget_partials, params, budget, needed);
+  kernel<<<grid, Threads, bytes, l.stream>>>(l.geo, ws.budget_partials, params, budget, needed,
+                                             anchors);
   PA_CUDA_CHECK_LAUNCH("budget_heads_kernel");
   return PA_STATUS_SUCCESS;
 }
@@ -379,13 +422,13 @@ pa_status launch_budget_partials(const Launch& l, const InputView& q, const Inpu
 }
 
 pa_status launch_budget_heads(const Launch& l, const Workspace& ws, int32_t* budget,
-                              int32_t* needed) {
+                              int32_t* needed, int32_t* anchors) {
   // Capacities 1024, 4096, 16384 blocks (kMaxSortedBlocks).
   const int32_t n = l.max_sparse_qblocks;
   switch (n <= 2 * kHeadsThreads ? 0 : n <= 8 * kHeadsThreads ? 1 : 2) {
-    case 0: return launch_heads<kHeadsThreads, 2>(l, ws, budget, needed);
-    case 1: return launch_heads<kHeadsThreads, 8>(l, ws, budget, needed);
-    default: return launch_heads<kHeadsThreads, 32>(l, ws, budget, needed);
+    case 0: return launch_heads<kHeadsThreads, 2>(l, ws, budget, needed, anchors);
+    case 1: return launch_heads<kHeadsThreads, 8>(l, ws, budget, needed, anchors);
+    default: return launch_heads<kHeadsThreads, 32>(l, ws, budget, needed, anchors);
   }
 }
 

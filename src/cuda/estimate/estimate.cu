@@ -143,10 +143,10 @@ pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_tensor& k,
     PA_TRY(est::launch_budget_partials(l, qv, kv, ws));
   }
   // Budgets of every sequence (dense and empty ones too), then the shared orderings.
-  PA_TRY(est::launch_budget_heads(l, ws, plan.index.budget, plan.index.needed));
+  PA_TRY(est::launch_budget_heads(l, ws, plan.index.budget, plan.index.needed, plan.index.anchors));
   if (plan.batch.total_qblocks > 0)
-    PA_TRY(est::launch_select(l, ws, plan.index.budget, plan.index.needed, plan.index.order,
-                              plan.index.count));
+    PA_TRY(est::launch_select(l, ws, plan.index.budget, plan.index.needed, plan.index.anchors,
+                              plan.index.order, plan.index.count));
   return PA_STATUS_SUCCESS;
 }
 

@@ -1,11 +1,13 @@
 // Step 6: one sort per (group, query-block row), shared by the group's heads.
-//   order[j][m] = forced blocks first (sink 0, then diagonal m), then the other blocks
-//                 n <= m by A[j][m][n] descending, ties to the lower n;
+//   order[j][m] = forced blocks first (sink 0, the group's anchors n <= m, diagonal m:
+//                 ascending), then the other blocks n <= m by A[j][m][n] descending, ties
+//                 to the lower n;
 //   count[m][h] = row_keep(...) for each head h of group j (core/budget.cpp's rule).
 // One CTA sorts a row with a stable radix sort of 32-bit keys (ascending) whose order is
 // the wanted one: forced blocks 0, a score s >= 0 maps to ~bits(s) (larger s, smaller key),
 // padding to ~0 after every real entry; stability keeps equal keys in block order.
 // Dense sequences sort all-equal keys: forced first, then ascending, as the CPU writes.
+// The anchors are marked in a shared bitmap of the row before the keys are made.
 #include <cub/block/block_radix_sort.cuh>
 
 #include "common/check.cuh"
@@ -20,18 +22,14 @@ struct SelectParams {
   int32_t row_lo, row_hi;  // rows of this launch: row_lo < m + 1 <= row_hi
   int32_t min_blocks;      // ceil(min_budget_tokens / b)
   int32_t force_sink, force_local;
+  int32_t anchor_blocks;   // T per head
   pa_budget_mode mode;
 };
 
 constexpr uint32_t kForcedKey = 0u;
 constexpr uint32_t kLastKey = ~0u;  // padding, and every unranked block of a dense row
 
-// Device copies of core/budget.cpp's forced_blocks() and row_keep(), same arithmetic.
-__device__ int32_t forced_blocks(int32_t m, bool sink, bool local) {
-  if (m == 0) return (sink || local) ? 1 : 0;
-  return (sink ? 1 : 0) + (local ? 1 : 0);
-}
-
+// Device copy of core/budget.cpp's row_keep(), same arithmetic.
 __device__ int32_t row_keep(pa_budget_mode mode, int32_t budget, int32_t needed, int32_t num_qblocks,
                             int32_t min_blocks, int32_t m, int32_t forced) {
   const int64_t row_blocks = m + 1;
@@ -47,14 +45,23 @@ __device__ int32_t row_keep(pa_budget_mode mode, int32_t budget, int32_t needed,
 template <int Threads, int Items>
 using RowSort = cub::BlockRadixSort<uint32_t, Threads, Items, int32_t>;
 
+constexpr int kWordBits = 32;
+
+template <int Threads, int Items>
+struct SelectSmem {
+  typename RowSort<Threads, Items>::TempStorage sort;
+  uint32_t anchored[Threads * Items / kWordBits];  // bit n: block n is a group anchor
+  int32_t forced;                                  // forced blocks of the row
+};
+
 // Grid (total_qblocks, g); rows outside (row_lo, row_hi] leave at once.
 template <int Threads, int Items>
 __global__ void __launch_bounds__(Threads)
     select_kernel(Geometry geo, const float* __restrict__ scores, const int32_t* __restrict__ budget,
-                  const int32_t* __restrict__ needed, SelectParams params,
-                  int32_t* __restrict__ order, int32_t* __restrict__ count) {
+                  const int32_t* __restrict__ needed, const int32_t* __restrict__ anchors,
+                  SelectParams params, int32_t* __restrict__ order, int32_t* __restrict__ count) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  auto& tmp = *reinterpret_cast<typename RowSort<Threads, Items>::TempStorage*>(smem_raw);
+  auto& smem = *reinterpret_cast<SelectSmem<Threads, Items>*>(smem_raw);
   const int64_t gb = blockIdx.x;
   const int j = blockIdx.y;
   const int seq = geo.qblock_seq[gb];
@@ -65,23 +72,42 @@ __global__ void __launch_bounds__(Threads)
   const bool dense = geo.dense(span);
   const bool sink = params.force_sink != 0, local = params.force_local != 0;
   const int64_t row = order_row_offset(span, j, m);
+  const int heads = geo.num_q_heads / geo.groups;
+
+  // ---- the group's anchors n <= m into the bitmap ------------------------------------------
+  for (int w = threadIdx.x; w <= m / kWordBits; w += Threads) smem.anchored[w] = 0;
+  if (threadIdx.x == 0) smem.forced = 0;
+  __syncthreads();
+  const int anchor_count = heads * params.anchor_blocks;
+  const int32_t* group_anchors =
+      anchors + (int64_t(seq) * geo.num_q_heads + int64_t(j) * heads) * params.anchor_blocks;
+  for (int a = threadIdx.x; a < anchor_count; a += Threads) {
+    const int32_t n = group_anchors[a];
+    if (n >= 0 && n <= m) atomicOr(&smem.anchored[n / kWordBits], 1u << (n % kWordBits));
+  }
+  __syncthreads();
 
   // ---- keys in blocked order (thread t holds ranks t * Items + i) -------------------------
   uint32_t keys[Items];
   int32_t blocks[Items];
+  int forced_here = 0;
 #pragma unroll
   for (int i = 0; i < Items; ++i) {
     const int n = threadIdx.x * Items + i;
     blocks[i] = n;
     if (n >= len) {
       keys[i] = kLastKey;
-    } else if ((sink && n == 0) || (local && n == m)) {
+    } else if ((sink && n == 0) || (local && n == m) ||
+               (smem.anchored[n / kWordBits] >> (n % kWordBits)) & 1u) {
       keys[i] = kForcedKey;
+      ++forced_here;
     } else {
       keys[i] = dense ? kLastKey : ~__float_as_uint(scores[row + n]);
     }
   }
-  RowSort<Threads, Items>(tmp).SortBlockedToStriped(keys, blocks);
+  if (forced_here > 0) atomicAdd(&smem.forced, forced_here);
+  RowSort<Threads, Items>(smem.sort).SortBlockedToStriped(keys, blocks);
+  __syncthreads();  // smem.forced complete
 
   // ---- the order row (striped: coalesced stores) ---------------------------------------------
 #pragma unroll
@@ -91,8 +117,7 @@ __global__ void __launch_bounds__(Threads)
   }
 
   // ---- each head of the group keeps its prefix ---------------------------------------------
-  const int heads = geo.num_q_heads / geo.groups;
-  const int forced = forced_blocks(m, sink, local);
+  const int forced = smem.forced;
   for (int t = threadIdx.x; t < heads; t += Threads) {
     const int h = j * heads + t;
     const int64_t at = int64_t(seq) * geo.num_q_heads + h;
@@ -105,14 +130,15 @@ __global__ void __launch_bounds__(Threads)
 
 template <int Threads, int Items>
 pa_status launch_class(const Launch& l, const Workspace& ws, SelectParams params,
-                       const int32_t* budget, const int32_t* needed, int32_t* order,
-                       int32_t* count) {
+                       const int32_t* budget, const int32_t* needed, const int32_t* anchors,
+                       int32_t* order, int32_t* count) {
   auto kernel = select_kernel<Threads, Items>;
-  const size_t bytes = sizeof(typename RowSort<Threads, Items>::TempStorage);
+  const size_t bytes = sizeof(SelectSmem<Threads, Items>);
   if (bytes > kDefaultSmemLimit)
     PA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
   const dim3 grid(unsigned(l.geo.total_qblocks), unsigned(l.geo.groups));
-  kernel<<<grid, Threads, bytes, l.stream>>>(l.geo, ws.scores, budget, needed, params, order, count);
+  kernel<<<grid, Threads, bytes, l.stream>>>(l.geo, ws.scores, budget, needed, anchors, params, order,
+                                             count);
   PA_CUDA_CHECK_LAUNCH("select_kernel");
   return PA_STATUS_SUCCESS;
 }
@@ -120,11 +146,13 @@ pa_status launch_class(const Launch& l, const Workspace& ws, SelectParams params
 }  // namespace
 
 pa_status launch_select(const Launch& l, const Workspace& ws, const int32_t* budget,
-                        const int32_t* needed, int32_t* order, int32_t* count) {
+                        const int32_t* needed, const int32_t* anchors, int32_t* order,
+                        int32_t* count) {
   SelectParams p{};
   p.min_blocks = (l.config.min_budget_tokens + l.config.block_size - 1) / l.config.block_size;
   p.force_sink = l.config.force_sink;
   p.force_local = l.config.force_local;
+  p.anchor_blocks = l.config.anchor_blocks;
   p.mode = l.config.budget_mode;
   // One launch per size class that holds some row of the batch (rows 1..max_qblocks).
   constexpr SortClass c0 = kSortClasses[0], c1 = kSortClasses[1], c2 = kSortClasses[2],
@@ -132,19 +160,19 @@ pa_status launch_select(const Launch& l, const Workspace& ws, const int32_t* bud
   static_assert(c3.capacity() == kMaxSortedBlocks, "the largest class sorts the longest row");
   p.row_lo = 0;
   p.row_hi = c0.capacity();
-  PA_TRY((launch_class<c0.threads, c0.items>(l, ws, p, budget, needed, order, count)));
+  PA_TRY((launch_class<c0.threads, c0.items>(l, ws, p, budget, needed, anchors, order, count)));
   if (l.max_qblocks <= p.row_hi) return PA_STATUS_SUCCESS;
   p.row_lo = p.row_hi;
   p.row_hi = c1.capacity();
-  PA_TRY((launch_class<c1.threads, c1.items>(l, ws, p, budget, needed, order, count)));
+  PA_TRY((launch_class<c1.threads, c1.items>(l, ws, p, budget, needed, anchors, order, count)));
   if (l.max_qblocks <= p.row_hi) return PA_STATUS_SUCCESS;
   p.row_lo = p.row_hi;
   p.row_hi = c2.capacity();
-  PA_TRY((launch_class<c2.threads, c2.items>(l, ws, p, budget, needed, order, count)));
+  PA_TRY((launch_class<c2.threads, c2.items>(l, ws, p, budget, needed, anchors, order, count)));
   if (l.max_qblocks <= p.row_hi) return PA_STATUS_SUCCESS;
   p.row_lo = p.row_hi;
   p.row_hi = c3.capacity();
-  return launch_class<c3.threads, c3.items>(l, ws, p, budget, needed, order, count);
+  return launch_class<c3.threads, c3.items>(l, ws, p, budget, needed, anchors, order, count);
 }
 
 }  // namespace proxyattn::cuda::est

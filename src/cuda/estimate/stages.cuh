@@ -6,7 +6,8 @@
 //                                                          key chunk, then combined)
 //   proxy_scores 2  proxies+stats -> scores (A)          (step 4, block maxima)
 //   budget_partials Q, K          -> budget_partials     (step 5, per key block)
-//   budget_heads    partials      -> budget, needed      (step 5, per head)
+//   budget_heads    partials      -> budget, needed,     (step 5, per head)
+//                                    anchors
 //   select          scores+budget -> order, count        (step 6)
 #pragma once
 
@@ -85,9 +86,10 @@ pa_status launch_proxy_block_max(const Launch& l, const Workspace& ws);
 pa_status launch_budget_partials(const Launch& l, const InputView& q, const InputView& k,
                                  const Workspace& ws);
 pa_status launch_budget_heads(const Launch& l, const Workspace& ws, int32_t* budget,
-                              int32_t* needed);
+                              int32_t* needed, int32_t* anchors);
 pa_status launch_select(const Launch& l, const Workspace& ws, const int32_t* budget,
-                        const int32_t* needed, int32_t* order, int32_t* count);
+                        const int32_t* needed, const int32_t* anchors, int32_t* order,
+                        int32_t* count);
 
 // Largest row (in blocks) the in-CTA sorts handle: 16384 blocks = 1M tokens at b = 64.
 inline constexpr int32_t kMaxSortedBlocks = 16384;
