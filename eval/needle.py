@@ -67,6 +67,15 @@ MODES = {
     "proxy_g0.95_mb4096_p2": dict(gamma=0.95, num_proxy_groups=2, block_size=BLOCK, min_budget_tokens=4096),
     "proxy_g0.95_mb2048_p2_dense0": dict(gamma=0.95, num_proxy_groups=2, block_size=BLOCK, min_budget_tokens=2048,
                                          dense_layers=[0]),
+    # anchors: each head's T blocks of largest last-block mass forced for its group
+    "proxy_g0.95_mb2048_p2_a1": dict(gamma=0.95, num_proxy_groups=2, block_size=BLOCK, min_budget_tokens=2048,
+                                     anchor_blocks=1),
+    "proxy_g0.95_mb2048_p2_a2": dict(gamma=0.95, num_proxy_groups=2, block_size=BLOCK, min_budget_tokens=2048,
+                                     anchor_blocks=2),
+    "proxy_g0.95_mb2048_p2_a4": dict(gamma=0.95, num_proxy_groups=2, block_size=BLOCK, min_budget_tokens=2048,
+                                     anchor_blocks=4),
+    "proxy_g0.90_mb2048_p2_a2": dict(gamma=0.90, num_proxy_groups=2, block_size=BLOCK, min_budget_tokens=2048,
+                                     anchor_blocks=2),
 }
 DEFAULT_MODES = ["dense", "proxy_g0.95_mb2048_p1", "proxy_g0.95_mb512_p1", "proxy_g0.90_mb512_p1"]
 

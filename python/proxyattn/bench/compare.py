@@ -60,8 +60,9 @@ def kept_rows(plan, head):
 
 
 class Suite:
-    def __init__(self, use_flex=True, use_torch_estimate=True, log=print):
+    def __init__(self, use_flex=True, use_torch_estimate=True, anchor_blocks=0, log=print):
         self.flex = Flex() if use_flex else None
+        self.anchor_blocks = anchor_blocks
         self.use_torch_estimate = use_torch_estimate
         self.log = log
 
@@ -100,10 +101,10 @@ class Suite:
         best_dense = min(x["ms"] for x in case["dense"].values() if "ms" in x)
 
         for gamma in gammas:
-            settings = dict(gamma=gamma, num_proxy_groups=g, softmax_scale=scale)
+            settings = dict(gamma=gamma, num_proxy_groups=g, softmax_scale=scale, anchor_blocks=self.anchor_blocks)
             config = _api.make_config(d, **settings)
             plan = proxyattn.estimate(q, k, [0, n], **settings)
-            row = {"gamma": gamma, "density": plan.density}
+            row = {"gamma": gamma, "anchor_blocks": self.anchor_blocks, "density": plan.density}
             row["estimate_ms"] = median_ms(lambda: plan._estimate(*mine.next()[:2]), reps, WARMUP)
             plan._estimate(q, k)
             row["attend_ms"] = median_ms(lambda: proxyattn.attend(plan, *mine.next()), reps, WARMUP)
@@ -161,9 +162,9 @@ def _fmt(entry):
     return "%.3f" % entry["ms"] if entry and "ms" in entry else "-"
 
 
-def run(sizes, shapes, gammas, activations, use_flex, use_torch_estimate, log=print):
+def run(sizes, shapes, gammas, activations, use_flex, use_torch_estimate, anchor_blocks=0, log=print):
     """All cases; returns the list of case records."""
-    suite = Suite(use_flex, use_torch_estimate, log)
+    suite = Suite(use_flex, use_torch_estimate, anchor_blocks, log)
     cases = []
     for shape in shapes:
         hq, hkv, d, g = SHAPES[shape]
