@@ -74,6 +74,10 @@ MODES = {
                                      anchor_blocks=2),
     "proxy_g0.95_mb2048_p2_a4": dict(gamma=0.95, num_proxy_groups=2, block_size=BLOCK, min_budget_tokens=2048,
                                      anchor_blocks=4),
+    "proxy_g0.95_mb2048_p2_a8": dict(gamma=0.95, num_proxy_groups=2, block_size=BLOCK, min_budget_tokens=2048,
+                                     anchor_blocks=8),
+    "proxy_g0.98_mb2048_p2_a4": dict(gamma=0.98, num_proxy_groups=2, block_size=BLOCK, min_budget_tokens=2048,
+                                     anchor_blocks=4),
     "proxy_g0.90_mb2048_p2_a2": dict(gamma=0.90, num_proxy_groups=2, block_size=BLOCK, min_budget_tokens=2048,
                                      anchor_blocks=2),
 }

@@ -119,6 +119,9 @@ RefIndex reference_index(const Inputs& in, const pa_config& c) {
   r.anchors.assign(in.hq, {});
   if (in.n == 0) return r;
   const bool dense = in.n < c.dense_below;
+  // PA_ANCHOR_BLOCKS_AUTO: 32 anchor blocks per group at most, at least 1 per head
+  const int anchor_blocks =
+      c.anchor_blocks >= 0 ? c.anchor_blocks : std::min(8, std::max(1, 32 / (in.hq / g)));
   if (!dense) {
     r.scores = proxy_block_scores(in, c);
     const auto mass = last_block_mass(in, c);
@@ -132,7 +135,7 @@ RefIndex reference_index(const Inputs& in, const pa_config& c) {
       std::stable_sort(by_mass.begin(), by_mass.end(),
                        [&](int a, int x) { return mass[h][a] > mass[h][x]; });
       for (int n : by_mass)
-        if (int(r.anchors[h].size()) < c.anchor_blocks && !(c.force_sink && n == 0) &&
+        if (int(r.anchors[h].size()) < anchor_blocks && !(c.force_sink && n == 0) &&
             !(c.force_local && n == nqb - 1))
           r.anchors[h].push_back(n);
     }

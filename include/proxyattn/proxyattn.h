@@ -102,12 +102,18 @@ typedef struct pa_config {
   pa_budget_mode budget_mode;
   int32_t dense_below;         /* sequences shorter than this run dense, >= 0 */
   float softmax_scale;         /* > 0; pa_config_default sets 1/sqrt(head_dim) */
-  int32_t anchor_blocks;       /* T in [0, PA_MAX_ANCHOR_BLOCKS]: each head's T key blocks of
-                                  largest mass in the last query block (step 5; blocks already
-                                  forced there excluded) are forced in every row of its group */
+  int32_t anchor_blocks;       /* T in [0, PA_MAX_ANCHOR_BLOCKS], or PA_ANCHOR_BLOCKS_AUTO (the
+                                  default): each head's T key blocks of largest mass in the last
+                                  query block (step 5; blocks already forced there excluded) are
+                                  forced in every row of its group, counted in the budget */
 } pa_config;
 
 #define PA_MAX_ANCHOR_BLOCKS 8
+/* T = PA_AUTO_GROUP_ANCHORS / (Q heads per proxy group), within [1, PA_MAX_ANCHOR_BLOCKS]:
+ * a group's anchors stay at most 32 blocks, so that they do not crowd out its heads' own
+ * proxy-ranked blocks (docs/accuracy.md, "Anchor blocks"). */
+#define PA_ANCHOR_BLOCKS_AUTO (-1)
+#define PA_AUTO_GROUP_ANCHORS 32
 
 /* Defaults of ALGORITHM.md for a given head_dim (the scale is 1/sqrt(head_dim)). */
 pa_config pa_config_default(int32_t head_dim);
@@ -139,6 +145,9 @@ typedef struct pa_plan_stats {
   int32_t dense_seqs;          /* sequences below dense_below, run dense */
 } pa_plan_stats;
 pa_status pa_plan_get_stats(const pa_plan* plan, pa_plan_stats* stats);
+
+/* The plan's effective config: the one given, with PA_ANCHOR_BLOCKS_AUTO resolved. */
+pa_status pa_plan_get_config(const pa_plan* plan, pa_config* config);
 
 /* Per (sequence, head) results of the budget step, each [num_seqs, num_q_heads] on the
  * host: budget_blocks = K_i, needed_blocks = count_i (blocks reaching gamma in the last

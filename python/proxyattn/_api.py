@@ -87,7 +87,7 @@ def _check_qkv(q, k, v, ndim, layout):
 
 def make_config(head_dim, *, gamma=0.95, num_proxy_groups=1, block_size=128, stride=4,
                 min_budget_tokens=2048, budget_mode="absolute", force_sink=True, force_local=True,
-                dense_below=None, softmax_scale=None, anchor_blocks=0):
+                dense_below=None, softmax_scale=None, anchor_blocks="auto"):
     """A _C.Config from keyword settings (ALGORITHM.md parameters); invalid values raise
     ProxyAttnError from the library with the field named."""
     c = _C.Config(int(head_dim))
@@ -103,7 +103,7 @@ def make_config(head_dim, *, gamma=0.95, num_proxy_groups=1, block_size=128, str
     c.force_local = int(bool(force_local))
     c.dense_below = int(min_budget_tokens if dense_below is None else dense_below)
     c.softmax_scale = float(1.0 / math.sqrt(head_dim) if softmax_scale is None else softmax_scale)
-    c.anchor_blocks = int(anchor_blocks)
+    c.anchor_blocks = _C.ANCHOR_BLOCKS_AUTO if anchor_blocks == "auto" else int(anchor_blocks)
     return c
 
 
@@ -160,7 +160,7 @@ class Plan:
         return {"budget_blocks": np.asarray(budget, np.int32).reshape(shape),
                 "needed_blocks": np.asarray(needed, np.int32).reshape(shape),
                 "density": np.asarray(density, np.float64).reshape(shape),
-                "anchors": np.asarray(self._plan.anchors(), np.int32).reshape(shape + (self.config.anchor_blocks,))}
+                "anchors": np.asarray(self._plan.anchors(), np.int32).reshape(shape + (self._plan.anchor_blocks,))}
 
     def index(self):
         """(order, count): the raw block index (docs/index_format.md) as numpy arrays."""
@@ -316,13 +316,14 @@ def _attention_eager(q, k, v, return_lse, settings):
 
 def attention(q, k, v, *, causal=True, gamma=0.95, num_proxy_groups=1, block_size=128, stride=4,
               min_budget_tokens=2048, budget_mode="absolute", force_sink=True, force_local=True,
-              dense_below=None, softmax_scale=None, anchor_blocks=0, return_lse=False):
+              dense_below=None, softmax_scale=None, anchor_blocks="auto", return_lse=False):
     """ProxyAttn causal attention. q [B, N, Hq, d], k and v [B, N, Hkv, d] (Hq a multiple of
     Hkv) -> out [B, N, Hq, d] (and lse [B, Hq, N] float32 with return_lse).
 
     gamma: attention mass each head's budget covers; num_proxy_groups: proxy heads (divides
     Hkv); sequences shorter than dense_below (default min_budget_tokens) run dense;
-    anchor_blocks: each head's blocks of largest last-block mass forced for its group."""
+    anchor_blocks: each head's blocks of largest last-block mass forced for its group ("auto":
+    32 per group at most, at least 1 per head)."""
     if not causal:
         raise ValueError("causal=False: ProxyAttn is a causal prefill method")
     settings = dict(gamma=gamma, num_proxy_groups=num_proxy_groups, block_size=block_size, stride=stride,

@@ -107,10 +107,17 @@ class PyPlan {
     return {budget, needed, density};
   }
 
+  // The plan's anchors per head (PA_ANCHOR_BLOCKS_AUTO resolved).
+  int anchor_blocks() const {
+    pa_config c{};
+    proxyattn::check(pa_plan_get_config(plan_, &c));
+    return c.anchor_blocks;
+  }
+
   // Anchors [num_seqs * Hq * anchor_blocks] (-1 = none).
   std::vector<int32_t> anchors() const {
     const size_t n = size_t(batch_.problem().num_seqs) * batch_.problem().num_q_heads *
-                     size_t(config_.anchor_blocks);
+                     size_t(anchor_blocks());
     std::vector<int32_t> out(n);
     proxyattn::check(pa_plan_get_anchors(plan_, out.data()));
     return out;
@@ -166,6 +173,7 @@ NB_MODULE(_C, m) {
       .def_rw("softmax_scale", &pa_config::softmax_scale)
       .def_rw("anchor_blocks", &pa_config::anchor_blocks);
 
+  m.attr("ANCHOR_BLOCKS_AUTO") = PA_ANCHOR_BLOCKS_AUTO;
   m.def("dtype_code", [](const Array& a) { return int(dtype_of(a, "tensor")); });
 
   m.def("plan_bytes", [](const std::vector<int32_t>& cu, int hq, int hkv, int d, int dtype, const pa_config& c) {
@@ -189,6 +197,7 @@ NB_MODULE(_C, m) {
       .def("stats", &PyPlan::stats)
       .def("heads", &PyPlan::heads)
       .def("anchors", &PyPlan::anchors)
+      .def_prop_ro("anchor_blocks", &PyPlan::anchor_blocks)
       .def("index", &PyPlan::index)
       .def("to_flex", &PyPlan::to_flex)
       .def("check", &PyPlan::check_invariants);

@@ -60,9 +60,9 @@ pa_status validate_plan_inputs(const pa_problem* problem, const pa_config* confi
 PlanDesc describe(const pa_problem& problem, const pa_config& config) {
   PlanDesc d;
   d.problem = problem;
-  d.config = config;
+  d.config = resolve_config(config, problem);
   d.batch = make_batch_layout(problem, config.block_size, config.num_proxy_groups);
-  d.storage = storage_layout(d.batch, problem.num_q_heads, problem.num_seqs, config.anchor_blocks);
+  d.storage = storage_layout(d.batch, problem.num_q_heads, problem.num_seqs, d.config.anchor_blocks);
   return d;
 }
 
@@ -334,6 +334,15 @@ pa_status pa_plan_get_stats(const pa_plan* plan, pa_plan_stats* stats) {
     }
     out.density = out.causal_pairs > 0 ? double(out.kept_pairs) / double(out.causal_pairs) : 1.0;
     *stats = out;
+    return PA_STATUS_SUCCESS;
+  });
+}
+
+pa_status pa_plan_get_config(const pa_plan* plan, pa_config* config) {
+  return guarded([&] {
+    PA_TRY(check_plan(plan, false));
+    if (config == nullptr) return fail(PA_STATUS_NULL_POINTER, "config is NULL");
+    *config = plan->desc.config;
     return PA_STATUS_SUCCESS;
   });
 }

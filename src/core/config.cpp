@@ -1,5 +1,6 @@
 #include "core/config.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/status.hpp"
@@ -19,6 +20,15 @@ pa_config default_config(int head_dim) {
   c.dense_below = kDefaultMinBudgetTokens;
   c.softmax_scale = head_dim > 0 ? 1.0f / std::sqrt(static_cast<float>(head_dim)) : 1.0f;
   c.anchor_blocks = kDefaultAnchorBlocks;
+  return c;
+}
+
+pa_config resolve_config(const pa_config& config, const pa_problem& problem) {
+  pa_config c = config;
+  if (c.anchor_blocks == PA_ANCHOR_BLOCKS_AUTO) {
+    const int heads_per_group = std::max(1, problem.num_q_heads / c.num_proxy_groups);
+    c.anchor_blocks = std::clamp(PA_AUTO_GROUP_ANCHORS / heads_per_group, 1, PA_MAX_ANCHOR_BLOCKS);
+  }
   return c;
 }
 
@@ -56,9 +66,11 @@ pa_status validate_config(const pa_config& c, const pa_problem* problem) {
   if (!(c.softmax_scale > 0.0f) || !std::isfinite(c.softmax_scale))
     return fail(PA_STATUS_INVALID_CONFIG, "config.softmax_scale = %g: must be finite and > 0",
                 static_cast<double>(c.softmax_scale));
-  if (c.anchor_blocks < 0 || c.anchor_blocks > PA_MAX_ANCHOR_BLOCKS)
-    return fail(PA_STATUS_INVALID_CONFIG, "config.anchor_blocks = %d: must lie in [0, %d]",
-                c.anchor_blocks, PA_MAX_ANCHOR_BLOCKS);
+  if (c.anchor_blocks != PA_ANCHOR_BLOCKS_AUTO &&
+      (c.anchor_blocks < 0 || c.anchor_blocks > PA_MAX_ANCHOR_BLOCKS))
+    return fail(PA_STATUS_INVALID_CONFIG,
+                "config.anchor_blocks = %d: must lie in [0, %d] or be PA_ANCHOR_BLOCKS_AUTO (%d)",
+                c.anchor_blocks, PA_MAX_ANCHOR_BLOCKS, PA_ANCHOR_BLOCKS_AUTO);
   if (problem != nullptr && problem->num_kv_heads > 0 &&
       problem->num_kv_heads % c.num_proxy_groups != 0)
     return fail(PA_STATUS_INVALID_CONFIG,

@@ -11,12 +11,16 @@ inline constexpr int kDefaultStride = 4;
 inline constexpr float kDefaultGamma = 0.95f;
 inline constexpr int kDefaultMinBudgetTokens = 2048;
 inline constexpr int kMaxStride = 16;
-inline constexpr int kDefaultAnchorBlocks = 0;
+inline constexpr int kDefaultAnchorBlocks = PA_ANCHOR_BLOCKS_AUTO;
 
 pa_config default_config(int head_dim);
 
 // Validates every field; when problem is given, also that g divides num_kv_heads.
 pa_status validate_config(const pa_config& config, const pa_problem* problem);
+
+// The config with its automatic fields resolved for this problem (anchor_blocks; see
+// PA_ANCHOR_BLOCKS_AUTO). config must be valid for problem.
+pa_config resolve_config(const pa_config& config, const pa_problem& problem);
 
 // Blocks of the budget floor: ceil(min_budget_tokens / block_size).
 int min_budget_blocks(const pa_config& config);

@@ -117,8 +117,44 @@ TEST_F(Errors, Config) {
   bad = c;
   bad.budget_mode = static_cast<pa_budget_mode>(5);
   EXPECT_FAILS(pa_plan_bytes(&p, &bad, &bytes), PA_STATUS_INVALID_CONFIG, "budget_mode");
+  for (int anchors : {-2, PA_MAX_ANCHOR_BLOCKS + 1}) {
+    bad = c;
+    bad.anchor_blocks = anchors;
+    EXPECT_FAILS(pa_plan_bytes(&p, &bad, &bytes), PA_STATUS_INVALID_CONFIG, "anchor_blocks");
+  }
   EXPECT_FAILS(pa_plan_bytes(&p, nullptr, &bytes), PA_STATUS_NULL_POINTER, "config");
   EXPECT_EQ(pa_config_validate(&c, &p), PA_STATUS_SUCCESS);
+}
+
+// PA_ANCHOR_BLOCKS_AUTO resolves to PA_AUTO_GROUP_ANCHORS / (Q heads per group) in
+// [1, PA_MAX_ANCHOR_BLOCKS]; an explicit value stays.
+TEST(Config, AutoAnchorBlocks) {
+  struct Case {
+    int hq, hkv, g, given, resolved;
+  };
+  for (const Case& k : {Case{32, 8, 1, PA_ANCHOR_BLOCKS_AUTO, 1}, Case{32, 8, 8, PA_ANCHOR_BLOCKS_AUTO, 8},
+                        Case{14, 2, 2, PA_ANCHOR_BLOCKS_AUTO, 4}, Case{14, 2, 1, PA_ANCHOR_BLOCKS_AUTO, 2},
+                        Case{64, 8, 1, PA_ANCHOR_BLOCKS_AUTO, 1}, Case{4, 4, 4, PA_ANCHOR_BLOCKS_AUTO, 8},
+                        Case{32, 8, 1, 3, 3}, Case{32, 8, 1, 0, 0}}) {
+    const std::vector<int32_t> cu{0, 300};
+    pa_problem prob{};
+    prob.num_seqs = 1, prob.total_tokens = 300, prob.cu_seqlens = cu.data();
+    prob.num_q_heads = k.hq, prob.num_kv_heads = k.hkv, prob.head_dim = 64;
+    prob.dtype = PA_DTYPE_FLOAT32;
+    pa_config c = pa_config_default(64);
+    EXPECT_EQ(c.anchor_blocks, PA_ANCHOR_BLOCKS_AUTO);
+    c.num_proxy_groups = k.g;
+    c.anchor_blocks = k.given;
+    size_t bytes = 0;
+    ASSERT_EQ(pa_plan_bytes(&prob, &c, &bytes), PA_STATUS_SUCCESS) << pa_last_error();
+    std::vector<uint8_t> storage(bytes);
+    pa_plan* plan = nullptr;
+    ASSERT_EQ(pa_plan_create(&prob, &c, storage.data(), bytes, &plan), PA_STATUS_SUCCESS);
+    pa_config effective{};
+    EXPECT_EQ(pa_plan_get_config(plan, &effective), PA_STATUS_SUCCESS);
+    EXPECT_EQ(effective.anchor_blocks, k.resolved) << k.hq << " heads, g " << k.g;
+    pa_plan_free(plan);
+  }
 }
 
 TEST_F(Errors, StorageAndWorkspace) {

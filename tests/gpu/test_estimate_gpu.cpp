@@ -110,7 +110,7 @@ struct Index {
   std::vector<int32_t> order, count, budget, needed, anchors;
 };
 
-Index read_index(const pa_plan* plan, const pa_problem& p, const pa_config& c) {
+Index read_index(const pa_plan* plan, const pa_problem& p) {
   int64_t rows = 0, entries = 0;
   check(pa_plan_get_layout(plan, &rows, &entries));
   Index x;
@@ -120,7 +120,9 @@ Index read_index(const pa_plan* plan, const pa_problem& p, const pa_config& c) {
   x.needed.resize(x.budget.size());
   check(pa_plan_get_index(plan, x.order.data(), x.count.data()));
   check(pa_plan_get_heads(plan, x.budget.data(), x.needed.data(), nullptr));
-  x.anchors.resize(x.budget.size() * c.anchor_blocks);
+  pa_config effective{};
+  check(pa_plan_get_config(plan, &effective));
+  x.anchors.resize(x.budget.size() * effective.anchor_blocks);
   check(pa_plan_get_anchors(plan, x.anchors.data()));
   return x;
 }
@@ -128,7 +130,7 @@ Index read_index(const pa_plan* plan, const pa_problem& p, const pa_config& c) {
 Index estimate_cpu(const pa_problem& p, const pa_config& c, const Inputs& in) {
   Plan plan = Plan::on_host(p, c);
   plan.estimate(in.tq, in.tk);
-  return read_index(plan.get(), p, c);
+  return read_index(plan.get(), p);
 }
 
 // Device plan storage and workspace poisoned (0xff) before the run; estimation on a
@@ -157,7 +159,7 @@ pa_status estimate_gpu(const pa_problem& p, const pa_config& c, const Inputs& in
   cudaStreamDestroy(stream);
   if (st == PA_STATUS_SUCCESS) {
     EXPECT_EQ(pa_plan_check(plan), PA_STATUS_SUCCESS) << pa_last_error();
-    if (out) *out = read_index(plan, p, c);
+    if (out) *out = read_index(plan, p);
   }
   pa_plan_free(plan);
   return st;
@@ -313,7 +315,7 @@ void compare(const std::string& name, const pa_problem& p, const pa_config& c, c
                                   << ", prefix/total at the boundary " << prefix / total;
     }
     // Anchors: equal, or near-ties in mass; a group with differing anchors skips its rows.
-    const int ta = c.anchor_blocks;
+    const int ta = int(gpu.anchors.size() / (size_t(p.num_seqs) * hq));
     std::vector<bool> anchors_agree(g, true);
     for (int h = 0; h < hq && nqb > 0; ++h) {
       const int32_t* ga = &gpu.anchors[(size_t(s) * hq + h) * ta];

@@ -92,7 +92,8 @@ def test_plan_inspection():
     assert stats["causal_pairs"] == 8 * 16 * 17 // 2
     order, count = plan.index()
     assert count.shape == (16, 8) and order.size == 2 * 16 * 17 // 2
-    assert heads["anchors"].shape == (1, 8, 0)
+    assert heads["anchors"].shape == (1, 8, 8)  # "auto": 32 anchors per group of 4 heads
+    assert proxyattn.estimate(q, k, num_proxy_groups=2, anchor_blocks=0, **SETTINGS).heads()["anchors"].shape == (1, 8, 0)
 
 
 def test_anchor_blocks_are_kept_by_their_group():
