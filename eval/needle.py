@@ -48,38 +48,41 @@ ANSWER_PREFIX = "The special magic number for {key} mentioned in the provided te
 
 # Attention modes: name -> proxyattn.hf settings (None: transformers' SDPA, the dense reference).
 BLOCK = 128
+
+
+def proxy(gamma, groups, floor, anchors=0, **extra):
+    """proxyattn.hf settings; anchors="auto" is the library's default (PA_ANCHOR_BLOCKS_AUTO)."""
+    return dict(gamma=gamma, num_proxy_groups=groups, block_size=BLOCK, min_budget_tokens=floor,
+                anchor_blocks=anchors, **extra)
+
+
 MODES = {
     "dense": None,
-    "proxy_g0.95_mb2048_p1": dict(gamma=0.95, num_proxy_groups=1, block_size=BLOCK, min_budget_tokens=2048),
-    "proxy_g0.95_mb512_p1": dict(gamma=0.95, num_proxy_groups=1, block_size=BLOCK, min_budget_tokens=512),
-    "proxy_g0.90_mb512_p1": dict(gamma=0.90, num_proxy_groups=1, block_size=BLOCK, min_budget_tokens=512),
-    "proxy_g0.95_mb512_p3": dict(gamma=0.95, num_proxy_groups=3, block_size=BLOCK, min_budget_tokens=512),
+    "proxy_g0.95_mb2048_p1": proxy(0.95, 1, 2048),
+    "proxy_g0.95_mb512_p1": proxy(0.95, 1, 512),
+    "proxy_g0.90_mb512_p1": proxy(0.90, 1, 512),
+    "proxy_g0.95_mb512_p3": proxy(0.95, 3, 512),
     # Qwen2.5-Coder (2 KV heads): one proxy per KV head
-    "proxy_g0.95_mb2048_p2": dict(gamma=0.95, num_proxy_groups=2, block_size=BLOCK, min_budget_tokens=2048),
-    "proxy_g0.90_mb2048_p2": dict(gamma=0.90, num_proxy_groups=2, block_size=BLOCK, min_budget_tokens=2048),
-    "proxy_g0.95_mb512_p2": dict(gamma=0.95, num_proxy_groups=2, block_size=BLOCK, min_budget_tokens=512),
+    "proxy_g0.95_mb2048_p2": proxy(0.95, 2, 2048),
+    "proxy_g0.90_mb2048_p2": proxy(0.90, 2, 2048),
+    "proxy_g0.95_mb512_p2": proxy(0.95, 2, 512),
     # the sparse setting with the first layer dense (proxyattn.hf's dense_layers)
-    "proxy_g0.90_mb512_p1_dense0": dict(gamma=0.90, num_proxy_groups=1, block_size=BLOCK, min_budget_tokens=512,
-                                        dense_layers=[0]),
+    "proxy_g0.90_mb512_p1_dense0": proxy(0.90, 1, 512, dense_layers=[0]),
     # every block kept (the floor covers the whole row): our kernels and integration without sparsity
-    "proxy_all_blocks": dict(gamma=1.0, num_proxy_groups=2, block_size=BLOCK, min_budget_tokens=1 << 20),
-    "proxy_g0.98_mb2048_p2": dict(gamma=0.98, num_proxy_groups=2, block_size=BLOCK, min_budget_tokens=2048),
-    "proxy_g0.95_mb4096_p2": dict(gamma=0.95, num_proxy_groups=2, block_size=BLOCK, min_budget_tokens=4096),
-    "proxy_g0.95_mb2048_p2_dense0": dict(gamma=0.95, num_proxy_groups=2, block_size=BLOCK, min_budget_tokens=2048,
-                                         dense_layers=[0]),
+    "proxy_all_blocks": proxy(1.0, 2, 1 << 20),
+    "proxy_g0.98_mb2048_p2": proxy(0.98, 2, 2048),
+    "proxy_g0.95_mb4096_p2": proxy(0.95, 2, 4096),
+    "proxy_g0.95_mb2048_p2_dense0": proxy(0.95, 2, 2048, dense_layers=[0]),
     # anchors: each head's T blocks of largest last-block mass forced for its group
-    "proxy_g0.95_mb2048_p2_a1": dict(gamma=0.95, num_proxy_groups=2, block_size=BLOCK, min_budget_tokens=2048,
-                                     anchor_blocks=1),
-    "proxy_g0.95_mb2048_p2_a2": dict(gamma=0.95, num_proxy_groups=2, block_size=BLOCK, min_budget_tokens=2048,
-                                     anchor_blocks=2),
-    "proxy_g0.95_mb2048_p2_a4": dict(gamma=0.95, num_proxy_groups=2, block_size=BLOCK, min_budget_tokens=2048,
-                                     anchor_blocks=4),
-    "proxy_g0.95_mb2048_p2_a8": dict(gamma=0.95, num_proxy_groups=2, block_size=BLOCK, min_budget_tokens=2048,
-                                     anchor_blocks=8),
-    "proxy_g0.98_mb2048_p2_a4": dict(gamma=0.98, num_proxy_groups=2, block_size=BLOCK, min_budget_tokens=2048,
-                                     anchor_blocks=4),
-    "proxy_g0.90_mb2048_p2_a2": dict(gamma=0.90, num_proxy_groups=2, block_size=BLOCK, min_budget_tokens=2048,
-                                     anchor_blocks=2),
+    "proxy_g0.95_mb2048_p2_a1": proxy(0.95, 2, 2048, 1),
+    "proxy_g0.95_mb2048_p2_a2": proxy(0.95, 2, 2048, 2),
+    "proxy_g0.95_mb2048_p2_a4": proxy(0.95, 2, 2048, 4),
+    "proxy_g0.95_mb2048_p2_a8": proxy(0.95, 2, 2048, 8),
+    "proxy_g0.98_mb2048_p2_a4": proxy(0.98, 2, 2048, 4),
+    "proxy_g0.90_mb2048_p2_a2": proxy(0.90, 2, 2048, 2),
+    # the library's default anchors (32 per group: T = 4 for g = 2, 2 for g = 1 on 14 Q heads)
+    "proxy_g0.95_mb2048_p2_auto": proxy(0.95, 2, 2048, "auto"),
+    "proxy_g0.95_mb2048_p1_auto": proxy(0.95, 1, 2048, "auto"),
 }
 DEFAULT_MODES = ["dense", "proxy_g0.95_mb2048_p1", "proxy_g0.95_mb512_p1", "proxy_g0.90_mb512_p1"]
 
