@@ -66,7 +66,9 @@ class Flex:
 def torch_estimate(q, k, config):
     """ProxyAttn's estimation (ALGORITHM.md steps 2-6) written plainly in PyTorch, absolute
     budget mode. q [N, Hq, d], k [N, Hkv, d] -> (order [g, Nqb, Nqb], count [Nqb, Hq],
-    needed [Hq]); order rows put the sink, then the diagonal, then the others by score."""
+    needed [Hq]); order rows put the sink, then the diagonal, then the others by score.
+    The paper's steps only: no anchor blocks (its counts equal the library's at
+    anchor_blocks=0; its needed blocks at any setting)."""
     n, hq, d = q.shape
     hkv = k.shape[1]
     g, block, stride = config.num_proxy_groups, config.block_size, config.stride
