@@ -155,7 +155,8 @@ pa_status pa_plan_get_config(const pa_plan* plan, pa_config* config);
 pa_status pa_plan_get_heads(const pa_plan* plan, int32_t* budget_blocks,
                             int32_t* needed_blocks, double* density);
 
-/* Anchors of the estimation, int32 [num_seqs, num_q_heads, config.anchor_blocks] on the host:
+/* Anchors of the estimation, int32 [num_seqs, num_q_heads, T] on the host (T: the resolved
+ * anchor_blocks of pa_plan_get_config):
  * per head its anchor blocks by mass descending, -1 where the last query block has fewer
  * candidate blocks, and for dense sequences or an index from pa_plan_set_index. */
 pa_status pa_plan_get_anchors(const pa_plan* plan, int32_t* anchors);
@@ -167,8 +168,9 @@ pa_status pa_plan_get_index(const pa_plan* plan, int32_t* order, int32_t* count)
 /* Writes the index from host arrays in pa_plan_get_index's layout (order int32
  * [order_entries], count int32 [total_qblocks, num_q_heads]; budget and needed int32
  * [num_seqs, num_q_heads], NULL for zeros), e.g. a plan estimated on the host copied to a
- * device plan, or a hand-made mask. The plan's anchors become none (-1). Checks that every count lies in [0, m + 1] and every
- * kept entry in [0, m], unique in its row (pa_plan_check adds the forced blocks); a row
+ * device plan, or a hand-made mask; the plan's anchors become none (-1). Checks that every
+ * count lies in [0, m + 1] and every kept entry in [0, m], unique in its row (pa_plan_check
+ * adds the forced blocks); a row
  * with count 0 attends to nothing (O = 0, LSE = -inf). The plan then counts as estimated.
  * Synchronous copy for device plans. */
 pa_status pa_plan_set_index(pa_plan* plan, const int32_t* order, const int32_t* count,

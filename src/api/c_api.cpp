@@ -377,7 +377,8 @@ pa_status pa_plan_get_anchors(const pa_plan* plan, int32_t* anchors) {
     PA_TRY(check_plan(plan, true));
     HostArrays arrays;
     PA_TRY(host_arrays(*plan, arrays));
-    if (anchors == nullptr && arrays.anchor_n > 0) return fail(PA_STATUS_NULL_POINTER, "anchors is NULL");
+    if (anchors == nullptr && arrays.anchor_n > 0)
+      return fail(PA_STATUS_NULL_POINTER, "anchors is NULL");
     std::copy(arrays.anchors, arrays.anchors + arrays.anchor_n, anchors);
     return PA_STATUS_SUCCESS;
   });

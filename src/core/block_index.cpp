@@ -81,10 +81,12 @@ pa_status check_index(const HostIndex& index, bool force_sink, bool force_local)
                         s, j, m, n);
           seen[n] = 1;
         }
-        for (int32_t n : forced)
-          if (!seen[n])
-            return fail(PA_STATUS_INTERNAL, "index: seq %zu head %d row %d: forced block %d (%s) missing",
-                        s, h, m, n, n == 0 && force_sink ? "sink" : n == m && force_local ? "diagonal" : "anchor");
+        for (int32_t n : forced) {
+          if (seen[n]) continue;
+          const char* kind = n == 0 && force_sink ? "sink" : n == m && force_local ? "diagonal" : "anchor";
+          return fail(PA_STATUS_INTERNAL, "index: seq %zu head %d row %d: forced block %d (%s) missing",
+                      s, h, m, n, kind);
+        }
       }
     }
   }

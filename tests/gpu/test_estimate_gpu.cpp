@@ -491,7 +491,8 @@ TEST(EstimateGpu, ConfigMatrix) {
           k.config.force_sink = (i / 2) % 2;
           k.config.force_local = (i / 4) % 2 ? 0 : 1;
           k.config.gamma = (i % 3 == 0) ? 0.9f : 0.95f;
-          k.config.anchor_blocks = (i / 3) % 4 == 0 ? 0 : (i / 3) % 4 == 1 ? 1 : (i / 3) % 4 == 2 ? 2 : 8;
+          const int anchor_choices[] = {0, 1, 2, 8};
+          k.config.anchor_blocks = anchor_choices[(i / 3) % 4];
           k.lengths = {2000 + 173 * i, 700 + 31 * i};
           k.structured = i % 3 != 1;
           k.seed = 100 + i;
