@@ -17,13 +17,14 @@ namespace {
 struct DemoSettings {
   long long seq_len = 16384, q_heads = 8, kv_heads = 2, head_dim = 128, groups = 1, seed = 1;
   long long block = 128, stride = 4, min_budget = 2048, threads = 0, needles = 4;
+  long long anchors = PA_ANCHOR_BLOCKS_AUTO;
   double gamma = 0.95;
   std::string dtype = "bf16", budget_mode = "absolute";
 };
 
 const std::vector<std::string> kValueOptions = {
     "seq-len", "q-heads", "kv-heads", "head-dim", "gamma", "groups", "seed", "block", "stride",
-    "min-budget", "budget-mode", "dtype", "threads", "needles"};
+    "min-budget", "budget-mode", "dtype", "threads", "needles", "anchors"};
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -46,6 +47,7 @@ bool parse_settings(const std::vector<std::string>& args, DemoSettings& s, std::
          o.get_int("min-budget", 0, 1LL << 30, s.min_budget, error) &&
          o.get_int("threads", 0, 4096, s.threads, error) &&
          o.get_int("needles", 0, 1000, s.needles, error) &&
+         o.get_int("anchors", PA_ANCHOR_BLOCKS_AUTO, PA_MAX_ANCHOR_BLOCKS, s.anchors, error) &&
          [&] {
            s.dtype = o.get_string("dtype", s.dtype);
            s.budget_mode = o.get_string("budget-mode", s.budget_mode);
@@ -92,6 +94,7 @@ void print_demo_help() {
       "  --stride S         estimation stride, 1, 2, 4, 8 or 16 (4)\n"
       "  --min-budget T     budget floor in tokens (2048)\n"
       "  --budget-mode M    absolute or proportional (absolute)\n"
+      "  --anchors T        each head's anchor blocks, 0-8, -1 = auto: 32 per group (-1)\n"
       "  --needles K        retrieval needles in the input (4)\n"
       "  --seed S           input seed (1)\n"
       "  --threads T        CPU threads, 0 = all (0)\n"
@@ -122,6 +125,7 @@ int run_demo(const std::vector<std::string>& args) {
     config.min_budget_tokens = int32_t(s.min_budget);
     config.dense_below = config.min_budget_tokens;
     config.budget_mode = s.budget_mode == "proportional" ? PA_BUDGET_PROPORTIONAL : PA_BUDGET_ABSOLUTE;
+    config.anchor_blocks = int32_t(s.anchors);
     check(pa_config_validate(&config, &p));
 
     const int64_t n = p.total_tokens, hq = p.num_q_heads, d = p.head_dim;
@@ -159,11 +163,13 @@ int run_demo(const std::vector<std::string>& args) {
     const std::vector<float> od = to_float(dtype, o_dense, n * hq * d);
     const int nqb = int((n + config.block_size - 1) / config.block_size);
 
+    pa_config effective{};
+    check(pa_plan_get_config(plan.get(), &effective));
     std::printf("proxyattn demo: N=%lld, %lld Q / %lld KV heads, d=%lld, %s, gamma=%.2f, g=%d, "
-                "b=%d, s=%d, %s budget, seed=%lld\n",
+                "b=%d, s=%d, %s budget, %d anchor blocks a head, seed=%lld\n",
                 (long long)n, (long long)hq, (long long)p.num_kv_heads, (long long)d, s.dtype.c_str(),
                 s.gamma, config.num_proxy_groups, config.block_size, config.stride,
-                s.budget_mode.c_str(), s.seed);
+                s.budget_mode.c_str(), effective.anchor_blocks, s.seed);
     std::printf("input: structured (sinks, local band, vertical columns, slash diagonals, %d needles), "
                 "generated in %.2f s\n\n", synth.num_needles, t_generate);
     std::printf("head  kv  budget K_i  needed  r_i     density  recall   out.err\n");

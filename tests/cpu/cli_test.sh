@@ -20,6 +20,8 @@ small=(demo --seq-len 3000 --q-heads 4 --kv-heads 2 --head-dim 64 --min-budget 2
 expect 0 "density" -- "${small[@]}"
 expect 0 "recall" -- "${small[@]}" --gamma 0.9 --groups 2 --budget-mode proportional --dtype fp16
 expect 0 "speedup" -- "${small[@]}"
+expect 0 "8 anchor blocks a head" -- "${small[@]}"
+expect 0 "0 anchor blocks a head" -- "${small[@]}" --anchors 0
 expect 0 "usage: proxyattn demo" -- demo --help
 json=$(mktemp)
 expect 0 "x dense" -- bench --device cpu --sizes 1024,1500 --gammas 0.9 --out "$json"
@@ -36,6 +38,7 @@ expect 0 "commands:" -- help
 expect 2 "unknown option --bogus" -- demo --bogus 1
 expect 2 "--gamma 1.5" -- demo --gamma 1.5
 expect 2 "--dtype int8" -- demo --dtype int8
+expect 2 "--anchors 9" -- demo --anchors 9
 expect 2 "needs a value" -- demo --seq-len
 expect 2 "unknown command" -- frobnicate
 expect 1 "num_proxy_groups = 3" -- "${small[@]}" --groups 3
