@@ -38,6 +38,7 @@ def measure(args):
                           "block_size": BLOCK_SIZE,
                           "config": "library defaults (b=128, s=4, 2048-token floor, absolute budgets, "
                                     "sink and diagonal forced) except gamma, g and anchor_blocks",
+                          "anchor_blocks": args.anchor_blocks,
                           "cases": compare.run(args.sizes, args.shapes, args.gammas, args.activations,
                                                not args.no_flex, not args.no_torch_estimate,
                                                args.anchor_blocks)}
@@ -67,7 +68,8 @@ def main():
                     help="captured q/k/v files (torch.save of {q, k, v: [N, H, d], scale, source})")
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--no-torch-estimate", action="store_true")
-    ap.add_argument("--anchor-blocks", default=0, type=int, help="config.anchor_blocks of ProxyAttn")
+    ap.add_argument("--anchor-blocks", default="auto", type=lambda s: s if s == "auto" else int(s),
+                    help="config.anchor_blocks of ProxyAttn: 0-8 or auto (the library default)")
     ap.add_argument("--model-sizes", default=",".join(map(str, MODEL_SIZES)), type=_ints)
     ap.add_argument("--model-layers", default=LLAMA_31_8B["num_hidden_layers"], type=int)
     args = ap.parse_args()

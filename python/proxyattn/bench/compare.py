@@ -60,7 +60,7 @@ def kept_rows(plan, head):
 
 
 class Suite:
-    def __init__(self, use_flex=True, use_torch_estimate=True, anchor_blocks=0, log=print):
+    def __init__(self, use_flex=True, use_torch_estimate=True, anchor_blocks="auto", log=print):
         self.flex = Flex() if use_flex else None
         self.anchor_blocks = anchor_blocks
         self.use_torch_estimate = use_torch_estimate
@@ -104,7 +104,7 @@ class Suite:
             settings = dict(gamma=gamma, num_proxy_groups=g, softmax_scale=scale, anchor_blocks=self.anchor_blocks)
             config = _api.make_config(d, **settings)
             plan = proxyattn.estimate(q, k, [0, n], **settings)
-            row = {"gamma": gamma, "anchor_blocks": self.anchor_blocks, "density": plan.density}
+            row = {"gamma": gamma, "anchor_blocks": plan._plan.anchor_blocks, "density": plan.density}
             row["estimate_ms"] = median_ms(lambda: plan._estimate(*mine.next()[:2]), reps, WARMUP)
             plan._estimate(q, k)
             row["attend_ms"] = median_ms(lambda: proxyattn.attend(plan, *mine.next()), reps, WARMUP)
@@ -162,7 +162,7 @@ def _fmt(entry):
     return "%.3f" % entry["ms"] if entry and "ms" in entry else "-"
 
 
-def run(sizes, shapes, gammas, activations, use_flex, use_torch_estimate, anchor_blocks=0, log=print):
+def run(sizes, shapes, gammas, activations, use_flex, use_torch_estimate, anchor_blocks="auto", log=print):
     """All cases; returns the list of case records."""
     suite = Suite(use_flex, use_torch_estimate, anchor_blocks, log)
     cases = []
