@@ -103,6 +103,7 @@ double median(std::vector<double> v) {
 
 struct GammaRow {
   double gamma, density, estimate_ms, attend_ms, forward_ms, recall;
+  int anchor_blocks;  // the plan's resolved anchor_blocks (the default: auto)
 };
 struct SizeRow {
   long long n;
@@ -153,7 +154,9 @@ SizeRow run_size(BenchDevice& dev, const Shape& shape, long long n, const BenchS
     check(pa_workspace_bytes(&p, &config, &ws_bytes));
     DeviceBuffer storage(dev, plan_bytes), workspace(dev, std::max<size_t>(ws_bytes, 1));
     Plan plan(p, config, storage.get(), plan_bytes);
-    GammaRow g{gamma, 0, 0, 0, 0, 0};
+    pa_config effective{};
+    check(pa_plan_get_config(plan.get(), &effective));
+    GammaRow g{gamma, 0, 0, 0, 0, 0, effective.anchor_blocks};
     g.estimate_ms = timed([&] { plan.estimate(tq, tk, workspace.get(), ws_bytes, dev.stream()); });
     g.attend_ms = timed([&] { plan.attend(tq, tk, tv, to, nullptr, dev.stream()); });
     g.forward_ms = timed([&] { plan.forward(tq, tk, tv, to, nullptr, workspace.get(), ws_bytes, dev.stream()); });
@@ -191,7 +194,8 @@ void write_json(const std::string& path, const std::string& device, const Shape&
       f << (j ? ", " : "") << "{\"gamma\": " << json_number(g.gamma) << ", \"density\": "
         << json_number(g.density) << ", \"estimate_ms\": " << json_number(g.estimate_ms)
         << ", \"attend_ms\": " << json_number(g.attend_ms) << ", \"forward_ms\": " << json_number(g.forward_ms)
-        << ", \"mass_recall\": " << json_number(g.recall) << "}";
+        << ", \"mass_recall\": " << json_number(g.recall) << ", \"anchor_blocks\": " << g.anchor_blocks
+        << "}";
     }
     f << "]}";
   }

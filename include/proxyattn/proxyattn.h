@@ -110,8 +110,8 @@ typedef struct pa_config {
 
 #define PA_MAX_ANCHOR_BLOCKS 8
 /* T = PA_AUTO_GROUP_ANCHORS / (Q heads per proxy group), within [1, PA_MAX_ANCHOR_BLOCKS]:
- * a group's anchors stay at most 32 blocks, so that they do not crowd out its heads' own
- * proxy-ranked blocks (docs/accuracy.md, "Anchor blocks"). */
+ * a group's anchors stay at most max(32, its Q heads) blocks, so that they do not crowd out
+ * its heads' own proxy-ranked blocks (docs/accuracy.md, "Anchor blocks"). */
 #define PA_ANCHOR_BLOCKS_AUTO (-1)
 #define PA_AUTO_GROUP_ANCHORS 32
 

@@ -103,7 +103,7 @@ def make_config(head_dim, *, gamma=0.95, num_proxy_groups=1, block_size=128, str
     c.force_local = int(bool(force_local))
     c.dense_below = int(min_budget_tokens if dense_below is None else dense_below)
     c.softmax_scale = float(1.0 / math.sqrt(head_dim) if softmax_scale is None else softmax_scale)
-    c.anchor_blocks = _C.ANCHOR_BLOCKS_AUTO if anchor_blocks == "auto" else int(anchor_blocks)
+    c.anchor_blocks = _C.ANCHOR_BLOCKS_AUTO if anchor_blocks in (None, "auto") else int(anchor_blocks)
     return c
 
 
@@ -322,8 +322,8 @@ def attention(q, k, v, *, causal=True, gamma=0.95, num_proxy_groups=1, block_siz
 
     gamma: attention mass each head's budget covers; num_proxy_groups: proxy heads (divides
     Hkv); sequences shorter than dense_below (default min_budget_tokens) run dense;
-    anchor_blocks: each head's blocks of largest last-block mass forced for its group ("auto":
-    32 per group at most, at least 1 per head)."""
+    anchor_blocks: each head's blocks of largest last-block mass forced for its group ("auto" or
+    None: 32 / (Q heads per group) a head, within [1, 8])."""
     if not causal:
         raise ValueError("causal=False: ProxyAttn is a causal prefill method")
     settings = dict(gamma=gamma, num_proxy_groups=num_proxy_groups, block_size=block_size, stride=stride,

@@ -322,7 +322,6 @@ void compare(const std::string& name, const pa_problem& p, const pa_config& c, c
       const int32_t* ca = &cpu.anchors[(size_t(s) * hq + h) * ta];
       if (std::equal(ga, ga + ta, ca)) continue;
       anchors_agree[h / per_group] = false;
-      ASSERT_TRUE(budget_agrees[h]) << name;  // both follow from the same masses
       const std::vector<double> mass = ref.mass(h);
       for (int a = 0; a < ta; ++a) {
         if (ga[a] == ca[a]) continue;

@@ -9,6 +9,7 @@
 //   budget_heads    partials      -> budget, needed,     (step 5, per head)
 //                                    anchors
 //   select          scores+budget -> order, count        (step 6)
+//                   +anchors
 #pragma once
 
 #include <cuda_runtime.h>
