@@ -83,6 +83,7 @@ MODES = {
     # the library's default anchors (32 per group: T = 4 for g = 2, 2 for g = 1 on 14 Q heads)
     "proxy_g0.95_mb2048_p2_auto": proxy(0.95, 2, 2048, "auto"),
     "proxy_g0.95_mb2048_p1_auto": proxy(0.95, 1, 2048, "auto"),
+    "proxy_g0.90_mb512_p1_auto": proxy(0.90, 1, 512, "auto"),
 }
 DEFAULT_MODES = ["dense", "proxy_g0.95_mb2048_p1", "proxy_g0.95_mb512_p1", "proxy_g0.90_mb512_p1"]
 
