@@ -375,11 +375,15 @@ pa_status pa_plan_get_heads(const pa_plan* plan, int32_t* budget_blocks, int32_t
 pa_status pa_plan_get_anchors(const pa_plan* plan, int32_t* anchors) {
   return guarded([&] {
     PA_TRY(check_plan(plan, true));
-    HostArrays arrays;
-    PA_TRY(host_arrays(*plan, arrays));
-    if (anchors == nullptr && arrays.anchor_n > 0)
-      return fail(PA_STATUS_NULL_POINTER, "anchors is NULL");
-    std::copy(arrays.anchors, arrays.anchors + arrays.anchor_n, anchors);
+    const PlanDesc& d = plan->desc;
+    const size_t n = size_t(d.problem.num_seqs) * d.problem.num_q_heads * d.config.anchor_blocks;
+    if (anchors == nullptr && n > 0) return fail(PA_STATUS_NULL_POINTER, "anchors is NULL");
+    if (plan->on_device) {  // only this array, not the whole index
+#if PROXYATTN_WITH_CUDA
+      return cuda::download(anchors, d.index.anchors, n * sizeof(int32_t));
+#endif
+    }
+    std::copy(d.index.anchors, d.index.anchors + n, anchors);
     return PA_STATUS_SUCCESS;
   });
 }
