@@ -85,6 +85,11 @@ def _check_qkv(q, k, v, ndim, layout):
         raise TypeError(f"q: dtype {q.dtype} not supported (float32, float16, bfloat16)")
 
 
+def anchor_blocks_code(anchor_blocks):
+    """The C value of the anchor_blocks setting: "auto" or None -> PA_ANCHOR_BLOCKS_AUTO."""
+    return _C.ANCHOR_BLOCKS_AUTO if anchor_blocks in (None, "auto") else int(anchor_blocks)
+
+
 def make_config(head_dim, *, gamma=0.95, num_proxy_groups=1, block_size=128, stride=4,
                 min_budget_tokens=2048, budget_mode="absolute", force_sink=True, force_local=True,
                 dense_below=None, softmax_scale=None, anchor_blocks="auto"):
@@ -103,7 +108,7 @@ def make_config(head_dim, *, gamma=0.95, num_proxy_groups=1, block_size=128, str
     c.force_local = int(bool(force_local))
     c.dense_below = int(min_budget_tokens if dense_below is None else dense_below)
     c.softmax_scale = float(1.0 / math.sqrt(head_dim) if softmax_scale is None else softmax_scale)
-    c.anchor_blocks = _C.ANCHOR_BLOCKS_AUTO if anchor_blocks in (None, "auto") else int(anchor_blocks)
+    c.anchor_blocks = anchor_blocks_code(anchor_blocks)
     return c
 
 

@@ -38,7 +38,6 @@ def attention(q, k, v, return_lse, settings):
         s["dense_below"] = s["min_budget_tokens"]
     if s["softmax_scale"] is None:
         s["softmax_scale"] = d ** -0.5
-    if s["anchor_blocks"] == "auto":
-        s["anchor_blocks"] = _api._C.ANCHOR_BLOCKS_AUTO
+    s["anchor_blocks"] = _api.anchor_blocks_code(s["anchor_blocks"])
     out, lse = torch.ops.proxyattn.attention(q, k, v, *(s[name] for name in _SETTING_NAMES))
     return (out, lse) if return_lse else out

@@ -56,36 +56,38 @@ pa_status check_index(const HostIndex& index, bool force_sink, bool force_local)
   for (size_t s = 0; s < batch.seqs.size(); ++s) {
     const SeqSpan& span = batch.seqs[s];
     seen.assign(span.num_qblocks, 0);
-    for (int h = 0; h < index.num_q_heads; ++h) {
-      const int j = group_of_head(h, index.num_q_heads, index.num_groups);
+    for (int j = 0; j < index.num_groups; ++j) {
       const int32_t* anchors =
           anchor_count > 0 ? group_anchors(index.anchors, int(s), j, index.num_q_heads,
                                            index.num_groups, index.anchor_blocks)
                            : nullptr;
       for (int m = 0; m < span.num_qblocks; ++m) {
-        const int32_t c = index.count[(span.qblock_begin + m) * index.num_q_heads + h];
+        // The row's forced blocks are the group's: one list for all its heads.
         row_forced(m, force_sink, force_local, anchors, anchor_count, forced);
         const int32_t lowest = std::max<int32_t>(1, int32_t(forced.size()));
-        if (c < lowest || c > m + 1)
-          return fail(PA_STATUS_INTERNAL, "index: seq %zu head %d row %d: count %d outside [%d, %d]",
-                      s, h, m, c, lowest, m + 1);
         const int32_t* row = index.order + order_row(span, j, m);
-        std::fill(seen.begin(), seen.begin() + m + 1, 0);
-        for (int e = 0; e < c; ++e) {
-          const int32_t n = row[e];
-          if (n < 0 || n > m)
-            return fail(PA_STATUS_INTERNAL, "index: seq %zu group %d row %d entry %d: block %d is "
-                        "not causal (must lie in [0, %d])", s, j, m, e, n, m);
-          if (seen[n])
-            return fail(PA_STATUS_INTERNAL, "index: seq %zu group %d row %d: block %d kept twice",
-                        s, j, m, n);
-          seen[n] = 1;
-        }
-        for (int32_t n : forced) {
-          if (seen[n]) continue;
-          const char* kind = n == 0 && force_sink ? "sink" : n == m && force_local ? "diagonal" : "anchor";
-          return fail(PA_STATUS_INTERNAL, "index: seq %zu head %d row %d: forced block %d (%s) missing",
-                      s, h, m, n, kind);
+        for (int h = j * per_group; h < (j + 1) * per_group; ++h) {
+          const int32_t c = index.count[(span.qblock_begin + m) * index.num_q_heads + h];
+          if (c < lowest || c > m + 1)
+            return fail(PA_STATUS_INTERNAL, "index: seq %zu head %d row %d: count %d outside [%d, %d]",
+                        s, h, m, c, lowest, m + 1);
+          std::fill(seen.begin(), seen.begin() + m + 1, 0);
+          for (int e = 0; e < c; ++e) {
+            const int32_t n = row[e];
+            if (n < 0 || n > m)
+              return fail(PA_STATUS_INTERNAL, "index: seq %zu group %d row %d entry %d: block %d is "
+                          "not causal (must lie in [0, %d])", s, j, m, e, n, m);
+            if (seen[n])
+              return fail(PA_STATUS_INTERNAL, "index: seq %zu group %d row %d: block %d kept twice",
+                          s, j, m, n);
+            seen[n] = 1;
+          }
+          for (int32_t n : forced) {
+            if (seen[n]) continue;
+            const char* kind = n == 0 && force_sink ? "sink" : n == m && force_local ? "diagonal" : "anchor";
+            return fail(PA_STATUS_INTERNAL, "index: seq %zu head %d row %d: forced block %d (%s) missing",
+                        s, h, m, n, kind);
+          }
         }
       }
     }
