@@ -87,7 +87,7 @@ def capture_qkv(model, ids, keep=None):
     model.set_attn_implementation(CAPTURE_NAME)
     with torch.no_grad():
         try:
-            model.model(torch.tensor([ids]))  # the decoder only: no [N, vocab] logits
+            model.model(torch.tensor([ids], device=model.device))  # the decoder only: no [N, vocab] logits
         except _CaptureDone:
             pass
     return cap

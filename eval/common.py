@@ -44,9 +44,11 @@ def set_threads(threads):
         torch.set_num_threads(threads)
 
 
-def load_model(model_dir, attn_implementation="sdpa", device="cpu"):
+def load_model(model_dir, attn_implementation="sdpa", device="cpu", rope_factor=None):
     """The transformers model and tokenizer saved by acquire.py, eval mode: float32 on the CPU,
-    bfloat16 on a GPU (device "cuda"; the library's GPU kernels take 16-bit inputs)."""
+    bfloat16 on a GPU (device "cuda"; the library's GPU kernels take 16-bit inputs).
+    rope_factor: YaRN RoPE scaling by that factor (Qwen2.5's recipe for inputs past the trained
+    context: factor 4 over the trained 32K); such inputs are out of distribution, report them apart."""
     import torch
     import transformers
 
@@ -55,7 +57,13 @@ def load_model(model_dir, attn_implementation="sdpa", device="cpu"):
         raise SystemExit(f"{model_dir}: no config.json; run eval/acquire.py --cache <folder> first")
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype,
+    config = transformers.AutoConfig.from_pretrained(model_dir)
+    if rope_factor:
+        trained = config.max_position_embeddings
+        config.rope_parameters = {**config.rope_parameters, "rope_type": "yarn", "factor": float(rope_factor),
+                                  "original_max_position_embeddings": trained}
+        config.max_position_embeddings = int(trained * rope_factor)
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=dtype,
                                                               attn_implementation=attn_implementation)
     return model.to(device).eval(), tokenizer
 

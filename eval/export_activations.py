@@ -31,13 +31,19 @@ def main():
     ap.add_argument("--tokens", type=int, default=8192)
     ap.add_argument("--layers", default="0", help="comma-separated layer numbers")
     ap.add_argument("--out", required=True, help="folder for the files (outside the repository)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="cpu: float32 model; cuda: bfloat16 model (the files are bf16 either way)")
+    ap.add_argument("--rope-factor", type=float,
+                    help="YaRN RoPE scaling by this factor, for inputs past the trained context (out of distribution)")
     ap.add_argument("--kv-heads", default="", help="comma-separated KV heads to keep (default all)")
     args = ap.parse_args()
     layers = [int(x) for x in args.layers.split(",")]
-    model, tokenizer = load_model(args.model_dir)
+    model, tokenizer = load_model(args.model_dir, device=args.device, rope_factor=args.rope_factor)
     ids = token_prefix(tokenizer, read_text(args.corpus, args.text), args.tokens)
     cap = capture_qkv(model, ids, keep=set(layers))
     label = model_label(args.model_dir)
+    rope = f"-yarn{args.rope_factor:g}" if args.rope_factor else ""
+    rope_note = f" (YaRN RoPE x{args.rope_factor:g})" if args.rope_factor else ""
     os.makedirs(os.path.expanduser(args.out), exist_ok=True)
     for layer in layers:
         q, k, v = (t.to(torch.bfloat16) for t in cap.layers[layer])
@@ -51,10 +57,10 @@ def main():
             k, v = k[:, kv].contiguous(), v[:, kv].contiguous()
             heads = f", KV heads {args.kv_heads} and their Q heads"
         path = os.path.join(os.path.expanduser(args.out), f"{args.model_dir.rstrip('/').split('/')[-1]}-"
-                                                          f"{args.text}-{args.tokens}-layer{layer}"
+                                                          f"{args.text}-{args.tokens}{rope}-layer{layer}"
                                                           f"{'-kv' + args.kv_heads.replace(',', '_') if args.kv_heads else ''}.pt")
         torch.save({"q": q, "k": k, "v": v, "scale": float(cap.scaling[layer]),
-                    "source": f"{label}, {args.text} first {args.tokens} tokens, layer {layer}{heads}"}, path)
+                    "source": f"{label}, {args.text} first {args.tokens} tokens{rope_note}, layer {layer}{heads}"}, path)
         print(path, tuple(q.shape), tuple(k.shape), f"{os.path.getsize(path) / 2**20:.1f} MiB")
 
 

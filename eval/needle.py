@@ -84,6 +84,7 @@ MODES = {
     "proxy_g0.95_mb2048_p2_auto": proxy(0.95, 2, 2048, "auto"),
     "proxy_g0.95_mb2048_p1_auto": proxy(0.95, 1, 2048, "auto"),
     "proxy_g0.90_mb512_p1_auto": proxy(0.90, 1, 512, "auto"),
+    "proxy_g0.90_mb2048_p2_auto": proxy(0.90, 2, 2048, "auto"),
 }
 DEFAULT_MODES = ["dense", "proxy_g0.95_mb2048_p1", "proxy_g0.95_mb512_p1", "proxy_g0.90_mb512_p1"]
 
@@ -257,6 +258,8 @@ def main():
                     help="cpu: float32 model, the library's CPU backend; cuda: bfloat16 model, its GPU kernels")
     ap.add_argument("--time-prefill", action="store_true",
                     help="on a GPU, also time each case's prefill per mode (prefill_seconds)")
+    ap.add_argument("--rope-factor", type=float,
+                    help="YaRN RoPE scaling by this factor, for prompts past the trained context (out of distribution)")
     ap.add_argument("--reuse", type=pathlib.Path,
                     help="earlier result file of the same cases: its modes are copied, not run again")
     args = ap.parse_args()
@@ -266,7 +269,7 @@ def main():
     common.set_threads(args.threads)
     if args.time_prefill and args.device != "cuda":
         raise SystemExit("--time-prefill: GPU timings only (--device cuda)")
-    model, tokenizer = common.load_model(args.model, device=args.device)
+    model, tokenizer = common.load_model(args.model, device=args.device, rope_factor=args.rope_factor)
     stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
     keys = load_keys(args.corpus)
     cases = make_cases(args, tokenizer, keys)
@@ -295,7 +298,7 @@ def main():
         table = summary_table(cases, [m for m in modes if m in seconds])
         done = {m: modes[m] for m in modes if m in seconds}
         common.write_json(args.out, {"model": common.model_label(args.model), "environment": common.environment(),
-                                     "device": args.device, "modes": done, "seconds_per_mode": seconds,
+                                     "device": args.device, "rope_factor": args.rope_factor, "modes": done, "seconds_per_mode": seconds,
                                      "max_new_tokens": MAX_NEW_TOKENS, "seed": args.seed,
                                      "cases": [{k: v for k, v in c.items() if k != "ids"} for c in cases],
                                      "table": table})

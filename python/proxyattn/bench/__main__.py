@@ -41,7 +41,7 @@ def measure(args):
                           "anchor_blocks": args.anchor_blocks,
                           "cases": compare.run(args.sizes, args.shapes, args.gammas, args.activations,
                                                not args.no_flex, not args.no_torch_estimate,
-                                               args.anchor_blocks)}
+                                               args.anchor_blocks, args.activation_groups)}
     if "model" in args.suite:
         doc["model"] = model.run(args.model_sizes, args.model_layers)
     doc["wall_s"] = time.time() - t0
@@ -66,6 +66,8 @@ def main():
     ap.add_argument("--gammas", default=",".join(map(str, GAMMAS)), type=_floats)
     ap.add_argument("--activations", nargs="*", default=[],
                     help="captured q/k/v files (torch.save of {q, k, v: [N, H, d], scale, source})")
+    ap.add_argument("--activation-groups", default="1", type=_ints,
+                    help="proxy group counts g to run on each captured input (each must divide its KV heads)")
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--no-torch-estimate", action="store_true")
     ap.add_argument("--anchor-blocks", default="auto", type=lambda s: s if s == "auto" else int(s),

@@ -162,8 +162,9 @@ def _fmt(entry):
     return "%.3f" % entry["ms"] if entry and "ms" in entry else "-"
 
 
-def run(sizes, shapes, gammas, activations, use_flex, use_torch_estimate, anchor_blocks="auto", log=print):
-    """All cases; returns the list of case records."""
+def run(sizes, shapes, gammas, activations, use_flex, use_torch_estimate, anchor_blocks="auto",
+        activation_groups=(1,), log=print):
+    """All cases (each captured input once per g in activation_groups); returns the case records."""
     suite = Suite(use_flex, use_torch_estimate, anchor_blocks, log)
     cases = []
     for shape in shapes:
@@ -180,8 +181,8 @@ def run(sizes, shapes, gammas, activations, use_flex, use_torch_estimate, anchor
             torch.cuda.empty_cache()
     for path in activations:
         q, k, v, meta = load_activations(path)
-        case = suite.run_case("captured", meta["source"], q, k, v, 1, meta["scale"], gammas)
-        cases.append(case)
+        for g in activation_groups:
+            cases.append(suite.run_case("captured", meta["source"], q, k, v, g, meta["scale"], gammas))
         del q, k, v
         torch.cuda.empty_cache()
     return cases
