@@ -85,6 +85,8 @@ MODES = {
     "proxy_g0.95_mb2048_p1_auto": proxy(0.95, 1, 2048, "auto"),
     "proxy_g0.90_mb512_p1_auto": proxy(0.90, 1, 512, "auto"),
     "proxy_g0.90_mb2048_p2_auto": proxy(0.90, 2, 2048, "auto"),
+    "proxy_g0.95_mb2048_p2_auto_dense0": proxy(0.95, 2, 2048, "auto", dense_layers=[0]),
+    "proxy_g0.98_mb2048_p2_auto": proxy(0.98, 2, 2048, "auto"),
 }
 DEFAULT_MODES = ["dense", "proxy_g0.95_mb2048_p1", "proxy_g0.95_mb512_p1", "proxy_g0.90_mb512_p1"]
 
