@@ -5,7 +5,8 @@ its variants in SM90_VARIANTS) and our sm80 kernel (forced with
 PROXYATTN_ATTN_KERNEL=sm80) against cuDNN SDPA dense causal and PyTorch FlexAttention
 running the same block mask.
 
-Shapes: one sequence of N tokens, 32 Q / 8 KV heads, d = 128, bf16, block 128.
+Shapes: one sequence of N tokens, 32 Q / 8 KV heads, d = 128 (--shape HQ,HKV,D for others,
+e.g. 14,2,64 for Qwen2.5-0.5B), bf16, block 128.
 Masks: written straight into a device plan (pa_plan_set_index), ProxyAttn-shaped: one
 ranking per query-block row shared by all heads (num_proxy_groups = 1), sink and diagonal
 first, the other blocks ranked by a noisy recency score; per-head absolute budgets spread
@@ -52,6 +53,15 @@ SM90_VARIANTS = {
     "sm90_row_major_ms": {"PROXYATTN_ATTN_ROW_CHUNK": "1"},      # items row by row, all KV heads
 }
 SM80 = {"PROXYATTN_ATTN_KERNEL": "sm80"}  # our sm80 kernel (row-major item order, params.hpp)
+
+
+def set_shape(text):
+    """--shape HQ,HKV,D: the heads and head_dim every function of this module uses."""
+    global HQ, HKV, D
+    hq, hkv, d = (int(x) for x in text.split(","))
+    if hq % hkv or d not in (64, 128):
+        raise SystemExit(f"--shape {text}: Q heads a multiple of KV heads, head_dim 64 or 128")
+    HQ, HKV, D = hq, hkv, d
 
 
 def make_order(nqb, rng):
@@ -115,9 +125,11 @@ def main():
     ap.add_argument("--quick", action="store_true", help="8K and 32K only")
     ap.add_argument("--sizes", default="", help="comma-separated N, each one of %s" % SIZES)
     ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--shape", default=f"{HQ},{HKV},{D}", help="Q heads, KV heads, head_dim")
     ap.add_argument("--baseline", default="", help="build folder of a second library to time next to ours")
     ap.add_argument("--baseline-label", default="", help="what the baseline build is (recorded)")
     args = ap.parse_args()
+    set_shape(args.shape)
     os.makedirs(args.out, exist_ok=True)
     t_start = time.time()
     lib = capi.Library(os.path.join(args.build, "libproxyattn.so"))

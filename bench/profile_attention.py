@@ -3,7 +3,7 @@
 attention_bench.py's masks (its rankings and per-head budgets), a few calls in a row.
 scripts/gpu-check's `profile` step runs it under Nsight Compute, which records one of them.
 
-Usage: profile_attention.py --build build-gpu --n 32768 --density 0.1 [--calls 3]
+Usage: profile_attention.py --build build-gpu --n 32768 --density 0.1 [--calls 3] [--shape 14,2,64]
 """
 import argparse
 import os
@@ -23,7 +23,9 @@ def main():
     ap.add_argument("--n", type=int, default=32768)
     ap.add_argument("--density", type=float, default=0.1, help="wanted share of the causal blocks (1 = all)")
     ap.add_argument("--calls", type=int, default=3)
+    ap.add_argument("--shape", default=f"{ab.HQ},{ab.HKV},{ab.D}", help="Q heads, KV heads, head_dim")
     args = ap.parse_args()
+    ab.set_shape(args.shape)
     if args.n % ab.BLOCK or not 0.0 < args.density <= 1.0:
         ap.error("--n a multiple of %d, --density in (0, 1]" % ab.BLOCK)
     lib = capi.Library(os.path.join(args.build, "libproxyattn.so"))
