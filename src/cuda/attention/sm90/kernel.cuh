@@ -109,14 +109,14 @@ static_assert(kConsumers >= 2, "turns need two consumers");
 
 // Every shape of the kernel, derived from the element type and head_dim. Stage counts are
 // speed settings: a stage holds a K and a V tile; 2 at d = 128 (FA3's choice; 192 KiB with
-// Q and the O staging); 5 at d = 64 (192 KiB too): a d = 64 tile computes in half the time,
-// so the ring needs twice the stages for the same lead of the copies over the products.
+// Q and the O staging),
+// 3 at d = 64 (tiles compute in half the time, so the copies need more lead).
 template <typename Element_, int kHeadDim_>
 struct KernelTraits {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kThreads = (1 + kConsumers) * kWarpgroupThreads;
-  static constexpr int kStages = kHeadDim == 128 ? 2 : 5;
+  static constexpr int kStages = kHeadDim == 128 ? 2 : 3;
   static constexpr int kChunks = kHeadDim / kSwizzleElems;      // 64-column chunks of a row
   static constexpr int kQChunkBytes = kGroupRows * kSwizzleBytes;
   static constexpr int kQBytes = kChunks * kQChunkBytes;         // (kChunks, 64 rows, 64 cols)
