@@ -11,10 +11,15 @@ from words.txt, values random 7-digit numbers. Tasks:
 A length counts the prompt and the answer tokens together (as RULER does): the prompt has
 length - MAX_NEW_TOKENS tokens, so that a case at the trained context (8K for SmolLM2, 32K for
 Qwen2.5-Coder) stays inside the model's positions.
-  single    one needle; the question asks for its key.
-  multikey  four needles with different keys; the question asks for one of them.
+  single      one needle; the question asks for its key.
+  multikey    four needles with different keys; the question asks for one of them.
+  multivalue  four needles with the same key and different values; all four are asked for.
+  multiquery  four needles with different keys; the question asks for two of them.
+  vt          variable tracking: a chain "VAR A = 12345. VAR B = VAR A. ..." of five
+              variables; the question asks for every variable that holds the value.
 The question follows the text, and the answer is primed with RULER's answer prefix. A case
-scores 1 when the asked value appears in the greedy answer. Every mode sees the same prompts:
+scores 1 when every asked value (vt: every variable name) appears in the greedy answer; the
+share of them found is recorded too (RULER's partial score). Every mode sees the same prompts:
 "dense" runs transformers' SDPA attention, the others proxyattn.hf with their settings
 (prefill only; decoding is dense in every mode).
 """
@@ -24,6 +29,7 @@ import json
 import pathlib
 import random
 import re
+import string
 import time
 
 import torch
@@ -33,9 +39,16 @@ import common
 DEFAULT_LENGTHS = [2048, 4096, 8192]
 DEFAULT_DEPTHS = [0.1, 0.3, 0.5, 0.7, 0.9]
 DEFAULT_TASKS = ["single", "multikey"]
+TASKS = ["single", "multikey", "multivalue", "multiquery", "vt"]
 MULTIKEY_NEEDLES = 4
+MULTIVALUE_NEEDLES = 4
+MULTIQUERY_NEEDLES, MULTIQUERY_ASKED = 4, 2
+VT_CHAIN = 5            # variables of the variable-tracking chain
+VT_NAME_LETTERS = 5     # variable names: random upper-case letters (RULER's recipe)
+VT_DIGITS = 5
 VALUE_DIGITS = 7
-MAX_NEW_TOKENS = 16
+MAX_NEW_TOKENS = 16     # single and multikey: one 7-digit value
+LIST_NEW_TOKENS = 64    # the tasks that answer with a list (Qwen spells digits one token each)
 PREFILL_REPEATS = 3  # timed prefills per case and mode (--time-prefill, GPU)
 KEY_PATTERN = re.compile(r"^[a-z]{5,10}$")  # plain lower-case words make unambiguous keys
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -45,6 +58,13 @@ INSTRUCTION = ("Some special magic numbers are hidden within the following text.
                "I will quiz you about the numbers afterwards.")
 QUESTION = "What is the special magic number for {key} mentioned in the provided text?"
 ANSWER_PREFIX = "The special magic number for {key} mentioned in the provided text is"
+LIST_QUESTION = "What are all the special magic numbers for {keys} mentioned in the provided text?"
+LIST_ANSWER_PREFIX = "The special magic numbers for {keys} mentioned in the provided text are"
+VT_SENTENCE = "VAR {key} = {value}."
+VT_INSTRUCTION = "Memorize and track the chain(s) of variable assignment hidden in the following text."
+VT_QUESTION = "Question: Find all variables that are assigned the value {value} in the text above."
+VT_ANSWER_PREFIX = ("Answer: According to the chain(s) of variable assignment in the text above, {count} variables "
+                    "are assigned the value {value}, they are:")
 
 # Attention modes: name -> proxyattn.hf settings (None: transformers' SDPA, the dense reference).
 BLOCK = 128
@@ -100,13 +120,38 @@ def random_value(rng):
     return str(rng.randrange(10 ** (VALUE_DIGITS - 1), 10 ** VALUE_DIGITS))
 
 
-def chat_prompt(tokenizer, context, key):
+def max_new_tokens(task):
+    return MAX_NEW_TOKENS if task in ("single", "multikey") else LIST_NEW_TOKENS
+
+
+def sentences(task, needles):
+    """The sentences hidden in the haystack: draw_cases' (key, value) pairs, the asked first."""
+    template = VT_SENTENCE if task == "vt" else NEEDLE
+    return [template.format(key=key, value=value) for key, value in needles]
+
+
+def asked(task, needles):
+    """(instruction, question, answer prefix, expected strings) of a case."""
+    if task in ("single", "multikey"):
+        key, value = needles[0]
+        return INSTRUCTION, QUESTION.format(key=key), ANSWER_PREFIX.format(key=key), [value]
+    if task == "vt":
+        value = needles[0][1]
+        names = [key for key, _ in needles]
+        return (VT_INSTRUCTION, VT_QUESTION.format(value=value),
+                VT_ANSWER_PREFIX.format(count=len(names), value=value), names)
+    pairs = needles if task == "multivalue" else needles[:MULTIQUERY_ASKED]
+    keys = " and ".join(dict.fromkeys(key for key, _ in pairs))
+    return INSTRUCTION, LIST_QUESTION.format(keys=keys), LIST_ANSWER_PREFIX.format(keys=keys), [v for _, v in pairs]
+
+
+def chat_prompt(tokenizer, context, instruction, question, prefix):
     """The token ids of the whole prompt: chat template with the question, then the answer
     prefix as the start of the assistant's turn."""
-    user = f"{INSTRUCTION}\n{context}\n{QUESTION.format(key=key)}"
+    user = f"{instruction}\n{context}\n{question}"
     ids = tokenizer.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True,
                                         return_dict=True)["input_ids"]
-    return list(ids) + tokenizer(ANSWER_PREFIX.format(key=key), add_special_tokens=False)["input_ids"]
+    return list(ids) + tokenizer(prefix, add_special_tokens=False)["input_ids"]
 
 
 def insert_needles(haystack, needles, depth):
@@ -126,15 +171,16 @@ def insert_needles(haystack, needles, depth):
     return "".join(pieces)
 
 
-def build_case(tokenizer, text, length, depth, needles, key):
+def build_case(tokenizer, text, length, depth, needles, question):
     """Prompt ids of exactly about `length` tokens: the haystack is cut so that template,
-    needles, question and haystack together fill the length (checked, retried shorter)."""
-    overhead = len(chat_prompt(tokenizer, " ".join(needles), key))
+    needles, question and haystack together fill the length (checked, retried shorter).
+    question: (instruction, question, answer prefix) of asked()."""
+    overhead = len(chat_prompt(tokenizer, " ".join(needles), *question))
     budget = length - overhead
     for _ in range(8):  # re-tokenising the joined text can differ by a few tokens
         hay_ids = common.token_prefix(tokenizer, text, budget)
         context = insert_needles(tokenizer.decode(hay_ids), needles, depth)
-        ids = chat_prompt(tokenizer, context, key)
+        ids = chat_prompt(tokenizer, context, *question)
         if len(ids) <= length:
             return ids
         budget -= len(ids) - length
@@ -148,28 +194,55 @@ def draw_cases(args, keys):
     before it, so a single case is reproduced by walking this sequence."""
     rng = random.Random(args.seed)
     for task, name, length, depth in itertools.product(args.tasks, args.haystacks, args.lengths, args.depths):
-        n_needles = 1 if task == "single" else MULTIKEY_NEEDLES
+        if task == "multivalue":
+            key = rng.choice(keys)
+            yield task, name, length, depth, [(key, random_value(rng)) for _ in range(MULTIVALUE_NEEDLES)]
+            continue
+        if task == "vt":
+            names = []
+            while len(names) < VT_CHAIN:
+                name_ = "".join(rng.choice(string.ascii_uppercase) for _ in range(VT_NAME_LETTERS))
+                if name_ not in names:
+                    names.append(name_)
+            value = str(rng.randrange(10 ** (VT_DIGITS - 1), 10 ** VT_DIGITS))
+            yield task, name, length, depth, [(names[0], value)] + [
+                (names[i], f"VAR {names[i - 1]}") for i in range(1, VT_CHAIN)]
+            continue
+        n_needles = {"single": 1, "multikey": MULTIKEY_NEEDLES, "multiquery": MULTIQUERY_NEEDLES}[task]
         chosen = rng.sample(keys, n_needles)
         values = [random_value(rng) for _ in chosen]
-        target = rng.randrange(n_needles)  # which needle is asked for
-        order = [target] + [i for i in range(n_needles) if i != target]
+        if task == "multiquery":
+            targets = rng.sample(range(n_needles), MULTIQUERY_ASKED)  # the needles asked for
+        else:
+            targets = [rng.randrange(n_needles)]
+        order = targets + [i for i in range(n_needles) if i not in targets]
         yield task, name, length, depth, [(chosen[i], values[i]) for i in order]
 
 
-def build_prompt(tokenizer, text, length, depth, needles):
-    """Token ids of a case whose needles are draw_cases' (key, value) pairs, the asked one first."""
-    sentences = [NEEDLE.format(key=key, value=value) for key, value in needles]
-    return build_case(tokenizer, text, length - MAX_NEW_TOKENS, depth, sentences, needles[0][0])
+def build_prompt(tokenizer, text, length, depth, needles, task="single"):
+    """Token ids of a case whose needles are draw_cases' (key, value) pairs, the asked first;
+    the prompt leaves room for the task's answer inside `length`."""
+    instruction, question, prefix, _ = asked(task, needles)
+    return build_case(tokenizer, text, length - max_new_tokens(task), depth, sentences(task, needles),
+                      (instruction, question, prefix))
 
 
 def make_cases(args, tokenizer, keys):
     texts = {name: common.read_text(args.corpus, name) for name in args.haystacks}
     cases = []
     for task, name, length, depth, needles in draw_cases(args, keys):
-        ids = build_prompt(tokenizer, texts[name], length, depth, needles)
+        ids = build_prompt(tokenizer, texts[name], length, depth, needles, task)
+        expected = asked(task, needles)[3]
         cases.append({"task": task, "haystack": name, "length": length, "tokens": len(ids), "depth": depth,
-                      "key": needles[0][0], "value": needles[0][1], "distractors": len(needles) - 1, "ids": ids})
+                      "key": needles[0][0], "value": ", ".join(expected), "expected": expected,
+                      "distractors": len(needles) - len(expected) if task != "vt" else 0, "ids": ids})
     return cases
+
+
+def score(case, text):
+    """(1 if every expected string is in the answer else 0, the share of them found)."""
+    found = sum(x in text for x in case["expected"])
+    return int(found == len(case["expected"])), found / len(case["expected"])
 
 
 class CountSparseCalls:
@@ -193,9 +266,9 @@ class CountSparseCalls:
         self.hf._api.attention = self.original
 
 
-def answer(model, tokenizer, ids, stop_ids):
+def answer(model, tokenizer, ids, stop_ids, new_tokens=MAX_NEW_TOKENS):
     with torch.no_grad():
-        out = model.generate(torch.tensor([ids], device=model.device), max_new_tokens=MAX_NEW_TOKENS,
+        out = model.generate(torch.tensor([ids], device=model.device), max_new_tokens=new_tokens,
                              do_sample=False, eos_token_id=stop_ids, pad_token_id=stop_ids[0])
     return tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
 
@@ -226,7 +299,7 @@ def reuse_modes(cases, path):
     if not same:
         raise SystemExit(f"--reuse {path}: its cases are not these (other seed or arguments?)")
     for o, c in zip(old["cases"], cases):
-        for field in ("answers", "correct", "sparse_layer_calls", "prefill_ms"):
+        for field in ("answers", "correct", "found", "sparse_layer_calls", "prefill_ms"):
             if field in o:
                 c[field] = dict(o[field])
     return old["modes"], old["seconds_per_mode"]
@@ -251,7 +324,7 @@ def main():
     ap.add_argument("--out", type=pathlib.Path, required=True, help="result JSON file")
     ap.add_argument("--lengths", nargs="+", type=int, default=DEFAULT_LENGTHS)
     ap.add_argument("--depths", nargs="+", type=float, default=DEFAULT_DEPTHS)
-    ap.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS, choices=DEFAULT_TASKS)
+    ap.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS, choices=TASKS)
     ap.add_argument("--haystacks", nargs="+", default=list(common.TEXTS), choices=list(common.TEXTS))
     ap.add_argument("--modes", nargs="+", default=DEFAULT_MODES, choices=list(MODES))
     ap.add_argument("--seed", type=int, default=0)
@@ -287,10 +360,10 @@ def main():
         t0 = time.perf_counter()
         for c in cases:
             with CountSparseCalls(proxyattn.hf) as counter:
-                text = answer(model, tokenizer, c["ids"], stop_ids)
+                text = answer(model, tokenizer, c["ids"], stop_ids, max_new_tokens(c["task"]))
             c.setdefault("sparse_layer_calls", {})[mode] = counter.calls  # layers that ran ProxyAttn
             c.setdefault("answers", {})[mode] = text
-            c.setdefault("correct", {})[mode] = int(c["value"] in text)
+            c.setdefault("correct", {})[mode], c.setdefault("found", {})[mode] = score(c, text)
             if args.time_prefill:
                 c.setdefault("prefill_ms", {})[mode] = round(1e3 * prefill_seconds(model, c["ids"]), 3)
             print(f"{mode:24s} {c['task']:8s} {c['haystack']:9s} {c['tokens']:5d} depth {c['depth']:.1f} "
@@ -301,7 +374,7 @@ def main():
         done = {m: modes[m] for m in modes if m in seconds}
         common.write_json(args.out, {"model": common.model_label(args.model), "environment": common.environment(),
                                      "device": args.device, "rope_factor": args.rope_factor, "modes": done, "seconds_per_mode": seconds,
-                                     "max_new_tokens": MAX_NEW_TOKENS, "seed": args.seed,
+                                     "max_new_tokens": {t: max_new_tokens(t) for t in args.tasks}, "seed": args.seed,
                                      "cases": [{k: v for k, v in c.items() if k != "ids"} for c in cases],
                                      "table": table})
     print(summary_table(cases, list(modes)))
