@@ -32,8 +32,6 @@ import re
 import string
 import time
 
-import torch
-
 import common
 
 DEFAULT_LENGTHS = [2048, 4096, 8192]
@@ -267,6 +265,8 @@ class CountSparseCalls:
 
 
 def answer(model, tokenizer, ids, stop_ids, new_tokens=MAX_NEW_TOKENS):
+    import torch  # here, so that the prompt and scoring helpers import without it (tests)
+
     with torch.no_grad():
         out = model.generate(torch.tensor([ids], device=model.device), max_new_tokens=new_tokens,
                              do_sample=False, eos_token_id=stop_ids, pad_token_id=stop_ids[0])
@@ -277,6 +277,8 @@ def prefill_seconds(model, ids):
     """Time of one prefill of the prompt (the decoder only, no logits), on a GPU: the time to
     first token without the one-token head and sampling. Median of PREFILL_REPEATS after a
     warm-up (the first call of a mode builds plans and compiles nothing else)."""
+    import torch
+
     x = torch.tensor([ids], device=model.device)
     times = []
     with torch.no_grad():

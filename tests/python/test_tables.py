@@ -29,3 +29,17 @@ def test_attention_table_without_baseline():
     lines = tables.attention_table(attention_doc(False))
     assert all("baseline" not in line for line in lines)
     assert len(lines[0].split("|")) == len(lines[2].split("|"))  # header and rows have the same columns
+
+
+def test_compare_tables_captured_only():
+    row = {"gamma": 0.9, "density": 0.08, "estimate_ms": 1.5, "attend_ms": 6.0, "total_ms": 7.5,
+           "speedup_vs_cudnn": 60.0 / 7.5, "mass_recall_mean": 0.93, "mass_recall_min_head": 0.86}
+    case = {"shape": "captured", "input": "model, layer 6", "N": 131072, "num_q_heads": 14, "num_kv_heads": 2,
+            "head_dim": 64, "g": 2, "dense": {"cudnn": {"ms": 60.0}}, "proxyattn": [row]}
+    doc = {"compare": {"shapes": {"llama3.1-8b": [32, 8, 128, 1]}, "cases": [case]}}
+    lines = tables.compare_tables(doc)
+    assert not any("llama3.1-8b" in line for line in lines)  # no empty table of a shape not run
+    (data,) = [line for line in lines if line.startswith("| model, layer 6")]
+    cells = [c.strip() for c in data.strip("|").split("|")]
+    assert cells[:5] == ["model, layer 6", "128K", "14/2, d=64", "2", "0.90"]
+    assert cells[11:13] == ["8.00", "10.00"]  # x cuDNN: whole call, attention alone

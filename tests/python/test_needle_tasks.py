@@ -1,0 +1,61 @@
+"""eval/needle.py's tasks: the random draws of each task, what is asked and expected, the
+scoring; and that the single/multikey draws are still those of the earlier result files."""
+import os
+import random
+import sys
+import types
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "eval"))
+import needle  # noqa: E402
+
+KEYS = [f"word{i:03d}" for i in range(200)]
+
+
+def draws(tasks, seed=0):
+    args = types.SimpleNamespace(seed=seed, tasks=tasks, haystacks=["pg_essays", "emma"], lengths=[8192, 16384],
+                                 depths=[0.1, 0.9])
+    return list(needle.draw_cases(args, KEYS))
+
+
+def test_single_and_multikey_draws_unchanged():
+    # The draw sequence before the other tasks existed (the result files' seeds depend on it).
+    rng = random.Random(0)
+    expected = []
+    for task in ("single", "multikey"):
+        for _ in range(2 * 2 * 2):  # haystacks x lengths x depths
+            n = 1 if task == "single" else needle.MULTIKEY_NEEDLES
+            chosen = rng.sample(KEYS, n)
+            values = [needle.random_value(rng) for _ in chosen]
+            target = rng.randrange(n)
+            order = [target] + [i for i in range(n) if i != target]
+            expected.append([(chosen[i], values[i]) for i in order])
+    assert [case[4] for case in draws(["single", "multikey"])] == expected
+
+
+def test_each_task_asks_what_it_hid():
+    for task, name, length, depth, needles in draws(["multivalue", "multiquery", "vt"]):
+        sentences = needle.sentences(task, needles)
+        instruction, question, prefix, expected = needle.asked(task, needles)
+        assert needle.max_new_tokens(task) == needle.LIST_NEW_TOKENS
+        if task == "multivalue":
+            assert len({key for key, _ in needles}) == 1 and len(expected) == needle.MULTIVALUE_NEEDLES
+            assert question.count(needles[0][0]) == 1
+        elif task == "multiquery":
+            assert len({key for key, _ in needles}) == needle.MULTIQUERY_NEEDLES
+            assert expected == [value for _, value in needles[:needle.MULTIQUERY_ASKED]]
+            assert all(key in question for key, _ in needles[:needle.MULTIQUERY_ASKED])
+            assert not any(key in question for key, _ in needles[needle.MULTIQUERY_ASKED:])
+        else:
+            names = [key for key, _ in needles]
+            assert expected == names and len(set(names)) == needle.VT_CHAIN
+            assert sentences[0] == f"VAR {names[0]} = {needles[0][1]}." and needles[0][1] in question
+            assert all(sentences[i] == f"VAR {names[i]} = VAR {names[i - 1]}." for i in range(1, needle.VT_CHAIN))
+        # every expected string is in the hidden sentences, so a perfect reader can answer
+        assert all(any(x in s for s in sentences) for x in expected)
+
+
+def test_score_all_found_and_share():
+    case = {"expected": ["1234567", "7654321"]}
+    assert needle.score(case, "1. 1234567\n2. 7654321") == (1, 1.0)
+    assert needle.score(case, "1. 1234567: a number") == (0, 0.5)
+    assert needle.score(case, "nothing") == (0, 0.0)
