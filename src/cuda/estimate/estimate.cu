@@ -4,8 +4,6 @@
 // everything data-dependent stays on the device.
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <vector>
 
 #include "common/check.cuh"
 #include "core/status.hpp"
@@ -23,7 +21,7 @@ size_t align_up(size_t x) { return (x + kWorkspaceAlignment - 1) / kWorkspaceAli
 
 // Byte offsets of the workspace arrays (stages.cuh, Workspace); depends on shapes only.
 struct WorkspaceLayout {
-  size_t proxy_q, proxy_k, row_stats, scores, block_logits, budget_partials, total;
+  size_t proxy_q, proxy_k, row_stats, scores, budget_partials, total;
 };
 
 // Key chunks of the proxy scores (stages.cuh, Geometry): the longest row's 64-key tiles
@@ -44,58 +42,6 @@ Chunking chunking(const PlanDesc& plan) {
   return Chunking{int32_t(chunk_tiles), int32_t((tiles + chunk_tiles - 1) / chunk_tiles)};
 }
 
-// Block logits held at once (stages.cuh, Slab): a speed / memory setting. 2^24 floats
-// (64 MiB) hold a whole 128K-token sequence at b = 128, s = 4 in two slabs; every slab
-// is at least one CTA's query blocks, so longer inputs take more slabs, never more memory
-// than their largest CTA's share (1M tokens at b = 64: 4 MiB).
-constexpr int64_t kSlabEntries = int64_t(1) << 24;
-
-// The slab size: kSlabEntries, or the environment's PROXYATTN_EST_SLAB_ENTRIES (a positive
-// integer; tests set a small one so that short inputs take many slabs; other values are
-// ignored). Read by both the workspace size and the estimation, so they agree.
-int64_t slab_entries() {
-  if (const char* value = std::getenv("PROXYATTN_EST_SLAB_ENTRIES")) {
-    char* end = nullptr;
-    const long long entries = std::strtoll(value, &end, 10);
-    if (end != value && *end == '\0' && entries > 0) return entries;
-  }
-  return kSlabEntries;
-}
-
-// The batch's query blocks cut into slabs of at most kSlabEntries block logits (one group),
-// in order; cuts fall at multiples of one row-pass CTA's blocks within a sequence.
-struct SlabPlan {
-  std::vector<est::Slab> slabs;
-  int64_t largest_entries = 0;  // the block-logit buffer's size in floats
-};
-
-SlabPlan slab_plan(const PlanDesc& plan) {
-  const int groups = plan.groups();
-  const int pb = plan.config.block_size / plan.config.stride;
-  const int per_cta = est::proxy_rows_blocks_per_cta(pb);
-  const int64_t cap = slab_entries();
-  SlabPlan out;
-  est::Slab cur{0, 0, 0, 0};
-  int64_t cur_entries = 0;
-  auto close = [&]() {
-    out.slabs.push_back(cur);
-    out.largest_entries = std::max(out.largest_entries, cur_entries);
-    cur = est::Slab{cur.qblock_end, cur.qblock_end, cur.entry_begin + cur_entries, 0};
-    cur_entries = 0;
-  };
-  for (const SeqSpan& span : plan.batch.seqs) {
-    for (int m = 0; m < span.num_qblocks; m += per_cta) {
-      const int m_end = std::min(span.num_qblocks, m + per_cta);
-      const int64_t e = est::block_logit_entries(span, groups, pb, m, m_end);
-      if (cur_entries > 0 && cur_entries + e > cap) close();
-      cur.qblock_end = span.qblock_begin + m_end;
-      cur_entries += e;
-    }
-  }
-  if (cur_entries > 0) close();
-  return out;
-}
-
 WorkspaceLayout workspace_layout(const PlanDesc& plan) {
   const int64_t per_block = plan.config.block_size / plan.config.stride;
   const size_t sampled_rows = size_t(plan.batch.total_qblocks) * size_t(per_block);
@@ -105,8 +51,7 @@ WorkspaceLayout workspace_layout(const PlanDesc& plan) {
   w.proxy_k = align_up(w.proxy_q + groups * sampled_rows * plan.problem.head_dim * kProxyElementBytes);
   w.row_stats = align_up(w.proxy_k + groups * sampled_rows * plan.problem.head_dim * kProxyElementBytes);
   w.scores = align_up(w.row_stats + groups * size_t(chunking(plan).chunks) * sampled_rows * sizeof(float2));
-  w.block_logits = align_up(w.scores + size_t(plan.batch.order_entries) * sizeof(float));
-  w.budget_partials = align_up(w.block_logits + size_t(slab_plan(plan).largest_entries) * sizeof(float));
+  w.budget_partials = align_up(w.scores + size_t(plan.batch.order_entries) * sizeof(float));
   w.total = align_up(w.budget_partials + size_t(plan.problem.num_q_heads) *
                                              size_t(plan.batch.total_qblocks) *
                                              size_t(plan.config.block_size) * sizeof(float2));
@@ -185,21 +130,16 @@ pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_tensor& k,
     ws.proxy_k = base + w.proxy_k;
     ws.row_stats = reinterpret_cast<float2*>(base + w.row_stats);
     ws.scores = reinterpret_cast<float*>(base + w.scores);
-    ws.block_logits = reinterpret_cast<float*>(base + w.block_logits);
     ws.budget_partials = reinterpret_cast<float2*>(base + w.budget_partials);
   }
   const est::InputView qv = input_view(q), kv = input_view(k);
 
   if (any_sparse) {
-    // Steps 2-4 (A of every sparse sequence, written once per entry; each group and slab
-    // reuses the block-logit buffer), then the budget partials.
+    // A is reduced with atomicMax from 0; then steps 2-4 and the budget partials.
+    PA_CUDA_TRY(cudaMemsetAsync(ws.scores, 0, size_t(plan.batch.order_entries) * sizeof(float), l.stream));
     PA_TRY(est::launch_pool_proxies(l, qv, kv, ws));
-    const SlabPlan sp = slab_plan(plan);
-    for (int j = 0; j < g.groups; ++j)
-      for (est::Slab slab : sp.slabs) {
-        slab.group = j;
-        PA_TRY(est::launch_proxy_scores(l, ws, slab));
-      }
+    PA_TRY(est::launch_proxy_row_stats(l, ws));
+    PA_TRY(est::launch_proxy_block_max(l, ws));
     PA_TRY(est::launch_budget_partials(l, qv, kv, ws));
   }
   // Budgets of every sequence (dense and empty ones too), then the shared orderings.

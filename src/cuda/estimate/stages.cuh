@@ -2,9 +2,9 @@
 // reads and writes, and the batch geometry they share. estimate.cu runs them in order on
 // the caller's stream:
 //   pool_proxies    Q, K          -> proxy_q, proxy_k    (steps 2-3)
-//   proxy_scores    proxies       -> row_stats,          (step 4, per group and slab of query
-//                                    block_logits,        blocks: softmax statistics per key
-//                                    scores (A)           chunk, combined; block maxima)
+//   proxy_scores 1  proxies       -> row_stats           (step 4, softmax statistics per
+//                                                          key chunk, then combined)
+//   proxy_scores 2  proxies+stats -> scores (A)          (step 4, block maxima)
 //   budget_partials Q, K          -> budget_partials     (step 5, per key block)
 //   budget_heads    partials      -> budget, needed,     (step 5, per head)
 //                                    anchors
@@ -49,16 +49,6 @@ __host__ __device__ inline int64_t order_row_offset(const SeqSpan& span, int gro
   return span.order_begin + int64_t(group) * (n * (n + 1) / 2) + int64_t(m) * (m + 1) / 2;
 }
 
-// A range of global query blocks [qblock_begin, qblock_end) of one proxy group whose block
-// logits fit the workspace's buffer at once; entry_begin: the first block's offset in the
-// one-group block-logit layout (proxy_scores.cu, logits_offset). estimate.cu cuts the batch
-// into slabs at multiples of proxy_rows_blocks_per_cta within each sequence.
-struct Slab {
-  int64_t qblock_begin, qblock_end;
-  int64_t entry_begin;
-  int32_t group;
-};
-
 // Caller workspace, carved by estimate.cu. Sampled rows use a padded layout: global query
 // block gb owns rows [gb * per_block, (gb + 1) * per_block), so a sequence's sampled index
 // i lives at row qblock_begin * per_block + i without a further table.
@@ -68,9 +58,6 @@ struct Workspace {
   float2* row_stats;        // [g, chunks, sampled_rows]: per key chunk (row max of log2
                             //   logits, sum of 2^(x - max))
   float* scores;            // [order_entries]: A[j][m][n] at the order layout's offsets
-  float* block_logits;      // [largest slab's entries]: per sampled row of a query block m
-                            //   and key block n <= m (and 64-key unit at b/s = 128), the
-                            //   largest raw Qp . Kp of the row over the block's sampled keys
   float2* budget_partials;  // [Hq, total_qblocks, b]: per (head, key block, last-block row)
                             //   (max of log2 logits, sum of 2^(x - max)) over the block's keys
 };
@@ -95,11 +82,8 @@ struct Launch {
 
 pa_status launch_pool_proxies(const Launch& l, const InputView& q, const InputView& k,
                               const Workspace& ws);
-pa_status launch_proxy_scores(const Launch& l, const Workspace& ws, const Slab& slab);
-// Block-logit entries of query blocks [m_begin, m_end) of one sequence (one group), and the
-// query blocks one CTA of the proxy-score row pass covers (slabs are cut at its multiples).
-int64_t block_logit_entries(const SeqSpan& span, int groups, int per_block, int m_begin, int m_end);
-int32_t proxy_rows_blocks_per_cta(int per_block);
+pa_status launch_proxy_row_stats(const Launch& l, const Workspace& ws);
+pa_status launch_proxy_block_max(const Launch& l, const Workspace& ws);
 pa_status launch_budget_partials(const Launch& l, const InputView& q, const InputView& k,
                                  const Workspace& ws);
 pa_status launch_budget_heads(const Launch& l, const Workspace& ws, int32_t* budget,
