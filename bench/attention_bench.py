@@ -291,7 +291,8 @@ def main():
            "cudnn_gqa": cudnn_mode, "results": results, "packing": packing,
            "baseline": args.baseline_label or args.baseline or None,
            "wall_s": time.time() - t_start}
-    path = write_result(args.out, doc, prefix="attention-")
+    default_shape = args.shape == ap.get_default("shape")
+    path = write_result(args.out, doc, prefix="attention-" if default_shape else f"attention-{HQ}-{HKV}-d{D}-")
 
     print("\nours = %s" % default_kernel)
     if base is not None:

@@ -9,8 +9,9 @@ a sentence boundary at a given depth of a haystack (an essay collection or a nov
 that the whole chat prompt has the target length in the model's own tokens). Keys are words
 from words.txt, values random 7-digit numbers. Tasks:
 A length counts the prompt and the answer tokens together (as RULER does): the prompt has
-length - MAX_NEW_TOKENS tokens, so that a case at the trained context (8K for SmolLM2, 32K for
-Qwen2.5-Coder) stays inside the model's positions.
+length - max_new_tokens(task) tokens (16; 64 for the tasks that answer with a list), so that a
+case at the trained context (8K for SmolLM2, 32K for Qwen2.5-Coder) stays inside the model's
+positions.
   single      one needle; the question asks for its key.
   multikey    four needles with different keys; the question asks for one of them.
   multivalue  four needles with the same key and different values; all four are asked for.
@@ -19,7 +20,7 @@ Qwen2.5-Coder) stays inside the model's positions.
               variables; the question asks for every variable that holds the value.
 The question follows the text, and the answer is primed with RULER's answer prefix. A case
 scores 1 when every asked value (vt: every variable name) appears in the greedy answer; the
-share of them found is recorded too (RULER's partial score). Every mode sees the same prompts:
+share of them found is recorded too (RULER's string-match-all score, case-insensitive). Every mode sees the same prompts:
 "dense" runs transformers' SDPA attention, the others proxyattn.hf with their settings
 (prefill only; decoding is dense in every mode).
 """
@@ -238,8 +239,10 @@ def make_cases(args, tokenizer, keys):
 
 
 def score(case, text):
-    """(1 if every expected string is in the answer else 0, the share of them found)."""
-    found = sum(x in text for x in case["expected"])
+    """(1 if every expected string is in the answer else 0, the share of them found): the
+    share is RULER's string-match-all score (case-insensitive), the first a stricter one."""
+    answer = text.lower()
+    found = sum(x.lower() in answer for x in case["expected"])
     return int(found == len(case["expected"])), found / len(case["expected"])
 
 
@@ -291,15 +294,17 @@ def prefill_seconds(model, ids):
     return sorted(times[1:])[PREFILL_REPEATS // 2]
 
 
-def reuse_modes(cases, path):
+def reuse_modes(cases, path, rope_factor):
     """Copies into `cases` the results of every mode that the earlier result file `path` (same
-    seed and case arguments) already has; returns {mode: settings} and {mode: seconds} of those."""
+    seed, case arguments and RoPE scaling) already has; returns {mode: settings} and
+    {mode: seconds} of those."""
     old = json.loads(pathlib.Path(path).read_text())
-    same = len(old["cases"]) == len(cases) and all(
-        (o["task"], o["length"], o["depth"], o["key"], o["value"], o["tokens"]) ==
-        (c["task"], c["length"], c["depth"], c["key"], c["value"], len(c["ids"])) for o, c in zip(old["cases"], cases))
+    same = old.get("rope_factor") == rope_factor and len(old["cases"]) == len(cases) and all(
+        (o["task"], o["haystack"], o["length"], o["depth"], o["key"], o["value"], o["tokens"]) ==
+        (c["task"], c["haystack"], c["length"], c["depth"], c["key"], c["value"], len(c["ids"]))
+        for o, c in zip(old["cases"], cases))
     if not same:
-        raise SystemExit(f"--reuse {path}: its cases are not these (other seed or arguments?)")
+        raise SystemExit(f"--reuse {path}: its cases are not these (other seed, arguments or --rope-factor?)")
     for o, c in zip(old["cases"], cases):
         for field in ("answers", "correct", "found", "sparse_layer_calls", "prefill_ms"):
             if field in o:
@@ -351,7 +356,7 @@ def main():
     keys = load_keys(args.corpus)
     cases = make_cases(args, tokenizer, keys)
     print(f"{len(cases)} cases, lengths {sorted({c['tokens'] for c in cases})}")
-    modes, seconds = reuse_modes(cases, args.reuse) if args.reuse else ({}, {})
+    modes, seconds = reuse_modes(cases, args.reuse, args.rope_factor) if args.reuse else ({}, {})
     modes.update({m: MODES[m] for m in args.modes if m not in modes})
     for mode in (m for m in args.modes if m not in seconds):
         if MODES[mode] is None:

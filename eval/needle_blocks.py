@@ -56,7 +56,7 @@ def regenerate_case(args, tokenizer, keys):
     for task, name, length, depth, needles in needle.draw_cases(args, keys):
         if (task, name, length, depth) != wanted:
             continue
-        ids = needle.build_prompt(tokenizer, common.read_text(args.corpus, name), length, depth, needles)
+        ids = needle.build_prompt(tokenizer, common.read_text(args.corpus, name), length, depth, needles, task)
         return {"task": task, "haystack": name, "length": length, "depth": depth, "tokens": len(ids),
                 "key": needles[0][0], "value": needles[0][1],
                 "needles": [{"key": k, "value": v, "asked": i == 0} for i, (k, v) in enumerate(needles)]}, ids
@@ -341,7 +341,8 @@ def main():
     # the arguments of the needle run whose cases (and random draws) are reproduced
     ap.add_argument("--lengths", nargs="+", type=int, default=[8192, 16384, 32768])
     ap.add_argument("--depths", nargs="+", type=float, default=needle.DEFAULT_DEPTHS)
-    ap.add_argument("--tasks", nargs="+", default=needle.DEFAULT_TASKS)
+    ap.add_argument("--tasks", nargs="+", default=needle.DEFAULT_TASKS, choices=needle.DEFAULT_TASKS,
+                    help="the tasks of the needle run whose draws to repeat (single-value needles only)")
     ap.add_argument("--haystacks", nargs="+", default=["pg_essays", "emma"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--layers", nargs="+", type=int, help="layers to analyse (default: all)")

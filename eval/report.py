@@ -171,7 +171,11 @@ def needle_section(paths):
         lines.append(f"| {m} | {same}/{len(cases)} | {lost} | {gained} | "
                      + ", ".join(f"{k}: {'/'.join(map(str, v))}" for k, v in calls.items()) + " |")
     seconds = {m: round(sum(d["seconds_per_mode"][m] for d in docs), 1) for m in modes}
-    return summary_table(cases, modes), "\n".join(lines), seconds, len(cases), docs[0]["max_new_tokens"]
+    # an int in older files, {task: steps} since the list-answer tasks
+    max_new = docs[0]["max_new_tokens"]
+    if isinstance(max_new, dict):
+        max_new = ", ".join(f"{steps} ({task})" for task, steps in max_new.items())
+    return summary_table(cases, modes), "\n".join(lines), seconds, len(cases), max_new
 
 
 def layer_list(doc):
