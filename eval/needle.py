@@ -20,8 +20,8 @@ positions.
               variables; the question asks for every variable that holds the value.
 The question follows the text, and the answer is primed with RULER's answer prefix. A case
 scores 1 when every asked value (vt: every variable name) appears in the greedy answer; the
-share of them found is recorded too (RULER's string-match-all score, case-insensitive). Every mode sees the same prompts:
-"dense" runs transformers' SDPA attention, the others proxyattn.hf with their settings
+share of them found is recorded too (RULER's string-match-all score, case-insensitive). Every
+mode sees the same prompts: "dense" runs transformers' SDPA attention, the others proxyattn.hf with their settings
 (prefill only; decoding is dense in every mode).
 """
 import argparse
