@@ -112,3 +112,17 @@ def test_interleaved_median_ms_times_each_call():
     t = interleaved_median_ms({"one": one, "two": two}, repeats=3, warmup=1)
     assert counts == {"one": 1 + 1 + 3, "two": 1 + 1 + 3}
     assert 1.5 < t["two"] / t["one"] < 2.5  # two products against one
+
+
+@pytest.mark.gpu
+def test_captured_input_runs_each_group_on_one_dense_measurement(tmp_path):
+    q, k, v = compare.structured_input(4096, 8, 2, 64)
+    path = tmp_path / "layer.pt"
+    torch.save({"q": q.cpu(), "k": k.cpu(), "v": v.cpu(), "scale": 0.125, "source": "test layer"}, path)
+    cases = compare.run([], [], [0.9], [str(path)], use_flex=False, use_torch_estimate=False,
+                        activation_groups=[1, 2], log=lambda *a: None)
+    assert [c["g"] for c in cases] == [1, 2]
+    assert cases[0]["dense"] is cases[1]["dense"] and cases[0]["dense"]["cudnn"]["ms"] > 0
+    for case in cases:
+        (row,) = case["proxyattn"]
+        assert case["input"] == "test layer" and 0 < row["density"] <= 1 and row["total_ms"] > 0

@@ -66,18 +66,18 @@ class Suite:
         self.use_torch_estimate = use_torch_estimate
         self.log = log
 
-    def run_case(self, shape, input_name, q, k, v, g, scale, gammas, keep_mask=False):
-        """One (shape, input, N): dense baselines once, ProxyAttn and the mask-dependent
-        baselines per gamma. q [N, Hq, d], k/v [N, Hkv, d] bf16 on the GPU."""
+    def run_cases(self, shape, input_name, q, k, v, groups, scale, gammas, keep_mask=False):
+        """One (shape, input, N): dense baselines once, then for each g in groups a case record
+        with ProxyAttn and the mask-dependent baselines per gamma (the dense part shared).
+        q [N, Hq, d], k/v [N, Hkv, d] bf16 on the GPU."""
         n, hq, d = q.shape
         hkv = k.shape[1]
         reps = REPEATS.get(n, 3)
         dense_flop = 4.0 * d * hq * n * (n + 1) / 2
         mine = Rotation((q, k, v))
         heads_first = Rotation(tuple(t.transpose(0, 1).contiguous()[None] for t in (q, k, v)))  # [1, H, N, d]
-        case = {"shape": shape, "input": input_name, "N": n, "num_q_heads": hq, "num_kv_heads": hkv,
-                "head_dim": d, "g": g, "rotated_copies": len(mine), "repeats": reps, "warmup": WARMUP,
-                "dense": {}, "proxyattn": []}
+        base = {"shape": shape, "input": input_name, "N": n, "num_q_heads": hq, "num_kv_heads": hkv,
+                "head_dim": d, "rotated_copies": len(mine), "repeats": reps, "warmup": WARMUP, "dense": {}}
         t0 = time.time()
 
         def dense_entry(ms, **extra):
@@ -88,18 +88,30 @@ class Suite:
                 mode, refusal = sdpa_gqa_mode(backend, *heads_first.sets[0])
                 inputs = heads_first if mode == "enable_gqa" else Rotation(repeat_kv(*heads_first.sets[0]))
                 ms = median_ms(lambda: sdpa(backend, *inputs.next(), mode == "enable_gqa"), reps, WARMUP)
-                case["dense"][backend] = dense_entry(ms, gqa=mode, **({"gqa_refused": refusal} if refusal else {}))
+                base["dense"][backend] = dense_entry(ms, gqa=mode, **({"gqa_refused": refusal} if refusal else {}))
             except RuntimeError as e:  # the backend refuses these inputs: recorded, the rest stands
-                case["dense"][backend] = {"error": str(e).splitlines()[0][:300]}
+                base["dense"][backend] = {"error": str(e).splitlines()[0][:300]}
         if self.flex is not None:
             causal = self.flex.causal_mask(n, q.device)
-            case["dense"]["flex"] = dense_entry(median_ms(lambda: self.flex(*heads_first.next(), causal), reps, WARMUP))
+            base["dense"]["flex"] = dense_entry(median_ms(lambda: self.flex(*heads_first.next(), causal), reps, WARMUP))
             del causal
-        case["dense"]["ours"] = dense_entry(median_ms(
+        base["dense"]["ours"] = dense_entry(median_ms(
             lambda: proxyattn.dense_attention(*mine.next(), softmax_scale=scale), reps, WARMUP))
         _, dense_lse = proxyattn.dense_attention(q, k, v, softmax_scale=scale, return_lse=True)  # [Hq, N]
-        best_dense = min(x["ms"] for x in case["dense"].values() if "ms" in x)
+        base["dense_s"] = time.time() - t0
+        cases = []
+        for g in groups:
+            cases.append(self._proxy_case(dict(base, g=g, proxyattn=[]), q, k, v, mine, heads_first, scale, gammas,
+                                          keep_mask and g == groups[0], dense_lse))
+        proxyattn.clear_plan_cache()  # the cached plans of this input's shapes: memory for the next
+        return cases
 
+    def _proxy_case(self, case, q, k, v, mine, heads_first, scale, gammas, keep_mask, dense_lse):
+        """The per-gamma rows of one case (its g), against the case's dense timings."""
+        n, _, d = q.shape
+        g, reps = case["g"], case["repeats"]
+        best_dense = min(x["ms"] for x in case["dense"].values() if "ms" in x)
+        t0 = time.time()
         for gamma in gammas:
             settings = dict(gamma=gamma, num_proxy_groups=g, softmax_scale=scale, anchor_blocks=self.anchor_blocks)
             config = _api.make_config(d, **settings)
@@ -147,14 +159,13 @@ class Suite:
             case["proxyattn"].append(row)
             self.log("  %-12s %-10s N=%6d gamma=%.2f density %.3f | est %7.3f attend %8.3f total %8.3f ms | "
                      "cuDNN %8.3f  FA2 %8s  flex %8s  flex-mask %8s | x%.2f cuDNN | recall %.4f" % (
-                         shape, input_name, n, gamma, row["density"], row["estimate_ms"], row["attend_ms"],
+                         case["shape"], case["input"], n, gamma, row["density"], row["estimate_ms"], row["attend_ms"],
                          row["total_ms"], case["dense"]["cudnn"].get("ms", float("nan")),
                          _fmt(case["dense"].get("fa2")), _fmt(case["dense"].get("flex")),
                          "%.3f" % row["flex_masked_ms"] if "flex_masked_ms" in row else "-",
                          row["speedup_vs_cudnn"], row["mass_recall_mean"]))
         case["clocks_after"] = clocks()
-        case["wall_s"] = time.time() - t0
-        proxyattn.clear_plan_cache()  # the cached plans of this case's shapes: memory for the next
+        case["wall_s"] = time.time() - t0  # this g's rows; the shared dense part: dense_s
         return case
 
 
@@ -176,13 +187,12 @@ def run(sizes, shapes, gammas, activations, use_flex, use_torch_estimate, anchor
                 continue
             q, k, v = structured_input(n, hq, hkv, d)
             keep = shape == shapes[0] and n == MASK_PICTURE_N
-            cases.append(suite.run_case(shape, "structured", q, k, v, g, 1.0 / d ** 0.5, gammas, keep))
+            cases += suite.run_cases(shape, "structured", q, k, v, [g], 1.0 / d ** 0.5, gammas, keep)
             del q, k, v
             torch.cuda.empty_cache()
     for path in activations:
         q, k, v, meta = load_activations(path)
-        for g in activation_groups:
-            cases.append(suite.run_case("captured", meta["source"], q, k, v, g, meta["scale"], gammas))
+        cases += suite.run_cases("captured", meta["source"], q, k, v, list(activation_groups), meta["scale"], gammas)
         del q, k, v
         torch.cuda.empty_cache()
     return cases
