@@ -51,7 +51,7 @@ StorageLayout storage_layout(const BatchLayout& batch, int num_q_heads, int num_
 IndexArrays bind_storage(void* storage, const StorageLayout& layout);
 
 // Offset of order row m of group j in sequence span.
-inline int64_t order_row(const SeqSpan& span, int group, int m) {
+PA_HOST_DEVICE inline int64_t order_row(const SeqSpan& span, int group, int m) {
   return span.order_begin + group * triangle(span.num_qblocks) + triangle(m);
 }
 
@@ -71,7 +71,7 @@ inline int group_of_head(int head, int num_q_heads, int num_groups) {
 }
 
 // Group j's anchors in sequence seq: heads_per_group * anchor_blocks entries.
-inline const int32_t* group_anchors(const int32_t* anchors, int seq, int group, int num_q_heads,
+PA_HOST_DEVICE inline const int32_t* group_anchors(const int32_t* anchors, int seq, int group, int num_q_heads,
                                     int num_groups, int anchor_blocks) {
   return anchors + (int64_t(seq) * num_q_heads + int64_t(group) * (num_q_heads / num_groups)) *
                        anchor_blocks;

@@ -6,6 +6,13 @@
 
 #include "proxyattn/proxyattn.h"
 
+// Layout helpers that host code and the CUDA kernels share (one definition for both).
+#ifdef __CUDACC__
+#define PA_HOST_DEVICE __host__ __device__
+#else
+#define PA_HOST_DEVICE
+#endif
+
 namespace proxyattn {
 
 inline constexpr int kMaxHeadDim = 256;
@@ -22,7 +29,7 @@ int dtype_bytes(pa_dtype dtype);
 const char* dtype_name(pa_dtype dtype);
 
 // T(n) = n (n + 1) / 2: causal block pairs of n query blocks, and the triangular order size.
-inline int64_t triangle(int64_t n) { return n * (n + 1) / 2; }
+PA_HOST_DEVICE inline int64_t triangle(int64_t n) { return n * (n + 1) / 2; }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 

@@ -33,13 +33,6 @@
 #include "core/problem.hpp"
 #include "proxyattn/proxyattn.h"
 
-// Functions both the kernels and host code (tests) call.
-#ifdef __CUDACC__
-#define PA_HOST_DEVICE __host__ __device__
-#else
-#define PA_HOST_DEVICE
-#endif
-
 namespace proxyattn::cuda::attention {
 
 inline constexpr int kWarps = 4;          // warps per CTA

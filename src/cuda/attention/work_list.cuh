@@ -4,11 +4,9 @@
 #include <cstdint>
 
 #include "attention/params.hpp"
+#include "core/block_index.hpp"
 
 namespace proxyattn::cuda::attention {
-
-// T(n) = n (n + 1) / 2 (core/problem.hpp's triangle, for device code).
-__device__ __forceinline__ int64_t triangular(int64_t n) { return n * (n + 1) / 2; }
 
 // The sequence of global query-block row `row`: the last of the launch's (non-empty)
 // sequences that starts at or before it.

@@ -254,7 +254,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
               const int64_t row = hi == 0 ? row_a : row_b;
               const int64_t key = k0 + nt * kMmaN + (lane % 4) * 2;
               const int qblock = int(row / pb), kblock = int(key / pb);
-              int* slot = reinterpret_cast<int*>(scores + order_row_offset(span, j, qblock) + kblock);
+              int* slot = reinterpret_cast<int*>(scores + order_row(span, j, qblock) + kblock);
               atomicMax(slot, __float_as_int(prob));
             }
           }

@@ -71,7 +71,7 @@ __global__ void __launch_bounds__(Threads)
   if (len <= params.row_lo || len > params.row_hi) return;
   const bool dense = geo.dense(span);
   const bool sink = params.force_sink != 0, local = params.force_local != 0;
-  const int64_t row = order_row_offset(span, j, m);
+  const int64_t row = order_row(span, j, m);
   const int heads = geo.num_q_heads / geo.groups;
 
   // ---- the group's anchors n <= m into the bitmap ------------------------------------------
@@ -79,10 +79,9 @@ __global__ void __launch_bounds__(Threads)
   if (threadIdx.x == 0) smem.forced = 0;
   __syncthreads();
   const int anchor_count = heads * params.anchor_blocks;
-  const int32_t* group_anchors =
-      anchors + (int64_t(seq) * geo.num_q_heads + int64_t(j) * heads) * params.anchor_blocks;
+  const int32_t* mine = group_anchors(anchors, seq, j, geo.num_q_heads, geo.groups, params.anchor_blocks);
   for (int a = threadIdx.x; a < anchor_count; a += Threads) {
-    const int32_t n = group_anchors[a];
+    const int32_t n = mine[a];
     if (n >= 0 && n <= m) atomicOr(&smem.anchored[n / kWordBits], 1u << (n % kWordBits));
   }
   __syncthreads();

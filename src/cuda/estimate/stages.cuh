@@ -16,6 +16,7 @@
 
 #include <cstdint>
 
+#include "core/block_index.hpp"
 #include "core/problem.hpp"
 #include "proxyattn/proxyattn.h"
 
@@ -42,12 +43,6 @@ struct Geometry {
     return (int64_t(s.length) + stride - 1) / stride;
   }
 };
-
-// Triangular offset of row m of group j in the order layout (core/block_index.hpp).
-__host__ __device__ inline int64_t order_row_offset(const SeqSpan& span, int group, int m) {
-  const int64_t n = span.num_qblocks;
-  return span.order_begin + int64_t(group) * (n * (n + 1) / 2) + int64_t(m) * (m + 1) / 2;
-}
 
 // Caller workspace, carved by estimate.cu. Sampled rows use a padded layout: global query
 // block gb owns rows [gb * per_block, (gb + 1) * per_block), so a sequence's sampled index

@@ -165,7 +165,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   const int32_t* order_row =
       params.order == nullptr
           ? nullptr
-          : params.order + span.order_begin + group * triangular(span.num_qblocks) + triangular(m);  // order_row()
+          : params.order + ::proxyattn::order_row(span, group, m);
 
   const auto* k_base = static_cast<const Element*>(params.k.data) + span.token_begin * params.k.token_stride +
                        int64_t(kv_head) * params.k.head_stride;

@@ -238,8 +238,7 @@ __device__ __forceinline__ void decode_item(const Params& params, int64_t item, 
   const int proxy_group = cta.kv_head * heads_per_kv / params.q_heads_per_group;
   cta.order_row = params.order == nullptr
                       ? nullptr
-                      : params.order + cta.span->order_begin + proxy_group * triangular(cta.span->num_qblocks) +
-                            triangular(cta.m);
+                      : params.order + ::proxyattn::order_row(*cta.span, proxy_group, cta.m);
 }
 
 // ---- producer ------------------------------------------------------------------------
