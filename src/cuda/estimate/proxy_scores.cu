@@ -85,6 +85,15 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
   const bool warp_active = warp_row0 < ns;
   const int64_t row_a = warp_row0 + lane / 4;  // accumulator rows of this thread
   const int64_t row_b = row_a + 8;
+  // Pass 2: A's row of each accumulator row's query block (rows past the sequence write
+  // nothing; theirs points at the last block's row).
+  float* block_scores[2];
+  {
+    const int64_t rows[2] = {row_a, row_b};
+#pragma unroll
+    for (int hi = 0; hi < 2; ++hi)
+      block_scores[hi] = scores + order_row(span, j, int(min(rows[hi], ns - 1) / pb));
+  }
 
   // ---- the warp's 16 query rows as MMA A fragments, [D / 16][4] --------------------------
   uint32_t qf[D / kMmaK][4];
@@ -117,13 +126,23 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
       }
   }
 
+  // Key tile kt into `stage`: this thread copies the 16-byte chunks of column load_col in
+  // rows load_row + i * kLoadRowStep; rows past the sequence are zero-filled (only in the
+  // sequence's last tile). The offsets are fixed per thread: a tile costs a handful of
+  // instructions per chunk instead of the index arithmetic of a generic copy loop.
+  constexpr int kChunksPerRow = D / kVecElems;
+  constexpr int kLoadRowStep = kThreads / kChunksPerRow;
+  static_assert(kThreads % kChunksPerRow == 0 && kTileKeys % kLoadRowStep == 0, "whole rows per pass");
+  const int load_row = threadIdx.x / kChunksPerRow, load_col = (threadIdx.x % kChunksPerRow) * kVecElems;
   auto load_key_tile = [&](int kt, int stage) {
-    constexpr int kChunksPerRow = D / kVecElems;
-    for (int c = threadIdx.x; c < kTileKeys * kChunksPerRow; c += kThreads) {
-      const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * kVecElems;
-      const int64_t key = int64_t(kt) * kTileKeys + r;
-      const bool valid = key < ns;
-      cp_async_16(&smem.k[stage][r][col], valid ? gk + key * D + col : gk, valid);
+    const int64_t key0 = int64_t(kt) * kTileKeys + load_row;
+    const T* src = gk + key0 * D + load_col;
+    T* dst = &smem.k[stage][load_row][load_col];
+    const bool whole = int64_t(kt + 1) * kTileKeys <= ns;
+#pragma unroll
+    for (int i = 0; i < kTileKeys / kLoadRowStep; ++i) {
+      const bool valid = whole || key0 + i * kLoadRowStep < ns;
+      cp_async_16(dst + i * kLoadRowStep * (D + kSmemPad), valid ? src + i * kLoadRowStep * D : gk, valid);
     }
     cp_async_commit();
   };
@@ -243,19 +262,19 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
         const int reduced_cols = pb >= kMmaN ? 3 : 1;
         const int reduced_rows = (min(pb, kMmaN) - 1) << 2;
         if ((lane & (reduced_cols | reduced_rows)) == 0) {
+          const int kblock0 = int((k0 + (lane % 4) * 2) / pb);  // key block of n-tile 0
 #pragma unroll
           for (int nt = 0; nt < kNTiles; ++nt) {
             if (nt % seg_tiles != 0) continue;
+            // n-tile nt starts nt * 8 keys later: a whole number of blocks when b/s >= 8,
+            // else inside the 8 keys (b/s = 4: two blocks per n-tile, the quad's halves).
+            const int kblock = pb >= kMmaN ? kblock0 + nt * kMmaN / pb : kblock0 + nt * (kMmaN / pb);
 #pragma unroll
             for (int hi = 0; hi < 2; ++hi) {
               if (hi == 1 && merge_ab) continue;
               const float prob = p[hi][nt];
               if (!(prob > 0.0f)) continue;  // A starts at 0
-              const int64_t row = hi == 0 ? row_a : row_b;
-              const int64_t key = k0 + nt * kMmaN + (lane % 4) * 2;
-              const int qblock = int(row / pb), kblock = int(key / pb);
-              int* slot = reinterpret_cast<int*>(scores + order_row(span, j, qblock) + kblock);
-              atomicMax(slot, __float_as_int(prob));
+              atomicMax(reinterpret_cast<int*>(block_scores[hi] + kblock), __float_as_int(prob));
             }
           }
         }
