@@ -43,7 +43,10 @@ struct KeyTiles {
   T k[kStages][kTileKeys][D + kSmemPad];  // sampled proxy keys, [stage][key][d]
 };
 
-template <typename T, int D, Pass P>
+// kPB: sampled rows per block (b / s) fixed at compile time, or 0 to read geo.per_block.
+// The epilogues branch on it per n-tile: a constant folds those branches and the index
+// divisions away (the default b = 128, s = 4 and b = 64, s = 4 have their own kernels).
+template <typename T, int D, Pass P, int kPB>
 __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
     proxy_scores_kernel(Geometry geo, const T* __restrict__ proxy_q, const T* __restrict__ proxy_k,
                         float2* __restrict__ row_stats, float* __restrict__ scores) {
@@ -54,19 +57,21 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
   // ---- which rows and keys: grid (block, group, chunk * subtiles + subtile) -------------
   const int64_t gb = geo.total_qblocks - 1 - blockIdx.x;  // later (longer) rows first
   const int j = blockIdx.y;
-  const int subtiles = geo.per_block > kTileRows ? geo.per_block / kTileRows : 1;
+  const int pb = kPB > 0 ? kPB : geo.per_block;
+  const int subtiles = pb > kTileRows ? pb / kTileRows : 1;
   const int subtile = blockIdx.z % subtiles, chunk = blockIdx.z / subtiles;
   const SeqSpan span = geo.seqs[geo.qblock_seq[gb]];
   if (geo.dense(span)) return;
-  const int pb = geo.per_block;
   const int m = int(gb - span.qblock_begin);
   const int blocks_per_cta = pb >= kTileRows ? 1 : kTileRows / pb;
   if (m % blocks_per_cta != 0) return;  // another CTA covers this block
-  const int64_t ns = geo.sampled(span);
-  const int64_t r0 = int64_t(m) * pb + int64_t(subtile) * kTileRows;  // first sampled row
+  // Rows and keys inside one sequence fit an int (a sequence has < 2^31 tokens); offsets
+  // into the proxies are taken in 64 bits.
+  const int ns = int(geo.sampled(span));
+  const int r0 = m * pb + subtile * kTileRows;  // first sampled row
   if (r0 >= ns) return;
-  const int64_t last_row = min(r0 + kTileRows, ns) - 1;
-  const int num_key_tiles = int(last_row / kTileKeys) + 1;  // keys 0..last_row
+  const int last_row = min(r0 + kTileRows, ns) - 1;
+  const int num_key_tiles = last_row / kTileKeys + 1;  // keys 0..last_row
   const int kt_begin = chunk * geo.chunk_tiles;            // this CTA's key tiles
   if (kt_begin >= num_key_tiles) return;
   const int kt_end = min(num_key_tiles, kt_begin + geo.chunk_tiles);
@@ -80,19 +85,19 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
   const int64_t chunk_stride = geo.sampled_rows();
 
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  const int64_t warp_row0 = r0 + int64_t(warp) * kMmaM;
-  const int64_t warp_last = min(warp_row0 + kMmaM - 1, ns - 1);
+  const int warp_row0 = r0 + warp * kMmaM;
+  const int warp_last = min(warp_row0 + kMmaM - 1, ns - 1);
   const bool warp_active = warp_row0 < ns;
-  const int64_t row_a = warp_row0 + lane / 4;  // accumulator rows of this thread
-  const int64_t row_b = row_a + 8;
+  const int row_a = warp_row0 + lane / 4;  // accumulator rows of this thread
+  const int row_b = row_a + 8;
   // Pass 2: A's row of each accumulator row's query block (rows past the sequence write
   // nothing; theirs points at the last block's row).
   float* block_scores[2];
   {
-    const int64_t rows[2] = {row_a, row_b};
+    const int rows[2] = {row_a, row_b};
 #pragma unroll
     for (int hi = 0; hi < 2; ++hi)
-      block_scores[hi] = scores + order_row(span, j, int(min(rows[hi], ns - 1) / pb));
+      block_scores[hi] = scores + order_row(span, j, min(rows[hi], ns - 1) / pb);
   }
 
   // ---- the warp's 16 query rows as MMA A fragments, [D / 16][4] --------------------------
@@ -100,8 +105,8 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
 #pragma unroll
   for (int ks = 0; ks < D / kMmaK; ++ks) {
     const int col = ks * kMmaK + (lane % 4) * 2;
-    auto pair = [&](int64_t row, int c) -> uint32_t {
-      return row < ns ? *reinterpret_cast<const uint32_t*>(gq + row * D + c) : 0u;
+    auto pair = [&](int row, int c) -> uint32_t {
+      return row < ns ? *reinterpret_cast<const uint32_t*>(gq + int64_t(row) * D + c) : 0u;
     };
     qf[ks][0] = pair(row_a, col);
     qf[ks][1] = pair(row_b, col);
@@ -116,7 +121,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
   // chunks into plane 0; invalid rows give probability 0).
   float row_max[2] = {0.0f, 0.0f}, row_inv[2] = {0.0f, 0.0f};
   if (P == Pass::kBlockMax) {
-    const int64_t rows[2] = {row_a, row_b};
+    const int rows[2] = {row_a, row_b};
 #pragma unroll
     for (int hi = 0; hi < 2; ++hi)
       if (rows[hi] < ns) {
@@ -135,10 +140,10 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
   static_assert(kThreads % kChunksPerRow == 0 && kTileKeys % kLoadRowStep == 0, "whole rows per pass");
   const int load_row = threadIdx.x / kChunksPerRow, load_col = (threadIdx.x % kChunksPerRow) * kVecElems;
   auto load_key_tile = [&](int kt, int stage) {
-    const int64_t key0 = int64_t(kt) * kTileKeys + load_row;
-    const T* src = gk + key0 * D + load_col;
+    const int key0 = kt * kTileKeys + load_row;
+    const T* src = gk + int64_t(key0) * D + load_col;
     T* dst = &smem.k[stage][load_row][load_col];
-    const bool whole = int64_t(kt + 1) * kTileKeys <= ns;
+    const bool whole = (kt + 1) * kTileKeys <= ns;
 #pragma unroll
     for (int i = 0; i < kTileKeys / kLoadRowStep; ++i) {
       const bool valid = whole || key0 + i * kLoadRowStep < ns;
@@ -159,7 +164,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
     }
     __syncthreads();  // tile kt visible to every warp
 
-    const int64_t k0 = int64_t(kt) * kTileKeys;
+    const int k0 = kt * kTileKeys;
     if (warp_active && k0 <= warp_last) {
       // S[16 x 64] = Q_warp K_tile^T on tensor cores.
       float acc[kNTiles][4];
@@ -190,8 +195,8 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
         for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            const int64_t key = k0 + nt * kMmaN + (lane % 4) * 2 + (e & 1);
-            const int64_t row = e < 2 ? row_a : row_b;
+            const int key = k0 + nt * kMmaN + (lane % 4) * 2 + (e & 1);
+            const int row = e < 2 ? row_a : row_b;
             if (!(key <= row && row < ns)) acc[nt][e] = neg_inf();
           }
       }
@@ -207,12 +212,16 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
           tile_max = quad_max(tile_max) * scale;  // -inf stays -inf (scale > 0)
           const float new_max = fmaxf(run_max[hi], tile_max);
           const float shift = new_max == neg_inf() ? 0.0f : new_max;
+          // exp2_ftz, not the CPU's flush rule: terms below 2^-125.5 cannot change a row
+          // sum that holds its maximum's 2^0 = 1 (the quad's partial sums meet at the end,
+          // the chunks in combine_row_stats_kernel, which applies the rule), so the sums
+          // keep the same bits without the per-element threshold test.
           float sum = 0.0f;
 #pragma unroll
           for (int nt = 0; nt < kNTiles; ++nt)
-            sum += exp2_flushed(fmaf(acc[nt][2 * hi], scale, -shift)) +
-                   exp2_flushed(fmaf(acc[nt][2 * hi + 1], scale, -shift));
-          run_sum[hi] = run_sum[hi] * exp2_flushed(run_max[hi] - shift) + sum;
+            sum += exp2_ftz(fmaf(acc[nt][2 * hi], scale, -shift)) +
+                   exp2_ftz(fmaf(acc[nt][2 * hi + 1], scale, -shift));
+          run_sum[hi] = run_sum[hi] * exp2_ftz(run_max[hi] - shift) + sum;
           run_max[hi] = new_max;
         }
       } else {
@@ -242,7 +251,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
         float p[2][kNTiles];
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt) {
-          if (nt % seg_tiles != 0) continue;
+          if ((nt & (seg_tiles - 1)) != 0) continue;  // seg_tiles: a power of two
 #pragma unroll
           for (int hi = 0; hi < 2; ++hi) {
             v[hi][nt] = max_xor(v[hi][nt], 1);
@@ -265,7 +274,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
           const int kblock0 = int((k0 + (lane % 4) * 2) / pb);  // key block of n-tile 0
 #pragma unroll
           for (int nt = 0; nt < kNTiles; ++nt) {
-            if (nt % seg_tiles != 0) continue;
+            if ((nt & (seg_tiles - 1)) != 0) continue;
             // n-tile nt starts nt * 8 keys later: a whole number of blocks when b/s >= 8,
             // else inside the 8 keys (b/s = 4: two blocks per n-tile, the quad's halves).
             const int kblock = pb >= kMmaN ? kblock0 + nt * kMmaN / pb : kblock0 + nt * (kMmaN / pb);
@@ -284,7 +293,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
   }
 
   if (P == Pass::kRowStats && warp_active) {
-    const int64_t rows[2] = {row_a, row_b};
+    const int rows[2] = {row_a, row_b};
 #pragma unroll
     for (int hi = 0; hi < 2; ++hi) {
       const float sum = quad_sum(run_sum[hi]);
@@ -333,29 +342,41 @@ __global__ void __launch_bounds__(kCombineThreads)
   s[0] = make_float2(mx, sum);
 }
 
-template <typename T, int D, Pass P>
+template <typename T, int D, Pass P, int kPB>
 pa_status launch(const Launch& l, const Workspace& ws, const char* name) {
   const int pb = l.geo.per_block;
   const int subtiles = pb > kTileRows ? pb / kTileRows : 1;
   const dim3 grid(unsigned(l.geo.total_qblocks), unsigned(l.geo.groups),
                   unsigned(subtiles * l.geo.chunks));
   // Room for kMinCtasPerSm CTAs' key tiles in the SM's shared memory / L1 split.
-  PA_CUDA_TRY(cudaFuncSetAttribute(proxy_scores_kernel<T, D, P>,
+  PA_CUDA_TRY(cudaFuncSetAttribute(proxy_scores_kernel<T, D, P, kPB>,
                                    cudaFuncAttributePreferredSharedMemoryCarveout,
                                    cudaSharedmemCarveoutMaxShared));
-  proxy_scores_kernel<T, D, P><<<grid, kThreads, 0, l.stream>>>(
+  proxy_scores_kernel<T, D, P, kPB><<<grid, kThreads, 0, l.stream>>>(
       l.geo, static_cast<const T*>(ws.proxy_q), static_cast<const T*>(ws.proxy_k), ws.row_stats,
       ws.scores);
   PA_CUDA_CHECK_LAUNCH(name);
   return PA_STATUS_SUCCESS;
 }
 
-template <Pass P>
-pa_status dispatch(const Launch& l, const Workspace& ws, const char* name) {
+// Sampled rows per block with a kernel of their own: b = 128 and b = 64 at the default s = 4.
+constexpr int kDefaultPerBlock = 32, kSmallBlockPerBlock = 16;
+
+template <Pass P, int kPB>
+pa_status dispatch_type(const Launch& l, const Workspace& ws, const char* name) {
   const bool bf16 = l.dtype == PA_DTYPE_BFLOAT16;
   if (l.head_dim == 64)
-    return bf16 ? launch<__nv_bfloat16, 64, P>(l, ws, name) : launch<__half, 64, P>(l, ws, name);
-  return bf16 ? launch<__nv_bfloat16, 128, P>(l, ws, name) : launch<__half, 128, P>(l, ws, name);
+    return bf16 ? launch<__nv_bfloat16, 64, P, kPB>(l, ws, name) : launch<__half, 64, P, kPB>(l, ws, name);
+  return bf16 ? launch<__nv_bfloat16, 128, P, kPB>(l, ws, name) : launch<__half, 128, P, kPB>(l, ws, name);
+}
+
+template <Pass P>
+pa_status dispatch(const Launch& l, const Workspace& ws, const char* name) {
+  switch (l.geo.per_block) {
+    case kDefaultPerBlock: return dispatch_type<P, kDefaultPerBlock>(l, ws, name);
+    case kSmallBlockPerBlock: return dispatch_type<P, kSmallBlockPerBlock>(l, ws, name);
+    default: return dispatch_type<P, 0>(l, ws, name);
+  }
 }
 
 }  // namespace
