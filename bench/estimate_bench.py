@@ -47,6 +47,8 @@ STAGES = [
     (r"proxy_scores_kernel.*Pass\)0", "scores pass 1 (row stats)"),
     (r"combine_row_stats", "scores combine"),
     (r"proxy_scores_kernel.*Pass\)1", "scores pass 2 (block max)"),
+    (r"proxy_scores_kernel.*Pass\)2", "scores pass 1 (row stats, block logits)"),
+    (r"block_max_from_logits", "scores block max (from logits)"),
     (r"budget_partials", "budget partials"),
     (r"budget_heads", "budget heads"),
     (r"select_kernel", "select"),

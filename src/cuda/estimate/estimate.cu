@@ -20,9 +20,22 @@ constexpr float kLog2e = 1.4426950408889634f;
 size_t align_up(size_t x) { return (x + kWorkspaceAlignment - 1) / kWorkspaceAlignment * kWorkspaceAlignment; }
 
 // Byte offsets of the workspace arrays (stages.cuh, Workspace); depends on shapes only.
+// block_logits == block_logits_end: none (pass 2 runs instead).
 struct WorkspaceLayout {
-  size_t proxy_q, proxy_k, row_stats, scores, budget_partials, total;
+  size_t proxy_q, proxy_k, row_stats, scores, budget_partials, block_logits, total;
 };
+
+// Block logits (one float per sampled row and entry of A) replace pass 2 where b / s allows
+// and they take at most this much memory; past it (e.g. 256K tokens with g = 8: 2 GiB) the
+// two-pass path keeps the workspace small.
+constexpr size_t kMaxBlockLogitsBytes = size_t(1) << 30;
+
+size_t block_logits_bytes(const PlanDesc& plan) {
+  const int32_t per_block = plan.config.block_size / plan.config.stride;
+  if (!est::block_logits_supported(per_block)) return 0;
+  const size_t bytes = size_t(plan.batch.order_entries) * size_t(per_block) * sizeof(float);
+  return bytes <= kMaxBlockLogitsBytes ? bytes : 0;
+}
 
 // Key chunks of the proxy scores (stages.cuh, Geometry): the longest row's 64-key tiles
 // cut into at most kMaxChunks chunks of at least kMinChunkTiles tiles. Speed settings: short
@@ -52,9 +65,10 @@ WorkspaceLayout workspace_layout(const PlanDesc& plan) {
   w.row_stats = align_up(w.proxy_k + groups * sampled_rows * plan.problem.head_dim * kProxyElementBytes);
   w.scores = align_up(w.row_stats + groups * size_t(chunking(plan).chunks) * sampled_rows * sizeof(float2));
   w.budget_partials = align_up(w.scores + size_t(plan.batch.order_entries) * sizeof(float));
-  w.total = align_up(w.budget_partials + size_t(plan.problem.num_q_heads) *
-                                             size_t(plan.batch.total_qblocks) *
-                                             size_t(plan.config.block_size) * sizeof(float2));
+  w.block_logits = align_up(w.budget_partials + size_t(plan.problem.num_q_heads) *
+                                                    size_t(plan.batch.total_qblocks) *
+                                                    size_t(plan.config.block_size) * sizeof(float2));
+  w.total = align_up(w.block_logits + block_logits_bytes(plan));
   return w;
 }
 
@@ -131,11 +145,13 @@ pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_tensor& k,
     ws.row_stats = reinterpret_cast<float2*>(base + w.row_stats);
     ws.scores = reinterpret_cast<float*>(base + w.scores);
     ws.budget_partials = reinterpret_cast<float2*>(base + w.budget_partials);
+    ws.block_logits = block_logits_bytes(plan) > 0 ? reinterpret_cast<float*>(base + w.block_logits) : nullptr;
   }
   const est::InputView qv = input_view(q), kv = input_view(k);
 
   if (any_sparse) {
-    // A is reduced with atomicMax from 0; then steps 2-4 and the budget partials.
+    // A starts at 0 (dense sequences' rows stay so; pass 2 reduces with atomicMax from 0);
+    // then steps 2-4 and the budget partials.
     PA_CUDA_TRY(cudaMemsetAsync(ws.scores, 0, size_t(plan.batch.order_entries) * sizeof(float), l.stream));
     PA_TRY(est::launch_pool_proxies(l, qv, kv, ws));
     PA_TRY(est::launch_proxy_row_stats(l, ws));

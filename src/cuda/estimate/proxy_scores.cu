@@ -36,7 +36,10 @@ constexpr int kSmemPad = 8;                      // elements after each key row:
 
 constexpr int kMinCtasPerSm = 4;                 // 16 warps per SM: registers <= 128
 
-enum class Pass { kRowStats, kBlockMax };
+// kRowStatsAndLogits: pass 1 that also stores each (sampled row, key block) largest raw
+// logit (Workspace::block_logits), so that a light kernel (block_max_from_logits_kernel)
+// replaces pass 2. For b/s = 16 and 32: a 64-key tile then holds whole key blocks.
+enum class Pass { kRowStats, kBlockMax, kRowStatsAndLogits };
 
 template <typename T, int D>
 struct KeyTiles {
@@ -49,8 +52,12 @@ struct KeyTiles {
 template <typename T, int D, Pass P, int kPB>
 __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
     proxy_scores_kernel(Geometry geo, const T* __restrict__ proxy_q, const T* __restrict__ proxy_k,
-                        float2* __restrict__ row_stats, float* __restrict__ scores) {
+                        float2* __restrict__ row_stats, float* __restrict__ scores,
+                        float* __restrict__ block_logits) {
   __shared__ __align__(16) KeyTiles<T, D> smem;
+  constexpr bool kStats = P != Pass::kBlockMax;
+  static_assert(P != Pass::kRowStatsAndLogits || kPB == 16 || kPB == 32,
+                "block logits need whole key blocks in a key tile and a quad's 8 rows in one block");
   static_assert(D % kMmaK == 0 && (kTileKeys * D / kVecElems) % kThreads == 0,
                 "head_dim must be a multiple of 16 and tiles a whole number of 16-byte chunks");
 
@@ -91,13 +98,20 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
   const int row_a = warp_row0 + lane / 4;  // accumulator rows of this thread
   const int row_b = row_a + 8;
   // Pass 2: A's row of each accumulator row's query block (rows past the sequence write
-  // nothing; theirs points at the last block's row).
+  // nothing; theirs points at the last block's row). Block logits: the row's slot in the
+  // entries of that A row ([entry][row in block]).
   float* block_scores[2];
+  float* row_logits[2];
+  int row_qblock[2];
   {
     const int rows[2] = {row_a, row_b};
 #pragma unroll
-    for (int hi = 0; hi < 2; ++hi)
-      block_scores[hi] = scores + order_row(span, j, min(rows[hi], ns - 1) / pb);
+    for (int hi = 0; hi < 2; ++hi) {
+      row_qblock[hi] = min(rows[hi], ns - 1) / pb;
+      const int64_t entry0 = order_row(span, j, row_qblock[hi]);
+      block_scores[hi] = scores + entry0;
+      row_logits[hi] = block_logits + entry0 * pb + rows[hi] % pb;
+    }
   }
 
   // ---- the warp's 16 query rows as MMA A fragments, [D / 16][4] --------------------------
@@ -201,7 +215,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
           }
       }
 
-      if (P == Pass::kRowStats) {
+      if (kStats) {
         // Online softmax statistics, branch-free (rows with no key yet stay at -inf, 0).
 #pragma unroll
         for (int hi = 0; hi < 2; ++hi) {
@@ -223,6 +237,26 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
                    exp2_ftz(fmaf(acc[nt][2 * hi + 1], scale, -shift));
           run_sum[hi] = run_sum[hi] * exp2_ftz(run_max[hi] - shift) + sum;
           run_max[hi] = new_max;
+        }
+        if constexpr (P == Pass::kRowStatsAndLogits) {
+          // Largest raw logit of each (row, key block of this tile): kPB / 8 n-tiles a
+          // block, then across the quad's columns; the quad's first lane stores it. Key
+          // blocks after the row's own block (masked, -inf) are not entries of A.
+          constexpr int kSegTiles = kPB / kMmaN, kSegs = kNTiles / kSegTiles;
+#pragma unroll
+          for (int hi = 0; hi < 2; ++hi) {
+            const int row = hi == 0 ? row_a : row_b;
+#pragma unroll
+            for (int sg = 0; sg < kSegs; ++sg) {
+              float v = neg_inf();
+#pragma unroll
+              for (int nt = sg * kSegTiles; nt < (sg + 1) * kSegTiles; ++nt)
+                v = fmaxf(v, fmaxf(acc[nt][2 * hi], acc[nt][2 * hi + 1]));
+              v = quad_max(v);
+              const int kblock = k0 / kPB + sg;
+              if (lane % 4 == 0 && row < ns && kblock <= row_qblock[hi]) row_logits[hi][int64_t(kblock) * kPB] = v;
+            }
+          }
         }
       } else {
         // Largest logit of each (row, key segment); a segment is the part of one key block
@@ -292,7 +326,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
     __syncthreads();  // every warp is done with this stage before it is refilled
   }
 
-  if (P == Pass::kRowStats && warp_active) {
+  if (kStats && warp_active) {
     const int rows[2] = {row_a, row_b};
 #pragma unroll
     for (int hi = 0; hi < 2; ++hi) {
@@ -342,6 +376,43 @@ __global__ void __launch_bounds__(kCombineThreads)
   s[0] = make_float2(mx, sum);
 }
 
+constexpr int kFinishThreads = 256;
+
+// After the row pass with block logits, in place of pass 2: A[j][m][n] = max over the
+// sampled rows r of block m of 2^(x_rn * scale - max_r) / sum_r, x_rn the row's largest
+// raw logit in key block n: the same expression, on the same numbers, as pass 2.
+// Grid (total_qblocks, g), later rows first; threads take (entry, row) pairs, kPB
+// consecutive lanes the rows of one entry, reduced by shuffles.
+template <int kPB>
+__global__ void __launch_bounds__(kFinishThreads)
+    block_max_from_logits_kernel(Geometry geo, const float* __restrict__ block_logits,
+                                 const float2* __restrict__ row_stats, float* __restrict__ scores) {
+  static_assert(kPB <= kWarpSize && kFinishThreads % kPB == 0, "an entry's rows inside one warp");
+  const int64_t gb = geo.total_qblocks - 1 - blockIdx.x;
+  const int j = blockIdx.y;
+  const SeqSpan span = geo.seqs[geo.qblock_seq[gb]];
+  if (geo.dense(span)) return;
+  const int m = int(gb - span.qblock_begin);
+  const int r = threadIdx.x % kPB;
+  const bool valid = m * kPB + r < geo.sampled(span);
+  float row_max = 0.0f, row_inv = 0.0f;  // invalid rows give probability 0
+  if (valid) {
+    const float2 st = row_stats[int64_t(j) * geo.chunks * geo.sampled_rows() + gb * kPB + r];
+    row_max = st.x;
+    row_inv = 1.0f / st.y;
+  }
+  const int64_t entry0 = order_row(span, j, m);
+  const float* x = block_logits + entry0 * kPB + r;
+  for (int n0 = 0; n0 <= m; n0 += kFinishThreads / kPB) {  // uniform over the CTA
+    const int n = n0 + int(threadIdx.x) / kPB;
+    const bool in = n <= m;
+    float p = in && valid ? exp2_flushed(x[int64_t(n) * kPB] * geo.scale_log2 - row_max) * row_inv : 0.0f;
+#pragma unroll
+    for (int offset = 1; offset < kPB; offset *= 2) p = max_xor(p, offset);
+    if (in && r == 0) scores[entry0 + n] = p;
+  }
+}
+
 template <typename T, int D, Pass P, int kPB>
 pa_status launch(const Launch& l, const Workspace& ws, const char* name) {
   const int pb = l.geo.per_block;
@@ -354,7 +425,7 @@ pa_status launch(const Launch& l, const Workspace& ws, const char* name) {
                                    cudaSharedmemCarveoutMaxShared));
   proxy_scores_kernel<T, D, P, kPB><<<grid, kThreads, 0, l.stream>>>(
       l.geo, static_cast<const T*>(ws.proxy_q), static_cast<const T*>(ws.proxy_k), ws.row_stats,
-      ws.scores);
+      ws.scores, ws.block_logits);
   PA_CUDA_CHECK_LAUNCH(name);
   return PA_STATUS_SUCCESS;
 }
@@ -381,7 +452,19 @@ pa_status dispatch(const Launch& l, const Workspace& ws, const char* name) {
 
 }  // namespace
 
+bool block_logits_supported(int32_t per_block) {
+  return per_block == kDefaultPerBlock || per_block == kSmallBlockPerBlock;
+}
+
 pa_status launch_proxy_row_stats(const Launch& l, const Workspace& ws) {
+  if (ws.block_logits != nullptr) {
+    const char* name = "proxy_scores_kernel (row stats, block logits)";
+    if (l.geo.per_block == kDefaultPerBlock) return dispatch_type<Pass::kRowStatsAndLogits, kDefaultPerBlock>(l, ws, name);
+    if (l.geo.per_block == kSmallBlockPerBlock)
+      return dispatch_type<Pass::kRowStatsAndLogits, kSmallBlockPerBlock>(l, ws, name);
+    return fail(PA_STATUS_INTERNAL, "proxy scores: block logits with b/s = %d (only %d and %d)", l.geo.per_block,
+                kDefaultPerBlock, kSmallBlockPerBlock);
+  }
   return dispatch<Pass::kRowStats>(l, ws, "proxy_scores_kernel (row stats)");
 }
 
@@ -390,7 +473,16 @@ pa_status launch_proxy_block_max(const Launch& l, const Workspace& ws) {
                   unsigned(l.geo.groups));
   combine_row_stats_kernel<<<grid, kCombineThreads, 0, l.stream>>>(l.geo, ws.row_stats);
   PA_CUDA_CHECK_LAUNCH("combine_row_stats_kernel");
-  return dispatch<Pass::kBlockMax>(l, ws, "proxy_scores_kernel (block max)");
+  if (ws.block_logits == nullptr) return dispatch<Pass::kBlockMax>(l, ws, "proxy_scores_kernel (block max)");
+  const dim3 finish(unsigned(l.geo.total_qblocks), unsigned(l.geo.groups));
+  if (l.geo.per_block == kDefaultPerBlock)
+    block_max_from_logits_kernel<kDefaultPerBlock><<<finish, kFinishThreads, 0, l.stream>>>(
+        l.geo, ws.block_logits, ws.row_stats, ws.scores);
+  else
+    block_max_from_logits_kernel<kSmallBlockPerBlock><<<finish, kFinishThreads, 0, l.stream>>>(
+        l.geo, ws.block_logits, ws.row_stats, ws.scores);
+  PA_CUDA_CHECK_LAUNCH("block_max_from_logits_kernel");
+  return PA_STATUS_SUCCESS;
 }
 
 }  // namespace proxyattn::cuda::est

@@ -3,8 +3,11 @@
 // the caller's stream:
 //   pool_proxies    Q, K          -> proxy_q, proxy_k    (steps 2-3)
 //   proxy_scores 1  proxies       -> row_stats           (step 4, softmax statistics per
-//                                                          key chunk, then combined)
-//   proxy_scores 2  proxies+stats -> scores (A)          (step 4, block maxima)
+//                                    [block_logits]       key chunk, then combined; with
+//                                                         block logits also each row's
+//                                                         largest logit per key block)
+//   proxy_scores 2  proxies+stats -> scores (A)          (step 4, block maxima; from the
+//                   [block_logits]                        block logits when there are)
 //   budget_partials Q, K          -> budget_partials     (step 5, per key block)
 //   budget_heads    partials      -> budget, needed,     (step 5, per head)
 //                                    anchors
@@ -53,6 +56,9 @@ struct Workspace {
   float2* row_stats;        // [g, chunks, sampled_rows]: per key chunk (row max of log2
                             //   logits, sum of 2^(x - max))
   float* scores;            // [order_entries]: A[j][m][n] at the order layout's offsets
+  float* block_logits;      // [order_entries, per_block] or null: entry (j, m, n) holds, for
+                            //   each sampled row of block m, its largest raw logit in key
+                            //   block n (proxy_scores.cu; null: pass 2 recomputes them)
   float2* budget_partials;  // [Hq, total_qblocks, b]: per (head, key block, last-block row)
                             //   (max of log2 logits, sum of 2^(x - max)) over the block's keys
 };
@@ -77,6 +83,8 @@ struct Launch {
 
 pa_status launch_pool_proxies(const Launch& l, const InputView& q, const InputView& k,
                               const Workspace& ws);
+// Whether the row pass can store block logits at this b / s (then pass 2 is skipped).
+bool block_logits_supported(int32_t per_block);
 pa_status launch_proxy_row_stats(const Launch& l, const Workspace& ws);
 pa_status launch_proxy_block_max(const Launch& l, const Workspace& ws);
 pa_status launch_budget_partials(const Launch& l, const InputView& q, const InputView& k,
