@@ -125,7 +125,10 @@ pa_status pa_config_validate(const pa_config* config, const pa_problem* problem)
 typedef struct pa_plan pa_plan;   /* opaque; a view of caller-owned storage */
 
 /* Bytes of plan storage and of estimation workspace for this problem. Depends only on
- * num_seqs, total_tokens, head counts and the config, never on the data. */
+ * the sequence lengths, head counts and the config, never on the data. The CUDA estimation's
+ * workspace grows with the causal block pairs: at the defaults about 64 MiB per proxy group
+ * for one 128K-token sequence (it keeps one float per sampled row and block pair, up to
+ * 1 GiB, beyond which it falls back to a second pass over the proxies). */
 pa_status pa_plan_bytes(const pa_problem* problem, const pa_config* config, size_t* bytes);
 pa_status pa_workspace_bytes(const pa_problem* problem, const pa_config* config, size_t* bytes);
 
