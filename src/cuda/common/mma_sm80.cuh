@@ -80,4 +80,14 @@ __device__ __forceinline__ void mma_16x8x16<__half>(float (&d)[4], const uint32_
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// 2^x on the special-function unit (relative error ~2^-22), results below 2^-126 flushed
+// to zero; exp2(-inf) = 0. Where exp2f's result is a normal float it is this same MUFU.EX2
+// instruction; exp2f adds a path for denormal results (halve, exponentiate, square: five
+// more instructions per element) that the softmax sums never need.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 }  // namespace proxyattn::cuda

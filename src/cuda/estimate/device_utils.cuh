@@ -41,25 +41,17 @@ inline constexpr float kExp2FlushBelow = -87.0f * kLog2e;
 
 __device__ __forceinline__ float neg_inf() { return -__int_as_float(0x7f800000); }
 
-// 2^x on the special-function unit, results below 2^-126 flushed to zero. Where exp2f's
-// result is a normal float it is this same MUFU.EX2 instruction; exp2f adds a path for
-// denormal results (halve, exponentiate, square: five more instructions per element,
-// measured in the proxy-score passes) that the callers never need.
-__device__ __forceinline__ float exp2_ftz(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
 // 2^x with the CPU's flush rule (x <= 0 in use; x = -inf gives 0): the same bits as
-// exp2f above the threshold, which keeps 2^x a normal float.
+// exp2f above the threshold, which keeps 2^x a normal float (fast_exp2 skips exp2f's
+// denormal path, common/mma_sm80.cuh).
 static_assert(kExp2FlushBelow > -126.0f, "the flush threshold keeps 2^x a normal float");
-__device__ __forceinline__ float exp2_flushed(float x) { return x < kExp2FlushBelow ? 0.0f : exp2_ftz(x); }
+__device__ __forceinline__ float exp2_flushed(float x) { return x < kExp2FlushBelow ? 0.0f : fast_exp2(x); }
 
 // ---- shared-memory movement and MMA: common/mma_sm80.cuh ----------------------------
 using cuda::cp_async_16;
 using cuda::cp_async_commit;
 using cuda::cp_async_wait;
+using cuda::fast_exp2;
 using cuda::ldmatrix_x4;
 using cuda::mma_16x8x16;
 using cuda::smem_address;

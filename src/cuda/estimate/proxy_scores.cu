@@ -226,16 +226,16 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
           tile_max = quad_max(tile_max) * scale;  // -inf stays -inf (scale > 0)
           const float new_max = fmaxf(run_max[hi], tile_max);
           const float shift = new_max == neg_inf() ? 0.0f : new_max;
-          // exp2_ftz, not the CPU's flush rule: terms below 2^-125.5 cannot change a row
+          // fast_exp2, not the CPU's flush rule: terms below 2^-125.5 cannot change a row
           // sum that holds its maximum's 2^0 = 1 (the quad's partial sums meet at the end,
           // the chunks in combine_row_stats_kernel, which applies the rule), so the sums
           // keep the same bits without the per-element threshold test.
           float sum = 0.0f;
 #pragma unroll
           for (int nt = 0; nt < kNTiles; ++nt)
-            sum += exp2_ftz(fmaf(acc[nt][2 * hi], scale, -shift)) +
-                   exp2_ftz(fmaf(acc[nt][2 * hi + 1], scale, -shift));
-          run_sum[hi] = run_sum[hi] * exp2_ftz(run_max[hi] - shift) + sum;
+            sum += fast_exp2(fmaf(acc[nt][2 * hi], scale, -shift)) +
+                   fast_exp2(fmaf(acc[nt][2 * hi + 1], scale, -shift));
+          run_sum[hi] = run_sum[hi] * fast_exp2(run_max[hi] - shift) + sum;
           run_max[hi] = new_max;
         }
         if constexpr (P == Pass::kRowStatsAndLogits) {

@@ -1,6 +1,6 @@
 // What the attention kernel adds to the shared sm_80 wrappers (common/mma_sm80.cuh:
-// cp.async, ldmatrix, mma.sync and their fragment layouts): packing fp32 pairs into
-// 16-bit operands, 32-bit shared stores and the fast exp2.
+// cp.async, ldmatrix, mma.sync, their fragment layouts and the fast exp2): packing fp32
+// pairs into 16-bit operands and 32-bit shared stores.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -37,13 +37,6 @@ template <> struct ElementTraits<__half> {
 
 __device__ __forceinline__ void st_shared_32(uint32_t address, uint32_t value) {
   asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(address), "r"(value) : "memory");
-}
-
-// 2^x, the hardware approximation (relative error ~2^-22); exp2(-inf) = 0.
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
 }
 
 // Online softmax with a lazy max (both kernels): the max a row's exponents are taken

@@ -52,7 +52,6 @@ namespace proxyattn::cuda::attention::sm90 {
 
 using cuda::smem_address;
 using sm80::ElementTraits;
-using sm80::fast_exp2;
 using sm80::kRescaleBound;
 using sm80::st_shared_32;
 
