@@ -10,7 +10,9 @@ and sorted). Dense cuDNN causal attention of the same shape is timed in the same
 that the estimation's share of a dense call is read off one run.
 
 A/B of an estimation change: --baseline DIR (a second build, scripts/gpu-check's baseline
-step) is timed in the same interleaved rounds ("baseline_ms") and traced too.
+step) is timed in the same interleaved rounds ("baseline_ms") and traced too. Our build is
+also timed with pass 2 in place of the block logits ("two_pass_ms",
+PROXYATTN_EST_BLOCK_LOGITS=0: the path of other strides and of logit buffers over 1 GiB).
 
 Usage: estimate_bench.py --build build-gpu --out DIR [--sizes 32768,131072]
        [--shapes qwen2.5-coder-0.5b,...] [--baseline DIR --baseline-label TEXT]
@@ -29,7 +31,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 import capi  # noqa: E402
-from proxyattn.bench.timing import interleaved_median_ms, machine, write_result  # noqa: E402
+from proxyattn.bench.timing import (  # noqa: E402
+    interleaved_median_ms, machine, with_environment, write_result)
 
 SHAPES = {  # name -> (Q heads, KV heads, head_dim)
     "llama3.1-8b": (32, 8, 128),
@@ -40,6 +43,7 @@ SHAPES = {  # name -> (Q heads, KV heads, head_dim)
 SIZES = [32768, 131072]
 REPEATS, WARMUP = 10, 2
 TRACED_CALLS = 3  # calls per trace; a stage's time is its kernels' total over them / TRACED_CALLS
+TWO_PASS = {"PROXYATTN_EST_BLOCK_LOGITS": "0"}  # pass 2 instead of the block logits
 
 # Kernel name (demangled, as CUPTI reports it) -> stage label, first match wins.
 STAGES = [
@@ -135,10 +139,11 @@ def main():
                     calls[name] = (lambda lib=lib, plan=plan, qa=qa, ka=ka, w=workspace, wb=wbytes:
                                    lib.estimate(plan, qa, ka, w.data_ptr(), wb, stream))
                     keep.append((lib, plan, storage, workspace, problem, wbytes))
+                calls["two_pass"] = with_environment(TWO_PASS, calls["ours"])
                 calls["cudnn"] = cudnn
                 t = interleaved_median_ms(calls, REPEATS, WARMUP)
                 row = {"shape": shape, "num_q_heads": hq, "num_kv_heads": hkv, "head_dim": d, "N": n, "g": g,
-                       "estimate_ms": t["ours"], "cudnn_dense_ms": t["cudnn"],
+                       "estimate_ms": t["ours"], "two_pass_ms": t["two_pass"], "cudnn_dense_ms": t["cudnn"],
                        "share_of_dense": t["ours"] / t["cudnn"],
                        "stages_ms": {} if args.no_stages else stage_times(calls["ours"])}
                 if "baseline" in t:
@@ -148,10 +153,12 @@ def main():
                     lib.plan_free(plan)
                 results.append(row)
                 stages = ", ".join("%s %.3f" % kv for kv in row["stages_ms"].items())
-                print("%-20s N %6d g %d: estimate %.3f ms%s (%.2f%% of cuDNN %.2f ms) [%s]  [%.0f s]" % (
-                    shape, n, g, row["estimate_ms"],
-                    " baseline %.3f" % row["baseline_ms"] if "baseline_ms" in row else "",
-                    100 * row["share_of_dense"], row["cudnn_dense_ms"], stages, time.time() - t_start), flush=True)
+                print("%-20s N %6d g %d: estimate %.3f ms (two passes %.3f)%s (%.2f%% of cuDNN %.2f ms) "
+                      "[%s]  [%.0f s]" % (
+                          shape, n, g, row["estimate_ms"], row["two_pass_ms"],
+                          " baseline %.3f" % row["baseline_ms"] if "baseline_ms" in row else "",
+                          100 * row["share_of_dense"], row["cudnn_dense_ms"], stages, time.time() - t_start),
+                      flush=True)
             del q, k, v, qt, kt, vt
             torch.cuda.empty_cache()
 

@@ -4,6 +4,8 @@
 // everything data-dependent stays on the device.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "common/check.cuh"
 #include "core/status.hpp"
@@ -27,12 +29,19 @@ struct WorkspaceLayout {
 
 // Block logits (one float per sampled row and entry of A) replace pass 2 where b / s allows
 // and they take at most this much memory; past it (e.g. 256K tokens with g = 8: 2 GiB) the
-// two-pass path keeps the workspace small.
+// two-pass path keeps the workspace small. PROXYATTN_EST_BLOCK_LOGITS=0 forces the two
+// passes (tests and benchmarks run both paths at the default config); the workspace size
+// follows it, so set it before sizing workspaces.
 constexpr size_t kMaxBlockLogitsBytes = size_t(1) << 30;
+
+bool block_logits_allowed() {
+  const char* value = std::getenv("PROXYATTN_EST_BLOCK_LOGITS");
+  return value == nullptr || std::strcmp(value, "0") != 0;
+}
 
 size_t block_logits_bytes(const PlanDesc& plan) {
   const int32_t per_block = plan.config.block_size / plan.config.stride;
-  if (!est::block_logits_supported(per_block)) return 0;
+  if (!block_logits_allowed() || !est::block_logits_supported(per_block)) return 0;
   const size_t bytes = size_t(plan.batch.order_entries) * size_t(per_block) * sizeof(float);
   return bytes <= kMaxBlockLogitsBytes ? bytes : 0;
 }
@@ -145,7 +154,7 @@ pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_tensor& k,
     ws.row_stats = reinterpret_cast<float2*>(base + w.row_stats);
     ws.scores = reinterpret_cast<float*>(base + w.scores);
     ws.budget_partials = reinterpret_cast<float2*>(base + w.budget_partials);
-    ws.block_logits = block_logits_bytes(plan) > 0 ? reinterpret_cast<float*>(base + w.block_logits) : nullptr;
+    if (w.total > w.block_logits) ws.block_logits = reinterpret_cast<float*>(base + w.block_logits);
   }
   const est::InputView qv = input_view(q), kv = input_view(k);
 

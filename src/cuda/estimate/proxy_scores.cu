@@ -9,6 +9,10 @@
 // key block) instead of one per element. No N x N matrix exists anywhere; A (triangular,
 // at the order layout's offsets) is reduced with atomicMax on the float bits (probabilities
 // are >= 0, so the integer order is the float order), zeroed beforehand by the caller.
+// Block logits (b/s = 16 and 32, the default b = 128, s = 4 among them): pass 1 also
+// stores each row's largest logit per key block at A's entry ([entry][row in block]), and
+// block_max_from_logits_kernel evaluates pass 2's expression on them, so the products are
+// computed once (docs/benchmarks.md, "Estimation per stage").
 //
 // Tiling: a CTA of 4 warps takes 64 consecutive sampled query rows of one sequence (whole
 // query blocks when b/s <= 64, half a block when b/s = 128), each warp 16 rows as the MMA
@@ -97,12 +101,12 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
   const bool warp_active = warp_row0 < ns;
   const int row_a = warp_row0 + lane / 4;  // accumulator rows of this thread
   const int row_b = row_a + 8;
-  // Pass 2: A's row of each accumulator row's query block (rows past the sequence write
-  // nothing; theirs points at the last block's row). Block logits: the row's slot in the
-  // entries of that A row ([entry][row in block]).
-  float* block_scores[2];
-  float* row_logits[2];
+  // A's row of each accumulator row's query block (rows past the sequence write nothing;
+  // theirs is the last block's row): pass 2 reduces into it; with block logits, the row's
+  // slot in that row's entries ([entry][row in block]).
   int row_qblock[2];
+  float* block_scores[2];
+  float* row_logits[2] = {nullptr, nullptr};
   {
     const int rows[2] = {row_a, row_b};
 #pragma unroll
@@ -110,7 +114,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
       row_qblock[hi] = min(rows[hi], ns - 1) / pb;
       const int64_t entry0 = order_row(span, j, row_qblock[hi]);
       block_scores[hi] = scores + entry0;
-      row_logits[hi] = block_logits + entry0 * pb + rows[hi] % pb;
+      if constexpr (P == Pass::kRowStatsAndLogits) row_logits[hi] = block_logits + entry0 * pb + rows[hi] % pb;
     }
   }
 
@@ -254,7 +258,8 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
                 v = fmaxf(v, fmaxf(acc[nt][2 * hi], acc[nt][2 * hi + 1]));
               v = quad_max(v);
               const int kblock = k0 / kPB + sg;
-              if (lane % 4 == 0 && row < ns && kblock <= row_qblock[hi]) row_logits[hi][int64_t(kblock) * kPB] = v;
+              if (lane % 4 == 0 && row < ns && kblock <= row_qblock[hi])
+                row_logits[hi][int64_t(kblock) * kPB] = v;
             }
           }
         }
@@ -458,12 +463,12 @@ bool block_logits_supported(int32_t per_block) {
 
 pa_status launch_proxy_row_stats(const Launch& l, const Workspace& ws) {
   if (ws.block_logits != nullptr) {
+    constexpr Pass kLogits = Pass::kRowStatsAndLogits;
     const char* name = "proxy_scores_kernel (row stats, block logits)";
-    if (l.geo.per_block == kDefaultPerBlock) return dispatch_type<Pass::kRowStatsAndLogits, kDefaultPerBlock>(l, ws, name);
-    if (l.geo.per_block == kSmallBlockPerBlock)
-      return dispatch_type<Pass::kRowStatsAndLogits, kSmallBlockPerBlock>(l, ws, name);
-    return fail(PA_STATUS_INTERNAL, "proxy scores: block logits with b/s = %d (only %d and %d)", l.geo.per_block,
-                kDefaultPerBlock, kSmallBlockPerBlock);
+    if (l.geo.per_block == kDefaultPerBlock) return dispatch_type<kLogits, kDefaultPerBlock>(l, ws, name);
+    if (l.geo.per_block == kSmallBlockPerBlock) return dispatch_type<kLogits, kSmallBlockPerBlock>(l, ws, name);
+    return fail(PA_STATUS_INTERNAL, "proxy scores: block logits with b/s = %d (only %d and %d)",
+                l.geo.per_block, kDefaultPerBlock, kSmallBlockPerBlock);
   }
   return dispatch<Pass::kRowStats>(l, ws, "proxy_scores_kernel (row stats)");
 }
