@@ -18,6 +18,10 @@ positions.
   multiquery  four needles with different keys; the question asks for two of them.
   vt          variable tracking: a chain "VAR A = 12345. VAR B = VAR A. ..." of five
               variables; the question asks for every variable that holds the value.
+  cwe, fwe    RULER's aggregation tasks (common and frequent words extraction,
+              eval/aggregation.py): no haystack and no depth, the answer spread over the whole
+              prompt; one case per length (the first --haystacks and --depths entry stands for
+              all).
 The question follows the text, and the answer is primed with RULER's answer prefix. A case
 scores 1 when every asked value (vt: every variable name) appears in the greedy answer; the
 share of them found is recorded too (RULER's string-match-all score, case-insensitive). Every
@@ -33,12 +37,13 @@ import re
 import string
 import time
 
+import aggregation
 import common
 
 DEFAULT_LENGTHS = [2048, 4096, 8192]
 DEFAULT_DEPTHS = [0.1, 0.3, 0.5, 0.7, 0.9]
 DEFAULT_TASKS = ["single", "multikey"]
-TASKS = ["single", "multikey", "multivalue", "multiquery", "vt"]
+TASKS = ["single", "multikey", "multivalue", "multiquery", "vt", *aggregation.TASKS]
 MULTIKEY_NEEDLES = 4
 MULTIVALUE_NEEDLES = 4
 MULTIQUERY_NEEDLES, MULTIQUERY_ASKED = 4, 2
@@ -120,6 +125,8 @@ def random_value(rng):
 
 
 def max_new_tokens(task):
+    if task in aggregation.TASKS:
+        return aggregation.NEW_TOKENS[task]
     return MAX_NEW_TOKENS if task in ("single", "multikey") else LIST_NEW_TOKENS
 
 
@@ -134,6 +141,8 @@ def asked(task, needles):
     if task in ("single", "multikey"):
         key, value = needles[0]
         return INSTRUCTION, QUESTION.format(key=key), ANSWER_PREFIX.format(key=key), [value]
+    if task in aggregation.TASKS:
+        return aggregation.asked(task, needles)
     if task == "vt":
         value = needles[0][1]
         names = [key for key, _ in needles]
@@ -193,6 +202,10 @@ def draw_cases(args, keys):
     before it, so a single case is reproduced by walking this sequence."""
     rng = random.Random(args.seed)
     for task, name, length, depth in itertools.product(args.tasks, args.haystacks, args.lengths, args.depths):
+        if task in aggregation.TASKS:  # one case per length: words, not a haystack
+            if (name, depth) == (args.haystacks[0], args.depths[0]):
+                yield task, aggregation.SOURCE[task], length, None, aggregation.draw(task, rng, keys)
+            continue
         if task == "multivalue":
             key = rng.choice(keys)
             yield task, name, length, depth, [(key, random_value(rng)) for _ in range(MULTIVALUE_NEEDLES)]
@@ -221,6 +234,8 @@ def draw_cases(args, keys):
 def build_prompt(tokenizer, text, length, depth, needles, task="single"):
     """Token ids of a case whose needles are draw_cases' (key, value) pairs, the asked first;
     the prompt leaves room for the task's answer inside `length`."""
+    if task in aggregation.TASKS:
+        return aggregation.build(tokenizer, task, needles, length - max_new_tokens(task), chat_prompt)
     instruction, question, prefix, _ = asked(task, needles)
     return build_case(tokenizer, text, length - max_new_tokens(task), depth, sentences(task, needles),
                       (instruction, question, prefix))
@@ -230,11 +245,14 @@ def make_cases(args, tokenizer, keys):
     texts = {name: common.read_text(args.corpus, name) for name in args.haystacks}
     cases = []
     for task, name, length, depth, needles in draw_cases(args, keys):
-        ids = build_prompt(tokenizer, texts[name], length, depth, needles, task)
+        ids = build_prompt(tokenizer, texts.get(name), length, depth, needles, task)
         expected = asked(task, needles)[3]
+        needle_task = task not in aggregation.TASKS
         cases.append({"task": task, "haystack": name, "length": length, "tokens": len(ids), "depth": depth,
-                      "key": needles[0][0], "value": ", ".join(expected), "expected": expected,
-                      "distractors": len(needles) - len(expected) if task != "vt" else 0, "ids": ids})
+                      "key": needles[0][0] if needle_task else "", "value": ", ".join(expected),
+                      "expected": expected,
+                      "distractors": len(needles) - len(expected) if needle_task and task != "vt" else 0,
+                      "ids": ids})
     return cases
 
 
@@ -373,7 +391,8 @@ def main():
             c.setdefault("correct", {})[mode], c.setdefault("found", {})[mode] = score(c, text)
             if args.time_prefill:
                 c.setdefault("prefill_ms", {})[mode] = round(1e3 * prefill_seconds(model, c["ids"]), 3)
-            print(f"{mode:24s} {c['task']:8s} {c['haystack']:9s} {c['tokens']:5d} depth {c['depth']:.1f} "
+            depth = "-" if c["depth"] is None else f"{c['depth']:.1f}"
+            print(f"{mode:24s} {c['task']:8s} {c['haystack']:11s} {c['tokens']:5d} depth {depth} "
                   f"{'ok ' if c['correct'][mode] else 'MISS'} {c['value']} <- {text.strip()!r}", flush=True)
         seconds[mode] = round(time.perf_counter() - t0, 1)
         # after every mode, so that a run stopped by a time limit keeps the modes it finished

@@ -59,3 +59,64 @@ def test_score_all_found_and_share():
     assert needle.score(case, "1. 1234567\n2. 7654321") == (1, 1.0)
     assert needle.score(case, "1. 1234567: a number") == (0, 0.5)
     assert needle.score(case, "nothing") == (0, 0.0)
+
+
+def aggregation_cases(tasks, lengths=(8192, 16384)):
+    args = types.SimpleNamespace(seed=0, tasks=tasks, haystacks=["pg_essays", "emma"], lengths=list(lengths),
+                                 depths=[0.1, 0.9])
+    return list(needle.draw_cases(args, KEYS))
+
+
+def test_aggregation_tasks_one_case_per_length():
+    cases = aggregation_cases(["single", "cwe", "fwe"])
+    assert [(c[0], c[2], c[3]) for c in cases if c[0] != "single"] == [
+        ("cwe", 8192, None), ("cwe", 16384, None), ("fwe", 8192, None), ("fwe", 16384, None)]
+    assert len([c for c in cases if c[0] == "single"]) == 2 * 2 * 2  # needles keep their grid
+    assert all(needle.max_new_tokens(t) == needle.aggregation.NEW_TOKENS[t] for t in ("cwe", "fwe"))
+
+
+def test_cwe_counts_and_answer():
+    agg = needle.aggregation
+    spec = agg.draw("cwe", random.Random(1), KEYS)
+    words = agg.entries("cwe", spec, 40)
+    counts = {w: words.count(w) for w in set(words)}
+    assert all(counts[w] == agg.CWE_COMMON_COUNT for w in spec["common"])
+    assert sorted(counts[w] for w in spec["rare"][:40]) == [agg.CWE_RARE_COUNT] * 40
+    assert len(counts) == agg.CWE_COMMON + 40
+    _, _, _, expected = needle.asked("cwe", spec)
+    assert expected == spec["common"] and len(set(expected)) == agg.CWE_COMMON
+    assert agg.context("cwe", ["a", "b"]) == "1. a 2. b"
+
+
+def test_fwe_ranking_is_exact():
+    agg = needle.aggregation
+    spec = agg.draw("fwe", random.Random(2), KEYS)
+    assert len(set(spec["vocab"])) == agg.FWE_VOCAB
+    for total in (200, 1000, 30000):
+        counts = agg.fwe_counts(total)
+        assert counts[0] > counts[1] > counts[2] > counts[3] >= max(counts[4:])
+        assert abs(sum(counts) - total) <= agg.FWE_VOCAB // 2 + 1
+    words = agg.entries("fwe", spec, 1000)
+    top = sorted(set(words), key=words.count, reverse=True)[:agg.FWE_ASKED]
+    assert top == needle.asked("fwe", spec)[3] == spec["vocab"][:agg.FWE_ASKED]
+
+
+def test_aggregation_prompt_fills_the_budget():
+    agg = needle.aggregation
+    keys = [f"w{i:04d}" for i in range(2000)]  # enough rare words for the budget
+
+    def chat_prompt(tokenizer, context, instruction, question, prefix):  # one token per word
+        return " ".join([instruction, context, question, prefix]).split()
+
+    budget = 3000
+    for task in agg.TASKS:
+        spec = agg.draw(task, random.Random(3), keys)
+        instruction, question, prefix, _ = agg.asked(task, spec)
+
+        def tokens(n):
+            return len(chat_prompt(None, agg.context(task, agg.entries(task, spec, n)), instruction, question, prefix))
+
+        n = agg.fit(task, spec, budget, tokens)
+        assert 0 < n < agg.size_limit(task, spec)
+        assert tokens(n) <= budget < tokens(n + 1)  # the largest that fits
+        assert len(agg.build(None, task, spec, budget, chat_prompt)) == tokens(n)
