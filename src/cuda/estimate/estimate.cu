@@ -21,8 +21,8 @@ constexpr float kLog2e = 1.4426950408889634f;
 
 size_t align_up(size_t x) { return (x + kWorkspaceAlignment - 1) / kWorkspaceAlignment * kWorkspaceAlignment; }
 
-// Byte offsets of the workspace arrays (stages.cuh, Workspace); depends on shapes only.
-// block_logits == block_logits_end: none (pass 2 runs instead).
+// Byte offsets of the workspace arrays (stages.cuh, Workspace); depends on the shapes (and
+// on PROXYATTN_EST_BLOCK_LOGITS) only. total == block_logits: no block logits (pass 2 runs).
 struct WorkspaceLayout {
   size_t proxy_q, proxy_k, row_stats, scores, budget_partials, block_logits, total;
 };
