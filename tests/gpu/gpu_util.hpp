@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <vector>
 
 namespace proxyattn::test {
@@ -24,6 +25,19 @@ inline bool has_gpu() {
   } while (0)
 
 #define PA_CUDA_ASSERT(call) ASSERT_EQ((call), cudaSuccess) << #call
+
+// Sets an environment variable for one scope (the library reads its PROXYATTN_* switches at
+// each call).
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) { setenv(name, value, 1); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+  ~ScopedEnv() { unsetenv(name_); }
+
+ private:
+  const char* name_;
+};
 
 // Owning device buffer.
 class DeviceBuffer {

@@ -424,16 +424,6 @@ void check_dense_case(const Case& c) {
   expect_close("dense", c, gpu, dense_reference(c, in), nullptr);
 }
 
-// Sets an environment variable for one scope (the dispatcher reads it at each call).
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) { setenv(name, value, 1); }
-  ~ScopedEnv() { unsetenv(name_); }
-
- private:
-  const char* name_;
-};
-
 // check_sparse_case at the default CTA packing and with the heads of a chunk packed together.
 void check_sparse_case_both_packings(const Case& c) {
   check_sparse_case(c);

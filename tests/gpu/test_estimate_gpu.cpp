@@ -585,6 +585,33 @@ TEST(EstimateGpu, Deterministic) {
   EXPECT_EQ(a.anchors, b.anchors);
 }
 
+// The workspace's block logits (proxy_scores.cu): one float per sampled row and entry of A
+// at b/s = 32 and 16, none at other strides, none past 1 GiB, none when
+// PROXYATTN_EST_BLOCK_LOGITS=0. Host only: runs without a GPU too.
+TEST(EstimateGpu, WorkspaceHoldsBlockLogits) {
+  auto bytes = [](int32_t tokens, int32_t hkv, int32_t stride, int32_t groups) {
+    Batch batch({tokens}, 2 * hkv, hkv, 64, PA_DTYPE_BFLOAT16);
+    pa_config c = pa_config_default(64);
+    c.stride = stride;
+    c.num_proxy_groups = groups;
+    size_t n = 0;
+    check(pa_workspace_bytes(&batch.problem(), &c, &n));
+    return n;
+  };
+  auto two_pass = [&](int32_t tokens, int32_t hkv, int32_t stride, int32_t groups) {
+    ScopedEnv off("PROXYATTN_EST_BLOCK_LOGITS", "0");
+    return bytes(tokens, hkv, stride, groups);
+  };
+  constexpr int64_t kBlocks = 1024;  // 128K tokens at b = 128
+  const int64_t entries = kBlocks * (kBlocks + 1) / 2;
+  const size_t at_128k = bytes(131072, 2, 4, 1), without = two_pass(131072, 2, 4, 1);
+  EXPECT_EQ(at_128k - without, size_t(entries * 32 * sizeof(float)));  // 64 MiB and a bit
+  EXPECT_EQ(bytes(131072, 2, 4, 2) - two_pass(131072, 2, 4, 2), size_t(2 * entries * 32 * sizeof(float)));
+  EXPECT_EQ(bytes(131072, 2, 8, 1) - two_pass(131072, 2, 8, 1), size_t(entries * 16 * sizeof(float)));
+  EXPECT_EQ(bytes(131072, 2, 2, 1), two_pass(131072, 2, 2, 1));  // b/s = 64: pass 2
+  EXPECT_EQ(bytes(262144, 8, 4, 8), two_pass(262144, 8, 4, 8));  // 2 GiB of logits: pass 2
+}
+
 TEST(EstimateGpu, Float32IsUnsupported) {
   PA_REQUIRE_GPU();
   Batch batch({300}, 4, 2, 64, PA_DTYPE_FLOAT32);
