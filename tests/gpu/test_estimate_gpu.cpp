@@ -585,6 +585,28 @@ TEST(EstimateGpu, Deterministic) {
   EXPECT_EQ(a.anchors, b.anchors);
 }
 
+// Block logits and the two passes give the same A (block_max_from_logits_kernel evaluates
+// pass 2's expression on the same numbers), so the same index, bit for bit.
+TEST(EstimateGpu, BlockLogitsMatchTwoPasses) {
+  PA_REQUIRE_GPU();
+  for (const int32_t block : {128, 64}) {  // b/s = 32 and 16 at the default s = 4
+    Batch batch({3000, 9000}, 8, 2, 64, PA_DTYPE_BFLOAT16);
+    pa_config c = base_config(64);
+    c.block_size = block;
+    c.num_proxy_groups = 2;
+    const Inputs in = make_inputs(batch.problem(), true, 700 + block);
+    Index logits, two_pass;
+    ASSERT_EQ(estimate_gpu(batch.problem(), c, in, &logits), PA_STATUS_SUCCESS) << pa_last_error();
+    {
+      ScopedEnv off("PROXYATTN_EST_BLOCK_LOGITS", "0");
+      ASSERT_EQ(estimate_gpu(batch.problem(), c, in, &two_pass), PA_STATUS_SUCCESS) << pa_last_error();
+    }
+    EXPECT_EQ(logits.order, two_pass.order) << "b = " << block;
+    EXPECT_EQ(logits.count, two_pass.count) << "b = " << block;
+    EXPECT_EQ(logits.budget, two_pass.budget) << "b = " << block;
+  }
+}
+
 // The workspace's block logits (proxy_scores.cu): one float per sampled row and entry of A
 // at b/s = 32 and 16, none at other strides, none past 1 GiB, none when
 // PROXYATTN_EST_BLOCK_LOGITS=0. Host only: runs without a GPU too.

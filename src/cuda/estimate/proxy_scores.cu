@@ -414,7 +414,7 @@ __global__ void __launch_bounds__(kFinishThreads)
     float p = in && valid ? exp2_flushed(x[int64_t(n) * kPB] * geo.scale_log2 - row_max) * row_inv : 0.0f;
 #pragma unroll
     for (int offset = 1; offset < kPB; offset *= 2) p = max_xor(p, offset);
-    if (in && r == 0) scores[entry0 + n] = p;
+    if (in && r == 0) scores[entry0 + n] = p > 0.0f ? p : 0.0f;  // as pass 2: NaN leaves 0
   }
 }
 
