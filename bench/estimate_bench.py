@@ -31,15 +31,13 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 import capi  # noqa: E402
+from proxyattn.bench import config  # noqa: E402
 from proxyattn.bench.timing import (  # noqa: E402
     interleaved_median_ms, machine, with_environment, write_result)
 
-SHAPES = {  # name -> (Q heads, KV heads, head_dim)
-    "llama3.1-8b": (32, 8, 128),
-    "qwen2.5-7b": (28, 4, 128),
-    "qwen2.5-coder-1.5b": (12, 2, 128),
-    "qwen2.5-coder-0.5b": (14, 2, 64),
-}
+# name -> (Q heads, KV heads, head_dim): the suite's shapes, and the real models of docs/accuracy.md
+SHAPES = {name: shape[:3] for name, shape in config.SHAPES.items()}
+SHAPES.update({"qwen2.5-coder-1.5b": (12, 2, 128), "qwen2.5-coder-0.5b": (14, 2, 64)})
 SIZES = [32768, 131072]
 REPEATS, WARMUP = 10, 2
 TRACED_CALLS = 3  # calls per trace; a stage's time is its kernels' total over them / TRACED_CALLS
