@@ -452,6 +452,17 @@ TEST(AttentionSanitize, SparseBlock128Gqa4BothPackings) {
   check_sparse_case_both_packings(c);
 }
 
+// d = 64, block 128, GQA 4: the sm90 kernel's three consumer warpgroups hold 8 pairs per
+// (row, KV head) in slots of 3, 3 and 2, so a CTA mixes two heads with different counts and
+// the last one runs with a consumer idle.
+TEST(AttentionSanitize, SparseD64ThreeConsumersBothPackings) {
+  PA_REQUIRE_GPU();
+  Case c;
+  c.lengths = {390, 64};
+  c.hq = 8, c.hkv = 2, c.d = 64, c.block = 128, c.gamma = 0.6f;
+  check_sparse_case_both_packings(c);
+}
+
 // More work items than an H100 has SMs (132), so some persistent sm90 CTAs run several
 // items (the ring, the Q hand-over and the O staging across items); scripts/gpu-check also
 // runs the whole suite with PROXYATTN_ATTN_MAX_CTAS=3, where every CTA runs many.

@@ -153,7 +153,7 @@ Variant select_variant(Kernel kernel, pa_dtype dtype, int head_dim) {
   if (kernel == Kernel::kSm90) {
     const Launcher launch = bf16 ? (d64 ? &run_sm90<PA_DTYPE_BFLOAT16, 64> : &run_sm90<PA_DTYPE_BFLOAT16, 128>)
                                  : (d64 ? &run_sm90<PA_DTYPE_FLOAT16, 64> : &run_sm90<PA_DTYPE_FLOAT16, 128>);
-    return {launch, attention::kSm90Shape};
+    return {launch, attention::sm90_shape(head_dim)};
   }
   const Launcher launch = bf16 ? (d64 ? &run_sm80<PA_DTYPE_BFLOAT16, 64> : &run_sm80<PA_DTYPE_BFLOAT16, 128>)
                                : (d64 ? &run_sm80<PA_DTYPE_FLOAT16, 64> : &run_sm80<PA_DTYPE_FLOAT16, 128>);

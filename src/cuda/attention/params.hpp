@@ -4,7 +4,7 @@
 //
 // Work list: work items (query-block row, KV head, slot), each run by one CTA. A CTA of the sm80 kernel
 // has kWarps warps, each owning kWarpRows query rows of one Q head (a "pair" = head x row
-// chunk); a CTA of the sm90 kernel has sm90::kConsumers consumer warpgroups of
+// chunk); a CTA of the sm90 kernel has sm90::consumers_for(d) consumer warpgroups of
 // sm90::kGroupRows rows each (CtaShape below says which). The pairs of a (row, KV head) are
 // the GQA heads reading that KV head times the row chunks of the block; a slot is
 // CtaShape::pairs_per_cta consecutive pairs. All pairs of a CTA read the same KV head and the
@@ -40,11 +40,16 @@ inline constexpr int kWarpRows = 32;      // query rows per warp: two m16 MMA ti
 inline constexpr int kTileKeys = 64;      // keys per K/V tile in shared memory
 inline constexpr int kDenseBlock = 128;   // block edge of pa_dense_attention's work list
 
-// The sm90 kernel (sm90/kernel.cuh): a producer warpgroup feeding kConsumers consumer
-// warpgroups, each a pair of kGroupRows query rows (one wgmma m64 tile) of one head.
+// The sm90 kernel (sm90/kernel.cuh): a producer warpgroup feeding consumers_for(head_dim)
+// consumer warpgroups, each a pair of kGroupRows query rows (one wgmma m64 tile) of one head.
+// Three at d = 64 (FA3's 192-row tile there): a d = 64 tile has as many exponentials as a
+// d = 128 one over half the products, and two consumer warps per scheduler left the
+// softmax latency-bound (version 17's profile, docs/benchmarks.md); d = 128 needs the
+// registers of two.
 namespace sm90 {
-inline constexpr int kConsumers = 2;
+inline constexpr int kMaxConsumers = 3;
 inline constexpr int kGroupRows = 64;
+constexpr int consumers_for(int head_dim) { return head_dim <= 64 ? kMaxConsumers : 2; }
 inline constexpr int kCtasPerSm = 1;  // persistent: one CTA per SM (its shared memory fills the SM)
 }  // namespace sm90
 
@@ -60,7 +65,9 @@ struct CtaShape {
 // its limit, not L2), the sm90 kernel 1.2% faster, up to 15% at 64K-128K
 // (bench/results/attention-sm90-chunks-*.json).
 inline constexpr CtaShape kSm80Shape{kWarpRows, kWarps, 0};
-inline constexpr CtaShape kSm90Shape{sm90::kGroupRows, sm90::kConsumers, sm90::kCtasPerSm};
+constexpr CtaShape sm90_shape(int head_dim) {
+  return {sm90::kGroupRows, sm90::consumers_for(head_dim), sm90::kCtasPerSm};
+}
 
 // SeqSpan entries passed by value in the kernel parameters (32 B each: 2 KiB of the
 // classic 4 KiB parameter space); batches of more sequences take several launches.

@@ -11,8 +11,8 @@
 //     has released the previous item's Q). The ring runs on across items, so the next
 //     item's Q and first tiles load while the consumers finish the current one (the last
 //     P V product and the epilogue): a short row no longer pays its pipeline fill.
-//   warpgroups 1..kConsumers (consumers): kGroupRows query rows of one head each (a pair of
-//     params.hpp). S = Q K^T with wgmma (Q and K from shared memory), mask, online softmax
+//   warpgroups 1..kConsumers (consumers; 2 at d = 128, 3 at d = 64): kGroupRows query rows of
+//     one head each (a pair of params.hpp). S = Q K^T with wgmma (Q and K from shared memory), mask, online softmax
 //     in fp32 registers, O += P V with wgmma (P from registers, V from shared memory).
 //
 // Tiles: a K/V tile is kTileKeys = 2 x kBoxRows keys, two "halves" of kBoxRows keys, each
@@ -27,7 +27,7 @@
 // Consumer loop, intra-warpgroup overlap (FA3): in the iteration of tile j
 //   issue S_j = Q K_j^T | rescale O, issue O += P_{j-1} V_{j-1} | wait S_j, release K_j |
 //   mask + softmax of S_j (under the P V product) | wait P V, release V_{j-1} | P_j = S_j
-// The products of an iteration are issued in the consumer's turn (Turns), so the two
+// The products of an iteration are issued in the consumer's turn (Turns), so the
 // consumers' softmaxes fall between each other's products.
 // Every consumer waits on every tile's barriers and releases every stage, also a tile it
 // skips (kept by another head of the CTA), so the ring's phases stay in step. The producer
@@ -67,12 +67,10 @@ inline constexpr int kMmaK = 16;                           // K of one wgmma
 inline constexpr int kMmaStepBytes = kMmaK * 2;            // a k-step inside a swizzled row
 inline constexpr int kN8 = 8;                              // columns of one accumulator n8 tile
 inline constexpr uint32_t kUnusedLeadingBytes = 16;        // K-major swizzled: LBO ignored (encoded 1)
-// Register split (setmaxnreg): 128 x 56 + 2 x 128 x 224 = 64512 of the SM's 65536 (the producer
-// keeps its item and ring state in 56 without spilling).
-inline constexpr int kProducerRegisters = 56;
-inline constexpr int kConsumerRegisters = 224;
-static_assert(kWarpgroupThreads * (kProducerRegisters + kConsumers * kConsumerRegisters) <= 65536,
-              "register split within the register file");
+// Registers per thread (setmaxnreg, KernelTraits): the producer warpgroup first, the
+// consumers share the rest of the register file.
+inline constexpr int kRegisterFile = 65536;
+inline constexpr int kRegisterGranule = 8;  // setmaxnreg counts are multiples of 8
 static_assert(kGroupRows == 64, "a consumer is one wgmma m64 tile");
 static_assert(kBoxRows == kGroupRows, "Q and K/V use tensor maps of the same box");
 
@@ -82,8 +80,8 @@ inline constexpr int kItemSlots = 2;
 
 // Named barriers (id 0 is __syncthreads): the epilogue of consumer c syncs its warpgroup on
 // kBarrierEpilogue + c; consumer c waits for its turn (Turns) on kBarrierTurn + c.
-enum NamedBarrier : int { kBarrierEpilogue = 1, kBarrierTurn = kBarrierEpilogue + kConsumers };
-static_assert(kBarrierTurn + kConsumers <= 16, "16 named barriers per CTA");
+enum NamedBarrier : int { kBarrierEpilogue = 1, kBarrierTurn = kBarrierEpilogue + kMaxConsumers };
+static_assert(kBarrierTurn + kMaxConsumers <= 16, "16 named barriers per CTA");
 
 // Turn-taking of the consumer warpgroups around their tensor-core issue (FA3's
 // inter-warpgroup ping-pong): consumer c issues the products of a tile once consumer c - 1
@@ -104,17 +102,25 @@ struct Turns {
     if (enabled) named_barrier_arrive(next, kThreads);
   }
 };
-static_assert(kConsumers >= 2, "turns need two consumers");
 
 // Every shape of the kernel, derived from the element type and head_dim. Stage counts are
 // speed settings: a stage holds a K and a V tile; 2 at d = 128 (FA3's choice; 192 KiB with
-// Q and the O staging),
-// 3 at d = 64 (tiles compute in half the time, so the copies need more lead).
+// Q and the O staging), 3 at d = 64 (tiles compute in half the time, so the copies need more
+// lead; 144 KiB with three consumers' Q and O staging).
 template <typename Element_, int kHeadDim_>
 struct KernelTraits {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kConsumers = consumers_for(kHeadDim_);
   static constexpr int kThreads = (1 + kConsumers) * kWarpgroupThreads;
+  // Two consumers: the producer keeps its item and ring state in 56 without spilling, the
+  // consumers get 224 (64512 of the 65536). Three: a consumer needs 160 (S, P and O of a
+  // d = 64 tile are 128; at 152 it spills P's registers in the loop), which leaves the
+  // producer 32 (FA3's split at d = 64): its one thread keeps part of its item state in
+  // local memory, off the consumers' path.
+  static constexpr int kProducerRegisters = kConsumers == 2 ? 56 : 32;
+  static constexpr int kConsumerRegisters =
+      (kRegisterFile / kWarpgroupThreads - kProducerRegisters) / kConsumers / kRegisterGranule * kRegisterGranule;
   static constexpr int kStages = kHeadDim == 128 ? 2 : 3;
   static constexpr int kChunks = kHeadDim / kSwizzleElems;      // 64-column chunks of a row
   static constexpr int kQChunkBytes = kGroupRows * kSwizzleBytes;
@@ -134,6 +140,7 @@ struct KernelTraits {
 
   static_assert(sizeof(Element) == 2, "16-bit elements (bf16, fp16)");
   static_assert(kHeadDim == 64 || kHeadDim == 128, "head_dim 64 or 128");
+  static_assert(kConsumers >= 2 && kConsumers <= kMaxConsumers, "turns need two consumers; named barriers for three");
   static_assert(kGroupRows * kOutRowBytes == kQBytes, "O staging has the Q tile's size");
   static_assert(kQChunkBytes % kTileAlignment == 0 && kBoxBytes % kTileAlignment == 0,
                 "every TMA box starts on a swizzle atom");
@@ -157,18 +164,18 @@ struct ItemSlot {
   int32_t end;        // 1: no more items
   int32_t seq;        // the item's sequence: params.seqs[seq]
   int32_t max_count;  // largest count of its active consumers (0: no K/V tile)
-  UnitWork group[kConsumers];
+  UnitWork group[kMaxConsumers];  // [0, KernelTraits::kConsumers) used
 };
 
 // Shared memory of one CTA; its sizeof is the launch's dynamic shared memory.
 template <typename Traits>
 struct alignas(kTileAlignment) SharedStorage {
-  uint8_t q[kConsumers][Traits::kQBytes];       // consumer c's Q tile
-  uint8_t o[kConsumers][Traits::kQBytes];       // consumer c's O staging (epilogue)
+  uint8_t q[Traits::kConsumers][Traits::kQBytes];  // consumer c's Q tile
+  uint8_t o[Traits::kConsumers][Traits::kQBytes];  // consumer c's O staging (epilogue)
   uint8_t k[Traits::kStages][Traits::kKvBytes];
   uint8_t v[Traits::kStages][Traits::kKvBytes];
-  uint64_t q_full[kConsumers];
-  uint64_t q_empty[kConsumers];       // one arrival per consumer warp: Q read for the last time
+  uint64_t q_full[Traits::kConsumers];
+  uint64_t q_empty[Traits::kConsumers];  // one arrival per consumer warp: Q read for the last time
   ItemSlot item[kItemSlots];          // the items handed to the consumers
   uint64_t item_full[kItemSlots];     // producer arrival
   uint64_t item_empty[kItemSlots];    // one arrival per consumer warp
@@ -181,6 +188,7 @@ struct alignas(kTileAlignment) SharedStorage {
 
 // What one consumer warpgroup computes: kGroupRows query rows of one Q head.
 using GroupWork = UnitWork;
+template <int kConsumers>
 __device__ __forceinline__ GroupWork group_work(const Params& p, const SeqSpan& span, int m, int kv_head,
                                                 int slot, int consumer) {
   return unit_work<kGroupRows, kConsumers>(p, span, m, kv_head, slot, consumer);
@@ -214,6 +222,7 @@ struct Ring {
 };
 
 // Work item `item` (params.hpp: item_position), decoded the same way by every thread.
+template <int kConsumers>
 __device__ __forceinline__ void decode_item(const Params& params, int64_t item, CtaWork& cta,
                                             GroupWork (&group)[kConsumers]) {
   const ItemPosition position = item_position(params, item);
@@ -227,7 +236,7 @@ __device__ __forceinline__ void decode_item(const Params& params, int64_t item, 
   cta.last_row = -1;
 #pragma unroll
   for (int c = 0; c < kConsumers; ++c) {
-    group[c] = group_work(params, *cta.span, cta.m, cta.kv_head, slot, c);
+    group[c] = group_work<kConsumers>(params, *cta.span, cta.m, cta.kv_head, slot, c);
     if (group[c].active) {
       cta.max_count = max(cta.max_count, group[c].count);
       cta.last_row = max(cta.last_row, group[c].last_row);
@@ -257,15 +266,16 @@ __device__ __forceinline__ void load_kv_tile(uint32_t tile, const CUtensorMap* m
 // q_phase[c]: parity of consumer c's Q loads so far.
 template <typename Traits>
 __device__ __forceinline__ void produce_item(SharedStorage<Traits>& smem, const Params& params, const CtaWork& cta,
-                                             const GroupWork (&group)[kConsumers], Ring<Traits::kStages>& ring,
-                                             uint32_t (&q_phase)[kConsumers], const CUtensorMap* q_map,
+                                             const GroupWork (&group)[Traits::kConsumers],
+                                             Ring<Traits::kStages>& ring, uint32_t (&q_phase)[Traits::kConsumers],
+                                             const CUtensorMap* q_map,
                                              const CUtensorMap* k_map, const CUtensorMap* v_map) {
   const SeqSpan& span = *cta.span;
   const int token_begin = int(span.token_begin);  // the dispatcher keeps tokens within int32
 
   // Q of every active consumer, once it has read its previous Q for the last time.
 #pragma unroll
-  for (int c = 0; c < kConsumers; ++c) {
+  for (int c = 0; c < Traits::kConsumers; ++c) {
     if (!group[c].active) continue;
     mbarrier_wait(smem_address(&smem.q_empty[c]), q_phase[c] ^ 1);
     q_phase[c] ^= 1;
@@ -661,6 +671,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(kTileAlignment) unsigned char smem_bytes[];
   SharedStorage<Traits>& smem = *reinterpret_cast<SharedStorage<Traits>*>(smem_bytes);
+  constexpr int kConsumers = Traits::kConsumers;
   if (smem_address(smem_bytes) % kTileAlignment != 0) __trap();  // the swizzle atoms need it
 
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
@@ -693,7 +704,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   Ring<Traits::kStages> ring;
   Ring<kItemSlots> item_ring;
   if (role == 0) {
-    registers_release<kProducerRegisters>();
+    registers_release<Traits::kProducerRegisters>();
     if (warp == 0 && lane == 0) {
       tma_prefetch_descriptor(&q_map);
       tma_prefetch_descriptor(&k_map);
@@ -725,7 +736,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     }
     return;
   }
-  registers_acquire<kConsumerRegisters>();
+  registers_acquire<Traits::kConsumerRegisters>();
   const int consumer = role - 1;
   const Turns turns{params.consumer_turns != 0, kBarrierTurn + consumer, kBarrierTurn + (consumer + 1) % kConsumers};
   if (consumer == kConsumers - 1) turns.pass();
