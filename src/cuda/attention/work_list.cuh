@@ -29,18 +29,25 @@ struct UnitWork {
   int count = 0;        // kept blocks of this head in this row: the prefix of the order row
 };
 
+// The pair numbering's heads in their own order: the local head at place `place` of a KV
+// group is head `place`.
+struct HeadsInOrder {
+  __device__ __forceinline__ int operator()(int place) const { return place; }
+};
+
 // Unit `unit` of slot `slot` of work item (row m, KV head): the pair numbering of
-// params.hpp (Packing) over kUnitsPerCta units of kUnitRows rows each.
-template <int kUnitRows, int kUnitsPerCta>
+// params.hpp (Packing) over kUnitsPerCta units of kUnitRows rows each; head_at maps a place
+// in the numbering to a local head of the KV group (a permutation).
+template <int kUnitRows, int kUnitsPerCta, typename HeadAt = HeadsInOrder>
 __device__ __forceinline__ UnitWork unit_work(const Params& p, const SeqSpan& span, int m, int kv_head,
-                                              int slot, int unit) {
+                                              int slot, int unit, const HeadAt& head_at = HeadAt{}) {
   UnitWork w;
   const int heads_per_kv = p.num_q_heads / p.num_kv_heads;
   const int chunks = p.block_size / kUnitRows;
   const int pair = slot * kUnitsPerCta + unit;
   if (pair >= heads_per_kv * chunks) return w;
   const bool head_major = p.packing == Packing::kChunksOfHead;
-  const int head_local = head_major ? pair / chunks : pair % heads_per_kv;
+  const int head_local = head_at(head_major ? pair / chunks : pair % heads_per_kv);
   const int chunk = head_major ? pair % chunks : pair / heads_per_kv;
   w.head = kv_head * heads_per_kv + head_local;
   w.row0 = m * p.block_size + chunk * kUnitRows;

@@ -39,6 +39,7 @@
 
 #include <cuda.h>
 
+#include <climits>
 #include <cmath>
 #include <cstdint>
 
@@ -119,6 +120,11 @@ struct KernelTraits {
   // producer 32 (FA3's split at d = 64): its one thread keeps part of its item state in
   // local memory, off the consumers' path.
   static constexpr int kProducerRegisters = kConsumers == 2 ? 56 : 32;
+  // Only with three consumers does a CTA hold the pairs of two heads (two make one head's
+  // block at block 128), so only then does the producer rank the heads by count
+  // (heads_by_count), with its whole first warp; with two, one thread produces, as before
+  // (the warp and the ranking cost d = 128 about 3% in an A/B, 2026-11-24).
+  static constexpr bool kRankHeads = kConsumers == 3;
   static constexpr int kConsumerRegisters =
       (kRegisterFile / kWarpgroupThreads - kProducerRegisters) / kConsumers / kRegisterGranule * kRegisterGranule;
   static constexpr int kStages = kHeadDim == 128 ? 2 : 3;
@@ -188,10 +194,36 @@ struct alignas(kTileAlignment) SharedStorage {
 
 // What one consumer warpgroup computes: kGroupRows query rows of one Q head.
 using GroupWork = UnitWork;
-template <int kConsumers>
-__device__ __forceinline__ GroupWork group_work(const Params& p, const SeqSpan& span, int m, int kv_head,
-                                                int slot, int consumer) {
-  return unit_work<kGroupRows, kConsumers>(p, span, m, kv_head, slot, consumer);
+// The heads of a KV group ranked by their count in one row, largest first (ties by head),
+// by a whole warp (lane h holds local head h): with three consumers a CTA holds the pairs of
+// two heads and streams the larger count's tiles while the other head's consumer idles, so
+// the slots of a row take the heads in this order, neighbours in count (real layers' heads
+// differ in count far more than the benchmark's 0.5x-1.5x spread). The pair numbering's
+// place r is the head of rank r. Unranked (heads in order) when not asked for (kRank), when
+// dense or when a KV group has more heads than a warp has lanes.
+struct HeadsByCount {
+  int rank;     // this lane's head's rank (-1: no head)
+  bool ranked;
+  __device__ __forceinline__ int operator()(int place) const {
+    return ranked ? __ffs(int(__ballot_sync(0xffffffffu, rank == place))) - 1 : place;
+  }
+};
+template <bool kRank>
+__device__ __forceinline__ HeadsByCount heads_by_count(const Params& p, const SeqSpan& span, int m, int kv_head) {
+  constexpr int kLanes = 32;
+  const int lane = int(threadIdx.x) % kLanes;
+  const int heads = p.num_q_heads / p.num_kv_heads;
+  HeadsByCount ranks{lane, kRank && p.order != nullptr && heads > 1 && heads <= kLanes};
+  if (!ranks.ranked) return ranks;
+  const int count =
+      lane < heads ? __ldg(p.count + (span.qblock_begin + m) * p.num_q_heads + kv_head * heads + lane) : INT_MIN;
+  int rank = 0;
+  for (int j = 0; j < heads; ++j) {
+    const int other = __shfl_sync(0xffffffffu, count, j);
+    rank += other > count || (other == count && j < lane) ? 1 : 0;
+  }
+  ranks.rank = lane < heads ? rank : -1;
+  return ranks;
 }
 
 // The CTA's work item, decoded the same way by every thread.
@@ -221,8 +253,9 @@ struct Ring {
   }
 };
 
-// Work item `item` (params.hpp: item_position), decoded the same way by every thread.
-template <int kConsumers>
+// Work item `item` (params.hpp: item_position), decoded by the producer: with kRankHeads by
+// its whole first warp (heads_by_count), every lane to the same result.
+template <int kConsumers, bool kRankHeads>
 __device__ __forceinline__ void decode_item(const Params& params, int64_t item, CtaWork& cta,
                                             GroupWork (&group)[kConsumers]) {
   const ItemPosition position = item_position(params, item);
@@ -234,9 +267,10 @@ __device__ __forceinline__ void decode_item(const Params& params, int64_t item, 
   cta.m = int(row - cta.span->qblock_begin);
   cta.max_count = 0;
   cta.last_row = -1;
+  const HeadsByCount heads = heads_by_count<kRankHeads>(params, *cta.span, cta.m, cta.kv_head);
 #pragma unroll
   for (int c = 0; c < kConsumers; ++c) {
-    group[c] = group_work<kConsumers>(params, *cta.span, cta.m, cta.kv_head, slot, c);
+    group[c] = unit_work<kGroupRows, kConsumers>(params, *cta.span, cta.m, cta.kv_head, slot, c, heads);
     if (group[c].active) {
       cta.max_count = max(cta.max_count, group[c].count);
       cta.last_row = max(cta.last_row, group[c].last_row);
@@ -263,13 +297,16 @@ __device__ __forceinline__ void load_kv_tile(uint32_t tile, const CUtensorMap* m
 }
 
 // One item (with at least one kept block): Q tiles, then K/V tiles, the last one flagged.
-// q_phase[c]: parity of consumer c's Q loads so far.
+// Run by the producer (its first warp with kRankHeads, else one thread), all lanes walking
+// the same tiles; lane 0 (`leader`) issues the copies, writes the stage descriptions and
+// arrives. q_phase[c]: parity of consumer c's Q
+// loads so far.
 template <typename Traits>
 __device__ __forceinline__ void produce_item(SharedStorage<Traits>& smem, const Params& params, const CtaWork& cta,
                                              const GroupWork (&group)[Traits::kConsumers],
                                              Ring<Traits::kStages>& ring, uint32_t (&q_phase)[Traits::kConsumers],
-                                             const CUtensorMap* q_map,
-                                             const CUtensorMap* k_map, const CUtensorMap* v_map) {
+                                             const CUtensorMap* q_map, const CUtensorMap* k_map,
+                                             const CUtensorMap* v_map, bool leader) {
   const SeqSpan& span = *cta.span;
   const int token_begin = int(span.token_begin);  // the dispatcher keeps tokens within int32
 
@@ -279,6 +316,7 @@ __device__ __forceinline__ void produce_item(SharedStorage<Traits>& smem, const 
     if (!group[c].active) continue;
     mbarrier_wait(smem_address(&smem.q_empty[c]), q_phase[c] ^ 1);
     q_phase[c] ^= 1;
+    if (!leader) continue;
     const uint32_t bar = smem_address(&smem.q_full[c]);
     mbarrier_arrive_expect_tx(bar, Traits::kQBytes);
 #pragma unroll
@@ -316,11 +354,13 @@ __device__ __forceinline__ void produce_item(SharedStorage<Traits>& smem, const 
     };
     // K: wait until every consumer warp released the stage, publish the tile, copy.
     mbarrier_wait(smem_address(&smem.k_empty[ring.stage]), ring.phase ^ 1);
-    smem.desc[ring.stage] = desc;
-    copy(smem.k_full[ring.stage], smem.k[ring.stage], k_map);
+    if (leader) {
+      smem.desc[ring.stage] = desc;
+      copy(smem.k_full[ring.stage], smem.k[ring.stage], k_map);
+    }
     // V, into the same stage of its own ring.
     mbarrier_wait(smem_address(&smem.v_empty[ring.stage]), ring.phase ^ 1);
-    copy(smem.v_full[ring.stage], smem.v[ring.stage], v_map);
+    if (leader) copy(smem.v_full[ring.stage], smem.v[ring.stage], v_map);
     ring.advance();
   };
   TileDesc held{};
@@ -705,10 +745,15 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   Ring<kItemSlots> item_ring;
   if (role == 0) {
     registers_release<Traits::kProducerRegisters>();
-    if (warp == 0 && lane == 0) {
-      tma_prefetch_descriptor(&q_map);
-      tma_prefetch_descriptor(&k_map);
-      tma_prefetch_descriptor(&v_map);
+    // Its first warp when it ranks heads (it decodes each item together, heads_by_count),
+    // else one thread; lane 0 takes the items, issues the copies and arrives. The rest leave.
+    if (warp == 0 && (Traits::kRankHeads || lane == 0)) {
+      const bool leader = lane == 0;
+      if (leader) {
+        tma_prefetch_descriptor(&q_map);
+        tma_prefetch_descriptor(&k_map);
+        tma_prefetch_descriptor(&v_map);
+      }
       uint32_t q_phase[kConsumers] = {};
       CtaWork cta;
       GroupWork group[kConsumers];
@@ -716,22 +761,28 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         // A slot first, then the item: an item is taken only when this CTA can start on it.
         mbarrier_wait(smem_address(&smem.item_empty[item_ring.stage]), item_ring.phase ^ 1);
         // No counter: one item per CTA (PROXYATTN_ATTN_PERSISTENT=0, a launch of `items` CTAs).
-        const int64_t item = params.item_counter != nullptr ? int64_t(atomicAdd(params.item_counter, 1u))
-                             : first                        ? int64_t(blockIdx.x)
-                                                            : items;
-        ItemSlot& slot = smem.item[item_ring.stage];
-        slot.end = item >= items ? 1 : 0;
-        if (item < items) {
-          decode_item(params, item, cta, group);
-          slot.seq = cta.seq;
-          slot.max_count = cta.max_count;
+        int64_t item = items;
+        if (leader)
+          item = params.item_counter != nullptr ? int64_t(atomicAdd(params.item_counter, 1u))
+                 : first                        ? int64_t(blockIdx.x)
+                                                : items;
+        if constexpr (Traits::kRankHeads) item = __shfl_sync(0xffffffffu, item, 0);
+        if (item < items) decode_item<kConsumers, Traits::kRankHeads>(params, item, cta, group);
+        if (leader) {
+          ItemSlot& slot = smem.item[item_ring.stage];
+          slot.end = item >= items ? 1 : 0;
+          if (item < items) {
+            slot.seq = cta.seq;
+            slot.max_count = cta.max_count;
 #pragma unroll
-          for (int c = 0; c < kConsumers; ++c) slot.group[c] = group[c];
+            for (int c = 0; c < kConsumers; ++c) slot.group[c] = group[c];
+          }
+          mbarrier_arrive(smem_address(&smem.item_full[item_ring.stage]));
         }
-        mbarrier_arrive(smem_address(&smem.item_full[item_ring.stage]));
         item_ring.advance();
         if (item >= items) break;
-        if (cta.max_count > 0) produce_item<Traits>(smem, params, cta, group, ring, q_phase, &q_map, &k_map, &v_map);
+        if (cta.max_count > 0)
+          produce_item<Traits>(smem, params, cta, group, ring, q_phase, &q_map, &k_map, &v_map, leader);
       }
     }
     return;
