@@ -55,6 +55,7 @@ SM90_VARIANTS = {
     "sm90_item_per_cta_ms": {"PROXYATTN_ATTN_PERSISTENT": "0"},  # one work item per CTA
     "sm90_no_turns_ms": {"PROXYATTN_ATTN_PINGPONG": "0"},        # consumers issue freely
     "sm90_row_major_ms": {"PROXYATTN_ATTN_ROW_CHUNK": "1"},      # items row by row, all KV heads
+    "sm90_unranked_ms": {"PROXYATTN_ATTN_RANK_HEADS": "0"},      # d = 64: heads in order, not by count
 }
 SM80 = {"PROXYATTN_ATTN_KERNEL": "sm80"}  # our sm80 kernel (row-major item order, params.hpp)
 

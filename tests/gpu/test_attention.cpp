@@ -570,6 +570,35 @@ TEST(Attention, HeadPackingGivesIdenticalOutput) {
   }
 }
 
+// At d = 64 the sm90 kernel's slots take a row's heads by count (three consumers share two
+// heads' pairs); which consumer runs a pair never changes what it computes: identical bits
+// with the heads in order (PROXYATTN_ATTN_RANK_HEADS=0), at both block sizes and packings.
+TEST(Attention, HeadRankingGivesIdenticalOutput) {
+  PA_REQUIRE_GPU();
+  for (int block : {128, 64}) {
+    for (const char* packing : {"chunks", "heads"}) {
+      Case c;
+      c.lengths = {900, 260};
+      c.hq = 14, c.hkv = 2, c.d = 64, c.block = block, c.gamma = 0.8f, c.inputs = Inputs::kStructured;
+      const uint64_t seed = fresh_seed();
+      SCOPED_TRACE(describe(c, seed) + " packing " + packing);
+      ScopedEnv packed("PROXYATTN_ATTN_PACKING", packing);
+      const Host in = make_host(c, seed);
+      CpuRun cpu;
+      run_cpu(c, in, nullptr, cpu);
+      Output ranked, in_order;
+      ASSERT_EQ(run_gpu(c, in, &cpu.index, ranked), PA_STATUS_SUCCESS) << pa_last_error();
+      {
+        ScopedEnv off("PROXYATTN_ATTN_RANK_HEADS", "0");
+        ASSERT_EQ(run_gpu(c, in, &cpu.index, in_order), PA_STATUS_SUCCESS) << pa_last_error();
+      }
+      EXPECT_EQ(max_abs_diff(ranked.o, in_order.o), 0.0);
+      EXPECT_EQ(max_abs_diff(ranked.lse, in_order.lse), 0.0);
+      expect_close("heads ranked", c, ranked, sparse_reference(c, in, cpu.index), &cpu.out);
+    }
+  }
+}
+
 // The order of the work items (params.hpp: chunks of rows) changes which CTA runs an item
 // and when, never what it computes: both kernels give bit-identical outputs in row-major
 // order, in chunks of 3 rows (several chunks, a shorter last one) and by default. A bad

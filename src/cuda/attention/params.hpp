@@ -122,6 +122,7 @@ struct Params {
   uint32_t* item_counter;     // sm90: next work item to hand out, zeroed before the launch;
                               // null: CTA i runs item i only (a launch of one CTA per item)
   int32_t consumer_turns;     // sm90: 1 = the consumers take turns issuing products (ping-pong)
+  int32_t rank_heads;         // sm90 with three consumers: 1 = the slots take a row's heads by count
   SeqSpan seqs[kMaxSeqsPerLaunch];
 };
 

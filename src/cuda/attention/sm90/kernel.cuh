@@ -199,8 +199,8 @@ using GroupWork = UnitWork;
 // two heads and streams the larger count's tiles while the other head's consumer idles, so
 // the slots of a row take the heads in this order, neighbours in count (real layers' heads
 // differ in count far more than the benchmark's 0.5x-1.5x spread). The pair numbering's
-// place r is the head of rank r. Unranked (heads in order) when not asked for (kRank), when
-// dense or when a KV group has more heads than a warp has lanes.
+// place r is the head of rank r. Unranked (heads in order) when not asked for (kRank, or
+// Params::rank_heads off), when dense or when a KV group has more heads than a warp has lanes.
 struct HeadsByCount {
   int rank;     // this lane's head's rank (-1: no head)
   bool ranked;
@@ -213,7 +213,7 @@ __device__ __forceinline__ HeadsByCount heads_by_count(const Params& p, const Se
   constexpr int kLanes = 32;
   const int lane = int(threadIdx.x) % kLanes;
   const int heads = p.num_q_heads / p.num_kv_heads;
-  HeadsByCount ranks{lane, kRank && p.order != nullptr && heads > 1 && heads <= kLanes};
+  HeadsByCount ranks{lane, kRank && p.rank_heads != 0 && p.order != nullptr && heads > 1 && heads <= kLanes};
   if (!ranks.ranked) return ranks;
   const int count =
       lane < heads ? __ldg(p.count + (span.qblock_begin + m) * p.num_q_heads + kv_head * heads + lane) : INT_MIN;

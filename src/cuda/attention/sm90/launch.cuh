@@ -99,6 +99,10 @@ inline bool persistent_from_environment() { return on_unless_zero("PROXYATTN_ATT
 // (PROXYATTN_ATTN_PINGPONG=0, to measure what the turns bring).
 inline bool consumer_turns_from_environment() { return on_unless_zero("PROXYATTN_ATTN_PINGPONG"); }
 
+// Whether a kernel with three consumers ranks a row's heads by count (the default), or takes
+// them in order (PROXYATTN_ATTN_RANK_HEADS=0, to measure what the ranking brings and costs).
+inline bool rank_heads_from_environment() { return on_unless_zero("PROXYATTN_ATTN_RANK_HEADS"); }
+
 // The launch's CTAs: one per SM when persistent (one CTA fits an SM), else one per item.
 // PROXYATTN_ATTN_MAX_CTAS=n (for tests) caps the persistent CTAs at n, so that every CTA
 // runs many items whatever the problem size.
@@ -141,6 +145,7 @@ pa_status run_sm90(const Params& params, int64_t items, void* stream) {
   Params launch_params = params;
   launch_params.item_counter = nullptr;
   launch_params.consumer_turns = sm90::consumer_turns_from_environment() ? 1 : 0;
+  launch_params.rank_heads = sm90::rank_heads_from_environment() ? 1 : 0;
   if (persistent) PA_TRY(sm90::zeroed_item_counter(stream, &launch_params.item_counter));
   kernel<<<dim3(static_cast<unsigned>(grid_size)), Traits::kThreads, kSharedBytes,
            static_cast<cudaStream_t>(stream)>>>(launch_params, q_map, k_map, v_map);
