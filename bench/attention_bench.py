@@ -28,6 +28,7 @@ Usage: attention_bench.py --build build-gpu --out DIR [--quick | --sizes 8192,32
 """
 import argparse
 import datetime
+import math
 import os
 import sys
 import time
@@ -47,7 +48,8 @@ DENSITIES = [0.05, 0.10, 0.20, 0.50, 1.00]
 REPEATS = {8192: 10, 16384: 8, 32768: 5, 65536: 4, 131072: 3}  # fewer at long N: about 2 min in all
 WARMUP = {8192: 2, 16384: 2, 32768: 1, 65536: 1, 131072: 1}
 PACKING_SIZE, PACKING_DENSITIES = 32768, [0.10, 0.50]  # both CTA packings (params.hpp) measured here
-BUDGET_SPREAD = (0.5, 1.5)
+DEFAULT_BUDGET_SPREAD = (0.5, 1.5)
+BUDGET_SPREAD = DEFAULT_BUDGET_SPREAD
 BUDGET_GEOMETRIC = False  # factors evenly spaced (False) or in geometric progression
 # The sm90 kernel with one of its choices undone (launch.cuh), timed on the same plan next
 # to the default: result key -> environment.
@@ -77,7 +79,7 @@ def set_budget_spread(text):
         lo, hi = float(fields[0]), float(fields[1])
     except (ValueError, IndexError):
         lo = hi = -1.0
-    if not 0.0 < lo <= hi or len(fields) > 3 or (len(fields) == 3 and fields[2] != "geometric"):
+    if not 0.0 < lo <= hi < math.inf or len(fields) > 3 or (len(fields) == 3 and fields[2] != "geometric"):
         raise SystemExit(f"--budget-spread {text}: expected LO,HI or LO,HI,geometric with 0 < LO <= HI")
     BUDGET_SPREAD, BUDGET_GEOMETRIC = (lo, hi), len(fields) == 3
 
@@ -145,7 +147,7 @@ def main():
     ap.add_argument("--sizes", default="", help="comma-separated N, each one of %s" % SIZES)
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--shape", default=f"{HQ},{HKV},{D}", help="Q heads, KV heads, head_dim")
-    ap.add_argument("--budget-spread", default="%g,%g" % BUDGET_SPREAD,
+    ap.add_argument("--budget-spread", default="%g,%g" % DEFAULT_BUDGET_SPREAD,
                     help="per-head budget factors LO,HI, evenly spaced, or LO,HI,geometric")
     ap.add_argument("--baseline", default="", help="build folder of a second library to time next to ours")
     ap.add_argument("--baseline-label", default="", help="what the baseline build is (recorded)")
@@ -316,7 +318,7 @@ def main():
            "wall_s": time.time() - t_start}
     default_shape = args.shape == ap.get_default("shape")
     prefix = "attention-" if default_shape else f"attention-{HQ}-{HKV}-d{D}-"
-    if args.budget_spread != ap.get_default("budget_spread"):
+    if BUDGET_SPREAD != DEFAULT_BUDGET_SPREAD or BUDGET_GEOMETRIC:
         prefix += "spread-"
     path = write_result(args.out, doc, prefix=prefix)
 

@@ -75,7 +75,8 @@ def attention_table(doc):
     --baseline results, the baseline build's times and baseline / ours per point, and their
     geometric mean in a line above the table."""
     variants = [("sm90_row_major_ms", "sm90 row-major order ms"), ("sm90_no_turns_ms", "sm90 without turns ms"),
-                ("sm90_item_per_cta_ms", "sm90 one item per CTA ms"), ("sm80_row_major_ms", "sm80 row-major order ms")]
+                ("sm90_item_per_cta_ms", "sm90 one item per CTA ms"), ("sm90_unranked_ms", "sm90 heads unranked ms"),
+                ("sm80_row_major_ms", "sm80 row-major order ms")]
     variants = [(key, title) for key, title in variants if any(key in r for r in doc["results"])]
     baseline = all("baseline_ms" in r for r in doc["results"])
     header = ["N", "density", "ours ms", "TFLOP/s eff.", *(title for _, title in variants),

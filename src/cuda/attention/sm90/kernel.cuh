@@ -2,8 +2,9 @@
 // persistent CTAs (one per SM) taking the work items of params.hpp in order (longest rows
 // first) from an atomic counter, warp-specialised.
 //
-//   warpgroup 0 (producer, registers released): one thread takes the next item from the
-//     counter, decodes it and hands it to the consumers through a small shared-memory ring
+//   warpgroup 0 (producer, registers released): one thread (at d = 64 its first warp, which
+//     decodes together and lets lane 0 issue) takes the next item from the counter, decodes
+//     it and hands it to the consumers through a small shared-memory ring
 //     (they read no global memory between items); it walks each item's kept blocks in
 //     the order of the block index and copies each K and V tile with the tensor copy engine
 //     (TMA, 128-byte swizzle) into a ring of kStages shared-memory stages, each completing
@@ -71,7 +72,9 @@ inline constexpr uint32_t kUnusedLeadingBytes = 16;        // K-major swizzled: 
 // Registers per thread (setmaxnreg, KernelTraits): the producer warpgroup first, the
 // consumers share the rest of the register file.
 inline constexpr int kRegisterFile = 65536;
-inline constexpr int kRegisterGranule = 8;  // setmaxnreg counts are multiples of 8
+inline constexpr int kRegisterGranule = 8;  // setmaxnreg counts are multiples of 8 ...
+inline constexpr int kMinSetMaxNreg = 24;   // ... in [24, 256]
+inline constexpr int kMaxSetMaxNreg = 256;
 static_assert(kGroupRows == 64, "a consumer is one wgmma m64 tile");
 static_assert(kBoxRows == kGroupRows, "Q and K/V use tensor maps of the same box");
 
@@ -87,7 +90,7 @@ static_assert(kBarrierTurn + kMaxConsumers <= 16, "16 named barriers per CTA");
 // Turn-taking of the consumer warpgroups around their tensor-core issue (FA3's
 // inter-warpgroup ping-pong): consumer c issues the products of a tile once consumer c - 1
 // has issued its own, then passes the turn on, so one consumer's softmax runs while the
-// other's products keep the tensor cores busy. Named barrier kBarrierTurn + c is consumer c's
+// others' products keep the tensor cores busy. Named barrier kBarrierTurn + c is consumer c's
 // turn: it waits there (128 threads) for the previous consumer's arrival (128 more). Every
 // consumer walks the same tiles, so all take the same number of turns; the last consumer's
 // opening pass starts the ring and consumer 0's closing wait takes the last pass, so no
@@ -114,19 +117,26 @@ struct KernelTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kConsumers = consumers_for(kHeadDim_);
   static constexpr int kThreads = (1 + kConsumers) * kWarpgroupThreads;
-  // Two consumers: the producer keeps its item and ring state in 56 without spilling, the
-  // consumers get 224 (64512 of the 65536). Three: a consumer needs 160 (S, P and O of a
-  // d = 64 tile are 128; at 152 it spills P's registers in the loop), which leaves the
-  // producer 32 (FA3's split at d = 64): its one thread keeps part of its item state in
-  // local memory, off the consumers' path.
+  // Two consumers: the producer keeps its item and ring state in 56 (ptxas spills 16 bytes
+  // of it since version 19's leader branches; none in the consumers' loop), the consumers
+  // get 224 (64512 of the 65536). Three: a consumer needs 160 (S, P and O of a d = 64 tile
+  // are 128; at 152 it spills P's registers in the loop), which leaves the producer 32
+  // (FA3's split at d = 64): its warp keeps part of its item state in local memory, off the
+  // consumers' loop (the consumers spill ~40 bytes around an item's start and epilogue).
   static constexpr int kProducerRegisters = kConsumers == 2 ? 56 : 32;
-  // Only with three consumers does a CTA hold the pairs of two heads (two make one head's
-  // block at block 128), so only then does the producer rank the heads by count
-  // (heads_by_count), with its whole first warp; with two, one thread produces, as before
-  // (the warp and the ranking cost d = 128 about 3% in an A/B, 2026-11-24).
+  // At block 128 with the default packing, two consumers hold one head's block, three the
+  // pairs of two heads with different counts; so with three the producer ranks the heads by
+  // count (heads_by_count) with its whole first warp, and with two one thread produces, as
+  // before (the warp and the ranking cost d = 128 about 3% in an A/B, 2026-11-24). At
+  // block 64 or packed by heads, d = 128 CTAs also mix heads, unranked (not measured).
   static constexpr bool kRankHeads = kConsumers == 3;
   static constexpr int kConsumerRegisters =
       (kRegisterFile / kWarpgroupThreads - kProducerRegisters) / kConsumers / kRegisterGranule * kRegisterGranule;
+  static_assert(kWarpgroupThreads * (kProducerRegisters + kConsumers * kConsumerRegisters) <= kRegisterFile,
+                "register split within the register file");
+  static_assert(kProducerRegisters >= kMinSetMaxNreg && kConsumerRegisters <= kMaxSetMaxNreg &&
+                    kProducerRegisters % kRegisterGranule == 0 && kConsumerRegisters % kRegisterGranule == 0,
+                "setmaxnreg takes multiples of 8 in [24, 256]");
   static constexpr int kStages = kHeadDim == 128 ? 2 : 3;
   static constexpr int kChunks = kHeadDim / kSwizzleElems;      // 64-column chunks of a row
   static constexpr int kQChunkBytes = kGroupRows * kSwizzleBytes;
@@ -196,7 +206,8 @@ struct alignas(kTileAlignment) SharedStorage {
 using GroupWork = UnitWork;
 // The heads of a KV group ranked by their count in one row, largest first (ties by head),
 // by a whole warp (lane h holds local head h): with three consumers a CTA holds the pairs of
-// two heads and streams the larger count's tiles while the other head's consumer idles, so
+// two heads (three at block 64) and streams the largest count's tiles while the other heads'
+// consumers idle, so
 // the slots of a row take the heads in this order, neighbours in count (real layers' heads
 // differ in count far more than the benchmark's 0.5x-1.5x spread). The pair numbering's
 // place r is the head of rank r. Unranked (heads in order) when not asked for (kRank, or
