@@ -546,6 +546,24 @@ TEST(Attention, VarlenMoreSequencesThanOneLaunch) {
   check_dense_case(c);
 }
 
+// Runs case c on the GPU as it is and with the environment variable `name` set to `value`
+// (a switch that must not change the arithmetic): identical bits (O and LSE), and the
+// switched run within the reference's tolerance.
+void expect_identical_with(const Case& c, uint64_t seed, const char* name, const char* value) {
+  const Host in = make_host(c, seed);
+  CpuRun cpu;
+  run_cpu(c, in, nullptr, cpu);
+  Output base, other;
+  ASSERT_EQ(run_gpu(c, in, &cpu.index, base), PA_STATUS_SUCCESS) << pa_last_error();
+  {
+    ScopedEnv switched(name, value);
+    ASSERT_EQ(run_gpu(c, in, &cpu.index, other), PA_STATUS_SUCCESS) << pa_last_error();
+  }
+  EXPECT_EQ(max_abs_diff(base.o, other.o), 0.0);
+  EXPECT_EQ(max_abs_diff(base.lse, other.lse), 0.0);
+  expect_close(name, c, other, sparse_reference(c, in, cpu.index), &cpu.out);
+}
+
 // Both CTA packings (params.hpp) run the same per-warp arithmetic: identical bits.
 TEST(Attention, HeadPackingGivesIdenticalOutput) {
   PA_REQUIRE_GPU();
@@ -555,18 +573,7 @@ TEST(Attention, HeadPackingGivesIdenticalOutput) {
     c.hq = 8, c.hkv = 2, c.block = block, c.gamma = 0.8f, c.inputs = Inputs::kStructured;
     const uint64_t seed = fresh_seed();
     SCOPED_TRACE(describe(c, seed));
-    const Host in = make_host(c, seed);
-    CpuRun cpu;
-    run_cpu(c, in, nullptr, cpu);
-    Output chunks, heads;
-    ASSERT_EQ(run_gpu(c, in, &cpu.index, chunks), PA_STATUS_SUCCESS) << pa_last_error();
-    {
-      ScopedEnv packed("PROXYATTN_ATTN_PACKING", "heads");
-      ASSERT_EQ(run_gpu(c, in, &cpu.index, heads), PA_STATUS_SUCCESS) << pa_last_error();
-    }
-    EXPECT_EQ(max_abs_diff(chunks.o, heads.o), 0.0);
-    EXPECT_EQ(max_abs_diff(chunks.lse, heads.lse), 0.0);
-    expect_close("heads packed", c, heads, sparse_reference(c, in, cpu.index), &cpu.out);
+    expect_identical_with(c, seed, "PROXYATTN_ATTN_PACKING", "heads");
   }
 }
 
@@ -583,18 +590,7 @@ TEST(Attention, HeadRankingGivesIdenticalOutput) {
       const uint64_t seed = fresh_seed();
       SCOPED_TRACE(describe(c, seed) + " packing " + packing);
       ScopedEnv packed("PROXYATTN_ATTN_PACKING", packing);
-      const Host in = make_host(c, seed);
-      CpuRun cpu;
-      run_cpu(c, in, nullptr, cpu);
-      Output ranked, in_order;
-      ASSERT_EQ(run_gpu(c, in, &cpu.index, ranked), PA_STATUS_SUCCESS) << pa_last_error();
-      {
-        ScopedEnv off("PROXYATTN_ATTN_RANK_HEADS", "0");
-        ASSERT_EQ(run_gpu(c, in, &cpu.index, in_order), PA_STATUS_SUCCESS) << pa_last_error();
-      }
-      EXPECT_EQ(max_abs_diff(ranked.o, in_order.o), 0.0);
-      EXPECT_EQ(max_abs_diff(ranked.lse, in_order.lse), 0.0);
-      expect_close("heads ranked", c, ranked, sparse_reference(c, in, cpu.index), &cpu.out);
+      expect_identical_with(c, seed, "PROXYATTN_ATTN_RANK_HEADS", "0");
     }
   }
 }
