@@ -207,9 +207,8 @@ using GroupWork = UnitWork;
 // The heads of a KV group ranked by their count in one row, largest first (ties by head),
 // by a whole warp (lane h holds local head h): with three consumers a CTA holds the pairs of
 // two heads (three at block 64) and streams the largest count's tiles while the other heads'
-// consumers idle, so
-// the slots of a row take the heads in this order, neighbours in count (real layers' heads
-// differ in count far more than the benchmark's 0.5x-1.5x spread). The pair numbering's
+// consumers idle, so the slots of a row take the heads in this order, neighbours in count
+// (real layers' heads differ in count far more than the benchmark's 0.5x-1.5x spread). The pair numbering's
 // place r is the head of rank r. Unranked (heads in order) when not asked for (kRank, or
 // Params::rank_heads off), when dense or when a KV group has more heads than a warp has lanes.
 struct HeadsByCount {
@@ -310,8 +309,7 @@ __device__ __forceinline__ void load_kv_tile(uint32_t tile, const CUtensorMap* m
 // One item (with at least one kept block): Q tiles, then K/V tiles, the last one flagged.
 // Run by the producer (its first warp with kRankHeads, else one thread), all lanes walking
 // the same tiles; lane 0 (`leader`) issues the copies, writes the stage descriptions and
-// arrives. q_phase[c]: parity of consumer c's Q
-// loads so far.
+// arrives. q_phase[c]: parity of consumer c's Q loads so far.
 template <typename Traits>
 __device__ __forceinline__ void produce_item(SharedStorage<Traits>& smem, const Params& params, const CtaWork& cta,
                                              const GroupWork (&group)[Traits::kConsumers],
