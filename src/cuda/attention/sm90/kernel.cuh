@@ -236,7 +236,7 @@ __device__ __forceinline__ HeadsByCount heads_by_count(const Params& p, const Se
   return ranks;
 }
 
-// The CTA's work item, decoded the same way by every thread.
+// The CTA's work item as the producer decoded it (decode_item).
 struct CtaWork {
   int seq;                   // params.seqs[seq] holds the row
   const SeqSpan* span;
