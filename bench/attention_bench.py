@@ -17,6 +17,11 @@ Qwen2.5-Coder-0.5B at 32K, eval/results/accuracy-qwen05): "0.1,4,geometric" is l
 Timing: CUDA events around each call, warm-up, median; all methods of a point sampled in
 turn (so clock drifts during long runs fall on all alike); inputs (>= 96 MiB) exceed L2.
 Effective TFLOP/s = 4 * d * kept causal token pairs / time (dense causal pairs for cuDNN).
+cuDNN at equal rows: cuDNN dense causal on a batch of sequences of L tokens, L chosen so that
+its rows keep as many blocks on average as ours do ((L / block + 1) / 2 = kept blocks per row
+and head), about N tokens in all: what the fastest dense kernel gives on rows as short as
+ours (an item's fixed costs: Q load, first softmax, last P V, epilogue), sampled in the same
+rounds ("cudnn_equal_rows_*").
 
 A/B of a kernel change: --baseline DIR loads a second build of the library (e.g. the
 previous commit's, built by scripts/gpu-check's `baseline` step) and times its kernel in the
@@ -115,6 +120,23 @@ def make_count(nqb, density, rng):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if counts(mid).sum() / causal < density else (lo, mid)
     return counts(hi)
+
+
+def equal_rows_call(blocks_per_row, n, gqa):
+    """cuDNN dense causal on B sequences of L tokens whose rows keep blocks_per_row blocks on
+    average ((L / BLOCK + 1) / 2), B * L about n (K/V with HKV heads where gqa, else repeated
+    to HQ, as the main cuDNN call): returns L, B and the call."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    length = BLOCK * max(1, min(n // BLOCK, round(2 * blocks_per_row - 1)))
+    batch = max(1, round(n / length))
+    kv_heads = HKV if gqa else HQ
+    q, k, v = (torch.randn(batch, h, length, D, device="cuda", dtype=torch.bfloat16) for h in (HQ, kv_heads, kv_heads))
+
+    def call():
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    return length, batch, call
 
 
 def flex_block_mask(lib, plan, nqb):
@@ -231,6 +253,9 @@ def main():
                 calls["baseline"] = base_attend
                 calls["baseline_sm80"] = with_environment(SM80, base_attend)
             calls["cudnn"] = cudnn_fn
+            rows_len, rows_batch, rows_fn = equal_rows_call(stats.kept_pairs / (HQ * nqb), n,
+                                                               cudnn_mode == "enable_gqa")
+            calls["cudnn_equal_rows"] = rows_fn
             bm, flex_fn, flex_error = None, None, None
             if flex is not None:
                 try:
@@ -260,6 +285,10 @@ def main():
                    "speedup_vs_cudnn": t_cudnn / t_ours,
                    "sm80_ms": t_sm80, "sm80_tflops_effective": flops / t_sm80 / 1e9}
             row.update({key: t[key] for key in SM90_VARIANTS if key in t})
+            rows_pairs = HQ * rows_batch * rows_len * (rows_len + 1) // 2
+            row.update({"cudnn_equal_rows_len": rows_len, "cudnn_equal_rows_batch": rows_batch,
+                        "cudnn_equal_rows_ms": t["cudnn_equal_rows"],
+                        "cudnn_equal_rows_tflops": 4.0 * D * rows_pairs / t["cudnn_equal_rows"] / 1e9})
             if base is not None:
                 row["baseline_ms"] = t["baseline"]
                 row["baseline_sm80_ms"] = t["baseline_sm80"]

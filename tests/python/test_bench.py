@@ -54,6 +54,7 @@ def test_compare_suite_runs():
     (row,) = case["proxyattn"]
     assert 0 < row["density"] <= 1 and 0 < row["mass_recall_mean"] <= 1 + 1e-5
     assert row["estimate_ms"] > 0 and row["attend_ms"] > 0 and row["total_ms"] > 0
+    assert row["speedup_vs_cudnn"] == pytest.approx(row["cudnn_ms"] / row["total_ms"])  # same rounds
     assert row["needed_equal_to_torch"] == 1.0
     assert len(row["head_density"]) == compare.SHAPES["qwen2.5-7b"][0]
 

@@ -43,3 +43,27 @@ def test_compare_tables_captured_only():
     cells = [c.strip() for c in data.strip("|").split("|")]
     assert cells[:5] == ["model, layer 6", "128K", "14/2, d=64", "2", "0.90"]
     assert cells[11:13] == ["8.00", "10.00"]  # x cuDNN: whole call, attention alone
+
+
+def test_compare_tables_use_cudnn_of_the_same_rounds():
+    row = {"gamma": 0.9, "density": 0.08, "estimate_ms": 1.5, "attend_ms": 6.0, "total_ms": 7.5, "cudnn_ms": 75.0,
+           "speedup_vs_cudnn": 10.0, "mass_recall_mean": 0.93, "mass_recall_min_head": 0.86}
+    case = {"shape": "captured", "input": "model, layer 6", "N": 131072, "num_q_heads": 14, "num_kv_heads": 2,
+            "head_dim": 64, "g": 1, "dense": {"cudnn": {"ms": 60.0}}, "proxyattn": [row]}
+    doc = {"compare": {"shapes": {}, "cases": [case]}}
+    (data,) = [line for line in tables.compare_tables(doc) if line.startswith("| model, layer 6")]
+    cells = [c.strip() for c in data.strip("|").split("|")]
+    assert cells[9] == "75.000" and cells[11:13] == ["10.00", "12.50"]  # the row's cuDNN, not the case's
+
+
+def test_attention_table_equal_rows_columns():
+    doc = attention_doc(False)
+    for row in doc["results"]:
+        row.update({"cudnn_equal_rows_len": 3328, "cudnn_equal_rows_batch": 10, "cudnn_equal_rows_ms": 1.0,
+                    "cudnn_equal_rows_tflops": 500.0})
+    lines = tables.attention_table(doc)
+    header = next(line for line in lines if line.startswith("| N |"))
+    assert "cuDNN at equal rows: L, TFLOP/s" in header
+    (row,) = [line for line in lines if line.startswith("| 8K")]
+    assert "| 3328, 500 | 0.80 |" in row  # ours 400 effective TFLOP/s against 500
+    assert len(row.split("|")) == len(header.split("|"))

@@ -15,7 +15,7 @@ from proxyattn import _C, _api
 
 from .baselines import Flex, repeat_kv, sdpa, sdpa_gqa_mode, torch_estimate
 from .config import BLOCK_SIZE, SHAPES
-from .timing import Rotation, clocks, median_ms
+from .timing import Rotation, clocks, interleaved_median_ms, median_ms
 
 REPEATS = {8192: 20, 16384: 12, 32768: 6, 65536: 4, 131072: 3, 262144: 2}  # under ~1 s of timing per method
 WARMUP = 2
@@ -83,20 +83,28 @@ class Suite:
         def dense_entry(ms, **extra):
             return {"ms": ms, "tflops": dense_flop / ms / 1e9, **extra}
 
+        # Dense attention: every method that takes these inputs, sampled in shuffled rounds
+        # (interleaved_median_ms), so that the heat and power state the long calls leave
+        # behind fall on all of them alike.
+        calls = {}
         for backend in ("cudnn", "fa2"):
             try:
                 mode, refusal = sdpa_gqa_mode(backend, *heads_first.sets[0])
                 inputs = heads_first if mode == "enable_gqa" else Rotation(repeat_kv(*heads_first.sets[0]))
-                ms = median_ms(lambda: sdpa(backend, *inputs.next(), mode == "enable_gqa"), reps, WARMUP)
-                base["dense"][backend] = dense_entry(ms, gqa=mode, **({"gqa_refused": refusal} if refusal else {}))
+                calls[backend] = (lambda b=backend, i=inputs, m=mode: sdpa(b, *i.next(), m == "enable_gqa"))
+                base["dense"][backend] = {"gqa": mode, **({"gqa_refused": refusal} if refusal else {})}
             except RuntimeError as e:  # the backend refuses these inputs: recorded, the rest stands
                 base["dense"][backend] = {"error": str(e).splitlines()[0][:300]}
+        causal = None
         if self.flex is not None:
             causal = self.flex.causal_mask(n, q.device)
-            base["dense"]["flex"] = dense_entry(median_ms(lambda: self.flex(*heads_first.next(), causal), reps, WARMUP))
-            del causal
-        base["dense"]["ours"] = dense_entry(median_ms(
-            lambda: proxyattn.dense_attention(*mine.next(), softmax_scale=scale), reps, WARMUP))
+            calls["flex"] = lambda: self.flex(*heads_first.next(), causal)
+            base["dense"]["flex"] = {}
+        calls["ours"] = lambda: proxyattn.dense_attention(*mine.next(), softmax_scale=scale)
+        base["dense"]["ours"] = {}
+        for name, ms in interleaved_median_ms(calls, reps, WARMUP).items():
+            base["dense"][name] = dense_entry(ms, **base["dense"][name])
+        del calls, causal
         _, dense_lse = proxyattn.dense_attention(q, k, v, softmax_scale=scale, return_lse=True)  # [Hq, N]
         base["dense_s"] = time.time() - t0
         cases = []
@@ -107,26 +115,37 @@ class Suite:
         return cases
 
     def _proxy_case(self, case, q, k, v, mine, heads_first, scale, gammas, keep_mask, dense_lse):
-        """The per-gamma rows of one case (its g), against the case's dense timings."""
+        """The per-gamma rows of one case (its g): our calls timed in the same rounds as cuDNN's
+        dense call (cudnn_ms, speedup_vs_cudnn); speedup_vs_best_dense against the case's dense
+        timings."""
         n, _, d = q.shape
         g, reps = case["g"], case["repeats"]
         best_dense = min(x["ms"] for x in case["dense"].values() if "ms" in x)
+        mode = case["dense"]["cudnn"].get("gqa")  # None where cuDNN refused these inputs
+        cudnn = None
+        if mode is not None:
+            inputs = heads_first if mode == "enable_gqa" else Rotation(repeat_kv(*heads_first.sets[0]))
+            cudnn = lambda: sdpa("cudnn", *inputs.next(), mode == "enable_gqa")  # noqa: E731
         t0 = time.time()
         for gamma in gammas:
             settings = dict(gamma=gamma, num_proxy_groups=g, softmax_scale=scale, anchor_blocks=self.anchor_blocks)
             config = _api.make_config(d, **settings)
             plan = proxyattn.estimate(q, k, [0, n], **settings)
             row = {"gamma": gamma, "anchor_blocks": plan._plan.anchor_blocks, "density": plan.density}
-            row["estimate_ms"] = median_ms(lambda: plan._estimate(*mine.next()[:2]), reps, WARMUP)
+            # Our three calls and cuDNN's dense call, sampled in shuffled rounds: the speedup
+            # compares times taken under the same clocks.
+            timed = interleaved_median_ms({
+                "estimate_ms": lambda: plan._estimate(*mine.next()[:2]),
+                "attend_ms": lambda: proxyattn.attend(plan, *mine.next()),
+                "total_ms": lambda: proxyattn.attention_varlen(*mine.next(), [0, n], **settings),
+                **({"cudnn_ms": cudnn} if cudnn else {})}, reps, WARMUP)
             plan._estimate(q, k)
-            row["attend_ms"] = median_ms(lambda: proxyattn.attend(plan, *mine.next()), reps, WARMUP)
-            row["total_ms"] = median_ms(lambda: proxyattn.attention_varlen(*mine.next(), [0, n], **settings),
-                                        reps, WARMUP)
+            row.update(timed)
             _, lse = proxyattn.attend(plan, q, k, v, return_lse=True)
             recall = torch.exp(lse - dense_lse).mean(dim=1)  # [Hq]: mean over queries per head
             heads = plan.heads()
             row.update({
-                "speedup_vs_cudnn": case["dense"]["cudnn"].get("ms", float("nan")) / row["total_ms"],
+                "speedup_vs_cudnn": row.get("cudnn_ms", float("nan")) / row["total_ms"],
                 "speedup_vs_best_dense": best_dense / row["total_ms"],
                 "attend_tflops_effective": 4.0 * d * plan.stats()["kept_token_pairs"] / row["attend_ms"] / 1e9,
                 "estimate_share_of_total": row["estimate_ms"] / row["total_ms"],
@@ -160,7 +179,7 @@ class Suite:
             self.log("  %-12s %-10s N=%6d gamma=%.2f density %.3f | est %7.3f attend %8.3f total %8.3f ms | "
                      "cuDNN %8.3f  FA2 %8s  flex %8s  flex-mask %8s | x%.2f cuDNN | recall %.4f" % (
                          case["shape"], case["input"], n, gamma, row["density"], row["estimate_ms"], row["attend_ms"],
-                         row["total_ms"], case["dense"]["cudnn"].get("ms", float("nan")),
+                         row["total_ms"], row.get("cudnn_ms", float("nan")),
                          _fmt(case["dense"].get("fa2")), _fmt(case["dense"].get("flex")),
                          "%.3f" % row["flex_masked_ms"] if "flex_masked_ms" in row else "-",
                          row["speedup_vs_cudnn"], row["mass_recall_mean"]))

@@ -13,6 +13,12 @@ def _f(x, digits=3):
     return "-" if x != x else (f"{x:.1f}" if x >= 100 else f"{x:.{digits}f}")
 
 
+def _cudnn_ms(case, row):
+    """cuDNN's dense time next to a ProxyAttn row: timed in the same rounds as the row (results
+    from 2026-11-24 on), else the case's dense measurement."""
+    return row.get("cudnn_ms", _ms(case["dense"]["cudnn"]))
+
+
 def compare_tables(doc):
     lines = []
     for shape, (hq, hkv, d, g) in doc["compare"]["shapes"].items():
@@ -26,7 +32,7 @@ def compare_tables(doc):
             for r in c["proxyattn"]:
                 lines.append("| %dK | %.2f | %.3f | %s | %s | %s | %s | %s | %s | %s | %.2f | %s | %s | %.3f |" % (
                     c["N"] // 1024, r["gamma"], r["density"], _f(r["estimate_ms"]), _f(r["attend_ms"]),
-                    _f(r["total_ms"]), _f(_ms(c["dense"]["cudnn"])), _f(_ms(c["dense"].get("fa2"))),
+                    _f(r["total_ms"]), _f(_cudnn_ms(c, r)), _f(_ms(c["dense"].get("fa2"))),
                     _f(_ms(c["dense"].get("flex"))), _f(r.get("flex_masked_ms", float("nan"))),
                     r["speedup_vs_cudnn"], _f(r.get("speedup_attend_vs_flex_masked", float("nan")), 2),
                     _f(r.get("torch_estimate_over_ours", float("nan")), 1), r["mass_recall_mean"]))
@@ -38,8 +44,8 @@ def compare_tables(doc):
                   "Flex on our mask ms | x cuDNN (total) | x cuDNN (attention) | recall (mean / worst head) |",
                   "|" + "---|" * 14]
         for c in captured:
-            cudnn = _ms(c["dense"]["cudnn"])
             for r in c["proxyattn"]:
+                cudnn = _cudnn_ms(c, r)
                 lines.append("| %s | %dK | %d/%d, d=%d | %d | %.2f | %.3f | %s | %s | %s | %s | %s | %.2f | %.2f | "
                              "%.3f / %.3f |" % (
                                  c["input"], c["N"] // 1024, c["num_q_heads"], c["num_kv_heads"], c["head_dim"], c["g"],
@@ -79,9 +85,12 @@ def attention_table(doc):
                 ("sm80_row_major_ms", "sm80 row-major order ms")]
     variants = [(key, title) for key, title in variants if any(key in r for r in doc["results"])]
     baseline = all("baseline_ms" in r for r in doc["results"])
+    equal_rows = all("cudnn_equal_rows_ms" in r for r in doc["results"])
     header = ["N", "density", "ours ms", "TFLOP/s eff.", *(title for _, title in variants),
               *(["baseline ms", "baseline / ours"] if baseline else []), "sm80 ms", "sm80 / ours",
-              "cuDNN dense ms", "cuDNN TFLOP/s", "eff. / cuDNN rate", "Flex ms", "x cuDNN", "x Flex"]
+              "cuDNN dense ms", "cuDNN TFLOP/s", "eff. / cuDNN rate",
+              *(["cuDNN at equal rows: L, TFLOP/s", "eff. / that rate"] if equal_rows else []),
+              "Flex ms", "x cuDNN", "x Flex"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     if baseline:
         ratios = [r["baseline_ms"] / r["ours_ms"] for r in doc["results"]]
@@ -98,8 +107,11 @@ def attention_table(doc):
         if baseline:
             cells += [_f(r["baseline_ms"]), "%.3f" % (r["baseline_ms"] / r["ours_ms"])]
         cells += [_f(r["sm80_ms"]), "%.2f" % (r["sm80_ms"] / r["ours_ms"]), _f(r["cudnn_dense_ms"]),
-                  "%.0f" % r["cudnn_tflops"], "%.2f" % (r["ours_tflops_effective"] / r["cudnn_tflops"]),
-                  _f(r.get("flex_ms", float("nan"))), "%.2f" % r["speedup_vs_cudnn"],
+                  "%.0f" % r["cudnn_tflops"], "%.2f" % (r["ours_tflops_effective"] / r["cudnn_tflops"])]
+        if equal_rows:
+            cells += ["%d, %.0f" % (r["cudnn_equal_rows_len"], r["cudnn_equal_rows_tflops"]),
+                      "%.2f" % (r["ours_tflops_effective"] / r["cudnn_equal_rows_tflops"])]
+        cells += [_f(r.get("flex_ms", float("nan"))), "%.2f" % r["speedup_vs_cudnn"],
                   _f(r.get("speedup_vs_flex", float("nan")), 2)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
