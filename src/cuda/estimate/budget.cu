@@ -2,8 +2,8 @@
 //   budget_partials: for each Q head i and key block n, the softmax statistics of the last
 //     query block's rows (head i's own Q, its KV head's K, all keys, causal inside the last
 //     block) restricted to block n: (max of log2 logits, sum of 2^(x - max)). Tensor cores,
-//     one CTA per (head, 4 consecutive key blocks), one warp per 16 rows, key tiles
-//     double buffered.
+//     one CTA per (KV head, chunk of 256 keys held in shared memory for all the heads that
+//     read them), one warp per 16 rows.
 //   budget_heads: per (sequence, head), combines the partials into each row's max and sum,
 //     then the mass per key block  a_n = (1/rows) sum_r sum_{k in n} p_r(k)
 //     = (1/rows) sum_r S_rn 2^(M_rn - M_r) / L_r, sorts the masses (descending), and takes
@@ -27,88 +27,90 @@ namespace {
 // ---- budget_partials ------------------------------------------------------------------
 constexpr int kMaxBlock = 128;                             // largest block size b
 constexpr int kPartialThreadsMax = kMaxBlock / kMmaM * kWarpSize;  // one warp per 16 rows
-constexpr int kKeyTile = 64;                               // keys per shared-memory tile
+constexpr int kKeyTile = 64;                               // keys per tensor-core tile
 constexpr int kNTiles = kKeyTile / kMmaN;
-constexpr int kBlocksPerCta = 4;                           // key blocks per CTA (Q loaded once)
 constexpr int kSmemPad = 8;                                // conflict-free ldmatrix rows
-constexpr int kStages = 2;                                 // double buffering of key tiles
+// CTAs per SM asked of ptxas (left free it takes 120-154 registers: 1 CTA): 3 at d = 64 (80
+// registers, 24 warps), 2 at d = 128 (its 32 registers of Q fragments; as before this kernel).
+template <int D>
+inline constexpr int kPartialCtasPerSm = D == 64 ? 3 : 2;
+
+// Keys of a CTA's chunk, resident in shared memory for all the heads of its KV head (36 KiB
+// at d = 64, 68 KiB at d = 128 with the padding). Larger chunks would read each head's Q
+// fragments less often but leave fewer CTAs (0.5B at 128K: 1024 CTAs of 256 keys, 2.6
+// waves of 3 per SM).
+constexpr int kChunkKeys = 256;
 
 template <typename T, int D>
-struct KeyTiles {
-  T k[kStages][kKeyTile][D + kSmemPad];  // [stage][key][d]
-};
+inline constexpr size_t kPartialsSmemBytes = size_t(kChunkKeys) * (D + kSmemPad) * sizeof(T);
 
-// Grid Hq * ceil(total_qblocks / kBlocksPerCta), heads fastest: the heads of one KV head
-// run side by side and share its K tiles through L2. b / 16 warps; the CTA's key tiles (b / 64 per block)
-// stream through two shared-memory stages, the next loading while the current computes.
+// Grid Hkv * ceil(total_qblocks / (kChunkKeys / b)), KV heads fastest. A CTA copies its
+// chunk of K (kChunkKeys keys, whole key blocks) into shared memory once, then computes
+// the statistics of every Q head of that KV head against it, one head after the other, with
+// no further synchronisation: the heads of a group read K once instead of once each.
+// b / 16 warps, each 16 rows of the last query block.
 template <typename T, int D>
-__global__ void __launch_bounds__(kPartialThreadsMax)
+__global__ void __launch_bounds__(kPartialThreadsMax, kPartialCtasPerSm<D>)
     budget_partials_kernel(Geometry geo, InputView q, InputView k, float2* __restrict__ partials) {
-  __shared__ __align__(16) KeyTiles<T, D> smem;
-  const int h = int(blockIdx.x % geo.num_q_heads);
-  const int64_t chunk = blockIdx.x / geo.num_q_heads;
-  const int kv = h / (geo.num_q_heads / geo.num_kv_heads);
+  extern __shared__ __align__(16) unsigned char partials_smem[];
+  using KeyRow = T[D + kSmemPad];
+  KeyRow* keys = reinterpret_cast<KeyRow*>(partials_smem);  // [chunk key][d]
+  const int kv = int(blockIdx.x % geo.num_kv_heads);
+  const int64_t chunk = blockIdx.x / geo.num_kv_heads;
+  const int heads_per_kv = geo.num_q_heads / geo.num_kv_heads;
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const int b = geo.block;
   const int tiles_per_block = b / kKeyTile;
+  const int blocks_per_cta = kChunkKeys / b;
   const int row_a = warp * kMmaM + lane / 4, row_b = row_a + 8;  // rows of the last block
-  const int64_t gb_begin = chunk * kBlocksPerCta;
-  const int num_tiles = int(min(geo.total_qblocks - gb_begin, int64_t(kBlocksPerCta))) * tiles_per_block;
+  const int64_t gb_begin = chunk * blocks_per_cta;
+  const int num_tiles = int(min(geo.total_qblocks - gb_begin, int64_t(blocks_per_cta))) * tiles_per_block;
 
   const T* qdata = static_cast<const T*>(q.data);
   const T* kdata = static_cast<const T*>(k.data);
 
-  // K tile t of this CTA [64 keys, D] of KV head kv into stage (zero past the sequence's
-  // end; nothing for dense sequences). Always commits one group, so waits stay in step.
-  auto load_tile = [&](int t, int stage) {
-    const int64_t gb = gb_begin + t / tiles_per_block;
-    const SeqSpan span = geo.seqs[geo.qblock_seq[gb]];
-    if (!geo.dense(span)) {
-      const int64_t key0 = (gb - span.qblock_begin) * b + int64_t(t % tiles_per_block) * kKeyTile;
-      constexpr int kChunksPerRow = D / kVecElems;
-      for (int c = threadIdx.x; c < kKeyTile * kChunksPerRow; c += blockDim.x) {
-        const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * kVecElems;
-        const int64_t key = key0 + r;
-        const bool valid = key < span.length;
-        const T* src = kdata + (span.token_begin + (valid ? key : 0)) * k.token_stride +
-                       int64_t(kv) * k.head_stride + col;
-        if (k.vector_ok) {
-          cp_async_16(&smem.k[stage][r][col], src, valid);
-        } else {
+  // ---- the chunk's keys of KV head kv (zero past a sequence's end; none for dense
+  // sequences), then a barrier: from here every warp only reads shared memory ------------
+  {
+    constexpr int kChunksPerRow = D / kVecElems;
+    for (int c = threadIdx.x; c < num_tiles * kKeyTile * kChunksPerRow; c += blockDim.x) {
+      const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * kVecElems;  // r: key of the chunk
+      const int64_t gb = gb_begin + r / b;
+      const SeqSpan span = geo.seqs[geo.qblock_seq[gb]];
+      if (geo.dense(span)) continue;
+      const int64_t key = (gb - span.qblock_begin) * b + r % b;
+      const bool valid = key < span.length;
+      const T* src = kdata + (span.token_begin + (valid ? key : 0)) * k.token_stride +
+                     int64_t(kv) * k.head_stride + col;
+      if (k.vector_ok) {
+        cp_async_16(&keys[r][col], src, valid);
+      } else {
 #pragma unroll
-          for (int e = 0; e < kVecElems; ++e)
-            smem.k[stage][r][col + e] = valid ? src[e] : Element<T>::from_float(0.0f);
-        }
+        for (int e = 0; e < kVecElems; ++e) keys[r][col + e] = valid ? src[e] : Element<T>::from_float(0.0f);
       }
     }
     cp_async_commit();
-  };
+    cp_async_wait<0>();
+    __syncthreads();
+  }
 
-  uint32_t qf[D / kMmaK][4];
-  int loaded_seq = -1;
-  float run_max[2] = {neg_inf(), neg_inf()}, run_sum[2] = {0.0f, 0.0f};
-  load_tile(0, 0);
-  for (int t = 0; t < num_tiles; ++t) {
-    const int stage = t % kStages;
-    if (t + 1 < num_tiles) {
-      load_tile(t + 1, (t + 1) % kStages);  // its stage was released at the end of t-1
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();  // tile t visible to every warp
-
-    const int64_t gb = gb_begin + t / tiles_per_block;
-    const int kt = t % tiles_per_block;
-    const int seq = geo.qblock_seq[gb];
-    const SeqSpan span = geo.seqs[seq];
-    if (!geo.dense(span)) {
+  for (int hh = 0; hh < heads_per_kv; ++hh) {
+    const int h = kv * heads_per_kv + hh;
+    uint32_t qf[D / kMmaK][4];
+    int loaded_seq = -1;
+    float run_max[2] = {neg_inf(), neg_inf()}, run_sum[2] = {0.0f, 0.0f};
+    for (int t = 0; t < num_tiles; ++t) {
+      const int64_t gb = gb_begin + t / tiles_per_block;
+      const int kt = t % tiles_per_block;
+      const int seq = geo.qblock_seq[gb];
+      const SeqSpan span = geo.seqs[seq];
+      if (geo.dense(span)) continue;
       const int last = span.num_qblocks - 1;
       const int64_t q0 = int64_t(last) * b;  // first token of the last query block
       const int rows = int(span.length - q0);
       const int n = int(gb - span.qblock_begin);
 
-      // ---- this sequence's last-block rows of head h as A fragments --------------------
+      // ---- this sequence's last-block rows of head h as A fragments ----------------------
       if (seq != loaded_seq) {
         loaded_seq = seq;
 #pragma unroll
@@ -131,12 +133,13 @@ __global__ void __launch_bounds__(kPartialThreadsMax)
         run_sum[0] = run_sum[1] = 0.0f;
       }
 
-      // ---- S[16 x 64] = Q_warp K_tile^T --------------------------------------------------
+      // ---- S[16 x 64] = Q_warp K_tile^T ----------------------------------------------------
       float acc[kNTiles][4];
 #pragma unroll
       for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[nt][e] = 0.0f;
+      const KeyRow* tile = keys + t * kKeyTile;
 #pragma unroll
       for (int ks = 0; ks < D / kMmaK; ++ks)
 #pragma unroll
@@ -144,7 +147,7 @@ __global__ void __launch_bounds__(kPartialThreadsMax)
           uint32_t bf[4];
           const int key = np * 2 * kMmaN + (lane & 7) + ((lane >> 4) << 3);
           const int col = ks * kMmaK + ((lane >> 3) & 1) * 8;
-          ldmatrix_x4(bf, &smem.k[stage][key][col]);
+          ldmatrix_x4(bf, &tile[key][col]);
           mma_16x8x16<T>(acc[2 * np], qf[ks], bf[0], bf[1]);
           mma_16x8x16<T>(acc[2 * np + 1], qf[ks], bf[2], bf[3]);
         }
@@ -163,7 +166,7 @@ __global__ void __launch_bounds__(kPartialThreadsMax)
           }
       }
 
-      // ---- fold into the block's running statistics ----------------------------------------
+      // ---- fold into the block's running statistics --------------------------------------
 #pragma unroll
       for (int hi = 0; hi < 2; ++hi) {
         float tile_max = neg_inf();
@@ -195,17 +198,22 @@ __global__ void __launch_bounds__(kPartialThreadsMax)
         }
       }
     }
-    __syncthreads();  // every warp is done with this stage before it is refilled
   }
 }
 
 template <typename T, int D>
 pa_status launch_partials(const Launch& l, const InputView& q, const InputView& k,
                           const Workspace& ws) {
-  const int64_t ctas = (l.geo.total_qblocks + kBlocksPerCta - 1) / kBlocksPerCta;
-  const dim3 grid(unsigned(int64_t(l.geo.num_q_heads) * ctas));
+  static_assert(kChunkKeys % kMaxBlock == 0, "a chunk holds whole key blocks");
+  const int64_t blocks_per_cta = kChunkKeys / l.geo.block;
+  const int64_t ctas = (l.geo.total_qblocks + blocks_per_cta - 1) / blocks_per_cta;
+  const dim3 grid(unsigned(int64_t(l.geo.num_kv_heads) * ctas));
   const int threads = l.geo.block / kMmaM * kWarpSize;
-  budget_partials_kernel<T, D><<<grid, threads, 0, l.stream>>>(l.geo, q, k, ws.budget_partials);
+  auto kernel = budget_partials_kernel<T, D>;
+  constexpr size_t bytes = kPartialsSmemBytes<T, D>;
+  if (bytes > kDefaultSmemLimit)
+    PA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  kernel<<<grid, threads, bytes, l.stream>>>(l.geo, q, k, ws.budget_partials);
   PA_CUDA_CHECK_LAUNCH("budget_partials_kernel");
   return PA_STATUS_SUCCESS;
 }
