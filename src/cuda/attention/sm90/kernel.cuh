@@ -2,10 +2,11 @@
 // persistent CTAs (one per SM) taking the work items of params.hpp in order (longest rows
 // first) from an atomic counter, warp-specialised.
 //
-//   warpgroup 0 (producer, registers released): one thread (at d = 64 its first warp, which
-//     decodes together and lets lane 0 issue) takes the next item from the counter, decodes
-//     it and hands it to the consumers through a small shared-memory ring
-//     (they read no global memory between items); it walks each item's kept blocks in
+//   warpgroup 0 (producer, registers released): one thread takes the next item from the
+//     counter, decodes it and hands it to the consumers through a small shared-memory ring
+//     (they read no global memory between items; at d = 64 a second warp takes and decodes
+//     the items, ranking heads with its lanes, and hands them to that thread the same way);
+//     the thread walks each item's kept blocks in
 //     the order of the block index and copies each K and V tile with the tensor copy engine
 //     (TMA, 128-byte swizzle) into a ring of kStages shared-memory stages, each completing
 //     on its own "full" mbarrier; it first copies every consumer's Q tile (once that consumer
@@ -81,6 +82,9 @@ static_assert(kBoxRows == kGroupRows, "Q and K/V use tensor maps of the same box
 // Items in flight between the producer and the consumers: the producer runs at most this
 // many items ahead.
 inline constexpr int kItemSlots = 2;
+// The producer warpgroup's warp that decodes the items when a kernel ranks heads (warp 0's
+// thread 0 loads).
+inline constexpr int kDecoderWarp = 1;
 
 // Named barriers (id 0 is __syncthreads): the epilogue of consumer c syncs its warpgroup on
 // kBarrierEpilogue + c; consumer c waits for its turn (Turns) on kBarrierTurn + c.
@@ -125,9 +129,9 @@ struct KernelTraits {
   // consumers' loop (the consumers spill ~40 bytes around an item's start and epilogue).
   static constexpr int kProducerRegisters = kConsumers == 2 ? 56 : 32;
   // At block 128 with the default packing, two consumers hold one head's block, three the
-  // pairs of two heads with different counts; so with three the producer ranks the heads by
-  // count (heads_by_count) with its whole first warp, and with two one thread produces, as
-  // before (the warp and the ranking cost d = 128 about 3% in an A/B, 2026-11-24). At
+  // pairs of two heads with different counts; so with three the producer's decoder warp
+  // ranks the heads by count (heads_by_count), and with two one thread decodes and loads (a
+  // ranking warp cost d = 128 about 3% in an A/B, 2026-11-24). At
   // block 64 or packed by heads, d = 128 CTAs also mix heads, unranked (not measured).
   static constexpr bool kRankHeads = kConsumers == 3;
   static constexpr int kConsumerRegisters =
@@ -174,12 +178,23 @@ struct TileDesc {
   uint32_t flags;    // TileFlags
 };
 
-// A work item as the producer decoded it (decode_item), handed to the consumers through the
-// item ring: they read no global memory between items.
+// The CTA's work item as the producer decoded it (decode_item).
+struct CtaWork {
+  int seq;                   // params.seqs[seq] holds the row
+  const SeqSpan* span;
+  int m;                     // query block of the sequence
+  int kv_head;
+  const int32_t* order_row;  // the group's order row; null = dense (block n at rank n)
+  int max_count;             // largest count of the active consumers
+  int last_row;              // last valid row of the active consumers (-1: none)
+};
+
+// A work item as the producer decoded it (decode_item), handed to the consumers (and, with
+// a decoder warp, to the loading thread) through the item ring: they read no global memory
+// between items.
 struct ItemSlot {
-  int32_t end;        // 1: no more items
-  int32_t seq;        // the item's sequence: params.seqs[seq]
-  int32_t max_count;  // largest count of its active consumers (0: no K/V tile)
+  int32_t end;  // 1: no more items
+  CtaWork cta;
   UnitWork group[kMaxConsumers];  // [0, KernelTraits::kConsumers) used
 };
 
@@ -193,8 +208,8 @@ struct alignas(kTileAlignment) SharedStorage {
   uint64_t q_full[Traits::kConsumers];
   uint64_t q_empty[Traits::kConsumers];  // one arrival per consumer warp: Q read for the last time
   ItemSlot item[kItemSlots];          // the items handed to the consumers
-  uint64_t item_full[kItemSlots];     // producer arrival
-  uint64_t item_empty[kItemSlots];    // one arrival per consumer warp
+  uint64_t item_full[kItemSlots];     // the decoding thread's arrival
+  uint64_t item_empty[kItemSlots];    // one arrival per consumer warp (+ the loading thread's with a decoder warp)
   uint64_t k_full[Traits::kStages];   // producer arrival + TMA bytes
   uint64_t k_empty[Traits::kStages];  // one arrival per consumer warp
   uint64_t v_full[Traits::kStages];
@@ -235,17 +250,6 @@ __device__ __forceinline__ HeadsByCount heads_by_count(const Params& p, const Se
   ranks.rank = lane < heads ? rank : -1;
   return ranks;
 }
-
-// The CTA's work item as the producer decoded it (decode_item).
-struct CtaWork {
-  int seq;                   // params.seqs[seq] holds the row
-  const SeqSpan* span;
-  int m;                     // query block of the sequence
-  int kv_head;
-  const int32_t* order_row;  // the group's order row; null = dense (block n at rank n)
-  int max_count;             // largest count of the active consumers
-  int last_row;              // last valid row of the active consumers (-1: none)
-};
 
 // The value of lane 0 for the whole warp. Branches around wgmma must be provably uniform,
 // or ptxas serialises every wgmma of the kernel (warning C7518); a broadcast is what its
@@ -307,15 +311,13 @@ __device__ __forceinline__ void load_kv_tile(uint32_t tile, const CUtensorMap* m
 }
 
 // One item (with at least one kept block): Q tiles, then K/V tiles, the last one flagged.
-// Run by the producer (its first warp with kRankHeads, else one thread), all lanes walking
-// the same tiles; lane 0 (`leader`) issues the copies, writes the stage descriptions and
-// arrives. q_phase[c]: parity of consumer c's Q loads so far.
+// Run by the producer's loading thread. q_phase[c]: parity of consumer c's Q loads so far.
 template <typename Traits>
 __device__ __forceinline__ void produce_item(SharedStorage<Traits>& smem, const Params& params, const CtaWork& cta,
                                              const GroupWork (&group)[Traits::kConsumers],
                                              Ring<Traits::kStages>& ring, uint32_t (&q_phase)[Traits::kConsumers],
                                              const CUtensorMap* q_map, const CUtensorMap* k_map,
-                                             const CUtensorMap* v_map, bool leader) {
+                                             const CUtensorMap* v_map) {
   const SeqSpan& span = *cta.span;
   const int token_begin = int(span.token_begin);  // the dispatcher keeps tokens within int32
 
@@ -325,7 +327,6 @@ __device__ __forceinline__ void produce_item(SharedStorage<Traits>& smem, const 
     if (!group[c].active) continue;
     mbarrier_wait(smem_address(&smem.q_empty[c]), q_phase[c] ^ 1);
     q_phase[c] ^= 1;
-    if (!leader) continue;
     const uint32_t bar = smem_address(&smem.q_full[c]);
     mbarrier_arrive_expect_tx(bar, Traits::kQBytes);
 #pragma unroll
@@ -363,13 +364,11 @@ __device__ __forceinline__ void produce_item(SharedStorage<Traits>& smem, const 
     };
     // K: wait until every consumer warp released the stage, publish the tile, copy.
     mbarrier_wait(smem_address(&smem.k_empty[ring.stage]), ring.phase ^ 1);
-    if (leader) {
-      smem.desc[ring.stage] = desc;
-      copy(smem.k_full[ring.stage], smem.k[ring.stage], k_map);
-    }
+    smem.desc[ring.stage] = desc;
+    copy(smem.k_full[ring.stage], smem.k[ring.stage], k_map);
     // V, into the same stage of its own ring.
     mbarrier_wait(smem_address(&smem.v_empty[ring.stage]), ring.phase ^ 1);
-    if (leader) copy(smem.v_full[ring.stage], smem.v[ring.stage], v_map);
+    copy(smem.v_full[ring.stage], smem.v[ring.stage], v_map);
     ring.advance();
   };
   TileDesc held{};
@@ -397,6 +396,38 @@ __device__ __forceinline__ void produce_item(SharedStorage<Traits>& smem, const 
   if (!holding) held = TileDesc{};
   held.flags = holding ? kTileLast : kTileLast | kTileEmpty;
   publish(held, held_token[0], held_token[1]);
+}
+
+// Takes the next work item into the item ring's current slot, once the slot is free (an item
+// is taken only when this CTA can start on it), decodes it and hands it on. Run by one
+// thread, or with kRankHeads by the decoder warp (lane 0 takes and writes, every lane
+// decodes: heads_by_count). Returns false at the end of the items.
+template <typename Traits>
+__device__ __forceinline__ bool take_item(SharedStorage<Traits>& smem, const Params& params, int64_t items,
+                                          bool first, Ring<kItemSlots>& item_ring, CtaWork& cta,
+                                          GroupWork (&group)[Traits::kConsumers]) {
+  const bool leader = threadIdx.x % 32 == 0;
+  mbarrier_wait(smem_address(&smem.item_empty[item_ring.stage]), item_ring.phase ^ 1);
+  // No counter: one item per CTA (PROXYATTN_ATTN_PERSISTENT=0, a launch of `items` CTAs).
+  int64_t item = items;
+  if (leader)
+    item = params.item_counter != nullptr ? int64_t(atomicAdd(params.item_counter, 1u))
+           : first                        ? int64_t(blockIdx.x)
+                                          : items;
+  if constexpr (Traits::kRankHeads) item = __shfl_sync(0xffffffffu, item, 0);
+  if (item < items) decode_item<Traits::kConsumers, Traits::kRankHeads>(params, item, cta, group);
+  if (leader) {
+    ItemSlot& slot = smem.item[item_ring.stage];
+    slot.end = item >= items ? 1 : 0;
+    if (item < items) {
+      slot.cta = cta;
+#pragma unroll
+      for (int c = 0; c < Traits::kConsumers; ++c) slot.group[c] = group[c];
+    }
+    mbarrier_arrive(smem_address(&smem.item_full[item_ring.stage]));
+  }
+  item_ring.advance();
+  return item < items;
 }
 
 // ---- consumer ------------------------------------------------------------------------
@@ -732,7 +763,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
 #pragma unroll
     for (int i = 0; i < kItemSlots; ++i) {
       mbarrier_init(smem_address(&smem.item_full[i]), 1);
-      mbarrier_init(smem_address(&smem.item_empty[i]), kConsumers * kWarpsPerGroup);
+      mbarrier_init(smem_address(&smem.item_empty[i]), kConsumers * kWarpsPerGroup + (Traits::kRankHeads ? 1 : 0));
     }
 #pragma unroll
     for (int c = 0; c < kConsumers; ++c) {
@@ -754,45 +785,44 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   Ring<kItemSlots> item_ring;
   if (role == 0) {
     registers_release<Traits::kProducerRegisters>();
-    // Its first warp when it ranks heads (it decodes each item together, heads_by_count),
-    // else one thread; lane 0 takes the items, issues the copies and arrives. The rest leave.
-    if (warp == 0 && (Traits::kRankHeads || lane == 0)) {
-      const bool leader = lane == 0;
-      if (leader) {
-        tma_prefetch_descriptor(&q_map);
-        tma_prefetch_descriptor(&k_map);
-        tma_prefetch_descriptor(&v_map);
-      }
-      uint32_t q_phase[kConsumers] = {};
-      CtaWork cta;
-      GroupWork group[kConsumers];
-      for (bool first = true;; first = false) {
-        // A slot first, then the item: an item is taken only when this CTA can start on it.
-        mbarrier_wait(smem_address(&smem.item_empty[item_ring.stage]), item_ring.phase ^ 1);
-        // No counter: one item per CTA (PROXYATTN_ATTN_PERSISTENT=0, a launch of `items` CTAs).
-        int64_t item = items;
-        if (leader)
-          item = params.item_counter != nullptr ? int64_t(atomicAdd(params.item_counter, 1u))
-                 : first                        ? int64_t(blockIdx.x)
-                                                : items;
-        if constexpr (Traits::kRankHeads) item = __shfl_sync(0xffffffffu, item, 0);
-        if (item < items) decode_item<kConsumers, Traits::kRankHeads>(params, item, cta, group);
-        if (leader) {
-          ItemSlot& slot = smem.item[item_ring.stage];
-          slot.end = item >= items ? 1 : 0;
-          if (item < items) {
-            slot.seq = cta.seq;
-            slot.max_count = cta.max_count;
-#pragma unroll
-            for (int c = 0; c < kConsumers; ++c) slot.group[c] = group[c];
-          }
-          mbarrier_arrive(smem_address(&smem.item_full[item_ring.stage]));
+    // Thread 0 loads (TMA); with kRankHeads a warp of its own decodes the items (ranking each
+    // one's heads with its lanes) and hands them to thread 0 through the item ring, as to
+    // the consumers; else thread 0 decodes them too. The rest of the warpgroup leaves.
+    // (Version 21 had the decoding warp walk the tiles too, lane 0 issuing: 8-11% at short
+    // rows; version 22, lane 0 alone walking while the other lanes waited: slower still.)
+    uint32_t q_phase[kConsumers] = {};
+    CtaWork cta;
+    GroupWork group[kConsumers];
+    if (threadIdx.x == 0) {
+      tma_prefetch_descriptor(&q_map);
+      tma_prefetch_descriptor(&k_map);
+      tma_prefetch_descriptor(&v_map);
+    }
+    if constexpr (Traits::kRankHeads) {
+      if (warp == kDecoderWarp) {
+        for (bool first = true; take_item<Traits>(smem, params, items, first, item_ring, cta, group); first = false) {
         }
-        item_ring.advance();
-        if (item >= items) break;
-        if (cta.max_count > 0)
-          produce_item<Traits>(smem, params, cta, group, ring, q_phase, &q_map, &k_map, &v_map, leader);
+      } else if (threadIdx.x == 0) {
+        for (;;) {
+          mbarrier_wait(smem_address(&smem.item_full[item_ring.stage]), item_ring.phase);
+          const ItemSlot& slot = smem.item[item_ring.stage];
+          const bool end = slot.end != 0;
+          if (!end) {
+            cta = slot.cta;
+#pragma unroll
+            for (int c = 0; c < kConsumers; ++c) group[c] = slot.group[c];
+          }
+          mbarrier_arrive(smem_address(&smem.item_empty[item_ring.stage]));
+          item_ring.advance();
+          if (end) break;
+          if (cta.max_count > 0)
+            produce_item<Traits>(smem, params, cta, group, ring, q_phase, &q_map, &k_map, &v_map);
+        }
       }
+    } else if (threadIdx.x == 0) {
+      for (bool first = true; take_item<Traits>(smem, params, items, first, item_ring, cta, group); first = false)
+        if (cta.max_count > 0)
+          produce_item<Traits>(smem, params, cta, group, ring, q_phase, &q_map, &k_map, &v_map);
     }
     return;
   }
@@ -810,8 +840,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     if (lane == 0) {
       const ItemSlot& slot = smem.item[item_ring.stage];
       end = slot.end;
-      seq = slot.seq;
-      max_count = slot.max_count;
+      seq = slot.cta.seq;
+      max_count = slot.cta.max_count;
       mine = slot.group[consumer];
       mbarrier_arrive(smem_address(&smem.item_empty[item_ring.stage]));
     }
