@@ -121,11 +121,11 @@ struct KernelTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kConsumers = consumers_for(kHeadDim_);
   static constexpr int kThreads = (1 + kConsumers) * kWarpgroupThreads;
-  // Two consumers: the producer keeps its item and ring state in 56 (ptxas spills 16 bytes
-  // of it since version 19's leader branches; none in the consumers' loop), the consumers
-  // get 224 (64512 of the 65536). Three: a consumer needs 160 (S, P and O of a d = 64 tile
-  // are 128; at 152 it spills P's registers in the loop), which leaves the producer 32
-  // (FA3's split at d = 64): its warp keeps part of its item state in local memory, off the
+  // Two consumers: the producer keeps its item and ring state in 56 (ptxas spills 12 bytes
+  // of it; none in the consumers' loop), the consumers get 224 (64512 of the 65536). Three:
+  // a consumer needs 160 (S, P and O of a d = 64 tile are 128; at 152 it spills P's
+  // registers in the loop), which leaves the producer 32 (FA3's split at d = 64): its
+  // decoder warp and loading thread keep part of their item state in local memory, off the
   // consumers' loop (the consumers spill ~40 bytes around an item's start and epilogue).
   static constexpr int kProducerRegisters = kConsumers == 2 ? 56 : 32;
   // At block 128 with the default packing, two consumers hold one head's block, three the
