@@ -31,7 +31,8 @@ constexpr int kKeyTile = 64;                               // keys per tensor-co
 constexpr int kNTiles = kKeyTile / kMmaN;
 constexpr int kSmemPad = 8;                                // conflict-free ldmatrix rows
 // CTAs per SM asked of ptxas (left free it takes 120-154 registers: 1 CTA): 3 at d = 64 (80
-// registers, 24 warps), 2 at d = 128 (its 32 registers of Q fragments; as before this kernel).
+// registers, 24 warps; 4 bytes spilled), 2 at d = 128 (128 registers with its 32 of Q
+// fragments, 20 bytes spilled; the kernel before change 6 had 122 and 2 CTAs).
 template <int D>
 inline constexpr int kPartialCtasPerSm = D == 64 ? 3 : 2;
 

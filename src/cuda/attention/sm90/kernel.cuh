@@ -2,13 +2,13 @@
 // persistent CTAs (one per SM) taking the work items of params.hpp in order (longest rows
 // first) from an atomic counter, warp-specialised.
 //
-//   warpgroup 0 (producer, registers released): one thread takes the next item from the
-//     counter, decodes it and hands it to the consumers through a small shared-memory ring
-//     (they read no global memory between items; at d = 64 a second warp takes and decodes
-//     the items, ranking heads with its lanes, and hands them to that thread the same way);
-//     the thread walks each item's kept blocks in
-//     the order of the block index and copies each K and V tile with the tensor copy engine
-//     (TMA, 128-byte swizzle) into a ring of kStages shared-memory stages, each completing
+//   warpgroup 0 (producer, registers released): thread 0 (d = 128) or a decoder warp (d = 64,
+//     ranking heads with its lanes) takes the next item from the counter, decodes it and
+//     hands it to the consumers (and from the decoder warp to thread 0) through a small
+//     shared-memory ring (they read no global memory between items); thread 0 walks each
+//     item's kept blocks in the order of the block index and copies each K and V tile with
+//     the tensor copy engine (TMA, 128-byte swizzle) into a ring of kStages shared-memory
+//     stages, each completing
 //     on its own "full" mbarrier; it first copies every consumer's Q tile (once that consumer
 //     has released the previous item's Q). The ring runs on across items, so the next
 //     item's Q and first tiles load while the consumers finish the current one (the last
@@ -269,7 +269,7 @@ struct Ring {
 };
 
 // Work item `item` (params.hpp: item_position), decoded by the producer: with kRankHeads by
-// its whole first warp (heads_by_count), every lane to the same result.
+// its decoder warp (kDecoderWarp; heads_by_count), every lane to the same result.
 template <int kConsumers, bool kRankHeads>
 __device__ __forceinline__ void decode_item(const Params& params, int64_t item, CtaWork& cta,
                                             GroupWork (&group)[kConsumers]) {
