@@ -45,6 +45,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 import capi  # noqa: E402
+from proxyattn.bench.baselines import sdpa  # noqa: E402
 from proxyattn.bench.timing import interleaved_median_ms, machine, with_environment, write_result  # noqa: E402
 
 HQ, HKV, D, BLOCK = 32, 8, 128, 128
@@ -126,17 +127,12 @@ def equal_rows_call(blocks_per_row, n, gqa):
     """cuDNN dense causal on B sequences of L tokens whose rows keep blocks_per_row blocks on
     average ((L / BLOCK + 1) / 2), B * L about n (K/V with HKV heads where gqa, else repeated
     to HQ, as the main cuDNN call): returns L, B and the call."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     length = BLOCK * max(1, min(n // BLOCK, round(2 * blocks_per_row - 1)))
     batch = max(1, round(n / length))
     kv_heads = HKV if gqa else HQ
     q, k, v = (torch.randn(batch, h, length, D, device="cuda", dtype=torch.bfloat16) for h in (HQ, kv_heads, kv_heads))
 
-    def call():
-        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-    return length, batch, call
+    return length, batch, lambda: sdpa("cudnn", q, k, v, gqa)
 
 
 def flex_block_mask(lib, plan, nqb):

@@ -104,28 +104,24 @@ class Suite:
         base["dense"]["ours"] = {}
         for name, ms in interleaved_median_ms(calls, reps, WARMUP).items():
             base["dense"][name] = dense_entry(ms, **base["dense"][name])
+        cudnn = calls.get("cudnn")  # timed again next to each ProxyAttn row
         del calls, causal
         _, dense_lse = proxyattn.dense_attention(q, k, v, softmax_scale=scale, return_lse=True)  # [Hq, N]
         base["dense_s"] = time.time() - t0
         cases = []
         for g in groups:
-            cases.append(self._proxy_case(dict(base, g=g, proxyattn=[]), q, k, v, mine, heads_first, scale, gammas,
-                                          keep_mask and g == groups[0], dense_lse))
+            cases.append(self._proxy_case(dict(base, g=g, proxyattn=[]), q, k, v, mine, heads_first, cudnn, scale,
+                                          gammas, keep_mask and g == groups[0], dense_lse))
         proxyattn.clear_plan_cache()  # the cached plans of this input's shapes: memory for the next
         return cases
 
-    def _proxy_case(self, case, q, k, v, mine, heads_first, scale, gammas, keep_mask, dense_lse):
+    def _proxy_case(self, case, q, k, v, mine, heads_first, cudnn, scale, gammas, keep_mask, dense_lse):
         """The per-gamma rows of one case (its g): our calls timed in the same rounds as cuDNN's
-        dense call (cudnn_ms, speedup_vs_cudnn); speedup_vs_best_dense against the case's dense
-        timings."""
+        dense call `cudnn` (None where cuDNN refused these inputs; cudnn_ms, speedup_vs_cudnn);
+        speedup_vs_best_dense against the case's dense timings."""
         n, _, d = q.shape
         g, reps = case["g"], case["repeats"]
         best_dense = min(x["ms"] for x in case["dense"].values() if "ms" in x)
-        mode = case["dense"]["cudnn"].get("gqa")  # None where cuDNN refused these inputs
-        cudnn = None
-        if mode is not None:
-            inputs = heads_first if mode == "enable_gqa" else Rotation(repeat_kv(*heads_first.sets[0]))
-            cudnn = lambda: sdpa("cudnn", *inputs.next(), mode == "enable_gqa")  # noqa: E731
         t0 = time.time()
         for gamma in gammas:
             settings = dict(gamma=gamma, num_proxy_groups=g, softmax_scale=scale, anchor_blocks=self.anchor_blocks)
