@@ -1,5 +1,9 @@
 """torch.library custom op for proxyattn.attention, with a fake (meta) implementation, so
-torch.compile traces it without graph breaks. Imported on first use with torch tensors."""
+torch.compile traces it without graph breaks. Imported on first use with torch tensors.
+
+Eager calls that autograd does not record go straight to the library: the custom op's
+dispatch cost 0.1-0.2 ms of host time per call on the H100 machine (bench/call_bench.py,
+2026-11-24), two to three times the library's own launches."""
 import torch
 
 from . import _api
@@ -29,8 +33,16 @@ def _(q, k, v, gamma, num_proxy_groups, block_size, stride, min_budget_tokens, b
     return torch.empty_like(q), q.new_empty((b, hq, n), dtype=torch.float32)
 
 
+def _records_grad(*tensors):
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def attention(q, k, v, return_lse, settings):
-    """Calls the custom op with settings resolved to plain values (schema types)."""
+    """Calls the library directly in eager inference, else the custom op with settings
+    resolved to plain values (schema types): under torch.compile, and where autograd would
+    record the call (the op has no backward; it says so at backward time)."""
+    if not torch.compiler.is_compiling() and not _records_grad(q, k, v):
+        return _api._attention_eager(q, k, v, return_lse, settings)
     d = q.shape[-1]
     s = dict(settings)
     s["budget_mode"] = _api.BUDGET_MODES[s["budget_mode"]]

@@ -62,6 +62,20 @@ def test_compile_has_no_graph_break():
     assert torch.equal(compiled(q, k, v), f(q, k, v))
 
 
+def test_eager_inference_and_the_custom_op_agree():
+    """Eager calls autograd does not record skip the custom op; calls it would record go
+    through it, and backward says there is no gradient."""
+    q, k, v = qkv(1, 400, 4, 2, 64)
+    with torch.no_grad():
+        direct, direct_lse = proxyattn.attention(q, k, v, return_lse=True, **SETTINGS)
+    recorded = [t.clone().requires_grad_() for t in (q, k, v)]
+    through_op, op_lse = proxyattn.attention(*recorded, return_lse=True, **SETTINGS)
+    assert direct.grad_fn is None and through_op.grad_fn is not None
+    assert torch.equal(direct, through_op.detach()) and torch.equal(direct_lse, op_lse.detach())
+    with pytest.raises(RuntimeError, match="autograd"):
+        through_op.sum().backward()
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_cuda_matches_cpu_plan_and_reference(dtype):

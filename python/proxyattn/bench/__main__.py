@@ -3,7 +3,7 @@ import argparse
 import sys
 import time
 
-from .config import BLOCK_SIZE, GAMMAS, LLAMA_31_8B, MODEL_SIZES, SHAPES, SIZES, SUITES
+from .config import BLOCK_SIZE, GAMMAS, MODEL_SIZES, MODELS, SHAPES, SIZES, SUITES
 
 
 def _ints(text):
@@ -15,7 +15,8 @@ def _floats(text):
 
 
 def measure(args):
-    for name, given, known in (("--suite", args.suite, SUITES), ("--shapes", args.shapes, SHAPES)):
+    for name, given, known in (("--suite", args.suite, SUITES), ("--shapes", args.shapes, SHAPES),
+                               ("--model", [args.model], MODELS)):
         unknown = [x for x in given if x not in known]
         if unknown:
             sys.exit(f"{name}: {unknown} not among {sorted(known)}")
@@ -43,7 +44,7 @@ def measure(args):
                                                not args.no_flex, not args.no_torch_estimate,
                                                args.anchor_blocks, args.activation_groups)}
     if "model" in args.suite:
-        doc["model"] = model.run(args.model_sizes, args.model_layers)
+        doc["model"] = model.run(args.model_sizes, args.model_layers, args.model)
     doc["wall_s"] = time.time() - t0
     print("wrote", write_result(args.out, doc, args.prefix), "in %.0f s" % doc["wall_s"])
 
@@ -73,7 +74,8 @@ def main():
     ap.add_argument("--anchor-blocks", default="auto", type=lambda s: s if s == "auto" else int(s),
                     help="config.anchor_blocks of ProxyAttn: 0-8 or auto (the library default)")
     ap.add_argument("--model-sizes", default=",".join(map(str, MODEL_SIZES)), type=_ints)
-    ap.add_argument("--model-layers", default=LLAMA_31_8B["num_hidden_layers"], type=int)
+    ap.add_argument("--model", default="llama3.1-8b", help=f"the model suite's shape: one of {sorted(MODELS)}")
+    ap.add_argument("--model-layers", type=int, help="layers of the model suite's model (default: all of its shape)")
     args = ap.parse_args()
     if args.command == "plot":
         from . import plots

@@ -7,8 +7,15 @@ GAMMAS = (0.90, 0.95)
 BLOCK_SIZE = 128  # the library's default block, used by every suite
 SUITES = ("compare", "model")
 
-# The whole-model suite: Llama-3.1-8B's shape with random weights.
+# The whole-model suite: a model's shape with random weights (transformers' config and model
+# classes, the config, ProxyAttn's proxy groups g as in SHAPES). Qwen2.5-Coder-0.5B is where a call's fixed costs show: a small model whose layers
+# do little besides attention work at 8K-32K.
 LLAMA_31_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                    num_key_value_heads=8, head_dim=128, vocab_size=128256, rope_theta=500000.0,
                    rms_norm_eps=1e-5, tie_word_embeddings=False)
+QWEN25_CODER_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                        num_key_value_heads=2, vocab_size=151936, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                        tie_word_embeddings=True)
+MODELS = {"llama3.1-8b": ("LlamaConfig", "LlamaForCausalLM", LLAMA_31_8B, 1),
+          "qwen2.5-coder-0.5b": ("Qwen2Config", "Qwen2ForCausalLM", QWEN25_CODER_05B, 2)}
 MODEL_SIZES = (32768, 131072)

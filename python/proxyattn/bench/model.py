@@ -1,6 +1,6 @@
-"""Time to first token of a whole Llama-3.1-8B-shaped model (random bf16 weights, HF
-transformers), dense attention (SDPA on cuDNN) against ProxyAttn (proxyattn.hf), with the
-split between attention and the rest of the model.
+"""Time to first token of a whole model of a known shape (config.MODELS: Llama-3.1-8B,
+Qwen2.5-Coder-0.5B; random bf16 weights, HF transformers), dense attention (SDPA on cuDNN)
+against ProxyAttn (proxyattn.hf), with the split between attention and the rest of the model.
 
 Random weights give near-uniform attention, so ProxyAttn's budgets there come out close to
 dense. The suite therefore runs two attention inputs: the model's own ("model": its random
@@ -15,7 +15,7 @@ import torch
 from torch.nn.attention import sdpa_kernel
 
 from . import compare
-from .config import LLAMA_31_8B, MODEL_SIZES
+from .config import MODEL_SIZES, MODELS
 from .timing import once_ms, warm_up
 
 REPEATS = {32768: 3, 131072: 2}
@@ -59,23 +59,30 @@ class AttentionTimer:
         return total
 
 
-def build_model(num_layers):
-    from transformers import LlamaConfig, LlamaForCausalLM
+def model_config(name, num_layers):
+    """The shape of MODELS[name], with num_layers layers (None: all)."""
+    shape = MODELS[name][2]
+    return {**shape, "num_hidden_layers": num_layers or shape["num_hidden_layers"]}
 
-    config = LlamaConfig(**{**LLAMA_31_8B, "num_hidden_layers": num_layers},
-                         max_position_embeddings=2 * max(MODEL_SIZES))
+
+def build_model(name, num_layers):
+    import transformers
+
+    config_class, model_class, _, _ = MODELS[name]
+    config = getattr(transformers, config_class)(**model_config(name, num_layers),
+                                                 max_position_embeddings=2 * max(MODEL_SIZES))
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
         with torch.device("cuda"):
-            model = LlamaForCausalLM(config).eval()
+            model = getattr(transformers, model_class)(config).eval()
     finally:
         torch.set_default_dtype(previous)
     return model
 
 
-def run(sizes, num_layers, log=print):
+def run(sizes, num_layers, name="llama3.1-8b", log=print):
     """Records per N and attention input: dense and ProxyAttn TTFT, attention time, density."""
     import proxyattn.hf
     from torch.nn.attention import SDPBackend
@@ -84,17 +91,20 @@ def run(sizes, num_layers, log=print):
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     t0 = time.time()
-    proxyattn.hf.enable(gamma=GAMMA)
+    groups = MODELS[name][3]
+    proxyattn.hf.enable(gamma=GAMMA, num_proxy_groups=groups)
     timer = AttentionTimer()
     AttentionInterface.register("bench_dense", timer.wrap(sdpa_attention_forward, SDPBackend.CUDNN_ATTENTION))
     AttentionInterface.register("bench_proxyattn", timer.wrap(proxyattn.hf.attention_forward))
-    for name in ("bench_dense", "bench_proxyattn"):
-        AttentionMaskInterface.register(name, sdpa_mask)
-    model = build_model(num_layers)
+    for impl in ("bench_dense", "bench_proxyattn"):
+        AttentionMaskInterface.register(impl, sdpa_mask)
+    model = build_model(name, num_layers)
     params = sum(p.numel() for p in model.parameters())
-    log(f"  model: {num_layers} layers, {params / 1e9:.2f} B parameters, built in {time.time() - t0:.0f} s")
+    log(f"  model: {name}, {model.config.num_hidden_layers} layers, {params / 1e9:.2f} B parameters, "
+        f"built in {time.time() - t0:.0f} s")
     cfg = model.config
-    hq, hkv, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    hq, hkv = cfg.num_attention_heads, cfg.num_key_value_heads
+    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // hq  # Qwen2's config derives it
     rows = []
     for n in sizes:
         ids = torch.randint(0, cfg.vocab_size, (1, n), device="cuda", generator=torch.Generator("cuda").manual_seed(n))
@@ -123,7 +133,8 @@ def run(sizes, num_layers, log=print):
                                "attention_all_ms": attention, "rest_ms": ttft_ms - attn_ms,
                                "attention_calls_per_forward": sorted(calls)}
             query, key = (t[0].transpose(0, 1) for t in timer.first_qk)  # [N, H, d] views
-            row["density_layer0"] = proxyattn.estimate(query, key, [0, n], gamma=GAMMA).density
+            row["density_layer0"] = proxyattn.estimate(query, key, [0, n], gamma=GAMMA,
+                                                       num_proxy_groups=groups).density
             timer.first_qk = None
             row["ttft_speedup"] = row["dense_cudnn"]["ttft_ms"] / row["proxyattn"]["ttft_ms"]
             row["attention_speedup"] = row["dense_cudnn"]["attention_ms"] / row["proxyattn"]["attention_ms"]
@@ -136,9 +147,9 @@ def run(sizes, num_layers, log=print):
         timer.replacement = None
         del structured
         torch.cuda.empty_cache()
-    return {"config": {**LLAMA_31_8B, "num_hidden_layers": num_layers}, "parameters": params,
+    return {"model": name, "config": model_config(name, num_layers), "parameters": params,
             "weights": "random (transformers' init, seed 0), bf16", "dense": "SDPA forced to cuDNN",
-            "proxyattn": f"proxyattn.hf, gamma {GAMMA}, other settings default",
+            "proxyattn": f"proxyattn.hf, gamma {GAMMA}, g {groups}, other settings default",
             "timing": f"CUDA events, median of {REPEATS} after {WARMUP} warm-up; attention time = median "
                       "over the timed forwards of the summed per-layer attention calls",
             "peak_memory_bytes": torch.cuda.max_memory_allocated(), "results": rows, "wall_s": time.time() - t0}
