@@ -2,8 +2,8 @@
 //   budget_partials: for each Q head i and key block n, the softmax statistics of the last
 //     query block's rows (head i's own Q, its KV head's K, all keys, causal inside the last
 //     block) restricted to block n: (max of log2 logits, sum of 2^(x - max)). Tensor cores,
-//     one CTA per (KV head, chunk of 256 keys held in shared memory for all the heads that
-//     read them), one warp per 16 rows.
+//     one CTA per (KV head, chunk of 256 keys held in shared memory for the heads that read
+//     them; all of them, or a part at short lengths), one warp per 16 rows.
 //   budget_heads: per (sequence, head), combines the partials into each row's max and sum,
 //     then the mass per key block  a_n = (1/rows) sum_r sum_{k in n} p_r(k)
 //     = (1/rows) sum_r S_rn 2^(M_rn - M_r) / L_r, sorts the masses (descending), and takes
@@ -14,6 +14,7 @@
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 
+#include <algorithm>
 #include <climits>
 
 #include "common/check.cuh"
@@ -45,20 +46,27 @@ constexpr int kChunkKeys = 256;
 template <typename T, int D>
 inline constexpr size_t kPartialsSmemBytes = size_t(kChunkKeys) * (D + kSmemPad) * sizeof(T);
 
-// Grid Hkv * ceil(total_qblocks / (kChunkKeys / b)), KV heads fastest. A CTA copies its
-// chunk of K (kChunkKeys keys, whole key blocks) into shared memory once, then computes
-// the statistics of every Q head of that KV head against it, one head after the other, with
-// no further synchronisation: the heads of a group read K once instead of once each.
-// b / 16 warps, each 16 rows of the last query block.
+// Grid Hkv * head_parts * ceil(total_qblocks / (kChunkKeys / b)), KV heads fastest, then
+// the parts of their Q heads. A CTA copies its chunk of K (kChunkKeys keys, whole key
+// blocks) into shared memory once, then computes the statistics of its part of the Q heads of
+// that KV head against it, one head after the other, with no further synchronisation: the
+// heads of a part read K once instead of once each. One part holds all the heads unless the
+// grid would not fill the GPU (launch_partials). b / 16 warps, each 16 rows of the last
+// query block.
 template <typename T, int D>
 __global__ void __launch_bounds__(kPartialThreadsMax, kPartialCtasPerSm<D>)
-    budget_partials_kernel(Geometry geo, InputView q, InputView k, float2* __restrict__ partials) {
+    budget_partials_kernel(Geometry geo, InputView q, InputView k, int head_parts,
+                           float2* __restrict__ partials) {
   extern __shared__ __align__(16) unsigned char partials_smem[];
   using KeyRow = T[D + kSmemPad];
   KeyRow* keys = reinterpret_cast<KeyRow*>(partials_smem);  // [chunk key][d]
   const int kv = int(blockIdx.x % geo.num_kv_heads);
-  const int64_t chunk = blockIdx.x / geo.num_kv_heads;
+  const int part = int(blockIdx.x / geo.num_kv_heads % head_parts);
+  const int64_t chunk = blockIdx.x / geo.num_kv_heads / head_parts;
   const int heads_per_kv = geo.num_q_heads / geo.num_kv_heads;
+  const int heads_per_part = (heads_per_kv + head_parts - 1) / head_parts;
+  const int head_begin = part * heads_per_part;
+  const int head_end = min(heads_per_kv, head_begin + heads_per_part);
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const int b = geo.block;
   const int tiles_per_block = b / kKeyTile;
@@ -95,7 +103,7 @@ __global__ void __launch_bounds__(kPartialThreadsMax, kPartialCtasPerSm<D>)
     __syncthreads();
   }
 
-  for (int hh = 0; hh < heads_per_kv; ++hh) {
+  for (int hh = head_begin; hh < head_end; ++hh) {
     const int h = kv * heads_per_kv + hh;
     uint32_t qf[D / kMmaK][4];
     int loaded_seq = -1;
@@ -207,14 +215,28 @@ pa_status launch_partials(const Launch& l, const InputView& q, const InputView& 
                           const Workspace& ws) {
   static_assert(kChunkKeys % kMaxBlock == 0, "a chunk holds whole key blocks");
   const int64_t blocks_per_cta = kChunkKeys / l.geo.block;
-  const int64_t ctas = (l.geo.total_qblocks + blocks_per_cta - 1) / blocks_per_cta;
-  const dim3 grid(unsigned(int64_t(l.geo.num_kv_heads) * ctas));
+  const int64_t chunks = (l.geo.total_qblocks + blocks_per_cta - 1) / blocks_per_cta;
+  // Short sequences give few chunks: the Q heads of a KV head are then split into as many
+  // parts as still fit the grid in one wave of the GPU, since one CTA running all of them
+  // in turn was the kernel's whole time (Qwen2.5-Coder-0.5B at 4K-16K: 0.039 ms whatever N,
+  // 2026-11-24). Past one wave the parts' repeated K copies and the last wave's tail cost
+  // more than they gain (a first rule rounding up: 10-20% slower at 8K-16K, Qwen2.5-7B).
+  int device = 0, sms = 0;
+  PA_CUDA_TRY(cudaGetDevice(&device));
+  PA_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int heads_per_kv = l.geo.num_q_heads / l.geo.num_kv_heads;
+  const int64_t ctas = int64_t(l.geo.num_kv_heads) * chunks;
+  const int64_t wave = int64_t(sms) * kPartialCtasPerSm<D>;
+  const int wanted_parts = int(std::min<int64_t>(heads_per_kv, std::max<int64_t>(1, wave / ctas)));
+  const int heads_per_part = (heads_per_kv + wanted_parts - 1) / wanted_parts;
+  const int head_parts = (heads_per_kv + heads_per_part - 1) / heads_per_part;  // none left empty
+  const dim3 grid(unsigned(ctas * head_parts));
   const int threads = l.geo.block / kMmaM * kWarpSize;
   auto kernel = budget_partials_kernel<T, D>;
   constexpr size_t bytes = kPartialsSmemBytes<T, D>;
   if (bytes > kDefaultSmemLimit)
     PA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-  kernel<<<grid, threads, bytes, l.stream>>>(l.geo, q, k, ws.budget_partials);
+  kernel<<<grid, threads, bytes, l.stream>>>(l.geo, q, k, head_parts, ws.budget_partials);
   PA_CUDA_CHECK_LAUNCH("budget_partials_kernel");
   return PA_STATUS_SUCCESS;
 }

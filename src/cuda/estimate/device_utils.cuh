@@ -71,6 +71,19 @@ __device__ __forceinline__ void load8(const T* src, bool vector, float (&out)[kV
   }
 }
 
+// Eight consecutive elements as they are stored (no conversion): one 16-byte load when
+// `vector`, else element by element. Loads whose use comes later (batches) stay in 4
+// registers instead of 8 floats.
+template <typename T>
+__device__ __forceinline__ uint4 load8_raw(const T* src, bool vector) {
+  if (vector) return __ldg(reinterpret_cast<const uint4*>(src));
+  uint4 raw;
+  T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+  for (int i = 0; i < kVecElems; ++i) e[i] = src[i];
+  return raw;
+}
+
 // Two consecutive elements as one MMA operand register (element pair at an even index).
 template <typename T>
 __device__ __forceinline__ uint32_t load_pair(const T* src, bool aligned) {
