@@ -11,13 +11,14 @@ Tensors may be torch tensors (CPU or CUDA; calls run on the current CUDA stream,
 come from torch's allocator) or numpy arrays (CPU). Causal attention only (prefill).
 """
 from . import _C
-from ._C import ProxyAttnError
+from ._C import ProxyAttnError, ProxyAttnUnsupported
 from ._api import (Plan, attend, attention, attention_varlen, clear_plan_cache, dense_attention, estimate,
                    set_num_threads)
 
 __all__ = [
     "Plan",
     "ProxyAttnError",
+    "ProxyAttnUnsupported",
     "attend",
     "attention",
     "attention_varlen",

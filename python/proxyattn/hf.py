@@ -6,13 +6,19 @@
 
 Prefill (no cached prefix, no padding, at least `dense_below` tokens) runs ProxyAttn;
 decoding, short prompts, padded batches and the layers named in `dense_layers` run
-transformers' own SDPA attention.
+transformers' own SDPA attention, and so do calls the library cannot run on their device
+(ProxyAttnUnsupported: e.g. head_dim other than 64 and 128, or float32, on a GPU), with a
+warning the first time for each reason.
 """
+import warnings
+
 from . import _api
+from ._C import ProxyAttnUnsupported
 
 NAME = "proxyattn"
 _settings = {}
 _dense_layers = set()  # layer_idx of the layers that always run dense
+_warned = set()  # the unsupported cases already reported
 
 
 def _can_use_proxyattn(query, key, attention_mask, dropout):
@@ -38,7 +44,14 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
     if scaling is not None:
         settings["softmax_scale"] = float(scaling)
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # [B, N, H, d] views
-    out = _api.attention(q, k, v, **settings)
+    try:
+        out = _api.attention(q, k, v, **settings)
+    except ProxyAttnUnsupported as e:  # raised before any output is written
+        if str(e) not in _warned:
+            _warned.add(str(e))
+            warnings.warn(f"proxyattn: running transformers' SDPA attention instead: {e}", stacklevel=2)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
+                                      dropout=dropout, **kwargs)
     return out, None
 
 

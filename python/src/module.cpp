@@ -1,7 +1,8 @@
 // proxyattn._C: the nanobind module over the C API. It takes any DLPack tensor (numpy,
 // torch, ... on the CPU or a CUDA device), never allocates tensors itself (the Python layer
 // allocates through the caller's framework), and raises proxyattn.ProxyAttnError (with the
-// pa_status name) on failure. Shapes: Q [tokens, Hq, d], K/V [tokens, Hkv, d], LSE [Hq, tokens].
+// pa_status name) on failure, its subclass ProxyAttnUnsupported for PA_STATUS_UNSUPPORTED (a
+// valid request this build or device cannot run, on which callers may fall back). Shapes: Q [tokens, Hq, d], K/V [tokens, Hkv, d], LSE [Hq, tokens].
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
@@ -156,6 +157,17 @@ class PyPlan {
 NB_MODULE(_C, m) {
   m.doc() = "proxyattn C API binding (use the proxyattn package, not this module)";
   static nb::exception<proxyattn::Error> error(m, "ProxyAttnError");
+  static nb::object unsupported = nb::steal(
+      PyErr_NewException("proxyattn._C.ProxyAttnUnsupported", error.ptr(), nullptr));
+  m.attr("ProxyAttnUnsupported") = unsupported;
+  // Registered after nb::exception's own translator, so tried before it.
+  nb::register_exception_translator([](const std::exception_ptr& thrown, void*) {
+    try {
+      std::rethrow_exception(thrown);
+    } catch (const proxyattn::Error& e) {
+      PyErr_SetString(e.status() == PA_STATUS_UNSUPPORTED ? unsupported.ptr() : error.ptr(), e.what());
+    }
+  });
 
   nb::class_<pa_config>(m, "Config")
       .def("__init__", [](pa_config* c, int head_dim) { new (c) pa_config(pa_config_default(head_dim)); },

@@ -97,3 +97,44 @@ def test_cuda_bf16_prefill_matches_dense_and_generates():
         with counting_proxy_calls() as calls:
             out = tiny_llama("proxyattn").to("cuda", torch.bfloat16).generate(ids, max_new_tokens=4, do_sample=False)
     assert out.shape == (1, 1004) and calls["proxy"] == 2
+
+
+def test_unsupported_calls_fall_back_to_sdpa_with_one_warning(monkeypatch):
+    """What the library cannot run (ProxyAttnUnsupported, e.g. head_dim 96 on a GPU) runs
+    transformers' SDPA, with one warning per reason; the logits are SDPA's."""
+    def unsupported(*args, **kwargs):
+        raise proxyattn.ProxyAttnUnsupported("PA_STATUS_UNSUPPORTED: a case the test declares unsupported")
+
+    proxyattn.hf.enable(gamma=0.5, block_size=64, min_budget_tokens=64, dense_below=64)
+    proxyattn.hf._warned.clear()
+    ids = torch.randint(0, 512, (1, 300), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        dense = tiny_llama("sdpa")(ids).logits
+        monkeypatch.setattr(proxyattn.hf._api, "attention", unsupported)
+        with pytest.warns(UserWarning, match="SDPA attention instead: .*declares unsupported") as caught:
+            fallback = tiny_llama("proxyattn")(ids).logits
+    assert len([w for w in caught if "proxyattn" in str(w.message)]) == 1  # two layers, one warning
+    assert torch.equal(fallback, dense)
+
+
+def test_unsupported_is_a_proxyattn_error():
+    """PA_STATUS_UNSUPPORTED from the library raises ProxyAttnUnsupported, a ProxyAttnError."""
+    q = torch.zeros(8, 2, 2)  # head_dim 2: the structured-input generator needs >= 4
+    k, v = torch.zeros(8, 1, 2), torch.zeros(8, 1, 2)
+    with pytest.raises(proxyattn.ProxyAttnUnsupported, match="head_dim = 2") as caught:
+        proxyattn._C.synth_generate([0, 8], 1, q, k, v)
+    assert isinstance(caught.value, proxyattn.ProxyAttnError)
+
+
+@pytest.mark.gpu
+def test_cuda_float32_model_falls_back_to_sdpa():
+    """A float32 model on the GPU (the CUDA estimation takes bf16 and fp16) runs SDPA with a
+    warning instead of failing in the middle of a forward."""
+    proxyattn.hf.enable(gamma=0.9, block_size=128, min_budget_tokens=256, dense_below=256)
+    proxyattn.hf._warned.clear()
+    ids = torch.randint(0, 512, (1, 1000), generator=torch.Generator().manual_seed(6)).cuda()
+    with torch.no_grad():
+        dense = tiny_llama("sdpa").cuda()(ids).logits
+        with pytest.warns(UserWarning, match="float32"):
+            fallback = tiny_llama("proxyattn").cuda()(ids).logits
+    assert torch.allclose(fallback, dense, atol=1e-5, rtol=1e-5)
