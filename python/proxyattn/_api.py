@@ -45,6 +45,18 @@ def _float32(like):
     return np.float32
 
 
+def _dl(x):
+    """x as the module takes it: a torch tensor as a DLPack capsule made in C
+    (torch.utils.dlpack.to_dlpack; Tensor.__dlpack__, which the module would call, runs its
+    checks in Python: 8 tensors a call cost tens of microseconds of host time), anything else
+    (numpy arrays, None) as it is."""
+    if _is_torch(x):
+        from torch.utils.dlpack import to_dlpack
+
+        return to_dlpack(x)
+    return x
+
+
 def _stream(like):
     """The current CUDA stream of like's device (0 for host arrays)."""
     if _is_torch(like) and like.is_cuda:
@@ -143,10 +155,10 @@ class Plan:
         return len(self.cu_seqlens) - 1
 
     def _estimate(self, q, k):
-        self._plan.estimate(q, k, self._workspace, _stream(q))
+        self._plan.estimate(_dl(q), _dl(k), _dl(self._workspace), _stream(q))
 
     def _attend(self, q, k, v, out, lse):
-        self._plan.attend(q, k, v, out, lse, _stream(q))
+        self._plan.attend(_dl(q), _dl(k), _dl(v), _dl(out), _dl(lse), _stream(q))
 
     # -- inspection (host copies; for a device plan each call synchronises) --
     def stats(self):
