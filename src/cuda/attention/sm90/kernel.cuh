@@ -85,6 +85,12 @@ inline constexpr int kItemSlots = 2;
 // The producer warpgroup's warp that decodes the items when a kernel ranks heads (warp 0's
 // thread 0 loads).
 inline constexpr int kDecoderWarp = 1;
+// With a decoder warp, the decoder takes an item ahead of the one thread 0 loads when that
+// one keeps at most kLookaheadMaxBlocks blocks (a short item's decoding and Q load are what
+// the lookahead hides; behind a long item the held item would only wait) and more than
+// kLookaheadMarginPerCta items per CTA remain (speed settings; version 24).
+inline constexpr int kLookaheadMaxBlocks = 16;
+inline constexpr int kLookaheadMarginPerCta = 4;
 
 // Named barriers (id 0 is __syncthreads): the epilogue of consumer c syncs its warpgroup on
 // kBarrierEpilogue + c; consumer c waits for its turn (Turns) on kBarrierTurn + c.
@@ -210,7 +216,7 @@ struct alignas(kTileAlignment) SharedStorage {
   ItemSlot item[kItemSlots];          // the items handed to the consumers
   uint64_t item_full[kItemSlots];     // the decoding thread's arrival
   uint64_t item_empty[kItemSlots];    // one arrival per consumer warp (+ the loading thread's with a decoder warp)
-  uint64_t item_loaded;               // with a decoder warp: the loading thread is done with an item
+  uint64_t item_loaded[kItemSlots];   // with a decoder warp: the loading thread is done with the slot's item
   uint64_t k_full[Traits::kStages];   // producer arrival + TMA bytes
   uint64_t k_empty[Traits::kStages];  // one arrival per consumer warp
   uint64_t v_full[Traits::kStages];
@@ -402,9 +408,9 @@ __device__ __forceinline__ void produce_item(SharedStorage<Traits>& smem, const 
 // Takes the next work item into the item ring's current slot, once the slot is free (an item
 // is taken only when this CTA can start on it), decodes it and hands it on. Run by one
 // thread, or with kRankHeads by the decoder warp (lane 0 takes and writes, every lane
-// decodes: heads_by_count). Returns false at the end of the items.
+// decodes: heads_by_count). Returns the item taken, `items` at the end.
 template <typename Traits>
-__device__ __forceinline__ bool take_item(SharedStorage<Traits>& smem, const Params& params, int64_t items,
+__device__ __forceinline__ int64_t take_item(SharedStorage<Traits>& smem, const Params& params, int64_t items,
                                           bool first, Ring<kItemSlots>& item_ring, CtaWork& cta,
                                           GroupWork (&group)[Traits::kConsumers]) {
   const bool leader = threadIdx.x % 32 == 0;
@@ -428,7 +434,7 @@ __device__ __forceinline__ bool take_item(SharedStorage<Traits>& smem, const Par
     mbarrier_arrive(smem_address(&smem.item_full[item_ring.stage]));
   }
   item_ring.advance();
-  return item < items;
+  return item < items ? item : items;
 }
 
 // ---- consumer ------------------------------------------------------------------------
@@ -778,7 +784,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       mbarrier_init(smem_address(&smem.k_empty[s]), kConsumers * kWarpsPerGroup);
       mbarrier_init(smem_address(&smem.v_empty[s]), kConsumers * kWarpsPerGroup);
     }
-    mbarrier_init(smem_address(&smem.item_loaded), 1);
+#pragma unroll
+    for (int i = 0; i < kItemSlots; ++i) mbarrier_init(smem_address(&smem.item_loaded[i]), 1);
     mbarrier_init_fence();
   }
   __syncthreads();
@@ -805,32 +812,47 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         // The next item is taken once thread 0 has loaded the current one, when a single
         // producer thread would take it: taken earlier, items wait in a CTA's slots while
         // other CTAs run dry (version 23's first run: up to 1.45x slower at 8K-16K with
-        // uneven budgets).
-        uint32_t loaded_phase = 0;
-        for (bool first = true; take_item<Traits>(smem, params, items, first, item_ring, cta, group); first = false) {
-          mbarrier_wait(smem_address(&smem.item_loaded), loaded_phase);
-          loaded_phase ^= 1;
+        // uneven budgets). Except behind a short item while many items remain (version 24):
+        // then the decoder holds one more (both slots), so that the next item's decoding and
+        // Q load wait under the short one's tiles, and a held item waits a short item's time
+        // at most. Item j's load completes a phase of its slot's item_loaded barrier; the
+        // decoder waits for every item's load once, in order, before it reuses that item's
+        // slot at the latest, so no barrier runs two phases ahead of its waits.
+        int64_t taken = 0, loaded = 0, ahead = 0;
+        for (bool first = true;; first = false) {
+          for (; loaded < taken - ahead; ++loaded)  // items [0, taken - ahead) loaded
+            mbarrier_wait(smem_address(&smem.item_loaded[loaded % kItemSlots]),
+                          uint32_t(loaded / kItemSlots) & 1u);
+          const int64_t item = take_item<Traits>(smem, params, items, first, item_ring, cta, group);
+          if (item >= items) break;
+          ++taken;
+          // Items held beyond the one thread 0 loads: one after a short item, while many
+          // items per CTA remain.
+          ahead = cta.max_count <= kLookaheadMaxBlocks && item < items - int64_t(kLookaheadMarginPerCta) * gridDim.x
+                      ? 1 : 0;
         }
       } else if (threadIdx.x == 0) {
         for (;;) {
-          mbarrier_wait(smem_address(&smem.item_full[item_ring.stage]), item_ring.phase);
-          const ItemSlot& slot = smem.item[item_ring.stage];
+          const int slot_index = item_ring.stage;
+          mbarrier_wait(smem_address(&smem.item_full[slot_index]), item_ring.phase);
+          const ItemSlot& slot = smem.item[slot_index];
           const bool end = slot.end != 0;
           if (!end) {
             cta = slot.cta;
 #pragma unroll
             for (int c = 0; c < kConsumers; ++c) group[c] = slot.group[c];
           }
-          mbarrier_arrive(smem_address(&smem.item_empty[item_ring.stage]));
+          mbarrier_arrive(smem_address(&smem.item_empty[slot_index]));
           item_ring.advance();
           if (end) break;
           if (cta.max_count > 0)
             produce_item<Traits>(smem, params, cta, group, ring, q_phase, &q_map, &k_map, &v_map);
-          mbarrier_arrive(smem_address(&smem.item_loaded));
+          mbarrier_arrive(smem_address(&smem.item_loaded[slot_index]));
         }
       }
     } else if (threadIdx.x == 0) {
-      for (bool first = true; take_item<Traits>(smem, params, items, first, item_ring, cta, group); first = false)
+      for (bool first = true; take_item<Traits>(smem, params, items, first, item_ring, cta, group) < items;
+           first = false)
         if (cta.max_count > 0)
           produce_item<Traits>(smem, params, cta, group, ring, q_phase, &q_map, &k_map, &v_map);
     }
