@@ -56,24 +56,9 @@ using cuda::ldmatrix_x4;
 using cuda::mma_16x8x16;
 using cuda::smem_address;
 
-// Eight consecutive elements from global memory: one 16-byte load when `vector` (address
-// 16-byte aligned), else element by element (strided views with odd strides).
-template <typename T>
-__device__ __forceinline__ void load8(const T* src, bool vector, float (&out)[kVecElems]) {
-  if (vector) {
-    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(src));
-    const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-    for (int i = 0; i < kVecElems; ++i) out[i] = Element<T>::to_float(e[i]);
-  } else {
-#pragma unroll
-    for (int i = 0; i < kVecElems; ++i) out[i] = Element<T>::to_float(src[i]);
-  }
-}
-
-// Eight consecutive elements as they are stored (no conversion): one 16-byte load when
-// `vector`, else element by element. Loads whose use comes later (batches) stay in 4
-// registers instead of 8 floats.
+// Eight consecutive elements from global memory as they are stored (no conversion): one
+// 16-byte load when `vector` (address 16-byte aligned), else element by element (strided
+// views with odd strides). Loads whose use comes later (batches) stay in 4 registers.
 template <typename T>
 __device__ __forceinline__ uint4 load8_raw(const T* src, bool vector) {
   if (vector) return __ldg(reinterpret_cast<const uint4*>(src));
