@@ -3,7 +3,8 @@
 ProxyAttn through its public call (proxyattn.attention, a torch custom op), through the
 transformers integration (proxyattn.hf.attention_forward, [B, H, N, d] views as a model passes
 them) and in its two steps (estimate, attend on a cached plan), against transformers' SDPA
-attention function (PyTorch's default backend choice, and forced to cuDNN).
+attention function (PyTorch's default backend choice, and forced to cuDNN: that one's host
+time includes entering and leaving `sdpa_kernel`).
 
 A model's prefill runs layer after layer on one stream; a call whose host work takes longer
 than its device work leaves the GPU idle unless the rest of the layer covers it. So per call:

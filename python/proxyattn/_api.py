@@ -1,6 +1,7 @@
 """The Python API over proxyattn._C: argument checks, allocation through the caller's
 framework (numpy or torch), varlen packing, and the plan object."""
 import collections
+import contextlib
 import math
 
 import numpy as np
@@ -55,6 +56,16 @@ def _dl(x):
 
         return to_dlpack(x)
     return x
+
+
+def _on_device(like):
+    """A context making like's CUDA device the current one: the library launches on the
+    current device, and a model spread over GPUs calls with tensors on others."""
+    if _is_torch(like) and like.is_cuda:
+        import torch
+
+        return torch.cuda.device(like.device)
+    return contextlib.nullcontext()
 
 
 def _stream(like):
@@ -148,17 +159,20 @@ class Plan:
         args = (self.cu_seqlens, num_q_heads, num_kv_heads, head_dim, self._dtype, config)
         self._storage = _bytes(like, _C.plan_bytes(*args))
         self._workspace = _bytes(like, _C.workspace_bytes(*args))
-        self._plan = _C.Plan(*args, self._storage)
+        with _on_device(like):
+            self._plan = _C.Plan(*args, self._storage)
 
     @property
     def num_seqs(self):
         return len(self.cu_seqlens) - 1
 
     def _estimate(self, q, k):
-        self._plan.estimate(_dl(q), _dl(k), _dl(self._workspace), _stream(q))
+        with _on_device(q):
+            self._plan.estimate(_dl(q), _dl(k), _dl(self._workspace), _stream(q))
 
     def _attend(self, q, k, v, out, lse):
-        self._plan.attend(_dl(q), _dl(k), _dl(v), _dl(out), _dl(lse), _stream(q))
+        with _on_device(q):
+            self._plan.attend(_dl(q), _dl(k), _dl(v), _dl(out), _dl(lse), _stream(q))
 
     # -- inspection (host copies; for a device plan each call synchronises) --
     def stats(self):
@@ -384,7 +398,8 @@ def dense_attention(q, k, v, cu_seqlens=None, softmax_scale=None, return_lse=Fal
     scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
     out = _empty(q2, tuple(q2.shape))
     lse = _empty(q2, (q2.shape[1], q2.shape[0]), _float32(q2)) if return_lse else None
-    _C.dense_attention(cu, scale, q2, k2, v2, out, lse, _stream(q2))
+    with _on_device(q2):
+        _C.dense_attention(cu, scale, q2, k2, v2, out, lse, _stream(q2))
     if four_d:
         out = _reshape(out, tuple(q.shape))
         if lse is not None:

@@ -33,15 +33,23 @@ def _(q, k, v, gamma, num_proxy_groups, block_size, stride, min_budget_tokens, b
     return torch.empty_like(q), q.new_empty((b, hq, n), dtype=torch.float32)
 
 
-def _records_grad(*tensors):
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+def _eager_inference(*tensors):
+    """Whether a call may skip the op: plain CPU or CUDA tensors, outside torch.compile and
+    any dispatch mode (fake, meta and subclass tensors, e.g. for shape inference, take the
+    op and its fake implementation), and not recorded by autograd."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return (not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None and
+            all(type(t) is torch.Tensor and t.device.type in ("cpu", "cuda") for t in tensors) and
+            not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
 
 
 def attention(q, k, v, return_lse, settings):
     """Calls the library directly in eager inference, else the custom op with settings
-    resolved to plain values (schema types): under torch.compile, and where autograd would
-    record the call (the op has no backward; it says so at backward time)."""
-    if not torch.compiler.is_compiling() and not _records_grad(q, k, v):
+    resolved to plain values (schema types): under torch.compile, for fake and meta tensors,
+    and where autograd would record the call (the op has no backward; it says so at
+    backward time)."""
+    if _eager_inference(q, k, v):
         return _api._attention_eager(q, k, v, return_lse, settings)
     d = q.shape[-1]
     s = dict(settings)

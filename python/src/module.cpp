@@ -157,8 +157,9 @@ class PyPlan {
 NB_MODULE(_C, m) {
   m.doc() = "proxyattn C API binding (use the proxyattn package, not this module)";
   static nb::exception<proxyattn::Error> error(m, "ProxyAttnError");
-  static nb::object unsupported = nb::steal(
-      PyErr_NewException("proxyattn._C.ProxyAttnUnsupported", error.ptr(), nullptr));
+  // A handle, not an object: kept for the process's life, never released after the
+  // interpreter's finalisation.
+  static nb::handle unsupported = PyErr_NewException("proxyattn._C.ProxyAttnUnsupported", error.ptr(), nullptr);
   m.attr("ProxyAttnUnsupported") = unsupported;
   // Registered after nb::exception's own translator, so tried before it.
   nb::register_exception_translator([](const std::exception_ptr& thrown, void*) {

@@ -76,6 +76,19 @@ def test_eager_inference_and_the_custom_op_agree():
         through_op.sum().backward()
 
 
+def test_fake_and_meta_tensors_take_the_op():
+    """Shape inference (fake tensors, meta tensors) goes through the op's fake implementation,
+    not to the library."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        q, k, v = torch.empty(1, 400, 4, 64), torch.empty(1, 400, 2, 64), torch.empty(1, 400, 2, 64)
+        out, lse = proxyattn.attention(q, k, v, return_lse=True, **SETTINGS)
+    assert out.shape == (1, 400, 4, 64) and lse.shape == (1, 4, 400)
+    meta = [torch.empty(1, 400, h, 64, device="meta") for h in (4, 2, 2)]
+    assert proxyattn.attention(*meta, **SETTINGS).device.type == "meta"
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_cuda_matches_cpu_plan_and_reference(dtype):
