@@ -2,7 +2,8 @@
 // torch, ... on the CPU or a CUDA device), never allocates tensors itself (the Python layer
 // allocates through the caller's framework), and raises proxyattn.ProxyAttnError (with the
 // pa_status name) on failure, its subclass ProxyAttnUnsupported for PA_STATUS_UNSUPPORTED (a
-// valid request this build or device cannot run, on which callers may fall back). Shapes: Q [tokens, Hq, d], K/V [tokens, Hkv, d], LSE [Hq, tokens].
+// valid request this build or device cannot run, on which callers may fall back).
+// Shapes: Q [tokens, Hq, d], K/V [tokens, Hkv, d], LSE [Hq, tokens].
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
@@ -159,7 +160,8 @@ NB_MODULE(_C, m) {
   static nb::exception<proxyattn::Error> error(m, "ProxyAttnError");
   // A handle, not an object: kept for the process's life, never released after the
   // interpreter's finalisation.
-  static nb::handle unsupported = PyErr_NewException("proxyattn._C.ProxyAttnUnsupported", error.ptr(), nullptr);
+  static nb::handle unsupported =
+      PyErr_NewException("proxyattn._C.ProxyAttnUnsupported", error.ptr(), nullptr);
   m.attr("ProxyAttnUnsupported") = unsupported;
   // Registered after nb::exception's own translator, so tried before it.
   nb::register_exception_translator([](const std::exception_ptr& thrown, void*) {
