@@ -13,6 +13,7 @@
 
 #include "attention/params.hpp"
 #include "common/check.cuh"
+#include "common/device.cuh"
 #include "core/problem.hpp"
 #include "core/status.hpp"
 #include "cuda/backend.hpp"
@@ -72,9 +73,8 @@ pa_status chunk_rule(const CtaShape& shape, int slots_per_row, ChunkRule* rule) 
     return PA_STATUS_SUCCESS;
   }
   if (shape.chunk_ctas_per_sm == 0) return PA_STATUS_SUCCESS;
-  int device = 0, sms = 0;
-  PA_CUDA_TRY(cudaGetDevice(&device));
-  PA_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  int sms = 0;
+  PA_TRY(current_sm_count(&sms));
   const int resident = shape.chunk_ctas_per_sm * sms;
   rule->fill = std::max(1, (resident + slots_per_row - 1) / slots_per_row);
   return PA_STATUS_SUCCESS;

@@ -18,6 +18,7 @@
 #include <climits>
 
 #include "common/check.cuh"
+#include "common/device.cuh"
 #include "estimate/device_utils.cuh"
 #include "estimate/sort_classes.cuh"  // kDefaultSmemLimit
 #include "estimate/stages.cuh"
@@ -221,9 +222,8 @@ pa_status launch_partials(const Launch& l, const InputView& q, const InputView& 
   // in turn was the kernel's whole time (Qwen2.5-Coder-0.5B at 4K-16K: 0.039 ms whatever N,
   // 2026-11-24). Past one wave the parts' repeated K copies and the last wave's tail cost
   // more than they gain (a first rule rounding up: 10-20% slower at 8K-16K, Qwen2.5-7B).
-  int device = 0, sms = 0;
-  PA_CUDA_TRY(cudaGetDevice(&device));
-  PA_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  int sms = 0;
+  PA_TRY(current_sm_count(&sms));
   const int heads_per_kv = l.geo.num_q_heads / l.geo.num_kv_heads;
   const int64_t ctas = int64_t(l.geo.num_kv_heads) * chunks;
   const int64_t wave = int64_t(sms) * kPartialCtasPerSm<D>;

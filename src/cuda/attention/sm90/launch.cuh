@@ -18,6 +18,7 @@
 #include "attention/sm90/item_counter.hpp"
 #include "attention/sm90/kernel.cuh"
 #include "common/check.cuh"
+#include "common/device.cuh"
 
 namespace proxyattn::cuda::attention {
 namespace sm90 {
@@ -109,9 +110,8 @@ inline bool rank_heads_from_environment() { return on_unless_zero("PROXYATTN_ATT
 inline pa_status launch_grid(bool persistent, int64_t items, int64_t* grid) {
   *grid = items;
   if (!persistent) return PA_STATUS_SUCCESS;
-  int device = 0, sms = 0;
-  PA_CUDA_TRY(cudaGetDevice(&device));
-  PA_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  int sms = 0;
+  PA_TRY(current_sm_count(&sms));
   int64_t ctas = int64_t(kCtasPerSm) * sms;
   if (const char* cap = std::getenv("PROXYATTN_ATTN_MAX_CTAS")) ctas = std::min<int64_t>(ctas, std::max(1, std::atoi(cap)));
   *grid = std::min<int64_t>(items, ctas);
