@@ -17,7 +17,6 @@ Medians of REPEATS samples after WARMUP calls. Inputs: the library's structured 
 of each shape, [1, N, H, d] bf16 (the density is what it gives at gamma 0.95).
 """
 import argparse
-import json
 import pathlib
 import statistics
 import sys
@@ -31,12 +30,11 @@ sys.path.insert(0, str(ROOT / "python"))
 import proxyattn  # noqa: E402
 import proxyattn.hf  # noqa: E402
 from proxyattn import _api  # noqa: E402
-from proxyattn.bench import compare  # noqa: E402
+from proxyattn.bench import compare, config  # noqa: E402
 from proxyattn.bench.timing import machine, spin_up, write_result  # noqa: E402
 
-# name -> (Hq, Hkv, d, proxy groups g)
-SHAPES = {"qwen2.5-coder-0.5b": (14, 2, 64, 2), "qwen2.5-coder-1.5b": (12, 2, 128, 2),
-          "llama3.1-8b": (32, 8, 128, 1)}
+# name -> (Hq, Hkv, d, proxy groups g): the real models and Llama-3.1-8B
+SHAPES = {**config.REAL_MODEL_SHAPES, "llama3.1-8b": config.SHAPES["llama3.1-8b"]}
 SIZES = (4096, 8192, 16384, 32768)
 GAMMA = 0.95
 CALLS, REPEATS, WARMUP = 16, 7, 3

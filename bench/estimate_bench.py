@@ -36,8 +36,7 @@ from proxyattn.bench.timing import (  # noqa: E402
     interleaved_median_ms, machine, with_environment, write_result)
 
 # name -> (Q heads, KV heads, head_dim): the suite's shapes, and the real models of docs/accuracy.md
-SHAPES = {name: shape[:3] for name, shape in config.SHAPES.items()}
-SHAPES.update({"qwen2.5-coder-1.5b": (12, 2, 128), "qwen2.5-coder-0.5b": (14, 2, 64)})
+SHAPES = {name: shape[:3] for name, shape in {**config.SHAPES, **config.REAL_MODEL_SHAPES}.items()}
 SIZES = [32768, 131072]
 REPEATS, WARMUP = 10, 2
 TRACED_CALLS = 3  # calls per trace; a stage's time is its kernels' total over them / TRACED_CALLS

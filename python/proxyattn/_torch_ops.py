@@ -5,6 +5,7 @@ Eager calls that autograd does not record go straight to the library: the custom
 dispatch cost 0.1-0.2 ms of host time per call on the H100 machine (bench/call_bench.py,
 2026-11-24), two to three times the library's own launches."""
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import _api
 
@@ -37,8 +38,6 @@ def _eager_inference(*tensors):
     """Whether a call may skip the op: plain CPU or CUDA tensors, outside torch.compile and
     any dispatch mode (fake, meta and subclass tensors, e.g. for shape inference, take the
     op and its fake implementation), and not recorded by autograd."""
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
     return (not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None and
             all(type(t) is torch.Tensor and t.device.type in ("cpu", "cuda") for t in tensors) and
             not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))

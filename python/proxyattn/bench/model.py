@@ -61,22 +61,22 @@ class AttentionTimer:
 
 def model_config(name, num_layers):
     """The shape of MODELS[name], with num_layers layers (None: all)."""
-    shape = MODELS[name][2]
+    shape = MODELS[name].config
     return {**shape, "num_hidden_layers": num_layers or shape["num_hidden_layers"]}
 
 
 def build_model(name, num_layers):
     import transformers
 
-    config_class, model_class, _, _ = MODELS[name]
-    config = getattr(transformers, config_class)(**model_config(name, num_layers),
-                                                 max_position_embeddings=2 * max(MODEL_SIZES))
+    spec = MODELS[name]
+    config = getattr(transformers, spec.config_class)(**model_config(name, num_layers),
+                                                      max_position_embeddings=2 * max(MODEL_SIZES))
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
         with torch.device("cuda"):
-            model = getattr(transformers, model_class)(config).eval()
+            model = getattr(transformers, spec.model_class)(config).eval()
     finally:
         torch.set_default_dtype(previous)
     return model
@@ -91,7 +91,7 @@ def run(sizes, num_layers, name="llama3.1-8b", log=print):
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     t0 = time.time()
-    groups = MODELS[name][3]
+    groups = MODELS[name].groups
     proxyattn.hf.enable(gamma=GAMMA, num_proxy_groups=groups)
     timer = AttentionTimer()
     AttentionInterface.register("bench_dense", timer.wrap(sdpa_attention_forward, SDPBackend.CUDNN_ATTENTION))
