@@ -134,7 +134,9 @@ pa_status pa_workspace_bytes(const pa_problem* problem, const pa_config* config,
 
 /* Binds a plan handle to caller storage (>= pa_plan_bytes). The handle copies problem
  * (cu_seqlens is read, not kept) and config. Free the handle with pa_plan_free; the
- * storage stays the caller's. */
+ * storage stays the caller's. Storage in device memory makes a GPU plan: its creation
+ * fails with PA_STATUS_UNSUPPORTED when the GPU cannot run the problem (float32, a
+ * head_dim other than 64 and 128). */
 pa_status pa_plan_create(const pa_problem* problem, const pa_config* config, void* storage,
                          size_t storage_bytes, pa_plan** plan);
 void pa_plan_free(pa_plan* plan);

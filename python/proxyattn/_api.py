@@ -308,23 +308,40 @@ _CONFIG_FIELDS = ("block_size", "stride", "gamma", "min_budget_tokens", "num_pro
                   "force_local", "budget_mode", "dense_below", "softmax_scale", "anchor_blocks")
 
 
+# The keys whose plan the library refused to make (ProxyAttnUnsupported: e.g. float32 or
+# head_dim 96 on a GPU; the verdict depends only on the key), with the library's message:
+# a model's later layers and calls get the same exception without allocating a plan again.
+_REFUSED = collections.OrderedDict()
+
+
 def clear_plan_cache():
     """Drops the plans attention() and attention_varlen() keep for reuse (their storage and
     workspace go back to the allocator once no call uses them)."""
     _PLAN_CACHE.clear()
+    _REFUSED.clear()
+
+
+def _remember(cache, key, value):
+    cache[key] = value
+    if len(cache) > _PLAN_CACHE_SIZE:
+        cache.popitem(last=False)
 
 
 def _cached_plan(q, k, cu, config):
     key = (tuple(cu), q.shape[-2], k.shape[-2], q.shape[-1], str(q.dtype), _device_of(q), _stream(q),
            tuple(getattr(config, f) for f in _CONFIG_FIELDS))
     plan = _PLAN_CACHE.get(key)
-    if plan is None:
-        plan = Plan(cu, q.shape[-2], k.shape[-2], q.shape[-1], q, config)
-        _PLAN_CACHE[key] = plan
-        if len(_PLAN_CACHE) > _PLAN_CACHE_SIZE:
-            _PLAN_CACHE.popitem(last=False)
-    else:
+    if plan is not None:
         _PLAN_CACHE.move_to_end(key)
+        return plan
+    if key in _REFUSED:
+        raise _C.ProxyAttnUnsupported(_REFUSED[key])
+    try:
+        plan = Plan(cu, q.shape[-2], k.shape[-2], q.shape[-1], q, config)
+    except _C.ProxyAttnUnsupported as e:
+        _remember(_REFUSED, key, str(e))
+        raise
+    _remember(_PLAN_CACHE, key, plan)
     return plan
 
 

@@ -284,6 +284,9 @@ pa_status pa_plan_create(const pa_problem* problem, const pa_config* config, voi
                   storage_bytes, desc.storage.total_bytes);
     const bool device = on_device(storage);
     PA_TRY(check_space(device, {}));
+#if PROXYATTN_WITH_CUDA
+    if (device) PA_TRY(cuda::check_attend_supported("pa_plan_create", desc));
+#endif
     std::unique_ptr<pa_plan> p(new pa_plan());
     p->desc = desc;
     if (problem->cu_seqlens != nullptr) {

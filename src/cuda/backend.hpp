@@ -19,6 +19,13 @@ bool is_device_pointer(const void* p);
 pa_status upload(void* device_dst, const void* host_src, size_t bytes);
 pa_status download(void* host_dst, const void* device_src, size_t bytes);
 
+// Whether the GPU attention can run this plan: dtype, head_dim, block size and sequence
+// lengths, what the plan fixes (the tensors' alignment is checked per call). The estimation
+// takes the same dtypes and head dims. pa_plan_create checks it when the storage is device
+// memory, so that no device plan exists that the GPU would refuse for its shapes; pa_attend
+// checks again. `call` names the API function in the message.
+pa_status check_attend_supported(const char* call, const PlanDesc& plan);
+
 // Bytes of device workspace pa_estimate needs for this plan.
 size_t estimate_workspace_bytes(const PlanDesc& plan);
 

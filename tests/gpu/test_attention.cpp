@@ -800,16 +800,33 @@ TEST(Attention, Float32IsUnsupported) {
   EXPECT_EQ(pa_dense_attention(&problem, 0.125f, &qt, &kt, &kt, &ot, nullptr, nullptr), PA_STATUS_UNSUPPORTED);
   EXPECT_NE(std::strstr(pa_last_error(), "float32"), nullptr) << pa_last_error();
 
+  // A plan in device memory is refused when it is made, not at its first call; the handle
+  // stays untouched.
   const pa_config config = make_config(c);
   size_t bytes = 0;
   PA_ASSERT_OK(pa_plan_bytes(&problem, &config, &bytes));
   DeviceBuffer storage(bytes);
   pa_plan* plan = nullptr;
-  PA_ASSERT_OK(pa_plan_create(&problem, &config, storage.get(), bytes, &plan));
-  const Index all = full_index(c, problem);
-  PA_ASSERT_OK(pa_plan_set_index(plan, all.order.data(), all.count.data(), nullptr, nullptr));
-  EXPECT_EQ(pa_attend(plan, &qt, &kt, &kt, &ot, nullptr, nullptr), PA_STATUS_UNSUPPORTED);
-  EXPECT_NE(std::strstr(pa_last_error(), "float32"), nullptr) << pa_last_error();
+  EXPECT_EQ(pa_plan_create(&problem, &config, storage.get(), bytes, &plan), PA_STATUS_UNSUPPORTED);
+  EXPECT_NE(std::strstr(pa_last_error(), "pa_plan_create: float32"), nullptr) << pa_last_error();
+  EXPECT_EQ(plan, nullptr);
+}
+
+TEST(Attention, DevicePlanOfUnsupportedHeadDimIsRefused) {
+  PA_REQUIRE_GPU();
+  int32_t cu[2] = {0, 256};
+  const pa_problem problem{1, cu, 256, 2, 1, 96, PA_DTYPE_BFLOAT16};
+  pa_config config = pa_config_default(96);
+  size_t bytes = 0;
+  PA_ASSERT_OK(pa_plan_bytes(&problem, &config, &bytes));
+  DeviceBuffer storage(bytes);
+  pa_plan* plan = nullptr;
+  EXPECT_EQ(pa_plan_create(&problem, &config, storage.get(), bytes, &plan), PA_STATUS_UNSUPPORTED);
+  EXPECT_NE(std::strstr(pa_last_error(), "head_dim = 96"), nullptr) << pa_last_error();
+  EXPECT_EQ(plan, nullptr);
+  // The same problem in host memory is a CPU plan, which runs any head_dim.
+  std::vector<unsigned char> host(bytes);
+  PA_ASSERT_OK(pa_plan_create(&problem, &config, host.data(), bytes, &plan));
   pa_plan_free(plan);
 }
 

@@ -89,6 +89,43 @@ def test_fake_and_meta_tensors_take_the_op():
     assert proxyattn.attention(*meta, **SETTINGS).device.type == "meta"
 
 
+def test_a_refused_plan_is_not_made_again(monkeypatch):
+    """A plan the library refuses (ProxyAttnUnsupported) is not cached; its key is, so that
+    the next call with the same shapes raises the same error without making the plan again."""
+    from proxyattn import _api
+
+    made = []
+
+    def refused(*args, **kwargs):
+        made.append(args)
+        raise proxyattn.ProxyAttnUnsupported("PA_STATUS_UNSUPPORTED: a plan the test refuses")
+
+    proxyattn.clear_plan_cache()
+    monkeypatch.setattr(_api, "Plan", refused)
+    q, k, v = qkv(1, 400, 4, 2, 64)
+    for _ in range(3):
+        with pytest.raises(proxyattn.ProxyAttnUnsupported, match="the test refuses"):
+            proxyattn.attention(q, k, v, **SETTINGS)
+    assert len(made) == 1 and len(_api._PLAN_CACHE) == 0
+    proxyattn.clear_plan_cache()
+    with pytest.raises(proxyattn.ProxyAttnUnsupported):
+        proxyattn.attention(q, k, v, **SETTINGS)
+    assert len(made) == 2  # the verdicts go with the plans
+
+
+@pytest.mark.gpu
+def test_cuda_float32_plan_is_refused_when_made():
+    """float32 on the GPU: the library refuses the plan itself (pa_plan_create), so no plan
+    the GPU cannot run stays in the cache."""
+    from proxyattn import _api
+
+    proxyattn.clear_plan_cache()
+    q, k, v = qkv(1, 400, 4, 2, 64, device="cuda")
+    with pytest.raises(proxyattn.ProxyAttnUnsupported, match="pa_plan_create: float32"):
+        proxyattn.attention(q, k, v, **SETTINGS)
+    assert len(_api._PLAN_CACHE) == 0 and len(_api._REFUSED) == 1
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_cuda_matches_cpu_plan_and_reference(dtype):

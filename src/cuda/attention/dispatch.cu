@@ -117,9 +117,8 @@ pa_status check_view(const char* call, const char* name, const pa_tensor& t, int
   return PA_STATUS_SUCCESS;
 }
 
-// What the kernels support, beyond what the API has validated.
-pa_status check_supported(const char* call, const pa_problem& p, int32_t max_length, const pa_tensor& q,
-                          const pa_tensor& k, const pa_tensor& v, const pa_tensor& o) {
+// What the kernels support of a problem, beyond what the API has validated.
+pa_status check_problem(const char* call, const pa_problem& p, int32_t max_length) {
   if (p.dtype == PA_DTYPE_FLOAT32)
     return fail(PA_STATUS_UNSUPPORTED, "%s: float32 tensors are not supported by the GPU attention "
                 "(bfloat16 and float16 are); convert them, or pass host tensors to run on the CPU", call);
@@ -131,6 +130,13 @@ pa_status check_supported(const char* call, const pa_problem& p, int32_t max_len
   if (max_length > INT32_MAX - kPositionSlack)
     return fail(PA_STATUS_OVERFLOW, "%s: a sequence of %d tokens is too long for the GPU attention", call,
                 max_length);
+  return PA_STATUS_SUCCESS;
+}
+
+// The problem's checks, then the tensors' alignment.
+pa_status check_supported(const char* call, const pa_problem& p, int32_t max_length, const pa_tensor& q,
+                          const pa_tensor& k, const pa_tensor& v, const pa_tensor& o) {
+  PA_TRY(check_problem(call, p, max_length));
   const int bytes = dtype_bytes(p.dtype);
   PA_TRY(check_view(call, "q", q, bytes));
   PA_TRY(check_view(call, "k", k, bytes));
@@ -207,13 +213,19 @@ pa_status launch_batch(Params params, const std::vector<SeqSpan>& seqs, const Va
 
 }  // namespace
 
+pa_status check_attend_supported(const char* call, const PlanDesc& plan) {
+  PA_TRY(check_problem(call, plan.problem, plan.batch.max_length));
+  if (plan.config.block_size != 64 && plan.config.block_size != 128)
+    return fail(PA_STATUS_UNSUPPORTED, "%s: block_size = %d: the GPU attention supports 64 and 128", call,
+                plan.config.block_size);
+  return PA_STATUS_SUCCESS;
+}
+
 pa_status attend(const PlanDesc& plan, const pa_tensor& q, const pa_tensor& k, const pa_tensor& v,
                  const pa_tensor& o, float* lse, void* stream) {
   const pa_problem& p = plan.problem;
+  PA_TRY(check_attend_supported("pa_attend", plan));
   PA_TRY(check_supported("pa_attend", p, plan.batch.max_length, q, k, v, o));
-  if (plan.config.block_size != 64 && plan.config.block_size != 128)
-    return fail(PA_STATUS_UNSUPPORTED, "pa_attend: block_size = %d: the GPU attention supports 64 and 128",
-                plan.config.block_size);
   Kernel kernel;
   PA_TRY(select_kernel("pa_attend", p.total_tokens, &kernel));
   if (p.total_tokens == 0) return PA_STATUS_SUCCESS;
