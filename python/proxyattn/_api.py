@@ -60,11 +60,15 @@ def _dl(x):
 
 def _on_device(like):
     """A context making like's CUDA device the current one: the library launches on the
-    current device, and a model spread over GPUs calls with tensors on others."""
+    current device, and a model spread over GPUs calls with tensors on others. When it is
+    current already (one GPU, or the caller's torch.cuda.device), nothing to do: a
+    torch.cuda.device context costs ~10 us of host time, a call makes two."""
     if _is_torch(like) and like.is_cuda:
         import torch
 
-        return torch.cuda.device(like.device)
+        index = like.device.index
+        if index is not None and index != torch.cuda.current_device():
+            return torch.cuda.device(index)
     return contextlib.nullcontext()
 
 
@@ -166,13 +170,16 @@ class Plan:
     def num_seqs(self):
         return len(self.cu_seqlens) - 1
 
-    def _estimate(self, q, k):
+    # stream: the caller's current stream of q's device when it has it already (_stream(q)).
+    def _estimate(self, q, k, stream=None):
+        stream = _stream(q) if stream is None else stream
         with _on_device(q):
-            self._plan.estimate(_dl(q), _dl(k), _dl(self._workspace), _stream(q))
+            self._plan.estimate(_dl(q), _dl(k), _dl(self._workspace), stream)
 
-    def _attend(self, q, k, v, out, lse):
+    def _attend(self, q, k, v, out, lse, stream=None):
+        stream = _stream(q) if stream is None else stream
         with _on_device(q):
-            self._plan.attend(_dl(q), _dl(k), _dl(v), _dl(out), _dl(lse), _stream(q))
+            self._plan.attend(_dl(q), _dl(k), _dl(v), _dl(out), _dl(lse), stream)
 
     # -- inspection (host copies; for a device plan each call synchronises) --
     def stats(self):
@@ -255,10 +262,10 @@ def _estimate_packed(q, k, cu, config):
     return plan
 
 
-def _attend_packed(plan, q, k, v, return_lse):
+def _attend_packed(plan, q, k, v, return_lse, stream=None):
     out = _empty(q, tuple(q.shape))
     lse = _empty(q, (q.shape[1], q.shape[0]), _float32(q)) if return_lse else None
-    plan._attend(q, k, v, out, lse)
+    plan._attend(q, k, v, out, lse, stream)
     return out, lse
 
 
@@ -327,8 +334,8 @@ def _remember(cache, key, value):
         cache.popitem(last=False)
 
 
-def _cached_plan(q, k, cu, config):
-    key = (tuple(cu), q.shape[-2], k.shape[-2], q.shape[-1], str(q.dtype), _device_of(q), _stream(q),
+def _cached_plan(q, k, cu, config, stream):
+    key = (tuple(cu), q.shape[-2], k.shape[-2], q.shape[-1], str(q.dtype), _device_of(q), stream,
            tuple(getattr(config, f) for f in _CONFIG_FIELDS))
     plan = _PLAN_CACHE.get(key)
     if plan is not None:
@@ -346,9 +353,10 @@ def _cached_plan(q, k, cu, config):
 
 
 def _forward_packed(q, k, v, cu, settings, return_lse):
-    plan = _cached_plan(q, k, cu, _settings(q, **settings))
-    plan._estimate(q, k)
-    return _attend_packed(plan, q, k, v, return_lse)
+    stream = _stream(q)
+    plan = _cached_plan(q, k, cu, _settings(q, **settings), stream)
+    plan._estimate(q, k, stream)
+    return _attend_packed(plan, q, k, v, return_lse, stream)
 
 
 def _attention_eager(q, k, v, return_lse, settings):
