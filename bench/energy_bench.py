@@ -156,7 +156,8 @@ def main():
         storage = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
         plan = lib.plan_create(problem, config, storage.data_ptr(), nbytes)
         qa, ka, va, oa = (lib.tensor(x) for x in (q, k, v, o))
-        lib.set_index(plan, ab.make_order(nqb, rng).ctypes.data, ab.make_count(nqb, density, rng).ctypes.data)
+        order, count = ab.make_order(nqb, rng), ab.make_count(nqb, density, rng)  # alive while set_index reads them
+        lib.set_index(plan, order.ctypes.data, count.ctypes.data)
         stats = lib.stats(plan)
         attend = lambda: lib.attend(plan, qa, ka, va, oa, 0, stream)  # noqa: E731
 
