@@ -193,7 +193,9 @@ def main():
     flex = None
     if not args.no_flex:
         from torch.nn.attention.flex_attention import flex_attention
-        flex = torch.compile(flex_attention)
+        # Static shapes, compiled per N: with torch.compile's default, the second N marks the
+        # shapes dynamic, and Flex's dynamic kernels ran up to 28% slower (2026-11-24, session 8).
+        flex = torch.compile(flex_attention, dynamic=False)
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     results, packing = [], []

@@ -137,7 +137,7 @@ def main():
     flex = None
     if not args.no_flex:
         from torch.nn.attention.flex_attention import flex_attention
-        flex = torch.compile(flex_attention)
+        flex = torch.compile(flex_attention, dynamic=False)  # per N, as in attention_bench
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     spin_up()
