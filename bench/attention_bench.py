@@ -123,6 +123,26 @@ def make_count(nqb, density, rng):
     return counts(hi)
 
 
+def make_inputs(n):
+    """Random bf16 q [N, HQ, D], k and v [N, HKV, D], o like q, and q, k, v as [1, H, N, D]
+    (the layout cuDNN and Flex take)."""
+    q = torch.randn(n, HQ, D, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(n, HKV, D, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(n, HKV, D, device="cuda", dtype=torch.bfloat16)
+    qt, kt, vt = (x.permute(1, 0, 2).contiguous()[None] for x in (q, k, v))
+    return q, k, v, torch.empty_like(q), qt, kt, vt
+
+
+def make_plan(lib, n):
+    """A device plan of lib for one sequence of n tokens (block BLOCK, one proxy group, no
+    budget floor), its index left to set_index: (storage, plan); the storage lives as long as the plan."""
+    problem = lib.problem([n], HQ, HKV, D, "bfloat16")
+    config = lib.config(D, block_size=BLOCK, min_budget_tokens=0, dense_below=0, num_proxy_groups=1)
+    nbytes = lib.plan_bytes(problem, config)
+    storage = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    return storage, lib.plan_create(problem, config, storage.data_ptr(), nbytes)
+
+
 def equal_rows_call(blocks_per_row, n, gqa):
     """cuDNN dense causal on B sequences of L tokens whose rows keep blocks_per_row blocks on
     average ((L / BLOCK + 1) / 2), B * L about n (K/V with HKV heads where gqa, else repeated
@@ -202,20 +222,11 @@ def main():
     for n in sizes:
         nqb = n // BLOCK
         reps, warm = REPEATS[n], WARMUP[n]
-        q = torch.randn(n, HQ, D, device="cuda", dtype=torch.bfloat16)
-        k = torch.randn(n, HKV, D, device="cuda", dtype=torch.bfloat16)
-        v = torch.randn(n, HKV, D, device="cuda", dtype=torch.bfloat16)
-        o = torch.empty_like(q)
-        qt, kt, vt = (x.permute(1, 0, 2).contiguous()[None] for x in (q, k, v))  # [1, H, N, d]
-        problem = lib.problem([n], HQ, HKV, D, "bfloat16")
-        config = lib.config(D, block_size=BLOCK, min_budget_tokens=0, dense_below=0, num_proxy_groups=1)
-        nbytes = lib.plan_bytes(problem, config)
-        storage = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
-        plan = lib.plan_create(problem, config, storage.data_ptr(), nbytes)
+        q, k, v, o, qt, kt, vt = make_inputs(n)
+        storage, plan = make_plan(lib, n)
         qa, ka, va, oa = (lib.tensor(x) for x in (q, k, v, o))
         if base is not None:  # the baseline library's own plan (same problem and config)
-            base_storage = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
-            base_plan = base.plan_create(problem, config, base_storage.data_ptr(), nbytes)
+            base_storage, base_plan = make_plan(base, n)
 
         # cuDNN dense causal (GQA natively if this build allows, else K/V repeated).
         def cudnn_call(kk=kt, vv=vt, gqa=True):

@@ -145,16 +145,8 @@ def main():
     results = []
     for n, density in points:
         nqb = n // block
-        q = torch.randn(n, hq, d, device="cuda", dtype=torch.bfloat16)
-        k = torch.randn(n, hkv, d, device="cuda", dtype=torch.bfloat16)
-        v = torch.randn(n, hkv, d, device="cuda", dtype=torch.bfloat16)
-        o = torch.empty_like(q)
-        qt, kt, vt = (x.permute(1, 0, 2).contiguous()[None] for x in (q, k, v))  # [1, H, N, d]
-        problem = lib.problem([n], hq, hkv, d, "bfloat16")
-        config = lib.config(d, block_size=block, min_budget_tokens=0, dense_below=0, num_proxy_groups=1)
-        nbytes = lib.plan_bytes(problem, config)
-        storage = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
-        plan = lib.plan_create(problem, config, storage.data_ptr(), nbytes)
+        q, k, v, o, qt, kt, vt = ab.make_inputs(n)
+        storage, plan = ab.make_plan(lib, n)
         qa, ka, va, oa = (lib.tensor(x) for x in (q, k, v, o))
         order, count = ab.make_order(nqb, rng), ab.make_count(nqb, density, rng)  # alive while set_index reads them
         lib.set_index(plan, order.ctypes.data, count.ctypes.data)

@@ -133,11 +133,10 @@ pa_status check_problem(const char* call, const pa_problem& p, int32_t max_lengt
   return PA_STATUS_SUCCESS;
 }
 
-// The problem's checks, then the tensors' alignment.
-pa_status check_supported(const char* call, const pa_problem& p, int32_t max_length, const pa_tensor& q,
-                          const pa_tensor& k, const pa_tensor& v, const pa_tensor& o) {
-  PA_TRY(check_problem(call, p, max_length));
-  const int bytes = dtype_bytes(p.dtype);
+// The tensors' alignment (after check_problem has accepted the dtype).
+pa_status check_views(const char* call, pa_dtype dtype, const pa_tensor& q, const pa_tensor& k, const pa_tensor& v,
+                      const pa_tensor& o) {
+  const int bytes = dtype_bytes(dtype);
   PA_TRY(check_view(call, "q", q, bytes));
   PA_TRY(check_view(call, "k", k, bytes));
   PA_TRY(check_view(call, "v", v, bytes));
@@ -225,7 +224,7 @@ pa_status attend(const PlanDesc& plan, const pa_tensor& q, const pa_tensor& k, c
                  const pa_tensor& o, float* lse, void* stream) {
   const pa_problem& p = plan.problem;
   PA_TRY(check_attend_supported("pa_attend", plan));
-  PA_TRY(check_supported("pa_attend", p, plan.batch.max_length, q, k, v, o));
+  PA_TRY(check_views("pa_attend", p.dtype, q, k, v, o));
   Kernel kernel;
   PA_TRY(select_kernel("pa_attend", p.total_tokens, &kernel));
   if (p.total_tokens == 0) return PA_STATUS_SUCCESS;
@@ -241,7 +240,8 @@ pa_status dense_attention(const pa_problem& problem, float scale, const pa_tenso
                           const pa_tensor& v, const pa_tensor& o, float* lse, void* stream) {
   // The dense work list: every causal block of kDenseBlock, one proxy group.
   const BatchLayout batch = make_batch_layout(problem, attention::kDenseBlock, 1);
-  PA_TRY(check_supported("pa_dense_attention", problem, batch.max_length, q, k, v, o));
+  PA_TRY(check_problem("pa_dense_attention", problem, batch.max_length));
+  PA_TRY(check_views("pa_dense_attention", problem.dtype, q, k, v, o));
   Kernel kernel;
   PA_TRY(select_kernel("pa_dense_attention", problem.total_tokens, &kernel));
   if (problem.total_tokens == 0) return PA_STATUS_SUCCESS;
