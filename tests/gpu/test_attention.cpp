@@ -786,6 +786,18 @@ TEST(Attention, RandomShapesFreshSeeds) {
   }
 }
 
+// A plan in device memory that the GPU cannot run is refused when it is made, not at its
+// first call: PA_STATUS_UNSUPPORTED, an error naming `reason`, the handle untouched.
+void expect_device_plan_refused(const pa_problem& problem, const pa_config& config, const char* reason) {
+  size_t bytes = 0;
+  PA_ASSERT_OK(pa_plan_bytes(&problem, &config, &bytes));
+  DeviceBuffer storage(bytes);
+  pa_plan* plan = nullptr;
+  EXPECT_EQ(pa_plan_create(&problem, &config, storage.get(), bytes, &plan), PA_STATUS_UNSUPPORTED);
+  EXPECT_NE(std::strstr(pa_last_error(), reason), nullptr) << pa_last_error();
+  EXPECT_EQ(plan, nullptr);
+}
+
 TEST(Attention, Float32IsUnsupported) {
   PA_REQUIRE_GPU();
   Case c;
@@ -800,32 +812,20 @@ TEST(Attention, Float32IsUnsupported) {
   EXPECT_EQ(pa_dense_attention(&problem, 0.125f, &qt, &kt, &kt, &ot, nullptr, nullptr), PA_STATUS_UNSUPPORTED);
   EXPECT_NE(std::strstr(pa_last_error(), "float32"), nullptr) << pa_last_error();
 
-  // A plan in device memory is refused when it is made, not at its first call; the handle
-  // stays untouched.
-  const pa_config config = make_config(c);
-  size_t bytes = 0;
-  PA_ASSERT_OK(pa_plan_bytes(&problem, &config, &bytes));
-  DeviceBuffer storage(bytes);
-  pa_plan* plan = nullptr;
-  EXPECT_EQ(pa_plan_create(&problem, &config, storage.get(), bytes, &plan), PA_STATUS_UNSUPPORTED);
-  EXPECT_NE(std::strstr(pa_last_error(), "pa_plan_create: float32"), nullptr) << pa_last_error();
-  EXPECT_EQ(plan, nullptr);
+  expect_device_plan_refused(problem, make_config(c), "pa_plan_create: float32");
 }
 
 TEST(Attention, DevicePlanOfUnsupportedHeadDimIsRefused) {
   PA_REQUIRE_GPU();
   int32_t cu[2] = {0, 256};
   const pa_problem problem{1, cu, 256, 2, 1, 96, PA_DTYPE_BFLOAT16};
-  pa_config config = pa_config_default(96);
+  const pa_config config = pa_config_default(96);
+  expect_device_plan_refused(problem, config, "head_dim = 96");
+  // The same problem in host memory is a CPU plan, which runs any head_dim.
   size_t bytes = 0;
   PA_ASSERT_OK(pa_plan_bytes(&problem, &config, &bytes));
-  DeviceBuffer storage(bytes);
-  pa_plan* plan = nullptr;
-  EXPECT_EQ(pa_plan_create(&problem, &config, storage.get(), bytes, &plan), PA_STATUS_UNSUPPORTED);
-  EXPECT_NE(std::strstr(pa_last_error(), "head_dim = 96"), nullptr) << pa_last_error();
-  EXPECT_EQ(plan, nullptr);
-  // The same problem in host memory is a CPU plan, which runs any head_dim.
   std::vector<unsigned char> host(bytes);
+  pa_plan* plan = nullptr;
   PA_ASSERT_OK(pa_plan_create(&problem, &config, host.data(), bytes, &plan));
   pa_plan_free(plan);
 }
