@@ -15,7 +15,9 @@ class Problem(ctypes.Structure):
     _fields_ = [("num_seqs", ctypes.c_int32), ("cu_seqlens", ctypes.POINTER(ctypes.c_int32)),
                 ("total_tokens", ctypes.c_int64), ("num_q_heads", ctypes.c_int32),
                 ("num_kv_heads", ctypes.c_int32), ("head_dim", ctypes.c_int32),
-                ("dtype", ctypes.c_int)]
+                ("dtype", ctypes.c_int), ("cu_seqlens_k", ctypes.POINTER(ctypes.c_int32)),
+                ("total_kv_tokens", ctypes.c_int64), ("page_size", ctypes.c_int32),
+                ("num_pages", ctypes.c_int32), ("max_pages_per_seq", ctypes.c_int32)]
 
 
 class Tensor(ctypes.Structure):

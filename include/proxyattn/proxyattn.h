@@ -10,6 +10,11 @@
  * Sequence s occupies tokens [cu_seqlens[s], cu_seqlens[s+1]). head_dim is contiguous;
  * token and head strides are given in elements.
  *
+ * Chunked prefill (problem.cu_seqlens_k set): sequence s has q_len queries and kv_len >= q_len
+ * keys, and its queries are the last q_len positions of the sequence (flash-attn's
+ * bottom-right causal alignment). Keys and values are then packed by cu_seqlens_k, or read
+ * from a paged cache through a block table (problem.page_size > 0, pa_kv_cache).
+ *
  * Memory: the caller owns every buffer. A plan lives in caller storage of pa_plan_bytes()
  * bytes, scratch work in a workspace of pa_workspace_bytes() bytes. Both sit in the same
  * memory space as the tensors (host for the CPU backend).
@@ -65,13 +70,23 @@ typedef enum pa_dtype {
 
 typedef struct pa_problem {
   int32_t num_seqs;            /* sequences in the batch, >= 1 */
-  const int32_t* cu_seqlens;   /* [num_seqs + 1] prefix sums of lengths, HOST memory; NULL
-                                  allowed only with num_seqs == 1 (one sequence) */
-  int64_t total_tokens;        /* sum of lengths, < 2^31 */
+  const int32_t* cu_seqlens;   /* [num_seqs + 1] prefix sums of query lengths, HOST memory;
+                                  NULL allowed only with num_seqs == 1 (one sequence) */
+  int64_t total_tokens;        /* sum of query lengths, < 2^31 */
   int32_t num_q_heads;         /* Hq */
   int32_t num_kv_heads;        /* Hkv, divides Hq */
   int32_t head_dim;            /* d: 64 or 128 on the GPU, any of 1..256 on the CPU */
   pa_dtype dtype;              /* element type of Q, K, V and O */
+  /* Chunked prefill; all zero (the default of a designated initializer) for a whole prompt. */
+  const int32_t* cu_seqlens_k; /* NULL: every sequence's keys are its queries. Else [num_seqs + 1]
+                                  prefix sums of key lengths kv_len >= q_len, HOST memory */
+  int64_t total_kv_tokens;     /* cu_seqlens_k[num_seqs] (rows of packed K and V) */
+  int32_t page_size;           /* 0: K and V packed [total_kv_tokens, Hkv, d] by cu_seqlens_k;
+                                  > 0: K and V are a paged cache of pages of this many tokens
+                                  (a multiple of config.stride), read through a block table */
+  int32_t num_pages;           /* pages of the cache: K and V are [num_pages * page_size, Hkv, d] */
+  int32_t max_pages_per_seq;   /* columns of the block table; page_size * max_pages_per_seq
+                                  >= every kv_len */
 } pa_problem;
 
 /* A strided view of [tokens, heads, head_dim]; elements of head_dim are contiguous. */
@@ -192,6 +207,45 @@ pa_status pa_plan_check(const pa_plan* plan);
 pa_status pa_plan_to_flex(const pa_plan* plan, int32_t seq, int32_t* kv_num_blocks,
                           int32_t* kv_indices);
 
+/* ---- chunked prefill: keys and values of a cache ---------------------------------- */
+/* The estimation state of a paged cache: each sampled position's pooled proxy key and proxy
+ * query (ALGORITHM.md steps 2-3), stored beside the cache in pages of the same block table:
+ * [num_pages, page_size / stride, 2 (keys, queries), num_proxy_groups, head_dim] of dtype.
+ * A chunk writes its own positions and reads the prefix's, so a later chunk pools only its
+ * tokens, and a chunk starting inside a query block ranks that block with the earlier
+ * queries too (the same row a one-shot prefill gives). Pages shared by sequences (a common
+ * prefix) share their state. Describe it with pa_proxy_state_make, never by hand. */
+typedef struct pa_proxy_state {
+  void* data;                  /* pa_proxy_state_bytes() bytes, the cache's memory space */
+  int32_t num_pages;
+  int32_t page_size;
+  int32_t stride;
+  int32_t num_proxy_groups;
+  int32_t head_dim;
+  pa_dtype dtype;
+} pa_proxy_state;
+
+/* Bytes of the estimation state of problem's paged cache (problem.page_size > 0). */
+pa_status pa_proxy_state_bytes(const pa_problem* problem, const pa_config* config, size_t* bytes);
+
+/* Describes data (>= pa_proxy_state_bytes) as the estimation state of problem's cache. */
+pa_status pa_proxy_state_make(const pa_problem* problem, const pa_config* config, void* data,
+                              size_t bytes, pa_proxy_state* state);
+
+/* Keys and values of a chunked call: packed by problem.cu_seqlens_k (block_table NULL), or
+ * pages [num_pages * page_size, Hkv, d] of which page p holds tokens [p * page_size,
+ * (p + 1) * page_size), token t of sequence s in page block_table[s * max_pages_per_seq +
+ * t / page_size] (vLLM's, FlashInfer's and flash-attn's layout). */
+typedef struct pa_kv_cache {
+  pa_tensor k;
+  pa_tensor v;
+  const int32_t* block_table;  /* [num_seqs, max_pages_per_seq], the tensors' memory space;
+                                  NULL unless problem.page_size > 0 */
+  const pa_proxy_state* proxy_state;  /* host struct; NULL: the keys of the whole sequence are
+                                  pooled at every call, and a chunk's first query block sees
+                                  only the chunk's queries */
+} pa_kv_cache;
+
 /* ---- compute -------------------------------------------------------------------------- */
 /* stream: a cudaStream_t for device tensors, ignored (pass NULL) on the CPU. */
 pa_status pa_estimate(pa_plan* plan, const pa_tensor* q, const pa_tensor* k, void* workspace,
@@ -205,7 +259,18 @@ pa_status pa_forward(pa_plan* plan, const pa_tensor* q, const pa_tensor* k, cons
                      pa_tensor* o, float* lse, void* workspace, size_t workspace_bytes,
                      void* stream);
 
-/* Exact causal attention (every key t' <= t) with fp32 accumulation. */
+/* The same three calls with keys and values from kv (any plan: a whole prompt's plan takes
+ * {k, v, NULL, NULL}). A sequence whose kv_len is below config.dense_below, or a chunk of
+ * fewer queries than a block (decode steps), runs dense attention over its keys. */
+pa_status pa_estimate_kv(pa_plan* plan, const pa_tensor* q, const pa_kv_cache* kv, void* workspace,
+                         size_t workspace_bytes, void* stream);
+pa_status pa_attend_kv(const pa_plan* plan, const pa_tensor* q, const pa_kv_cache* kv, pa_tensor* o,
+                       float* lse, void* stream);
+pa_status pa_forward_kv(pa_plan* plan, const pa_tensor* q, const pa_kv_cache* kv, pa_tensor* o,
+                        float* lse, void* workspace, size_t workspace_bytes, void* stream);
+
+/* Exact causal attention (every key t' <= t; with problem.cu_seqlens_k, queries aligned to
+ * the end of their keys, K and V packed) with fp32 accumulation. */
 pa_status pa_dense_attention(const pa_problem* problem, float softmax_scale, const pa_tensor* q,
                              const pa_tensor* k, const pa_tensor* v, pa_tensor* o, float* lse,
                              void* stream);

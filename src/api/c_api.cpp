@@ -28,7 +28,8 @@ using namespace proxyattn;
 
 struct pa_plan {
   PlanDesc desc;
-  std::vector<int32_t> cu_seqlens;  // the handle's copy of problem.cu_seqlens
+  std::vector<int32_t> cu_seqlens;    // the handle's copy of problem.cu_seqlens
+  std::vector<int32_t> cu_seqlens_k;  // and of problem.cu_seqlens_k
   void* storage = nullptr;
   bool on_device = false;           // storage (and so every tensor used with it) on the GPU
   bool estimated = false;
@@ -54,7 +55,12 @@ pa_status guarded(Body&& body) noexcept {
 pa_status validate_plan_inputs(const pa_problem* problem, const pa_config* config) {
   PA_TRY(validate_problem(problem));
   if (config == nullptr) return fail(PA_STATUS_NULL_POINTER, "config is NULL");
-  return validate_config(*config, problem);
+  PA_TRY(validate_config(*config, problem));
+  // The estimation state holds page_size / stride sampled positions a page.
+  if (is_paged(*problem) && problem->page_size % config->stride != 0)
+    return fail(PA_STATUS_UNSUPPORTED, "problem.page_size = %d: must be a multiple of config.stride = %d",
+                problem->page_size, config->stride);
+  return PA_STATUS_SUCCESS;
 }
 
 PlanDesc describe(const pa_problem& problem, const pa_config& config) {
@@ -73,11 +79,12 @@ pa_status check_plan(const pa_plan* plan, bool needs_estimate) {
   return PA_STATUS_SUCCESS;
 }
 
-pa_status check_qkv(const pa_problem& p, const pa_tensor* q, const pa_tensor* k,
-                    const pa_tensor* v) {
+// q, and k and v of kv_rows(p) rows; v is checked only when values are read (with_values).
+pa_status check_qkv(const pa_problem& p, const pa_tensor* q, const pa_tensor* k, const pa_tensor* v,
+                    bool with_values = true, const char* k_name = "k", const char* v_name = "v") {
   PA_TRY(validate_tensor(q, "q", p, p.num_q_heads));
-  PA_TRY(validate_tensor(k, "k", p, p.num_kv_heads));
-  PA_TRY(validate_tensor(v, "v", p, p.num_kv_heads));
+  PA_TRY(validate_tensor(k, k_name, p, p.num_kv_heads, kv_rows(p)));
+  if (with_values) PA_TRY(validate_tensor(v, v_name, p, p.num_kv_heads, kv_rows(p)));
   return PA_STATUS_SUCCESS;
 }
 
@@ -103,6 +110,79 @@ pa_status check_space(bool device, std::initializer_list<std::pair<const char*, 
 #if !PROXYATTN_WITH_CUDA
   if (device) return fail(PA_STATUS_MEMORY_SPACE, "device memory given to a CPU-only build");
 #endif
+  return PA_STATUS_SUCCESS;
+}
+
+// The state's shape fields against the plan's: a state made for other shapes is refused.
+pa_status check_proxy_state(const PlanDesc& d, const pa_proxy_state& st) {
+  if (!d.paged())
+    return fail(PA_STATUS_UNSUPPORTED, "kv.proxy_state is given but the plan's keys are packed "
+                "(problem.page_size = 0): an estimation state lives beside a paged cache");
+  const struct {
+    const char* name;
+    int32_t state, plan;
+  } fields[] = {{"num_pages", st.num_pages, d.problem.num_pages},
+                {"page_size", st.page_size, d.problem.page_size},
+                {"stride", st.stride, d.config.stride},
+                {"num_proxy_groups", st.num_proxy_groups, d.config.num_proxy_groups},
+                {"head_dim", st.head_dim, d.problem.head_dim},
+                {"dtype", int32_t(st.dtype), int32_t(d.problem.dtype)}};
+  for (const auto& f : fields)
+    if (f.state != f.plan)
+      return fail(PA_STATUS_PLAN_MISMATCH, "kv.proxy_state.%s = %d but the plan has %d (make the state "
+                  "with pa_proxy_state_make for the plan's problem and config)", f.name, f.state, f.plan);
+  if (st.data == nullptr) return fail(PA_STATUS_NULL_POINTER, "kv.proxy_state.data is NULL");
+  return PA_STATUS_SUCCESS;
+}
+
+// Every page id the batch's sequences use lies in the cache (a host block table).
+pa_status check_block_table(const PlanDesc& d, const int32_t* table) {
+  const pa_problem& p = d.problem;
+  for (size_t s = 0; s < d.batch.seqs.size(); ++s) {
+    const int64_t pages = ceil_div(d.batch.seqs[s].kv_length, p.page_size);
+    for (int64_t i = 0; i < pages; ++i) {
+      const int32_t page = table[int64_t(s) * p.max_pages_per_seq + i];
+      if (page < 0 || page >= p.num_pages)
+        return fail(PA_STATUS_INVALID_SHAPE, "kv.block_table[%zu][%lld] = %d: outside the cache's "
+                    "problem.num_pages = %d pages", s, static_cast<long long>(i), page, p.num_pages);
+    }
+  }
+  return PA_STATUS_SUCCESS;
+}
+
+// The arguments of a call over kv (values read only with_values; o and lse only when given).
+// packed: the call took k and v (pa_estimate, pa_attend, pa_forward), named so in messages.
+pa_status check_kv_call(const pa_plan& plan, const pa_tensor* q, const pa_kv_cache* kv, bool with_values,
+                        const pa_tensor* o, const float* lse, const void* workspace, bool packed = false) {
+  const PlanDesc& d = plan.desc;
+  if (kv == nullptr) return fail(PA_STATUS_NULL_POINTER, "kv is NULL");
+  PA_TRY(check_qkv(d.problem, q, &kv->k, &kv->v, with_values, packed ? "k" : "kv.k", packed ? "v" : "kv.v"));
+  if (o != nullptr) PA_TRY(validate_tensor(o, "o", d.problem, d.problem.num_q_heads));
+  if (d.paged() && kv->block_table == nullptr)
+    return fail(PA_STATUS_NULL_POINTER, "kv.block_table is NULL but the plan is for a paged cache "
+                "(problem.page_size = %d)", d.problem.page_size);
+  if (!d.paged() && kv->block_table != nullptr)
+    return fail(PA_STATUS_INVALID_SHAPE, "kv.block_table is given but the plan's keys are packed "
+                "(problem.page_size = 0)");
+  if (kv->proxy_state != nullptr) PA_TRY(check_proxy_state(d, *kv->proxy_state));
+  PA_TRY(check_space(plan.on_device,
+                     {{"q", q->data}, {packed ? "k" : "kv.k", kv->k.data},
+                      {packed ? "v" : "kv.v", with_values ? kv->v.data : nullptr},
+                      {"kv.block_table", kv->block_table},
+                      {"kv.proxy_state.data", kv->proxy_state ? kv->proxy_state->data : nullptr},
+                      {"o", o ? o->data : nullptr}, {"lse", lse}, {"workspace", workspace}}));
+  if (d.paged() && !plan.on_device) PA_TRY(check_block_table(d, kv->block_table));
+  return PA_STATUS_SUCCESS;
+}
+
+// A whole prompt's K and V as a pa_kv_cache; the old entry points refuse paged plans.
+pa_status packed_kv(const pa_plan& plan, const pa_tensor* k, const pa_tensor* v, const char* call,
+                    pa_kv_cache* kv) {
+  if (plan.desc.paged())
+    return fail(PA_STATUS_INVALID_SHAPE, "%s: the plan is for a paged cache (problem.page_size = %d): "
+                "call %s_kv with its block table", call, plan.desc.problem.page_size, call);
+  if (k == nullptr) return fail(PA_STATUS_NULL_POINTER, "k is NULL");
+  *kv = pa_kv_cache{*k, v != nullptr ? *v : pa_tensor{}, nullptr, nullptr};
   return PA_STATUS_SUCCESS;
 }
 
@@ -159,12 +239,12 @@ pa_status check_index_bounds(const PlanDesc& d, const int32_t* order, const int3
   std::vector<uint8_t> seen;
   for (size_t s = 0; s < d.batch.seqs.size(); ++s) {
     const SeqSpan& span = d.batch.seqs[s];
-    seen.assign(span.num_qblocks, 0);
+    seen.assign(span.num_kblocks(), 0);
     for (int j = 0; j < g; ++j)
-      for (int m = 0; m < span.num_qblocks; ++m) {
+      for (int m = span.first_qblock; m < span.num_kblocks(); ++m) {
         int32_t kept = 0;  // the longest prefix any head of the group keeps
         for (int h = j * (hq / g); h < (j + 1) * (hq / g); ++h) {
-          const int32_t c = count[(span.qblock_begin + m) * hq + h];
+          const int32_t c = count[count_row(span, m) * hq + h];
           if (c < 0 || c > m + 1)
             return fail(PA_STATUS_INVALID_SHAPE, "index: seq %zu head %d row %d: count %d outside [0, %d]",
                         s, h, m, c, m + 1);
@@ -194,12 +274,35 @@ size_t backend_workspace_bytes(const pa_plan& plan) {
   return cpu::estimate_workspace_bytes(plan.desc);
 }
 
-pa_status backend_estimate(const pa_plan& plan, const pa_tensor& q, const pa_tensor& k, void* workspace,
+pa_status backend_estimate(const pa_plan& plan, const pa_tensor& q, const pa_kv_cache& kv, void* workspace,
                            void* stream) {
 #if PROXYATTN_WITH_CUDA
-  if (plan.on_device) return cuda::estimate(plan.desc, q, k, workspace, stream);
+  if (plan.on_device) return cuda::estimate(plan.desc, q, kv.k, workspace, stream);
 #endif
-  return cpu::estimate(plan.desc, q, k, workspace);
+  (void)stream;
+  return cpu::estimate(plan.desc, q, kv, workspace);
+}
+
+pa_status backend_attend(const pa_plan& plan, const pa_tensor& q, const pa_kv_cache& kv, const pa_tensor& o,
+                         float* lse, void* stream) {
+#if PROXYATTN_WITH_CUDA
+  if (plan.on_device) return cuda::attend(plan.desc, q, kv.k, kv.v, o, lse, stream);
+#endif
+  (void)stream;
+  return cpu::attend(plan.desc, q, kv, o, lse);
+}
+
+// Estimation after its arguments were checked.
+pa_status run_estimate(pa_plan& plan, const pa_tensor& q, const pa_kv_cache& kv, void* workspace,
+                       size_t workspace_bytes, void* stream) {
+  const size_t needed = backend_workspace_bytes(plan);
+  if (workspace == nullptr && needed > 0) return fail(PA_STATUS_NULL_POINTER, "workspace is NULL");
+  if (workspace_bytes < needed)
+    return fail(PA_STATUS_BUFFER_TOO_SMALL,
+                "workspace_bytes = %zu: estimation needs %zu (pa_workspace_bytes)", workspace_bytes, needed);
+  PA_TRY(backend_estimate(plan, q, kv, workspace, stream));
+  plan.estimated = true;
+  return PA_STATUS_SUCCESS;
 }
 
 // pa_workspace_bytes knows no memory space: enough for either backend.
@@ -286,12 +389,19 @@ pa_status pa_plan_create(const pa_problem* problem, const pa_config* config, voi
     PA_TRY(check_space(device, {}));
 #if PROXYATTN_WITH_CUDA
     if (device) PA_TRY(cuda::check_attend_supported("pa_plan_create", desc));
+    if (device && is_chunked(*problem))
+      return fail(PA_STATUS_UNSUPPORTED, "pa_plan_create: chunked prefill (problem.cu_seqlens_k) runs on "
+                  "the CPU backend only in this build; the GPU kernels do not take offset queries yet");
 #endif
     std::unique_ptr<pa_plan> p(new pa_plan());
     p->desc = desc;
     if (problem->cu_seqlens != nullptr) {
       p->cu_seqlens.assign(problem->cu_seqlens, problem->cu_seqlens + problem->num_seqs + 1);
       p->desc.problem.cu_seqlens = p->cu_seqlens.data();
+    }
+    if (problem->cu_seqlens_k != nullptr) {
+      p->cu_seqlens_k.assign(problem->cu_seqlens_k, problem->cu_seqlens_k + problem->num_seqs + 1);
+      p->desc.problem.cu_seqlens_k = p->cu_seqlens_k.data();
     }
     p->storage = storage;
     p->on_device = device;
@@ -332,7 +442,7 @@ pa_status pa_plan_get_stats(const pa_plan* plan, pa_plan_stats* stats) {
         const HeadTotals t = head_totals(index, int(s), h, d.config.block_size);
         out.kept_pairs += t.kept_blocks;
         out.kept_token_pairs += t.kept_tokens;
-        out.causal_pairs += triangle(span.num_qblocks);
+        out.causal_pairs += span.group_entries();
       }
     }
     out.density = out.causal_pairs > 0 ? double(out.kept_pairs) / double(out.causal_pairs) : 1.0;
@@ -365,7 +475,7 @@ pa_status pa_plan_get_heads(const pa_plan* plan, int32_t* budget_blocks, int32_t
         if (budget_blocks) budget_blocks[at] = arrays.budget[at];
         if (needed_blocks) needed_blocks[at] = arrays.needed[at];
         if (density) {
-          const int64_t causal = triangle(d.batch.seqs[s].num_qblocks);
+          const int64_t causal = d.batch.seqs[s].group_entries();
           density[at] = causal > 0
               ? double(head_totals(index, int(s), h, d.config.block_size).kept_blocks) / double(causal)
               : 1.0;
@@ -471,23 +581,45 @@ pa_status pa_plan_to_flex(const pa_plan* plan, int32_t seq, int32_t* kv_num_bloc
   });
 }
 
+pa_status pa_estimate_kv(pa_plan* plan, const pa_tensor* q, const pa_kv_cache* kv, void* workspace,
+                         size_t workspace_bytes, void* stream) {
+  return guarded([&] {
+    PA_TRY(check_plan(plan, false));
+    PA_TRY(check_kv_call(*plan, q, kv, false, nullptr, nullptr, workspace));
+    return run_estimate(*plan, *q, *kv, workspace, workspace_bytes, stream);
+  });
+}
+
+pa_status pa_attend_kv(const pa_plan* plan, const pa_tensor* q, const pa_kv_cache* kv, pa_tensor* o,
+                       float* lse, void* stream) {
+  return guarded([&] {
+    PA_TRY(check_plan(plan, true));
+    if (o == nullptr) return fail(PA_STATUS_NULL_POINTER, "o is NULL");
+    PA_TRY(check_kv_call(*plan, q, kv, true, o, lse, nullptr));
+    return backend_attend(*plan, *q, *kv, *o, lse, stream);
+  });
+}
+
+pa_status pa_forward_kv(pa_plan* plan, const pa_tensor* q, const pa_kv_cache* kv, pa_tensor* o, float* lse,
+                        void* workspace, size_t workspace_bytes, void* stream) {
+  return guarded([&] {
+    PA_TRY(check_plan(plan, false));
+    if (o == nullptr) return fail(PA_STATUS_NULL_POINTER, "o is NULL");
+    // Check everything attend will need before estimate writes the plan.
+    PA_TRY(check_kv_call(*plan, q, kv, true, o, lse, workspace));
+    PA_TRY(run_estimate(*plan, *q, *kv, workspace, workspace_bytes, stream));
+    return backend_attend(*plan, *q, *kv, *o, lse, stream);
+  });
+}
+
 pa_status pa_estimate(pa_plan* plan, const pa_tensor* q, const pa_tensor* k, void* workspace,
                       size_t workspace_bytes, void* stream) {
   return guarded([&] {
     PA_TRY(check_plan(plan, false));
-    const PlanDesc& d = plan->desc;
-    PA_TRY(validate_tensor(q, "q", d.problem, d.problem.num_q_heads));
-    PA_TRY(validate_tensor(k, "k", d.problem, d.problem.num_kv_heads));
-    PA_TRY(check_space(plan->on_device, {{"q", q->data}, {"k", k->data}, {"workspace", workspace}}));
-    const size_t needed = backend_workspace_bytes(*plan);
-    if (workspace == nullptr && needed > 0) return fail(PA_STATUS_NULL_POINTER, "workspace is NULL");
-    if (workspace_bytes < needed)
-      return fail(PA_STATUS_BUFFER_TOO_SMALL,
-                  "workspace_bytes = %zu: estimation needs %zu (pa_workspace_bytes)", workspace_bytes,
-                  needed);
-    PA_TRY(backend_estimate(*plan, *q, *k, workspace, stream));
-    plan->estimated = true;
-    return PA_STATUS_SUCCESS;
+    pa_kv_cache kv;
+    PA_TRY(packed_kv(*plan, k, nullptr, "pa_estimate", &kv));
+    PA_TRY(check_kv_call(*plan, q, &kv, false, nullptr, nullptr, workspace, true));
+    return run_estimate(*plan, *q, kv, workspace, workspace_bytes, stream);
   });
 }
 
@@ -495,15 +627,12 @@ pa_status pa_attend(const pa_plan* plan, const pa_tensor* q, const pa_tensor* k,
                     pa_tensor* o, float* lse, void* stream) {
   return guarded([&] {
     PA_TRY(check_plan(plan, true));
-    const PlanDesc& d = plan->desc;
-    PA_TRY(check_qkv(d.problem, q, k, v));
-    PA_TRY(validate_tensor(o, "o", d.problem, d.problem.num_q_heads));
-    PA_TRY(check_space(plan->on_device,
-                       {{"q", q->data}, {"k", k->data}, {"v", v->data}, {"o", o->data}, {"lse", lse}}));
-#if PROXYATTN_WITH_CUDA
-    if (plan->on_device) return cuda::attend(d, *q, *k, *v, *o, lse, stream);
-#endif
-    return cpu::attend(d, *q, *k, *v, *o, lse);
+    pa_kv_cache kv;
+    PA_TRY(packed_kv(*plan, k, v, "pa_attend", &kv));
+    if (v == nullptr) return fail(PA_STATUS_NULL_POINTER, "v is NULL");
+    if (o == nullptr) return fail(PA_STATUS_NULL_POINTER, "o is NULL");
+    PA_TRY(check_kv_call(*plan, q, &kv, true, o, lse, nullptr, true));
+    return backend_attend(*plan, *q, kv, *o, lse, stream);
   });
 }
 
@@ -512,14 +641,43 @@ pa_status pa_forward(pa_plan* plan, const pa_tensor* q, const pa_tensor* k, cons
                      void* stream) {
   return guarded([&] {
     PA_TRY(check_plan(plan, false));
-    const PlanDesc& d = plan->desc;
-    // Check everything attend will need before estimate writes the plan.
-    PA_TRY(check_qkv(d.problem, q, k, v));
-    PA_TRY(validate_tensor(o, "o", d.problem, d.problem.num_q_heads));
-    PA_TRY(check_space(plan->on_device,
-                       {{"q", q->data}, {"k", k->data}, {"v", v->data}, {"o", o->data}, {"lse", lse}}));
-    PA_TRY(pa_estimate(plan, q, k, workspace, workspace_bytes, stream));
-    return pa_attend(plan, q, k, v, o, lse, stream);
+    pa_kv_cache kv;
+    PA_TRY(packed_kv(*plan, k, v, "pa_forward", &kv));
+    if (v == nullptr) return fail(PA_STATUS_NULL_POINTER, "v is NULL");
+    if (o == nullptr) return fail(PA_STATUS_NULL_POINTER, "o is NULL");
+    PA_TRY(check_kv_call(*plan, q, &kv, true, o, lse, workspace, true));
+    PA_TRY(run_estimate(*plan, *q, kv, workspace, workspace_bytes, stream));
+    return backend_attend(*plan, *q, kv, *o, lse, stream);
+  });
+}
+
+pa_status pa_proxy_state_bytes(const pa_problem* problem, const pa_config* config, size_t* bytes) {
+  return guarded([&] {
+    PA_TRY(validate_plan_inputs(problem, config));
+    if (bytes == nullptr) return fail(PA_STATUS_NULL_POINTER, "bytes is NULL");
+    if (!is_paged(*problem))
+      return fail(PA_STATUS_INVALID_SHAPE, "problem.page_size = 0: an estimation state lives beside a "
+                  "paged cache");
+    // [num_pages, page_size / stride, 2, g, d] of dtype
+    *bytes = size_t(problem->num_pages) * (problem->page_size / config->stride) * 2 *
+             config->num_proxy_groups * problem->head_dim * dtype_bytes(problem->dtype);
+    return PA_STATUS_SUCCESS;
+  });
+}
+
+pa_status pa_proxy_state_make(const pa_problem* problem, const pa_config* config, void* data, size_t bytes,
+                              pa_proxy_state* state) {
+  return guarded([&] {
+    size_t needed = 0;
+    PA_TRY(pa_proxy_state_bytes(problem, config, &needed));
+    if (state == nullptr) return fail(PA_STATUS_NULL_POINTER, "state is NULL");
+    if (data == nullptr) return fail(PA_STATUS_NULL_POINTER, "data is NULL");
+    if (bytes < needed)
+      return fail(PA_STATUS_BUFFER_TOO_SMALL, "bytes = %zu: the state needs %zu (pa_proxy_state_bytes)",
+                  bytes, needed);
+    *state = pa_proxy_state{data, problem->num_pages, problem->page_size, config->stride,
+                            config->num_proxy_groups, problem->head_dim, problem->dtype};
+    return PA_STATUS_SUCCESS;
   });
 }
 
@@ -528,6 +686,15 @@ pa_status pa_dense_attention(const pa_problem* problem, float softmax_scale, con
                              void* stream) {
   return guarded([&] {
     PA_TRY(validate_problem(problem));
+    if (is_paged(*problem))
+      return fail(PA_STATUS_UNSUPPORTED, "pa_dense_attention: problem.page_size = %d: dense attention "
+                  "takes packed keys (a paged cache runs dense through pa_attend_kv with a dense plan)",
+                  problem->page_size);
+#if PROXYATTN_WITH_CUDA
+    if (is_chunked(*problem) && on_device(q ? q->data : nullptr))
+      return fail(PA_STATUS_UNSUPPORTED, "pa_dense_attention: chunked problems (problem.cu_seqlens_k) "
+                  "run on the CPU backend only in this build");
+#endif
     if (!(softmax_scale > 0.0f) || !std::isfinite(softmax_scale))
       return fail(PA_STATUS_INVALID_CONFIG, "softmax_scale = %g: must be finite and > 0",
                   double(softmax_scale));

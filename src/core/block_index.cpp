@@ -55,19 +55,19 @@ pa_status check_index(const HostIndex& index, bool force_sink, bool force_local)
   const int anchor_count = index.anchors != nullptr ? per_group * index.anchor_blocks : 0;
   for (size_t s = 0; s < batch.seqs.size(); ++s) {
     const SeqSpan& span = batch.seqs[s];
-    seen.assign(span.num_qblocks, 0);
+    seen.assign(span.num_kblocks(), 0);
     for (int j = 0; j < index.num_groups; ++j) {
       const int32_t* anchors =
           anchor_count > 0 ? group_anchors(index.anchors, int(s), j, index.num_q_heads,
                                            index.num_groups, index.anchor_blocks)
                            : nullptr;
-      for (int m = 0; m < span.num_qblocks; ++m) {
+      for (int m = span.first_qblock; m < span.num_kblocks(); ++m) {
         // The row's forced blocks are the group's: one list for all its heads.
         row_forced(m, force_sink, force_local, anchors, anchor_count, forced);
         const int32_t lowest = std::max<int32_t>(1, int32_t(forced.size()));
         const int32_t* row = index.order + order_row(span, j, m);
         for (int h = j * per_group; h < (j + 1) * per_group; ++h) {
-          const int32_t c = index.count[(span.qblock_begin + m) * index.num_q_heads + h];
+          const int32_t c = index.count[count_row(span, m) * index.num_q_heads + h];
           if (c < lowest || c > m + 1)
             return fail(PA_STATUS_INTERNAL, "index: seq %zu head %d row %d: count %d outside [%d, %d]",
                         s, h, m, c, lowest, m + 1);
@@ -99,20 +99,20 @@ HeadTotals head_totals(const HostIndex& index, int seq, int head, int block_size
   const SeqSpan& span = index.batch->seqs[seq];
   const int j = group_of_head(head, index.num_q_heads, index.num_groups);
   HeadTotals t;
-  for (int m = 0; m < span.num_qblocks; ++m) {
-    const int32_t c = index.count[(span.qblock_begin + m) * index.num_q_heads + head];
+  for (int m = span.first_qblock; m < span.num_kblocks(); ++m) {
+    const int32_t c = index.count[count_row(span, m) * index.num_q_heads + head];
     const int32_t* row = index.order + order_row(span, j, m);
-    const int64_t q_begin = int64_t(m) * block_size;
-    const int64_t q_end = std::min<int64_t>(q_begin + block_size, span.length);
+    // The call's queries of block m: positions [q_begin, q_end).
+    const int64_t q_begin = std::max<int64_t>(int64_t(m) * block_size, span.query_offset());
+    const int64_t q_end = std::min<int64_t>(int64_t(m + 1) * block_size, span.kv_length);
     t.kept_blocks += c;
     for (int e = 0; e < c; ++e) {
       const int64_t k_begin = int64_t(row[e]) * block_size;
-      const int64_t k_end = std::min<int64_t>(k_begin + block_size, span.length);
+      const int64_t k_end = std::min<int64_t>(k_begin + block_size, span.kv_length);
       if (row[e] < m) {
         t.kept_tokens += (q_end - q_begin) * (k_end - k_begin);
       } else {  // diagonal block: query t sees keys k_begin..t
-        const int64_t rows = q_end - q_begin;
-        t.kept_tokens += rows * (rows + 1) / 2;
+        t.kept_tokens += triangle(q_end - k_begin) - triangle(q_begin - k_begin);
       }
     }
   }
@@ -121,17 +121,18 @@ HeadTotals head_totals(const HostIndex& index, int seq, int head, int block_size
 
 void to_flex(const HostIndex& index, int seq, int32_t* kv_num_blocks, int32_t* kv_indices) {
   const SeqSpan& span = index.batch->seqs[seq];
-  const int64_t nqb = span.num_qblocks;
+  const int64_t rows = span.num_qblocks, nkb = span.num_kblocks();
   for (int h = 0; h < index.num_q_heads; ++h) {
     const int j = group_of_head(h, index.num_q_heads, index.num_groups);
-    for (int m = 0; m < nqb; ++m) {
-      const int32_t c = index.count[(span.qblock_begin + m) * index.num_q_heads + h];
+    for (int r = 0; r < rows; ++r) {
+      const int m = span.first_qblock + r;
+      const int32_t c = index.count[count_row(span, m) * index.num_q_heads + h];
       const int32_t* row = index.order + order_row(span, j, m);
-      int32_t* out = kv_indices + (h * nqb + m) * nqb;
+      int32_t* out = kv_indices + (h * rows + r) * nkb;
       std::copy(row, row + c, out);
       std::sort(out, out + c);
-      std::fill(out + c, out + nqb, 0);
-      kv_num_blocks[h * nqb + m] = c;
+      std::fill(out + c, out + nkb, 0);
+      kv_num_blocks[h * rows + r] = c;
     }
   }
 }

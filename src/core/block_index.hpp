@@ -50,9 +50,14 @@ StorageLayout storage_layout(const BatchLayout& batch, int num_q_heads, int num_
                              int anchor_blocks);
 IndexArrays bind_storage(void* storage, const StorageLayout& layout);
 
-// Offset of order row m of group j in sequence span.
+// Offset of order row m (absolute query block) of group j in sequence span.
 PA_HOST_DEVICE inline int64_t order_row(const SeqSpan& span, int group, int m) {
-  return span.order_begin + group * triangle(span.num_qblocks) + triangle(m);
+  return span.order_begin + group * span.group_entries() + triangle(m) - triangle(span.first_qblock);
+}
+
+// Row of count [total_qblocks, Hq] of absolute query block m in sequence span.
+PA_HOST_DEVICE inline int64_t count_row(const SeqSpan& span, int m) {
+  return span.qblock_begin + m - span.first_qblock;
 }
 
 // Host view of a complete index, for checks, statistics and conversion.
@@ -87,8 +92,9 @@ struct HeadTotals {
 };
 HeadTotals head_totals(const HostIndex& index, int seq, int head, int block_size);
 
-// FlexAttention BlockMask form of sequence seq: kv_num_blocks [Hq, Nqb],
-// kv_indices [Hq, Nqb, Nqb] (kept blocks ascending, then zeros).
+// FlexAttention BlockMask form of sequence seq: kv_num_blocks [Hq, rows],
+// kv_indices [Hq, rows, Nkb] (kept blocks ascending, then zeros); rows = num_qblocks, the
+// query blocks first_qblock .. Nkb - 1.
 void to_flex(const HostIndex& index, int seq, int32_t* kv_num_blocks, int32_t* kv_indices);
 
 }  // namespace proxyattn

@@ -21,17 +21,17 @@ int32_t needed_blocks(const double* mass, int32_t n, double gamma, double* scrat
   return n;
 }
 
-int32_t budget_blocks(int32_t needed, int32_t num_qblocks, int32_t min_blocks) {
-  return std::min(num_qblocks, std::max(needed, min_blocks));
+int32_t budget_blocks(int32_t needed, int32_t num_kblocks, int32_t min_blocks) {
+  return std::min(num_kblocks, std::max(needed, min_blocks));
 }
 
-void anchor_blocks(const double* mass, int32_t num_qblocks, int32_t count, bool force_sink,
+void anchor_blocks(const double* mass, int32_t num_kblocks, int32_t count, bool force_sink,
                    bool force_local, int32_t* out) {
   std::fill(out, out + count, -1);
   for (int32_t a = 0; a < count; ++a) {
     int32_t best = -1;
-    for (int32_t n = 0; n < num_qblocks; ++n) {
-      const bool forced = (force_sink && n == 0) || (force_local && n == num_qblocks - 1);
+    for (int32_t n = 0; n < num_kblocks; ++n) {
+      const bool forced = (force_sink && n == 0) || (force_local && n == num_kblocks - 1);
       if (forced || std::find(out, out + a, n) != out + a) continue;
       if (best < 0 || mass[n] > mass[best]) best = n;
     }
@@ -50,13 +50,13 @@ void row_forced(int32_t m, bool force_sink, bool force_local, const int32_t* anc
   out.erase(std::unique(out.begin(), out.end()), out.end());
 }
 
-int32_t row_keep(pa_budget_mode mode, int32_t budget, int32_t needed, int32_t num_qblocks,
+int32_t row_keep(pa_budget_mode mode, int32_t budget, int32_t needed, int32_t num_kblocks,
                  int32_t min_blocks, int32_t m, int32_t forced) {
   const int64_t row_blocks = m + 1;
   int64_t keep = budget;
   if (mode == PA_BUDGET_PROPORTIONAL) {
-    // ceil(r_i * (m + 1)) with r_i = needed / num_qblocks, in exact integer arithmetic.
-    const int64_t share = (static_cast<int64_t>(needed) * row_blocks + num_qblocks - 1) / num_qblocks;
+    // ceil(r_i * (m + 1)) with r_i = needed / num_kblocks, in exact integer arithmetic.
+    const int64_t share = (static_cast<int64_t>(needed) * row_blocks + num_kblocks - 1) / num_kblocks;
     keep = std::max<int64_t>(min_blocks, share);
   }
   keep = std::max<int64_t>(std::max<int64_t>(keep, forced), 1);

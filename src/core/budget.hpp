@@ -15,13 +15,13 @@ namespace proxyattn {
 int32_t needed_blocks(const double* mass, int32_t n, double gamma, double* scratch);
 
 // K_i = max(count_i, Kmin), never more than the sequence's blocks.
-int32_t budget_blocks(int32_t needed, int32_t num_qblocks, int32_t min_blocks);
+int32_t budget_blocks(int32_t needed, int32_t num_kblocks, int32_t min_blocks);
 
 // Anchors of one head (config.anchor_blocks = count): the `count` blocks of largest mass in
-// the last query block's row (step 5's a_i over num_qblocks blocks), by mass descending, ties
+// the last query block's row (step 5's a_i over num_kblocks blocks), by mass descending, ties
 // to the lower block, skipping the blocks that row forces anyway (the sink when force_sink,
 // the last block when force_local); out[count], -1 where fewer candidates exist.
-void anchor_blocks(const double* mass, int32_t num_qblocks, int32_t count, bool force_sink,
+void anchor_blocks(const double* mass, int32_t num_kblocks, int32_t count, bool force_sink,
                    bool force_local, int32_t* out);
 
 // Forced blocks of query-block row m of a group, ascending and unique: the sink (block 0),
@@ -31,7 +31,7 @@ void row_forced(int32_t m, bool force_sink, bool force_local, const int32_t* anc
 
 // k_im of ALGORITHM.md step 6: how many entries of order[m] head i keeps in row m,
 // raised to the row's forced blocks so that they are always kept.
-int32_t row_keep(pa_budget_mode mode, int32_t budget, int32_t needed, int32_t num_qblocks,
+int32_t row_keep(pa_budget_mode mode, int32_t budget, int32_t needed, int32_t num_kblocks,
                  int32_t min_blocks, int32_t m, int32_t forced);
 
 }  // namespace proxyattn

@@ -19,7 +19,12 @@ struct PlanDesc {
   int q_heads_per_group() const { return problem.num_q_heads / config.num_proxy_groups; }
   int kv_heads_per_group() const { return problem.num_kv_heads / config.num_proxy_groups; }
   int q_heads_per_kv() const { return problem.num_q_heads / problem.num_kv_heads; }
-  bool runs_dense(const SeqSpan& span) const { return span.length < config.dense_below; }
+  // Dense: keys below dense_below, or a chunk of fewer queries than a block (a decode step),
+  // whose estimation would cost more than it saves (ALGORITHM.md, "Chunked prefill").
+  bool runs_dense(const SeqSpan& span) const {
+    return span.kv_length < config.dense_below || (span.chunked() && span.length < config.block_size);
+  }
+  bool paged() const { return problem.page_size > 0; }
 };
 
 }  // namespace proxyattn

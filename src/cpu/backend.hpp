@@ -10,14 +10,15 @@ namespace proxyattn::cpu {
 // Bytes of host workspace pa_estimate needs for this plan.
 size_t estimate_workspace_bytes(const PlanDesc& plan);
 
-// Fills the plan's block index (host memory) from Q and K.
-pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_tensor& k, void* workspace);
+// Fills the plan's block index (host memory) from Q and the keys of kv, and writes the
+// call's positions into kv's estimation state when it has one.
+pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_kv_cache& kv, void* workspace);
 
 // Block-sparse attention over the plan's index. lse may be null.
-pa_status attend(const PlanDesc& plan, const pa_tensor& q, const pa_tensor& k, const pa_tensor& v,
-                 const pa_tensor& o, float* lse);
+pa_status attend(const PlanDesc& plan, const pa_tensor& q, const pa_kv_cache& kv, const pa_tensor& o,
+                 float* lse);
 
-// Exact causal attention.
+// Exact causal attention (packed keys; queries at the end of their keys when chunked).
 pa_status dense_attention(const pa_problem& problem, float scale, const pa_tensor& q,
                           const pa_tensor& k, const pa_tensor& v, const pa_tensor& o, float* lse);
 

@@ -212,7 +212,8 @@ TEST(Attention, EmptyRowIsZeroWithMinusInfLse) {
   desc.index.order = order.data();
   desc.index.count = count.data();
   Outputs out = poisoned_outputs(desc.problem);
-  ASSERT_EQ(cpu::attend(desc, x.tq(), x.tk(), x.tv(), out.to(hq, d), out.lse.data()), PA_STATUS_SUCCESS);
+  const pa_kv_cache kv{x.tk(), x.tv(), nullptr, nullptr};
+  ASSERT_EQ(cpu::attend(desc, x.tq(), kv, out.to(hq, d), out.lse.data()), PA_STATUS_SUCCESS);
   const std::vector<double> o = as_double(desc.problem, out, 0, n);
   for (int t = 128; t < 192; ++t) {
     EXPECT_EQ(out.lse[1 * n + t], -std::numeric_limits<float>::infinity());
