@@ -37,7 +37,7 @@ Inputs read_inputs(const void* q, const void* k, const void* v, int64_t begin, i
   return in;
 }
 
-std::vector<double> proxy_block_scores(const Inputs& in, const pa_config& c) {
+std::vector<double> proxy_block_scores(const Inputs& in, const pa_config& c, const Chunk& chunk) {
   const int g = c.num_proxy_groups, s = c.stride, b = c.block_size, d = in.d;
   const int nqb = ceil_div(in.n, b), ns = ceil_div(in.n, s);
   const int qpg = in.hq / g, kpg = in.hkv / g;
@@ -54,6 +54,7 @@ std::vector<double> proxy_block_scores(const Inputs& in, const pa_config& c) {
         kp[size_t(i) * d + x] = round_to(sk / kpg, in.dtype);
       }
     for (int i = 0; i < ns; ++i) {
+      if (i * s < chunk.known_from) continue;  // a query the call does not know
       std::vector<double> logit(i + 1);
       double mx = -std::numeric_limits<double>::infinity();
       for (int t = 0; t <= i; ++t) {
@@ -109,7 +110,7 @@ int needed_count(std::vector<double> mass, double gamma) {
   return int(mass.size());
 }
 
-RefIndex reference_index(const Inputs& in, const pa_config& c) {
+RefIndex reference_index(const Inputs& in, const pa_config& c, const Chunk& chunk) {
   RefIndex r;
   const int b = c.block_size, nqb = ceil_div(in.n, b), g = c.num_proxy_groups;
   const int kmin = ceil_div(c.min_budget_tokens, b);
@@ -117,13 +118,14 @@ RefIndex reference_index(const Inputs& in, const pa_config& c) {
   r.budget.assign(in.hq, nqb);
   r.needed.assign(in.hq, nqb);
   r.anchors.assign(in.hq, {});
-  if (in.n == 0) return r;
-  const bool dense = in.n < c.dense_below;
+  if (in.n == 0 || chunk.first_query >= in.n) return r;
+  // dense below dense_below keys, and for a chunk of fewer queries than a block
+  const bool dense = in.n < c.dense_below || (chunk.first_query > 0 && in.n - chunk.first_query < b);
   // PA_ANCHOR_BLOCKS_AUTO: 32 anchor blocks per group at most, at least 1 per head
   const int anchor_blocks =
       c.anchor_blocks >= 0 ? c.anchor_blocks : std::min(8, std::max(1, 32 / (in.hq / g)));
   if (!dense) {
-    r.scores = proxy_block_scores(in, c);
+    r.scores = proxy_block_scores(in, c, chunk);
     const auto mass = last_block_mass(in, c);
     for (int h = 0; h < in.hq; ++h) {
       r.needed[h] = needed_count(mass[h], c.gamma);
@@ -142,7 +144,7 @@ RefIndex reference_index(const Inputs& in, const pa_config& c) {
   }
   for (int h = 0; h < in.hq; ++h) {
     const int j = h / (in.hq / g);
-    for (int m = 0; m < nqb; ++m) {
+    for (int m = chunk.first_query / b; m < nqb; ++m) {
       std::vector<int> order;  // forced blocks, ascending
       for (int n = 0; n <= m; ++n) {
         bool forced = (c.force_sink && n == 0) || (c.force_local && n == m);
@@ -172,14 +174,14 @@ RefIndex reference_index(const Inputs& in, const pa_config& c) {
 }
 
 RefOutput reference_attention(const Inputs& in, double scale, int block,
-                              const std::vector<std::vector<std::vector<int>>>* kept) {
+                              const std::vector<std::vector<std::vector<int>>>* kept, int first_query) {
   RefOutput out;
   out.o.assign(size_t(in.n) * in.hq * in.d, 0.0);
   out.lse.assign(size_t(in.hq) * in.n, -std::numeric_limits<double>::infinity());
   std::vector<char> allowed;
   for (int h = 0; h < in.hq; ++h) {
     const int kv = h / (in.hq / in.hkv);
-    for (int t = 0; t < in.n; ++t) {
+    for (int t = first_query; t < in.n; ++t) {
       allowed.assign(t + 1, kept == nullptr ? 1 : 0);
       if (kept != nullptr)
         for (int n : (*kept)[h][t / block])

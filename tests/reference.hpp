@@ -23,8 +23,16 @@ struct Inputs {
 Inputs read_inputs(const void* q, const void* k, const void* v, int64_t begin, int n, int hq,
                    int hkv, int d, pa_dtype dtype);
 
+// Chunked prefill (ALGORITHM.md, "Chunked prefill"): the call's queries are positions
+// [first_query, n) of the sequence in Inputs; the proxy scores see the sampled queries from
+// known_from on (first_query for a call without an estimation state, 0 with one).
+struct Chunk {
+  int first_query = 0;
+  int known_from = 0;
+};
+
 // Step 4: A [g][Nqb][Nqb] (entries n > m are 0), from proxies stored in dtype.
-std::vector<double> proxy_block_scores(const Inputs& in, const pa_config& c);
+std::vector<double> proxy_block_scores(const Inputs& in, const pa_config& c, const Chunk& chunk = {});
 
 // Step 5: per head the mass per key block of the last query block, averaged over rows.
 std::vector<std::vector<double>> last_block_mass(const Inputs& in, const pa_config& c);
@@ -39,15 +47,18 @@ struct RefIndex {
   std::vector<std::vector<std::vector<int>>> kept;    // [Hq][Nqb] sorted ascending
   std::vector<double> scores;                         // A, [g][Nqb][Nqb]
 };
-RefIndex reference_index(const Inputs& in, const pa_config& c);
+// Rows of the chunk's query blocks (first_query / b ..); kept rows before it stay empty.
+RefIndex reference_index(const Inputs& in, const pa_config& c, const Chunk& chunk = {});
 
 // Attention of every head with keys restricted to kept[h][m] (and causal); O [N, Hq, d],
 // LSE [Hq, N]. kept == nullptr means dense causal. Rows without keys: O = 0, LSE = -inf.
+// Only the queries from first_query on are computed (earlier rows stay 0 and -inf).
 struct RefOutput {
   std::vector<double> o, lse;
 };
 RefOutput reference_attention(const Inputs& in, double scale, int block,
-                              const std::vector<std::vector<std::vector<int>>>* kept);
+                              const std::vector<std::vector<std::vector<int>>>* kept,
+                              int first_query = 0);
 
 // ||a - b|| / ||b|| over all elements.
 double relative_error(const std::vector<double>& a, const std::vector<double>& b);
