@@ -82,8 +82,9 @@ typedef struct pa_problem {
                                   prefix sums of key lengths kv_len >= q_len, HOST memory */
   int64_t total_kv_tokens;     /* cu_seqlens_k[num_seqs] (rows of packed K and V) */
   int32_t page_size;           /* 0: K and V packed [total_kv_tokens, Hkv, d] by cu_seqlens_k;
-                                  > 0: K and V are a paged cache of pages of this many tokens
-                                  (a multiple of config.stride), read through a block table */
+                                  > 0: K and V are a paged cache of pages of this many tokens,
+                                  read through a block table (a multiple of config.stride with
+                                  an estimation state) */
   int32_t num_pages;           /* pages of the cache: K and V are [num_pages * page_size, Hkv, d] */
   int32_t max_pages_per_seq;   /* columns of the block table; page_size * max_pages_per_seq
                                   >= every kv_len */

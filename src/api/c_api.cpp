@@ -55,12 +55,7 @@ pa_status guarded(Body&& body) noexcept {
 pa_status validate_plan_inputs(const pa_problem* problem, const pa_config* config) {
   PA_TRY(validate_problem(problem));
   if (config == nullptr) return fail(PA_STATUS_NULL_POINTER, "config is NULL");
-  PA_TRY(validate_config(*config, problem));
-  // The estimation state holds page_size / stride sampled positions a page.
-  if (is_paged(*problem) && problem->page_size % config->stride != 0)
-    return fail(PA_STATUS_UNSUPPORTED, "problem.page_size = %d: must be a multiple of config.stride = %d",
-                problem->page_size, config->stride);
-  return PA_STATUS_SUCCESS;
+  return validate_config(*config, problem);
 }
 
 PlanDesc describe(const pa_problem& problem, const pa_config& config) {
@@ -658,6 +653,10 @@ pa_status pa_proxy_state_bytes(const pa_problem* problem, const pa_config* confi
     if (!is_paged(*problem))
       return fail(PA_STATUS_INVALID_SHAPE, "problem.page_size = 0: an estimation state lives beside a "
                   "paged cache");
+    // A page of the state holds page_size / stride sampled positions.
+    if (problem->page_size % config->stride != 0)
+      return fail(PA_STATUS_UNSUPPORTED, "problem.page_size = %d: an estimation state needs pages of a "
+                  "multiple of config.stride = %d tokens", problem->page_size, config->stride);
     // [num_pages, page_size / stride, 2, g, d] of dtype
     *bytes = size_t(problem->num_pages) * (problem->page_size / config->stride) * 2 *
              config->num_proxy_groups * problem->head_dim * dtype_bytes(problem->dtype);

@@ -458,7 +458,21 @@ TEST_F(ChunkedErrors, PageOutsideTheCache) {
 
 TEST_F(ChunkedErrors, PageSizeTheEstimationStateCannotHold) {
   prob.page_size = 30, prob.num_pages = 40, prob.max_pages_per_seq = 34;
-  expect_refused(PA_STATUS_UNSUPPORTED, "problem.page_size = 30");
+  size_t bytes = 0;
+  EXPECT_EQ(pa_proxy_state_bytes(&prob, &c, &bytes), PA_STATUS_UNSUPPORTED);
+  EXPECT_NE(std::string(pa_last_error()).find("problem.page_size = 30"), std::string::npos) << pa_last_error();
+}
+
+// Pages of any size serve a call without a state (SGLang's token-level pool has pages of 1).
+TEST(ChunkedPrefillPaged, PagesOfOneTokenWithoutAState) {
+  const pa_config c = small_config(1);
+  const Prompt p = make_prompt(1300, 23);
+  const CallResult packed = run_chunk(p, c, 700, 1300, nullptr, false);
+  PagedCache cache = make_cache(1, p.n, 29);
+  append(cache, p, 0, 700);
+  const CallResult paged = run_chunk(p, c, 700, 1300, &cache, false);
+  EXPECT_EQ(paged.kept, packed.kept);
+  EXPECT_EQ(paged.o, packed.o);
 }
 
 TEST_F(ChunkedErrors, BlockTableTooShort) {
