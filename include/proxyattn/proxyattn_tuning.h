@@ -6,8 +6,10 @@
  *
  * A tuning changes how fast the library runs, never what it computes beyond rounding (the
  * settings that change results are pa_config's): the kernel choice moves outputs within
- * rounding; every other field gives the same bits. The library reads no environment
- * variable; the defaults, with the reason for each, are one table in src/core/tuning.hpp.
+ * rounding; the other fields leave each output's arithmetic as it is (the GPU tests check
+ * identical bits for the packing, the ranking of heads, the rows per chunk and the block
+ * logits). The library reads no environment variable; the defaults, with the reason for
+ * each, are one table in src/core/tuning.hpp.
  *
  * A plan carries its tuning: pa_plan_create gives it the defaults, pa_plan_set_tuning (the
  * one way to change it) replaces them, and pa_estimate and pa_attend run with it. Dense
@@ -60,7 +62,7 @@ typedef struct pa_tuning {
 pa_tuning pa_tuning_default(void);
 
 /* Replaces the plan's tuning after checking every field (PA_STATUS_INVALID_CONFIG with a
- * message naming the field; the plan keeps its tuning then). Host only; an estimated plan
+ * message naming the field; the plan keeps its tuning then). No device work; an estimated plan
  * stays estimated (a tuning never changes the index). */
 pa_status pa_plan_set_tuning(pa_plan* plan, const pa_tuning* tuning);
 

@@ -1,8 +1,8 @@
 // Speed settings of the GPU kernels (include/proxyattn/proxyattn_tuning.h): the defaults in
 // one table with the reason beside each value, and their validation. Settings that change
 // results are pa_config's (core/config.hpp); a tuning changes speed only (the kernel choice
-// moves outputs within rounding, every other field keeps the bits). Carried by the plan
-// (PlanDesc::tuning); the library reads no environment.
+// moves outputs within rounding, the other fields leave each output's arithmetic as it is).
+// Carried by the plan (PlanDesc::tuning); the library reads no environment.
 #pragma once
 
 #include "proxyattn/proxyattn_tuning.h"
