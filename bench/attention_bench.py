@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Block-sparse attention speed (issues 4, 5): ours (pa_attend on the GPU, the kernel the
 dispatcher picks: sm90 on compute capability 9.0, persistent, consumers taking turns; also
-its variants in SM90_VARIANTS) and our sm80 kernel (forced with
-PROXYATTN_ATTN_KERNEL=sm80) against cuDNN SDPA dense causal and PyTorch FlexAttention
-running the same block mask.
+its variants in SM90_VARIANTS) and our sm80 kernel (forced by the plan's tuning,
+attn_kernel = sm80) against cuDNN SDPA dense causal and PyTorch FlexAttention running the
+same block mask.
 
 Shapes: one sequence of N tokens, 32 Q / 8 KV heads, d = 128 (--shape HQ,HKV,D for others,
 e.g. 14,2,64 for Qwen2.5-0.5B), bf16, block 128.
@@ -46,7 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 import capi  # noqa: E402
 from proxyattn.bench.baselines import sdpa  # noqa: E402
-from proxyattn.bench.timing import interleaved_median_ms, machine, with_environment, write_result  # noqa: E402
+from proxyattn.bench.timing import interleaved_median_ms, machine, write_result  # noqa: E402
 
 HQ, HKV, D, BLOCK = 32, 8, 128, 128
 SIZES = [8192, 16384, 32768, 65536, 131072]
@@ -57,15 +57,15 @@ PACKING_SIZE, PACKING_DENSITIES = 32768, [0.10, 0.50]  # both CTA packings (para
 DEFAULT_BUDGET_SPREAD = (0.5, 1.5)
 BUDGET_SPREAD = DEFAULT_BUDGET_SPREAD
 BUDGET_GEOMETRIC = False  # factors evenly spaced (False) or in geometric progression
-# The sm90 kernel with one of its choices undone (launch.cuh), timed on the same plan next
-# to the default: result key -> environment.
+# The sm90 kernel with one of its choices undone (the plan's tuning, core/tuning.hpp), timed
+# on the same plan next to the default: result key -> tuning fields (capi.Library.tuned).
 SM90_VARIANTS = {
-    "sm90_item_per_cta_ms": {"PROXYATTN_ATTN_PERSISTENT": "0"},  # one work item per CTA
-    "sm90_no_turns_ms": {"PROXYATTN_ATTN_PINGPONG": "0"},        # consumers issue freely
-    "sm90_row_major_ms": {"PROXYATTN_ATTN_ROW_CHUNK": "1"},      # items row by row, all KV heads
-    "sm90_unranked_ms": {"PROXYATTN_ATTN_RANK_HEADS": "0"},      # d = 64: heads in order, not by count
+    "sm90_item_per_cta_ms": {"attn_persistent": 0},      # one work item per CTA
+    "sm90_no_turns_ms": {"attn_consumer_turns": 0},      # consumers issue freely
+    "sm90_row_major_ms": {"attn_rows_per_chunk": 1},     # items row by row, all KV heads
+    "sm90_unranked_ms": {"attn_rank_heads": 0},          # d = 64: heads in order, not by count
 }
-SM80 = {"PROXYATTN_ATTN_KERNEL": "sm80"}  # our sm80 kernel (row-major item order, params.hpp)
+SM80 = {"attn_kernel": capi.TUNING_KERNEL_SM80}  # our sm80 kernel (row-major item order, params.hpp)
 
 
 def set_shape(text):
@@ -254,13 +254,13 @@ def main():
             # variants, our sm80 kernel, cuDNN dense, Flex on the same mask.
             calls = {"ours": attend}
             if default_kernel == "sm90":
-                calls.update({key: with_environment(env, attend) for key, env in SM90_VARIANTS.items()})
-            calls["sm80"] = with_environment(SM80, attend)
+                calls.update({key: lib.tuned(plan, attend, **fields) for key, fields in SM90_VARIANTS.items()})
+            calls["sm80"] = lib.tuned(plan, attend, **SM80)
             if base is not None:
                 base.set_index(base_plan, order.ctypes.data, count.ctypes.data)
                 base_attend = lambda: base.attend(base_plan, qa, ka, va, oa, 0, stream)  # noqa: E731
                 calls["baseline"] = base_attend
-                calls["baseline_sm80"] = with_environment(SM80, base_attend)
+                calls["baseline_sm80"] = base.tuned(base_plan, base_attend, **SM80)
             calls["cudnn"] = cudnn_fn
             rows_len, rows_batch, rows_fn = equal_rows_call(stats.kept_pairs / (HQ * nqb), n,
                                                                cudnn_mode == "enable_gqa")
@@ -331,7 +331,8 @@ def main():
                   flush=True)
             if n == PACKING_SIZE and density in PACKING_DENSITIES:
                 tp = interleaved_median_ms(
-                    {"chunks": attend, "heads": with_environment({"PROXYATTN_ATTN_PACKING": "heads"}, attend)},
+                    {"chunks": attend,
+                     "heads": lib.tuned(plan, attend, attn_packing=capi.TUNING_PACKING_HEADS_OF_CHUNK)},
                     reps, warm)
                 packing.append({"N": n, "density": stats.density, "chunks_of_head_ms": tp["chunks"],
                                 "heads_of_chunk_ms": tp["heads"]})

@@ -3,12 +3,19 @@
 The benchmarks run on the GPU machine next to PyTorch, over the shared library the build
 produced (-DBUILD_SHARED_LIBS=ON), without the Python package. Tensors are torch tensors;
 their data pointers go to the library, and calls run on torch's current CUDA stream.
+
+The kernels' speed settings are a plan's tuning (include/proxyattn/proxyattn_tuning.h):
+Library.tuned(plan, fn, **fields) runs fn with fields of it changed. A library built before
+the tuning existed (a --baseline build of an older commit) read them from environment
+variables instead; tuned() sets those for it (LEGACY_ENVIRONMENT).
 """
 import ctypes
 import os
 
 PA_DTYPE = {"float32": 0, "float16": 1, "bfloat16": 2}
 PA_BUDGET_ABSOLUTE, PA_BUDGET_PROPORTIONAL = 0, 1
+TUNING_KERNEL_AUTO, TUNING_KERNEL_SM80 = 0, 1
+TUNING_PACKING_CHUNKS_OF_HEAD, TUNING_PACKING_HEADS_OF_CHUNK = 0, 1
 
 
 class Problem(ctypes.Structure):
@@ -39,6 +46,60 @@ class PlanStats(ctypes.Structure):
                 ("dense_seqs", ctypes.c_int32)]
 
 
+class Tuning(ctypes.Structure):
+    _fields_ = [("attn_kernel", ctypes.c_int32), ("attn_packing", ctypes.c_int32),
+                ("attn_rows_per_chunk", ctypes.c_int32), ("attn_persistent", ctypes.c_int32),
+                ("attn_consumer_turns", ctypes.c_int32), ("attn_rank_heads", ctypes.c_int32),
+                ("attn_max_ctas", ctypes.c_int32), ("est_block_logits", ctypes.c_int32)]
+
+
+# Tuning field -> (environment variable of the libraries before the tuning, its text for a
+# value); a field at its default value sets no variable (those libraries' default).
+LEGACY_ENVIRONMENT = {
+    "attn_kernel": ("PROXYATTN_ATTN_KERNEL", lambda v: "sm80" if v == TUNING_KERNEL_SM80 else None),
+    "attn_packing": ("PROXYATTN_ATTN_PACKING", lambda v: "heads" if v == TUNING_PACKING_HEADS_OF_CHUNK else None),
+    "attn_rows_per_chunk": ("PROXYATTN_ATTN_ROW_CHUNK", lambda v: str(v) if v > 0 else None),
+    "attn_persistent": ("PROXYATTN_ATTN_PERSISTENT", lambda v: None if v else "0"),
+    "attn_consumer_turns": ("PROXYATTN_ATTN_PINGPONG", lambda v: None if v else "0"),
+    "attn_rank_heads": ("PROXYATTN_ATTN_RANK_HEADS", lambda v: None if v else "0"),
+    "attn_max_ctas": ("PROXYATTN_ATTN_MAX_CTAS", lambda v: str(v) if v > 0 else None),
+    "est_block_logits": ("PROXYATTN_EST_BLOCK_LOGITS", lambda v: None if v else "0"),
+}
+
+
+def check_fields(fields):
+    for name in fields:
+        if name not in LEGACY_ENVIRONMENT:
+            raise TypeError("unknown tuning field %r" % name)
+
+
+def legacy_environment(fields):
+    """The environment variables that gave a library before the tuning these tuning fields."""
+    check_fields(fields)
+    env = {}
+    for name, value in fields.items():
+        variable, text = LEGACY_ENVIRONMENT[name]
+        if text(value) is not None:
+            env[variable] = text(value)
+    return env
+
+
+def with_environment(env, fn):
+    """fn() run with the environment variables `env` set (and restored afterwards)."""
+    def call():
+        saved = {name: os.environ.get(name) for name in env}
+        os.environ.update(env)
+        try:
+            return fn()
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    del os.environ[name]
+                else:
+                    os.environ[name] = value
+    return call
+
+
 class SynthParams(ctypes.Structure):
     _fields_ = [("seed", ctypes.c_uint64), ("num_needles", ctypes.c_int32),
                 ("sink_strength", ctypes.c_float), ("local_strength", ctypes.c_float),
@@ -59,6 +120,9 @@ class Library:
         L.pa_config_default.restype = Config
         L.pa_synth_default.restype = SynthParams
         L.pa_synth_default.argtypes = [ctypes.c_uint64]
+        self.has_tuning = hasattr(L, "pa_plan_set_tuning")  # else a library of before the tuning
+        if self.has_tuning:
+            L.pa_tuning_default.restype = Tuning
 
     def _check(self, status):
         if status != 0:
@@ -106,6 +170,42 @@ class Library:
 
     def plan_free(self, plan):
         self.lib.pa_plan_free(plan)
+
+    def get_tuning(self, plan):
+        t = Tuning()
+        self._check(self.lib.pa_plan_get_tuning(plan, ctypes.byref(t)))
+        return t
+
+    @staticmethod
+    def _changed(tuning, fields):
+        check_fields(fields)
+        t = Tuning.from_buffer_copy(tuning)
+        for name, value in fields.items():
+            setattr(t, name, value)
+        return t
+
+    def set_tuning(self, plan, **fields):
+        """Changes these fields of the plan's tuning (an invalid value raises, naming the field)."""
+        t = self._changed(self.get_tuning(plan), fields)
+        self._check(self.lib.pa_plan_set_tuning(plan, ctypes.byref(t)))
+
+    def tuned(self, plan, fn, **fields):
+        """A call running fn() with these fields of the plan's tuning changed, and the tuning
+        the plan has now restored after it (both made once, here: a call costs two host
+        calls; an invalid value raises at the call). A library before the tuning gets the same
+        settings as environment variables."""
+        if not self.has_tuning:
+            return with_environment(legacy_environment(fields), fn)
+        base = self.get_tuning(plan)
+        changed = self._changed(base, fields)
+
+        def call():
+            self._check(self.lib.pa_plan_set_tuning(plan, ctypes.byref(changed)))
+            try:
+                return fn()
+            finally:
+                self._check(self.lib.pa_plan_set_tuning(plan, ctypes.byref(base)))
+        return call
 
     def estimate(self, plan, q, k, workspace_ptr, workspace_bytes, stream=0):
         self._check(self.lib.pa_estimate(plan, ctypes.byref(q), ctypes.byref(k),

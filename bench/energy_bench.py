@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 import attention_bench as ab  # noqa: E402
 import capi  # noqa: E402
-from proxyattn.bench.timing import machine, spin_up, with_environment, write_result  # noqa: E402
+from proxyattn.bench.timing import machine, spin_up, write_result  # noqa: E402
 
 DEFAULT_POINTS = "65536:1,131072:0.2,131072:0.5,131072:1"
 SERIES_S = 1.5          # each sample: back-to-back calls for at least this long
@@ -157,7 +157,7 @@ def main():
             with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
                 return F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=True)
 
-        calls = {"ours": attend, "sm80": with_environment(ab.SM80, attend), "cudnn": cudnn}
+        calls = {"ours": attend, "sm80": lib.tuned(plan, attend, **ab.SM80), "cudnn": cudnn}
         if flex is not None:
             bm = ab.flex_block_mask(lib, plan, nqb)
             calls["flex"] = lambda: flex(qt, kt, vt, block_mask=bm, enable_gqa=True)

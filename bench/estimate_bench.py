@@ -11,8 +11,8 @@ that the estimation's share of a dense call is read off one run.
 
 A/B of an estimation change: --baseline DIR (a second build, scripts/gpu-check's baseline
 step) is timed in the same interleaved rounds ("baseline_ms") and traced too. Our build is
-also timed with pass 2 in place of the block logits ("two_pass_ms",
-PROXYATTN_EST_BLOCK_LOGITS=0: the path of other strides and of logit buffers over 1 GiB).
+also timed with pass 2 in place of the block logits ("two_pass_ms", the plan's tuning
+est_block_logits = 0: the path of other strides and of logit buffers over 1 GiB).
 
 Usage: estimate_bench.py --build build-gpu --out DIR [--sizes 32768,131072]
        [--shapes qwen2.5-coder-0.5b,...] [--baseline DIR --baseline-label TEXT]
@@ -32,15 +32,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 import capi  # noqa: E402
 from proxyattn.bench import config  # noqa: E402
-from proxyattn.bench.timing import (  # noqa: E402
-    interleaved_median_ms, machine, with_environment, write_result)
+from proxyattn.bench.timing import interleaved_median_ms, machine, write_result  # noqa: E402
 
 # name -> (Q heads, KV heads, head_dim): the suite's shapes, and the real models of docs/accuracy.md
 SHAPES = {name: shape[:3] for name, shape in {**config.SHAPES, **config.REAL_MODEL_SHAPES}.items()}
 SIZES = [32768, 131072]
 REPEATS, WARMUP = 10, 2
 TRACED_CALLS = 3  # calls per trace; a stage's time is its kernels' total over them / TRACED_CALLS
-TWO_PASS = {"PROXYATTN_EST_BLOCK_LOGITS": "0"}  # pass 2 instead of the block logits
+TWO_PASS = {"est_block_logits": 0}  # tuning: pass 2 instead of the block logits
 
 # Kernel name (demangled, as CUPTI reports it) -> stage label, first match wins.
 STAGES = [
@@ -136,7 +135,8 @@ def main():
                     calls[name] = (lambda lib=lib, plan=plan, qa=qa, ka=ka, w=workspace, wb=wbytes:
                                    lib.estimate(plan, qa, ka, w.data_ptr(), wb, stream))
                     keep.append((lib, plan, storage, workspace, problem, wbytes))
-                calls["two_pass"] = with_environment(TWO_PASS, calls["ours"])
+                    if name == "ours":  # the same plan tuned (the default tuning's workspace holds any tuning's)
+                        calls["two_pass"] = lib.tuned(plan, calls["ours"], **TWO_PASS)
                 calls["cudnn"] = cudnn
                 t = interleaved_median_ms(calls, REPEATS, WARMUP)
                 row = {"shape": shape, "num_q_heads": hq, "num_kv_heads": hkv, "head_dim": d, "N": n, "g": g,

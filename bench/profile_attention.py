@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""One point of the attention benchmark for a profiler: the kernel the dispatcher picks, on
-attention_bench.py's masks (its rankings and per-head budgets), a few calls in a row.
-scripts/gpu-check's `profile` step runs it under Nsight Compute, which records one of them.
+"""One point of the attention benchmark for a profiler: the kernel the dispatcher picks (or
+the sm80 kernel, --kernel sm80: the plan's tuning), on attention_bench.py's masks (its
+rankings and per-head budgets), a few calls in a row. scripts/gpu-check's `profile` step runs
+it under Nsight Compute, which records one of them.
 
 Usage: profile_attention.py --build build-gpu --n 32768 --density 0.1 [--calls 3] [--shape 14,2,64]
+       [--kernel sm80]
 """
 import argparse
 import os
@@ -24,6 +26,8 @@ def main():
     ap.add_argument("--density", type=float, default=0.1, help="wanted share of the causal blocks (1 = all)")
     ap.add_argument("--calls", type=int, default=3)
     ap.add_argument("--shape", default=f"{ab.HQ},{ab.HKV},{ab.D}", help="Q heads, KV heads, head_dim")
+    ap.add_argument("--kernel", choices=["auto", "sm80"], default="auto",
+                    help="the device's kernel (sm90 on compute capability 9.0) or the sm80 kernel")
     args = ap.parse_args()
     ab.set_shape(args.shape)
     if args.n % ab.BLOCK or not 0.0 < args.density <= 1.0:
@@ -41,6 +45,8 @@ def main():
     nbytes = lib.plan_bytes(problem, config)
     storage = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
     plan = lib.plan_create(problem, config, storage.data_ptr(), nbytes)
+    if args.kernel == "sm80":
+        lib.set_tuning(plan, **ab.SM80)
     order, count = ab.make_order(nqb, rng), ab.make_count(nqb, args.density, rng)
     lib.set_index(plan, order.ctypes.data, count.ctypes.data)
     stats = lib.stats(plan)

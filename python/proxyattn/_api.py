@@ -209,6 +209,24 @@ class Plan:
         """Raises ProxyAttnError if an invariant of the index is broken."""
         self._plan.check()
 
+    # -- speed settings of the GPU calls, for tests and benchmarks (not the stable API) --
+    def set_tuning(self, **fields):
+        """Sets fields of the plan's tuning (include/proxyattn/proxyattn_tuning.h, e.g.
+        attn_kernel=_C.TUNING_KERNEL_SM80, est_block_logits=0); the others keep their value.
+        An invalid value raises ProxyAttnError naming the field, the plan unchanged. The
+        workspace allocated with the plan suffices for any tuning."""
+        tuning = self._plan.tuning()
+        for name, value in fields.items():
+            if not hasattr(tuning, name):
+                raise TypeError(f"set_tuning: unknown field {name!r}")
+            setattr(tuning, name, int(value))
+        self._plan.set_tuning(tuning)
+
+    def tuning(self):
+        """The plan's tuning as a dict of its fields."""
+        tuning = self._plan.tuning()
+        return {name: getattr(tuning, name) for name in dir(tuning) if not name.startswith("_")}
+
     def to_flex(self, seq=0):
         """(kv_num_blocks [Hq, Nqb], kv_indices [Hq, Nqb, Nqb]) int32 numpy arrays of one
         sequence, in PyTorch FlexAttention's BlockMask form."""

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "proxyattn/proxyattn.hpp"
+#include "proxyattn/proxyattn_tuning.h"
 
 namespace nb = nanobind;
 using Array = nb::ndarray<>;
@@ -142,6 +143,14 @@ class PyPlan {
 
   void check_invariants() const { proxyattn::check(pa_plan_check(plan_)); }
 
+  // The speed settings of the plan's GPU calls (proxyattn_tuning.h: for tests and benchmarks).
+  void set_tuning(const pa_tuning& tuning) { proxyattn::check(pa_plan_set_tuning(plan_, &tuning)); }
+  pa_tuning tuning() const {
+    pa_tuning t{};
+    proxyattn::check(pa_plan_get_tuning(plan_, &t));
+    return t;
+  }
+
  private:
   void check_dtype(const Array& a, const char* name) const {
     if (dtype_of(a, name) != batch_.problem().dtype)
@@ -189,6 +198,22 @@ NB_MODULE(_C, m) {
       .def_rw("anchor_blocks", &pa_config::anchor_blocks);
 
   m.attr("ANCHOR_BLOCKS_AUTO") = PA_ANCHOR_BLOCKS_AUTO;
+
+  // Not the stable API (proxyattn_tuning.h): what tests and benchmarks change.
+  nb::class_<pa_tuning>(m, "Tuning")
+      .def("__init__", [](pa_tuning* t) { new (t) pa_tuning(pa_tuning_default()); })
+      .def_rw("attn_kernel", &pa_tuning::attn_kernel)
+      .def_rw("attn_packing", &pa_tuning::attn_packing)
+      .def_rw("attn_rows_per_chunk", &pa_tuning::attn_rows_per_chunk)
+      .def_rw("attn_persistent", &pa_tuning::attn_persistent)
+      .def_rw("attn_consumer_turns", &pa_tuning::attn_consumer_turns)
+      .def_rw("attn_rank_heads", &pa_tuning::attn_rank_heads)
+      .def_rw("attn_max_ctas", &pa_tuning::attn_max_ctas)
+      .def_rw("est_block_logits", &pa_tuning::est_block_logits);
+  m.attr("TUNING_KERNEL_AUTO") = PA_TUNING_KERNEL_AUTO;
+  m.attr("TUNING_KERNEL_SM80") = PA_TUNING_KERNEL_SM80;
+  m.attr("TUNING_PACKING_CHUNKS_OF_HEAD") = PA_TUNING_PACKING_CHUNKS_OF_HEAD;
+  m.attr("TUNING_PACKING_HEADS_OF_CHUNK") = PA_TUNING_PACKING_HEADS_OF_CHUNK;
   m.def("dtype_code", [](const Array& a) { return int(dtype_of(a, "tensor")); });
 
   m.def("plan_bytes", [](const std::vector<int32_t>& cu, int hq, int hkv, int d, int dtype, const pa_config& c) {
@@ -215,7 +240,9 @@ NB_MODULE(_C, m) {
       .def_prop_ro("anchor_blocks", &PyPlan::anchor_blocks)
       .def("index", &PyPlan::index)
       .def("to_flex", &PyPlan::to_flex)
-      .def("check", &PyPlan::check_invariants);
+      .def("check", &PyPlan::check_invariants)
+      .def("set_tuning", &PyPlan::set_tuning)
+      .def("tuning", &PyPlan::tuning);
 
   m.def("dense_attention", [](const std::vector<int32_t>& cu, float scale, const Array& q, const Array& k,
                               const Array& v, Array o, nb::object lse, uintptr_t stream) {

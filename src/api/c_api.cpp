@@ -15,10 +15,12 @@
 #include "core/plan.hpp"
 #include "core/problem.hpp"
 #include "core/status.hpp"
+#include "core/tuning.hpp"
 #include "cpu/backend.hpp"
 #include "cpu/elements.hpp"
 #include "cpu/parallel.hpp"
 #include "proxyattn/proxyattn.h"
+#include "proxyattn/proxyattn_tuning.h"
 #include "synth/structured_input.hpp"
 #if PROXYATTN_WITH_CUDA
 #include "cuda/backend.hpp"
@@ -58,6 +60,7 @@ pa_status validate_plan_inputs(const pa_problem* problem, const pa_config* confi
   return validate_config(*config, problem);
 }
 
+// The plan of a problem and config, at the default tuning.
 PlanDesc describe(const pa_problem& problem, const pa_config& config) {
   PlanDesc d;
   d.problem = problem;
@@ -65,6 +68,11 @@ PlanDesc describe(const pa_problem& problem, const pa_config& config) {
   d.batch = make_batch_layout(problem, config.block_size, config.num_proxy_groups);
   d.storage = storage_layout(d.batch, problem.num_q_heads, problem.num_seqs, d.config.anchor_blocks);
   return d;
+}
+
+pa_status check_tuning(const pa_tuning* tuning) {
+  if (tuning == nullptr) return fail(PA_STATUS_NULL_POINTER, "tuning is NULL");
+  return validate_tuning(*tuning);
 }
 
 pa_status check_plan(const pa_plan* plan, bool needs_estimate) {
@@ -362,10 +370,19 @@ pa_status pa_plan_bytes(const pa_problem* problem, const pa_config* config, size
 }
 
 pa_status pa_workspace_bytes(const pa_problem* problem, const pa_config* config, size_t* bytes) {
+  const pa_tuning defaults = default_tuning();
+  return pa_workspace_bytes_tuned(problem, config, &defaults, bytes);
+}
+
+pa_status pa_workspace_bytes_tuned(const pa_problem* problem, const pa_config* config,
+                                   const pa_tuning* tuning, size_t* bytes) {
   return guarded([&] {
     PA_TRY(validate_plan_inputs(problem, config));
+    PA_TRY(check_tuning(tuning));
     if (bytes == nullptr) return fail(PA_STATUS_NULL_POINTER, "bytes is NULL");
-    *bytes = workspace_bytes_for(describe(*problem, *config));
+    PlanDesc d = describe(*problem, *config);
+    d.tuning = *tuning;
+    *bytes = workspace_bytes_for(d);
     return PA_STATUS_SUCCESS;
   });
 }
@@ -451,6 +468,26 @@ pa_status pa_plan_get_config(const pa_plan* plan, pa_config* config) {
     PA_TRY(check_plan(plan, false));
     if (config == nullptr) return fail(PA_STATUS_NULL_POINTER, "config is NULL");
     *config = plan->desc.config;
+    return PA_STATUS_SUCCESS;
+  });
+}
+
+pa_tuning pa_tuning_default(void) { return default_tuning(); }
+
+pa_status pa_plan_set_tuning(pa_plan* plan, const pa_tuning* tuning) {
+  return guarded([&] {
+    PA_TRY(check_plan(plan, false));
+    PA_TRY(check_tuning(tuning));
+    plan->desc.tuning = *tuning;
+    return PA_STATUS_SUCCESS;
+  });
+}
+
+pa_status pa_plan_get_tuning(const pa_plan* plan, pa_tuning* tuning) {
+  return guarded([&] {
+    PA_TRY(check_plan(plan, false));
+    if (tuning == nullptr) return fail(PA_STATUS_NULL_POINTER, "tuning is NULL");
+    *tuning = plan->desc.tuning;
     return PA_STATUS_SUCCESS;
   });
 }
@@ -683,6 +720,13 @@ pa_status pa_proxy_state_make(const pa_problem* problem, const pa_config* config
 pa_status pa_dense_attention(const pa_problem* problem, float softmax_scale, const pa_tensor* q,
                              const pa_tensor* k, const pa_tensor* v, pa_tensor* o, float* lse,
                              void* stream) {
+  const pa_tuning defaults = default_tuning();
+  return pa_dense_attention_tuned(problem, softmax_scale, &defaults, q, k, v, o, lse, stream);
+}
+
+pa_status pa_dense_attention_tuned(const pa_problem* problem, float softmax_scale,
+                                   const pa_tuning* tuning, const pa_tensor* q, const pa_tensor* k,
+                                   const pa_tensor* v, pa_tensor* o, float* lse, void* stream) {
   return guarded([&] {
     PA_TRY(validate_problem(problem));
     if (is_paged(*problem))
@@ -697,12 +741,13 @@ pa_status pa_dense_attention(const pa_problem* problem, float softmax_scale, con
     if (!(softmax_scale > 0.0f) || !std::isfinite(softmax_scale))
       return fail(PA_STATUS_INVALID_CONFIG, "softmax_scale = %g: must be finite and > 0",
                   double(softmax_scale));
+    PA_TRY(check_tuning(tuning));
     PA_TRY(check_qkv(*problem, q, k, v));
     PA_TRY(validate_tensor(o, "o", *problem, problem->num_q_heads));
     const bool device = on_device(q->data);
     PA_TRY(check_space(device, {{"k", k->data}, {"v", v->data}, {"o", o->data}, {"lse", lse}}));
 #if PROXYATTN_WITH_CUDA
-    if (device) return cuda::dense_attention(*problem, softmax_scale, *q, *k, *v, *o, lse, stream);
+    if (device) return cuda::dense_attention(*problem, softmax_scale, *tuning, *q, *k, *v, *o, lse, stream);
 #endif
     return cpu::dense_attention(*problem, softmax_scale, *q, *k, *v, *o, lse);
   });

@@ -1,9 +1,10 @@
-// What a backend needs to know about a plan: the problem, the config and where the
-// block index lives. The C API's opaque pa_plan wraps one of these.
+// What a backend needs to know about a plan: the problem, the config, the tuning and where
+// the block index lives. The C API's opaque pa_plan wraps one of these.
 #pragma once
 
 #include "core/block_index.hpp"
 #include "core/problem.hpp"
+#include "core/tuning.hpp"
 #include "proxyattn/proxyattn.h"
 
 namespace proxyattn {
@@ -11,6 +12,7 @@ namespace proxyattn {
 struct PlanDesc {
   pa_problem problem;     // cu_seqlens points into batch-independent storage of the owner
   pa_config config;
+  pa_tuning tuning = default_tuning();  // speed only; sizes the GPU estimation's workspace
   BatchLayout batch;
   IndexArrays index;      // in the memory space of the tensors
   StorageLayout storage;

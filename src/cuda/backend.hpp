@@ -26,20 +26,21 @@ pa_status download(void* host_dst, const void* device_src, size_t bytes);
 // checks again. `call` names the API function in the message.
 pa_status check_attend_supported(const char* call, const PlanDesc& plan);
 
-// Bytes of device workspace pa_estimate needs for this plan.
+// Bytes of device workspace pa_estimate needs for this plan (its shapes and tuning).
 size_t estimate_workspace_bytes(const PlanDesc& plan);
 
 // Fills the plan's block index (device memory) from Q and K on `stream`.
 pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_tensor& k, void* workspace,
                    void* stream);
 
-// Block-sparse attention over the plan's index on `stream`. lse may be null.
+// Block-sparse attention over the plan's index on `stream`, with the plan's tuning. lse may
+// be null.
 pa_status attend(const PlanDesc& plan, const pa_tensor& q, const pa_tensor& k, const pa_tensor& v,
                  const pa_tensor& o, float* lse, void* stream);
 
-// Exact causal attention on `stream`.
-pa_status dense_attention(const pa_problem& problem, float scale, const pa_tensor& q,
-                          const pa_tensor& k, const pa_tensor& v, const pa_tensor& o, float* lse,
-                          void* stream);
+// Exact causal attention on `stream`, with the given tuning.
+pa_status dense_attention(const pa_problem& problem, float scale, const pa_tuning& tuning,
+                          const pa_tensor& q, const pa_tensor& k, const pa_tensor& v,
+                          const pa_tensor& o, float* lse, void* stream);
 
 }  // namespace proxyattn::cuda

@@ -1,4 +1,5 @@
-// Helpers of the GPU tests: device detection, device buffers, poisoning.
+// Helpers of the GPU tests: device detection, device buffers, poisoning, suites run under
+// several tunings.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -6,8 +7,10 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
-#include <vector>
+#include <ostream>
+#include <string>
+
+#include "proxyattn/proxyattn_tuning.h"
 
 namespace proxyattn::test {
 
@@ -26,17 +29,35 @@ inline bool has_gpu() {
 
 #define PA_CUDA_ASSERT(call) ASSERT_EQ((call), cudaSuccess) << #call
 
-// Sets an environment variable for one scope (the library reads its PROXYATTN_* switches at
-// each call).
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) { setenv(name, value, 1); }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-  ~ScopedEnv() { unsetenv(name_); }
+// A tuning (include/proxyattn/proxyattn_tuning.h) that a parameterised suite runs each of its
+// cases under; its name ends the test's ("Tunings/Attention.SingleToken/max_ctas_3").
+struct NamedTuning {
+  const char* name;
+  pa_tuning tuning;
+};
+inline void PrintTo(const NamedTuning& t, std::ostream* os) { *os << t.name; }
+inline std::string tuning_name(const ::testing::TestParamInfo<NamedTuning>& info) { return info.param.name; }
 
- private:
-  const char* name_;
+// The defaults with one change.
+template <typename Change>
+NamedTuning tuned(const char* name, Change change) {
+  NamedTuning t{name, pa_tuning_default()};
+  change(t.tuning);
+  return t;
+}
+
+// The tuning of the running case: its suite's parameter (TunedTest), the defaults outside
+// such a suite. A case that varies a field starts from it.
+inline pa_tuning& suite_tuning() {
+  static pa_tuning tuning = pa_tuning_default();
+  return tuning;
+}
+
+// Fixture of the suites run under several tunings (INSTANTIATE_TEST_SUITE_P with tuning_name).
+class TunedTest : public ::testing::TestWithParam<NamedTuning> {
+ protected:
+  void SetUp() override { suite_tuning() = GetParam().tuning; }
+  void TearDown() override { suite_tuning() = pa_tuning_default(); }
 };
 
 // Owning device buffer.

@@ -5,6 +5,10 @@
 // stay within 2x the error of a plain low-precision implementation (scores rounded to the
 // input type, softmax in fp32, P rounded, fp32 accumulation, output rounded) plus kAtol.
 // Outputs are poisoned (0xff: NaN) before every run, so an unwritten element fails.
+//
+// The suites Attention and AttentionSanitize run every case under each tuning of kTunings
+// (parameterised tests): at the defaults, and with one speed setting changed that the
+// defaults leave unexercised (few persistent CTAs, several row chunks, heads in order).
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -22,6 +26,7 @@
 #include "core/problem.hpp"
 #include "gpu_util.hpp"
 #include "proxyattn/proxyattn.h"
+#include "proxyattn/proxyattn_tuning.h"
 
 namespace proxyattn::test {
 namespace {
@@ -46,6 +51,7 @@ struct Case {
   bool force_blocks = true;
   Inputs inputs = Inputs::kRandom;
   bool with_lse = true;
+  pa_tuning tuning = suite_tuning();  // of the GPU runs (run_gpu)
 };
 
 uint64_t fresh_seed() {
@@ -321,8 +327,8 @@ std::vector<uint16_t> scatter(const std::vector<uint16_t>& src, int64_t tokens, 
   return out;
 }
 
-// Block-sparse attention on the GPU over `index` (dense attention when index is null);
-// returns the API's status. O and LSE are poisoned first.
+// Block-sparse attention on the GPU over `index` (dense attention when index is null), with
+// the case's tuning; returns the API's status. O and LSE are poisoned first.
 pa_status run_gpu(const Case& c, const Host& in, const Index* index, Output& out, Layout layout = {}) {
   const int64_t total = in.cu.back();
   const pa_config config = make_config(c);
@@ -345,13 +351,15 @@ pa_status run_gpu(const Case& c, const Host& in, const Index* index, Output& out
 
   pa_status status;
   if (index == nullptr) {
-    status = pa_dense_attention(&in.problem, config.softmax_scale, &qv, &kv, &vv, &ov, lse_ptr, nullptr);
+    status = pa_dense_attention_tuned(&in.problem, config.softmax_scale, &c.tuning, &qv, &kv, &vv, &ov, lse_ptr,
+                                      nullptr);
   } else {
     size_t bytes = 0;
     if (pa_plan_bytes(&in.problem, &config, &bytes) != PA_STATUS_SUCCESS) return PA_STATUS_INTERNAL;
     DeviceBuffer storage(bytes);
     pa_plan* plan = nullptr;
     status = pa_plan_create(&in.problem, &config, storage.get(), bytes, &plan);
+    if (status == PA_STATUS_SUCCESS) status = pa_plan_set_tuning(plan, &c.tuning);
     if (status == PA_STATUS_SUCCESS)
       status = pa_plan_set_index(plan, index->order.data(), index->count.data(), nullptr, nullptr);
     if (status == PA_STATUS_SUCCESS) status = pa_attend(plan, &qv, &kv, &vv, &ov, lse_ptr, nullptr);
@@ -424,16 +432,35 @@ void check_dense_case(const Case& c) {
   expect_close("dense", c, gpu, dense_reference(c, in), nullptr);
 }
 
-// check_sparse_case at the default CTA packing and with the heads of a chunk packed together.
+// check_sparse_case at the case's CTA packing and with the heads of a chunk packed together.
 void check_sparse_case_both_packings(const Case& c) {
   check_sparse_case(c);
-  ScopedEnv packed("PROXYATTN_ATTN_PACKING", "heads");
-  check_sparse_case(c);
+  Case packed = c;
+  packed.tuning.attn_packing = PA_TUNING_PACKING_HEADS_OF_CHUNK;
+  check_sparse_case(packed);
 }
 
 // ---- cases ---------------------------------------------------------------------------
-// Small cases that scripts/gpu-check also runs under compute-sanitizer (memcheck, racecheck).
-TEST(AttentionSanitize, SparseVarlenBlock64) {
+// The tunings every case of the parameterised suites runs under (scripts/gpu-check once ran
+// the whole program again under environment variables for these).
+const NamedTuning kTunings[] = {
+    {"default", pa_tuning_default()},
+    // 3 persistent sm90 CTAs: every CTA runs many work items.
+    tuned("max_ctas_3", [](pa_tuning& t) { t.attn_max_ctas = 3; }),
+    // Chunks of 3 rows in the item order: several chunks, a shorter last one (both kernels).
+    tuned("rows_per_chunk_3", [](pa_tuning& t) { t.attn_rows_per_chunk = 3; }),
+    // d = 64 on sm90: a row's heads in order, not by count.
+    tuned("heads_in_order", [](pa_tuning& t) { t.attn_rank_heads = 0; }),
+};
+
+class Attention : public TunedTest {};
+class AttentionSanitize : public TunedTest {};
+INSTANTIATE_TEST_SUITE_P(Tunings, Attention, ::testing::ValuesIn(kTunings), tuning_name);
+INSTANTIATE_TEST_SUITE_P(Tunings, AttentionSanitize, ::testing::ValuesIn(kTunings), tuning_name);
+
+// Small cases that scripts/gpu-check also runs under compute-sanitizer (memcheck, racecheck,
+// synccheck), at the default tuning and with 3 CTAs.
+TEST_P(AttentionSanitize, SparseVarlenBlock64) {
   PA_REQUIRE_GPU();
   Case c;
   c.lengths = {70, 1, 130};
@@ -444,7 +471,7 @@ TEST(AttentionSanitize, SparseVarlenBlock64) {
 // Block 128 with GQA 4: at the default packing a CTA's two consumer warpgroups share a
 // head; packed by heads, they hold different heads with different counts (the sm90 kernel's
 // per-warpgroup skipping of tiles another head keeps).
-TEST(AttentionSanitize, SparseBlock128Gqa4BothPackings) {
+TEST_P(AttentionSanitize, SparseBlock128Gqa4BothPackings) {
   PA_REQUIRE_GPU();
   Case c;
   c.lengths = {300, 129};
@@ -455,7 +482,7 @@ TEST(AttentionSanitize, SparseBlock128Gqa4BothPackings) {
 // d = 64, block 128, GQA 4: the sm90 kernel's three consumer warpgroups hold 8 pairs per
 // (row, KV head) in slots of 3, 3 and 2, so a CTA mixes two heads with different counts and
 // the last one runs with a consumer idle.
-TEST(AttentionSanitize, SparseD64ThreeConsumersBothPackings) {
+TEST_P(AttentionSanitize, SparseD64ThreeConsumersBothPackings) {
   PA_REQUIRE_GPU();
   Case c;
   c.lengths = {390, 64};
@@ -464,9 +491,9 @@ TEST(AttentionSanitize, SparseD64ThreeConsumersBothPackings) {
 }
 
 // More work items than an H100 has SMs (132), so some persistent sm90 CTAs run several
-// items (the ring, the Q hand-over and the O staging across items); scripts/gpu-check also
-// runs the whole suite with PROXYATTN_ATTN_MAX_CTAS=3, where every CTA runs many.
-TEST(AttentionSanitize, PersistentManyItemsPerCta) {
+// items (the ring, the Q hand-over and the O staging across items); under the tuning
+// max_ctas_3 every CTA runs many.
+TEST_P(AttentionSanitize, PersistentManyItemsPerCta) {
   PA_REQUIRE_GPU();
   Case c;
   c.lengths = {2500, 700};  // 51 rows x 4 KV heads = 204 items at block 64
@@ -478,7 +505,7 @@ TEST(AttentionSanitize, PersistentManyItemsPerCta) {
   check_sparse_case(d);
 }
 
-TEST(AttentionSanitize, DenseFp16D128) {
+TEST_P(AttentionSanitize, DenseFp16D128) {
   PA_REQUIRE_GPU();
   Case c;
   c.lengths = {100, 33};
@@ -486,7 +513,7 @@ TEST(AttentionSanitize, DenseFp16D128) {
   check_dense_case(c);
 }
 
-TEST(Attention, SingleToken) {
+TEST_P(Attention, SingleToken) {
   PA_REQUIRE_GPU();
   Case c;
   c.lengths = {1};
@@ -495,7 +522,7 @@ TEST(Attention, SingleToken) {
   check_dense_case(c);
 }
 
-TEST(Attention, ShorterThanBlock) {
+TEST_P(Attention, ShorterThanBlock) {
   PA_REQUIRE_GPU();
   Case c;
   c.lengths = {50};
@@ -503,7 +530,7 @@ TEST(Attention, ShorterThanBlock) {
   check_sparse_case(c);
 }
 
-TEST(Attention, PartialLastBlockStructured) {
+TEST_P(Attention, PartialLastBlockStructured) {
   PA_REQUIRE_GPU();
   Case c;
   c.lengths = {600};
@@ -511,7 +538,7 @@ TEST(Attention, PartialLastBlockStructured) {
   check_sparse_case(c);
 }
 
-TEST(Attention, PartialLastBlockFp16D64Block64) {
+TEST_P(Attention, PartialLastBlockFp16D64Block64) {
   PA_REQUIRE_GPU();
   Case c;
   c.lengths = {700};
@@ -519,7 +546,7 @@ TEST(Attention, PartialLastBlockFp16D64Block64) {
   check_sparse_case(c);
 }
 
-TEST(Attention, GqaRatio8GroupPerKvHead) {
+TEST_P(Attention, GqaRatio8GroupPerKvHead) {
   PA_REQUIRE_GPU();
   Case c;
   c.lengths = {520};
@@ -527,7 +554,7 @@ TEST(Attention, GqaRatio8GroupPerKvHead) {
   check_sparse_case(c);
 }
 
-TEST(Attention, VarlenMixedLengthsSomeDense) {
+TEST_P(Attention, VarlenMixedLengthsSomeDense) {
   PA_REQUIRE_GPU();
   Case c;
   c.lengths = {300, 40, 1, 517, 129};
@@ -536,7 +563,7 @@ TEST(Attention, VarlenMixedLengthsSomeDense) {
   check_sparse_case(c);
 }
 
-TEST(Attention, VarlenMoreSequencesThanOneLaunch) {
+TEST_P(Attention, VarlenMoreSequencesThanOneLaunch) {
   PA_REQUIRE_GPU();
   Case c;
   std::mt19937 rng(static_cast<unsigned>(fresh_seed()));
@@ -546,26 +573,25 @@ TEST(Attention, VarlenMoreSequencesThanOneLaunch) {
   check_dense_case(c);
 }
 
-// Runs case c on the GPU as it is and with the environment variable `name` set to `value`
-// (a switch that must not change the arithmetic): identical bits (O and LSE), and the
-// switched run within the reference's tolerance.
-void expect_identical_with(const Case& c, uint64_t seed, const char* name, const char* value) {
+// Runs case c on the GPU at its tuning and at `switched` (`what` changed, a setting that must
+// not change the arithmetic): identical bits (O and LSE), and the switched run within the
+// reference's tolerance.
+void expect_identical_with(const Case& c, uint64_t seed, const pa_tuning& switched, const char* what) {
   const Host in = make_host(c, seed);
   CpuRun cpu;
   run_cpu(c, in, nullptr, cpu);
+  Case other_case = c;
+  other_case.tuning = switched;
   Output base, other;
   ASSERT_EQ(run_gpu(c, in, &cpu.index, base), PA_STATUS_SUCCESS) << pa_last_error();
-  {
-    ScopedEnv switched(name, value);
-    ASSERT_EQ(run_gpu(c, in, &cpu.index, other), PA_STATUS_SUCCESS) << pa_last_error();
-  }
+  ASSERT_EQ(run_gpu(other_case, in, &cpu.index, other), PA_STATUS_SUCCESS) << pa_last_error();
   EXPECT_EQ(max_abs_diff(base.o, other.o), 0.0);
   EXPECT_EQ(max_abs_diff(base.lse, other.lse), 0.0);
-  expect_close(name, c, other, sparse_reference(c, in, cpu.index), &cpu.out);
+  expect_close(what, c, other, sparse_reference(c, in, cpu.index), &cpu.out);
 }
 
 // Both CTA packings (params.hpp) run the same per-warp arithmetic: identical bits.
-TEST(Attention, HeadPackingGivesIdenticalOutput) {
+TEST_P(Attention, HeadPackingGivesIdenticalOutput) {
   PA_REQUIRE_GPU();
   for (int block : {128, 64}) {
     Case c;
@@ -573,24 +599,28 @@ TEST(Attention, HeadPackingGivesIdenticalOutput) {
     c.hq = 8, c.hkv = 2, c.block = block, c.gamma = 0.8f, c.inputs = Inputs::kStructured;
     const uint64_t seed = fresh_seed();
     SCOPED_TRACE(describe(c, seed));
-    expect_identical_with(c, seed, "PROXYATTN_ATTN_PACKING", "heads");
+    pa_tuning packed = c.tuning;
+    packed.attn_packing = PA_TUNING_PACKING_HEADS_OF_CHUNK;
+    expect_identical_with(c, seed, packed, "heads of a chunk packed");
   }
 }
 
 // At d = 64 the sm90 kernel's slots take a row's heads by count (three consumers share two
 // heads' pairs); which consumer runs a pair never changes what it computes: identical bits
-// with the heads in order (PROXYATTN_ATTN_RANK_HEADS=0), at both block sizes and packings.
-TEST(Attention, HeadRankingGivesIdenticalOutput) {
+// with the heads in order (tuning.attn_rank_heads = 0), at both block sizes and packings.
+TEST_P(Attention, HeadRankingGivesIdenticalOutput) {
   PA_REQUIRE_GPU();
   for (int block : {128, 64}) {
-    for (const char* packing : {"chunks", "heads"}) {
+    for (int32_t packing : {PA_TUNING_PACKING_CHUNKS_OF_HEAD, PA_TUNING_PACKING_HEADS_OF_CHUNK}) {
       Case c;
       c.lengths = {900, 260};
       c.hq = 14, c.hkv = 2, c.d = 64, c.block = block, c.gamma = 0.8f, c.inputs = Inputs::kStructured;
+      c.tuning.attn_packing = packing;
       const uint64_t seed = fresh_seed();
-      SCOPED_TRACE(describe(c, seed) + " packing " + packing);
-      ScopedEnv packed("PROXYATTN_ATTN_PACKING", packing);
-      expect_identical_with(c, seed, "PROXYATTN_ATTN_RANK_HEADS", "0");
+      SCOPED_TRACE(describe(c, seed) + " packing " + std::to_string(packing));
+      pa_tuning in_order = c.tuning;
+      in_order.attn_rank_heads = 0;
+      expect_identical_with(c, seed, in_order, "heads in order");
     }
   }
 }
@@ -598,8 +628,8 @@ TEST(Attention, HeadRankingGivesIdenticalOutput) {
 // The order of the work items (params.hpp: chunks of rows) changes which CTA runs an item
 // and when, never what it computes: both kernels give bit-identical outputs in row-major
 // order, in chunks of 3 rows (several chunks, a shorter last one) and by default. A bad
-// PROXYATTN_ATTN_ROW_CHUNK is an error naming it.
-TEST(Attention, ItemOrderGivesIdenticalOutput) {
+// tuning.attn_rows_per_chunk is an error naming it.
+TEST_P(Attention, ItemOrderGivesIdenticalOutput) {
   PA_REQUIRE_GPU();
   Case c;
   c.lengths = {1500, 700};
@@ -609,28 +639,31 @@ TEST(Attention, ItemOrderGivesIdenticalOutput) {
   const Host in = make_host(c, seed);
   CpuRun cpu;
   run_cpu(c, in, nullptr, cpu);
-  for (const char* kernel : {"default", "sm80"}) {
-    SCOPED_TRACE(kernel);
-    ScopedEnv chosen("PROXYATTN_ATTN_KERNEL", kernel);
+  for (int32_t kernel : {PA_TUNING_KERNEL_AUTO, PA_TUNING_KERNEL_SM80}) {
+    SCOPED_TRACE(kernel == PA_TUNING_KERNEL_SM80 ? "sm80" : "default kernel");
+    Case chosen = c;
+    chosen.tuning.attn_kernel = kernel;
     Output base;
-    ASSERT_EQ(run_gpu(c, in, &cpu.index, base), PA_STATUS_SUCCESS) << pa_last_error();
-    for (const char* rows : {"1", "3"}) {
-      ScopedEnv chunk("PROXYATTN_ATTN_ROW_CHUNK", rows);
+    ASSERT_EQ(run_gpu(chosen, in, &cpu.index, base), PA_STATUS_SUCCESS) << pa_last_error();
+    for (int32_t rows : {1, 3}) {
+      Case chunked = chosen;
+      chunked.tuning.attn_rows_per_chunk = rows;
       Output other;
-      ASSERT_EQ(run_gpu(c, in, &cpu.index, other), PA_STATUS_SUCCESS) << pa_last_error();
+      ASSERT_EQ(run_gpu(chunked, in, &cpu.index, other), PA_STATUS_SUCCESS) << pa_last_error();
       EXPECT_EQ(max_abs_diff(base.o, other.o), 0.0) << "rows per chunk " << rows;
       EXPECT_EQ(max_abs_diff(base.lse, other.lse), 0.0) << "rows per chunk " << rows;
     }
   }
-  ScopedEnv bad("PROXYATTN_ATTN_ROW_CHUNK", "3x");
+  Case bad = c;
+  bad.tuning.attn_rows_per_chunk = -3;
   Output unused;
-  EXPECT_EQ(run_gpu(c, in, &cpu.index, unused), PA_STATUS_INVALID_CONFIG);
-  EXPECT_NE(std::strstr(pa_last_error(), "PROXYATTN_ATTN_ROW_CHUNK"), nullptr) << pa_last_error();
+  EXPECT_EQ(run_gpu(bad, in, &cpu.index, unused), PA_STATUS_INVALID_CONFIG);
+  EXPECT_NE(std::strstr(pa_last_error(), "attn_rows_per_chunk"), nullptr) << pa_last_error();
 }
 
 // An index keeping every causal block in ascending order visits the same tiles in the same
 // order as dense attention (block 128): the outputs are bit-identical.
-TEST(Attention, AllBlocksEqualsDense) {
+TEST_P(Attention, AllBlocksEqualsDense) {
   PA_REQUIRE_GPU();
   for (pa_dtype dtype : {PA_DTYPE_BFLOAT16, PA_DTYPE_FLOAT16}) {
     Case c;
@@ -651,7 +684,7 @@ TEST(Attention, AllBlocksEqualsDense) {
 
 // Rows whose count is 0 attend to nothing: O = 0 and LSE = -inf; other rows keep random
 // prefixes of a shuffled order.
-TEST(Attention, EmptyRowsGiveZeroAndMinusInf) {
+TEST_P(Attention, EmptyRowsGiveZeroAndMinusInf) {
   PA_REQUIRE_GPU();
   Case c;
   c.lengths = {333, 90};
@@ -686,10 +719,10 @@ TEST(Attention, EmptyRowsGiveZeroAndMinusInf) {
   EXPECT_GT(empty_rows, 0u);
 }
 
-// The two kernels (sm90 where the device has it, sm80 forced by PROXYATTN_ATTN_KERNEL) on
+// The two kernels (sm90 where the device has it, sm80 forced by tuning.attn_kernel) on
 // the same inputs and index: each within tolerance of the fp64 reference, and of each other.
 // On a device without the sm90 kernel both runs use sm80 and agree exactly.
-TEST(Attention, KernelsAgree) {
+TEST_P(Attention, KernelsAgree) {
   PA_REQUIRE_GPU();
   struct Shape {
     int d;
@@ -713,12 +746,11 @@ TEST(Attention, KernelsAgree) {
     CpuRun cpu;
     run_cpu(c, in, nullptr, cpu);
     const Reference ref = sparse_reference(c, in, cpu.index);
+    Case forced = c;
+    forced.tuning.attn_kernel = PA_TUNING_KERNEL_SM80;
     Output fast, sm80;
     ASSERT_EQ(run_gpu(c, in, &cpu.index, fast), PA_STATUS_SUCCESS) << pa_last_error();
-    {
-      ScopedEnv forced("PROXYATTN_ATTN_KERNEL", "sm80");
-      ASSERT_EQ(run_gpu(c, in, &cpu.index, sm80), PA_STATUS_SUCCESS) << pa_last_error();
-    }
+    ASSERT_EQ(run_gpu(forced, in, &cpu.index, sm80), PA_STATUS_SUCCESS) << pa_last_error();
     expect_close("default kernel", c, fast, ref, &cpu.out);
     expect_close("sm80 kernel", c, sm80, ref, &cpu.out);
     const double err_plain = max_abs_diff(ref.o_plain, ref.o);
@@ -727,7 +759,7 @@ TEST(Attention, KernelsAgree) {
   }
 }
 
-TEST(Attention, StridedViews) {
+TEST_P(Attention, StridedViews) {
   PA_REQUIRE_GPU();
   Case c;
   c.lengths = {260, 77};
@@ -744,7 +776,7 @@ TEST(Attention, StridedViews) {
   expect_close("strided dense", c, dense, dense_reference(c, in), nullptr);
 }
 
-TEST(Attention, LseMayBeNull) {
+TEST_P(Attention, LseMayBeNull) {
   PA_REQUIRE_GPU();
   Case c;
   c.lengths = {200};
@@ -753,7 +785,7 @@ TEST(Attention, LseMayBeNull) {
   check_dense_case(c);
 }
 
-TEST(Attention, DenseMatchesReference) {
+TEST_P(Attention, DenseMatchesReference) {
   PA_REQUIRE_GPU();
   Case a;
   a.lengths = {257, 640};
@@ -766,7 +798,7 @@ TEST(Attention, DenseMatchesReference) {
 }
 
 // Several random shapes with fresh seeds: head_dim, dtype, block, GQA ratio 1, 4, 8.
-TEST(Attention, RandomShapesFreshSeeds) {
+TEST_P(Attention, RandomShapesFreshSeeds) {
   PA_REQUIRE_GPU();
   std::mt19937 rng(static_cast<unsigned>(fresh_seed()));
   const int ratios[] = {1, 4, 8};
@@ -798,7 +830,7 @@ void expect_device_plan_refused(const pa_problem& problem, const pa_config& conf
   EXPECT_EQ(plan, nullptr);
 }
 
-TEST(Attention, Float32IsUnsupported) {
+TEST(AttentionRefusal, Float32IsUnsupported) {
   PA_REQUIRE_GPU();
   Case c;
   c.lengths = {64};
@@ -815,7 +847,7 @@ TEST(Attention, Float32IsUnsupported) {
   expect_device_plan_refused(problem, make_config(c), "pa_plan_create: float32");
 }
 
-TEST(Attention, DevicePlanOfUnsupportedHeadDimIsRefused) {
+TEST(AttentionRefusal, DevicePlanOfUnsupportedHeadDimIsRefused) {
   PA_REQUIRE_GPU();
   int32_t cu[2] = {0, 256};
   const pa_problem problem{1, cu, 256, 2, 1, 96, PA_DTYPE_BFLOAT16};
@@ -830,7 +862,7 @@ TEST(Attention, DevicePlanOfUnsupportedHeadDimIsRefused) {
   pa_plan_free(plan);
 }
 
-TEST(Attention, SetIndexRejectsOutOfRangeEntries) {
+TEST(AttentionRefusal, SetIndexRejectsOutOfRangeEntries) {
   PA_REQUIRE_GPU();
   Case c;
   c.lengths = {300};

@@ -23,6 +23,10 @@
 //   - every GPU order row is a permutation of 0..m with its forced blocks (sink, the GPU's
 //     group anchors, diagonal) first, ascending, and pa_plan_check passes.
 // The measured differences are printed per case ("[compare]" lines).
+//
+// The suite EstimateGpu runs every case under each tuning of kTunings (parameterised tests):
+// at the defaults and with pass 2 in place of the block logits (the path of other strides and
+// of logit buffers over 1 GiB, here at the default config).
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -40,6 +44,7 @@
 #include "gpu_util.hpp"
 #include "proxyattn/proxyattn.h"
 #include "proxyattn/proxyattn.hpp"
+#include "proxyattn/proxyattn_tuning.h"
 
 namespace proxyattn::test {
 namespace {
@@ -133,21 +138,22 @@ Index estimate_cpu(const pa_problem& p, const pa_config& c, const Inputs& in) {
   return read_index(plan.get(), p);
 }
 
-// Device plan storage and workspace poisoned (0xff) before the run; estimation on a
-// stream of its own; returns the status of pa_estimate.
-pa_status estimate_gpu(const pa_problem& p, const pa_config& c, const Inputs& in, Index* out,
-                       int poison = 0xff) {
+// Device plan storage and workspace (of the tuning's size) poisoned (0xff) before the run;
+// estimation with the tuning on a stream of its own; returns the status of pa_estimate.
+pa_status estimate_gpu(const pa_problem& p, const pa_config& c, const pa_tuning& tuning, const Inputs& in,
+                       Index* out, int poison = 0xff) {
   DeviceBuffer dq(in.q.size() * sizeof(uint16_t)), dk(in.k.size() * sizeof(uint16_t));
   EXPECT_EQ(dq.upload(in.q.data()), cudaSuccess);
   EXPECT_EQ(dk.upload(in.k.data()), cudaSuccess);
   size_t plan_bytes = 0, ws_bytes = 0;
   check(pa_plan_bytes(&p, &c, &plan_bytes));
-  check(pa_workspace_bytes(&p, &c, &ws_bytes));
+  check(pa_workspace_bytes_tuned(&p, &c, &tuning, &ws_bytes));
   DeviceBuffer storage(plan_bytes), workspace(ws_bytes);
   EXPECT_EQ(storage.poison(poison), cudaSuccess);  // before pa_plan_create writes its tables
   EXPECT_EQ(workspace.poison(poison), cudaSuccess);
   pa_plan* plan = nullptr;
   check(pa_plan_create(&p, &c, storage.get(), plan_bytes, &plan));
+  check(pa_plan_set_tuning(plan, &tuning));
   pa_tensor q = in.tq, k = in.tk;
   q.data = dq.get();
   k.data = dk.get();
@@ -397,6 +403,7 @@ struct Case {
   bool structured = true;
   uint64_t seed = 1;
   int head_pad = 0;
+  pa_tuning tuning = suite_tuning();  // of the GPU run
 };
 
 pa_config base_config(int d) {
@@ -413,7 +420,7 @@ Report run_case(const Case& k) {
   const Inputs in = make_inputs(p, k.structured, k.seed, k.head_pad);
   const Index cpu = estimate_cpu(p, k.config, in);
   Index gpu;
-  const pa_status st = estimate_gpu(p, k.config, in, &gpu);
+  const pa_status st = estimate_gpu(p, k.config, k.tuning, in, &gpu);
   Report rep;
   EXPECT_EQ(st, PA_STATUS_SUCCESS) << k.name << ": " << pa_last_error();
   if (st != PA_STATUS_SUCCESS) return rep;
@@ -427,7 +434,17 @@ Report run_case(const Case& k) {
 }
 
 // ---- cases ---------------------------------------------------------------------------------
-TEST(EstimateGpu, SanitizeSmallVarlen) {
+// The tunings every case of EstimateGpu runs under (scripts/gpu-check once ran the whole
+// program again under an environment variable for the second).
+const NamedTuning kTunings[] = {
+    {"default", pa_tuning_default()},
+    tuned("two_pass", [](pa_tuning& t) { t.est_block_logits = 0; }),
+};
+
+class EstimateGpu : public TunedTest {};
+INSTANTIATE_TEST_SUITE_P(Tunings, EstimateGpu, ::testing::ValuesIn(kTunings), tuning_name);
+
+TEST_P(EstimateGpu, SanitizeSmallVarlen) {
   PA_REQUIRE_GPU();
   Case k;
   k.name = "sanitize";
@@ -442,7 +459,7 @@ TEST(EstimateGpu, SanitizeSmallVarlen) {
   run_case(k);
 }
 
-TEST(EstimateGpu, SingleSequenceLengths) {
+TEST_P(EstimateGpu, SingleSequenceLengths) {
   PA_REQUIRE_GPU();
   uint64_t seed = 11;
   for (int n : {1, 100, 127, 128, 129, 1000, 4096 + 77, 16384}) {
@@ -458,7 +475,7 @@ TEST(EstimateGpu, SingleSequenceLengths) {
   }
 }
 
-TEST(EstimateGpu, VarlenMixedDefaults) {
+TEST_P(EstimateGpu, VarlenMixedDefaults) {
   PA_REQUIRE_GPU();
   Case k;
   k.name = "varlen defaults fp16 d64 g=Hkv";
@@ -472,7 +489,7 @@ TEST(EstimateGpu, VarlenMixedDefaults) {
 }
 
 // Every setting at least once, in varied combinations.
-TEST(EstimateGpu, ConfigMatrix) {
+TEST_P(EstimateGpu, ConfigMatrix) {
   PA_REQUIRE_GPU();
   const int strides[] = {1, 4, 8, 2, 16};
   int i = 0;
@@ -505,7 +522,7 @@ TEST(EstimateGpu, ConfigMatrix) {
 }
 
 // Every sampled-rows-per-block value b/s in 4..128 (the kernels' row and segment layouts).
-TEST(EstimateGpu, SampledRowsPerBlock) {
+TEST_P(EstimateGpu, SampledRowsPerBlock) {
   PA_REQUIRE_GPU();
   const int settings[][2] = {{64, 16}, {128, 16}, {64, 8}, {64, 2}, {64, 1}, {128, 2}, {128, 1}};
   int i = 0;
@@ -524,7 +541,7 @@ TEST(EstimateGpu, SampledRowsPerBlock) {
 }
 
 // Long rows at stride 1: many key chunks per row tile, two CTAs per query block (b/s = 128).
-TEST(EstimateGpu, LongRowsManyChunks) {
+TEST_P(EstimateGpu, LongRowsManyChunks) {
   PA_REQUIRE_GPU();
   Case k;
   k.name = "16K stride 1 g2";
@@ -537,7 +554,7 @@ TEST(EstimateGpu, LongRowsManyChunks) {
   run_case(k);
 }
 
-TEST(EstimateGpu, Llama16K) {
+TEST_P(EstimateGpu, Llama16K) {
   PA_REQUIRE_GPU();
   for (int g : {1, 8}) {
     Case k;
@@ -554,7 +571,7 @@ TEST(EstimateGpu, Llama16K) {
 
 // Non-contiguous views: padded heads keep 16-byte alignment (vector loads), odd padding
 // does not (element loads).
-TEST(EstimateGpu, StridedViews) {
+TEST_P(EstimateGpu, StridedViews) {
   PA_REQUIRE_GPU();
   for (int pad : {8, 3}) {
     Case k;
@@ -569,15 +586,15 @@ TEST(EstimateGpu, StridedViews) {
 }
 
 // Same inputs, different poison: bit-identical indexes (no race, nothing read unwritten).
-TEST(EstimateGpu, Deterministic) {
+TEST_P(EstimateGpu, Deterministic) {
   PA_REQUIRE_GPU();
   Batch batch({3000, 5000}, 8, 2, 128, PA_DTYPE_BFLOAT16);
   pa_config c = base_config(128);
   c.anchor_blocks = 4;
   const Inputs in = make_inputs(batch.problem(), true, 600);
   Index a, b;
-  ASSERT_EQ(estimate_gpu(batch.problem(), c, in, &a, 0xff), PA_STATUS_SUCCESS) << pa_last_error();
-  ASSERT_EQ(estimate_gpu(batch.problem(), c, in, &b, 0x00), PA_STATUS_SUCCESS) << pa_last_error();
+  ASSERT_EQ(estimate_gpu(batch.problem(), c, suite_tuning(), in, &a, 0xff), PA_STATUS_SUCCESS) << pa_last_error();
+  ASSERT_EQ(estimate_gpu(batch.problem(), c, suite_tuning(), in, &b, 0x00), PA_STATUS_SUCCESS) << pa_last_error();
   EXPECT_EQ(a.order, b.order);
   EXPECT_EQ(a.count, b.count);
   EXPECT_EQ(a.budget, b.budget);
@@ -587,7 +604,7 @@ TEST(EstimateGpu, Deterministic) {
 
 // Block logits and the two passes give the same A (block_max_from_logits_kernel evaluates
 // pass 2's expression on the same numbers), so the same index, bit for bit.
-TEST(EstimateGpu, BlockLogitsMatchTwoPasses) {
+TEST(EstimateGpuTuning, BlockLogitsMatchTwoPasses) {
   PA_REQUIRE_GPU();
   for (const int32_t block : {128, 64}) {  // b/s = 32 and 16 at the default s = 4
     Batch batch({3000, 9000}, 8, 2, 64, PA_DTYPE_BFLOAT16);
@@ -595,12 +612,12 @@ TEST(EstimateGpu, BlockLogitsMatchTwoPasses) {
     c.block_size = block;
     c.num_proxy_groups = 2;
     const Inputs in = make_inputs(batch.problem(), true, 700 + block);
+    pa_tuning off = pa_tuning_default();
+    off.est_block_logits = 0;
     Index logits, two_pass;
-    ASSERT_EQ(estimate_gpu(batch.problem(), c, in, &logits), PA_STATUS_SUCCESS) << pa_last_error();
-    {
-      ScopedEnv off("PROXYATTN_EST_BLOCK_LOGITS", "0");
-      ASSERT_EQ(estimate_gpu(batch.problem(), c, in, &two_pass), PA_STATUS_SUCCESS) << pa_last_error();
-    }
+    ASSERT_EQ(estimate_gpu(batch.problem(), c, pa_tuning_default(), in, &logits), PA_STATUS_SUCCESS)
+        << pa_last_error();
+    ASSERT_EQ(estimate_gpu(batch.problem(), c, off, in, &two_pass), PA_STATUS_SUCCESS) << pa_last_error();
     EXPECT_EQ(logits.order, two_pass.order) << "b = " << block;
     EXPECT_EQ(logits.count, two_pass.count) << "b = " << block;
     EXPECT_EQ(logits.budget, two_pass.budget) << "b = " << block;
@@ -608,21 +625,25 @@ TEST(EstimateGpu, BlockLogitsMatchTwoPasses) {
 }
 
 // The workspace's block logits (proxy_scores.cu): one float per sampled row and entry of A
-// at b/s = 32 and 16, none at other strides, none past 1 GiB, none when
-// PROXYATTN_EST_BLOCK_LOGITS=0. Host only: runs without a GPU too.
-TEST(EstimateGpu, WorkspaceHoldsBlockLogits) {
-  auto bytes = [](int32_t tokens, int32_t hkv, int32_t stride, int32_t groups) {
+// at b/s = 32 and 16, none at other strides, none past 1 GiB, none with
+// tuning.est_block_logits = 0. Host only: runs without a GPU too.
+TEST(EstimateGpuTuning, WorkspaceHoldsBlockLogits) {
+  auto workspace = [](int32_t tokens, int32_t hkv, int32_t stride, int32_t groups, int32_t block_logits) {
     Batch batch({tokens}, 2 * hkv, hkv, 64, PA_DTYPE_BFLOAT16);
     pa_config c = pa_config_default(64);
     c.stride = stride;
     c.num_proxy_groups = groups;
+    pa_tuning t = pa_tuning_default();
+    t.est_block_logits = block_logits;
     size_t n = 0;
-    check(pa_workspace_bytes(&batch.problem(), &c, &n));
+    check(pa_workspace_bytes_tuned(&batch.problem(), &c, &t, &n));
     return n;
   };
+  auto bytes = [&](int32_t tokens, int32_t hkv, int32_t stride, int32_t groups) {
+    return workspace(tokens, hkv, stride, groups, 1);
+  };
   auto two_pass = [&](int32_t tokens, int32_t hkv, int32_t stride, int32_t groups) {
-    ScopedEnv off("PROXYATTN_EST_BLOCK_LOGITS", "0");
-    return bytes(tokens, hkv, stride, groups);
+    return workspace(tokens, hkv, stride, groups, 0);
   };
   constexpr int64_t kBlocks = 1024;  // 128K tokens at b = 128
   const int64_t entries = kBlocks * (kBlocks + 1) / 2;
@@ -634,7 +655,7 @@ TEST(EstimateGpu, WorkspaceHoldsBlockLogits) {
   EXPECT_EQ(bytes(262144, 8, 4, 8), two_pass(262144, 8, 4, 8));  // 2 GiB of logits: pass 2
 }
 
-TEST(EstimateGpu, Float32IsUnsupported) {
+TEST(EstimateGpuRefusal, Float32IsUnsupported) {
   PA_REQUIRE_GPU();
   Batch batch({300}, 4, 2, 64, PA_DTYPE_FLOAT32);
   const pa_problem& p = batch.problem();

@@ -73,26 +73,6 @@ def test_model_suite_runs():
         assert 0 < row["density_layer0"] <= 1
 
 
-def test_with_environment_sets_and_restores():
-    import os
-
-    from proxyattn.bench.timing import with_environment
-
-    os.environ.pop("PROXYATTN_TEST_A", None)
-    os.environ["PROXYATTN_TEST_B"] = "before"
-    seen = with_environment({"PROXYATTN_TEST_A": "1", "PROXYATTN_TEST_B": "2"},
-                            lambda: (os.environ["PROXYATTN_TEST_A"], os.environ["PROXYATTN_TEST_B"]))()
-    assert seen == ("1", "2")
-    assert "PROXYATTN_TEST_A" not in os.environ and os.environ["PROXYATTN_TEST_B"] == "before"
-
-    def fails():
-        raise RuntimeError("inside")
-
-    with pytest.raises(RuntimeError, match="inside"):
-        with_environment({"PROXYATTN_TEST_A": "1", "PROXYATTN_TEST_B": "2"}, fails)()
-    assert "PROXYATTN_TEST_A" not in os.environ and os.environ.pop("PROXYATTN_TEST_B") == "before"
-
-
 @pytest.mark.gpu
 def test_interleaved_median_ms_times_each_call():
     from proxyattn.bench.timing import interleaved_median_ms

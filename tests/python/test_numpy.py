@@ -109,6 +109,22 @@ def test_anchor_blocks_are_kept_by_their_group():
             assert all(a in kept[h][m] for m in range(a, 16)), (h, a)
 
 
+def test_plan_tuning_set_and_refused_by_name():
+    q, k, v = qkv(1, 300, 4, 2, 32, seed=5)
+    plan = proxyattn.estimate(q, k, **SETTINGS)
+    assert plan.tuning() == dict(attn_kernel=0, attn_packing=0, attn_rows_per_chunk=0, attn_persistent=1,
+                                 attn_consumer_turns=1, attn_rank_heads=1, attn_max_ctas=0, est_block_logits=1)
+    plan.set_tuning(attn_max_ctas=3, est_block_logits=0)
+    assert plan.tuning()["attn_max_ctas"] == 3 and plan.tuning()["est_block_logits"] == 0
+    with pytest.raises(proxyattn.ProxyAttnError, match="tuning.attn_rows_per_chunk = -1"):
+        plan.set_tuning(attn_rows_per_chunk=-1)
+    assert plan.tuning()["attn_rows_per_chunk"] == 0 and plan.tuning()["attn_max_ctas"] == 3
+    with pytest.raises(TypeError, match="unknown field 'rows'"):
+        plan.set_tuning(rows=1)
+    out = proxyattn.attend(plan, q, k, v)  # a host plan runs whatever its tuning
+    assert out.shape == q.shape
+
+
 def test_errors_name_the_argument():
     q, k, v = qkv(1, 300, 4, 2, 32)
     with pytest.raises(ValueError, match="q heads"):

@@ -99,23 +99,6 @@ def interleaved_median_ms(calls, repeats, warmup):
     return {name: statistics.median(times) for name, times in samples.items()}
 
 
-def with_environment(env, fn):
-    """fn() run with the environment variables `env` set (and restored afterwards): the
-    library reads its kernel choices from the environment at each call."""
-    def call():
-        saved = {name: os.environ.get(name) for name in env}
-        os.environ.update(env)
-        try:
-            return fn()
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    del os.environ[name]
-                else:
-                    os.environ[name] = value
-    return call
-
-
 def spin_up(seconds=SPIN_UP_S):
     """Runs bf16 matmuls for a while, so that the first measurements find the GPU at its
     working clocks rather than idle ones."""

@@ -1,14 +1,13 @@
 // GPU attention entry points (cuda/backend.hpp): checks what the kernels support, fills the
-// kernel parameters from the plan (or, for dense attention, from the problem), picks the
-// kernel for the device (sm90 on compute capability 9.0, sm80 elsewhere) and the compiled
-// variant for the runtime dtype and head_dim, and launches the work list on the caller's
-// stream, kMaxSeqsPerLaunch sequences per launch. Never synchronises.
+// kernel parameters from the plan (or, for dense attention, from the problem) and the
+// tuning (core/tuning.hpp), picks the kernel for the device (sm90 on compute capability 9.0,
+// sm80 elsewhere) and the compiled variant for the runtime dtype and head_dim, and launches
+// the work list on the caller's stream, kMaxSeqsPerLaunch sequences per launch. Never
+// synchronises.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <vector>
 
 #include "attention/params.hpp"
@@ -33,15 +32,6 @@ constexpr int kVectorBytes = 16;      // the kernels move rows in 16-byte vector
 // past the sequence end.
 constexpr int kPositionSlack = 256;
 
-// Environment knob for measuring the two pair orders of params.hpp (a speed setting only:
-// both compute the same result): PROXYATTN_ATTN_PACKING=heads packs the heads of a row
-// chunk in a CTA; anything else (the default) keeps the chunks of one head together.
-Packing packing_from_environment() {
-  const char* value = std::getenv("PROXYATTN_ATTN_PACKING");
-  return value != nullptr && std::strcmp(value, "heads") == 0 ? Packing::kHeadsOfChunk
-                                                              : Packing::kChunksOfHead;
-}
-
 // A launch's item order has at least this many chunks (params.hpp), so that its last chunk,
 // whose last KV head runs that chunk's longest rows at the very end, holds at most an eighth
 // of the rows: a short tail where SMs could idle.
@@ -50,11 +40,11 @@ inline constexpr int kMinChunksPerLaunch = 8;
 // How the rows of a launch are chunked (params.hpp): `fill` rows, the chunk whose one KV
 // head's items about fill the GPU (shape.chunk_ctas_per_sm CTAs per SM; 0 where the kernel
 // keeps one row per chunk), capped per launch at kMinChunksPerLaunch chunks.
-// PROXYATTN_ATTN_ROW_CHUNK=n fixes the rows per chunk instead (1: row-major order, to measure
-// what the chunks bring; applies to both kernels).
+// tuning.attn_rows_per_chunk = n > 0 fixes the rows per chunk instead (1: row-major order, to
+// measure what the chunks bring; applies to both kernels).
 struct ChunkRule {
   int32_t fill = 0;   // 0: one row per chunk
-  int32_t fixed = 0;  // > 0: PROXYATTN_ATTN_ROW_CHUNK
+  int32_t fixed = 0;  // > 0: tuning.attn_rows_per_chunk
   int32_t rows_per_chunk(int32_t num_rows) const {
     if (fixed > 0) return fixed;
     if (fill == 0) return 1;
@@ -62,14 +52,10 @@ struct ChunkRule {
   }
 };
 
-pa_status chunk_rule(const CtaShape& shape, int slots_per_row, ChunkRule* rule) {
+pa_status chunk_rule(const CtaShape& shape, int slots_per_row, int32_t rows_per_chunk, ChunkRule* rule) {
   *rule = ChunkRule{};
-  if (const char* value = std::getenv("PROXYATTN_ATTN_ROW_CHUNK")) {
-    char* end = nullptr;
-    const long rows = std::strtol(value, &end, 10);
-    if (end == value || *end != '\0' || rows < 1 || rows > INT32_MAX)
-      return fail(PA_STATUS_INVALID_CONFIG, "PROXYATTN_ATTN_ROW_CHUNK = \"%s\": expected a positive integer", value);
-    rule->fixed = int32_t(rows);
+  if (rows_per_chunk > 0) {
+    rule->fixed = rows_per_chunk;
     return PA_STATUS_SUCCESS;
   }
   if (shape.chunk_ctas_per_sm == 0) return PA_STATUS_SUCCESS;
@@ -81,17 +67,12 @@ pa_status chunk_rule(const CtaShape& shape, int slots_per_row, ChunkRule* rule) 
 }
 
 // Which kernel runs. Both compute the same function (within rounding); sm90 is the fast one
-// on Hopper. PROXYATTN_ATTN_KERNEL=sm80 forces the mma.sync kernel everywhere (comparisons,
-// a fallback); anything else leaves the choice to the device.
+// on Hopper. tuning.attn_kernel = PA_TUNING_KERNEL_SM80 forces the mma.sync kernel everywhere
+// (comparisons, a fallback); PA_TUNING_KERNEL_AUTO leaves the choice to the device.
 enum class Kernel { kSm80, kSm90 };
 
-bool sm80_forced_by_environment() {
-  const char* value = std::getenv("PROXYATTN_ATTN_KERNEL");
-  return value != nullptr && std::strcmp(value, "sm80") == 0;
-}
-
-// Checks the device and picks the kernel for it and for the batch's token count.
-pa_status select_kernel(const char* call, int64_t total_tokens, Kernel* kernel) {
+// Checks the device and picks the kernel for it, the batch's token count and the tuning.
+pa_status select_kernel(const char* call, int64_t total_tokens, const pa_tuning& tuning, Kernel* kernel) {
   int device = 0, major = 0, minor = 0;
   PA_CUDA_TRY(cudaGetDevice(&device));
   PA_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
@@ -101,7 +82,8 @@ pa_status select_kernel(const char* call, int64_t total_tokens, Kernel* kernel) 
                 "device %d is %d.%d", call, kMinComputeMajor, device, major, minor);
   const bool hopper = major == kHopperMajor && minor == kHopperMinor;
   const bool tma_coordinates_fit = total_tokens <= INT32_MAX - attention::kTmaSlack;
-  *kernel = hopper && tma_coordinates_fit && !sm80_forced_by_environment() ? Kernel::kSm90 : Kernel::kSm80;
+  const bool sm80_forced = tuning.attn_kernel == PA_TUNING_KERNEL_SM80;
+  *kernel = hopper && tma_coordinates_fit && !sm80_forced ? Kernel::kSm90 : Kernel::kSm80;
   return PA_STATUS_SUCCESS;
 }
 
@@ -143,7 +125,7 @@ pa_status check_views(const char* call, pa_dtype dtype, const pa_tensor& q, cons
   return check_view(call, "o", o, bytes);
 }
 
-using Launcher = pa_status (*)(const Params&, int64_t, void*);
+using Launcher = pa_status (*)(const Params&, int64_t, const pa_tuning&, void*);
 
 // The compiled variant and the CTA shape of its work list.
 struct Variant {
@@ -166,7 +148,7 @@ Variant select_variant(Kernel kernel, pa_dtype dtype, int head_dim) {
 }
 
 Params base_params(const pa_problem& p, const pa_tensor& q, const pa_tensor& k, const pa_tensor& v,
-                   const pa_tensor& o, float* lse, float scale) {
+                   const pa_tensor& o, float* lse, float scale, const pa_tuning& tuning) {
   Params params{};
   params.q = {q.data, q.token_stride, q.head_stride};
   params.k = {k.data, k.token_stride, k.head_stride};
@@ -177,17 +159,21 @@ Params base_params(const pa_problem& p, const pa_tensor& q, const pa_tensor& k, 
   params.num_q_heads = p.num_q_heads;
   params.num_kv_heads = p.num_kv_heads;
   params.scale_log2 = scale * kLog2e;
-  params.packing = packing_from_environment();
+  params.packing = tuning.attn_packing == PA_TUNING_PACKING_HEADS_OF_CHUNK ? Packing::kHeadsOfChunk
+                                                                           : Packing::kChunksOfHead;
+  params.consumer_turns = tuning.attn_consumer_turns;
+  params.rank_heads = tuning.attn_rank_heads;
   return params;
 }
 
 // Launches the work list of every non-empty sequence, at most kMaxSeqsPerLaunch a launch.
-pa_status launch_batch(Params params, const std::vector<SeqSpan>& seqs, const Variant& variant, void* stream) {
+pa_status launch_batch(Params params, const std::vector<SeqSpan>& seqs, const Variant& variant,
+                       const pa_tuning& tuning, void* stream) {
   const int heads_per_kv = params.num_q_heads / params.num_kv_heads;
   const int pairs_per_row = heads_per_kv * (params.block_size / variant.shape.pair_rows);
   params.slots_per_row = (pairs_per_row + variant.shape.pairs_per_cta - 1) / variant.shape.pairs_per_cta;
   ChunkRule chunks;
-  PA_TRY(chunk_rule(variant.shape, params.slots_per_row, &chunks));
+  PA_TRY(chunk_rule(variant.shape, params.slots_per_row, tuning.attn_rows_per_chunk, &chunks));
   size_t next = 0;
   while (next < seqs.size()) {
     params.num_seqs = 0;
@@ -205,7 +191,7 @@ pa_status launch_batch(Params params, const std::vector<SeqSpan>& seqs, const Va
                   (long long)grid);
     params.num_rows = int32_t(rows);
     params.rows_per_chunk = chunks.rows_per_chunk(params.num_rows);
-    PA_TRY(variant.launch(params, grid, stream));
+    PA_TRY(variant.launch(params, grid, tuning, stream));
   }
   return PA_STATUS_SUCCESS;
 }
@@ -226,31 +212,31 @@ pa_status attend(const PlanDesc& plan, const pa_tensor& q, const pa_tensor& k, c
   PA_TRY(check_attend_supported("pa_attend", plan));
   PA_TRY(check_views("pa_attend", p.dtype, q, k, v, o));
   Kernel kernel;
-  PA_TRY(select_kernel("pa_attend", p.total_tokens, &kernel));
+  PA_TRY(select_kernel("pa_attend", p.total_tokens, plan.tuning, &kernel));
   if (p.total_tokens == 0) return PA_STATUS_SUCCESS;
-  Params params = base_params(p, q, k, v, o, lse, plan.config.softmax_scale);
+  Params params = base_params(p, q, k, v, o, lse, plan.config.softmax_scale, plan.tuning);
   params.q_heads_per_group = plan.q_heads_per_group();
   params.block_size = plan.config.block_size;
   params.order = plan.index.order;
   params.count = plan.index.count;
-  return launch_batch(params, plan.batch.seqs, select_variant(kernel, p.dtype, p.head_dim), stream);
+  return launch_batch(params, plan.batch.seqs, select_variant(kernel, p.dtype, p.head_dim), plan.tuning, stream);
 }
 
-pa_status dense_attention(const pa_problem& problem, float scale, const pa_tensor& q, const pa_tensor& k,
-                          const pa_tensor& v, const pa_tensor& o, float* lse, void* stream) {
+pa_status dense_attention(const pa_problem& problem, float scale, const pa_tuning& tuning, const pa_tensor& q,
+                          const pa_tensor& k, const pa_tensor& v, const pa_tensor& o, float* lse, void* stream) {
   // The dense work list: every causal block of kDenseBlock, one proxy group.
   const BatchLayout batch = make_batch_layout(problem, attention::kDenseBlock, 1);
   PA_TRY(check_problem("pa_dense_attention", problem, batch.max_length));
   PA_TRY(check_views("pa_dense_attention", problem.dtype, q, k, v, o));
   Kernel kernel;
-  PA_TRY(select_kernel("pa_dense_attention", problem.total_tokens, &kernel));
+  PA_TRY(select_kernel("pa_dense_attention", problem.total_tokens, tuning, &kernel));
   if (problem.total_tokens == 0) return PA_STATUS_SUCCESS;
-  Params params = base_params(problem, q, k, v, o, lse, scale);
+  Params params = base_params(problem, q, k, v, o, lse, scale, tuning);
   params.q_heads_per_group = problem.num_q_heads;
   params.block_size = attention::kDenseBlock;
   params.order = nullptr;  // dense: row m keeps blocks 0..m
   params.count = nullptr;
-  return launch_batch(params, batch.seqs, select_variant(kernel, problem.dtype, problem.head_dim), stream);
+  return launch_batch(params, batch.seqs, select_variant(kernel, problem.dtype, problem.head_dim), tuning, stream);
 }
 
 }  // namespace proxyattn::cuda

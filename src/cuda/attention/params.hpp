@@ -32,6 +32,7 @@
 
 #include "core/problem.hpp"
 #include "proxyattn/proxyattn.h"
+#include "proxyattn/proxyattn_tuning.h"
 
 namespace proxyattn::cuda::attention {
 
@@ -78,7 +79,8 @@ inline constexpr int kMaxSeqsPerLaunch = 64;
 // warp of a CTA busy (one head, one count), kHeadsOfChunk lets warps of short-budget heads
 // idle while the CTA runs its longest head. Measured on H100 (bench/results, 2026-11-23,
 // N = 32K, 32/8 heads, budgets spread 0.5x..1.5x): kChunksOfHead 2.98 / 13.8 ms,
-// kHeadsOfChunk 3.66 / 17.0 ms at density 0.1 / 0.5, so kChunksOfHead is the default.
+// kHeadsOfChunk 3.66 / 17.0 ms at density 0.1 / 0.5, so kChunksOfHead is the default
+// (tuning.attn_packing, core/tuning.hpp).
 enum class Packing : int32_t {
   kChunksOfHead = 0,  // pair = head * chunks + chunk: a CTA holds the row chunks of one head
                       // (of two heads at block 64), all with the same count; with three
@@ -155,13 +157,14 @@ PA_HOST_DEVICE inline ItemPosition item_position(const Params& p, int64_t item) 
 
 // One launcher per compiled variant (sm80/instantiate_*.cu, sm90/instantiate_*.cu): returns
 // the launch's status. The work list has num_rows * num_kv_heads * slots_per_row items:
-// run_sm80 launches a CTA per item, run_sm90 persistent CTAs (one per SM). run_sm90
+// run_sm80 launches a CTA per item, run_sm90 persistent CTAs (one per SM) unless the
+// tuning says otherwise (attn_persistent, attn_max_ctas; run_sm80 ignores it). run_sm90
 // needs a device of compute capability 9.0 and total_tokens + kTmaSlack <= INT32_MAX (its
 // tensor-copy coordinates are int32).
 inline constexpr int64_t kTmaSlack = 256;
 template <pa_dtype kDtype, int kHeadDim>
-pa_status run_sm80(const Params& params, int64_t items, void* stream);
+pa_status run_sm80(const Params& params, int64_t items, const pa_tuning& tuning, void* stream);
 template <pa_dtype kDtype, int kHeadDim>
-pa_status run_sm90(const Params& params, int64_t items, void* stream);
+pa_status run_sm90(const Params& params, int64_t items, const pa_tuning& tuning, void* stream);
 
 }  // namespace proxyattn::cuda::attention

@@ -4,8 +4,6 @@
 // everything data-dependent stays on the device.
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 
 #include "common/check.cuh"
 #include "core/status.hpp"
@@ -21,27 +19,22 @@ constexpr float kLog2e = 1.4426950408889634f;
 
 size_t align_up(size_t x) { return (x + kWorkspaceAlignment - 1) / kWorkspaceAlignment * kWorkspaceAlignment; }
 
-// Byte offsets of the workspace arrays (stages.cuh, Workspace); depends on the shapes (and
-// on PROXYATTN_EST_BLOCK_LOGITS) only. total == block_logits: no block logits (pass 2 runs).
+// Byte offsets of the workspace arrays (stages.cuh, Workspace); depends on the plan's shapes
+// and tuning (est_block_logits) only. total == block_logits: no block logits (pass 2 runs).
 struct WorkspaceLayout {
   size_t proxy_q, proxy_k, row_stats, scores, budget_partials, block_logits, total;
 };
 
 // Block logits (one float per sampled row and entry of A) replace pass 2 where b / s allows
 // and they take at most this much memory; past it (e.g. 256K tokens with g = 8: 2 GiB) the
-// two-pass path keeps the workspace small. PROXYATTN_EST_BLOCK_LOGITS=0 forces the two
-// passes (tests and benchmarks run both paths at the default config); the workspace size
-// follows it, so set it before sizing workspaces.
+// two-pass path keeps the workspace small. tuning.est_block_logits = 0 forces the two passes
+// (tests and benchmarks run both paths at the default config); the workspace size follows it
+// (pa_workspace_bytes_tuned).
 constexpr size_t kMaxBlockLogitsBytes = size_t(1) << 30;
-
-bool block_logits_allowed() {
-  const char* value = std::getenv("PROXYATTN_EST_BLOCK_LOGITS");
-  return value == nullptr || std::strcmp(value, "0") != 0;
-}
 
 size_t block_logits_bytes(const PlanDesc& plan) {
   const int32_t per_block = plan.config.block_size / plan.config.stride;
-  if (!block_logits_allowed() || !est::block_logits_supported(per_block)) return 0;
+  if (!plan.tuning.est_block_logits || !est::block_logits_supported(per_block)) return 0;
   const size_t bytes = size_t(plan.batch.order_entries) * size_t(per_block) * sizeof(float);
   return bytes <= kMaxBlockLogitsBytes ? bytes : 0;
 }

@@ -3,5 +3,5 @@
 #include "attention/sm80/launch.cuh"
 
 namespace proxyattn::cuda::attention {
-template pa_status run_sm80<PA_DTYPE_FLOAT16, 128>(const Params&, int64_t, void*);
+template pa_status run_sm80<PA_DTYPE_FLOAT16, 128>(const Params&, int64_t, const pa_tuning&, void*);
 }  // namespace proxyattn::cuda::attention

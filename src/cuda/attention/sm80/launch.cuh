@@ -16,8 +16,9 @@ template <pa_dtype kDtype> struct ElementOf;
 template <> struct ElementOf<PA_DTYPE_BFLOAT16> { using type = __nv_bfloat16; };
 template <> struct ElementOf<PA_DTYPE_FLOAT16> { using type = __half; };
 
+// One CTA per work item; the tuning's fields read here are the sm90 launcher's only.
 template <pa_dtype kDtype, int kHeadDim>
-pa_status run_sm80(const Params& params, int64_t grid_size, void* stream) {
+pa_status run_sm80(const Params& params, int64_t grid_size, const pa_tuning&, void* stream) {
   using Traits = sm80::KernelTraits<typename ElementOf<kDtype>::type, kHeadDim>;
   constexpr int kSharedBytes = int(sizeof(sm80::SharedStorage<Traits>));
   const auto kernel = sm80::attention_kernel<Traits>;

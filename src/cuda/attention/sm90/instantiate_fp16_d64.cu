@@ -4,5 +4,5 @@
 #include "attention/sm90/launch.cuh"
 
 namespace proxyattn::cuda::attention {
-template pa_status run_sm90<PA_DTYPE_FLOAT16, 64>(const Params&, int64_t, void*);
+template pa_status run_sm90<PA_DTYPE_FLOAT16, 64>(const Params&, int64_t, const pa_tuning&, void*);
 }  // namespace proxyattn::cuda::attention

@@ -11,8 +11,6 @@
 #include <cudaTypedefs.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 
 #include "attention/params.hpp"
 #include "attention/sm90/item_counter.hpp"
@@ -86,34 +84,18 @@ pa_status make_tensor_map(EncodeTiled encode, CUtensorMap* map, const char* name
   return PA_STATUS_SUCCESS;
 }
 
-// A kernel choice on by default: off when the environment variable `name` is "0".
-inline bool on_unless_zero(const char* name) {
-  const char* value = std::getenv(name);
-  return value == nullptr || std::strcmp(value, "0") != 0;
-}
-
-// Whether the kernel runs persistent CTAs taking items from a counter (the default), or one
-// CTA per item (PROXYATTN_ATTN_PERSISTENT=0, to measure what persistence brings).
-inline bool persistent_from_environment() { return on_unless_zero("PROXYATTN_ATTN_PERSISTENT"); }
-
-// Whether the consumers take turns issuing their products (the default), or issue freely
-// (PROXYATTN_ATTN_PINGPONG=0, to measure what the turns bring).
-inline bool consumer_turns_from_environment() { return on_unless_zero("PROXYATTN_ATTN_PINGPONG"); }
-
-// Whether a kernel with three consumers ranks a row's heads by count (the default), or takes
-// them in order (PROXYATTN_ATTN_RANK_HEADS=0, to measure what the ranking brings and costs).
-inline bool rank_heads_from_environment() { return on_unless_zero("PROXYATTN_ATTN_RANK_HEADS"); }
-
-// The launch's CTAs: one per SM when persistent (one CTA fits an SM), else one per item.
-// PROXYATTN_ATTN_MAX_CTAS=n (for tests) caps the persistent CTAs at n, so that every CTA
-// runs many items whatever the problem size.
-inline pa_status launch_grid(bool persistent, int64_t items, int64_t* grid) {
+// The launch's CTAs: one per SM when persistent (one CTA fits an SM; the default,
+// tuning.attn_persistent), else one per item (to measure what persistence brings).
+// tuning.attn_max_ctas = n > 0 (for tests) caps the persistent CTAs at n, so that every CTA
+// runs many items whatever the problem size. The consumers' turns and the ranking of a
+// row's heads are Params fields, set by the dispatcher from the tuning.
+inline pa_status launch_grid(const pa_tuning& tuning, int64_t items, int64_t* grid) {
   *grid = items;
-  if (!persistent) return PA_STATUS_SUCCESS;
+  if (!tuning.attn_persistent) return PA_STATUS_SUCCESS;
   int sms = 0;
   PA_TRY(current_sm_count(&sms));
   int64_t ctas = int64_t(kCtasPerSm) * sms;
-  if (const char* cap = std::getenv("PROXYATTN_ATTN_MAX_CTAS")) ctas = std::min<int64_t>(ctas, std::max(1, std::atoi(cap)));
+  if (tuning.attn_max_ctas > 0) ctas = std::min<int64_t>(ctas, tuning.attn_max_ctas);
   *grid = std::min<int64_t>(items, ctas);
   return PA_STATUS_SUCCESS;
 }
@@ -124,7 +106,7 @@ static_assert(sizeof(Params) + 3 * sizeof(CUtensorMap) + alignof(CUtensorMap) <=
               "Params and the three tensor maps within the classic 4 KiB of kernel parameters");
 
 template <pa_dtype kDtype, int kHeadDim>
-pa_status run_sm90(const Params& params, int64_t items, void* stream) {
+pa_status run_sm90(const Params& params, int64_t items, const pa_tuning& tuning, void* stream) {
   using Traits = sm90::KernelTraits<typename sm90::ElementOf<kDtype>::type, kHeadDim>;
   constexpr int kSharedBytes = int(sizeof(sm90::SharedStorage<Traits>));
   sm90::EncodeTiled encode = nullptr;
@@ -139,14 +121,11 @@ pa_status run_sm90(const Params& params, int64_t items, void* stream) {
   const auto kernel = sm90::attention_kernel<Traits>;
   // Above 48 KiB a kernel must opt in to its dynamic shared memory (per device; cheap).
   PA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes));
-  const bool persistent = sm90::persistent_from_environment();
   int64_t grid_size = 0;
-  PA_TRY(sm90::launch_grid(persistent, items, &grid_size));
+  PA_TRY(sm90::launch_grid(tuning, items, &grid_size));
   Params launch_params = params;
   launch_params.item_counter = nullptr;
-  launch_params.consumer_turns = sm90::consumer_turns_from_environment() ? 1 : 0;
-  launch_params.rank_heads = sm90::rank_heads_from_environment() ? 1 : 0;
-  if (persistent) PA_TRY(sm90::zeroed_item_counter(stream, &launch_params.item_counter));
+  if (tuning.attn_persistent) PA_TRY(sm90::zeroed_item_counter(stream, &launch_params.item_counter));
   kernel<<<dim3(static_cast<unsigned>(grid_size)), Traits::kThreads, kSharedBytes,
            static_cast<cudaStream_t>(stream)>>>(launch_params, q_map, k_map, v_map);
   PA_CUDA_CHECK_LAUNCH("the sm90 attention kernel");
