@@ -73,11 +73,63 @@ pa_status check_plan(const pa_plan* plan, bool needs_estimate) {
   return PA_STATUS_SUCCESS;
 }
 
-pa_status check_qkv(const pa_problem& p, const pa_tensor* q, const pa_tensor* k,
-                    const pa_tensor* v) {
-  PA_TRY(validate_tensor(q, "q", p, p.num_q_heads));
-  PA_TRY(validate_tensor(k, "k", p, p.num_kv_heads));
-  PA_TRY(validate_tensor(v, "v", p, p.num_kv_heads));
+// A view validated (validate_tensor) and aligned to its elements: the backends read and
+// write whole elements through typed pointers (the GPU asks for more, cuda::check_views).
+pa_status check_view(const pa_tensor* t, const char* name, const pa_problem& p, int heads) {
+  PA_TRY(validate_tensor(t, name, p, heads));
+  const int bytes = dtype_bytes(p.dtype);
+  if (reinterpret_cast<uintptr_t>(t->data) % bytes != 0)
+    return fail(PA_STATUS_INVALID_SHAPE, "%s.data = %p is not aligned to its %d-byte %s elements",
+                name, t->data, bytes, dtype_name(p.dtype));
+  return PA_STATUS_SUCCESS;
+}
+
+// Bytes [begin, end) of a checked view: its last element is at (T-1) token_stride +
+// (H-1) head_stride + d - 1 (both strides >= 0). Empty for no token.
+struct Extent {
+  uintptr_t begin = 0, end = 0;
+};
+Extent extent_of(const void* data, int64_t tokens, int64_t heads, int64_t token_stride,
+                 int64_t head_stride, int64_t d, int bytes) {
+  if (tokens == 0 || data == nullptr) return {};
+  const __int128 elements = __int128(tokens - 1) * token_stride + __int128(heads - 1) * head_stride + d;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(data);
+  const __int128 end = __int128(begin) + elements * bytes;
+  return {begin, end > __int128(UINTPTR_MAX) ? UINTPTR_MAX : uintptr_t(end)};
+}
+
+// The views of an attention call: Q, K, V, O checked, and the outputs (O, LSE [Hq, T] float32)
+// overlapping no input nor each other: O over K or V (or shifted over Q) races with the work
+// items still reading them, so any overlap, exact in-place O = Q included, is refused.
+pa_status check_attention_views(const pa_problem& p, const pa_tensor* q, const pa_tensor* k,
+                                const pa_tensor* v, const pa_tensor* o, const float* lse) {
+  PA_TRY(check_view(q, "q", p, p.num_q_heads));
+  PA_TRY(check_view(k, "k", p, p.num_kv_heads));
+  PA_TRY(check_view(v, "v", p, p.num_kv_heads));
+  PA_TRY(check_view(o, "o", p, p.num_q_heads));
+  if (reinterpret_cast<uintptr_t>(lse) % sizeof(float) != 0)
+    return fail(PA_STATUS_INVALID_SHAPE, "lse = %p is not aligned to its 4-byte float32 elements",
+                static_cast<const void*>(lse));
+  const int bytes = dtype_bytes(p.dtype);
+  const int64_t t = p.total_tokens, d = p.head_dim;
+  auto of = [&](const pa_tensor* x, int heads) {
+    return extent_of(x->data, t, heads, x->token_stride, x->head_stride, d, bytes);
+  };
+  const std::pair<const char*, Extent> inputs[] = {
+      {"q", of(q, p.num_q_heads)}, {"k", of(k, p.num_kv_heads)}, {"v", of(v, p.num_kv_heads)}};
+  const Extent out = of(o, p.num_q_heads);
+  const Extent lse_extent = extent_of(lse, p.num_q_heads, 1, t, 0, t, sizeof(float));
+  auto overlap = [](Extent a, Extent b) { return a.begin < b.end && b.begin < a.end; };
+  for (const auto& [name, in] : inputs) {
+    if (overlap(out, in))
+      return fail(PA_STATUS_INVALID_SHAPE, "o (%p) overlaps %s (%p): the output must not share "
+                  "memory with an input (no in-place attention)", o->data, name, reinterpret_cast<void*>(in.begin));
+    if (overlap(lse_extent, in))
+      return fail(PA_STATUS_INVALID_SHAPE, "lse (%p) overlaps %s (%p): the output must not share "
+                  "memory with an input", static_cast<const void*>(lse), name, reinterpret_cast<void*>(in.begin));
+  }
+  if (overlap(lse_extent, out))
+    return fail(PA_STATUS_INVALID_SHAPE, "lse (%p) overlaps o (%p)", static_cast<const void*>(lse), o->data);
   return PA_STATUS_SUCCESS;
 }
 
@@ -476,8 +528,8 @@ pa_status pa_estimate(pa_plan* plan, const pa_tensor* q, const pa_tensor* k, voi
   return guarded([&] {
     PA_TRY(check_plan(plan, false));
     const PlanDesc& d = plan->desc;
-    PA_TRY(validate_tensor(q, "q", d.problem, d.problem.num_q_heads));
-    PA_TRY(validate_tensor(k, "k", d.problem, d.problem.num_kv_heads));
+    PA_TRY(check_view(q, "q", d.problem, d.problem.num_q_heads));
+    PA_TRY(check_view(k, "k", d.problem, d.problem.num_kv_heads));
     PA_TRY(check_space(plan->on_device, {{"q", q->data}, {"k", k->data}, {"workspace", workspace}}));
     const size_t needed = backend_workspace_bytes(*plan);
     if (workspace == nullptr && needed > 0) return fail(PA_STATUS_NULL_POINTER, "workspace is NULL");
@@ -496,8 +548,7 @@ pa_status pa_attend(const pa_plan* plan, const pa_tensor* q, const pa_tensor* k,
   return guarded([&] {
     PA_TRY(check_plan(plan, true));
     const PlanDesc& d = plan->desc;
-    PA_TRY(check_qkv(d.problem, q, k, v));
-    PA_TRY(validate_tensor(o, "o", d.problem, d.problem.num_q_heads));
+    PA_TRY(check_attention_views(d.problem, q, k, v, o, lse));
     PA_TRY(check_space(plan->on_device,
                        {{"q", q->data}, {"k", k->data}, {"v", v->data}, {"o", o->data}, {"lse", lse}}));
 #if PROXYATTN_WITH_CUDA
@@ -514,8 +565,7 @@ pa_status pa_forward(pa_plan* plan, const pa_tensor* q, const pa_tensor* k, cons
     PA_TRY(check_plan(plan, false));
     const PlanDesc& d = plan->desc;
     // Check everything attend will need before estimate writes the plan.
-    PA_TRY(check_qkv(d.problem, q, k, v));
-    PA_TRY(validate_tensor(o, "o", d.problem, d.problem.num_q_heads));
+    PA_TRY(check_attention_views(d.problem, q, k, v, o, lse));
     PA_TRY(check_space(plan->on_device,
                        {{"q", q->data}, {"k", k->data}, {"v", v->data}, {"o", o->data}, {"lse", lse}}));
     PA_TRY(pa_estimate(plan, q, k, workspace, workspace_bytes, stream));
@@ -531,8 +581,7 @@ pa_status pa_dense_attention(const pa_problem* problem, float softmax_scale, con
     if (!(softmax_scale > 0.0f) || !std::isfinite(softmax_scale))
       return fail(PA_STATUS_INVALID_CONFIG, "softmax_scale = %g: must be finite and > 0",
                   double(softmax_scale));
-    PA_TRY(check_qkv(*problem, q, k, v));
-    PA_TRY(validate_tensor(o, "o", *problem, problem->num_q_heads));
+    PA_TRY(check_attention_views(*problem, q, k, v, o, lse));
     const bool device = on_device(q->data);
     PA_TRY(check_space(device, {{"k", k->data}, {"v", v->data}, {"o", o->data}, {"lse", lse}}));
 #if PROXYATTN_WITH_CUDA
