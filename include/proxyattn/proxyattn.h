@@ -90,7 +90,9 @@ typedef struct pa_problem {
                                   >= every kv_len */
 } pa_problem;
 
-/* A strided view of [tokens, heads, head_dim]; elements of head_dim are contiguous. */
+/* A strided view of [tokens, heads, head_dim]; elements of head_dim are contiguous. The
+ * library cannot see its extent: it reads and writes the tokens the problem gives. data is
+ * aligned to the element size; outputs (O, LSE) overlap no input (PA_STATUS_INVALID_SHAPE). */
 typedef struct pa_tensor {
   void* data;
   int64_t token_stride;        /* elements between consecutive tokens (>= heads * head_dim

@@ -3,6 +3,7 @@ framework (numpy or torch), varlen packing, and the plan object."""
 import collections
 import contextlib
 import math
+import operator
 
 import numpy as np
 
@@ -10,6 +11,7 @@ from . import _C
 
 BUDGET_MODES = {"absolute": 0, "proportional": 1}
 _TORCH_DTYPES = ("torch.float32", "torch.float16", "torch.bfloat16")
+_INT32_MAX = 2**31 - 1  # the library's token offsets are int32
 
 
 # ---- framework adapters ----------------------------------------------------------------
@@ -91,16 +93,27 @@ def _lse_per_sequence(lse, b, n):
 
 
 # ---- argument checks ---------------------------------------------------------------------
+def _is_tensor(x):
+    return isinstance(x, np.ndarray) or (_is_torch(x) and hasattr(x, "shape") and hasattr(x, "dtype"))
+
+
 def _check_qkv(q, k, v, ndim, layout):
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t is None:
             raise ValueError(f"{name} is None")
+        if not _is_tensor(t):
+            raise TypeError(f"{name}: expected a numpy array or a torch tensor, got {type(t).__name__}")
         if t.ndim != ndim:
             raise ValueError(f"{name}: expected {ndim} dimensions {layout}, got shape {tuple(t.shape)}")
     if tuple(k.shape) != tuple(v.shape):
         raise ValueError(f"k and v: shapes differ, {tuple(k.shape)} vs {tuple(v.shape)}")
     if q.shape[:-2] != k.shape[:-2] or q.shape[-1] != k.shape[-1]:
         raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)}: batch, tokens and head_dim must match")
+    for name, t in (("q", q), ("k", k)):
+        if t.shape[-2] < 1:
+            raise ValueError(f"{name}: {t.shape[-2]} heads in shape {tuple(t.shape)}: needs at least 1")
+    if q.shape[-1] < 1:
+        raise ValueError(f"q, k, v: head_dim {q.shape[-1]} in shape {tuple(q.shape)}: needs at least 1")
     if q.shape[-2] % k.shape[-2] != 0:
         raise ValueError(f"q heads ({q.shape[-2]}) must be a multiple of k heads ({k.shape[-2]})")
     if not (q.dtype == k.dtype == v.dtype):
@@ -110,6 +123,71 @@ def _check_qkv(q, k, v, ndim, layout):
         raise ValueError(f"q, k, v: on different devices {sorted(devices)}")
     if _is_torch(q) and str(q.dtype) not in _TORCH_DTYPES:
         raise TypeError(f"q: dtype {q.dtype} not supported (float32, float16, bfloat16)")
+
+
+def _index(name, x):
+    """x as a Python int: ints, numpy and torch integers; never a bool, a float or a string."""
+    try:
+        if isinstance(x, (bool, np.bool_)):
+            raise TypeError
+        return operator.index(x)
+    except TypeError:
+        raise TypeError(f"{name} = {x!r} is not an integer") from None
+
+
+def _cu_list(cu_seqlens, tokens, tensor="q"):
+    """cu_seqlens [num_seqs + 1] as a list of ints, checked against the packed tensors: integers
+    (a list, tuple, numpy array or torch tensor, host or device: a device tensor costs one copy
+    to the host), 0 first, never decreasing, int32 offsets, and the last one equal to the token
+    count `tokens` of the tensors (`tensor`.shape[0]). The library trusts these lengths: it sees
+    the tensors as pointers and strides only."""
+    if _is_tensor(cu_seqlens):
+        if cu_seqlens.ndim != 1:
+            raise ValueError(f"cu_seqlens: expected 1 dimension [num_seqs + 1], got shape {tuple(cu_seqlens.shape)}")
+        dtype = cu_seqlens.dtype
+        integral = (np.issubdtype(dtype, np.integer) if isinstance(cu_seqlens, np.ndarray) else
+                    not (dtype.is_floating_point or dtype.is_complex or str(dtype) == "torch.bool"))
+        if not integral:
+            raise TypeError(f"cu_seqlens: dtype {dtype} is not an integer type")
+        values = cu_seqlens.tolist()
+    elif isinstance(cu_seqlens, (list, tuple, range)):
+        values = cu_seqlens
+    else:
+        raise TypeError(f"cu_seqlens: expected a list, tuple, numpy array or torch tensor of integers, "
+                        f"got {type(cu_seqlens).__name__}")
+    cu = [_index(f"cu_seqlens[{i}]", x) for i, x in enumerate(values)]
+    if len(cu) < 2:
+        raise ValueError(f"cu_seqlens: needs at least 2 entries [0, ..., total tokens], got {cu}")
+    if cu[0] != 0:
+        raise ValueError(f"cu_seqlens[0] = {cu[0]}: must be 0")
+    for i in range(1, len(cu)):
+        if cu[i] < cu[i - 1]:
+            raise ValueError(f"cu_seqlens decreases at {i}: cu_seqlens[{i - 1}] = {cu[i - 1]} > "
+                             f"cu_seqlens[{i}] = {cu[i]}")
+    last = len(cu) - 1
+    if cu[last] > _INT32_MAX:
+        raise ValueError(f"cu_seqlens[{last}] = {cu[last]} exceeds the int32 token offsets (at most 2^31 - 1)")
+    if cu[last] != tokens:
+        raise ValueError(f"cu_seqlens[{last}] = {cu[last]} differs from the token count of {tensor} "
+                         f"({tensor}.shape[0] = {tokens})")
+    return cu
+
+
+def _check_max_seqlen(max_seqlen, cu):
+    """flash-attn's max_seqlen, when given: an integer no smaller than the longest sequence."""
+    if max_seqlen is None:
+        return
+    bound = _index("max_seqlen", max_seqlen)
+    lengths = [b - a for a, b in zip(cu, cu[1:])]
+    longest = max(lengths)
+    if longest > bound:
+        raise ValueError(f"max_seqlen = {bound} is smaller than the longest sequence of cu_seqlens "
+                         f"(sequence {lengths.index(longest)}: {longest} tokens)")
+
+
+def _uniform_cu(b, n):
+    """cu_seqlens of a [B, N, ...] batch packed as [B * N, ...]; B = 0 packs one empty sequence."""
+    return [i * n for i in range(b + 1)] if b > 0 else [0, 0]
 
 
 def anchor_blocks_code(anchor_blocks):
@@ -137,15 +215,6 @@ def make_config(head_dim, *, gamma=0.95, num_proxy_groups=1, block_size=128, str
     c.softmax_scale = float(1.0 / math.sqrt(head_dim) if softmax_scale is None else softmax_scale)
     c.anchor_blocks = anchor_blocks_code(anchor_blocks)
     return c
-
-
-def _cu_list(cu_seqlens):
-    if _is_torch(cu_seqlens) or isinstance(cu_seqlens, np.ndarray):
-        cu_seqlens = cu_seqlens.tolist()  # a device tensor costs one copy to the host here
-    cu = [int(x) for x in cu_seqlens]
-    if len(cu) < 2:
-        raise ValueError("cu_seqlens: needs at least 2 entries")
-    return cu
 
 
 # ---- plan ------------------------------------------------------------------------------------
@@ -298,10 +367,10 @@ def estimate(q, k, cu_seqlens=None, **settings):
         _check_qkv(q, k, k, 4, "[B, N, H, d]")
         b, n = q.shape[0], q.shape[1]
         q, k = _reshape(q, (b * n,) + tuple(q.shape[2:])), _reshape(k, (b * n,) + tuple(k.shape[2:]))
-        cu = [i * n for i in range(b + 1)]
+        cu = _uniform_cu(b, n)
     else:
         _check_qkv(q, k, k, 3, "[total, H, d]")
-        cu = _cu_list(cu_seqlens)
+        cu = _cu_list(cu_seqlens, q.shape[0])
     return _estimate_packed(q, k, cu, _settings(q, **settings))
 
 
@@ -309,9 +378,12 @@ def attend(plan, q, k, v, return_lse=False):
     """Block-sparse attention over a plan from estimate(); same layouts as estimate()."""
     if not isinstance(plan, Plan):
         raise TypeError(f"plan: expected a proxyattn.Plan, got {type(plan).__name__}")
-    if q.ndim == 4:
+    if _is_tensor(q) and q.ndim == 4:
         _check_qkv(q, k, v, 4, "[B, N, H, d]")
         b, n = q.shape[0], q.shape[1]
+        if plan.cu_seqlens != _uniform_cu(b, n):
+            raise ValueError(f"q: a batch of {b} sequences of {n} tokens, but the plan's cu_seqlens are "
+                             f"{plan.cu_seqlens}")
         flat = [_reshape(t, (b * n,) + tuple(t.shape[2:])) for t in (q, k, v)]
         out, lse = _attend_packed(plan, *flat, return_lse)
         out = _reshape(out, tuple(q.shape))
@@ -379,9 +451,14 @@ def _forward_packed(q, k, v, cu, settings, return_lse):
 
 def _attention_eager(q, k, v, return_lse, settings):
     _check_qkv(q, k, v, 4, "[B, N, H, d]")
+    return _attention_checked(q, k, v, return_lse, settings)
+
+
+def _attention_checked(q, k, v, return_lse, settings):
+    """attention() on arguments _check_qkv has accepted."""
     b, n = q.shape[0], q.shape[1]
     flat = [_reshape(t, (b * n,) + tuple(t.shape[2:])) for t in (q, k, v)]
-    out, lse = _forward_packed(*flat, [i * n for i in range(b + 1)], settings, return_lse)
+    out, lse = _forward_packed(*flat, _uniform_cu(b, n), settings, return_lse)
     out = _reshape(out, tuple(q.shape))
     if lse is not None:
         lse = _lse_per_sequence(lse, b, n)
@@ -400,6 +477,7 @@ def attention(q, k, v, *, causal=True, gamma=0.95, num_proxy_groups=1, block_siz
     None: 32 / (Q heads per group) a head, within [1, 8])."""
     if not causal:
         raise ValueError("causal=False: ProxyAttn is a causal prefill method")
+    _check_qkv(q, k, v, 4, "[B, N, H, d]")
     settings = dict(gamma=gamma, num_proxy_groups=num_proxy_groups, block_size=block_size, stride=stride,
                     min_budget_tokens=min_budget_tokens, budget_mode=budget_mode, force_sink=force_sink,
                     force_local=force_local, dense_below=dense_below, softmax_scale=softmax_scale,
@@ -408,7 +486,7 @@ def attention(q, k, v, *, causal=True, gamma=0.95, num_proxy_groups=1, block_siz
         from . import _torch_ops
 
         return _torch_ops.attention(q, k, v, return_lse, settings)
-    return _attention_eager(q, k, v, return_lse, settings)
+    return _attention_checked(q, k, v, return_lse, settings)
 
 
 def attention_varlen(q, k, v, cu_seqlens, max_seqlen=None, *, causal=True, return_lse=False, **settings):
@@ -417,10 +495,9 @@ def attention_varlen(q, k, v, cu_seqlens, max_seqlen=None, *, causal=True, retur
     Returns out [total, Hq, d] (and lse [Hq, total] float32)."""
     if not causal:
         raise ValueError("causal=False: ProxyAttn is a causal prefill method")
-    cu = _cu_list(cu_seqlens)
-    if max_seqlen is not None and max(b - a for a, b in zip(cu, cu[1:])) > max_seqlen:
-        raise ValueError(f"max_seqlen = {max_seqlen} is smaller than the longest sequence")
     _check_qkv(q, k, v, 3, "[total, H, d]")
+    cu = _cu_list(cu_seqlens, q.shape[0])
+    _check_max_seqlen(max_seqlen, cu)
     out, lse = _forward_packed(q, k, v, cu, settings, return_lse)
     return (out, lse) if return_lse else out
 
@@ -428,16 +505,16 @@ def attention_varlen(q, k, v, cu_seqlens, max_seqlen=None, *, causal=True, retur
 def dense_attention(q, k, v, cu_seqlens=None, softmax_scale=None, return_lse=False):
     """Exact causal attention (the library's baseline), same layouts as attention_varlen /
     attention."""
-    four_d = q.ndim == 4
+    four_d = _is_tensor(q) and q.ndim == 4
     if four_d:
         _check_qkv(q, k, v, 4, "[B, N, H, d]")
         b, n = q.shape[0], q.shape[1]
         q2, k2, v2 = (_reshape(t, (b * n,) + tuple(t.shape[2:])) for t in (q, k, v))
-        cu = [i * n for i in range(b + 1)]
+        cu = _uniform_cu(b, n)
     else:
         _check_qkv(q, k, v, 3, "[total, H, d]")
         q2, k2, v2 = q, k, v
-        cu = _cu_list(cu_seqlens if cu_seqlens is not None else [0, q.shape[0]])
+        cu = _cu_list(cu_seqlens if cu_seqlens is not None else [0, q.shape[0]], q.shape[0])
     scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
     out = _empty(q2, tuple(q2.shape))
     lse = _empty(q2, (q2.shape[1], q2.shape[0]), _float32(q2)) if return_lse else None

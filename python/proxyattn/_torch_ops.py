@@ -48,8 +48,8 @@ def attention(q, k, v, return_lse, settings):
     resolved to plain values (schema types): under torch.compile, for fake and meta tensors,
     and where autograd would record the call (the op has no backward; it says so at
     backward time)."""
-    if _eager_inference(q, k, v):
-        return _api._attention_eager(q, k, v, return_lse, settings)
+    if _eager_inference(q, k, v):  # attention() has checked the arguments
+        return _api._attention_checked(q, k, v, return_lse, settings)
     d = q.shape[-1]
     s = dict(settings)
     s["budget_mode"] = _api.BUDGET_MODES[s["budget_mode"]]

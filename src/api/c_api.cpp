@@ -82,12 +82,81 @@ pa_status check_plan(const pa_plan* plan, bool needs_estimate) {
   return PA_STATUS_SUCCESS;
 }
 
-// q, and k and v of kv_rows(p) rows; v is checked only when values are read (with_values).
-pa_status check_qkv(const pa_problem& p, const pa_tensor* q, const pa_tensor* k, const pa_tensor* v,
-                    bool with_values = true, const char* k_name = "k", const char* v_name = "v") {
-  PA_TRY(validate_tensor(q, "q", p, p.num_q_heads));
-  PA_TRY(validate_tensor(k, k_name, p, p.num_kv_heads, kv_rows(p)));
-  if (with_values) PA_TRY(validate_tensor(v, v_name, p, p.num_kv_heads, kv_rows(p)));
+// A view validated (validate_tensor, of `tokens` rows) and aligned to its elements: the
+// backends read and write whole elements through typed pointers (the GPU asks for more,
+// cuda::check_views).
+pa_status check_view(const pa_tensor* t, const char* name, const pa_problem& p, int heads,
+                     int64_t tokens = -1) {
+  PA_TRY(validate_tensor(t, name, p, heads, tokens));
+  const int bytes = dtype_bytes(p.dtype);
+  if (reinterpret_cast<uintptr_t>(t->data) % bytes != 0)
+    return fail(PA_STATUS_INVALID_SHAPE, "%s.data = %p is not aligned to its %d-byte %s elements",
+                name, t->data, bytes, dtype_name(p.dtype));
+  return PA_STATUS_SUCCESS;
+}
+
+// Bytes [begin, end) of a checked view: its last element is at (T-1) token_stride +
+// (H-1) head_stride + d - 1 (both strides >= 0). Empty for no token.
+struct Extent {
+  uintptr_t begin = 0, end = 0;
+};
+Extent extent_of(const void* data, int64_t tokens, int64_t heads, int64_t token_stride,
+                 int64_t head_stride, int64_t d, int bytes) {
+  if (tokens == 0 || data == nullptr) return {};
+  const __int128 elements = __int128(tokens - 1) * token_stride + __int128(heads - 1) * head_stride + d;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(data);
+  const __int128 end = __int128(begin) + elements * bytes;
+  return {begin, end > __int128(UINTPTR_MAX) ? UINTPTR_MAX : uintptr_t(end)};
+}
+
+// Names of the key and value tensors in messages: "k", "v" for the calls that take them,
+// "kv.k", "kv.v" for the _kv calls.
+struct KvNames {
+  const char* k = "k";
+  const char* v = "v";
+};
+
+// Q, and K (and V when with_values) of kv_rows(p) rows, checked views.
+pa_status check_inputs(const pa_problem& p, const pa_tensor* q, const pa_tensor* k, const pa_tensor* v,
+                       bool with_values, KvNames names = {}) {
+  PA_TRY(check_view(q, "q", p, p.num_q_heads));
+  PA_TRY(check_view(k, names.k, p, p.num_kv_heads, kv_rows(p)));
+  if (with_values) PA_TRY(check_view(v, names.v, p, p.num_kv_heads, kv_rows(p)));
+  return PA_STATUS_SUCCESS;
+}
+
+// The views of an attention call: Q, K, V, O checked, and the outputs (O, LSE [Hq, T] float32)
+// overlapping no input nor each other: O over K or V (or shifted over Q) races with the work
+// items still reading them, so any overlap, exact in-place O = Q included, is refused.
+pa_status check_attention_views(const pa_problem& p, const pa_tensor* q, const pa_tensor* k,
+                                const pa_tensor* v, const pa_tensor* o, const float* lse,
+                                KvNames names = {}) {
+  PA_TRY(check_inputs(p, q, k, v, true, names));
+  PA_TRY(check_view(o, "o", p, p.num_q_heads));
+  if (reinterpret_cast<uintptr_t>(lse) % sizeof(float) != 0)
+    return fail(PA_STATUS_INVALID_SHAPE, "lse = %p is not aligned to its 4-byte float32 elements",
+                static_cast<const void*>(lse));
+  const int bytes = dtype_bytes(p.dtype);
+  const int64_t t = p.total_tokens, d = p.head_dim;
+  auto of = [&](const pa_tensor* x, int64_t tokens, int heads) {
+    return extent_of(x->data, tokens, heads, x->token_stride, x->head_stride, d, bytes);
+  };
+  const std::pair<const char*, Extent> inputs[] = {{"q", of(q, t, p.num_q_heads)},
+                                                   {names.k, of(k, kv_rows(p), p.num_kv_heads)},
+                                                   {names.v, of(v, kv_rows(p), p.num_kv_heads)}};
+  const Extent out = of(o, t, p.num_q_heads);
+  const Extent lse_extent = extent_of(lse, p.num_q_heads, 1, t, 0, t, sizeof(float));
+  auto overlap = [](Extent a, Extent b) { return a.begin < b.end && b.begin < a.end; };
+  for (const auto& [name, in] : inputs) {
+    if (overlap(out, in))
+      return fail(PA_STATUS_INVALID_SHAPE, "o (%p) overlaps %s (%p): the output must not share "
+                  "memory with an input (no in-place attention)", o->data, name, reinterpret_cast<void*>(in.begin));
+    if (overlap(lse_extent, in))
+      return fail(PA_STATUS_INVALID_SHAPE, "lse (%p) overlaps %s (%p): the output must not share "
+                  "memory with an input", static_cast<const void*>(lse), name, reinterpret_cast<void*>(in.begin));
+  }
+  if (overlap(lse_extent, out))
+    return fail(PA_STATUS_INVALID_SHAPE, "lse (%p) overlaps o (%p)", static_cast<const void*>(lse), o->data);
   return PA_STATUS_SUCCESS;
 }
 
@@ -159,8 +228,11 @@ pa_status check_kv_call(const pa_plan& plan, const pa_tensor* q, const pa_kv_cac
                         const pa_tensor* o, const float* lse, const void* workspace, bool packed = false) {
   const PlanDesc& d = plan.desc;
   if (kv == nullptr) return fail(PA_STATUS_NULL_POINTER, "kv is NULL");
-  PA_TRY(check_qkv(d.problem, q, &kv->k, &kv->v, with_values, packed ? "k" : "kv.k", packed ? "v" : "kv.v"));
-  if (o != nullptr) PA_TRY(validate_tensor(o, "o", d.problem, d.problem.num_q_heads));
+  const KvNames names = packed ? KvNames{} : KvNames{"kv.k", "kv.v"};
+  if (o != nullptr)
+    PA_TRY(check_attention_views(d.problem, q, &kv->k, &kv->v, o, lse, names));
+  else
+    PA_TRY(check_inputs(d.problem, q, &kv->k, &kv->v, with_values, names));
   if (d.paged() && kv->block_table == nullptr)
     return fail(PA_STATUS_NULL_POINTER, "kv.block_table is NULL but the plan is for a paged cache "
                 "(problem.page_size = %d)", d.problem.page_size);
@@ -742,8 +814,7 @@ pa_status pa_dense_attention_tuned(const pa_problem* problem, float softmax_scal
       return fail(PA_STATUS_INVALID_CONFIG, "softmax_scale = %g: must be finite and > 0",
                   double(softmax_scale));
     PA_TRY(check_tuning(tuning));
-    PA_TRY(check_qkv(*problem, q, k, v));
-    PA_TRY(validate_tensor(o, "o", *problem, problem->num_q_heads));
+    PA_TRY(check_attention_views(*problem, q, k, v, o, lse));
     const bool device = on_device(q->data);
     PA_TRY(check_space(device, {{"k", k->data}, {"v", v->data}, {"o", o->data}, {"lse", lse}}));
 #if PROXYATTN_WITH_CUDA

@@ -32,7 +32,8 @@ struct Scratch {
 
 // The call's queries of query block m (absolute positions [q0, q0 + rows)) of one head
 // against key blocks `blocks` (ascending). A row that sees no key at all gets O = 0 and
-// LSE = -inf.
+// LSE = -inf; a row whose logits or values hold a NaN gets NaN (softmax_fold keeps NaN in
+// the row's sum).
 void attend_block(const Operands& op, const SeqSpan& span, int seq, int h, int m,
                   const int32_t* blocks, int num_blocks, Scratch& sc) {
   const pa_problem& p = *op.problem;
@@ -87,12 +88,12 @@ void attend_block(const Operands& op, const SeqSpan& span, int seq, int h, int m
   }
   for (int r = 0; r < rows; ++r) {
     float* acc = &sc.acc[size_t(r) * d];
-    const float l = sc.row_sum[r];
-    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    const float l = sc.row_sum[r];  // 0 (no key), > 0, or NaN (a NaN logit)
+    const float inv = l == 0.0f ? 0.0f : 1.0f / l;
     for (int x = 0; x < d; ++x) acc[x] *= inv;
     store_row(acc, p.dtype, d, row_ptr_mut(*op.o, bytes, token0 + r, h));
     if (op.lse != nullptr)
-      op.lse[int64_t(h) * p.total_tokens + token0 + r] = l > 0.0f ? sc.row_max[r] + std::log(l) : kNegInf;
+      op.lse[int64_t(h) * p.total_tokens + token0 + r] = l == 0.0f ? kNegInf : sc.row_max[r] + std::log(l);
   }
 }
 

@@ -309,6 +309,11 @@ void estimate_sparse(const Sources& src, const Proxies& px) {
     sc.mass.resize(nkb);
     sc.sorted.resize(nkb);
     last_block_mass(src, int(h), sc.mass.data(), sc.softmax);
+    // A NaN in the inputs makes the masses NaN (softmax_fold keeps it): no mass information,
+    // so the head keeps every block (needed_blocks' rule for a zero total), and no NaN
+    // reaches the sorts of the budget step.
+    if (std::any_of(sc.mass.begin(), sc.mass.end(), [](double x) { return x != x; }))
+      std::fill(sc.mass.begin(), sc.mass.end(), 0.0);
     const int32_t needed = needed_blocks(sc.mass.data(), nkb, c.gamma, sc.sorted.data());
     plan.index.needed[seq * hq + h] = needed;
     plan.index.budget[seq * hq + h] = budget_blocks(needed, nkb, min_blocks);

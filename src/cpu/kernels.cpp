@@ -116,8 +116,12 @@ void softmax_fold(float* tile, int ld, int rows, int cols, float* row_max, float
     float* x = tile + int64_t(r) * ld;
     const float mx = max_of(x, cols, row_max[r]);
     if (mx == kNegInf) {  // no key yet: nothing to add, nothing to rescale
+      // ... unless the row's logits are NaN (max_of skips them): the row becomes NaN, and
+      // stays so (a NaN max is kept by max_of, and every exp of it is NaN).
+      const bool nan = std::any_of(x, x + cols, [](float e) { return e != e; });
       std::fill(x, x + cols, 0.0f);
-      correction[r] = 1.0f;
+      correction[r] = nan ? std::numeric_limits<float>::quiet_NaN() : 1.0f;
+      if (nan) row_max[r] = row_sum[r] = correction[r];
       continue;
     }
     correction[r] = exp_nonpositive(row_max[r] - mx);

@@ -16,12 +16,12 @@ inline constexpr float kExp2Poly[6] = {2.154058060828e-04f, 1.248286330156e-03f,
 inline constexpr float kLog2e = 1.44269504088896341f;
 inline constexpr float kExpFlushBelow = -87.0f;  // exp(x) < 2^-125 here: return 0
 
-// exp(x) for x <= 0 (softmax arguments); exp(-inf) = 0. Relative error 1e-7 near 0,
-// growing to 4e-6 at x = -87 from rounding x log2(e) in float.
+// exp(x) for x <= 0 (softmax arguments); exp(-inf) = 0, exp(NaN) = NaN. Relative error
+// 1e-7 near 0, growing to 4e-6 at x = -87 from rounding x log2(e) in float.
 // 2^(x log2 e) split into an integer power (built in the exponent bits) and the
 // polynomial of the fraction. exp_shifted() is the vectorised loop over it.
 inline float exp_nonpositive(float x) {
-  if (!(x >= kExpFlushBelow)) return 0.0f;  // also -inf
+  if (!(x >= kExpFlushBelow)) return x != x ? x : 0.0f;  // NaN stays NaN; -inf gives 0
   const float y = x * kLog2e;
   const float n = std::floor(y);
   const float f = y - n;  // [0, 1)
@@ -41,11 +41,14 @@ void gemm_accumulate(const float* A, int lda, const float* B, int ldb, float* C,
 // One step of the online softmax over a tile of logits [rows, ld] (masked entries -inf):
 // row_max and row_sum absorb the tile's first `cols` columns, the tile becomes
 // exp(x - new max), and correction[r] = exp(old max - new max) rescales what was
-// accumulated under the old max (1 while a row has seen no key).
+// accumulated under the old max (1 while a row has seen no key). NaN propagates: a NaN logit
+// makes its row's max (when the row has no finite logit), sum and correction NaN, so that the
+// row's output and LSE come out NaN, never a plausible number.
 void softmax_fold(float* tile, int ld, int rows, int cols, float* row_max, float* row_sum,
                   float* correction);
 
-// Sum, max and in-place x <- exp(x - shift) over n floats, written to vectorise.
+// Sum, max and in-place x <- exp(x - shift) over n floats, written to vectorise. max_of skips
+// NaN entries (it returns init when every entry is NaN); exp_shifted keeps NaN.
 float sum(const float* x, int n);
 float max_of(const float* x, int n, float init);
 void exp_shifted(float* x, int n, float shift);

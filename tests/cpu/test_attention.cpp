@@ -2,10 +2,14 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <ostream>
+#include <string>
 
 #include "core/plan.hpp"
 #include "cpu/backend.hpp"
+#include "cpu/kernels.hpp"
 #include "fixtures.hpp"
 #include "reference.hpp"
 
@@ -220,6 +224,154 @@ TEST(Attention, EmptyRowIsZeroWithMinusInfLse) {
     for (int e = 0; e < d; ++e) EXPECT_EQ(o[(size_t(t) * hq + 1) * d + e], 0.0);
     EXPECT_TRUE(std::isfinite(out.lse[0 * n + t]));
   }
+}
+
+// NaN in, NaN out: a row that sees a NaN in its scores (Q or K) gets O = NaN and LSE = NaN,
+// never the O = 0, LSE = -inf of a row with no key; a NaN in V makes that dimension of O NaN
+// in the rows that see it (LSE unchanged), and may reach the same dimension of earlier rows of
+// its query tile too (their probability 0 times NaN, as in every P V product). Rows that do
+// not see it are otherwise untouched. Dense and block-sparse, fp32, bf16 and fp16, rows of the
+// vectorised exp and of its scalar tail (lengths not a multiple of 8).
+enum class NanIn { kQ, kK, kV };
+
+struct NanCase {
+  pa_dtype dtype;
+  bool sparse;
+  NanIn where;
+};
+
+std::string nan_name(const NanCase& c) {
+  const char* where[] = {"Q", "K", "V"};
+  return dtype_label(c.dtype) + (c.sparse ? "_sparse_" : "_dense_") + where[int(c.where)];
+}
+void PrintTo(const NanCase& c, std::ostream* os) { *os << nan_name(c); }
+
+class NanPropagates : public ::testing::TestWithParam<NanCase> {};
+
+// Outputs of one run over the batch, O as float.
+struct NanRun {
+  std::vector<float> o, lse;
+};
+
+NanRun run_nan(const Batch& batch, HostQKV& x, bool sparse) {
+  const pa_problem& p = batch.problem();
+  Outputs out;  // poisoned with finite values, so that NaN can only come from the library
+  out.o.assign(p.total_tokens * p.num_q_heads * p.head_dim * element_bytes(p.dtype), 0x3c);
+  out.lse.assign(size_t(p.num_q_heads) * p.total_tokens, 12345.0f);
+  pa_tensor o = out.to(p.num_q_heads, p.head_dim);
+  if (sparse) {
+    pa_config c = test_config(p.head_dim, 0.9f, 64);  // sink and diagonal forced, few blocks kept
+    Plan plan = Plan::on_host(p, c);
+    plan.forward(x.tq(), x.tk(), x.tv(), o, out.lse.data());
+    plan.check_invariants();
+  } else {
+    dense_attention(p, 0.125f, x.tq(), x.tk(), x.tv(), o, out.lse.data());
+  }
+  NanRun r;
+  r.o.resize(p.total_tokens * p.num_q_heads * p.head_dim);
+  check(pa_to_float32(p.dtype, out.o.data(), int64_t(r.o.size()), r.o.data()));
+  r.lse = out.lse;
+  return r;
+}
+
+void set_nan(std::vector<uint8_t>& buf, pa_dtype dtype, size_t element) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  check(pa_from_float32(dtype, &nan, 1, buf.data() + element * element_bytes(dtype)));
+}
+
+TEST_P(NanPropagates, RowsThatSeeItAreNaN) {
+  const NanCase nc = GetParam();
+  const int hq = 4, hkv = 2, d = 32;
+  const int n = 301;  // 4 blocks of 64 and 45 rows: full and tail widths of the exp
+  Batch batch({n, 150}, hq, hkv, d, nc.dtype);
+  const pa_problem& p = batch.problem();
+  HostQKV clean = random_qkv(p, 7), x = clean;
+  // Sequence 0: token 5 (block 0, kept by every row through the forced sink) for K and V, row
+  // 200 for Q; head 1 of Q (KV head 0), element 3.
+  const int qh = 1, kvh = 0, e = 3;
+  const int t = nc.where == NanIn::kQ ? 200 : 5;
+  if (nc.where == NanIn::kQ) set_nan(x.q, p.dtype, (size_t(t) * hq + qh) * d + e);
+  if (nc.where == NanIn::kK) set_nan(x.k, p.dtype, (size_t(t) * hkv + kvh) * d + e);
+  if (nc.where == NanIn::kV) set_nan(x.v, p.dtype, (size_t(t) * hkv + kvh) * d + e);
+  const NanRun ref = run_nan(batch, clean, nc.sparse), got = run_nan(batch, x, nc.sparse);
+
+  const int group = hq / hkv;
+  for (int64_t row = 0; row < p.total_tokens; ++row)
+    for (int h = 0; h < hq; ++h) {
+      // Who sees the NaN: the Q row itself, or rows of sequence 0 at or after the K/V token in
+      // the heads of its KV head.
+      const bool kv_head = h / group == kvh;
+      const bool sees = nc.where == NanIn::kQ ? (row == t && h == qh) : (row < n && row >= t && kv_head);
+      const size_t at = size_t(h) * p.total_tokens + row;
+      const float lse = got.lse[at];
+      const float* o = &got.o[(size_t(row) * hq + h) * d];
+      const float* o_ref = &ref.o[(size_t(row) * hq + h) * d];
+      if (nc.where == NanIn::kV) {  // O's dimension e only; the LSE is the clean one
+        EXPECT_EQ(lse, ref.lse[at]) << row << " " << h;
+        for (int c = 0; c < d; ++c) {
+          if (c != e || !kv_head || row >= n) {
+            ASSERT_EQ(std::memcmp(&o[c], &o_ref[c], sizeof(float)), 0) << row << " " << h << " " << c;
+          } else if (sees) {
+            ASSERT_TRUE(std::isnan(o[c])) << "row " << row << " head " << h;
+          } else {  // before the token: NaN through 0 x NaN within its tile, or clean
+            ASSERT_TRUE(std::isnan(o[c]) || o[c] == o_ref[c]) << row << " " << h;
+          }
+        }
+        continue;
+      }
+      if (sees) {
+        for (int c = 0; c < d; ++c) ASSERT_TRUE(std::isnan(o[c])) << "row " << row << " head " << h << " dim " << c;
+        EXPECT_TRUE(std::isnan(lse)) << "row " << row << " head " << h << ": LSE " << lse;
+      } else if (!nc.sparse || nc.where != NanIn::kQ) {  // the same plan: the same numbers
+        EXPECT_EQ(lse, ref.lse[at]) << row << " " << h;
+        EXPECT_EQ(std::memcmp(o, o_ref, sizeof(float) * d), 0) << row << " " << h;
+      } else {  // a NaN query may change the plan of its blocks' rows: finite is what matters
+        EXPECT_TRUE(std::isfinite(lse)) << row << " " << h;
+        for (int c = 0; c < d; ++c) ASSERT_TRUE(std::isfinite(o[c])) << row << " " << h;
+      }
+    }
+}
+
+std::string nan_label(const ::testing::TestParamInfo<NanCase>& info) { return nan_name(info.param); }
+
+INSTANTIATE_TEST_SUITE_P(
+    Cpu, NanPropagates,
+    ::testing::Values(NanCase{PA_DTYPE_FLOAT32, false, NanIn::kQ}, NanCase{PA_DTYPE_FLOAT32, false, NanIn::kK},
+                      NanCase{PA_DTYPE_FLOAT32, false, NanIn::kV}, NanCase{PA_DTYPE_FLOAT32, true, NanIn::kQ},
+                      NanCase{PA_DTYPE_FLOAT32, true, NanIn::kK}, NanCase{PA_DTYPE_FLOAT32, true, NanIn::kV},
+                      NanCase{PA_DTYPE_BFLOAT16, false, NanIn::kQ}, NanCase{PA_DTYPE_BFLOAT16, true, NanIn::kK},
+                      NanCase{PA_DTYPE_FLOAT16, true, NanIn::kQ}),
+    nan_label);
+
+// The online softmax step itself: a row of NaN logits (its max is -inf to max_of, which skips
+// NaN) is told apart from a row with no key, and NaN survives later tiles; exp keeps NaN in
+// both its vectorised loop and its scalar tail.
+TEST(Attention, SoftmaxFoldKeepsNaN) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  const int ld = 11, rows = 3;
+  // Row 0: NaN then masked; row 1: masked only (no key); row 2: finite with a NaN in the tail.
+  std::vector<float> tile = {nan, nan, -inf, -inf, -inf, -inf, -inf, -inf, -inf, -inf, -inf,
+                             -inf, -inf, -inf, -inf, -inf, -inf, -inf, -inf, -inf, -inf, -inf,
+                             0.5f, 1.0f, 0.0f, -1.0f, 2.0f, 0.25f, 0.0f, 0.0f, 1.0f, nan, 0.0f};
+  std::vector<float> row_max(rows, -inf), row_sum(rows, 0.0f), correction(rows);
+  cpu::softmax_fold(tile.data(), ld, rows, ld, row_max.data(), row_sum.data(), correction.data());
+  EXPECT_TRUE(std::isnan(row_max[0]) && std::isnan(row_sum[0]) && std::isnan(correction[0]));
+  EXPECT_EQ(row_max[1], -inf);
+  EXPECT_EQ(row_sum[1], 0.0f);
+  EXPECT_EQ(correction[1], 1.0f);
+  EXPECT_EQ(row_max[2], 2.0f);
+  EXPECT_TRUE(std::isnan(row_sum[2]));
+  EXPECT_TRUE(std::isnan(tile[2 * ld + 9]));  // the scalar tail's exp(NaN)
+  // A second, finite tile: the NaN rows stay NaN, the empty row takes its first keys.
+  std::vector<float> next(size_t(rows) * ld, 0.0f);
+  next[1 * ld] = nan;  // NaN in the vectorised part of row 1 (its first 8 columns)
+  cpu::softmax_fold(next.data(), ld, rows, ld, row_max.data(), row_sum.data(), correction.data());
+  EXPECT_TRUE(std::isnan(row_sum[0]) && std::isnan(row_sum[1]) && std::isnan(row_sum[2]));
+  EXPECT_EQ(row_max[1], 0.0f);
+  EXPECT_TRUE(std::isnan(next[1 * ld]));
+  EXPECT_EQ(next[1 * ld + 1], 1.0f);
+  EXPECT_EQ(cpu::exp_nonpositive(-inf), 0.0f);
+  EXPECT_TRUE(std::isnan(cpu::exp_nonpositive(nan)));
 }
 
 }  // namespace

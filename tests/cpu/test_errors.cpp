@@ -234,6 +234,121 @@ TEST_F(Errors, TensorsAndOutputsUntouched) {
   EXPECT_EQ(count_before, count_after);
 }
 
+// The library cannot see a buffer's extent: misaligned views and outputs sharing memory with
+// an input are refused (INVALID_SHAPE, naming the tensors), and nothing is written.
+TEST_F(Errors, MisalignedAndOverlappingViews) {
+  Plan plan = Plan::on_host(p, c);
+  HostQKV x = random_qkv(p, 4);
+  pa_tensor q = x.tq(), k = x.tk(), v = x.tv();
+  plan.estimate(q, k);
+  std::vector<uint8_t> o_buf(x.q.size() + 8, 0xab);
+  std::vector<float> lse(size_t(p.num_q_heads) * p.total_tokens + 1, 7.0f);
+  pa_tensor o = pa_tensor_contiguous(o_buf.data(), p.num_q_heads, p.head_dim);
+
+  std::vector<uint8_t> shifted(x.q.size() + 1);
+  std::memcpy(shifted.data() + 1, x.q.data(), x.q.size());
+  pa_tensor bad = pa_tensor_contiguous(shifted.data() + 1, p.num_q_heads, p.head_dim);
+  EXPECT_FAILS(pa_attend(plan.get(), &bad, &k, &v, &o, lse.data(), nullptr), PA_STATUS_INVALID_SHAPE,
+               "q.data");
+  EXPECT_FAILS(pa_estimate(plan.get(), &bad, &k, nullptr, 0, nullptr), PA_STATUS_INVALID_SHAPE,
+               "not aligned to its 4-byte float32 elements");
+  bad = pa_tensor_contiguous(o_buf.data() + 2, p.num_q_heads, p.head_dim);
+  EXPECT_FAILS(pa_dense_attention(&p, 0.125f, &q, &k, &v, &bad, lse.data(), nullptr), PA_STATUS_INVALID_SHAPE,
+               "o.data");
+  float* lse_shifted = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(lse.data()) + 2);
+  EXPECT_FAILS(pa_attend(plan.get(), &q, &k, &v, &o, lse_shifted, nullptr), PA_STATUS_INVALID_SHAPE, "lse");
+
+  // In place (O = Q), O over the last token of V, LSE over K or over O.
+  EXPECT_FAILS(pa_attend(plan.get(), &q, &k, &v, &q, lse.data(), nullptr), PA_STATUS_INVALID_SHAPE,
+               "o (");
+  EXPECT_NE(std::string(pa_last_error()).find("overlaps q"), std::string::npos) << pa_last_error();
+  std::vector<uint8_t> v_then_o(x.v.size() + x.q.size());  // V, and O from V's last float on
+  std::memcpy(v_then_o.data(), x.v.data(), x.v.size());
+  const pa_tensor v_in = pa_tensor_contiguous(v_then_o.data(), p.num_kv_heads, p.head_dim);
+  pa_tensor over_v = pa_tensor_contiguous(v_then_o.data() + x.v.size() - 4, p.num_q_heads, p.head_dim);
+  EXPECT_FAILS(pa_forward(plan.get(), &q, &k, &v_in, &over_v, lse.data(), nullptr, 0, nullptr),
+               PA_STATUS_INVALID_SHAPE, "overlaps v");
+  EXPECT_FAILS(pa_dense_attention(&p, 0.125f, &q, &k, &v, &o, reinterpret_cast<float*>(x.k.data()), nullptr),
+               PA_STATUS_INVALID_SHAPE, "lse");
+  EXPECT_NE(std::string(pa_last_error()).find("overlaps k"), std::string::npos) << pa_last_error();
+  EXPECT_FAILS(pa_attend(plan.get(), &q, &k, &v, &o, reinterpret_cast<float*>(o_buf.data() + 4), nullptr),
+               PA_STATUS_INVALID_SHAPE, "overlaps o");
+  for (uint8_t byte : o_buf) ASSERT_EQ(byte, 0xab);
+  for (float l : lse) ASSERT_EQ(l, 7.0f);
+
+  // Adjacent, not overlapping: accepted (LSE right after O's last element).
+  std::vector<uint8_t> both(x.q.size() + lse.size() * sizeof(float));
+  pa_tensor o_exact = pa_tensor_contiguous(both.data(), p.num_q_heads, p.head_dim);
+  EXPECT_EQ(pa_attend(plan.get(), &q, &k, &v, &o_exact, reinterpret_cast<float*>(both.data() + x.q.size()), nullptr),
+            PA_STATUS_SUCCESS) << pa_last_error();
+}
+
+// The C++ facade checks what it knows: a buffer's size against the batch's cu_seqlens (the
+// segmentation fault of issue 26 came from cu_seqlens past the tensors' tokens), lengths
+// that do not make int32 offsets, and the problem given to Plan::heads.
+TEST(Facade, ViewsCheckedAgainstCuSeqlens) {
+  const Batch batch = Batch::from_cu_seqlens({0, 200, 4000}, 4, 2, 64, PA_DTYPE_FLOAT32);
+  std::vector<float> q(size_t(512) * 4 * 64), k(size_t(512) * 2 * 64);
+  try {
+    batch.q_view(q);
+    FAIL() << "a 512-token q accepted for cu_seqlens ending at 4000";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.status(), PA_STATUS_INVALID_SEQLENS);
+    const std::string m = e.what();
+    EXPECT_NE(m.find("cu_seqlens[2] = 4000 differs from the token count of q"), std::string::npos) << m;
+    EXPECT_NE(m.find("512 tokens"), std::string::npos) << m;
+  }
+  const Batch fits = Batch::from_cu_seqlens({0, 200, 512}, 4, 2, 64, PA_DTYPE_FLOAT32);
+  EXPECT_EQ(fits.q_view(q).data, q.data());
+  EXPECT_EQ(fits.kv_view(k, "k").token_stride, 2 * 64);
+  EXPECT_THROW(fits.kv_view(q, "v"), Error);  // q's size is not 512 tokens of 2 heads
+  try {
+    fits.view("k", k.data(), k.size() * sizeof(float) - 2, 2);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("not a whole number of tokens"), std::string::npos) << e.what();
+  }
+  const Batch bf16 = Batch::from_cu_seqlens({0, 512}, 4, 2, 64, PA_DTYPE_BFLOAT16);
+  std::vector<uint16_t> q16(size_t(512) * 4 * 64);
+  EXPECT_EQ(bf16.q_view(q16).head_stride, 64);
+  EXPECT_THROW(bf16.q_view(q), Error);  // float32 storage: twice the bytes
+  EXPECT_THROW(fits.view("q", q.data(), q.size() * 4, 0), Error);
+}
+
+TEST(Facade, LengthsAndHeads) {
+  try {
+    Batch({std::numeric_limits<int32_t>::max(), 1}, 1, 1, 8, PA_DTYPE_FLOAT32);
+    FAIL() << "2^31 tokens accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.status(), PA_STATUS_OVERFLOW);
+    EXPECT_NE(std::string(e.what()).find("lengths[1]"), std::string::npos) << e.what();
+  }
+  try {
+    Batch({100, -5}, 1, 1, 8, PA_DTYPE_FLOAT32);
+    FAIL() << "a negative length accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.status(), PA_STATUS_INVALID_SEQLENS);
+    EXPECT_NE(std::string(e.what()).find("lengths[1] = -5"), std::string::npos) << e.what();
+  }
+  Batch batch({300, 100}, 4, 2, 64, PA_DTYPE_FLOAT32);
+  pa_config c = pa_config_default(64);
+  c.block_size = 64;
+  Plan plan = Plan::on_host(batch.problem(), c);
+  HostQKV x = random_qkv(batch.problem(), 9);
+  plan.estimate(batch.q_view(x.q), batch.kv_view(x.k, "k"));
+  EXPECT_EQ(plan.heads().budget_blocks.size(), 2u * 4u);
+  EXPECT_EQ(plan.heads(batch.problem()).density.size(), 2u * 4u);
+  // A bigger problem than the plan's once sized the arrays and had the library write past them.
+  Batch other({300, 100, 50}, 8, 2, 64, PA_DTYPE_FLOAT32);
+  try {
+    plan.heads(other.problem());
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.status(), PA_STATUS_PLAN_MISMATCH);
+    EXPECT_NE(std::string(e.what()).find("the plan has 2 of 4"), std::string::npos) << e.what();
+  }
+}
+
 TEST_F(Errors, InspectionAndRuntime) {
   Plan plan = Plan::on_host(p, c);
   HostQKV x = random_qkv(p, 3);

@@ -145,8 +145,10 @@ def test_errors_name_the_argument():
         proxyattn.attention(q, k.astype(np.float16), v)
     with pytest.raises(TypeError, match="dtype must be"):
         proxyattn.attention(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64))
-    with pytest.raises(proxyattn.ProxyAttnError, match="PA_STATUS_INVALID_SEQLENS"):
+    with pytest.raises(ValueError, match=r"cu_seqlens decreases at 2"):
         proxyattn.attention_varlen(q[0], k[0], v[0], [0, 200, 100])
+    with pytest.raises(ValueError, match=r"cu_seqlens\[1\] = 299 differs from the token count of q"):
+        proxyattn.attention_varlen(q[0], k[0], v[0], [0, 299])
 
 
 def test_float16_and_strided_inputs():

@@ -407,7 +407,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
       }
       if (params.lse != nullptr && quad_col == 0 && mine.row0 + r < length)
         params.lse[int64_t(mine.head) * params.total_tokens + span.token_begin + mine.row0 + r] =
-            l > 0.0f ? (row_max[mi][half] + log2f(l)) * kLn2 : kNegInf;
+            !(l <= 0.0f) ? (row_max[mi][half] + log2f(l)) * kLn2 : kNegInf;  // NaN l: NaN
     }
   __syncwarp();
   for (int i = lane; i < kWarpRows * Traits::kRowVectors; i += 32) {
