@@ -46,17 +46,16 @@
 #include <cstdint>
 
 #include "attention/params.hpp"
-#include "attention/sm80/ptx.cuh"
 #include "attention/sm90/tma.cuh"
 #include "attention/sm90/wgmma.cuh"
 #include "attention/work_list.cuh"
+#include "common/heads.hpp"
+#include "common/mma_sm80.cuh"
+#include "common/online_softmax.cuh"
 
 namespace proxyattn::cuda::attention::sm90 {
 
 using cuda::smem_address;
-using sm80::ElementTraits;
-using sm80::kRescaleBound;
-using sm80::st_shared_32;
 
 inline constexpr int kWarpgroupThreads = 128;
 inline constexpr int kWarpsPerGroup = 4;
@@ -244,17 +243,19 @@ template <bool kRank>
 __device__ __forceinline__ HeadsByCount heads_by_count(const Params& p, const SeqSpan& span, int m, int kv_head) {
   constexpr int kLanes = 32;
   const int lane = int(threadIdx.x) % kLanes;
-  const int heads = p.num_q_heads / p.num_kv_heads;
-  HeadsByCount ranks{lane, kRank && p.rank_heads != 0 && p.order != nullptr && heads > 1 && heads <= kLanes};
+  const int heads_per_kv = q_heads_per_kv(p);
+  HeadsByCount ranks{lane, kRank && p.rank_heads != 0 && p.order != nullptr && heads_per_kv > 1 &&
+                               heads_per_kv <= kLanes};
   if (!ranks.ranked) return ranks;
-  const int count =
-      lane < heads ? __ldg(p.count + (span.qblock_begin + m) * p.num_q_heads + kv_head * heads + lane) : INT_MIN;
+  const int count = lane < heads_per_kv
+                        ? __ldg(p.count + (span.qblock_begin + m) * p.num_q_heads + kv_head * heads_per_kv + lane)
+                        : INT_MIN;
   int rank = 0;
-  for (int j = 0; j < heads; ++j) {
+  for (int j = 0; j < heads_per_kv; ++j) {
     const int other = __shfl_sync(0xffffffffu, count, j);
     rank += other > count || (other == count && j < lane) ? 1 : 0;
   }
-  ranks.rank = lane < heads ? rank : -1;
+  ranks.rank = lane < heads_per_kv ? rank : -1;
   return ranks;
 }
 
@@ -297,11 +298,7 @@ __device__ __forceinline__ void decode_item(const Params& params, int64_t item, 
       cta.last_row = max(cta.last_row, group[c].last_row);
     }
   }
-  const int heads_per_kv = params.num_q_heads / params.num_kv_heads;
-  const int proxy_group = cta.kv_head * heads_per_kv / params.q_heads_per_group;
-  cta.order_row = params.order == nullptr
-                      ? nullptr
-                      : params.order + ::proxyattn::order_row(*cta.span, proxy_group, cta.m);
+  cta.order_row = item_order_row(params, *cta.span, cta.m, cta.kv_head);
 }
 
 // ---- producer ------------------------------------------------------------------------
@@ -575,7 +572,7 @@ __device__ __forceinline__ void consume_item(SharedStorage<Traits>& smem, const 
         }
     }
     // Per row (its values sit in the 4 threads of a quad): the max moves only by more than
-    // kRescaleBound (sm80/ptx.cuh; then `correction` is what the O accumulated so far must be
+    // kRescaleBound (common/online_softmax.cuh; then `correction` is what the O accumulated so far must be
     // multiplied by, else 1), S becomes P = exp2(S * scale_log2 - max).
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
