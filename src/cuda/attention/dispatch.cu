@@ -13,6 +13,7 @@
 #include "attention/params.hpp"
 #include "common/check.cuh"
 #include "common/device.cuh"
+#include "common/heads.hpp"
 #include "core/problem.hpp"
 #include "core/status.hpp"
 #include "cuda/backend.hpp"
@@ -169,7 +170,7 @@ Params base_params(const pa_problem& p, const pa_tensor& q, const pa_tensor& k, 
 // Launches the work list of every non-empty sequence, at most kMaxSeqsPerLaunch a launch.
 pa_status launch_batch(Params params, const std::vector<SeqSpan>& seqs, const Variant& variant,
                        const pa_tuning& tuning, void* stream) {
-  const int heads_per_kv = params.num_q_heads / params.num_kv_heads;
+  const int heads_per_kv = q_heads_per_kv(params);
   const int pairs_per_row = heads_per_kv * (params.block_size / variant.shape.pair_rows);
   params.slots_per_row = (pairs_per_row + variant.shape.pairs_per_cta - 1) / variant.shape.pairs_per_cta;
   ChunkRule chunks;

@@ -85,7 +85,7 @@ enum class Packing : int32_t {
   kChunksOfHead = 0,  // pair = head * chunks + chunk: a CTA holds the row chunks of one head
                       // (of two heads at block 64), all with the same count; with three
                       // sm90 consumers (d = 64) of two heads (three at block 64), ranked by
-                      // count (sm90/kernel.cuh: heads_by_count)
+                      // count (sm90/head_ranking.cuh: heads_by_count)
   kHeadsOfChunk = 1,  // pair = chunk * heads + head: a CTA holds one row chunk of up to
                       // kWarps heads; diagonal tiles above the chunk are skipped
 };

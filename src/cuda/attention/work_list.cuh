@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "attention/params.hpp"
+#include "common/heads.hpp"
 #include "core/block_index.hpp"
 
 namespace proxyattn::cuda::attention {
@@ -42,7 +43,7 @@ template <int kUnitRows, int kUnitsPerCta, typename HeadAt = HeadsInOrder>
 __device__ __forceinline__ UnitWork unit_work(const Params& p, const SeqSpan& span, int m, int kv_head,
                                               int slot, int unit, const HeadAt& head_at = HeadAt{}) {
   UnitWork w;
-  const int heads_per_kv = p.num_q_heads / p.num_kv_heads;
+  const int heads_per_kv = q_heads_per_kv(p);
   const int chunks = p.block_size / kUnitRows;
   const int pair = slot * kUnitsPerCta + unit;
   if (pair >= heads_per_kv * chunks) return w;
@@ -61,6 +62,14 @@ __device__ __forceinline__ UnitWork unit_work(const Params& p, const SeqSpan& sp
                        : __ldg(p.count + (span.qblock_begin + m) * p.num_q_heads + w.head);
   w.count = max(0, min(kept, m + 1));
   return w;
+}
+
+// The order row of work item (row m of `span`, KV head): the row of the proxy group that
+// the KV head's Q heads share (params.hpp); null when dense (block n at rank n).
+__device__ __forceinline__ const int32_t* item_order_row(const Params& p, const SeqSpan& span, int m,
+                                                         int kv_head) {
+  const int group = kv_head * q_heads_per_kv(p) / p.q_heads_per_group;
+  return p.order == nullptr ? nullptr : p.order + order_row(span, group, m);
 }
 
 }  // namespace proxyattn::cuda::attention

@@ -1,6 +1,7 @@
-// The sm_80 instructions both the estimation and the attention kernels use: asynchronous
-// global -> shared copies (cp.async), shared-memory matrix loads (ldmatrix) and the warp
-// tensor-core product mma.sync m16n8k16 with fp32 accumulators.
+// The sm_80 instructions the estimation and both attention kernels use: asynchronous
+// global -> shared copies (cp.async), shared-memory matrix loads (ldmatrix) and 32-bit
+// stores, the warp tensor-core product mma.sync m16n8k16 with fp32 accumulators, packing
+// fp32 pairs into its 16-bit operands, and the fast exp2.
 //
 // Fragment layouts of mma.m16n8k16 (PTX ISA, "Matrix fragments for mma.m16n8k16"), with
 // g = lane / 4 (row group) and t = lane % 4 (thread in the quad), 16-bit inputs:
@@ -78,6 +79,26 @@ __device__ __forceinline__ void mma_16x8x16<__half>(float (&d)[4], const uint32_
       "{%8, %9}, {%0, %1, %2, %3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// The element types, with a packed pair conversion from fp32: two accumulators rounded to
+// one 16-bit operand register (P of P V, the epilogue's O).
+template <typename Element> struct ElementTraits;
+template <> struct ElementTraits<__nv_bfloat16> {
+  __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  }
+};
+template <> struct ElementTraits<__half> {
+  __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
+    const __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  }
+};
+
+__device__ __forceinline__ void st_shared_32(uint32_t address, uint32_t value) {
+  asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(address), "r"(value) : "memory");
 }
 
 // 2^x on the special-function unit (relative error ~2^-22), results below 2^-126 flushed

@@ -19,6 +19,7 @@
 
 #include "common/check.cuh"
 #include "common/device.cuh"
+#include "common/heads.hpp"
 #include "estimate/device_utils.cuh"
 #include "estimate/sort_classes.cuh"  // kDefaultSmemLimit
 #include "estimate/stages.cuh"
@@ -64,7 +65,7 @@ __global__ void __launch_bounds__(kPartialThreadsMax, kPartialCtasPerSm<D>)
   const int kv = int(blockIdx.x % geo.num_kv_heads);
   const int part = int(blockIdx.x / geo.num_kv_heads % head_parts);
   const int64_t chunk = blockIdx.x / geo.num_kv_heads / head_parts;
-  const int heads_per_kv = geo.num_q_heads / geo.num_kv_heads;
+  const int heads_per_kv = q_heads_per_kv(geo);
   const int heads_per_part = (heads_per_kv + head_parts - 1) / head_parts;
   const int head_begin = part * heads_per_part;
   const int head_end = min(heads_per_kv, head_begin + heads_per_part);
@@ -176,26 +177,11 @@ __global__ void __launch_bounds__(kPartialThreadsMax, kPartialCtasPerSm<D>)
           }
       }
 
-      // ---- fold into the block's running statistics --------------------------------------
+      // ---- fold into the block's running statistics (common/online_softmax.cuh; fast_exp2's
+      // flushed terms cannot change a sum that holds this tile's or the running max's 2^0 = 1,
+      // so the bits are the CPU's) ------------------------------------------------------------
 #pragma unroll
-      for (int hi = 0; hi < 2; ++hi) {
-        float tile_max = neg_inf();
-#pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt)
-          tile_max = fmaxf(tile_max, fmaxf(acc[nt][2 * hi], acc[nt][2 * hi + 1]));
-        tile_max = quad_max(tile_max) * scale;  // -inf stays -inf (scale > 0)
-        const float new_max = fmaxf(run_max[hi], tile_max);
-        const float shift = new_max == neg_inf() ? 0.0f : new_max;
-        // fast_exp2: a term below 2^-126 cannot change a sum that holds its maximum's
-        // 2^0 = 1 (this tile's or the running one), so flushing it leaves the same bits.
-        float sum = 0.0f;
-#pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt)
-          sum += fast_exp2(fmaf(acc[nt][2 * hi], scale, -shift)) +
-                 fast_exp2(fmaf(acc[nt][2 * hi + 1], scale, -shift));
-        run_sum[hi] = run_sum[hi] * fast_exp2(run_max[hi] - shift) + sum;
-        run_max[hi] = new_max;
-      }
+      for (int hi = 0; hi < 2; ++hi) online_softmax_row<MaxRule::kExact>(acc, hi, scale, run_max[hi], run_sum[hi]);
 
       // ---- last tile of the block: its partial statistics for each valid row -------------
       if (kt == tiles_per_block - 1) {
@@ -224,7 +210,7 @@ pa_status launch_partials(const Launch& l, const InputView& q, const InputView& 
   // more than they gain (a first rule rounding up: 10-20% slower at 8K-16K, Qwen2.5-7B).
   int sms = 0;
   PA_TRY(current_sm_count(&sms));
-  const int heads_per_kv = l.geo.num_q_heads / l.geo.num_kv_heads;
+  const int heads_per_kv = q_heads_per_kv(l.geo);
   const int64_t ctas = int64_t(l.geo.num_kv_heads) * chunks;
   const int64_t wave = int64_t(sms) * kPartialCtasPerSm<D>;
   const int wanted_parts = int(std::min<int64_t>(heads_per_kv, std::max<int64_t>(1, wave / ctas)));

@@ -1,6 +1,7 @@
 // Device building blocks of the estimation kernels beyond the shared sm_80 wrappers
-// (common/mma_sm80.cuh: cp.async, ldmatrix, mma.sync and their fragment layouts): element
-// conversions, global loads, the CPU's exp flush rule and warp reductions.
+// (common/mma_sm80.cuh: cp.async, ldmatrix, mma.sync and their fragment layouts) and the
+// online softmax (common/online_softmax.cuh, with the quad reductions): element conversions,
+// global loads, the CPU's exp flush rule and warp reductions.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -9,6 +10,7 @@
 #include <cstdint>
 
 #include "common/mma_sm80.cuh"
+#include "common/online_softmax.cuh"
 
 namespace proxyattn::cuda::est {
 
@@ -85,8 +87,5 @@ __device__ __forceinline__ float max_xor(float v, int mask) {
 __device__ __forceinline__ float sum_xor(float v, int mask) {
   return v + __shfl_xor_sync(0xffffffffu, v, mask);
 }
-// Over the 4 lanes of a quad (the threads that hold one accumulator row).
-__device__ __forceinline__ float quad_max(float v) { return max_xor(max_xor(v, 1), 2); }
-__device__ __forceinline__ float quad_sum(float v) { return sum_xor(sum_xor(v, 1), 2); }
 
 }  // namespace proxyattn::cuda::est

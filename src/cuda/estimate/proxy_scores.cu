@@ -220,28 +220,13 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
       }
 
       if (kStats) {
-        // Online softmax statistics, branch-free (rows with no key yet stay at -inf, 0).
+        // Online softmax statistics, branch-free (rows with no key yet stay at -inf, 0;
+        // common/online_softmax.cuh). fast_exp2, not the CPU's flush rule: terms below
+        // 2^-125.5 cannot change a row sum that holds its maximum's 2^0 = 1 (the quad's
+        // partial sums meet at the end, the chunks in combine_row_stats_kernel, which applies
+        // the rule), so the sums keep the same bits without the per-element threshold test.
 #pragma unroll
-        for (int hi = 0; hi < 2; ++hi) {
-          float tile_max = neg_inf();
-#pragma unroll
-          for (int nt = 0; nt < kNTiles; ++nt)
-            tile_max = fmaxf(tile_max, fmaxf(acc[nt][2 * hi], acc[nt][2 * hi + 1]));
-          tile_max = quad_max(tile_max) * scale;  // -inf stays -inf (scale > 0)
-          const float new_max = fmaxf(run_max[hi], tile_max);
-          const float shift = new_max == neg_inf() ? 0.0f : new_max;
-          // fast_exp2, not the CPU's flush rule: terms below 2^-125.5 cannot change a row
-          // sum that holds its maximum's 2^0 = 1 (the quad's partial sums meet at the end,
-          // the chunks in combine_row_stats_kernel, which applies the rule), so the sums
-          // keep the same bits without the per-element threshold test.
-          float sum = 0.0f;
-#pragma unroll
-          for (int nt = 0; nt < kNTiles; ++nt)
-            sum += fast_exp2(fmaf(acc[nt][2 * hi], scale, -shift)) +
-                   fast_exp2(fmaf(acc[nt][2 * hi + 1], scale, -shift));
-          run_sum[hi] = run_sum[hi] * fast_exp2(run_max[hi] - shift) + sum;
-          run_max[hi] = new_max;
-        }
+        for (int hi = 0; hi < 2; ++hi) online_softmax_row<MaxRule::kExact>(acc, hi, scale, run_max[hi], run_sum[hi]);
         if constexpr (P == Pass::kRowStatsAndLogits) {
           // Largest raw logit of each (row, key block of this tile): kPB / 8 n-tiles a
           // block, then across the quad's columns; the quad's first lane stores it. Key

@@ -13,8 +13,9 @@
 #include <cstdint>
 
 #include "attention/params.hpp"
-#include "attention/sm80/ptx.cuh"
 #include "attention/work_list.cuh"
+#include "common/mma_sm80.cuh"
+#include "common/online_softmax.cuh"
 
 namespace proxyattn::cuda::attention::sm80 {
 
@@ -131,7 +132,6 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   using Element = typename Traits::Element;
   constexpr int D = Traits::kHeadDim;
   constexpr float kNegInf = -INFINITY;
-  constexpr float kLn2 = 0.693147180559945309f;
   extern __shared__ __align__(kTileAlignment) unsigned char smem_bytes[];
   SharedStorage<Traits>& smem = *reinterpret_cast<SharedStorage<Traits>*>(smem_bytes);
   if (smem_address(smem_bytes) % kTileAlignment != 0) __trap();  // lane_address() needs it
@@ -160,12 +160,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
       cta_last_row = max(cta_last_row, other.last_row);
     }
   }
-  const int heads_per_kv = params.num_q_heads / params.num_kv_heads;
-  const int group = kv_head * heads_per_kv / params.q_heads_per_group;
-  const int32_t* order_row =
-      params.order == nullptr
-          ? nullptr
-          : params.order + ::proxyattn::order_row(span, group, m);
+  const int32_t* order_row = item_order_row(params, span, m, kv_head);
 
   const auto* k_base = static_cast<const Element*>(params.k.data) + span.token_begin * params.k.token_stride +
                        int64_t(kv_head) * params.k.head_stride;
@@ -219,9 +214,9 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   if (key0 >= 0) copy_kv_tile<Traits>(smem.k, k_base, params.k.token_stride, key0, length);
   cp_async_commit();
 
-  // ldmatrix lane addresses (fragment layouts in ptx.cuh): Q rows lane % 16, column
-  // 8 (lane / 16); K keys 8 (lane / 16) + lane % 8, dims 8 ((lane / 8) % 2); V (transposed)
-  // keys 8 ((lane / 8) % 2) + lane % 8, dims 8 (lane / 16).
+  // ldmatrix lane addresses (fragment layouts in common/mma_sm80.cuh): Q rows lane % 16,
+  // column 8 (lane / 16); K keys 8 (lane / 16) + lane % 8, dims 8 ((lane / 8) % 2); V
+  // (transposed) keys 8 ((lane / 8) % 2) + lane % 8, dims 8 (lane / 16).
   const uint32_t q_lane = lane_address<D>(q_warp, lane % 16, (lane / 16) * 8);
   const uint32_t k_lane = lane_address<D>(smem.k, (lane / 16) * 8 + lane % 8, ((lane / 8) % 2) * 8);
   const uint32_t v_lane = lane_address<D>(smem.v, ((lane / 8) % 2) * 8 + lane % 8, (lane / 16) * 8);
@@ -295,41 +290,19 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
             }
       }
 
-      // Online softmax per row (a row's values sit in the 4 threads of a quad): the max
-      // moves only by more than kRescaleBound (ptx.cuh), S becomes P = exp2(S * scale_log2 -
-      // max), and O is rescaled only when a row of the warp moved its max.
+      // Online softmax per row (common/online_softmax.cuh): the max moves only by more than
+      // kRescaleBound, S becomes P = exp2(S * scale_log2 - max), and O is rescaled only when
+      // a row of the warp moved its max.
       float correction[Traits::kWarpMTiles][2];
       bool moved = false;
 #pragma unroll
       for (int mi = 0; mi < Traits::kWarpMTiles; ++mi)
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-          float tile_max = kNegInf;
-#pragma unroll
-          for (int ni = 0; ni < Traits::kKeyNTiles; ++ni)
-            tile_max = fmaxf(tile_max, fmaxf(s[mi][ni][2 * half], s[mi][ni][2 * half + 1]));
-          tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-          tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-          // A row's first key always moves it (-inf + bound = -inf).
-          const float scaled = tile_max * params.scale_log2;
-          const bool moves = scaled > row_max[mi][half] + kRescaleBound;
-          const float new_max = moves ? scaled : row_max[mi][half];
-          // A row with no key yet keeps max -inf; exponents then use 0 so that no -inf - -inf
-          // NaN appears (its probabilities are exp2(-inf) = 0).
-          const float base = new_max == kNegInf ? 0.0f : new_max;
-          correction[mi][half] = moves ? fast_exp2(row_max[mi][half] - base) : 1.0f;
-          moved |= moves;
-          row_max[mi][half] = new_max;
-          float tile_sum = 0.0f;
-#pragma unroll
-          for (int ni = 0; ni < Traits::kKeyNTiles; ++ni)
-#pragma unroll
-            for (int c = 2 * half; c < 2 * half + 2; ++c) {
-              const float p = fast_exp2(fmaf(s[mi][ni][c], params.scale_log2, -base));
-              s[mi][ni][c] = p;
-              tile_sum += p;
-            }
-          row_sum[mi][half] = row_sum[mi][half] * correction[mi][half] + tile_sum;
+          const RowRescale rescale = online_softmax_row<MaxRule::kLazy>(s[mi], half, params.scale_log2,
+                                                                        row_max[mi][half], row_sum[mi][half]);
+          correction[mi][half] = rescale.correction;
+          moved |= rescale.moved;
         }
       if (__any_sync(0xffffffffu, moved)) {
 #pragma unroll
@@ -395,10 +368,8 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   for (int mi = 0; mi < Traits::kWarpMTiles; ++mi)
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      float l = row_sum[mi][half];
-      l += __shfl_xor_sync(0xffffffffu, l, 1);
-      l += __shfl_xor_sync(0xffffffffu, l, 2);
-      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+      const float l = quad_sum(row_sum[mi][half]);
+      const float inv = row_inverse(l);
       const int r = mi * 16 + quad_row + half * 8;
 #pragma unroll
       for (int di = 0; di < Traits::kDimNTiles; ++di) {
@@ -407,7 +378,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
       }
       if (params.lse != nullptr && quad_col == 0 && mine.row0 + r < length)
         params.lse[int64_t(mine.head) * params.total_tokens + span.token_begin + mine.row0 + r] =
-            !(l <= 0.0f) ? (row_max[mi][half] + log2f(l)) * kLn2 : kNegInf;  // NaN l: NaN
+            row_lse(row_max[mi][half], l);
     }
   __syncwarp();
   for (int i = lane; i < kWarpRows * Traits::kRowVectors; i += 32) {

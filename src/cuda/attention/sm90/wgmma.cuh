@@ -1,6 +1,7 @@
 // Warpgroup matrix multiply-accumulate (wgmma, sm_90a) wrappers: shared-memory matrix
 // descriptors, the m64nNk16 products with fp32 accumulators in both operand forms the
-// attention uses, and the ordering instructions around them.
+// attention uses, the ordering instructions around them, and the warp-uniform broadcast the
+// branches around them need.
 //
 // Operand forms (PTX ISA "Asynchronous Warpgroup Level Matrix Multiply-Accumulate"):
 //   SS: D[64 x N] (+)= A[64 x 16] B[16 x N], A and B from shared memory, both K-major
@@ -51,6 +52,11 @@ __device__ __forceinline__ uint64_t make_descriptor(uint32_t address, uint32_t l
 __device__ __forceinline__ constexpr uint64_t descriptor_offset(int bytes) {
   return uint64_t(bytes >> kDescriptorShift);
 }
+
+// The value of lane 0 for the whole warp. Branches around wgmma must be provably uniform,
+// or ptxas serialises every wgmma of the kernel (warning C7518); a broadcast is what its
+// uniformity analysis recognises (as cutlass::canonical_warp_idx_sync does).
+__device__ __forceinline__ int warp_uniform(int value) { return __shfl_sync(0xffffffffu, value, 0); }
 
 // Orders earlier register accesses before the wgmma that follow (accumulators, A registers).
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
