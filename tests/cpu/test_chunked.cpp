@@ -89,6 +89,25 @@ struct CallResult {
   pa_plan_stats stats{};
 };
 
+// A host plan of a problem with its storage and workspace (freed with it).
+struct HostPlan {
+  std::vector<uint8_t> storage, work;
+  pa_plan* plan = nullptr;
+  HostPlan(const pa_problem& prob, const pa_config& c) {
+    size_t plan_bytes = 0, work_bytes = 0;
+    check(pa_plan_bytes(&prob, &c, &plan_bytes));
+    check(pa_workspace_bytes(&prob, &c, &work_bytes));
+    storage.resize(plan_bytes), work.resize(work_bytes);
+    check(pa_plan_create(&prob, &c, storage.data(), plan_bytes, &plan));
+  }
+  ~HostPlan() { pa_plan_free(plan); }
+  HostPlan(const HostPlan&) = delete;
+  HostPlan& operator=(const HostPlan&) = delete;
+  pa_status forward(const pa_tensor& q, const pa_kv_cache& kv, pa_tensor o, float* lse) {
+    return pa_forward_kv(plan, &q, &kv, &o, lse, work.data(), work.size(), nullptr);
+  }
+};
+
 // The index of a one-sequence plan unpacked by docs/index_format.md: rows m0 .. Nkb - 1 of
 // m + 1 entries, group after group.
 void unpack_index(const pa_plan* plan, const pa_config& c, int q_len, int kv_len, CallResult& r) {
@@ -152,16 +171,9 @@ CallResult run_chunk(const Prompt& p, const pa_config& c, int begin, int end, Pa
   r.o.assign(size_t(q_len) * kHq * kD, std::numeric_limits<float>::quiet_NaN());
   r.lse.assign(size_t(kHq) * q_len, std::numeric_limits<float>::quiet_NaN());
   pa_tensor o = pa_tensor_contiguous(r.o.data(), kHq, kD);
-  size_t plan_bytes = 0, work_bytes = 0;
-  check(pa_plan_bytes(&prob, &c, &plan_bytes));
-  check(pa_workspace_bytes(&prob, &c, &work_bytes));
-  std::vector<uint8_t> storage(plan_bytes), work(work_bytes);
-  pa_plan* plan = nullptr;
-  check(pa_plan_create(&prob, &c, storage.data(), plan_bytes, &plan));
-  EXPECT_EQ(pa_forward_kv(plan, &q, &kv, &o, r.lse.data(), work.data(), work_bytes, nullptr),
-            PA_STATUS_SUCCESS) << pa_last_error();
-  unpack_index(plan, c, q_len, end, r);
-  pa_plan_free(plan);
+  HostPlan plan(prob, c);
+  EXPECT_EQ(plan.forward(q, kv, o, r.lse.data()), PA_STATUS_SUCCESS) << pa_last_error();
+  unpack_index(plan.plan, c, q_len, end, r);
   return r;
 }
 
@@ -346,22 +358,15 @@ TEST(ChunkedPrefillBatch, MixedBatchEqualsSeparateCalls) {
   prob.num_seqs = 4, prob.cu_seqlens = cu_q.data(), prob.total_tokens = cu_q.back();
   prob.num_q_heads = kHq, prob.num_kv_heads = kHkv, prob.head_dim = kD, prob.dtype = PA_DTYPE_FLOAT32;
   prob.cu_seqlens_k = cu_k.data(), prob.total_kv_tokens = cu_k.back();
-  size_t plan_bytes = 0, work_bytes = 0;
-  check(pa_plan_bytes(&prob, &c, &plan_bytes));
-  check(pa_workspace_bytes(&prob, &c, &work_bytes));
-  std::vector<uint8_t> storage(plan_bytes), work(work_bytes);
-  pa_plan* plan = nullptr;
-  check(pa_plan_create(&prob, &c, storage.data(), plan_bytes, &plan));
+  HostPlan plan(prob, c);
   std::vector<float> o(q.size()), lse(size_t(kHq) * prob.total_tokens);
   pa_tensor tq = pa_tensor_contiguous(q.data(), kHq, kD), to = pa_tensor_contiguous(o.data(), kHq, kD);
   const pa_kv_cache kv{pa_tensor_contiguous(k.data(), kHkv, kD), pa_tensor_contiguous(v.data(), kHkv, kD),
                        nullptr, nullptr};
-  ASSERT_EQ(pa_forward_kv(plan, &tq, &kv, &to, lse.data(), work.data(), work_bytes, nullptr), PA_STATUS_SUCCESS)
-      << pa_last_error();
+  ASSERT_EQ(plan.forward(tq, kv, to, lse.data()), PA_STATUS_SUCCESS) << pa_last_error();
   pa_plan_stats stats{};
-  check(pa_plan_get_stats(plan, &stats));
+  check(pa_plan_get_stats(plan.plan, &stats));
   EXPECT_EQ(stats.dense_seqs, 2);  // the decode step and the 300-token prompt
-  pa_plan_free(plan);
   for (int i = 0; i < 4; ++i) {
     const Seq s = seqs[i];
     if (s.end == s.begin) continue;
@@ -391,24 +396,21 @@ class ChunkedErrors : public testing::Test {
   }
   // Expects status from a whole call on the current problem and kv, outputs untouched.
   void expect_refused(pa_status want, const char* fragment, const pa_proxy_state* state = nullptr) {
-    std::vector<uint8_t> storage, work;
-    size_t plan_bytes = 0, work_bytes = 0;
+    size_t plan_bytes = 0;
     pa_status s = pa_plan_bytes(&prob, &c, &plan_bytes);
-    pa_plan* plan = nullptr;
     if (s == PA_STATUS_SUCCESS) {
-      check(pa_workspace_bytes(&prob, &c, &work_bytes));
-      storage.resize(plan_bytes), work.resize(work_bytes);
-      check(pa_plan_create(&prob, &c, storage.data(), plan_bytes, &plan));
-      pa_tensor tq = pa_tensor_contiguous(q.data(), kHq, kD), to = pa_tensor_contiguous(o.data(), kHq, kD);
-      const pa_kv_cache kv{pa_tensor_contiguous(cache.data(), kHkv, kD), pa_tensor_contiguous(cache.data(), kHkv, kD),
-                           table, state};
-      s = pa_forward_kv(plan, &tq, &kv, &to, lse.data(), work.data(), work_bytes, nullptr);
-      pa_plan_free(plan);
+      HostPlan plan(prob, c);
+      s = plan.forward(pa_tensor_contiguous(q.data(), kHq, kD), kv(state), pa_tensor_contiguous(o.data(), kHq, kD),
+                       lse.data());
     }
     EXPECT_EQ(s, want) << pa_last_error();
     EXPECT_NE(std::string(pa_last_error()).find(fragment), std::string::npos) << pa_last_error();
     EXPECT_TRUE(std::all_of(o.begin(), o.end(), [](float x) { return x == 7.0f; }));
     EXPECT_TRUE(std::all_of(lse.begin(), lse.end(), [](float x) { return x == 7.0f; }));
+  }
+  pa_kv_cache kv(const pa_proxy_state* state) {
+    return pa_kv_cache{pa_tensor_contiguous(cache.data(), kHkv, kD), pa_tensor_contiguous(cache.data(), kHkv, kD),
+                       table, state};
   }
   pa_config c = small_config(1);
   pa_problem prob{};
@@ -418,23 +420,13 @@ class ChunkedErrors : public testing::Test {
 };
 
 TEST_F(ChunkedErrors, ValidCallSucceeds) {
-  std::vector<uint8_t> storage, work;
-  size_t plan_bytes = 0, work_bytes = 0;
-  check(pa_plan_bytes(&prob, &c, &plan_bytes));
-  check(pa_workspace_bytes(&prob, &c, &work_bytes));
-  storage.resize(plan_bytes), work.resize(work_bytes);
-  pa_plan* plan = nullptr;
-  check(pa_plan_create(&prob, &c, storage.data(), plan_bytes, &plan));
+  HostPlan plan(prob, c);
   pa_tensor tq = pa_tensor_contiguous(q.data(), kHq, kD), to = pa_tensor_contiguous(o.data(), kHq, kD);
-  const pa_kv_cache kv{pa_tensor_contiguous(cache.data(), kHkv, kD), pa_tensor_contiguous(cache.data(), kHkv, kD),
-                       table, nullptr};
-  EXPECT_EQ(pa_forward_kv(plan, &tq, &kv, &to, lse.data(), work.data(), work_bytes, nullptr), PA_STATUS_SUCCESS)
-      << pa_last_error();
-  pa_tensor tk = kv.k, tv = kv.v;
-  EXPECT_EQ(pa_forward(plan, &tq, &tk, &tv, &to, lse.data(), work.data(), work_bytes, nullptr),
+  EXPECT_EQ(plan.forward(tq, kv(nullptr), to, lse.data()), PA_STATUS_SUCCESS) << pa_last_error();
+  pa_tensor tk = kv(nullptr).k, tv = kv(nullptr).v;
+  EXPECT_EQ(pa_forward(plan.plan, &tq, &tk, &tv, &to, lse.data(), plan.work.data(), plan.work.size(), nullptr),
             PA_STATUS_INVALID_SHAPE);  // a paged plan needs its block table
   EXPECT_NE(std::string(pa_last_error()).find("pa_forward_kv"), std::string::npos);
-  pa_plan_free(plan);
 }
 
 TEST_F(ChunkedErrors, MoreQueriesThanKeys) {
