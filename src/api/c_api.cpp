@@ -352,6 +352,10 @@ size_t backend_workspace_bytes(const pa_plan& plan) {
 pa_status backend_estimate(const pa_plan& plan, const pa_tensor& q, const pa_kv_cache& kv, void* workspace,
                            void* stream) {
 #if PROXYATTN_WITH_CUDA
+  if (plan.on_device && is_chunked(plan.desc.problem))
+    return fail(PA_STATUS_UNSUPPORTED, "pa_estimate: the GPU estimation of a chunked problem "
+                "(problem.cu_seqlens_k) is not in this build; the GPU attention takes such a plan's "
+                "index from pa_plan_set_index");
   if (plan.on_device) return cuda::estimate(plan.desc, q, kv.k, workspace, stream);
 #endif
   (void)stream;
@@ -361,7 +365,7 @@ pa_status backend_estimate(const pa_plan& plan, const pa_tensor& q, const pa_kv_
 pa_status backend_attend(const pa_plan& plan, const pa_tensor& q, const pa_kv_cache& kv, const pa_tensor& o,
                          float* lse, void* stream) {
 #if PROXYATTN_WITH_CUDA
-  if (plan.on_device) return cuda::attend(plan.desc, q, kv.k, kv.v, o, lse, stream);
+  if (plan.on_device) return cuda::attend(plan.desc, q, kv, o, lse, stream);
 #endif
   (void)stream;
   return cpu::attend(plan.desc, q, kv, o, lse);
@@ -473,9 +477,6 @@ pa_status pa_plan_create(const pa_problem* problem, const pa_config* config, voi
     PA_TRY(check_space(device, {}));
 #if PROXYATTN_WITH_CUDA
     if (device) PA_TRY(cuda::check_attend_supported("pa_plan_create", desc));
-    if (device && is_chunked(*problem))
-      return fail(PA_STATUS_UNSUPPORTED, "pa_plan_create: chunked prefill (problem.cu_seqlens_k) runs on "
-                  "the CPU backend only in this build; the GPU kernels do not take offset queries yet");
 #endif
     std::unique_ptr<pa_plan> p(new pa_plan());
     p->desc = desc;
@@ -805,11 +806,6 @@ pa_status pa_dense_attention_tuned(const pa_problem* problem, float softmax_scal
       return fail(PA_STATUS_UNSUPPORTED, "pa_dense_attention: problem.page_size = %d: dense attention "
                   "takes packed keys (a paged cache runs dense through pa_attend_kv with a dense plan)",
                   problem->page_size);
-#if PROXYATTN_WITH_CUDA
-    if (is_chunked(*problem) && on_device(q ? q->data : nullptr))
-      return fail(PA_STATUS_UNSUPPORTED, "pa_dense_attention: chunked problems (problem.cu_seqlens_k) "
-                  "run on the CPU backend only in this build");
-#endif
     if (!(softmax_scale > 0.0f) || !std::isfinite(softmax_scale))
       return fail(PA_STATUS_INVALID_CONFIG, "softmax_scale = %g: must be finite and > 0",
                   double(softmax_scale));

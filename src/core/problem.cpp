@@ -181,7 +181,8 @@ BatchLayout make_batch_layout(const pa_problem& p, int block_size, int groups) {
     const int64_t end = p.cu_seqlens ? p.cu_seqlens[s + 1] : p.total_tokens;
     span.token_begin = begin;
     span.length = static_cast<int32_t>(end - begin);
-    span.kv_begin = is_chunked(p) && !is_paged(p) ? p.cu_seqlens_k[s] : is_chunked(p) ? 0 : begin;
+    span.index = s;
+    span.kv_begin = static_cast<int32_t>(is_chunked(p) && !is_paged(p) ? p.cu_seqlens_k[s] : is_chunked(p) ? 0 : begin);
     span.kv_length = is_chunked(p) ? p.cu_seqlens_k[s + 1] - p.cu_seqlens_k[s] : span.length;
     const int32_t kblocks = static_cast<int32_t>(ceil_div(span.kv_length, block_size));
     span.first_qblock = span.length > 0 ? static_cast<int32_t>(span.query_offset() / block_size) : kblocks;

@@ -51,9 +51,10 @@ struct SeqSpan {
   int32_t num_qblocks;    // rows of the index (0 without queries)
   int64_t qblock_begin;   // first row of this sequence in count [total_qblocks, Hq]
   int64_t order_begin;    // first entry of this sequence in order (g groups of row entries)
-  int64_t kv_begin;       // first key token in the packed K and V (0 for a paged cache)
+  int32_t kv_begin;       // first key token in the packed K and V (0 for a paged cache)
   int32_t kv_length;      // kv_len >= q_len
   int32_t first_qblock;   // absolute index of the first row: (kv_len - q_len) / b
+  int32_t index;          // the sequence's place in the batch (its block-table row)
 
   PA_HOST_DEVICE int64_t query_offset() const { return int64_t(kv_length) - length; }
   PA_HOST_DEVICE bool chunked() const { return kv_length != length; }

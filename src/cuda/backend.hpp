@@ -35,8 +35,8 @@ pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_tensor& k,
 
 // Block-sparse attention over the plan's index on `stream`, with the plan's tuning. lse may
 // be null.
-pa_status attend(const PlanDesc& plan, const pa_tensor& q, const pa_tensor& k, const pa_tensor& v,
-                 const pa_tensor& o, float* lse, void* stream);
+pa_status attend(const PlanDesc& plan, const pa_tensor& q, const pa_kv_cache& kv, const pa_tensor& o,
+                 float* lse, void* stream);
 
 // Exact causal attention on `stream`, with the given tuning.
 pa_status dense_attention(const pa_problem& problem, float scale, const pa_tuning& tuning,

@@ -72,8 +72,11 @@ pa_status chunk_rule(const CtaShape& shape, int slots_per_row, int32_t rows_per_
 // (comparisons, a fallback); PA_TUNING_KERNEL_AUTO leaves the choice to the device.
 enum class Kernel { kSm80, kSm90 };
 
-// Checks the device and picks the kernel for it, the batch's token count and the tuning.
-pa_status select_kernel(const char* call, int64_t total_tokens, const pa_tuning& tuning, Kernel* kernel) {
+// Checks the device and picks the kernel for it, the problem's token and key rows and the
+// tuning. The sm90 kernel copies K and V in boxes of sm90::kKeyBoxRows keys and finds a
+// page by a shift, so a paged cache of other pages (16, 32, not a power of 2) runs the sm80
+// kernel, which looks up each row.
+pa_status select_kernel(const char* call, const pa_problem& p, const pa_tuning& tuning, Kernel* kernel) {
   int device = 0, major = 0, minor = 0;
   PA_CUDA_TRY(cudaGetDevice(&device));
   PA_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
@@ -82,9 +85,11 @@ pa_status select_kernel(const char* call, int64_t total_tokens, const pa_tuning&
     return fail(PA_STATUS_UNSUPPORTED, "%s: the GPU attention needs compute capability %d.0 or newer; "
                 "device %d is %d.%d", call, kMinComputeMajor, device, major, minor);
   const bool hopper = major == kHopperMajor && minor == kHopperMinor;
-  const bool tma_coordinates_fit = total_tokens <= INT32_MAX - attention::kTmaSlack;
+  const bool tma_coordinates_fit = std::max(p.total_tokens, kv_rows(p)) <= INT32_MAX - attention::kTmaSlack;
+  const bool power_of_2 = (p.page_size & (p.page_size - 1)) == 0;
+  const bool boxes_fit_pages = p.page_size == 0 || (p.page_size % attention::sm90::kKeyBoxRows == 0 && power_of_2);
   const bool sm80_forced = tuning.attn_kernel == PA_TUNING_KERNEL_SM80;
-  *kernel = hopper && tma_coordinates_fit && !sm80_forced ? Kernel::kSm90 : Kernel::kSm80;
+  *kernel = hopper && tma_coordinates_fit && boxes_fit_pages && !sm80_forced ? Kernel::kSm90 : Kernel::kSm80;
   return PA_STATUS_SUCCESS;
 }
 
@@ -148,15 +153,20 @@ Variant select_variant(Kernel kernel, pa_dtype dtype, int head_dim) {
   return {launch, attention::kSm80Shape};
 }
 
-Params base_params(const pa_problem& p, const pa_tensor& q, const pa_tensor& k, const pa_tensor& v,
-                   const pa_tensor& o, float* lse, float scale, const pa_tuning& tuning) {
+Params base_params(const pa_problem& p, const pa_tensor& q, const pa_kv_cache& kv, const pa_tensor& o,
+                   float* lse, float scale, const pa_tuning& tuning) {
   Params params{};
   params.q = {q.data, q.token_stride, q.head_stride};
-  params.k = {k.data, k.token_stride, k.head_stride};
-  params.v = {v.data, v.token_stride, v.head_stride};
+  params.k = {kv.k.data, kv.k.token_stride, kv.k.head_stride};
+  params.v = {kv.v.data, kv.v.token_stride, kv.v.head_stride};
   params.o = {o.data, o.token_stride, o.head_stride};
   params.lse = lse;
   params.total_tokens = p.total_tokens;
+  params.total_kv_rows = kv_rows(p);
+  params.block_table = kv.block_table;
+  params.page_size = p.page_size;
+  params.page_shift = p.page_size > 0 ? __builtin_ctz(unsigned(p.page_size)) : 0;
+  params.max_pages_per_seq = p.max_pages_per_seq;
   params.num_q_heads = p.num_q_heads;
   params.num_kv_heads = p.num_kv_heads;
   params.scale_log2 = scale * kLog2e;
@@ -200,22 +210,22 @@ pa_status launch_batch(Params params, const std::vector<SeqSpan>& seqs, const Va
 }  // namespace
 
 pa_status check_attend_supported(const char* call, const PlanDesc& plan) {
-  PA_TRY(check_problem(call, plan.problem, plan.batch.max_length));
+  PA_TRY(check_problem(call, plan.problem, std::max(plan.batch.max_length, plan.batch.max_kv_length)));
   if (plan.config.block_size != 64 && plan.config.block_size != 128)
     return fail(PA_STATUS_UNSUPPORTED, "%s: block_size = %d: the GPU attention supports 64 and 128", call,
                 plan.config.block_size);
   return PA_STATUS_SUCCESS;
 }
 
-pa_status attend(const PlanDesc& plan, const pa_tensor& q, const pa_tensor& k, const pa_tensor& v,
-                 const pa_tensor& o, float* lse, void* stream) {
+pa_status attend(const PlanDesc& plan, const pa_tensor& q, const pa_kv_cache& kv, const pa_tensor& o,
+                 float* lse, void* stream) {
   const pa_problem& p = plan.problem;
   PA_TRY(check_attend_supported("pa_attend", plan));
-  PA_TRY(check_views("pa_attend", p.dtype, q, k, v, o));
+  PA_TRY(check_views("pa_attend", p.dtype, q, kv.k, kv.v, o));
   Kernel kernel;
-  PA_TRY(select_kernel("pa_attend", p.total_tokens, plan.tuning, &kernel));
+  PA_TRY(select_kernel("pa_attend", p, plan.tuning, &kernel));
   if (p.total_tokens == 0) return PA_STATUS_SUCCESS;
-  Params params = base_params(p, q, k, v, o, lse, plan.config.softmax_scale, plan.tuning);
+  Params params = base_params(p, q, kv, o, lse, plan.config.softmax_scale, plan.tuning);
   params.q_heads_per_group = plan.q_heads_per_group();
   params.block_size = plan.config.block_size;
   params.order = plan.index.order;
@@ -227,12 +237,13 @@ pa_status dense_attention(const pa_problem& problem, float scale, const pa_tunin
                           const pa_tensor& k, const pa_tensor& v, const pa_tensor& o, float* lse, void* stream) {
   // The dense work list: every causal block of kDenseBlock, one proxy group.
   const BatchLayout batch = make_batch_layout(problem, attention::kDenseBlock, 1);
-  PA_TRY(check_problem("pa_dense_attention", problem, batch.max_length));
+  PA_TRY(check_problem("pa_dense_attention", problem, std::max(batch.max_length, batch.max_kv_length)));
   PA_TRY(check_views("pa_dense_attention", problem.dtype, q, k, v, o));
   Kernel kernel;
-  PA_TRY(select_kernel("pa_dense_attention", problem.total_tokens, tuning, &kernel));
+  PA_TRY(select_kernel("pa_dense_attention", problem, tuning, &kernel));
   if (problem.total_tokens == 0) return PA_STATUS_SUCCESS;
-  Params params = base_params(problem, q, k, v, o, lse, scale, tuning);
+  const pa_kv_cache kv{k, v, nullptr, nullptr};  // packed keys (the API refuses paged problems here)
+  Params params = base_params(problem, q, kv, o, lse, scale, tuning);
   params.q_heads_per_group = problem.num_q_heads;
   params.block_size = attention::kDenseBlock;
   params.order = nullptr;  // dense: row m keeps blocks 0..m

@@ -52,6 +52,7 @@ inline constexpr int kMaxConsumers = 3;
 inline constexpr int kGroupRows = 64;
 constexpr int consumers_for(int head_dim) { return head_dim <= 64 ? kMaxConsumers : 2; }
 inline constexpr int kCtasPerSm = 1;  // persistent: one CTA per SM (its shared memory fills the SM)
+inline constexpr int kKeyBoxRows = 64;  // keys of one tensor copy (a page of a paged cache holds whole boxes)
 }  // namespace sm90
 
 // Query rows of one pair and pairs per CTA: what the dispatcher needs to size the work list.
@@ -70,7 +71,7 @@ constexpr CtaShape sm90_shape(int head_dim) {
   return {sm90::kGroupRows, sm90::consumers_for(head_dim), sm90::kCtasPerSm};
 }
 
-// SeqSpan entries passed by value in the kernel parameters (32 B each: 2 KiB of the
+// SeqSpan entries passed by value in the kernel parameters (48 B each: 3 KiB of the
 // classic 4 KiB parameter space); batches of more sequences take several launches.
 inline constexpr int kMaxSeqsPerLaunch = 64;
 
@@ -102,11 +103,21 @@ struct OutputArg {
   int64_t head_stride;
 };
 
+// Positions are absolute in a sequence: its queries are positions [kv_length - length,
+// kv_length) (SeqSpan), query block m covers positions [m b, (m + 1) b), so the causal masks
+// compare positions and a chunk's partial first block is the whole block with its rows
+// before the chunk neither loaded nor stored. Keys and values are packed (row kv_begin + pos)
+// or a paged cache (block_table).
 struct Params {
-  TensorArg q, k, v;      // Q [tokens, Hq, d], K and V [tokens, Hkv, d]
+  TensorArg q, k, v;      // Q [tokens, Hq, d], K and V [kv rows, Hkv, d]
   OutputArg o;            // O [tokens, Hq, d] (written)
   float* lse;             // [Hq, total_tokens] float32, natural log; may be null
-  int64_t total_tokens;
+  int64_t total_tokens;   // query tokens
+  int64_t total_kv_rows;  // rows of K and V: packed keys, or num_pages * page_size
+  const int32_t* block_table;  // [num_seqs, max_pages_per_seq] of a paged cache, or null
+  int32_t page_size;
+  int32_t page_shift;          // log2(page_size) where it is a power of 2 (the sm90 kernel's pages)
+  int32_t max_pages_per_seq;
   int32_t num_q_heads;
   int32_t num_kv_heads;
   int32_t q_heads_per_group;  // Hq / g: proxy group of head h is h / q_heads_per_group

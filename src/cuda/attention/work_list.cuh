@@ -23,9 +23,9 @@ __device__ __forceinline__ int find_seq(const Params& p, int64_t row) {
 // What one compute unit of a CTA (a warp of the sm80 kernel, a consumer warpgroup of the
 // sm90 kernel) computes: kUnitRows query rows of one Q head.
 struct UnitWork {
-  bool active = false;  // has a (head, chunk) pair with at least one row inside the sequence
+  bool active = false;  // has a (head, chunk) pair with at least one of the call's queries
   int head = 0;         // Q head
-  int row0 = 0;         // first query row, sequence-relative
+  int row0 = 0;         // first query row, an absolute position of the sequence
   int last_row = -1;    // last valid query row (inclusive)
   int count = 0;        // kept blocks of this head in this row: the prefix of the order row
 };
@@ -52,16 +52,35 @@ __device__ __forceinline__ UnitWork unit_work(const Params& p, const SeqSpan& sp
   const int chunk = head_major ? pair % chunks : pair / heads_per_kv;
   w.head = kv_head * heads_per_kv + head_local;
   w.row0 = m * p.block_size + chunk * kUnitRows;
-  if (w.row0 >= span.length) return w;
+  if (w.row0 >= span.kv_length || w.row0 + kUnitRows <= span.query_offset()) return w;
   w.active = true;
-  w.last_row = min(w.row0 + kUnitRows, span.length) - 1;
+  w.last_row = min(w.row0 + kUnitRows, span.kv_length) - 1;
   // Dense: every causal block. Sparse: the head's count, clamped to [0, m + 1] so that a
   // corrupt index cannot send the CTA outside the row.
-  const int kept = p.order == nullptr
-                       ? m + 1
-                       : __ldg(p.count + (span.qblock_begin + m) * p.num_q_heads + w.head);
+  const int kept = p.order == nullptr ? m + 1 : __ldg(p.count + count_row(span, m) * p.num_q_heads + w.head);
   w.count = max(0, min(kept, m + 1));
   return w;
+}
+
+// Absolute query-block row of global row `row` of the batch.
+__device__ __forceinline__ int block_row(const SeqSpan& span, int64_t row) {
+  return span.first_qblock + int(row - span.qblock_begin);
+}
+
+// Token of query position pos in Q, O and LSE: the sequence's queries are its last positions.
+__device__ __forceinline__ int64_t query_token(const SeqSpan& span, int pos) {
+  return span.token_begin - span.query_offset() + pos;
+}
+
+// Whether query position pos is one of the call's queries (earlier rows of a chunk's partial
+// first block, and rows past the sequence, are neither loaded nor stored).
+__device__ __forceinline__ bool own_query(const SeqSpan& span, int pos) {
+  return pos >= span.query_offset() && pos < span.kv_length;
+}
+
+// Row of K and V holding key position pos: packed from kv_begin, or through the block table.
+__device__ __forceinline__ int64_t key_token(const Params& p, const SeqSpan& span, int pos) {
+  return kv_row(span, span.index, pos, p.block_table, p.page_size, p.max_pages_per_seq);
 }
 
 // The order row of work item (row m of `span`, KV head): the row of the proxy group that

@@ -89,26 +89,52 @@ __device__ __forceinline__ WarpWork warp_work(const Params& p, const SeqSpan& sp
   return unit_work<kWarpRows, kWarps>(p, span, m, kv_head, slot, warp);
 }
 
-// Copies kTileKeys rows starting at key0 of one KV head into a swizzled tile, all threads
-// of the CTA together; rows past the sequence end are zero-filled (V rows must be finite:
-// their probabilities are 0, and 0 * NaN would poison O). A thread copies one 16-byte
-// column vector of every kPassRows-th row. A tile wholly inside the sequence (all but a
-// sequence's last) takes the unrolled passes: a pointer increment and an immediate
-// shared-memory offset each, no bounds test. The partial tile's passes stay a rolled loop,
-// because unrolled per-pass offsets would be hoisted out of the tile loop and cost ~50
-// registers the accumulators need.
+// Copies kTileKeys rows starting at key position key0 of one KV head (head_base: the head's
+// column of K or V) into a swizzled tile, all threads of the CTA together; rows past the
+// sequence end are zero-filled (V rows must be finite: their probabilities are 0, and
+// 0 * NaN would poison O). A thread copies one 16-byte column vector of every kPassRows-th
+// row. Key rows are found through key_token: a tile lies in one run of consecutive rows of
+// packed keys, or of one page when pages hold a multiple of kTileKeys tokens; smaller pages
+// take a row lookup each (copy_kv_tile_rows). A whole contiguous tile (all but a sequence's last) takes the
+// unrolled passes: a pointer increment and an immediate shared-memory offset each, no bounds
+// test. The other tiles' passes stay a rolled loop, because unrolled per-pass offsets would
+// be hoisted out of the tile loop and cost ~50 registers the accumulators need.
+// Pages of fewer than kTileKeys tokens: each row of the tile looked up in the block table.
 template <typename Traits>
-__device__ __forceinline__ void copy_kv_tile(uint16_t* tile, const typename Traits::Element* base,
-                                             int64_t token_stride, int key0, int length) {
+__device__ __forceinline__ void copy_kv_tile_rows(uint32_t dst, const typename Traits::Element* head_base,
+                                               int64_t token_stride, int key0, int r0, int c,
+                                               const Params& params, const SeqSpan& span) {
+  constexpr int kPassRows = Traits::kThreads / Traits::kRowVectors;
+  const auto* first = head_base + key_token(params, span, key0) * token_stride + c;  // valid for zero-fill
+#pragma unroll 1
+  for (int r = r0; r < kTileKeys; r += kPassRows) {
+    const bool inside = key0 + r < span.kv_length;
+    const auto* src = inside ? head_base + key_token(params, span, key0 + r) * token_stride + c : first;
+    cp_async_16(dst, src, inside);
+    dst += kPassRows * Traits::kRowBytes;
+  }
+}
+
+template <typename Traits>
+__device__ __forceinline__ void copy_kv_tile(uint16_t* tile, const typename Traits::Element* head_base,
+                                             int64_t token_stride, int key0, const Params& params,
+                                             const SeqSpan& span) {
   constexpr int kPassRows = Traits::kThreads / Traits::kRowVectors;
   constexpr int kPasses = kTileKeys / kPassRows;
   static_assert(kPassRows % 8 == 0, "a pass keeps the swizzle phase (row % 8) of each thread");
+  const int length = span.kv_length;
   const int r0 = int(threadIdx.x) / Traits::kRowVectors;
   const int c = (int(threadIdx.x) % Traits::kRowVectors) * Traits::kVectorElems;
-  const auto* first = base + int64_t(key0) * token_stride + c;  // a valid address for zero-fill
+  uint32_t dst = smem_address(tile + swizzle<Traits::kHeadDim>(r0, c));
+  if (params.block_table != nullptr && params.page_size % kTileKeys != 0) {
+    copy_kv_tile_rows<Traits>(dst, head_base, token_stride, key0, r0, c, params, span);
+    return;
+  }
+  // One run of consecutive rows: packed keys, or one page of a multiple of kTileKeys tokens.
+  const int64_t row0 = params.block_table == nullptr ? span.kv_begin + key0 : key_token(params, span, key0);
+  const auto* first = head_base + row0 * token_stride + c;  // a valid address for zero-fill
   const auto* src = first + int64_t(r0) * token_stride;
   const int64_t step = kPassRows * token_stride;
-  uint32_t dst = smem_address(tile + swizzle<Traits::kHeadDim>(r0, c));
   if (key0 + kTileKeys <= length) {
 #pragma unroll
     for (int pass = 0; pass < kPasses; ++pass) {
@@ -144,8 +170,8 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   const int slot = position.slot, kv_head = position.kv_head;
   const int64_t row = position.row;
   const SeqSpan& span = params.seqs[find_seq(params, row)];
-  const int m = int(row - span.qblock_begin);  // query block of the sequence
-  const int length = span.length;
+  const int m = block_row(span, row);  // query block of the sequence (absolute)
+  const int length = span.kv_length;   // keys, and the end of the queries
   const int block = params.block_size;
 
   // Every thread decodes every warp's work, so that CTA-wide decisions are uniform.
@@ -162,21 +188,19 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   }
   const int32_t* order_row = item_order_row(params, span, m, kv_head);
 
-  const auto* k_base = static_cast<const Element*>(params.k.data) + span.token_begin * params.k.token_stride +
-                       int64_t(kv_head) * params.k.head_stride;
-  const auto* v_base = static_cast<const Element*>(params.v.data) + span.token_begin * params.v.token_stride +
-                       int64_t(kv_head) * params.v.head_stride;
+  // The KV head's column of K and V; key rows are found through key_token (copy_kv_tile).
+  const auto* k_base = static_cast<const Element*>(params.k.data) + int64_t(kv_head) * params.k.head_stride;
+  const auto* v_base = static_cast<const Element*>(params.v.data) + int64_t(kv_head) * params.v.head_stride;
   uint16_t* q_warp = smem.q + warp * kWarpRows * D;  // this warp's rows of the Q (and O) tile
 
-  // ---- Q: each warp copies its own rows (zero past the sequence end).
+  // ---- Q: each warp copies its own rows (zero outside the call's queries).
   if (mine.active) {
-    const auto* q_base = static_cast<const Element*>(params.q.data) + span.token_begin * params.q.token_stride +
-                         int64_t(mine.head) * params.q.head_stride;
+    const auto* q_head = static_cast<const Element*>(params.q.data) + int64_t(mine.head) * params.q.head_stride;
     for (int i = lane; i < kWarpRows * Traits::kRowVectors; i += 32) {
       const int r = i / Traits::kRowVectors, c = (i % Traits::kRowVectors) * Traits::kVectorElems;
-      const bool inside = mine.row0 + r < length;
-      const auto* src = q_base + int64_t(inside ? mine.row0 + r : mine.row0) * params.q.token_stride + c;
-      cp_async_16(smem_address(q_warp + swizzle<D>(r, c)), src, inside);
+      const bool inside = own_query(span, mine.row0 + r);
+      const int64_t token = inside ? query_token(span, mine.row0 + r) : span.token_begin;
+      cp_async_16(smem_address(q_warp + swizzle<D>(r, c)), q_head + token * params.q.token_stride + c, inside);
     }
   }
   cp_async_commit();
@@ -211,7 +235,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   // K of the first tile; a tile's K is copied during the tile before it.
   int block_n = num_tiles > 0 ? block_at(0) : 0;  // the block of the current tile
   int key0 = num_tiles > 0 ? tile_key0(0, block_n) : -1;
-  if (key0 >= 0) copy_kv_tile<Traits>(smem.k, k_base, params.k.token_stride, key0, length);
+  if (key0 >= 0) copy_kv_tile<Traits>(smem.k, k_base, params.k.token_stride, key0, params, span);
   cp_async_commit();
 
   // ldmatrix lane addresses (fragment layouts in common/mma_sm80.cuh): Q rows lane % 16,
@@ -234,7 +258,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
       // K buffer is free (the last computed tile did not copy into it), so just copy the
       // next tile's K.
       key0 = next_exists ? tile_key0(next_sub, next_block) : -1;
-      if (key0 >= 0) copy_kv_tile<Traits>(smem.k, k_base, params.k.token_stride, key0, length);
+      if (key0 >= 0) copy_kv_tile<Traits>(smem.k, k_base, params.k.token_stride, key0, params, span);
       cp_async_commit();
       rank = next_rank, sub = next_sub, block_n = next_block;
       continue;
@@ -243,7 +267,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     // K[tile] (and Q) landed; every warp is done with V of the previous tile.
     cp_async_wait_all();
     __syncthreads();
-    copy_kv_tile<Traits>(smem.v, v_base, params.v.token_stride, key0, length);
+    copy_kv_tile<Traits>(smem.v, v_base, params.v.token_stride, key0, params, span);
     cp_async_commit();
 
     // This warp computes the tile when it lies in its head's prefix and not wholly above
@@ -331,7 +355,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     // V[tile] landed; every warp is done with K[tile].
     cp_async_wait_all();
     __syncthreads();
-    if (next_key0 >= 0) copy_kv_tile<Traits>(smem.k, k_base, params.k.token_stride, next_key0, length);
+    if (next_key0 >= 0) copy_kv_tile<Traits>(smem.k, k_base, params.k.token_stride, next_key0, params, span);
     cp_async_commit();
 
     if (warp_on) {
@@ -360,8 +384,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
 
   // ---- Epilogue: O = acc / l into this warp's rows of the Q tile, then 16-byte stores of
   // the valid rows; LSE = ln(l) + max. A row that saw no key gets O = 0, LSE = -inf.
-  Element* o_base = static_cast<Element*>(params.o.data) + span.token_begin * params.o.token_stride +
-                    int64_t(mine.head) * params.o.head_stride;
+  Element* o_head = static_cast<Element*>(params.o.data) + int64_t(mine.head) * params.o.head_stride;
   // This lane's pair (row quad_row, columns 2 quad_col..) of n8 tile 0; tile di is vector di.
   const uint32_t o_lane = lane_address<D>(q_warp, quad_row, 0) + quad_col * 4;
 #pragma unroll
@@ -376,15 +399,15 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
         const uint32_t pair = ElementTraits<Element>::pack(o[mi][di][2 * half] * inv, o[mi][di][2 * half + 1] * inv);
         st_shared_32((o_lane ^ (uint32_t(di) << 4)) + (mi * 16 + half * 8) * Traits::kRowBytes, pair);
       }
-      if (params.lse != nullptr && quad_col == 0 && mine.row0 + r < length)
-        params.lse[int64_t(mine.head) * params.total_tokens + span.token_begin + mine.row0 + r] =
+      if (params.lse != nullptr && quad_col == 0 && own_query(span, mine.row0 + r))
+        params.lse[int64_t(mine.head) * params.total_tokens + query_token(span, mine.row0 + r)] =
             row_lse(row_max[mi][half], l);
     }
   __syncwarp();
   for (int i = lane; i < kWarpRows * Traits::kRowVectors; i += 32) {
     const int r = i / Traits::kRowVectors, c = (i % Traits::kRowVectors) * Traits::kVectorElems;
-    if (mine.row0 + r >= length) continue;
-    Element* dst = o_base + int64_t(mine.row0 + r) * params.o.token_stride + c;
+    if (!own_query(span, mine.row0 + r)) continue;
+    Element* dst = o_head + query_token(span, mine.row0 + r) * params.o.token_stride + c;
     *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(q_warp + swizzle<D>(r, c));
   }
 }

@@ -35,8 +35,8 @@ __device__ __forceinline__ void epilogue(SharedStorage<Traits>& smem, const Para
     const float l = quad_sum(row_sum[r]);
     inv[r] = row_inverse(l);
     const int row = at.row_lo + 8 * r;
-    if (params.lse != nullptr && at.quad_col == 0 && row < at.length)
-      params.lse[int64_t(mine.head) * params.total_tokens + span.token_begin + row] = row_lse(row_max[r], l);
+    if (params.lse != nullptr && at.quad_col == 0 && own_query(span, row))
+      params.lse[int64_t(mine.head) * params.total_tokens + query_token(span, row)] = row_lse(row_max[r], l);
   }
   named_barrier_sync(kBarrierEpilogue + consumer, kWarpgroupThreads);  // the previous item's reads are done
 #pragma unroll
@@ -49,15 +49,14 @@ __device__ __forceinline__ void epilogue(SharedStorage<Traits>& smem, const Para
       st_shared_32(address, ElementTraits<Element>::pack(o[4 * i + 2 * r] * inv[r], o[4 * i + 2 * r + 1] * inv[r]));
     }
   named_barrier_sync(kBarrierEpilogue + consumer, kWarpgroupThreads);
-  Element* o_base = static_cast<Element*>(params.o.data) + span.token_begin * params.o.token_stride +
-                    int64_t(mine.head) * params.o.head_stride;
+  Element* o_head = static_cast<Element*>(params.o.data) + int64_t(mine.head) * params.o.head_stride;
   constexpr int kRowVectors = Traits::kHeadDim / Traits::kVectorElems;
   for (int i = at.thread; i < kGroupRows * kRowVectors; i += kWarpgroupThreads) {
     const int r = i / kRowVectors, vc = i % kRowVectors;
-    if (mine.row0 + r >= at.length) continue;
+    if (!own_query(span, mine.row0 + r)) continue;
     const uint4 value =
         *reinterpret_cast<const uint4*>(smem.o[consumer] + r * Traits::kOutRowBytes + ((vc ^ (r % 8)) * 16));
-    *reinterpret_cast<uint4*>(o_base + int64_t(mine.row0 + r) * params.o.token_stride + vc * Traits::kVectorElems) =
+    *reinterpret_cast<uint4*>(o_head + query_token(span, mine.row0 + r) * params.o.token_stride + vc * Traits::kVectorElems) =
         value;
   }
 }

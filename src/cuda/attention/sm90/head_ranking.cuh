@@ -35,7 +35,7 @@ __device__ __forceinline__ HeadsByCount heads_by_count(const Params& p, const Se
                                heads_per_kv <= kLanes};
   if (!ranks.ranked) return ranks;
   const int count = lane < heads_per_kv
-                        ? __ldg(p.count + (span.qblock_begin + m) * p.num_q_heads + kv_head * heads_per_kv + lane)
+                        ? __ldg(p.count + count_row(span, m) * p.num_q_heads + kv_head * heads_per_kv + lane)
                         : INT_MIN;
   int rank = 0;
   for (int j = 0; j < heads_per_kv; ++j) {

@@ -16,7 +16,7 @@ inline constexpr int kSwizzleBytes = 128;                  // one swizzled row: 
 inline constexpr int kSwizzleElems = kSwizzleBytes / 2;    // columns of a TMA box
 inline constexpr int kAtomBytes = 8 * kSwizzleBytes;       // 8 rows: swizzle period, descriptor row-group step
 inline constexpr int kTileAlignment = kAtomBytes;
-inline constexpr int kBoxRows = 64;                        // rows of one TMA box: half a K/V tile
+inline constexpr int kBoxRows = kKeyBoxRows;               // rows of one TMA box: half a K/V tile
 inline constexpr int kTileKeys = 2 * kBoxRows;             // keys of a K/V tile: N of S = Q K^T
 inline constexpr int kMmaK = 16;                           // K of one wgmma
 inline constexpr int kMmaStepBytes = kMmaK * 2;            // a k-step inside a swizzled row

@@ -115,9 +115,9 @@ pa_status run_sm90(const Params& params, int64_t items, const pa_tuning& tuning,
   PA_TRY(sm90::make_tensor_map<kDtype>(encode, &q_map, "q", params.q.data, params.q.token_stride,
                                        params.q.head_stride, params.num_q_heads, params.total_tokens, kHeadDim));
   PA_TRY(sm90::make_tensor_map<kDtype>(encode, &k_map, "k", params.k.data, params.k.token_stride,
-                                       params.k.head_stride, params.num_kv_heads, params.total_tokens, kHeadDim));
+                                       params.k.head_stride, params.num_kv_heads, params.total_kv_rows, kHeadDim));
   PA_TRY(sm90::make_tensor_map<kDtype>(encode, &v_map, "v", params.v.data, params.v.token_stride,
-                                       params.v.head_stride, params.num_kv_heads, params.total_tokens, kHeadDim));
+                                       params.v.head_stride, params.num_kv_heads, params.total_kv_rows, kHeadDim));
   const auto kernel = sm90::attention_kernel<Traits>;
   // Above 48 KiB a kernel must opt in to its dynamic shared memory (per device; cheap).
   PA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes));

@@ -142,7 +142,7 @@ __device__ __forceinline__ void consume_item(SharedStorage<Traits>& smem, const 
   const int thread = int(threadIdx.x) % kWarpgroupThreads;
   const int warp = thread / 32, lane = thread % 32;
   const int quad_row = lane / 4, quad_col = lane % 4;
-  const TileThread at{thread, warp, lane, quad_row, quad_col, mine.row0 + 16 * warp + quad_row, span.length};
+  const TileThread at{thread, warp, lane, quad_row, quad_col, mine.row0 + 16 * warp + quad_row, span.kv_length};
 
   const uint32_t q_tile = smem_address(smem.q[consumer]);
   const uint64_t q_desc = make_descriptor(q_tile, kUnusedLeadingBytes, kAtomBytes);

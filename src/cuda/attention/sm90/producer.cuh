@@ -43,11 +43,12 @@ __device__ __forceinline__ void load_kv_tile(uint32_t tile, const CUtensorMap* m
 }
 
 // Q of every active consumer, once it has read its previous Q for the last time.
-// q_phase[c]: parity of consumer c's Q loads so far.
+// q_phase[c]: parity of consumer c's Q loads so far; q_token0: the Q token of position 0 of
+// the sequence (negative, or another sequence's, for a chunk: those rows are not stored).
 template <typename Traits>
 __device__ __forceinline__ void load_q_tiles(SharedStorage<Traits>& smem, const GroupWork (&group)[Traits::kConsumers],
                                              uint32_t (&q_phase)[Traits::kConsumers], const CUtensorMap* q_map,
-                                             int token_begin) {
+                                             int q_token0) {
 #pragma unroll
   for (int c = 0; c < Traits::kConsumers; ++c) {
     if (!group[c].active) continue;
@@ -58,7 +59,7 @@ __device__ __forceinline__ void load_q_tiles(SharedStorage<Traits>& smem, const 
 #pragma unroll
     for (int ch = 0; ch < Traits::kChunks; ++ch)
       tma_load_3d(smem_address(smem.q[c]) + ch * Traits::kQChunkBytes, q_map, bar, ch * kSwizzleElems,
-                  group[c].head, token_begin + group[c].row0);
+                  group[c].head, q_token0 + group[c].row0);
   }
 }
 
@@ -70,7 +71,7 @@ __device__ __forceinline__ int unit_key0(const CtaWork& cta, const SeqSpan& span
                                          int unit, int n) {
   if (n < 0 || n > cta.m) return -1;
   const int key0 = n * block + (unit % units_per_block) * kBoxRows;
-  return key0 >= span.length || key0 > cta.last_row ? -1 : key0;
+  return key0 >= span.kv_length || key0 > cta.last_row ? -1 : key0;
 }
 
 // Arrival on a stage's full barrier, with the bytes of its tile to come (none for an empty
@@ -110,12 +111,19 @@ __device__ __forceinline__ void produce_item(SharedStorage<Traits>& smem, const 
                                              const CUtensorMap* q_map, const CUtensorMap* k_map,
                                              const CUtensorMap* v_map) {
   const SeqSpan& span = *cta.span;
-  const int token_begin = int(span.token_begin);  // the dispatcher keeps tokens within int32
-  load_q_tiles<Traits>(smem, group, q_phase, q_map, token_begin);
+  // The dispatcher keeps tokens and key rows within int32 (the tensor-copy coordinates).
+  load_q_tiles<Traits>(smem, group, q_phase, q_map, int(query_token(span, 0)));
 
   // K/V tiles: tile t holds units 2t and 2t + 1 (unit_key0). Each tile is published once
   // the next one is known, so that the item's last tile carries kTileLast; an item whose
   // units were all skipped closes with an empty stage.
+  // Row of K and V of key position `key`: packed, or in a page (of 2^page_shift tokens, whole
+  // boxes; dispatch.cu sends other pages to the sm80 kernel).
+  auto key_row = [&](int key) {
+    if (params.block_table == nullptr) return span.kv_begin + key;
+    const int page = __ldg(params.block_table + int64_t(span.index) * params.max_pages_per_seq + (key >> params.page_shift));
+    return (page << params.page_shift) + (key & (params.page_size - 1));
+  };
   const int block = params.block_size;
   const int units_per_block = block / kBoxRows;
   const int num_units = cta.max_count * units_per_block;
@@ -137,8 +145,8 @@ __device__ __forceinline__ void produce_item(SharedStorage<Traits>& smem, const 
     held.rank[1] = rank1;
     held.needed = (key0 >= 0 ? 1u : 0u) | (key1 >= 0 ? 2u : 0u);
     held.flags = 0;
-    held_token[0] = token_begin + (key0 >= 0 ? key0 : key1);  // a skipped half: the other's keys
-    held_token[1] = token_begin + (key1 >= 0 ? key1 : key0);
+    held_token[0] = key_row(key0 >= 0 ? key0 : key1);  // a skipped half: the other's keys
+    held_token[1] = key_row(key1 >= 0 ? key1 : key0);
     holding = true;
   }
   if (!holding) held = TileDesc{};

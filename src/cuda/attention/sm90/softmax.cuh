@@ -25,8 +25,8 @@ struct TileThread {
   int thread;              // in the warpgroup
   int warp, lane;
   int quad_row, quad_col;  // g and t of the register layouts
-  int row_lo;              // this thread's rows: row_lo, row_lo + 8 (sequence-relative)
-  int length;              // of the item's sequence
+  int row_lo;              // this thread's rows: row_lo, row_lo + 8 (absolute positions)
+  int length;              // keys of the item's sequence
 };
 
 // Sets to -inf the scores of keys above the diagonal, past the sequence end or in a half

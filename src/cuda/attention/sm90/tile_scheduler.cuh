@@ -47,7 +47,7 @@ __device__ __forceinline__ void decode_item(const Params& params, int64_t item, 
   const int64_t row = position.row;
   cta.seq = find_seq(params, row);
   cta.span = &params.seqs[cta.seq];
-  cta.m = int(row - cta.span->qblock_begin);
+  cta.m = block_row(*cta.span, row);
   cta.max_count = 0;
   cta.last_row = -1;
   const HeadsByCount heads = heads_by_count<kRankHeads>(params, *cta.span, cta.m, cta.kv_head);
