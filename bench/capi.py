@@ -32,6 +32,10 @@ class Tensor(ctypes.Structure):
                 ("head_stride", ctypes.c_int64)]
 
 
+class KvCache(ctypes.Structure):
+    _fields_ = [("k", Tensor), ("v", Tensor), ("block_table", ctypes.c_void_p), ("proxy_state", ctypes.c_void_p)]
+
+
 class Config(ctypes.Structure):
     _fields_ = [("block_size", ctypes.c_int32), ("stride", ctypes.c_int32), ("gamma", ctypes.c_float),
                 ("min_budget_tokens", ctypes.c_int32), ("num_proxy_groups", ctypes.c_int32),
@@ -140,6 +144,18 @@ class Library:
         return p
 
     @staticmethod
+    def chunked_problem(q_lens, kv_lens, hq, hkv, d, dtype, page_size=0, num_pages=0, max_pages=0):
+        """A pa_problem of chunks: sequence s has q_lens[s] queries at the end of kv_lens[s]
+        keys, packed (page_size 0) or in a paged cache; keeps both cu_seqlens alive on it."""
+        cu_q, cu_k = (ctypes.c_int32 * (len(q_lens) + 1))(), (ctypes.c_int32 * (len(kv_lens) + 1))()
+        for i, (nq, nk) in enumerate(zip(q_lens, kv_lens)):
+            cu_q[i + 1], cu_k[i + 1] = cu_q[i] + nq, cu_k[i] + nk
+        p = Problem(len(q_lens), cu_q, cu_q[len(q_lens)], hq, hkv, d, PA_DTYPE[dtype], cu_k, cu_k[len(kv_lens)],
+                    page_size, num_pages, max_pages)
+        p._cu = (cu_q, cu_k)
+        return p
+
+    @staticmethod
     def tensor(t):
         """pa_tensor view of a torch tensor [tokens, heads, d] with a contiguous last dim."""
         assert t.stride(-1) == 1
@@ -215,6 +231,13 @@ class Library:
     def attend(self, plan, q, k, v, o, lse_ptr=0, stream=0):
         self._check(self.lib.pa_attend(plan, ctypes.byref(q), ctypes.byref(k), ctypes.byref(v),
                                        ctypes.byref(o), ctypes.c_void_p(lse_ptr), ctypes.c_void_p(stream)))
+
+    def attend_kv(self, plan, q, k, v, o, block_table_ptr=0, lse_ptr=0, stream=0):
+        """pa_attend_kv with K and V packed (block_table_ptr 0) or a paged cache (a device int32
+        table [num_seqs, max_pages])."""
+        kv = KvCache(k, v, block_table_ptr, None)
+        self._check(self.lib.pa_attend_kv(plan, ctypes.byref(q), ctypes.byref(kv), ctypes.byref(o),
+                                          ctypes.c_void_p(lse_ptr), ctypes.c_void_p(stream)))
 
     def dense(self, problem, scale, q, k, v, o, lse_ptr=0, stream=0):
         self._check(self.lib.pa_dense_attention(ctypes.byref(problem), ctypes.c_float(scale),
