@@ -4,6 +4,9 @@ Drop-in attention in the flash-attn convention::
 
     out = proxyattn.attention(q, k, v, gamma=0.95)          # q [B, N, Hq, d], k/v [B, N, Hkv, d]
     out = proxyattn.attention_varlen(q, k, v, cu_seqlens, max_seqlen)   # packed [total, H, d]
+    out = proxyattn.attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k)   # a chunk after its prefix
+    out = proxyattn.attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, block_table,
+                                           proxy_state=state)   # a paged cache (vLLM's layout)
     plan = proxyattn.estimate(q, k)                          # inspectable: budgets, density, ...
     out = proxyattn.attend(plan, q, k, v)
 
@@ -12,16 +15,18 @@ come from torch's allocator) or numpy arrays (CPU). Causal attention only (prefi
 """
 from . import _C
 from ._C import ProxyAttnError, ProxyAttnUnsupported
-from ._api import (Plan, attend, attention, attention_varlen, clear_plan_cache, dense_attention, estimate,
-                   set_num_threads)
+from ._api import (Plan, ProxyState, attend, attention, attention_varlen, attention_with_kvcache, clear_plan_cache,
+                   dense_attention, estimate, set_num_threads)
 
 __all__ = [
     "Plan",
     "ProxyAttnError",
     "ProxyAttnUnsupported",
+    "ProxyState",
     "attend",
     "attention",
     "attention_varlen",
+    "attention_with_kvcache",
     "clear_plan_cache",
     "dense_attention",
     "estimate",

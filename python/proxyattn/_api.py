@@ -2,8 +2,11 @@
 framework (numpy or torch), varlen packing, and the plan object."""
 import collections
 import contextlib
+import inspect
 import math
+import numbers
 import operator
+import sys
 
 import numpy as np
 
@@ -16,7 +19,10 @@ _INT32_MAX = 2**31 - 1  # the library's token offsets are int32
 
 # ---- framework adapters ----------------------------------------------------------------
 def _is_torch(x):
-    return type(x).__module__.split(".")[0] == "torch"
+    """Whether x is a torch tensor (fake, meta and subclass tensors too), without importing
+    torch, in a form torch.compile traces for any x (type(x).__module__ of a list it cannot)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def _device_of(x):
@@ -97,32 +103,44 @@ def _is_tensor(x):
     return isinstance(x, np.ndarray) or (_is_torch(x) and hasattr(x, "shape") and hasattr(x, "dtype"))
 
 
-def _check_qkv(q, k, v, ndim, layout):
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t is None:
-            raise ValueError(f"{name} is None")
-        if not _is_tensor(t):
-            raise TypeError(f"{name}: expected a numpy array or a torch tensor, got {type(t).__name__}")
-        if t.ndim != ndim:
-            raise ValueError(f"{name}: expected {ndim} dimensions {layout}, got shape {tuple(t.shape)}")
+def _check_tensor(name, t, ndim, layout):
+    if t is None:
+        raise ValueError(f"{name} is None")
+    if not _is_tensor(t):
+        raise TypeError(f"{name}: expected a numpy array or a torch tensor, got {type(t).__name__}")
+    if t.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions {layout}, got shape {tuple(t.shape)}")
+
+
+def _check_qkv(q, k, v, ndim, layout, same_tokens=True, names=("q", "k", "v"), kv_ndim=None, kv_layout=None):
+    """q, k, v arrays of ndim dimensions [..., heads, head_dim] (k and v of kv_ndim, kv_layout
+    when given: a paged cache) of one dtype and device, heads of q a multiple of k's; with
+    same_tokens the leading dimensions (batch, tokens) of q and k agree, else only head_dim
+    (chunked calls: more keys than queries). names: the arguments' names in messages."""
+    qn, kn, vn = names
+    for name, t, nd, lay in ((qn, q, ndim, layout), (kn, k, kv_ndim or ndim, kv_layout or layout),
+                             (vn, v, kv_ndim or ndim, kv_layout or layout)):
+        _check_tensor(name, t, nd, lay)
     if tuple(k.shape) != tuple(v.shape):
-        raise ValueError(f"k and v: shapes differ, {tuple(k.shape)} vs {tuple(v.shape)}")
-    if q.shape[:-2] != k.shape[:-2] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)}: batch, tokens and head_dim must match")
-    for name, t in (("q", q), ("k", k)):
+        raise ValueError(f"{kn} and {vn}: shapes differ, {tuple(k.shape)} vs {tuple(v.shape)}")
+    if same_tokens and (q.shape[:-2] != k.shape[:-2] or q.shape[-1] != k.shape[-1]):
+        raise ValueError(f"{qn} {tuple(q.shape)} and {kn} {tuple(k.shape)}: batch, tokens and head_dim must match")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"{qn} {tuple(q.shape)} and {kn} {tuple(k.shape)}: head_dim must match")
+    for name, t in ((qn, q), (kn, k)):
         if t.shape[-2] < 1:
             raise ValueError(f"{name}: {t.shape[-2]} heads in shape {tuple(t.shape)}: needs at least 1")
     if q.shape[-1] < 1:
-        raise ValueError(f"q, k, v: head_dim {q.shape[-1]} in shape {tuple(q.shape)}: needs at least 1")
+        raise ValueError(f"{qn}, {kn}, {vn}: head_dim {q.shape[-1]} in shape {tuple(q.shape)}: needs at least 1")
     if q.shape[-2] % k.shape[-2] != 0:
-        raise ValueError(f"q heads ({q.shape[-2]}) must be a multiple of k heads ({k.shape[-2]})")
+        raise ValueError(f"{qn} heads ({q.shape[-2]}) must be a multiple of {kn} heads ({k.shape[-2]})")
     if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k, v: dtypes differ ({q.dtype}, {k.dtype}, {v.dtype})")
+        raise TypeError(f"{qn}, {kn}, {vn}: dtypes differ ({q.dtype}, {k.dtype}, {v.dtype})")
     devices = {_device_of(t) for t in (q, k, v)}
     if len(devices) != 1:
-        raise ValueError(f"q, k, v: on different devices {sorted(devices)}")
+        raise ValueError(f"{qn}, {kn}, {vn}: on different devices {sorted(devices)}")
     if _is_torch(q) and str(q.dtype) not in _TORCH_DTYPES:
-        raise TypeError(f"q: dtype {q.dtype} not supported (float32, float16, bfloat16)")
+        raise TypeError(f"{qn}: dtype {q.dtype} not supported (float32, float16, bfloat16)")
 
 
 def _index(name, x):
@@ -135,53 +153,70 @@ def _index(name, x):
         raise TypeError(f"{name} = {x!r} is not an integer") from None
 
 
-def _cu_list(cu_seqlens, tokens, tensor="q"):
-    """cu_seqlens [num_seqs + 1] as a list of ints, checked against the packed tensors: integers
-    (a list, tuple, numpy array or torch tensor, host or device: a device tensor costs one copy
-    to the host), 0 first, never decreasing, int32 offsets, and the last one equal to the token
-    count `tokens` of the tensors (`tensor`.shape[0]). The library trusts these lengths: it sees
-    the tensors as pointers and strides only."""
-    if _is_tensor(cu_seqlens):
-        if cu_seqlens.ndim != 1:
-            raise ValueError(f"cu_seqlens: expected 1 dimension [num_seqs + 1], got shape {tuple(cu_seqlens.shape)}")
-        dtype = cu_seqlens.dtype
-        integral = (np.issubdtype(dtype, np.integer) if isinstance(cu_seqlens, np.ndarray) else
-                    not (dtype.is_floating_point or dtype.is_complex or str(dtype) == "torch.bool"))
-        if not integral:
-            raise TypeError(f"cu_seqlens: dtype {dtype} is not an integer type")
-        values = cu_seqlens.tolist()
-    elif isinstance(cu_seqlens, (list, tuple, range)):
-        values = cu_seqlens
-    else:
-        raise TypeError(f"cu_seqlens: expected a list, tuple, numpy array or torch tensor of integers, "
-                        f"got {type(cu_seqlens).__name__}")
-    cu = [_index(f"cu_seqlens[{i}]", x) for i, x in enumerate(values)]
+def _is_integral(x):
+    dtype = x.dtype
+    if isinstance(x, np.ndarray):
+        return np.issubdtype(dtype, np.integer)
+    return not (dtype.is_floating_point or dtype.is_complex or str(dtype) == "torch.bool")
+
+
+def _entries(values, name, layout):
+    """The number of entries of a 1-D integer sequence (layout, e.g. "[num_seqs + 1]", in
+    messages) without reading a tensor's values (torch.compile traces it)."""
+    if _is_tensor(values):
+        if values.ndim != 1:
+            raise ValueError(f"{name}: expected 1 dimension {layout}, got shape {tuple(values.shape)}")
+        if not _is_integral(values):
+            raise TypeError(f"{name}: dtype {values.dtype} is not an integer type")
+        return int(values.shape[0])
+    if isinstance(values, (list, tuple, range)):
+        return len(values)
+    raise TypeError(f"{name}: expected a list, tuple, numpy array or torch tensor of integers, "
+                    f"got {type(values).__name__}")
+
+
+def _host_ints(values, name, layout):
+    """values (_entries) as a list of Python ints: a list, tuple, range, numpy array or torch
+    tensor (host or device: a device tensor costs one synchronising copy to the host) of
+    integers; never a bool, a float or a string."""
+    _entries(values, name, layout)
+    if _is_tensor(values):
+        values = values.tolist()
+    return [_index(f"{name}[{i}]", x) for i, x in enumerate(values)]
+
+
+def _cu_list(cu_seqlens, tokens, tensor="q", name="cu_seqlens"):
+    """cu_seqlens [num_seqs + 1] (`name` in messages) as a list of ints (_host_ints), checked
+    against the packed tensors: 0 first, never decreasing, int32 offsets, and the last one equal
+    to the token count `tokens` of the tensors (`tensor`.shape[0]). The library trusts these
+    lengths: it sees the tensors as pointers and strides only."""
+    cu = _host_ints(cu_seqlens, name, "[num_seqs + 1]")
     if len(cu) < 2:
-        raise ValueError(f"cu_seqlens: needs at least 2 entries [0, ..., total tokens], got {cu}")
+        raise ValueError(f"{name}: needs at least 2 entries [0, ..., total tokens], got {cu}")
     if cu[0] != 0:
-        raise ValueError(f"cu_seqlens[0] = {cu[0]}: must be 0")
+        raise ValueError(f"{name}[0] = {cu[0]}: must be 0")
     for i in range(1, len(cu)):
         if cu[i] < cu[i - 1]:
-            raise ValueError(f"cu_seqlens decreases at {i}: cu_seqlens[{i - 1}] = {cu[i - 1]} > "
-                             f"cu_seqlens[{i}] = {cu[i]}")
+            raise ValueError(f"{name} decreases at {i}: {name}[{i - 1}] = {cu[i - 1]} > {name}[{i}] = {cu[i]}")
     last = len(cu) - 1
     if cu[last] > _INT32_MAX:
-        raise ValueError(f"cu_seqlens[{last}] = {cu[last]} exceeds the int32 token offsets (at most 2^31 - 1)")
+        raise ValueError(f"{name}[{last}] = {cu[last]} exceeds the int32 token offsets (at most 2^31 - 1)")
     if cu[last] != tokens:
-        raise ValueError(f"cu_seqlens[{last}] = {cu[last]} differs from the token count of {tensor} "
+        raise ValueError(f"{name}[{last}] = {cu[last]} differs from the token count of {tensor} "
                          f"({tensor}.shape[0] = {tokens})")
     return cu
 
 
-def _check_max_seqlen(max_seqlen, cu):
-    """flash-attn's max_seqlen, when given: an integer no smaller than the longest sequence."""
+def _check_max_seqlen(max_seqlen, cu, name="max_seqlen", cu_name="cu_seqlens"):
+    """flash-attn's max_seqlen (`name`), when given: an integer no smaller than the longest
+    sequence of cu (`cu_name`)."""
     if max_seqlen is None:
         return
-    bound = _index("max_seqlen", max_seqlen)
+    bound = _index(name, max_seqlen)
     lengths = [b - a for a, b in zip(cu, cu[1:])]
     longest = max(lengths)
     if longest > bound:
-        raise ValueError(f"max_seqlen = {bound} is smaller than the longest sequence of cu_seqlens "
+        raise ValueError(f"{name} = {bound} is smaller than the longest sequence of {cu_name} "
                          f"(sequence {lengths.index(longest)}: {longest} tokens)")
 
 
@@ -221,19 +256,24 @@ def make_config(head_dim, *, gamma=0.95, num_proxy_groups=1, block_size=128, str
 class Plan:
     """The block index of one batch: per-head budgets, the shared rankings, kept blocks.
 
-    Made by estimate(); reusable by attend() for inputs of the same shapes."""
+    Made by estimate(); reusable by attend() for inputs of the same shapes. The plans of
+    chunked calls (attention_varlen with cu_seqlens_k, attention_with_kvcache) also hold the key
+    lengths cu_seqlens_k and the paged cache's page_size, num_pages, max_pages_per_seq."""
 
-    def __init__(self, cu_seqlens, num_q_heads, num_kv_heads, head_dim, like, config):
+    def __init__(self, cu_seqlens, num_q_heads, num_kv_heads, head_dim, like, config, cu_seqlens_k=None,
+                 page_size=0, num_pages=0, max_pages_per_seq=0):
         self.cu_seqlens = list(cu_seqlens)
+        self.cu_seqlens_k = None if cu_seqlens_k is None else list(cu_seqlens_k)
         self.num_q_heads, self.num_kv_heads, self.head_dim = num_q_heads, num_kv_heads, head_dim
         self.config = config
         self.device = _device_of(like)
         self._dtype = _C.dtype_code(like)
-        args = (self.cu_seqlens, num_q_heads, num_kv_heads, head_dim, self._dtype, config)
-        self._storage = _bytes(like, _C.plan_bytes(*args))
-        self._workspace = _bytes(like, _C.workspace_bytes(*args))
+        problem = _C.Problem(self.cu_seqlens, num_q_heads, num_kv_heads, head_dim, self._dtype, self.cu_seqlens_k,
+                             page_size, num_pages, max_pages_per_seq)
+        self._storage = _bytes(like, _C.plan_bytes(problem, config))
+        self._workspace = _bytes(like, _C.workspace_bytes(problem, config))
         with _on_device(like):
-            self._plan = _C.Plan(*args, self._storage)
+            self._plan = _C.Plan(problem, config, self._storage)
 
     @property
     def num_seqs(self):
@@ -249,6 +289,14 @@ class Plan:
         stream = _stream(q) if stream is None else stream
         with _on_device(q):
             self._plan.attend(_dl(q), _dl(k), _dl(v), _dl(out), _dl(lse), stream)
+
+    # K and V packed by cu_seqlens_k (block_table None) or a paged cache with its block table
+    # and, optionally, its ProxyState.
+    def _forward_kv(self, q, k, v, block_table, state, out, lse, stream=None):
+        stream = _stream(q) if stream is None else stream
+        with _on_device(q):
+            self._plan.forward_kv(_dl(q), _dl(k), _dl(v), _dl(block_table), None if state is None else state._handle,
+                                  _dl(out), _dl(lse), _dl(self._workspace), stream)
 
     # -- inspection (host copies; for a device plan each call synchronises) --
     def stats(self):
@@ -298,11 +346,15 @@ class Plan:
 
     def to_flex(self, seq=0):
         """(kv_num_blocks [Hq, Nqb], kv_indices [Hq, Nqb, Nqb]) int32 numpy arrays of one
-        sequence, in PyTorch FlexAttention's BlockMask form."""
+        sequence, in PyTorch FlexAttention's BlockMask form. A chunk's plan has the chunk's rows
+        m0 .. Nkb - 1 of its Nkb key blocks: [Hq, Nkb - m0] and [Hq, Nkb - m0, Nkb]
+        (docs/index_format.md)."""
         n = self.cu_seqlens[seq + 1] - self.cu_seqlens[seq]
-        nqb = -(-n // self.config.block_size)
-        num = np.zeros((self.num_q_heads, nqb), np.int32)
-        idx = np.zeros((self.num_q_heads, nqb, nqb), np.int32)
+        kv = n if self.cu_seqlens_k is None else self.cu_seqlens_k[seq + 1] - self.cu_seqlens_k[seq]
+        nkb = -(-kv // self.config.block_size)
+        rows = nkb - (kv - n) // self.config.block_size
+        num = np.zeros((self.num_q_heads, rows), np.int32)
+        idx = np.zeros((self.num_q_heads, rows, nkb), np.int32)
         self._plan.to_flex(seq, num, idx)
         return num, idx
 
@@ -315,6 +367,9 @@ class Plan:
         import torch
         from torch.nn.attention.flex_attention import BlockMask
 
+        if self.cu_seqlens_k is not None:
+            raise ValueError("to_flex_block_mask: the plan of a chunked call (cu_seqlens_k) has a chunk's rows "
+                             "only; use to_flex()")
         num, idx = self.to_flex(seq)
         n = self.cu_seqlens[seq + 1] - self.cu_seqlens[seq]
         block = self.config.block_size
@@ -349,9 +404,15 @@ def _estimate_packed(q, k, cu, config):
     return plan
 
 
-def _attend_packed(plan, q, k, v, return_lse, stream=None):
+def _outputs(q, return_lse):
+    """out like packed q [total, Hq, d], and lse [Hq, total] float32 when wanted."""
     out = _empty(q, tuple(q.shape))
     lse = _empty(q, (q.shape[1], q.shape[0]), _float32(q)) if return_lse else None
+    return out, lse
+
+
+def _attend_packed(plan, q, k, v, return_lse, stream=None):
+    out, lse = _outputs(q, return_lse)
     plan._attend(q, k, v, out, lse, stream)
     return out, lse
 
@@ -424,9 +485,12 @@ def _remember(cache, key, value):
         cache.popitem(last=False)
 
 
-def _cached_plan(q, k, cu, config, stream):
-    key = (tuple(cu), q.shape[-2], k.shape[-2], q.shape[-1], str(q.dtype), _device_of(q), stream,
-           tuple(getattr(config, f) for f in _CONFIG_FIELDS))
+def _cached_plan(q, k, cu, config, stream, cu_k=None, paged=(0, 0, 0)):
+    """The plan of these shapes, lengths and settings: a whole prompt's (cu_k None) or a chunked
+    call's, with keys packed by cu_k or (paged: page_size, num_pages, max_pages_per_seq) in a
+    paged cache. A chunked plan depends on every key length: serving steps rarely repeat one."""
+    key = (tuple(cu), None if cu_k is None else tuple(cu_k), tuple(paged), q.shape[-2], k.shape[-2], q.shape[-1],
+           str(q.dtype), _device_of(q), stream, tuple(getattr(config, f) for f in _CONFIG_FIELDS))
     plan = _PLAN_CACHE.get(key)
     if plan is not None:
         _PLAN_CACHE.move_to_end(key)
@@ -434,7 +498,7 @@ def _cached_plan(q, k, cu, config, stream):
     if key in _REFUSED:
         raise _C.ProxyAttnUnsupported(_REFUSED[key])
     try:
-        plan = Plan(cu, q.shape[-2], k.shape[-2], q.shape[-1], q, config)
+        plan = Plan(cu, q.shape[-2], k.shape[-2], q.shape[-1], q, config, cu_k, *paged)
     except _C.ProxyAttnUnsupported as e:
         _remember(_REFUSED, key, str(e))
         raise
@@ -447,6 +511,16 @@ def _forward_packed(q, k, v, cu, settings, return_lse):
     plan = _cached_plan(q, k, cu, _settings(q, **settings), stream)
     plan._estimate(q, k, stream)
     return _attend_packed(plan, q, k, v, return_lse, stream)
+
+
+def _forward_kv(q, k, v, cu, cu_k, settings, return_lse, paged=(0, 0, 0), block_table=None, state=None):
+    """A chunked call: q packed by cu, K and V packed by cu_k or a paged cache (paged, block_table,
+    state), all checked."""
+    stream = _stream(q)
+    plan = _cached_plan(q, k, cu, _settings(q, **settings), stream, cu_k, paged)
+    out, lse = _outputs(q, return_lse)
+    plan._forward_kv(q, k, v, block_table, state, out, lse, stream)
+    return out, lse
 
 
 def _attention_eager(q, k, v, return_lse, settings):
@@ -489,16 +563,336 @@ def attention(q, k, v, *, causal=True, gamma=0.95, num_proxy_groups=1, block_siz
     return _attention_checked(q, k, v, return_lse, settings)
 
 
-def attention_varlen(q, k, v, cu_seqlens, max_seqlen=None, *, causal=True, return_lse=False, **settings):
-    """ProxyAttn on a packed batch: q [total, Hq, d], k and v [total, Hkv, d], cu_seqlens
-    [num_seqs + 1] (host or device; a device tensor is copied to the host once).
-    Returns out [total, Hq, d] (and lse [Hq, total] float32)."""
+def _is_scalar(x):
+    """A number (int, float, bool, numpy scalar, 0-d tensor), not a sequence of them."""
+    return isinstance(x, (numbers.Number, np.generic)) or (_is_tensor(x) and x.ndim == 0)
+
+
+def _varlen_arguments(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, cu_seqlens, max_seqlen):
+    """(cu_seqlens_q, cu_seqlens_k, max_seqlen_q) of attention_varlen from its flash-attn form
+    and its older one, attention_varlen(q, k, v, cu_seqlens, max_seqlen): an integer where
+    cu_seqlens_k stands (the fifth positional argument) is the older max_seqlen (and a number
+    that is no integer is refused as max_seqlen)."""
+    if cu_seqlens is not None:
+        if cu_seqlens_q is not None:
+            raise TypeError("cu_seqlens and cu_seqlens_q: both given (cu_seqlens is the older name of cu_seqlens_q)")
+        cu_seqlens_q = cu_seqlens
+    if max_seqlen is not None:
+        if max_seqlen_q is not None:
+            raise TypeError("max_seqlen and max_seqlen_q: both given (max_seqlen is the older name of max_seqlen_q)")
+        max_seqlen_q = max_seqlen
+    if _is_scalar(cu_seqlens_k):
+        if max_seqlen_q is not None:
+            raise TypeError(f"cu_seqlens_k = {cu_seqlens_k!r}: a number, taken for the older "
+                            f"attention_varlen(q, k, v, cu_seqlens, max_seqlen)'s max_seqlen, but max_seqlen_q "
+                            f"is given too (cu_seqlens_k is [num_seqs + 1] key offsets)")
+        cu_seqlens_k, max_seqlen_q = None, cu_seqlens_k
+    return cu_seqlens_q, cu_seqlens_k, max_seqlen_q
+
+
+def _varlen_names(chunked):
+    """Names of the query lengths in messages: cu_seqlens_q and max_seqlen_q beside cu_seqlens_k,
+    else cu_seqlens and max_seqlen (one cu_seqlens for q, k and v)."""
+    return ("cu_seqlens_q", "max_seqlen_q") if chunked else ("cu_seqlens", "max_seqlen")
+
+
+def _query_lengths_fit(cu_q, kv_lengths, describe):
+    """Each sequence's q_len (cu_q) within its kv_len: its queries are the last positions of its
+    keys. describe(s, kv_len): the key length's origin in the message."""
+    for s, kv in enumerate(kv_lengths):
+        q_len = cu_q[s + 1] - cu_q[s]
+        if q_len > kv:
+            raise ValueError(f"sequence {s}: {q_len} queries but {describe(s, kv)}: the queries are the last "
+                             f"positions of their keys (q_len <= kv_len)")
+
+
+def _attention_varlen_checked(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, return_lse,
+                              settings):
+    """attention_varlen() on tensors _check_qkv has accepted: the lengths checked against them
+    here (a torch custom op calls this with them as tensors)."""
+    cu_name, max_name = _varlen_names(cu_seqlens_k is not None)
+    cu = _cu_list(cu_seqlens_q, q.shape[0], "q", cu_name)
+    _check_max_seqlen(max_seqlen_q, cu, max_name, cu_name)
+    if cu_seqlens_k is None:
+        _check_max_seqlen(max_seqlen_k, cu, "max_seqlen_k", cu_name)
+        return _forward_packed(q, k, v, cu, settings, return_lse)
+    cu_k = _cu_list(cu_seqlens_k, k.shape[0], "k", "cu_seqlens_k")
+    if len(cu_k) != len(cu):
+        raise ValueError(f"cu_seqlens_k: {len(cu_k)} entries but cu_seqlens_q has {len(cu)} (num_seqs + 1 each)")
+    _check_max_seqlen(max_seqlen_k, cu_k, "max_seqlen_k", "cu_seqlens_k")
+    _query_lengths_fit(cu, [b - a for a, b in zip(cu_k, cu_k[1:])], lambda s, kv: f"{kv} keys (cu_seqlens_k)")
+    if cu_k == cu:  # keys are the queries: a whole prompt's plan
+        return _forward_packed(q, k, v, cu, settings, return_lse)
+    return _forward_kv(q, k, v, cu, cu_k, settings, return_lse)
+
+
+def attention_varlen(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None, *,
+                     causal=True, return_lse=False, cu_seqlens=None, max_seqlen=None, **settings):
+    """ProxyAttn on a packed batch, flash-attn's flash_attn_varlen_func convention: q [total_q,
+    Hq, d], k and v [total_k, Hkv, d], cu_seqlens_q and cu_seqlens_k [num_seqs + 1] prefix sums
+    of each sequence's query and key lengths. Sequence s's q_len queries are the last q_len
+    positions of its kv_len >= q_len keys (bottom-right causal alignment): a prefill chunk after
+    a prefix whose K and V come with it. cu_seqlens_k None: the keys are the queries (a whole
+    prompt; k.shape[0] == total_q). max_seqlen_q / max_seqlen_k, when given, are checked.
+    Returns out [total_q, Hq, d] (and lse [Hq, total_q] float32, natural log).
+
+    The lengths are needed on the host (the plan is made there): lists, tuples, numpy arrays or
+    torch tensors; a device tensor costs a synchronising copy. The older form
+    attention_varlen(q, k, v, cu_seqlens, max_seqlen) still works (an integer fifth argument is
+    max_seqlen). Settings as in attention(). Chunked calls (cu_seqlens_k differing from
+    cu_seqlens_q) run on the CPU backend; a GPU raises ProxyAttnUnsupported until its kernels
+    take them. A chunk of at least a block of queries starting on a block boundary gets the
+    rows a one-shot prefill of the prompt cut at the chunk's end gives."""
     if not causal:
         raise ValueError("causal=False: ProxyAttn is a causal prefill method")
-    _check_qkv(q, k, v, 3, "[total, H, d]")
-    cu = _cu_list(cu_seqlens, q.shape[0])
-    _check_max_seqlen(max_seqlen, cu)
-    out, lse = _forward_packed(q, k, v, cu, settings, return_lse)
+    cu_seqlens_q, cu_seqlens_k, max_seqlen_q = _varlen_arguments(cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                                                 cu_seqlens, max_seqlen)
+    _check_qkv(q, k, v, 3, "[total, H, d]", same_tokens=cu_seqlens_k is None)
+    if _is_torch(q):
+        from . import _torch_ops
+
+        out, lse = _torch_ops.attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                               return_lse, settings)
+    else:
+        out, lse = _attention_varlen_checked(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                             return_lse, settings)
+    return (out, lse) if return_lse else out
+
+
+# ---- paged caches --------------------------------------------------------------------------------
+# make_config's settings and their defaults (the custom ops resolve settings in plain Python).
+SETTING_DEFAULTS = {name: p.default for name, p in inspect.signature(make_config).parameters.items()
+                    if p.kind is p.KEYWORD_ONLY}
+
+
+class ProxyState:
+    """The estimation state of a paged cache (docs/design.md, "Chunked prefill"): each sampled
+    position's pooled proxy key and query, in pages beside the cache's pages, so that a chunk
+    pools only its own tokens and ranks a query block it starts inside with the block's earlier
+    queries too (the rows a one-shot prefill gives). Allocated (zeroed) in k_cache's framework
+    and device: [num_pages, page_size / stride, 2, num_proxy_groups, head_dim] of its dtype, as
+    bytes (self.tensor).
+
+    One state per layer's cache, passed to attention_with_kvcache(proxy_state=...) on EVERY
+    call of every sequence using the cache, from each sequence's first chunk on, with the same
+    num_proxy_groups and stride as the state: each call writes its positions' proxies and
+    reads its prefix's; a prefix attended without the state has none there. Pages shared by
+    sequences (a common prefix) share their state. page_size must be a multiple of stride."""
+
+    def __init__(self, k_cache, num_proxy_groups=1, stride=4):
+        _check_tensor("k_cache", k_cache, 4, "[num_pages, page_size, Hkv, d]")
+        if min(int(x) for x in k_cache.shape) < 1:
+            raise ValueError(f"k_cache: shape {tuple(k_cache.shape)} [num_pages, page_size, Hkv, d]: every "
+                             f"dimension needs at least 1")
+        g, s = _index("num_proxy_groups", num_proxy_groups), _index("stride", stride)
+        if s >= 1 and k_cache.shape[1] % s != 0:
+            raise ValueError(f"k_cache: pages of {k_cache.shape[1]} tokens (k_cache.shape[1]): an estimation state "
+                             f"needs pages of a multiple of stride = {s} tokens")
+        self._bind(k_cache, g, s)
+
+    @classmethod
+    def _wrap(cls, tensor, k_cache, num_proxy_groups, stride):
+        """The state over an existing tensor (a custom op's argument)."""
+        state = cls.__new__(cls)
+        state._bind(k_cache, num_proxy_groups, stride, tensor)
+        return state
+
+    def _bind(self, k_cache, num_proxy_groups, stride, tensor=None):
+        """Describes the state of k_cache's pages (pa_proxy_state_make) over tensor, or over new
+        zeroed memory of pa_proxy_state_bytes."""
+        self.num_pages, self.page_size, self.num_kv_heads, self.head_dim = (int(x) for x in k_cache.shape)
+        self.dtype, self.device = str(k_cache.dtype), _device_of(k_cache)
+        self.num_proxy_groups, self.stride = num_proxy_groups, stride
+        config = make_config(self.head_dim, num_proxy_groups=num_proxy_groups, stride=stride)
+        problem = _C.Problem([0, 0], self.num_kv_heads, self.num_kv_heads, self.head_dim, _C.dtype_code(k_cache),
+                             [0, 0], self.page_size, self.num_pages, 1)
+        self.tensor = _zero_bytes(k_cache, _C.proxy_state_bytes(problem, config)) if tensor is None else tensor
+        self._handle = _C.ProxyState(problem, config, self.tensor)
+
+    def __repr__(self):
+        return (f"ProxyState(num_pages={self.num_pages}, page_size={self.page_size}, head_dim={self.head_dim}, "
+                f"num_proxy_groups={self.num_proxy_groups}, stride={self.stride}, dtype={self.dtype}, "
+                f"device={self.device})")
+
+
+def _zero_bytes(like, nbytes):
+    if _is_torch(like):
+        import torch
+
+        return torch.zeros(max(nbytes, 1), dtype=torch.uint8, device=like.device)
+    return np.zeros(max(nbytes, 1), dtype=np.uint8)
+
+
+def _check_proxy_state(state, k_cache, settings):
+    """The state made for this cache and the call's num_proxy_groups and stride."""
+    if not isinstance(state, ProxyState):
+        raise TypeError(f"proxy_state: expected a proxyattn.ProxyState, got {type(state).__name__}")
+    cache = (tuple(int(x) for x in k_cache.shape), str(k_cache.dtype), _device_of(k_cache))
+    made = ((state.num_pages, state.page_size, state.num_kv_heads, state.head_dim), state.dtype, state.device)
+    if made != cache:
+        raise ValueError(f"proxy_state: made for a cache of shape {made[0]} {made[1]} on {made[2]}, but k_cache is "
+                         f"{cache[0]} {cache[1]} on {cache[2]} (one ProxyState per layer's cache)")
+    for name in ("num_proxy_groups", "stride"):
+        value = settings.get(name, SETTING_DEFAULTS[name])
+        if value != getattr(state, name):
+            raise ValueError(f"proxy_state: made with {name} = {getattr(state, name)} but the call has {name} = "
+                             f"{value} (pass the state's settings on every call)")
+
+
+def _block_table(block_table, k_cache, num_seqs):
+    """block_table as an int32 [num_seqs, max_pages] array of k_cache's framework (host arrays
+    with a CUDA cache stay on the host until their pages are checked): shapes only, so that
+    torch.compile traces it."""
+    if isinstance(block_table, (list, tuple)):  # read in plain Python, which torch.compile traces
+        rows = [_host_ints(row, f"block_table[{s}]", "[max_pages]") for s, row in enumerate(block_table)]
+        width = len(rows[0]) if rows else 0
+        for s, row in enumerate(rows):
+            if len(row) != width:
+                raise ValueError(f"block_table[{s}]: {len(row)} entries, block_table[0] {width}")
+            if any(x < -2**31 or x > _INT32_MAX for x in row):
+                raise ValueError(f"block_table[{s}]: page ids beyond int32")
+        if _is_torch(k_cache):
+            import torch
+
+            block_table = torch.tensor(rows, dtype=torch.int32).reshape(len(rows), width)
+        else:
+            block_table = np.array(rows, np.int32).reshape(len(rows), width)
+    if block_table is None or not _is_tensor(block_table):
+        raise TypeError(f"block_table: expected an int32 numpy array or torch tensor [num_seqs, max_pages], "
+                        f"got {type(block_table).__name__}")
+    if block_table.ndim != 2 or block_table.shape[0] != num_seqs or block_table.shape[1] < 1:
+        raise ValueError(f"block_table: shape {tuple(block_table.shape)}, expected [num_seqs, max_pages] with "
+                         f"num_seqs = {num_seqs} and max_pages >= 1")
+    if str(block_table.dtype) not in ("int32", "torch.int32"):
+        raise TypeError(f"block_table: dtype {block_table.dtype}, expected int32 (page ids, as vLLM and flash-attn "
+                        f"keep them)")
+    if _is_torch(k_cache) and not _is_torch(block_table):
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(block_table))
+    if not _is_torch(k_cache) and _is_torch(block_table):
+        if block_table.device.type != "cpu":
+            raise ValueError(f"block_table: on {block_table.device} but k_cache is a host numpy array")
+        return block_table.numpy()
+    if _is_torch(k_cache) and block_table.device.type != "cpu" and block_table.device != k_cache.device:
+        raise ValueError(f"block_table: on {block_table.device} but k_cache on {k_cache.device}")
+    return block_table
+
+
+def _check_pages(block_table, kv_lengths, page_size, num_pages):
+    """The page ids each sequence uses (its first ceil(kv_len / page_size) entries) within the
+    cache, for a host block table (a device one is the caller's contract)."""
+    table = block_table.numpy() if _is_torch(block_table) else block_table
+    for s, kv in enumerate(kv_lengths):
+        used = table[s, :-(-kv // page_size)]
+        bad = np.flatnonzero((used < 0) | (used >= num_pages))
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(f"block_table[{s}][{i}] = {int(used[i])}: outside k_cache's {num_pages} pages "
+                             f"(k_cache.shape[0]); sequence {s} uses its first {used.size} entries "
+                             f"(cache_seqlens[{s}] = {kv})")
+
+
+def _on_cache_device(block_table, k_cache):
+    """The block table where the cache is, contiguous (a host table with a CUDA cache is copied
+    there: pass a device table to keep the call free of host copies, e.g. for graph capture)."""
+    if _is_torch(block_table):
+        if block_table.device != k_cache.device:
+            block_table = block_table.to(k_cache.device)
+        return block_table.contiguous()
+    return np.ascontiguousarray(block_table)
+
+
+def _kvcache_checked(q, k_cache, v_cache, cache_seqlens, block_table, cu_seqlens_q, max_seqlen_q, proxy_state,
+                     return_lse, settings):
+    """attention_with_kvcache() on packed q and tensors whose shapes are checked: the lengths and
+    (on the host) the block table's page ids checked here (a torch custom op calls this)."""
+    cu = _cu_list(cu_seqlens_q, q.shape[0], "q", "cu_seqlens_q")
+    _check_max_seqlen(max_seqlen_q, cu, "max_seqlen_q", "cu_seqlens_q")
+    num_pages, page_size = int(k_cache.shape[0]), int(k_cache.shape[1])
+    max_pages = int(block_table.shape[1])
+    kv = _host_ints(cache_seqlens, "cache_seqlens", "[num_seqs]")
+    _query_lengths_fit(cu, kv, lambda s, n: f"cache_seqlens[{s}] = {n}, which counts the new queries' keys too "
+                                            f"(write them into the cache first)")
+    for s, n in enumerate(kv):
+        if n > max_pages * page_size:
+            raise ValueError(f"cache_seqlens[{s}] = {n} exceeds the block table's {max_pages} pages of {page_size} "
+                             f"tokens (block_table.shape[1] x k_cache.shape[1] = {max_pages * page_size})")
+    cu_k = [0]
+    for n in kv:
+        cu_k.append(cu_k[-1] + n)
+    if cu_k[-1] > _INT32_MAX:
+        raise ValueError(f"cache_seqlens: {cu_k[-1]} keys in all, beyond the int32 token offsets (at most 2^31 - 1)")
+    if not _is_torch(block_table) or block_table.device.type == "cpu":
+        _check_pages(block_table, kv, page_size, num_pages)
+    table = _on_cache_device(block_table, k_cache)
+    return _forward_kv(q, k_cache, v_cache, cu, cu_k, settings, return_lse, (page_size, num_pages, max_pages), table,
+                       proxy_state)
+
+
+def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, block_table, cu_seqlens_q=None, max_seqlen_q=None, *,
+                           proxy_state=None, causal=True, return_lse=False, **settings):
+    """ProxyAttn over a paged KV cache, in the style of flash-attn's flash_attn_with_kvcache:
+    k_cache and v_cache [num_pages, page_size, Hkv, d] (vLLM's and flash-attn's layout),
+    block_table int32 [num_seqs, max_pages] (sequence s's token t in page
+    block_table[s, t // page_size]), cache_seqlens [num_seqs] each sequence's key count
+    INCLUDING the new queries: their K and V are in the cache already (an engine's
+    cache.update, then attention). q is [B, q_len, Hq, d] (num_seqs = B; returns out like q and
+    lse [B, Hq, q_len]) or packed [total_q, Hq, d] with cu_seqlens_q [num_seqs + 1] (returns out
+    [total_q, Hq, d] and lse [Hq, total_q]); the queries are the last q_len positions of their
+    sequence. A chunk of fewer queries than a block (a decode step) runs dense.
+
+    cache_seqlens and cu_seqlens_q are needed on the host (the plan is made there): lists,
+    tuples, numpy arrays or torch tensors; a device tensor costs a synchronising copy. The
+    block table lives with the cache (a host one is copied to a CUDA cache's device). Its page
+    ids are checked on the host (a host table); a device table is not read by the host, so
+    keeping its ids within the cache is the caller's contract there, as with flash-attn.
+
+    proxy_state: a ProxyState(k_cache, num_proxy_groups, stride) of this cache, passed on every
+    call of the same sequences (see ProxyState), or None: the prefix's keys are pooled again at
+    each call. Settings as in attention(). Runs on the CPU backend; a GPU raises
+    ProxyAttnUnsupported until its kernels take paged caches."""
+    if not causal:
+        raise ValueError("causal=False: ProxyAttn is a causal prefill method")
+    layout = "[B, q_len, Hq, d] or packed [total_q, Hq, d]"
+    _check_tensor("q", q, q.ndim if _is_tensor(q) and q.ndim == 3 else 4, layout)
+    uniform = q.ndim == 4
+    _check_qkv(q, k_cache, v_cache, q.ndim, layout, same_tokens=False, names=("q", "k_cache", "v_cache"), kv_ndim=4,
+               kv_layout="[num_pages, page_size, Hkv, d]")
+    if uniform and cu_seqlens_q is not None:
+        raise ValueError(f"cu_seqlens_q: given with q of shape {tuple(q.shape)} [B, q_len, Hq, d]; pass q packed "
+                         f"[total_q, Hq, d] with it")
+    if not uniform and cu_seqlens_q is None:
+        raise ValueError(f"cu_seqlens_q: needed with a packed q of shape {tuple(q.shape)} (or give q as "
+                         f"[B, q_len, Hq, d])")
+    if min(int(x) for x in k_cache.shape[:2]) < 1:
+        raise ValueError(f"k_cache: shape {tuple(k_cache.shape)}: needs at least one page of at least one token")
+    if uniform:
+        b, n = int(q.shape[0]), int(q.shape[1])
+        cu_seqlens_q, q = _uniform_cu(b, n), _reshape(q, (b * n,) + tuple(q.shape[2:]))
+        num_seqs = b
+    else:
+        num_seqs = _entries(cu_seqlens_q, "cu_seqlens_q", "[num_seqs + 1]") - 1
+    if _entries(cache_seqlens, "cache_seqlens", "[num_seqs]") != max(num_seqs, 0):
+        raise ValueError(f"cache_seqlens: {_entries(cache_seqlens, 'cache_seqlens', '')} lengths for {num_seqs} "
+                         f"sequences ({'q.shape[0]' if uniform else 'cu_seqlens_q'})")
+    block_table = _block_table(block_table, k_cache, num_seqs)
+    if proxy_state is not None:
+        _check_proxy_state(proxy_state, k_cache, settings)
+    if uniform and b == 0:
+        out, lse = _outputs(q, return_lse)
+    elif _is_torch(q):
+        from . import _torch_ops
+
+        out, lse = _torch_ops.attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, block_table, cu_seqlens_q,
+                                                     max_seqlen_q, proxy_state, return_lse, settings)
+    else:
+        out, lse = _kvcache_checked(q, k_cache, v_cache, cache_seqlens, block_table, cu_seqlens_q, max_seqlen_q,
+                                    proxy_state, return_lse, settings)
+    if uniform:
+        out = _reshape(out, (b, n) + tuple(out.shape[1:]))
+        if lse is not None:
+            lse = _lse_per_sequence(lse, b, n)
     return (out, lse) if return_lse else out
 
 

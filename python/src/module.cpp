@@ -3,16 +3,20 @@
 // allocates through the caller's framework), and raises proxyattn.ProxyAttnError (with the
 // pa_status name) on failure, its subclass ProxyAttnUnsupported for PA_STATUS_UNSUPPORTED (a
 // valid request this build or device cannot run, on which callers may fall back).
-// Shapes: Q [tokens, Hq, d], K/V [tokens, Hkv, d], LSE [Hq, tokens].
+// Shapes: Q [tokens, Hq, d], K/V [tokens, Hkv, d] (a chunked plan's: [kv tokens, Hkv, d] by
+// cu_seqlens_k, or a paged cache [num_pages, page_size, Hkv, d]), LSE [Hq, tokens].
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
+#include <array>
 #include <cstdint>
 #include <cstdio>
 #include <initializer_list>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -45,32 +49,31 @@ pa_dtype dtype_of(const A& a, const char* name) {
   throw nb::type_error((std::string(name) + ": dtype must be float32, float16 or bfloat16").c_str());
 }
 
-// The shape a tensor of the call must have: [tokens, heads, head_dim] of the batch.
+// The shape a tensor of the call must have: [rows, heads, head_dim], its rows set by the entry
+// `source`[num_seqs] of the batch (cu_seqlens for Q and O and a whole prompt's K and V,
+// cu_seqlens_k for a chunked call's packed K and V).
 struct Expected {
-  const pa_problem& problem;
-  int64_t heads;
+  int64_t rows;
+  const char* source;
+  int32_t num_seqs;
+  int64_t heads, head_dim;
 };
 
-// A [tokens, heads, d] view with a contiguous last dimension, its shape checked against the
-// batch (cu_seqlens gives the tokens: the library cannot see a tensor's extent, and trusts
-// them). The stride of a dimension of extent 1, or of an empty tensor, means nothing, and
-// frameworks report anything there (torch's DLPack export says 1: one KV head or one token
-// made "head_stride = 1" errors): such a view gets the contiguous strides.
+Expected q_rows(const pa_problem& p) { return {p.total_tokens, "cu_seqlens", p.num_seqs, p.num_q_heads, p.head_dim}; }
+Expected kv_rows(const pa_problem& p) {
+  if (p.cu_seqlens_k != nullptr) return {p.total_kv_tokens, "cu_seqlens_k", p.num_seqs, p.num_kv_heads, p.head_dim};
+  return {p.total_tokens, "cu_seqlens", p.num_seqs, p.num_kv_heads, p.head_dim};
+}
+
+// The pa_tensor of an array [..., heads, head_dim] with a contiguous last dimension whose
+// leading dimensions make `rows` rows token_stride elements apart. The stride of a dimension
+// of extent 1, or of an empty tensor, means nothing, and frameworks report anything there
+// (torch's DLPack export says 1: one KV head or one token made "head_stride = 1" errors): such
+// a view gets the contiguous strides.
 template <typename A>
-pa_tensor view(const A& a, const char* name, const Expected& want) {
-  if (a.ndim() != 3)
-    throw nb::value_error(format("%s: expected 3 dimensions [tokens, heads, head_dim], got %zu", name,
-                                 a.ndim()).c_str());
-  const pa_problem& p = want.problem;
-  const int64_t tokens = int64_t(a.shape(0)), heads = int64_t(a.shape(1)), d = int64_t(a.shape(2));
-  if (tokens != p.total_tokens)
-    throw nb::value_error(format("cu_seqlens[%d] = %lld differs from the token count of %s "
-                                 "(%s.shape[0] = %lld)", p.num_seqs, (long long)p.total_tokens, name, name,
-                                 (long long)tokens).c_str());
-  if (heads != want.heads || d != p.head_dim)
-    throw nb::value_error(format("%s: shape [%lld, %lld, %lld], expected [%lld, %lld, %lld] (tokens, "
-                                 "heads, head_dim)", name, (long long)tokens, (long long)heads, (long long)d,
-                                 (long long)p.total_tokens, (long long)want.heads, (long long)p.head_dim).c_str());
+pa_tensor rows_view(const A& a, const char* name, int64_t rows, int64_t token_stride) {
+  const size_t n = a.ndim();
+  const int64_t heads = int64_t(a.shape(n - 2)), d = int64_t(a.shape(n - 1));
   pa_tensor t;
   t.data = const_cast<void*>(static_cast<const void*>(a.data()));
   if (a.size() == 0) {
@@ -78,12 +81,73 @@ pa_tensor view(const A& a, const char* name, const Expected& want) {
     t.head_stride = d;
     return t;
   }
-  if (d > 1 && a.stride(2) != 1)
+  if (d > 1 && a.stride(n - 1) != 1)
     throw nb::value_error(format("%s: the last dimension (head_dim) must be contiguous (stride 1, got %lld)",
-                                 name, (long long)a.stride(2)).c_str());
-  t.token_stride = tokens == 1 ? heads * d : a.stride(0);
-  t.head_stride = heads == 1 ? d : a.stride(1);
+                                 name, (long long)a.stride(n - 1)).c_str());
+  t.token_stride = rows == 1 ? heads * d : token_stride;
+  t.head_stride = heads == 1 ? d : a.stride(n - 2);
   return t;
+}
+
+// A [tokens, heads, d] view, its shape checked against the batch (cu_seqlens gives the tokens:
+// the library cannot see a tensor's extent, and trusts them).
+template <typename A>
+pa_tensor view(const A& a, const char* name, const Expected& want) {
+  if (a.ndim() != 3)
+    throw nb::value_error(format("%s: expected 3 dimensions [tokens, heads, head_dim], got %zu", name,
+                                 a.ndim()).c_str());
+  const int64_t tokens = int64_t(a.shape(0)), heads = int64_t(a.shape(1)), d = int64_t(a.shape(2));
+  if (tokens != want.rows)
+    throw nb::value_error(format("%s[%d] = %lld differs from the token count of %s (%s.shape[0] = %lld)",
+                                 want.source, want.num_seqs, (long long)want.rows, name, name,
+                                 (long long)tokens).c_str());
+  if (heads != want.heads || d != want.head_dim)
+    throw nb::value_error(format("%s: shape [%lld, %lld, %lld], expected [%lld, %lld, %lld] (tokens, "
+                                 "heads, head_dim)", name, (long long)tokens, (long long)heads, (long long)d,
+                                 (long long)want.rows, (long long)want.heads, (long long)want.head_dim).c_str());
+  return rows_view(a, name, tokens, a.stride(0));
+}
+
+// A paged cache [num_pages, page_size, Hkv, d] (vLLM's and flash-attn's layout) as the
+// [num_pages * page_size, Hkv, d] rows the library reads: pages page_size rows apart.
+template <typename A>
+pa_tensor page_view(const A& a, const char* name, const pa_problem& p) {
+  const int64_t want[4] = {p.num_pages, p.page_size, p.num_kv_heads, p.head_dim};
+  bool shaped = a.ndim() == 4;
+  for (size_t i = 0; shaped && i < 4; ++i) shaped = int64_t(a.shape(i)) == want[i];
+  if (!shaped) {
+    std::string dims;
+    for (size_t i = 0; i < a.ndim(); ++i) dims += (i ? ", " : "") + std::to_string(a.shape(i));
+    throw nb::value_error(format("%s: shape [%s], expected [%lld, %lld, %lld, %lld] (num_pages, page_size, "
+                                 "heads, head_dim)", name, dims.c_str(), (long long)want[0], (long long)want[1],
+                                 (long long)want[2], (long long)want[3]).c_str());
+  }
+  const int64_t pages = want[0], page = want[1];
+  if (a.size() > 0 && pages > 1 && page > 1 && a.stride(0) != page * a.stride(1))
+    throw nb::value_error(format("%s: pages %lld elements apart, expected page_size x the token stride = %lld "
+                                 "(the library reads [num_pages * page_size, heads, head_dim] rows)", name,
+                                 (long long)a.stride(0), (long long)(page * a.stride(1))).c_str());
+  return rows_view(a, name, pages * page, page > 1 ? a.stride(1) : a.stride(0));
+}
+
+// int32 [shape...] row-major (contiguous) array; on the host when host is set.
+template <typename A>
+void check_int32_array(const A& a, const char* name, std::initializer_list<int64_t> shape, bool host) {
+  const nb::dlpack::dtype t = a.dtype();
+  bool ok = t.lanes == 1 && t.bits == 32 && t.code == uint8_t(nb::dlpack::dtype_code::Int) &&
+            a.ndim() == shape.size() && (!host || a.device_type() == nb::device::cpu::value);
+  int64_t stride = 1;
+  for (size_t i = shape.size(); ok && i-- > 0;) {
+    const int64_t extent = shape.begin()[i];
+    ok = int64_t(a.shape(i)) == extent && (extent <= 1 || a.stride(i) == stride);
+    stride *= extent;
+  }
+  if (!ok) {
+    std::string dims;
+    for (int64_t extent : shape) dims += (dims.empty() ? "" : ", ") + std::to_string(extent);
+    throw nb::value_error(format("%s: expected a contiguous %sint32 array of shape (%s)", name, host ? "host " : "",
+                                 dims.c_str()).c_str());
+  }
 }
 
 // LSE [Hq, tokens] float32, row-major (the library writes lse[h * tokens + t]).
@@ -105,16 +169,21 @@ void* stream_ptr(uintptr_t stream) { return reinterpret_cast<void*>(stream); }
 
 // The batch of a call: lengths from cu_seqlens (host integers, int32 offsets), shapes from
 // q and k. The library checks that cu_seqlens starts at 0 and does not decrease.
+std::vector<int32_t> int32_offsets(const std::vector<int64_t>& values, const char* name) {
+  if (values.size() < 2) throw nb::value_error(format("%s: needs at least 2 entries", name).c_str());
+  std::vector<int32_t> cu(values.size());
+  for (size_t i = 0; i < cu.size(); ++i) {
+    if (values[i] < INT32_MIN || values[i] > INT32_MAX)
+      throw nb::value_error(format("%s[%zu] = %lld does not fit the int32 token offsets", name, i,
+                                   (long long)values[i]).c_str());
+    cu[i] = int32_t(values[i]);
+  }
+  return cu;
+}
+
 proxyattn::Batch make_batch(const std::vector<int64_t>& cu_seqlens, int64_t hq, int64_t hkv, int64_t d,
                             pa_dtype dtype) {
-  if (cu_seqlens.size() < 2) throw nb::value_error("cu_seqlens: needs at least 2 entries");
-  std::vector<int32_t> cu(cu_seqlens.size());
-  for (size_t i = 0; i < cu.size(); ++i) {
-    if (cu_seqlens[i] < INT32_MIN || cu_seqlens[i] > INT32_MAX)
-      throw nb::value_error(format("cu_seqlens[%zu] = %lld does not fit the int32 token offsets", i,
-                                   (long long)cu_seqlens[i]).c_str());
-    cu[i] = int32_t(cu_seqlens[i]);
-  }
+  std::vector<int32_t> cu = int32_offsets(cu_seqlens, "cu_seqlens");
   for (auto [value, name] : {std::pair{hq, "q heads"}, {hkv, "k heads"}, {d, "head_dim"}})
     if (value < 1 || value > INT32_MAX)
       throw nb::value_error(format("%s = %lld: must lie in [1, 2^31)", name, (long long)value).c_str());
@@ -131,12 +200,87 @@ proxyattn::Batch batch_of(const std::vector<int64_t>& cu, const A& q, const A& k
   return make_batch(cu, int64_t(q.shape(1)), int64_t(k.shape(1)), int64_t(q.shape(2)), dtype_of(q, "q"));
 }
 
+// The problem of a plan: the batch's query lengths and, for a chunked call, its key lengths
+// (cu_seqlens_k) and paged cache (page_size, num_pages, max_pages_per_seq; all 0 for packed
+// keys). Its pa_problem points into its own arrays (a copy links to the copy's).
+class Problem {
+ public:
+  Problem(const std::vector<int64_t>& cu_seqlens, int64_t hq, int64_t hkv, int64_t d, int dtype,
+          const std::optional<std::vector<int64_t>>& cu_seqlens_k, int64_t page_size, int64_t num_pages,
+          int64_t max_pages_per_seq)
+      : batch_(make_batch(cu_seqlens, hq, hkv, d, pa_dtype(dtype))) {
+    if (cu_seqlens_k) {
+      if (cu_seqlens_k->size() != cu_seqlens.size())
+        throw nb::value_error(format("cu_seqlens_k: %zu entries but cu_seqlens has %zu (num_seqs + 1 each)",
+                                     cu_seqlens_k->size(), cu_seqlens.size()).c_str());
+      cu_k_ = int32_offsets(*cu_seqlens_k, "cu_seqlens_k");
+    }
+    int i = 0;
+    for (auto [value, name] : {std::pair{page_size, "page_size"}, {num_pages, "num_pages"},
+                               {max_pages_per_seq, "max_pages_per_seq"}}) {
+      if (value < 0 || value > INT32_MAX)
+        throw nb::value_error(format("%s = %lld: must lie in [0, 2^31)", name, (long long)value).c_str());
+      paged_[i++] = int32_t(value);
+    }
+    link();
+  }
+  Problem(const Problem& other) : batch_(other.batch_), cu_k_(other.cu_k_), paged_(other.paged_) { link(); }
+  Problem& operator=(const Problem&) = delete;
+
+  const pa_problem& get() const { return problem_; }
+  const std::vector<int32_t>& cu_seqlens() const { return batch_.cu_seqlens(); }
+  // Key length of sequence s (its query length for a whole prompt's problem).
+  int64_t kv_length(int32_t s) const {
+    const std::vector<int32_t>& cu = cu_k_.empty() ? batch_.cu_seqlens() : cu_k_;
+    return int64_t(cu[s + 1]) - cu[s];
+  }
+
+ private:
+  void link() {
+    problem_ = batch_.problem();
+    if (!cu_k_.empty()) {
+      problem_.cu_seqlens_k = cu_k_.data();
+      problem_.total_kv_tokens = cu_k_.back();
+    }
+    problem_.page_size = paged_[0];
+    problem_.num_pages = paged_[1];
+    problem_.max_pages_per_seq = paged_[2];
+  }
+  proxyattn::Batch batch_;
+  std::vector<int32_t> cu_k_;  // empty: keys are the queries
+  std::array<int32_t, 3> paged_{};
+  pa_problem problem_{};
+};
+
+// The estimation state of a paged cache over caller memory (a contiguous 1-D array of
+// pa_proxy_state_bytes bytes in the cache's memory space), described by pa_proxy_state_make
+// for the cache's problem and config; the library checks it against each plan it is used with.
+class ProxyState {
+ public:
+  ProxyState(const Problem& problem, const pa_config& config, Array data) : data_(data) {
+    if (data.ndim() != 1 || (data.shape(0) > 1 && data.stride(0) != 1))
+      throw nb::value_error("proxy_state: expected a contiguous 1-D array of bytes");
+    proxyattn::check(pa_proxy_state_make(&problem.get(), &config, data.data(), data.nbytes(), &state_));
+  }
+  const pa_proxy_state& get() const { return state_; }
+
+ private:
+  Array data_;  // keeps the caller's memory alive as long as the description
+  pa_proxy_state state_{};
+};
+
+template <typename F>
+size_t bytes_of(F f, const Problem& problem, const pa_config& config) {
+  size_t bytes = 0;
+  proxyattn::check(f(&problem.get(), &config, &bytes));
+  return bytes;
+}
+
 class PyPlan {
  public:
-  PyPlan(const std::vector<int64_t>& cu_seqlens, int64_t hq, int64_t hkv, int64_t d, int dtype,
-         const pa_config& config, Array storage)
-      : batch_(make_batch(cu_seqlens, hq, hkv, d, pa_dtype(dtype))), config_(config), storage_(storage) {
-    proxyattn::check(pa_plan_create(&batch_.problem(), &config_, storage.data(), storage.nbytes(), &plan_));
+  PyPlan(const Problem& problem, const pa_config& config, Array storage)
+      : problem_(problem), config_(config), storage_(storage) {
+    proxyattn::check(pa_plan_create(&problem_.get(), &config_, storage.data(), storage.nbytes(), &plan_));
   }
   ~PyPlan() { pa_plan_free(plan_); }
   PyPlan(const PyPlan&) = delete;
@@ -144,19 +288,45 @@ class PyPlan {
 
   void estimate(const In& q, const In& k, Array workspace, uintptr_t stream) {
     check_dtypes({{&q, "q"}, {&k, "k"}});
-    const pa_tensor tq = view(q, "q", q_shape()), tk = view(k, "k", kv_shape());
+    const pa_tensor tq = view(q, "q", q_rows(p())), tk = view(k, "k", kv_rows(p()));
     nb::gil_scoped_release release;
     proxyattn::check(pa_estimate(plan_, &tq, &tk, workspace.data(), workspace.nbytes(), stream_ptr(stream)));
   }
 
   void attend(const In& q, const In& k, const In& v, Array o, nb::object lse, uintptr_t stream) {
     check_dtypes({{&q, "q"}, {&k, "k"}, {&v, "v"}});
-    if (dtype_of(o, "o") != batch_.problem().dtype) throw nb::type_error("o: dtype differs from the plan's");
-    const pa_tensor tq = view(q, "q", q_shape()), tk = view(k, "k", kv_shape()), tv = view(v, "v", kv_shape());
-    pa_tensor to = view(o, "o", q_shape());
-    float* l = lse_ptr(lse, batch_.problem());
+    const pa_tensor tq = view(q, "q", q_rows(p())), tk = view(k, "k", kv_rows(p())), tv = view(v, "v", kv_rows(p()));
+    pa_tensor to = output(o);
+    float* l = lse_ptr(lse, p());
     nb::gil_scoped_release release;
     proxyattn::check(pa_attend(plan_, &tq, &tk, &tv, &to, l, stream_ptr(stream)));
+  }
+
+  // The _kv calls: K and V packed by cu_seqlens_k (block_table None) or a paged cache
+  // [num_pages, page_size, Hkv, d] with its block table int32 [num_seqs, max_pages_per_seq]
+  // (the tensors' memory space) and, optionally, its estimation state.
+  void estimate_kv(const In& q, const In& k, nb::object block_table, const ProxyState* state, Array workspace,
+                   uintptr_t stream) {
+    check_dtypes({{&q, "q"}, {&k, "k"}});
+    const pa_tensor tq = view(q, "q", q_rows(p()));
+    const pa_kv_cache kv = kv_cache(k, nullptr, block_table, state);
+    nb::gil_scoped_release release;
+    proxyattn::check(pa_estimate_kv(plan_, &tq, &kv, workspace.data(), workspace.nbytes(), stream_ptr(stream)));
+  }
+
+  void attend_kv(const In& q, const In& k, const In& v, nb::object block_table, const ProxyState* state, Array o,
+                 nb::object lse, uintptr_t stream) {
+    KvAttention a = kv_attention(q, k, v, block_table, state, o, lse);
+    nb::gil_scoped_release release;
+    proxyattn::check(pa_attend_kv(plan_, &a.q, &a.kv, &a.o, a.lse, stream_ptr(stream)));
+  }
+
+  void forward_kv(const In& q, const In& k, const In& v, nb::object block_table, const ProxyState* state, Array o,
+                  nb::object lse, Array workspace, uintptr_t stream) {
+    KvAttention a = kv_attention(q, k, v, block_table, state, o, lse);
+    nb::gil_scoped_release release;
+    proxyattn::check(pa_forward_kv(plan_, &a.q, &a.kv, &a.o, a.lse, workspace.data(), workspace.nbytes(),
+                                   stream_ptr(stream)));
   }
 
   nb::dict stats() const {
@@ -173,7 +343,7 @@ class PyPlan {
 
   // (budget_blocks, needed_blocks, density), each [num_seqs * Hq].
   std::tuple<std::vector<int32_t>, std::vector<int32_t>, std::vector<double>> heads() const {
-    const size_t n = size_t(batch_.problem().num_seqs) * batch_.problem().num_q_heads;
+    const size_t n = size_t(p().num_seqs) * p().num_q_heads;
     std::vector<int32_t> budget(n), needed(n);
     std::vector<double> density(n);
     proxyattn::check(pa_plan_get_heads(plan_, budget.data(), needed.data(), density.data()));
@@ -189,8 +359,7 @@ class PyPlan {
 
   // Anchors [num_seqs * Hq * anchor_blocks] (-1 = none).
   std::vector<int32_t> anchors() const {
-    const size_t n = size_t(batch_.problem().num_seqs) * batch_.problem().num_q_heads *
-                     size_t(anchor_blocks());
+    const size_t n = size_t(p().num_seqs) * p().num_q_heads * size_t(anchor_blocks());
     std::vector<int32_t> out(n);
     proxyattn::check(pa_plan_get_anchors(plan_, out.data()));
     return out;
@@ -200,20 +369,22 @@ class PyPlan {
   std::tuple<std::vector<int32_t>, std::vector<int32_t>> index() const {
     int64_t rows = 0, entries = 0;
     proxyattn::check(pa_plan_get_layout(plan_, &rows, &entries));
-    std::vector<int32_t> order(entries), count(rows * batch_.problem().num_q_heads);
+    std::vector<int32_t> order(entries), count(rows * p().num_q_heads);
     proxyattn::check(pa_plan_get_index(plan_, order.data(), count.data()));
     return {order, count};
   }
 
-  // Fills host int32 arrays kv_num_blocks [Hq, Nqb] and kv_indices [Hq, Nqb, Nqb] (contiguous).
+  // Fills host int32 arrays kv_num_blocks [Hq, rows] and kv_indices [Hq, rows, Nkb] (contiguous):
+  // the sequence's rows m0 .. Nkb - 1 of Nkb = ceil(kv_len / b) key blocks, m0 = (kv_len - q_len) / b
+  // (docs/index_format.md; m0 = 0 and rows = Nkb for a whole prompt).
   void to_flex(int seq, Array kv_num_blocks, Array kv_indices) const {
-    const pa_problem& p = batch_.problem();
-    if (seq < 0 || seq >= p.num_seqs)
-      throw nb::value_error(format("seq = %d: must lie in [0, %d)", seq, p.num_seqs).c_str());
-    const int64_t n = batch_.cu_seqlens()[seq + 1] - batch_.cu_seqlens()[seq];
-    const int64_t nqb = (n + config_.block_size - 1) / config_.block_size;
-    check_int32_array(kv_num_blocks, "kv_num_blocks", {p.num_q_heads, nqb});
-    check_int32_array(kv_indices, "kv_indices", {p.num_q_heads, nqb, nqb});
+    if (seq < 0 || seq >= p().num_seqs)
+      throw nb::value_error(format("seq = %d: must lie in [0, %d)", seq, p().num_seqs).c_str());
+    const int64_t q_len = problem_.cu_seqlens()[seq + 1] - problem_.cu_seqlens()[seq];
+    const int64_t kv_len = problem_.kv_length(seq), b = config_.block_size;
+    const int64_t nkb = (kv_len + b - 1) / b, rows = nkb - (kv_len - q_len) / b;
+    check_int32_array(kv_num_blocks, "kv_num_blocks", {p().num_q_heads, rows}, true);
+    check_int32_array(kv_indices, "kv_indices", {p().num_q_heads, rows, nkb}, true);
     proxyattn::check(pa_plan_to_flex(plan_, seq, static_cast<int32_t*>(kv_num_blocks.data()),
                                      static_cast<int32_t*>(kv_indices.data())));
   }
@@ -229,31 +400,45 @@ class PyPlan {
   }
 
  private:
-  Expected q_shape() const { return {batch_.problem(), batch_.problem().num_q_heads}; }
-  Expected kv_shape() const { return {batch_.problem(), batch_.problem().num_kv_heads}; }
+  const pa_problem& p() const { return problem_.get(); }
+  pa_tensor output(Array& o) const {
+    if (dtype_of(o, "o") != p().dtype) throw nb::type_error("o: dtype differs from the plan's");
+    return view(o, "o", q_rows(p()));
+  }
+  // The checked arguments of an attention call over kv.
+  struct KvAttention {
+    pa_tensor q;
+    pa_kv_cache kv;
+    pa_tensor o;
+    float* lse;
+  };
+  KvAttention kv_attention(const In& q, const In& k, const In& v, const nb::object& block_table,
+                           const ProxyState* state, Array& o, const nb::object& lse) const {
+    check_dtypes({{&q, "q"}, {&k, "k"}, {&v, "v"}});
+    return {view(q, "q", q_rows(p())), kv_cache(k, &v, block_table, state), output(o), lse_ptr(lse, p())};
+  }
+  pa_kv_cache kv_cache(const In& k, const In* v, const nb::object& block_table, const ProxyState* state) const {
+    const bool paged = p().page_size > 0;
+    auto rows = [&](const In& a, const char* packed_name, const char* cache_name) {
+      return paged ? page_view(a, cache_name, p()) : view(a, packed_name, kv_rows(p()));
+    };
+    pa_kv_cache kv{};
+    kv.k = rows(k, "k", "k_cache");
+    if (v != nullptr) kv.v = rows(*v, "v", "v_cache");
+    if (!block_table.is_none()) {
+      In table = nb::cast<In>(block_table);
+      check_int32_array(table, "block_table", {p().num_seqs, p().max_pages_per_seq}, false);
+      kv.block_table = static_cast<const int32_t*>(table.data());
+    }
+    kv.proxy_state = state != nullptr ? &state->get() : nullptr;
+    return kv;
+  }
   void check_dtypes(std::initializer_list<std::pair<const In*, const char*>> tensors) const {
     for (const auto& [a, name] : tensors)
-      if (dtype_of(*a, name) != batch_.problem().dtype)
+      if (dtype_of(*a, name) != p().dtype)
         throw nb::type_error((std::string(name) + ": dtype differs from the plan's").c_str());
   }
-  static void check_int32_array(const Array& a, const char* name, std::initializer_list<int64_t> shape) {
-    const nb::dlpack::dtype t = a.dtype();
-    bool ok = t.lanes == 1 && t.bits == 32 && t.code == uint8_t(nb::dlpack::dtype_code::Int) &&
-              a.ndim() == shape.size() && a.device_type() == nb::device::cpu::value;
-    int64_t stride = 1;
-    for (size_t i = shape.size(); ok && i-- > 0;) {
-      const int64_t extent = shape.begin()[i];
-      ok = int64_t(a.shape(i)) == extent && (extent <= 1 || a.stride(i) == stride);
-      stride *= extent;
-    }
-    if (!ok) {
-      std::string dims;
-      for (int64_t extent : shape) dims += (dims.empty() ? "" : ", ") + std::to_string(extent);
-      throw nb::value_error(format("%s: expected a contiguous host int32 array of shape (%s)", name,
-                                   dims.c_str()).c_str());
-    }
-  }
-  proxyattn::Batch batch_;
+  Problem problem_;
   pa_config config_;
   Array storage_;  // keeps the caller's storage alive as long as the plan
   pa_plan* plan_ = nullptr;
@@ -313,26 +498,32 @@ NB_MODULE(_C, m) {
   m.attr("TUNING_PACKING_HEADS_OF_CHUNK") = PA_TUNING_PACKING_HEADS_OF_CHUNK;
   m.def("dtype_code", [](const In& a) { return int(dtype_of(a, "tensor")); });
 
-  m.def("plan_bytes", [](const std::vector<int64_t>& cu, int64_t hq, int64_t hkv, int64_t d, int dtype,
-                         const pa_config& c) {
-    const proxyattn::Batch b = make_batch(cu, hq, hkv, d, pa_dtype(dtype));
-    size_t bytes = 0;
-    proxyattn::check(pa_plan_bytes(&b.problem(), &c, &bytes));
-    return bytes;
-  });
-  m.def("workspace_bytes", [](const std::vector<int64_t>& cu, int64_t hq, int64_t hkv, int64_t d, int dtype,
-                              const pa_config& c) {
-    const proxyattn::Batch b = make_batch(cu, hq, hkv, d, pa_dtype(dtype));
-    size_t bytes = 0;
-    proxyattn::check(pa_workspace_bytes(&b.problem(), &c, &bytes));
-    return bytes;
-  });
+  nb::class_<Problem>(m, "Problem")
+      .def(nb::init<const std::vector<int64_t>&, int64_t, int64_t, int64_t, int,
+                    const std::optional<std::vector<int64_t>>&, int64_t, int64_t, int64_t>(),
+           nb::arg("cu_seqlens"), nb::arg("num_q_heads"), nb::arg("num_kv_heads"), nb::arg("head_dim"),
+           nb::arg("dtype"), nb::arg("cu_seqlens_k").none() = nb::none(), nb::arg("page_size") = 0,
+           nb::arg("num_pages") = 0, nb::arg("max_pages_per_seq") = 0);
+  m.def("plan_bytes", [](const Problem& p, const pa_config& c) { return bytes_of(pa_plan_bytes, p, c); });
+  m.def("workspace_bytes", [](const Problem& p, const pa_config& c) { return bytes_of(pa_workspace_bytes, p, c); });
+  m.def("proxy_state_bytes", [](const Problem& p, const pa_config& c) { return bytes_of(pa_proxy_state_bytes, p, c); });
+  nb::class_<ProxyState>(m, "ProxyState")
+      .def(nb::init<const Problem&, const pa_config&, Array>(), nb::arg("problem"), nb::arg("config"),
+           nb::arg("data"));
 
   nb::class_<PyPlan>(m, "Plan")
-      .def(nb::init<const std::vector<int64_t>&, int64_t, int64_t, int64_t, int, const pa_config&, Array>())
+      .def(nb::init<const Problem&, const pa_config&, Array>(), nb::arg("problem"), nb::arg("config"),
+           nb::arg("storage"))
       .def("estimate", &PyPlan::estimate)
       .def("attend", &PyPlan::attend, nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("o"),
            nb::arg("lse").none(), nb::arg("stream"))
+      .def("estimate_kv", &PyPlan::estimate_kv, nb::arg("q"), nb::arg("k"), nb::arg("block_table").none(),
+           nb::arg("state").none(), nb::arg("workspace"), nb::arg("stream"))
+      .def("attend_kv", &PyPlan::attend_kv, nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("block_table").none(),
+           nb::arg("state").none(), nb::arg("o"), nb::arg("lse").none(), nb::arg("stream"))
+      .def("forward_kv", &PyPlan::forward_kv, nb::arg("q"), nb::arg("k"), nb::arg("v"),
+           nb::arg("block_table").none(), nb::arg("state").none(), nb::arg("o"), nb::arg("lse").none(),
+           nb::arg("workspace"), nb::arg("stream"))
       .def("stats", &PyPlan::stats)
       .def("heads", &PyPlan::heads)
       .def("anchors", &PyPlan::anchors)
@@ -350,9 +541,8 @@ NB_MODULE(_C, m) {
     for (auto [a, name] : {std::pair{&k, "k"}, {&v, "v"}})
       if (dtype_of(*a, name) != p.dtype) throw nb::type_error(format("%s: dtype differs from q's", name).c_str());
     if (dtype_of(o, "o") != p.dtype) throw nb::type_error("o: dtype differs from q's");
-    const pa_tensor tq = view(q, "q", {p, p.num_q_heads}), tk = view(k, "k", {p, p.num_kv_heads}),
-                    tv = view(v, "v", {p, p.num_kv_heads});
-    pa_tensor to = view(o, "o", {p, p.num_q_heads});
+    const pa_tensor tq = view(q, "q", q_rows(p)), tk = view(k, "k", kv_rows(p)), tv = view(v, "v", kv_rows(p));
+    pa_tensor to = view(o, "o", q_rows(p));
     float* l = lse_ptr(lse, p);
     nb::gil_scoped_release release;
     proxyattn::check(pa_dense_attention(&p, scale, &tq, &tk, &tv, &to, l, stream_ptr(stream)));
@@ -363,10 +553,10 @@ NB_MODULE(_C, m) {
   m.def("synth_generate", [](const std::vector<int64_t>& cu, uint64_t seed, Array q, Array k, Array v) {
     const proxyattn::Batch b = batch_of(cu, q, k);
     const pa_problem& p = b.problem();
-    for (auto [a, name, heads] : {std::tuple{&q, "q", p.num_q_heads}, {&k, "k", p.num_kv_heads},
-                                  {&v, "v", p.num_kv_heads}}) {
+    for (auto [a, name, want] : {std::tuple{&q, "q", q_rows(p)}, {&k, "k", kv_rows(p)}, {&v, "v", kv_rows(p)}}) {
       if (dtype_of(*a, name) != p.dtype) throw nb::type_error(format("%s: dtype differs from q's", name).c_str());
-      const pa_tensor t = view(*a, name, {p, heads});
+      const pa_tensor t = view(*a, name, want);
+      const int64_t heads = want.heads;
       const bool contiguous = (p.total_tokens <= 1 || t.token_stride == heads * p.head_dim) &&
                               (heads == 1 || t.head_stride == p.head_dim);
       if (a->device_type() != nb::device::cpu::value || !contiguous)

@@ -16,12 +16,6 @@ except ImportError:
 SPARSE = dict(block_size=64, min_budget_tokens=64, dense_below=0, gamma=0.9)
 
 
-@pytest.fixture(params=["numpy", pytest.param("torch", marks=pytest.mark.skipif(torch is None,
-                                                                               reason="torch not installed"))])
-def fw(request):
-    return request.param
-
-
 def tensor(fw, x):
     return torch.from_numpy(np.ascontiguousarray(x)) if fw == "torch" else x
 
