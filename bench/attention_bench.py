@@ -214,7 +214,7 @@ def main():
     if not args.no_flex:
         from torch.nn.attention.flex_attention import flex_attention
         # Static shapes, compiled per N: with torch.compile's default, the second N marks the
-        # shapes dynamic, and Flex's dynamic kernels ran up to 28% slower (2026-11-24, session 8).
+        # shapes dynamic, and Flex's dynamic-shape kernels are up to 28% slower.
         flex = torch.compile(flex_attention, dynamic=False)
     from torch.nn.attention import SDPBackend, sdpa_kernel
 

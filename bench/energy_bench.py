@@ -3,7 +3,7 @@
 our sm80 kernel, cuDNN SDPA dense causal and FlexAttention on the same block mask.
 
 Long attention kernels on the H100 run at the power cap (700 W): the SM clock falls with the
-kernel's length (docs/benchmarks.md, "long rows run at the power cap"). There a kernel's time
+kernel's length (docs/history.md, "Measuring": the power cap). There a kernel's time
 is its energy over the cap, so the measure that compares kernels is work per joule: effective
 TFLOP (4 d x kept causal token pairs) per joule of the whole board, read from NVML's energy
 counter (nvmlDeviceGetTotalEnergyConsumption, millijoules) around a series of back-to-back
