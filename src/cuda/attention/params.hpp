@@ -45,7 +45,7 @@ inline constexpr int kDenseBlock = 128;   // block edge of pa_dense_attention's 
 // consumer warpgroups, each a pair of kGroupRows query rows (one wgmma m64 tile) of one head.
 // Three at d = 64 (FA3's 192-row tile there): a d = 64 tile has as many exponentials as a
 // d = 128 one over half the products, and two consumer warps per scheduler left the
-// softmax latency-bound (version 17's profile, docs/benchmarks.md); d = 128 needs the
+// softmax latency-bound (docs/history.md, "Where a d = 64 tile's time goes"); d = 128 needs the
 // registers of two.
 namespace sm90 {
 inline constexpr int kMaxConsumers = 3;
@@ -78,7 +78,7 @@ inline constexpr int kMaxSeqsPerLaunch = 64;
 // How the pairs of one (row, KV head) are numbered, so which pairs share a CTA. Both read
 // each K/V tile of a (row, KV head) from L2 about once per CTA; kChunksOfHead keeps every
 // warp of a CTA busy (one head, one count), kHeadsOfChunk lets warps of short-budget heads
-// idle while the CTA runs its longest head. Measured on H100 (bench/results, 2026-11-23,
+// idle while the CTA runs its longest head. Measured on H100 (bench/results/attention-2026-11-23-*,
 // N = 32K, 32/8 heads, budgets spread 0.5x..1.5x): kChunksOfHead 2.98 / 13.8 ms,
 // kHeadsOfChunk 3.66 / 17.0 ms at density 0.1 / 0.5, so kChunksOfHead is the default
 // (tuning.attn_packing, core/tuning.hpp).

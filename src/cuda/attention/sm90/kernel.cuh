@@ -14,7 +14,7 @@
 //     (producer.cuh, shared_storage.cuh); it first copies every consumer's Q tile (once that
 //     consumer has released the previous item's Q). The ring runs on across items, so the
 //     next item's Q and first tiles load while the consumers finish the current one (the
-//     last P V product and the epilogue): a short row no longer pays its pipeline fill.
+//     last P V product and the epilogue), so a short row does not pay its pipeline fill.
 //   warpgroups 1..kConsumers (consumers; 2 at d = 128, 3 at d = 64): kGroupRows query rows of
 //     one head each (a pair of params.hpp). S = Q K^T with wgmma (Q and K from shared
 //     memory), mask, online softmax in fp32 registers, O += P V with wgmma (P from registers,
@@ -71,9 +71,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     // Thread 0 loads (TMA); with kRankHeads a warp of its own decodes the items (ranking each
     // one's heads with its lanes) and hands them to thread 0 through the item ring, as to
     // the consumers; else thread 0 decodes them too. The rest of the warpgroup leaves. A
-    // decoding warp that also walked the tiles (lane 0 issuing) measured 8-11% slower at
-    // short rows, lane 0 alone walking while the other lanes waited slower still
-    // (docs/benchmarks.md, versions 21 and 22).
+    // decoding warp that also walked the tiles (lane 0 issuing) measures 8-11% slower at
+    // short rows, lane 0 alone walking while the other lanes wait slower still
+    // (bench/results/attention-sm90-v21-*, -v22-leader-*; docs/history.md).
     uint32_t q_phase[kConsumers] = {};
     CtaWork cta;
     GroupWork group[kConsumers];

@@ -56,7 +56,7 @@ struct KernelTraits {
   // At block 128 with the default packing, two consumers hold one head's block, three the
   // pairs of two heads with different counts; so with three the producer's decoder warp
   // ranks the heads by count (head_ranking.cuh), and with two one thread decodes and loads
-  // (a ranking warp cost d = 128 about 3% in an A/B, 2026-11-24). At block 64 or packed by
+  // (a ranking warp costs d = 128 about 3%: bench/results/attention-sm90-v19-d128-*). At block 64 or packed by
   // heads, d = 128 CTAs also mix heads, unranked (not measured).
   static constexpr bool kRankHeads = kConsumers == 3;
   static constexpr int kConsumerRegisters =

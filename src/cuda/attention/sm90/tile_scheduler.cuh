@@ -31,8 +31,8 @@ inline constexpr int kDecoderWarp = 1;
 // With a decoder warp, the decoder takes an item ahead of the one thread 0 loads when that
 // one keeps at most kLookaheadMaxBlocks blocks (a short item's decoding and Q load are what
 // the lookahead hides; behind a long item the held item would only wait) and more than
-// kLookaheadMarginPerCta items per CTA remain (speed settings, measured with docs/
-// benchmarks.md's version 24).
+// kLookaheadMarginPerCta items per CTA remain (speed settings, measured in
+// bench/results/attention-sm90-v24-*).
 inline constexpr int kLookaheadMaxBlocks = 16;
 inline constexpr int kLookaheadMarginPerCta = 4;
 
@@ -97,7 +97,7 @@ __device__ __forceinline__ int64_t take_item(SharedStorage<Traits>& smem, const 
 // The decoder warp's walk (kRankHeads). The next item is taken once thread 0 has loaded the
 // current one, when a single producer thread would take it: taken earlier, items wait in a
 // CTA's slots while other CTAs run dry (measured up to 1.45x slower at 8K-16K with uneven
-// budgets, docs/benchmarks.md version 23). Except behind a short item while many items
+// budgets, bench/results/attention-sm90-v23a-*). Except behind a short item while many items
 // remain: then the decoder holds one more (both slots), so that the next item's decoding and
 // Q load wait under the short one's tiles, and a held item waits a short item's time at
 // most. Item j's load completes a phase of its slot's item_loaded barrier; the decoder waits
