@@ -93,7 +93,7 @@ def methods_for(hq, hkv, d, g, n):
     settings = dict(gamma=GAMMA, num_proxy_groups=g)
     proxyattn.hf.enable(**settings)
     flat = tuple(t[0] for t in (q, k, v))  # [N, H, d]
-    config = _api._settings(flat[0], **settings)
+    config = proxyattn.Settings(**settings).resolve(d)
     plan = _api._cached_plan(flat[0], flat[1], [0, n], config, _api._stream(flat[0]))
     plan._estimate(flat[0], flat[1])
 

@@ -36,6 +36,8 @@ class KvCache(ctypes.Structure):
     _fields_ = [("k", Tensor), ("v", Tensor), ("block_table", ctypes.c_void_p), ("proxy_state", ctypes.c_void_p)]
 
 
+# pa_config by hand (these scripts run without the package): tests/python/test_capi.py checks it
+# against the layout the Python module was compiled with.
 class Config(ctypes.Structure):
     _fields_ = [("block_size", ctypes.c_int32), ("stride", ctypes.c_int32), ("gamma", ctypes.c_float),
                 ("min_budget_tokens", ctypes.c_int32), ("num_proxy_groups", ctypes.c_int32),
@@ -162,8 +164,12 @@ class Library:
         return Tensor(t.data_ptr(), t.stride(0), t.stride(1))
 
     def config(self, head_dim, **fields):
+        """pa_config_default(head_dim) with these fields changed (ctypes would take any name)."""
         c = self.lib.pa_config_default(head_dim)
+        known = {name for name, _ in Config._fields_}
         for k, v in fields.items():
+            if k not in known:
+                raise TypeError("unknown config field %r" % k)
             setattr(c, k, v)
         return c
 

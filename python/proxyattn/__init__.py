@@ -10,6 +10,12 @@ Drop-in attention in the flash-attn convention::
     plan = proxyattn.estimate(q, k)                          # inspectable: budgets, density, ...
     out = proxyattn.attend(plan, q, k, v)
 
+Settings (proxyattn.Settings: gamma, block_size, stride, ...) go to every call as keyword
+arguments or as one object, checked by the library when it is made::
+
+    settings = proxyattn.Settings(gamma=0.9, num_proxy_groups=2)
+    out = proxyattn.attention(q, k, v, settings=settings)
+
 Tensors may be torch tensors (CPU or CUDA; calls run on the current CUDA stream, buffers
 come from torch's allocator) or numpy arrays (CPU). Causal attention only (prefill).
 """
@@ -17,12 +23,14 @@ from . import _C
 from ._C import ProxyAttnError, ProxyAttnUnsupported
 from ._api import (Plan, ProxyState, attend, attention, attention_varlen, attention_with_kvcache, clear_plan_cache,
                    dense_attention, estimate, set_num_threads)
+from ._settings import Settings
 
 __all__ = [
     "Plan",
     "ProxyAttnError",
     "ProxyAttnUnsupported",
     "ProxyState",
+    "Settings",
     "attend",
     "attention",
     "attention_varlen",

@@ -2,17 +2,15 @@
 framework (numpy or torch), varlen packing, and the plan object."""
 import collections
 import contextlib
-import inspect
 import math
 import numbers
-import operator
 import sys
 
 import numpy as np
 
 from . import _C
+from ._settings import config_of, index as _index, settings_of
 
-BUDGET_MODES = {"absolute": 0, "proportional": 1}
 _TORCH_DTYPES = ("torch.float32", "torch.float16", "torch.bfloat16")
 _INT32_MAX = 2**31 - 1  # the library's token offsets are int32
 
@@ -143,16 +141,6 @@ def _check_qkv(q, k, v, ndim, layout, same_tokens=True, names=("q", "k", "v"), k
         raise TypeError(f"{qn}: dtype {q.dtype} not supported (float32, float16, bfloat16)")
 
 
-def _index(name, x):
-    """x as a Python int: ints, numpy and torch integers; never a bool, a float or a string."""
-    try:
-        if isinstance(x, (bool, np.bool_)):
-            raise TypeError
-        return operator.index(x)
-    except TypeError:
-        raise TypeError(f"{name} = {x!r} is not an integer") from None
-
-
 def _is_integral(x):
     dtype = x.dtype
     if isinstance(x, np.ndarray):
@@ -225,33 +213,6 @@ def _uniform_cu(b, n):
     return [i * n for i in range(b + 1)] if b > 0 else [0, 0]
 
 
-def anchor_blocks_code(anchor_blocks):
-    """The C value of the anchor_blocks setting: "auto" or None -> PA_ANCHOR_BLOCKS_AUTO."""
-    return _C.ANCHOR_BLOCKS_AUTO if anchor_blocks in (None, "auto") else int(anchor_blocks)
-
-
-def make_config(head_dim, *, gamma=0.95, num_proxy_groups=1, block_size=128, stride=4,
-                min_budget_tokens=2048, budget_mode="absolute", force_sink=True, force_local=True,
-                dense_below=None, softmax_scale=None, anchor_blocks="auto"):
-    """A _C.Config from keyword settings (ALGORITHM.md parameters); invalid values raise
-    ProxyAttnError from the library with the field named."""
-    c = _C.Config(int(head_dim))
-    if budget_mode not in BUDGET_MODES:
-        raise ValueError(f"budget_mode: {budget_mode!r} is not one of {sorted(BUDGET_MODES)}")
-    c.gamma = float(gamma)
-    c.num_proxy_groups = int(num_proxy_groups)
-    c.block_size = int(block_size)
-    c.stride = int(stride)
-    c.min_budget_tokens = int(min_budget_tokens)
-    c.budget_mode = BUDGET_MODES[budget_mode]
-    c.force_sink = int(bool(force_sink))
-    c.force_local = int(bool(force_local))
-    c.dense_below = int(min_budget_tokens if dense_below is None else dense_below)
-    c.softmax_scale = float(1.0 / math.sqrt(head_dim) if softmax_scale is None else softmax_scale)
-    c.anchor_blocks = anchor_blocks_code(anchor_blocks)
-    return c
-
-
 # ---- plan ------------------------------------------------------------------------------------
 class Plan:
     """The block index of one batch: per-head budgets, the shared rankings, kept blocks.
@@ -260,12 +221,13 @@ class Plan:
     chunked calls (attention_varlen with cu_seqlens_k, attention_with_kvcache) also hold the key
     lengths cu_seqlens_k and the paged cache's page_size, num_pages, max_pages_per_seq."""
 
+    # config: pa_config's values (Settings.resolve: a ConfigValues).
     def __init__(self, cu_seqlens, num_q_heads, num_kv_heads, head_dim, like, config, cu_seqlens_k=None,
                  page_size=0, num_pages=0, max_pages_per_seq=0):
         self.cu_seqlens = list(cu_seqlens)
         self.cu_seqlens_k = None if cu_seqlens_k is None else list(cu_seqlens_k)
         self.num_q_heads, self.num_kv_heads, self.head_dim = num_q_heads, num_kv_heads, head_dim
-        self.config = config
+        self.config = config = config_of(config)
         self.device = _device_of(like)
         self._dtype = _C.dtype_code(like)
         problem = _C.Problem(self.cu_seqlens, num_q_heads, num_kv_heads, head_dim, self._dtype, self.cu_seqlens_k,
@@ -417,13 +379,10 @@ def _attend_packed(plan, q, k, v, return_lse, stream=None):
     return out, lse
 
 
-def _settings(q, **kw):
-    return make_config(q.shape[-1], **kw)
-
-
-def estimate(q, k, cu_seqlens=None, **settings):
+def estimate(q, k, cu_seqlens=None, *, settings=None, **changes):
     """Estimates the plan: q [B, N, Hq, d] and k [B, N, Hkv, d], or packed q [total, Hq, d]
     and k [total, Hkv, d] with cu_seqlens. Settings as in attention()."""
+    settings = settings_of(settings, **changes)
     if cu_seqlens is None:
         _check_qkv(q, k, k, 4, "[B, N, H, d]")
         b, n = q.shape[0], q.shape[1]
@@ -432,7 +391,7 @@ def estimate(q, k, cu_seqlens=None, **settings):
     else:
         _check_qkv(q, k, k, 3, "[total, H, d]")
         cu = _cu_list(cu_seqlens, q.shape[0])
-    return _estimate_packed(q, k, cu, _settings(q, **settings))
+    return _estimate_packed(q, k, cu, settings.resolve(q.shape[-1]))
 
 
 def attend(plan, q, k, v, return_lse=False):
@@ -462,8 +421,6 @@ def attend(plan, q, k, v, return_lse=False):
 # too, so that calls on different streams never share a plan's buffers.
 _PLAN_CACHE = collections.OrderedDict()
 _PLAN_CACHE_SIZE = 32
-_CONFIG_FIELDS = ("block_size", "stride", "gamma", "min_budget_tokens", "num_proxy_groups", "force_sink",
-                  "force_local", "budget_mode", "dense_below", "softmax_scale", "anchor_blocks")
 
 
 # The keys whose plan the library refused to make (ProxyAttnUnsupported: e.g. float32 or
@@ -486,11 +443,12 @@ def _remember(cache, key, value):
 
 
 def _cached_plan(q, k, cu, config, stream, cu_k=None, paged=(0, 0, 0)):
-    """The plan of these shapes, lengths and settings: a whole prompt's (cu_k None) or a chunked
-    call's, with keys packed by cu_k or (paged: page_size, num_pages, max_pages_per_seq) in a
-    paged cache. A chunked plan depends on every key length: serving steps rarely repeat one."""
+    """The plan of these shapes, lengths and config (pa_config's values, a ConfigValues): a whole
+    prompt's (cu_k None) or a chunked call's, with keys packed by cu_k or (paged: page_size,
+    num_pages, max_pages_per_seq) in a paged cache. A chunked plan depends on every key length:
+    serving steps rarely repeat one."""
     key = (tuple(cu), None if cu_k is None else tuple(cu_k), tuple(paged), q.shape[-2], k.shape[-2], q.shape[-1],
-           str(q.dtype), _device_of(q), stream, tuple(getattr(config, f) for f in _CONFIG_FIELDS))
+           str(q.dtype), _device_of(q), stream, tuple(config))
     plan = _PLAN_CACHE.get(key)
     if plan is not None:
         _PLAN_CACHE.move_to_end(key)
@@ -506,61 +464,58 @@ def _cached_plan(q, k, cu, config, stream, cu_k=None, paged=(0, 0, 0)):
     return plan
 
 
-def _forward_packed(q, k, v, cu, settings, return_lse):
+def _forward_packed(q, k, v, cu, config, return_lse):
     stream = _stream(q)
-    plan = _cached_plan(q, k, cu, _settings(q, **settings), stream)
+    plan = _cached_plan(q, k, cu, config, stream)
     plan._estimate(q, k, stream)
     return _attend_packed(plan, q, k, v, return_lse, stream)
 
 
-def _forward_kv(q, k, v, cu, cu_k, settings, return_lse, paged=(0, 0, 0), block_table=None, state=None):
+def _forward_kv(q, k, v, cu, cu_k, config, return_lse, paged=(0, 0, 0), block_table=None, state=None):
     """A chunked call: q packed by cu, K and V packed by cu_k or a paged cache (paged, block_table,
     state), all checked."""
     stream = _stream(q)
-    plan = _cached_plan(q, k, cu, _settings(q, **settings), stream, cu_k, paged)
+    plan = _cached_plan(q, k, cu, config, stream, cu_k, paged)
     out, lse = _outputs(q, return_lse)
     plan._forward_kv(q, k, v, block_table, state, out, lse, stream)
     return out, lse
 
 
-def _attention_eager(q, k, v, return_lse, settings):
+# The internal calls below take `config`: pa_config's values for q's head_dim (Settings.resolve,
+# or a custom op's arguments).
+def _attention_eager(q, k, v, return_lse, config):
     _check_qkv(q, k, v, 4, "[B, N, H, d]")
-    return _attention_checked(q, k, v, return_lse, settings)
+    return _attention_checked(q, k, v, return_lse, config)
 
 
-def _attention_checked(q, k, v, return_lse, settings):
+def _attention_checked(q, k, v, return_lse, config):
     """attention() on arguments _check_qkv has accepted."""
     b, n = q.shape[0], q.shape[1]
     flat = [_reshape(t, (b * n,) + tuple(t.shape[2:])) for t in (q, k, v)]
-    out, lse = _forward_packed(*flat, _uniform_cu(b, n), settings, return_lse)
+    out, lse = _forward_packed(*flat, _uniform_cu(b, n), config, return_lse)
     out = _reshape(out, tuple(q.shape))
     if lse is not None:
         lse = _lse_per_sequence(lse, b, n)
     return (out, lse) if return_lse else out
 
 
-def attention(q, k, v, *, causal=True, gamma=0.95, num_proxy_groups=1, block_size=128, stride=4,
-              min_budget_tokens=2048, budget_mode="absolute", force_sink=True, force_local=True,
-              dense_below=None, softmax_scale=None, anchor_blocks="auto", return_lse=False):
+def attention(q, k, v, *, causal=True, return_lse=False, settings=None, **changes):
     """ProxyAttn causal attention. q [B, N, Hq, d], k and v [B, N, Hkv, d] (Hq a multiple of
     Hkv) -> out [B, N, Hq, d] (and lse [B, Hq, N] float32 with return_lse).
 
-    gamma: attention mass each head's budget covers; num_proxy_groups: proxy heads (divides
-    Hkv); sequences shorter than dense_below (default min_budget_tokens) run dense;
-    anchor_blocks: each head's blocks of largest last-block mass forced for its group ("auto" or
-    None: 32 / (Q heads per group) a head, within [1, 8])."""
+    Settings: a proxyattn.Settings (settings=), keyword settings (its fields: gamma=0.9,
+    num_proxy_groups=2, ...; help(proxyattn.Settings) says what each does), or both (the
+    Settings with those changed); invalid ones raise before any work, naming the field."""
     if not causal:
         raise ValueError("causal=False: ProxyAttn is a causal prefill method")
+    settings = settings_of(settings, **changes)
     _check_qkv(q, k, v, 4, "[B, N, H, d]")
-    settings = dict(gamma=gamma, num_proxy_groups=num_proxy_groups, block_size=block_size, stride=stride,
-                    min_budget_tokens=min_budget_tokens, budget_mode=budget_mode, force_sink=force_sink,
-                    force_local=force_local, dense_below=dense_below, softmax_scale=softmax_scale,
-                    anchor_blocks=anchor_blocks)
+    config = settings.resolve(q.shape[-1])
     if _is_torch(q):
         from . import _torch_ops
 
-        return _torch_ops.attention(q, k, v, return_lse, settings)
-    return _attention_checked(q, k, v, return_lse, settings)
+        return _torch_ops.attention(q, k, v, return_lse, config)
+    return _attention_checked(q, k, v, return_lse, config)
 
 
 def _is_scalar(x):
@@ -607,7 +562,7 @@ def _query_lengths_fit(cu_q, kv_lengths, describe):
 
 
 def _attention_varlen_checked(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, return_lse,
-                              settings):
+                              config):
     """attention_varlen() on tensors _check_qkv has accepted: the lengths checked against them
     here (a torch custom op calls this with them as tensors)."""
     cu_name, max_name = _varlen_names(cu_seqlens_k is not None)
@@ -615,19 +570,19 @@ def _attention_varlen_checked(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
     _check_max_seqlen(max_seqlen_q, cu, max_name, cu_name)
     if cu_seqlens_k is None:
         _check_max_seqlen(max_seqlen_k, cu, "max_seqlen_k", cu_name)
-        return _forward_packed(q, k, v, cu, settings, return_lse)
+        return _forward_packed(q, k, v, cu, config, return_lse)
     cu_k = _cu_list(cu_seqlens_k, k.shape[0], "k", "cu_seqlens_k")
     if len(cu_k) != len(cu):
         raise ValueError(f"cu_seqlens_k: {len(cu_k)} entries but cu_seqlens_q has {len(cu)} (num_seqs + 1 each)")
     _check_max_seqlen(max_seqlen_k, cu_k, "max_seqlen_k", "cu_seqlens_k")
     _query_lengths_fit(cu, [b - a for a, b in zip(cu_k, cu_k[1:])], lambda s, kv: f"{kv} keys (cu_seqlens_k)")
     if cu_k == cu:  # keys are the queries: a whole prompt's plan
-        return _forward_packed(q, k, v, cu, settings, return_lse)
-    return _forward_kv(q, k, v, cu, cu_k, settings, return_lse)
+        return _forward_packed(q, k, v, cu, config, return_lse)
+    return _forward_kv(q, k, v, cu, cu_k, config, return_lse)
 
 
 def attention_varlen(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None, *,
-                     causal=True, return_lse=False, cu_seqlens=None, max_seqlen=None, **settings):
+                     causal=True, return_lse=False, cu_seqlens=None, max_seqlen=None, settings=None, **changes):
     """ProxyAttn on a packed batch, flash-attn's flash_attn_varlen_func convention: q [total_q,
     Hq, d], k and v [total_k, Hkv, d], cu_seqlens_q and cu_seqlens_k [num_seqs + 1] prefix sums
     of each sequence's query and key lengths. Sequence s's q_len queries are the last q_len
@@ -645,24 +600,23 @@ def attention_varlen(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q
     rows a one-shot prefill of the prompt cut at the chunk's end gives."""
     if not causal:
         raise ValueError("causal=False: ProxyAttn is a causal prefill method")
+    settings = settings_of(settings, **changes)
     cu_seqlens_q, cu_seqlens_k, max_seqlen_q = _varlen_arguments(cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                                                  cu_seqlens, max_seqlen)
     _check_qkv(q, k, v, 3, "[total, H, d]", same_tokens=cu_seqlens_k is None)
+    config = settings.resolve(q.shape[-1])
     if _is_torch(q):
         from . import _torch_ops
 
         out, lse = _torch_ops.attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                                               return_lse, settings)
+                                               return_lse, config)
     else:
         out, lse = _attention_varlen_checked(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                                             return_lse, settings)
+                                             return_lse, config)
     return (out, lse) if return_lse else out
 
 
 # ---- paged caches --------------------------------------------------------------------------------
-# make_config's settings and their defaults (the custom ops resolve settings in plain Python).
-SETTING_DEFAULTS = {name: p.default for name, p in inspect.signature(make_config).parameters.items()
-                    if p.kind is p.KEYWORD_ONLY}
 
 
 class ProxyState:
@@ -677,33 +631,38 @@ class ProxyState:
     call of every sequence using the cache, from each sequence's first chunk on, with the same
     num_proxy_groups and stride as the state: each call writes its positions' proxies and
     reads its prefix's; a prefix attended without the state has none there. Pages shared by
-    sequences (a common prefix) share their state. page_size must be a multiple of stride."""
+    sequences (a common prefix) share their state. page_size must be a multiple of stride.
 
-    def __init__(self, k_cache, num_proxy_groups=1, stride=4):
+    num_proxy_groups and stride: those of the calls (None: those of `settings`, a
+    proxyattn.Settings, by default the defaults)."""
+
+    def __init__(self, k_cache, num_proxy_groups=None, stride=None, *, settings=None):
+        given = (("num_proxy_groups", num_proxy_groups), ("stride", stride))
+        settings = settings_of(settings, **{name: value for name, value in given if value is not None})
         _check_tensor("k_cache", k_cache, 4, "[num_pages, page_size, Hkv, d]")
         if min(int(x) for x in k_cache.shape) < 1:
             raise ValueError(f"k_cache: shape {tuple(k_cache.shape)} [num_pages, page_size, Hkv, d]: every "
                              f"dimension needs at least 1")
-        g, s = _index("num_proxy_groups", num_proxy_groups), _index("stride", stride)
-        if s >= 1 and k_cache.shape[1] % s != 0:
+        if k_cache.shape[1] % settings.stride != 0:
             raise ValueError(f"k_cache: pages of {k_cache.shape[1]} tokens (k_cache.shape[1]): an estimation state "
-                             f"needs pages of a multiple of stride = {s} tokens")
-        self._bind(k_cache, g, s)
+                             f"needs pages of a multiple of stride = {settings.stride} tokens")
+        self._bind(k_cache, settings.resolve(int(k_cache.shape[3])))
 
     @classmethod
-    def _wrap(cls, tensor, k_cache, num_proxy_groups, stride):
+    def _wrap(cls, tensor, k_cache, config):
         """The state over an existing tensor (a custom op's argument)."""
         state = cls.__new__(cls)
-        state._bind(k_cache, num_proxy_groups, stride, tensor)
+        state._bind(k_cache, config, tensor)
         return state
 
-    def _bind(self, k_cache, num_proxy_groups, stride, tensor=None):
-        """Describes the state of k_cache's pages (pa_proxy_state_make) over tensor, or over new
-        zeroed memory of pa_proxy_state_bytes."""
+    def _bind(self, k_cache, config, tensor=None):
+        """Describes the state of k_cache's pages (pa_proxy_state_make) for config (pa_config's
+        values: its num_proxy_groups and stride count) over tensor, or over new zeroed memory of
+        pa_proxy_state_bytes."""
         self.num_pages, self.page_size, self.num_kv_heads, self.head_dim = (int(x) for x in k_cache.shape)
         self.dtype, self.device = str(k_cache.dtype), _device_of(k_cache)
-        self.num_proxy_groups, self.stride = num_proxy_groups, stride
-        config = make_config(self.head_dim, num_proxy_groups=num_proxy_groups, stride=stride)
+        self.num_proxy_groups, self.stride = config.num_proxy_groups, config.stride
+        config = config_of(config)
         problem = _C.Problem([0, 0], self.num_kv_heads, self.num_kv_heads, self.head_dim, _C.dtype_code(k_cache),
                              [0, 0], self.page_size, self.num_pages, 1)
         self.tensor = _zero_bytes(k_cache, _C.proxy_state_bytes(problem, config)) if tensor is None else tensor
@@ -723,8 +682,9 @@ def _zero_bytes(like, nbytes):
     return np.zeros(max(nbytes, 1), dtype=np.uint8)
 
 
-def _check_proxy_state(state, k_cache, settings):
-    """The state made for this cache and the call's num_proxy_groups and stride."""
+def _check_proxy_state(state, k_cache, config):
+    """The state made for this cache and the call's num_proxy_groups and stride (config: pa_config's
+    values)."""
     if not isinstance(state, ProxyState):
         raise TypeError(f"proxy_state: expected a proxyattn.ProxyState, got {type(state).__name__}")
     cache = (tuple(int(x) for x in k_cache.shape), str(k_cache.dtype), _device_of(k_cache))
@@ -733,7 +693,7 @@ def _check_proxy_state(state, k_cache, settings):
         raise ValueError(f"proxy_state: made for a cache of shape {made[0]} {made[1]} on {made[2]}, but k_cache is "
                          f"{cache[0]} {cache[1]} on {cache[2]} (one ProxyState per layer's cache)")
     for name in ("num_proxy_groups", "stride"):
-        value = settings.get(name, SETTING_DEFAULTS[name])
+        value = getattr(config, name)
         if value != getattr(state, name):
             raise ValueError(f"proxy_state: made with {name} = {getattr(state, name)} but the call has {name} = "
                              f"{value} (pass the state's settings on every call)")
@@ -804,7 +764,7 @@ def _on_cache_device(block_table, k_cache):
 
 
 def _kvcache_checked(q, k_cache, v_cache, cache_seqlens, block_table, cu_seqlens_q, max_seqlen_q, proxy_state,
-                     return_lse, settings):
+                     return_lse, config):
     """attention_with_kvcache() on packed q and tensors whose shapes are checked: the lengths and
     (on the host) the block table's page ids checked here (a torch custom op calls this)."""
     cu = _cu_list(cu_seqlens_q, q.shape[0], "q", "cu_seqlens_q")
@@ -826,12 +786,12 @@ def _kvcache_checked(q, k_cache, v_cache, cache_seqlens, block_table, cu_seqlens
     if not _is_torch(block_table) or block_table.device.type == "cpu":
         _check_pages(block_table, kv, page_size, num_pages)
     table = _on_cache_device(block_table, k_cache)
-    return _forward_kv(q, k_cache, v_cache, cu, cu_k, settings, return_lse, (page_size, num_pages, max_pages), table,
+    return _forward_kv(q, k_cache, v_cache, cu, cu_k, config, return_lse, (page_size, num_pages, max_pages), table,
                        proxy_state)
 
 
 def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, block_table, cu_seqlens_q=None, max_seqlen_q=None, *,
-                           proxy_state=None, causal=True, return_lse=False, **settings):
+                           proxy_state=None, causal=True, return_lse=False, settings=None, **changes):
     """ProxyAttn over a paged KV cache, in the style of flash-attn's flash_attn_with_kvcache:
     k_cache and v_cache [num_pages, page_size, Hkv, d] (vLLM's and flash-attn's layout),
     block_table int32 [num_seqs, max_pages] (sequence s's token t in page
@@ -854,6 +814,7 @@ def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, block_table, cu_s
     ProxyAttnUnsupported until its kernels take paged caches."""
     if not causal:
         raise ValueError("causal=False: ProxyAttn is a causal prefill method")
+    settings = settings_of(settings, **changes)
     layout = "[B, q_len, Hq, d] or packed [total_q, Hq, d]"
     _check_tensor("q", q, q.ndim if _is_tensor(q) and q.ndim == 3 else 4, layout)
     uniform = q.ndim == 4
@@ -877,18 +838,19 @@ def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, block_table, cu_s
         raise ValueError(f"cache_seqlens: {_entries(cache_seqlens, 'cache_seqlens', '')} lengths for {num_seqs} "
                          f"sequences ({'q.shape[0]' if uniform else 'cu_seqlens_q'})")
     block_table = _block_table(block_table, k_cache, num_seqs)
+    config = settings.resolve(q.shape[-1])
     if proxy_state is not None:
-        _check_proxy_state(proxy_state, k_cache, settings)
+        _check_proxy_state(proxy_state, k_cache, config)
     if uniform and b == 0:
         out, lse = _outputs(q, return_lse)
     elif _is_torch(q):
         from . import _torch_ops
 
         out, lse = _torch_ops.attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, block_table, cu_seqlens_q,
-                                                     max_seqlen_q, proxy_state, return_lse, settings)
+                                                     max_seqlen_q, proxy_state, return_lse, config)
     else:
         out, lse = _kvcache_checked(q, k_cache, v_cache, cache_seqlens, block_table, cu_seqlens_q, max_seqlen_q,
-                                    proxy_state, return_lse, settings)
+                                    proxy_state, return_lse, config)
     if uniform:
         out = _reshape(out, (b, n) + tuple(out.shape[1:]))
         if lse is not None:

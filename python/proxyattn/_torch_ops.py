@@ -9,86 +9,63 @@ bench/results/calls-before-*), two to three times the library's own launches.
 The ops take lengths (cu_seqlens, cache_seqlens) as tensors, lists turned into host tensors
 before the call; their values are read, and checked, when the op runs. The fake
 implementations need only q's shape: out like q, lse [Hq, total_q] (attention: [B, Hq, N])."""
+import inspect
 from typing import Optional
 
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from . import _api
+from . import _api, _C
+from ._settings import ConfigValues
 
-_SETTING_NAMES = ("gamma", "num_proxy_groups", "block_size", "stride", "min_budget_tokens", "budget_mode",
-                  "force_sink", "force_local", "dense_below", "softmax_scale", "anchor_blocks")
-_BUDGET_MODE_NAMES = {v: k for k, v in _api.BUDGET_MODES.items()}
-
-
-def _settings(values):
-    """The settings of an op's setting arguments (_SETTING_NAMES order), for make_config."""
-    settings = dict(zip(_SETTING_NAMES, values))
-    settings["budget_mode"] = _BUDGET_MODE_NAMES[settings["budget_mode"]]
-    return settings
+# The ops' last arguments: pa_config's values (Settings.resolve), named and typed by the C
+# struct's fields, so that the settings cross the op as plain ints and floats, resolved once.
+_CONFIG_ARGUMENTS = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                       annotation=float if is_float else int)
+                     for name, _, _, is_float in _C.CONFIG_FIELDS]
 
 
-def _setting_arguments(d, settings):
-    """The ops' setting arguments (_SETTING_NAMES order, schema types) of a call's keyword
-    settings: make_config's defaults filled and resolved in plain Python, which torch.compile
-    traces (make_config builds a library object it cannot)."""
-    unknown = sorted(set(settings) - set(_api.SETTING_DEFAULTS))
-    if unknown:
-        raise TypeError(f"unexpected setting {unknown[0]!r} (settings: {', '.join(_SETTING_NAMES)})")
-    s = {**_api.SETTING_DEFAULTS, **settings}
-    if s["budget_mode"] not in _api.BUDGET_MODES:
-        raise ValueError(f"budget_mode: {s['budget_mode']!r} is not one of {sorted(_api.BUDGET_MODES)}")
-    s["budget_mode"] = _api.BUDGET_MODES[s["budget_mode"]]
-    if s["dense_below"] is None:
-        s["dense_below"] = s["min_budget_tokens"]
-    if s["softmax_scale"] is None:
-        s["softmax_scale"] = d ** -0.5
-    s["anchor_blocks"] = _api.anchor_blocks_code(s["anchor_blocks"])
-    types = {"gamma": float, "softmax_scale": float, "force_sink": bool, "force_local": bool}
-    return [types.get(name, int)(s[name]) for name in _SETTING_NAMES]
+def _config_arguments(fn):
+    """fn(..., *config) with the signature torch.library infers the op's schema from: its own
+    arguments, then _CONFIG_ARGUMENTS in place of *config."""
+    signature = inspect.signature(fn)
+    own = [p for p in signature.parameters.values() if p.kind is not p.VAR_POSITIONAL]
+    fn.__signature__ = signature.replace(parameters=own + _CONFIG_ARGUMENTS)
+    return fn
 
 
 @torch.library.custom_op("proxyattn::attention", mutates_args=())
-def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gamma: float, num_proxy_groups: int,
-                  block_size: int, stride: int, min_budget_tokens: int, budget_mode: int, force_sink: bool,
-                  force_local: bool, dense_below: int, softmax_scale: float,
-                  anchor_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
-    settings = _settings((gamma, num_proxy_groups, block_size, stride, min_budget_tokens, budget_mode, force_sink,
-                          force_local, dense_below, softmax_scale, anchor_blocks))
-    out, lse = _api._attention_eager(q, k, v, True, settings)
+@_config_arguments
+def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *config) -> tuple[torch.Tensor, torch.Tensor]:
+    out, lse = _api._attention_eager(q, k, v, True, ConfigValues(*config))
     return out, lse
 
 
 @_attention_op.register_fake
-def _(q, k, v, *settings):
+def _(q, k, v, *config):
     b, n, hq, _ = q.shape
     return torch.empty_like(q), q.new_empty((b, hq, n), dtype=torch.float32)
 
 
 @torch.library.custom_op("proxyattn::attention_varlen", mutates_args=())
+@_config_arguments
 def _varlen_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
                cu_seqlens_k: Optional[torch.Tensor], max_seqlen_q: Optional[int], max_seqlen_k: Optional[int],
-               gamma: float, num_proxy_groups: int, block_size: int, stride: int, min_budget_tokens: int,
-               budget_mode: int, force_sink: bool, force_local: bool, dense_below: int, softmax_scale: float,
-               anchor_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
-    settings = _settings((gamma, num_proxy_groups, block_size, stride, min_budget_tokens, budget_mode, force_sink,
-                          force_local, dense_below, softmax_scale, anchor_blocks))
+               *config) -> tuple[torch.Tensor, torch.Tensor]:
     return _api._attention_varlen_checked(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, True,
-                                          settings)
+                                          ConfigValues(*config))
 
 
 @torch.library.custom_op("proxyattn::attention_with_kvcache", mutates_args=("proxy_state",))
+@_config_arguments
 def _kvcache_op(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
                 block_table: torch.Tensor, cu_seqlens_q: torch.Tensor, max_seqlen_q: Optional[int],
-                proxy_state: Optional[torch.Tensor], gamma: float, num_proxy_groups: int, block_size: int,
-                stride: int, min_budget_tokens: int, budget_mode: int, force_sink: bool, force_local: bool,
-                dense_below: int, softmax_scale: float, anchor_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+                proxy_state: Optional[torch.Tensor], *config) -> tuple[torch.Tensor, torch.Tensor]:
     """proxy_state: the ProxyState's tensor (the call writes its positions' proxies there)."""
-    settings = _settings((gamma, num_proxy_groups, block_size, stride, min_budget_tokens, budget_mode, force_sink,
-                          force_local, dense_below, softmax_scale, anchor_blocks))
-    state = None if proxy_state is None else _api.ProxyState._wrap(proxy_state, k_cache, num_proxy_groups, stride)
+    config = ConfigValues(*config)
+    state = None if proxy_state is None else _api.ProxyState._wrap(proxy_state, k_cache, config)
     return _api._kvcache_checked(q, k_cache, v_cache, cache_seqlens, block_table, cu_seqlens_q, max_seqlen_q, state,
-                                 True, settings)
+                                 True, config)
 
 
 def _packed_fake(q, *args):
@@ -117,44 +94,42 @@ def _lengths(x, name, layout):
     return torch.tensor(_api._host_ints(x, name, layout), dtype=torch.int64)
 
 
-def attention(q, k, v, return_lse, settings):
-    """Calls the library directly in eager inference, else the custom op with settings
-    resolved to plain values (schema types): under torch.compile, for fake and meta tensors,
-    and where autograd would record the call (the op has no backward; it says so at
+def attention(q, k, v, return_lse, config):
+    """Calls the library directly in eager inference, else the custom op with config (pa_config's
+    values, Settings.resolve) as its last arguments: under torch.compile, for fake and meta
+    tensors, and where autograd would record the call (the op has no backward; it says so at
     backward time)."""
     if _eager_inference(q, k, v):  # attention() has checked the arguments
-        return _api._attention_checked(q, k, v, return_lse, settings)
-    out, lse = torch.ops.proxyattn.attention(q, k, v, *_setting_arguments(q.shape[-1], settings))
+        return _api._attention_checked(q, k, v, return_lse, config)
+    out, lse = torch.ops.proxyattn.attention(q, k, v, *config)
     return (out, lse) if return_lse else out
 
 
-def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, return_lse, settings):
+def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, return_lse, config):
     """attention_varlen() on torch tensors whose shapes are checked, as attention(): (out, lse
     or None)."""
     if _eager_inference(q, k, v):
         return _api._attention_varlen_checked(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                                              return_lse, settings)
+                                              return_lse, config)
     cu_name = _api._varlen_names(cu_seqlens_k is not None)[0]
     out, lse = torch.ops.proxyattn.attention_varlen(q, k, v, _lengths(cu_seqlens_q, cu_name, "[num_seqs + 1]"),
                                                     _lengths(cu_seqlens_k, "cu_seqlens_k", "[num_seqs + 1]"),
-                                                    max_seqlen_q, max_seqlen_k,
-                                                    *_setting_arguments(q.shape[-1], settings))
+                                                    max_seqlen_q, max_seqlen_k, *config)
     return out, (lse if return_lse else None)
 
 
 def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, block_table, cu_seqlens_q, max_seqlen_q, proxy_state,
-                           return_lse, settings):
+                           return_lse, config):
     """attention_with_kvcache() on a packed q and tensors whose shapes are checked, as
     attention(): (out, lse or None). The op mutates the state's tensor."""
     state_tensor = None if proxy_state is None else proxy_state.tensor
     tensors = [t for t in (q, k_cache, v_cache, state_tensor) if t is not None]
     if _eager_inference(*tensors):
         return _api._kvcache_checked(q, k_cache, v_cache, cache_seqlens, block_table, cu_seqlens_q, max_seqlen_q,
-                                     proxy_state, return_lse, settings)
+                                     proxy_state, return_lse, config)
     out, lse = torch.ops.proxyattn.attention_with_kvcache(q, k_cache, v_cache,
                                                           _lengths(cache_seqlens, "cache_seqlens", "[num_seqs]"),
                                                           block_table,
                                                           _lengths(cu_seqlens_q, "cu_seqlens_q", "[num_seqs + 1]"),
-                                                          max_seqlen_q, state_tensor,
-                                                          *_setting_arguments(q.shape[-1], settings))
+                                                          max_seqlen_q, state_tensor, *config)
     return out, (lse if return_lse else None)

@@ -14,9 +14,10 @@ import warnings
 
 from . import _api
 from ._C import ProxyAttnUnsupported
+from ._settings import DEFAULT, settings_of
 
 NAME = "proxyattn"
-_settings = {}
+_settings = DEFAULT  # enable()'s proxyattn.Settings
 _dense_layers = set()  # layer_idx of the layers that always run dense
 _warned = set()  # the unsupported cases already reported
 
@@ -25,9 +26,7 @@ def _can_use_proxyattn(query, key, attention_mask, dropout):
     """Causal prefill of whole sequences: queries and keys of the same length, no padding
     mask (the registered mask function leaves a pure causal mask as None), no dropout."""
     n = query.shape[2]
-    dense_below = _settings.get("dense_below")
-    if dense_below is None:
-        dense_below = _settings.get("min_budget_tokens", 2048)
+    dense_below = _settings.resolve(query.shape[-1]).dense_below
     return attention_mask is None and dropout == 0.0 and key.shape[2] == n and n >= max(dense_below, 1)
 
 
@@ -40,12 +39,10 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
             not _can_use_proxyattn(query, key, attention_mask, dropout if module.training else 0.0):
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
                                       dropout=dropout, **kwargs)
-    settings = dict(_settings)
-    if scaling is not None:
-        settings["softmax_scale"] = float(scaling)
+    scale = {} if scaling is None else {"softmax_scale": float(scaling)}  # the model's
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # [B, N, H, d] views
     try:
-        out = _api.attention(q, k, v, **settings)
+        out = _api.attention(q, k, v, settings=_settings, **scale)
     except ProxyAttnUnsupported as e:  # raised before any output is written
         if str(e) not in _warned:
             _warned.add(str(e))
@@ -55,23 +52,25 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
     return out, None
 
 
-def enable(dense_layers=(), **settings):
-    """Registers attn_implementation="proxyattn" with transformers; settings are those of
-    proxyattn.attention (gamma, num_proxy_groups, block_size, min_budget_tokens, ...).
-    dense_layers: layer indices (transformers' layer_idx) that always run dense, e.g. [0]
-    for models whose first layer's attention the last query block's budget underestimates
-    (docs/accuracy.md, Qwen2.5-Coder-0.5B)."""
+def enable(dense_layers=(), *, settings=None, **changes):
+    """Registers attn_implementation="proxyattn" with transformers; settings as in
+    proxyattn.attention (a proxyattn.Settings and/or keyword settings: gamma,
+    num_proxy_groups, block_size, min_budget_tokens, ...), checked here: invalid ones raise
+    now, naming the field. A model's own softmax scale (its attention's `scaling`) replaces
+    softmax_scale. dense_layers: layer indices (transformers' layer_idx) that always run
+    dense, e.g. [0] for models whose first layer's attention the last query block's budget
+    underestimates (docs/accuracy.md, Qwen2.5-Coder-0.5B)."""
+    global _settings
+    settings = settings_of(settings, **changes)
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    _api.make_config(128, **{k: v for k, v in settings.items() if k != "softmax_scale"})  # validate now
     layers = set()
     for layer in dense_layers:
         if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
             raise ValueError(f"dense_layers: {layer!r} is not a layer index (an int >= 0)")
         layers.add(layer)
-    _settings.clear()
-    _settings.update(settings)
+    _settings = settings
     _dense_layers.clear()
     _dense_layers.update(layers)
     AttentionInterface.register(NAME, attention_forward)

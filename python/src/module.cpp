@@ -13,12 +13,14 @@
 #include <nanobind/stl/vector.h>
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <initializer_list>
 #include <optional>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -276,6 +278,22 @@ size_t bytes_of(F f, const Problem& problem, const pa_config& config) {
   return bytes;
 }
 
+// pa_config's fields in the struct's order: the one list the module names them in.
+#define PA_CONFIG_FIELDS(X)                                                                   \
+  X(block_size) X(stride) X(gamma) X(min_budget_tokens) X(num_proxy_groups) X(force_sink) X(force_local) \
+  X(budget_mode) X(dense_below) X(softmax_scale) X(anchor_blocks)
+
+// A read-write attribute of Config: an enum field (budget_mode) as its int value.
+template <auto Member>
+void bind_config_field(nb::class_<pa_config>& c, const char* name) {
+  using T = std::remove_reference_t<decltype(std::declval<pa_config&>().*Member)>;
+  if constexpr (std::is_enum_v<T>)
+    c.def_prop_rw(name, [](const pa_config& x) { return int(x.*Member); },
+                  [](pa_config& x, int value) { x.*Member = T(value); });
+  else
+    c.def_rw(name, Member);
+}
+
 class PyPlan {
  public:
   PyPlan(const Problem& problem, const pa_config& config, Array storage)
@@ -463,23 +481,31 @@ NB_MODULE(_C, m) {
     }
   });
 
-  nb::class_<pa_config>(m, "Config")
-      .def("__init__", [](pa_config* c, int head_dim) { new (c) pa_config(pa_config_default(head_dim)); },
-           nb::arg("head_dim"))
-      .def_rw("block_size", &pa_config::block_size)
-      .def_rw("stride", &pa_config::stride)
-      .def_rw("gamma", &pa_config::gamma)
-      .def_rw("min_budget_tokens", &pa_config::min_budget_tokens)
-      .def_rw("num_proxy_groups", &pa_config::num_proxy_groups)
-      .def_rw("force_sink", &pa_config::force_sink)
-      .def_rw("force_local", &pa_config::force_local)
-      .def_prop_rw("budget_mode", [](const pa_config& c) { return int(c.budget_mode); },
-                   [](pa_config& c, int mode) { c.budget_mode = pa_budget_mode(mode); })
-      .def_rw("dense_below", &pa_config::dense_below)
-      .def_rw("softmax_scale", &pa_config::softmax_scale)
-      .def_rw("anchor_blocks", &pa_config::anchor_blocks);
+  // pa_config, its fields named once (PA_CONFIG_FIELDS): the attributes of Config and the
+  // layout CONFIG_FIELDS, (name, offset, bytes, is_float) in the struct's order, from which
+  // proxyattn.Settings orders its values and the torch ops their arguments, and against which
+  // bench/capi.py's ctypes copy of the struct is tested.
+  nb::class_<pa_config> config(m, "Config");
+  config.def("__init__", [](pa_config* c, int head_dim) { new (c) pa_config(pa_config_default(head_dim)); },
+             nb::arg("head_dim"));
+  nb::list config_fields;
+#define PA_CONFIG_FIELD(name)                                                                        \
+  bind_config_field<&pa_config::name>(config, #name);                                                \
+  config_fields.append(nb::make_tuple(#name, offsetof(pa_config, name), sizeof(pa_config::name),    \
+                                      std::is_floating_point_v<decltype(pa_config::name)>));
+  PA_CONFIG_FIELDS(PA_CONFIG_FIELD)
+#undef PA_CONFIG_FIELD
+  m.attr("CONFIG_FIELDS") = nb::tuple(config_fields);
+  m.attr("CONFIG_BYTES") = sizeof(pa_config);
+  // pa_config_validate without a problem: every field on its own (ProxyAttnError naming it).
+  m.def("validate_config", [](const pa_config& c) { proxyattn::check(pa_config_validate(&c, nullptr)); },
+        nb::arg("config"));
 
   m.attr("ANCHOR_BLOCKS_AUTO") = PA_ANCHOR_BLOCKS_AUTO;
+  nb::dict budget_modes;  // pa_budget_mode by the name proxyattn.Settings takes
+  budget_modes["absolute"] = int(PA_BUDGET_ABSOLUTE);
+  budget_modes["proportional"] = int(PA_BUDGET_PROPORTIONAL);
+  m.attr("BUDGET_MODES") = budget_modes;
 
   // Not the stable API (proxyattn_tuning.h): what tests and benchmarks change.
   nb::class_<pa_tuning>(m, "Tuning")

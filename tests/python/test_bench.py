@@ -7,7 +7,7 @@ torch = pytest.importorskip("torch")
 import numpy as np  # noqa: E402
 
 import proxyattn  # noqa: E402
-from proxyattn import _C, _api  # noqa: E402
+from proxyattn import _C  # noqa: E402
 from proxyattn.bench import baselines, compare  # noqa: E402
 
 N, HQ, HKV, D = 3000, 8, 4, 64
@@ -25,7 +25,7 @@ def structured(n=N):
 @pytest.mark.parametrize("groups", [1, 2])
 def test_torch_estimate_equals_library(groups):
     q, k, _ = structured()
-    config = _api.make_config(D, num_proxy_groups=groups, **SETTINGS)
+    config = proxyattn.Settings(num_proxy_groups=groups, **SETTINGS).resolve(D)
     order, count, needed = baselines.torch_estimate(q, k, config)
     plan = proxyattn.estimate(q, k, [0, N], num_proxy_groups=groups, **SETTINGS)
     lib_order, lib_count = plan.index()

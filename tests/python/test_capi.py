@@ -1,5 +1,7 @@
 """The benchmarks' ctypes binding (bench/capi.py), where it needs no GPU: its pa_tuning
-matches the C header's, and the environment it gives libraries built before the tuning."""
+matches the C header's, its pa_config the module's (the struct the library was built with),
+and the environment it gives libraries built before the tuning."""
+import ctypes
 import os
 import re
 import sys
@@ -9,6 +11,8 @@ import pytest
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import capi  # noqa: E402
+
+from proxyattn import _C  # noqa: E402
 
 
 def test_tuning_fields_match_the_header():
@@ -53,3 +57,24 @@ def test_with_environment_sets_and_restores():
     with pytest.raises(RuntimeError, match="inside"):
         capi.with_environment({"PROXYATTN_TEST_A": "1", "PROXYATTN_TEST_B": "2"}, fails)()
     assert "PROXYATTN_TEST_A" not in os.environ and os.environ.pop("PROXYATTN_TEST_B") == "before"
+
+
+def test_config_matches_the_module():
+    """capi.Config, a hand-made ctypes copy of pa_config (the benchmarks load library builds
+    without the package), has the fields, offsets and sizes the module was compiled with."""
+    fields = [(name, getattr(capi.Config, name).offset, getattr(capi.Config, name).size, t is ctypes.c_float)
+              for name, t in capi.Config._fields_]
+    assert fields == list(_C.CONFIG_FIELDS)
+    assert ctypes.sizeof(capi.Config) == _C.CONFIG_BYTES
+    assert (capi.PA_BUDGET_ABSOLUTE, capi.PA_BUDGET_PROPORTIONAL) == (_C.BUDGET_MODES["absolute"],
+                                                                     _C.BUDGET_MODES["proportional"])
+
+
+def test_config_refuses_unknown_fields():
+    class Library(capi.Library):
+        def __init__(self):  # no shared library: config() on a default-constructed struct
+            self.lib = type("Lib", (), {"pa_config_default": staticmethod(lambda d: capi.Config())})()
+
+    assert Library().config(64, gamma=0.5).gamma == 0.5
+    with pytest.raises(TypeError, match="unknown config field 'gama'"):
+        Library().config(64, gama=0.5)

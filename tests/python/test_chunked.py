@@ -189,7 +189,7 @@ def test_the_module_calls_agree():
     q, k, v = prompt()
     cache = Cache(64, 21)
     cache.write(0, k, v, 0, N)
-    config = _api.make_config(D, **SETTINGS)
+    config = proxyattn.Settings(**SETTINGS).resolve(D)
     plan = _api.Plan([0, 600], HQ, HKV, D, q, config, [0, N], 64, cache.num_pages, 21)
     qc = np.ascontiguousarray(q[700:])
     out1, out2 = np.empty_like(qc), np.empty_like(qc)
@@ -329,13 +329,14 @@ def test_kvcache_errors_before_the_library(fw):
         proxyattn.ProxyState(as_fw(fw, cache.k), num_proxy_groups=3)  # does not divide Hkv = 2
     state = proxyattn.ProxyState(as_fw(fw, cache.k))
     with pytest.raises(proxyattn.ProxyAttnError, match=r"PA_STATUS_BUFFER_TOO_SMALL"):
-        _api.ProxyState._wrap(state.tensor, as_fw(fw, cache.k), 2, 4)  # g = 2 needs twice the bytes
+        g2 = proxyattn.Settings(num_proxy_groups=2).resolve(D)  # g = 2 needs twice the bytes
+        _api.ProxyState._wrap(state.tensor, as_fw(fw, cache.k), g2)
 
 
 def test_module_checks_the_block_table():
     q, k, v = prompt()
     cache = Cache(64, 21)
-    config = _api.make_config(D, **SETTINGS)
+    config = proxyattn.Settings(**SETTINGS).resolve(D)
     plan = _api.Plan([0, 600], HQ, HKV, D, q, config, [0, N], 64, cache.num_pages, 21)
     qc, out = np.ascontiguousarray(q[700:]), np.empty((600, HQ, D), np.float32)
     with pytest.raises(ValueError, match=r"block_table: expected a contiguous int32 array of shape \(1, 21\)"):

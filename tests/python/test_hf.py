@@ -138,3 +138,18 @@ def test_cuda_float32_model_falls_back_to_sdpa():
         with pytest.warns(UserWarning, match="float32"):
             fallback = tiny_llama("proxyattn").cuda()(ids).logits
     assert torch.allclose(fallback, dense, atol=1e-5, rtol=1e-5)
+
+
+def test_enable_takes_a_settings_object():
+    """enable(settings=...) runs what the same keyword settings run; an invalid one raises at
+    enable time (tests/python/test_settings.py checks more)."""
+    settings = proxyattn.Settings(gamma=0.5, block_size=64, min_budget_tokens=64, dense_below=64)
+    ids = torch.randint(0, 512, (1, 700), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad(), counting_proxy_calls() as calls:
+        proxyattn.hf.enable(settings=settings)
+        with_object = tiny_llama("proxyattn")(ids).logits
+        proxyattn.hf.enable(gamma=0.5, block_size=64, min_budget_tokens=64, dense_below=64)
+        with_keywords = tiny_llama("proxyattn")(ids).logits
+    assert calls["proxy"] == 4 and torch.equal(with_object, with_keywords)
+    with pytest.raises(proxyattn.ProxyAttnError, match=r"config\.gamma = 2"):
+        proxyattn.hf.enable(settings=settings, gamma=2)

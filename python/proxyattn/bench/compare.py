@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 import proxyattn
-from proxyattn import _C, _api
+from proxyattn import _C
 
 from .baselines import Flex, repeat_kv, sdpa, sdpa_gqa_mode, torch_estimate
 from .config import BLOCK_SIZE, SHAPES
@@ -124,16 +124,17 @@ class Suite:
         best_dense = min(x["ms"] for x in case["dense"].values() if "ms" in x)
         t0 = time.time()
         for gamma in gammas:
-            settings = dict(gamma=gamma, num_proxy_groups=g, softmax_scale=scale, anchor_blocks=self.anchor_blocks)
-            config = _api.make_config(d, **settings)
-            plan = proxyattn.estimate(q, k, [0, n], **settings)
+            settings = proxyattn.Settings(gamma=gamma, num_proxy_groups=g, softmax_scale=scale,
+                                          anchor_blocks=self.anchor_blocks)
+            config = settings.resolve(d)
+            plan = proxyattn.estimate(q, k, [0, n], settings=settings)
             row = {"gamma": gamma, "anchor_blocks": plan._plan.anchor_blocks, "density": plan.density}
             # Our three calls and cuDNN's dense call, sampled in shuffled rounds: the speedup
             # compares times taken under the same clocks.
             timed = interleaved_median_ms({
                 "estimate_ms": lambda: plan._estimate(*mine.next()[:2]),
                 "attend_ms": lambda: proxyattn.attend(plan, *mine.next()),
-                "total_ms": lambda: proxyattn.attention_varlen(*mine.next(), [0, n], **settings),
+                "total_ms": lambda: proxyattn.attention_varlen(*mine.next(), [0, n], settings=settings),
                 **({"cudnn_ms": cudnn} if cudnn else {})}, reps, WARMUP)
             plan._estimate(q, k)
             row.update(timed)

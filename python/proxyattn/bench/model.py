@@ -92,7 +92,8 @@ def run(sizes, num_layers, name="llama3.1-8b", log=print):
 
     t0 = time.time()
     groups = MODELS[name].groups
-    proxyattn.hf.enable(gamma=GAMMA, num_proxy_groups=groups)
+    settings = proxyattn.Settings(gamma=GAMMA, num_proxy_groups=groups)
+    proxyattn.hf.enable(settings=settings)
     timer = AttentionTimer()
     AttentionInterface.register("bench_dense", timer.wrap(sdpa_attention_forward, SDPBackend.CUDNN_ATTENTION))
     AttentionInterface.register("bench_proxyattn", timer.wrap(proxyattn.hf.attention_forward))
@@ -133,8 +134,7 @@ def run(sizes, num_layers, name="llama3.1-8b", log=print):
                                "attention_all_ms": attention, "rest_ms": ttft_ms - attn_ms,
                                "attention_calls_per_forward": sorted(calls)}
             query, key = (t[0].transpose(0, 1) for t in timer.first_qk)  # [N, H, d] views
-            row["density_layer0"] = proxyattn.estimate(query, key, [0, n], gamma=GAMMA,
-                                                       num_proxy_groups=groups).density
+            row["density_layer0"] = proxyattn.estimate(query, key, [0, n], settings=settings).density
             timer.first_qk = None
             row["ttft_speedup"] = row["dense_cudnn"]["ttft_ms"] / row["proxyattn"]["ttft_ms"]
             row["attention_speedup"] = row["dense_cudnn"]["attention_ms"] / row["proxyattn"]["attention_ms"]
