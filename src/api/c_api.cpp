@@ -352,7 +352,7 @@ size_t backend_workspace_bytes(const pa_plan& plan) {
 pa_status backend_estimate(const pa_plan& plan, const pa_tensor& q, const pa_kv_cache& kv, void* workspace,
                            void* stream) {
 #if PROXYATTN_WITH_CUDA
-  if (plan.on_device) return cuda::estimate(plan.desc, q, kv.k, workspace, stream);
+  if (plan.on_device) return cuda::estimate(plan.desc, q, kv, workspace, stream);
 #endif
   (void)stream;
   return cpu::estimate(plan.desc, q, kv, workspace);
@@ -494,14 +494,20 @@ pa_status pa_plan_create(const pa_problem* problem, const pa_config* config, voi
     const BatchTables tables = batch_tables(desc.batch);
     const size_t seq_bytes = sizeof(SeqSpan) * tables.seqs.size();
     const size_t row_bytes = sizeof(int32_t) * tables.qblock_seq.size();
+    const size_t key_bytes = sizeof(int32_t) * tables.kblock_seq.size();
+    const size_t key_begin_bytes = sizeof(int64_t) * tables.kblock_begin.size();
     if (device) {
 #if PROXYATTN_WITH_CUDA
       PA_TRY(cuda::upload(p->desc.index.seqs, tables.seqs.data(), seq_bytes));
       PA_TRY(cuda::upload(p->desc.index.qblock_seq, tables.qblock_seq.data(), row_bytes));
+      PA_TRY(cuda::upload(p->desc.index.kblock_seq, tables.kblock_seq.data(), key_bytes));
+      PA_TRY(cuda::upload(p->desc.index.kblock_begin, tables.kblock_begin.data(), key_begin_bytes));
 #endif
     } else {
       std::memcpy(p->desc.index.seqs, tables.seqs.data(), seq_bytes);
       if (row_bytes > 0) std::memcpy(p->desc.index.qblock_seq, tables.qblock_seq.data(), row_bytes);
+      if (key_bytes > 0) std::memcpy(p->desc.index.kblock_seq, tables.kblock_seq.data(), key_bytes);
+      if (key_begin_bytes > 0) std::memcpy(p->desc.index.kblock_begin, tables.kblock_begin.data(), key_begin_bytes);
     }
     *plan = p.release();
     return PA_STATUS_SUCCESS;

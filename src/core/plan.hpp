@@ -24,7 +24,7 @@ struct PlanDesc {
   // Dense: keys below dense_below, or a chunk of fewer queries than a block (a decode step),
   // whose estimation would cost more than it saves (ALGORITHM.md, "Chunked prefill").
   bool runs_dense(const SeqSpan& span) const {
-    return span.kv_length < config.dense_below || (span.chunked() && span.length < config.block_size);
+    return span.kv_length < config.dense_below || span.short_chunk(config.block_size);
   }
   bool paged() const { return problem.page_size > 0; }
 };
