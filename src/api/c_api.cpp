@@ -60,16 +60,6 @@ pa_status validate_plan_inputs(const pa_problem* problem, const pa_config* confi
   return validate_config(*config, problem);
 }
 
-// The plan of a problem and config, at the default tuning.
-PlanDesc describe(const pa_problem& problem, const pa_config& config) {
-  PlanDesc d;
-  d.problem = problem;
-  d.config = resolve_config(config, problem);
-  d.batch = make_batch_layout(problem, config.block_size, config.num_proxy_groups);
-  d.storage = storage_layout(d.batch, problem.num_q_heads, problem.num_seqs, d.config.anchor_blocks);
-  return d;
-}
-
 pa_status check_tuning(const pa_tuning* tuning) {
   if (tuning == nullptr) return fail(PA_STATUS_NULL_POINTER, "tuning is NULL");
   return validate_tuning(*tuning);
@@ -436,7 +426,7 @@ pa_status pa_plan_bytes(const pa_problem* problem, const pa_config* config, size
   return guarded([&] {
     PA_TRY(validate_plan_inputs(problem, config));
     if (bytes == nullptr) return fail(PA_STATUS_NULL_POINTER, "bytes is NULL");
-    *bytes = describe(*problem, *config).storage.total_bytes;
+    *bytes = describe_plan(*problem, *config).storage.total_bytes;
     return PA_STATUS_SUCCESS;
   });
 }
@@ -452,7 +442,7 @@ pa_status pa_workspace_bytes_tuned(const pa_problem* problem, const pa_config* c
     PA_TRY(validate_plan_inputs(problem, config));
     PA_TRY(check_tuning(tuning));
     if (bytes == nullptr) return fail(PA_STATUS_NULL_POINTER, "bytes is NULL");
-    PlanDesc d = describe(*problem, *config);
+    PlanDesc d = describe_plan(*problem, *config);
     d.tuning = *tuning;
     *bytes = workspace_bytes_for(d);
     return PA_STATUS_SUCCESS;
@@ -464,7 +454,7 @@ pa_status pa_plan_create(const pa_problem* problem, const pa_config* config, voi
   return guarded([&] {
     PA_TRY(validate_plan_inputs(problem, config));
     if (plan == nullptr) return fail(PA_STATUS_NULL_POINTER, "plan is NULL");
-    const PlanDesc desc = describe(*problem, *config);
+    const PlanDesc desc = describe_plan(*problem, *config);
     if (storage == nullptr) return fail(PA_STATUS_NULL_POINTER, "storage is NULL");
     if (storage_bytes < desc.storage.total_bytes)
       return fail(PA_STATUS_BUFFER_TOO_SMALL, "storage_bytes = %zu: the plan needs %zu (pa_plan_bytes)",

@@ -43,7 +43,6 @@
 
 #include "core/block_index.hpp"
 #include "core/budget.hpp"
-#include "core/config.hpp"
 #include "core/plan.hpp"
 #include "cuda/backend.hpp"
 #include "gpu_util.hpp"
@@ -288,16 +287,6 @@ struct Report {
   double max_row_gap = 0.0;    // largest relative score gap among tolerated swaps
   double max_gamma_gap = 0.0;  // largest |prefix/total - gamma| among tolerated budget flips
 };
-
-// The plan of a problem as pa_plan_create describes it.
-PlanDesc describe_plan(const pa_problem& p, const pa_config& c) {
-  PlanDesc d;
-  d.problem = p;
-  d.config = resolve_config(c, p);
-  d.batch = make_batch_layout(p, c.block_size, c.num_proxy_groups);
-  d.storage = storage_layout(d.batch, p.num_q_heads, p.num_seqs, d.config.anchor_blocks);
-  return d;
-}
 
 // The index rows first_qblock .. Nkb - 1 of every sequence (docs/index_format.md), refs[s]
 // the reference of sequence s.
@@ -681,6 +670,41 @@ TEST(EstimateGpuTuning, WorkspaceHoldsBlockLogits) {
   EXPECT_EQ(bytes(131072, 2, 8, 1) - two_pass(131072, 2, 8, 1), size_t(entries * 16 * sizeof(float)));
   EXPECT_EQ(bytes(131072, 2, 2, 1), two_pass(131072, 2, 2, 1));  // b/s = 64: pass 2
   EXPECT_EQ(bytes(262144, 8, 4, 8), two_pass(262144, 8, 4, 8));  // 2 GiB of logits: pass 2
+}
+
+// The key layout of the GPU estimation (BatchLayout::kblock_begin): every key block of a
+// chunk, the rows' count of a short chunk, nothing of a sequence without queries; key tables
+// in the plan only when some chunk starts after block 0. Host only: runs without a GPU too.
+TEST(EstimateGpuLayout, KeyBlocksOfChunks) {
+  const int32_t cu_q[5] = {0, 1700, 1701, 2601, 2601}, cu_k[5] = {0, 3000, 4500, 5400, 6000};
+  pa_problem p{};
+  p.num_seqs = 4, p.cu_seqlens = cu_q, p.total_tokens = cu_q[4];
+  p.num_q_heads = 8, p.num_kv_heads = 2, p.head_dim = 128, p.dtype = PA_DTYPE_BFLOAT16;
+  p.cu_seqlens_k = cu_k, p.total_kv_tokens = cu_k[4];
+  const PlanDesc chunked = describe_plan(p, base_config(128));
+  // a chunk from position 1300 (rows 10..23 of 24 key blocks), a decode step (1 row), a whole
+  // prompt of 900 (8 blocks), a sequence of 600 keys without queries
+  EXPECT_EQ(chunked.batch.kblock_begin, (std::vector<int64_t>{0, 24, 25, 33}));
+  EXPECT_EQ(chunked.batch.total_kblocks, 33);
+  EXPECT_EQ(chunked.batch.total_qblocks, 14 + 1 + 8);
+  ASSERT_TRUE(separate_keys(chunked.batch));
+  const BatchTables tables = batch_tables(chunked.batch);
+  EXPECT_EQ(tables.kblock_begin, chunked.batch.kblock_begin);
+  ASSERT_EQ(tables.kblock_seq.size(), 33u);
+  EXPECT_EQ(tables.kblock_seq[23], 0);
+  EXPECT_EQ(tables.kblock_seq[24], 1);
+  EXPECT_EQ(tables.kblock_seq[32], 2);
+  EXPECT_GT(chunked.storage.kblock_begin_offset, chunked.storage.kblock_seq_offset);
+
+  const Batch whole({3000, 900}, 8, 2, 128, PA_DTYPE_BFLOAT16);
+  const PlanDesc plan = describe_plan(whole.problem(), base_config(128));
+  EXPECT_FALSE(separate_keys(plan.batch));
+  EXPECT_EQ(plan.storage.kblock_seq_offset, plan.storage.qblock_seq_offset);
+  std::vector<uint8_t> storage(plan.storage.total_bytes);
+  const IndexArrays index = bind_storage(storage.data(), plan.storage);
+  EXPECT_EQ(index.kblock_seq, index.qblock_seq);
+  EXPECT_EQ(index.kblock_begin, nullptr);
+  EXPECT_TRUE(batch_tables(plan.batch).kblock_seq.empty());
 }
 
 TEST(EstimateGpuRefusal, Float32IsUnsupported) {
