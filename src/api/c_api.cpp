@@ -60,16 +60,6 @@ pa_status validate_plan_inputs(const pa_problem* problem, const pa_config* confi
   return validate_config(*config, problem);
 }
 
-// The plan of a problem and config, at the default tuning.
-PlanDesc describe(const pa_problem& problem, const pa_config& config) {
-  PlanDesc d;
-  d.problem = problem;
-  d.config = resolve_config(config, problem);
-  d.batch = make_batch_layout(problem, config.block_size, config.num_proxy_groups);
-  d.storage = storage_layout(d.batch, problem.num_q_heads, problem.num_seqs, d.config.anchor_blocks);
-  return d;
-}
-
 pa_status check_tuning(const pa_tuning* tuning) {
   if (tuning == nullptr) return fail(PA_STATUS_NULL_POINTER, "tuning is NULL");
   return validate_tuning(*tuning);
@@ -352,11 +342,7 @@ size_t backend_workspace_bytes(const pa_plan& plan) {
 pa_status backend_estimate(const pa_plan& plan, const pa_tensor& q, const pa_kv_cache& kv, void* workspace,
                            void* stream) {
 #if PROXYATTN_WITH_CUDA
-  if (plan.on_device && is_chunked(plan.desc.problem))
-    return fail(PA_STATUS_UNSUPPORTED, "pa_estimate: the GPU estimation of a chunked problem "
-                "(problem.cu_seqlens_k) is not in this build; the GPU attention takes such a plan's "
-                "index from pa_plan_set_index");
-  if (plan.on_device) return cuda::estimate(plan.desc, q, kv.k, workspace, stream);
+  if (plan.on_device) return cuda::estimate(plan.desc, q, kv, workspace, stream);
 #endif
   (void)stream;
   return cpu::estimate(plan.desc, q, kv, workspace);
@@ -440,7 +426,7 @@ pa_status pa_plan_bytes(const pa_problem* problem, const pa_config* config, size
   return guarded([&] {
     PA_TRY(validate_plan_inputs(problem, config));
     if (bytes == nullptr) return fail(PA_STATUS_NULL_POINTER, "bytes is NULL");
-    *bytes = describe(*problem, *config).storage.total_bytes;
+    *bytes = describe_plan(*problem, *config).storage.total_bytes;
     return PA_STATUS_SUCCESS;
   });
 }
@@ -456,7 +442,7 @@ pa_status pa_workspace_bytes_tuned(const pa_problem* problem, const pa_config* c
     PA_TRY(validate_plan_inputs(problem, config));
     PA_TRY(check_tuning(tuning));
     if (bytes == nullptr) return fail(PA_STATUS_NULL_POINTER, "bytes is NULL");
-    PlanDesc d = describe(*problem, *config);
+    PlanDesc d = describe_plan(*problem, *config);
     d.tuning = *tuning;
     *bytes = workspace_bytes_for(d);
     return PA_STATUS_SUCCESS;
@@ -468,7 +454,7 @@ pa_status pa_plan_create(const pa_problem* problem, const pa_config* config, voi
   return guarded([&] {
     PA_TRY(validate_plan_inputs(problem, config));
     if (plan == nullptr) return fail(PA_STATUS_NULL_POINTER, "plan is NULL");
-    const PlanDesc desc = describe(*problem, *config);
+    const PlanDesc desc = describe_plan(*problem, *config);
     if (storage == nullptr) return fail(PA_STATUS_NULL_POINTER, "storage is NULL");
     if (storage_bytes < desc.storage.total_bytes)
       return fail(PA_STATUS_BUFFER_TOO_SMALL, "storage_bytes = %zu: the plan needs %zu (pa_plan_bytes)",
@@ -495,14 +481,20 @@ pa_status pa_plan_create(const pa_problem* problem, const pa_config* config, voi
     const BatchTables tables = batch_tables(desc.batch);
     const size_t seq_bytes = sizeof(SeqSpan) * tables.seqs.size();
     const size_t row_bytes = sizeof(int32_t) * tables.qblock_seq.size();
+    const size_t key_bytes = sizeof(int32_t) * tables.kblock_seq.size();
+    const size_t key_begin_bytes = sizeof(int64_t) * tables.kblock_begin.size();
     if (device) {
 #if PROXYATTN_WITH_CUDA
       PA_TRY(cuda::upload(p->desc.index.seqs, tables.seqs.data(), seq_bytes));
       PA_TRY(cuda::upload(p->desc.index.qblock_seq, tables.qblock_seq.data(), row_bytes));
+      PA_TRY(cuda::upload(p->desc.index.kblock_seq, tables.kblock_seq.data(), key_bytes));
+      PA_TRY(cuda::upload(p->desc.index.kblock_begin, tables.kblock_begin.data(), key_begin_bytes));
 #endif
     } else {
       std::memcpy(p->desc.index.seqs, tables.seqs.data(), seq_bytes);
       if (row_bytes > 0) std::memcpy(p->desc.index.qblock_seq, tables.qblock_seq.data(), row_bytes);
+      if (key_bytes > 0) std::memcpy(p->desc.index.kblock_seq, tables.kblock_seq.data(), key_bytes);
+      if (key_begin_bytes > 0) std::memcpy(p->desc.index.kblock_begin, tables.kblock_begin.data(), key_begin_bytes);
     }
     *plan = p.release();
     return PA_STATUS_SUCCESS;

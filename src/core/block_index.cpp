@@ -21,7 +21,16 @@ StorageLayout storage_layout(const BatchLayout& batch, int num_q_heads, int num_
   s.seqs_offset =
       align_up(s.anchors_offset + sizeof(int32_t) * size_t(num_seqs) * num_q_heads * anchor_blocks);
   s.qblock_seq_offset = align_up(s.seqs_offset + sizeof(SeqSpan) * num_seqs);
-  s.total_bytes = align_up(s.qblock_seq_offset + sizeof(int32_t) * batch.total_qblocks);
+  const size_t qblock_seq_end = s.qblock_seq_offset + sizeof(int32_t) * batch.total_qblocks;
+  s.separate_keys = separate_keys(batch);
+  if (!s.separate_keys) {  // kblock_seq is qblock_seq, no kblock_begin: no bytes of their own
+    s.kblock_seq_offset = s.kblock_begin_offset = s.qblock_seq_offset;
+    s.total_bytes = align_up(qblock_seq_end);
+    return s;
+  }
+  s.kblock_seq_offset = align_up(qblock_seq_end);
+  s.kblock_begin_offset = align_up(s.kblock_seq_offset + sizeof(int32_t) * batch.total_kblocks);
+  s.total_bytes = align_up(s.kblock_begin_offset + sizeof(int64_t) * num_seqs);
   return s;
 }
 
@@ -31,6 +40,13 @@ BatchTables batch_tables(const BatchLayout& batch) {
   t.qblock_seq.reserve(batch.total_qblocks);
   for (size_t s = 0; s < batch.seqs.size(); ++s)
     t.qblock_seq.insert(t.qblock_seq.end(), batch.seqs[s].num_qblocks, int32_t(s));
+  if (!separate_keys(batch)) return t;
+  t.kblock_begin = batch.kblock_begin;
+  t.kblock_seq.reserve(batch.total_kblocks);
+  for (size_t s = 0; s < batch.seqs.size(); ++s) {
+    const int64_t end = s + 1 < batch.seqs.size() ? batch.kblock_begin[s + 1] : batch.total_kblocks;
+    t.kblock_seq.insert(t.kblock_seq.end(), end - batch.kblock_begin[s], int32_t(s));
+  }
   return t;
 }
 
@@ -44,6 +60,8 @@ IndexArrays bind_storage(void* storage, const StorageLayout& layout) {
   a.anchors = reinterpret_cast<int32_t*>(base + layout.anchors_offset);
   a.seqs = reinterpret_cast<SeqSpan*>(base + layout.seqs_offset);
   a.qblock_seq = reinterpret_cast<int32_t*>(base + layout.qblock_seq_offset);
+  a.kblock_seq = reinterpret_cast<int32_t*>(base + layout.kblock_seq_offset);
+  if (layout.separate_keys) a.kblock_begin = reinterpret_cast<int64_t*>(base + layout.kblock_begin_offset);
   return a;
 }
 

@@ -18,8 +18,9 @@
 
 namespace proxyattn {
 
-// Pointers into plan storage (host or device memory). seqs and qblock_seq describe the
-// batch for kernels (written once by pa_plan_create); the rest is written by estimation.
+// Pointers into plan storage (host or device memory). seqs, qblock_seq, kblock_seq and
+// kblock_begin describe the batch for kernels (written once by pa_plan_create); the rest is
+// written by estimation.
 struct IndexArrays {
   int32_t* order = nullptr;       // [order_entries]
   int32_t* count = nullptr;       // [total_qblocks, Hq]
@@ -28,20 +29,33 @@ struct IndexArrays {
   int32_t* anchors = nullptr;     // [num_seqs, Hq, T]
   SeqSpan* seqs = nullptr;        // [num_seqs]
   int32_t* qblock_seq = nullptr;  // [total_qblocks]: sequence of each global query-block row
+  // The GPU estimation's key arrays (BatchLayout::kblock_begin) when they have a layout of
+  // their own (separate_keys); else kblock_seq is qblock_seq and kblock_begin null (a
+  // sequence's first key block is its qblock_begin).
+  int32_t* kblock_seq = nullptr;    // [total_kblocks]: sequence of each key block
+  int64_t* kblock_begin = nullptr;  // [num_seqs]: first key block of each sequence
 };
 
 // Byte offsets of the arrays inside plan storage.
 struct StorageLayout {
   size_t order_offset, count_offset, budget_offset, needed_offset, anchors_offset, seqs_offset,
-      qblock_seq_offset;
+      qblock_seq_offset, kblock_seq_offset, kblock_begin_offset;
   size_t total_bytes;
+  bool separate_keys;  // the key tables exist (separate_keys(batch))
 };
 
 // The batch description part of plan storage, built on the host.
 struct BatchTables {
   std::vector<SeqSpan> seqs;
   std::vector<int32_t> qblock_seq;
+  std::vector<int32_t> kblock_seq;    // empty unless separate_keys(batch)
+  std::vector<int64_t> kblock_begin;  // empty unless separate_keys(batch)
 };
+
+// Whether the GPU estimation's key arrays have a layout of their own: some sequence has key
+// blocks before its first row (a chunk after block 0). Else they share the rows' layout
+// and the plan holds no key tables.
+inline bool separate_keys(const BatchLayout& batch) { return batch.total_kblocks != batch.total_qblocks; }
 BatchTables batch_tables(const BatchLayout& batch);
 
 inline constexpr size_t kStorageAlignment = 256;  // cudaMalloc's alignment, for vector loads

@@ -174,7 +174,8 @@ pa_status validate_tensor(const pa_tensor* t, const char* name, const pa_problem
 BatchLayout make_batch_layout(const pa_problem& p, int block_size, int groups) {
   BatchLayout layout;
   layout.seqs.resize(p.num_seqs);
-  int64_t qblock = 0, order = 0;
+  layout.kblock_begin.resize(p.num_seqs);
+  int64_t qblock = 0, kblock = 0, order = 0;
   for (int s = 0; s < p.num_seqs; ++s) {
     SeqSpan& span = layout.seqs[s];
     const int64_t begin = p.cu_seqlens ? p.cu_seqlens[s] : 0;
@@ -189,13 +190,16 @@ BatchLayout make_batch_layout(const pa_problem& p, int block_size, int groups) {
     span.num_qblocks = kblocks - span.first_qblock;
     span.qblock_begin = qblock;
     span.order_begin = order;
+    layout.kblock_begin[s] = kblock;
     qblock += span.num_qblocks;
+    kblock += span.short_chunk(block_size) ? span.num_qblocks : span.num_kblocks();
     order += groups * span.group_entries();
     layout.max_length = std::max(layout.max_length, span.length);
     layout.max_kv_length = std::max(layout.max_kv_length, span.kv_length);
     layout.chunked = layout.chunked || span.chunked();
   }
   layout.total_qblocks = qblock;
+  layout.total_kblocks = kblock;
   layout.order_entries = order;
   return layout;
 }

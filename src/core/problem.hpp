@@ -58,6 +58,8 @@ struct SeqSpan {
 
   PA_HOST_DEVICE int64_t query_offset() const { return int64_t(kv_length) - length; }
   PA_HOST_DEVICE bool chunked() const { return kv_length != length; }
+  // A chunk of fewer queries than a block (a decode step): it runs dense whatever its keys.
+  PA_HOST_DEVICE bool short_chunk(int block_size) const { return chunked() && length < block_size; }
   // Key blocks of the sequence, ceil(kv_len / b), given as the last row + 1.
   PA_HOST_DEVICE int32_t num_kblocks() const { return first_qblock + num_qblocks; }
   // Order entries of one group: rows first_qblock .. num_kblocks - 1 of m + 1 entries each.
@@ -69,6 +71,11 @@ struct SeqSpan {
 struct BatchLayout {
   std::vector<SeqSpan> seqs;
   int64_t total_qblocks = 0;   // sum of the rows
+  // The GPU estimation's per-key-block arrays (proxy keys, budget partials): sequence s at
+  // key block kblock_begin[s], num_kblocks blocks (its rows' count for a short chunk, which
+  // runs dense and needs no keys there); for whole prompts the rows' layout (qblock_begin).
+  std::vector<int64_t> kblock_begin;
+  int64_t total_kblocks = 0;
   int64_t order_entries = 0;   // sum of g * group_entries
   int32_t max_length = 0;      // longest q_len
   int32_t max_kv_length = 0;   // longest kv_len

@@ -29,8 +29,10 @@ pa_status check_attend_supported(const char* call, const PlanDesc& plan);
 // Bytes of device workspace pa_estimate needs for this plan (its shapes and tuning).
 size_t estimate_workspace_bytes(const PlanDesc& plan);
 
-// Fills the plan's block index (device memory) from Q and K on `stream`.
-pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_tensor& k, void* workspace,
+// Fills the plan's block index (device memory) from Q and the keys of kv (packed or paged
+// through kv.block_table; kv.v is not read) on `stream`, and writes the call's positions to
+// kv.proxy_state when there is one (reading the prefix's from it).
+pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_kv_cache& kv, void* workspace,
                    void* stream);
 
 // Block-sparse attention over the plan's index on `stream`, with the plan's tuning. lse may

@@ -1,6 +1,7 @@
-// Chunked prefill on the GPU attention kernels: a chunk of queries at the end of a longer key
-// sequence, keys packed or in a paged cache, against the CPU backend on the same index (the
-// CPU plan's, set on the device plan with pa_plan_set_index), through both kernels (the sm90
+// Chunked prefill on the GPU: a chunk of queries at the end of a longer key sequence, keys
+// packed or in a paged cache, against the CPU backend, on the same index (the CPU plan's, set
+// on the device plan with pa_plan_set_index) and end to end (pa_forward_kv with the GPU
+// estimation), through both attention kernels (the sm90
 // kernel takes pages of whole 64-key boxes, the sm80 kernel any page and the forced runs).
 // Outputs are poisoned before the call: a row left unwritten shows up as NaN.
 #include <gtest/gtest.h>
@@ -137,8 +138,10 @@ void make_host(const ChunkCase& c, HostCase& h) {
   pa_plan_free(plan);
 }
 
-// The case on the device with the CPU's index: O and LSE against the CPU backend's.
-void run_case(const ChunkCase& c) {
+// The case on the device, with the CPU's index (gpu_estimate false) or its own estimation
+// (pa_forward_kv; near-ties may rank a block differently, within the output tolerance): O and
+// LSE against the CPU backend's.
+void run_case(const ChunkCase& c, bool gpu_estimate = false) {
   HostCase h;
   make_host(c, h);
   if (::testing::Test::HasFatalFailure()) return;
@@ -161,11 +164,19 @@ void run_case(const ChunkCase& c) {
     t.attn_kernel = PA_TUNING_KERNEL_SM80;
     PA_OK(pa_plan_set_tuning(plan, &t));
   }
-  PA_OK(pa_plan_set_index(plan, h.order.data(), h.count.data(), h.budget.data(), h.needed.data()));
   pa_tensor tq = pa_tensor_contiguous(q.get(), c.hq, c.d), to = pa_tensor_contiguous(o.get(), c.hq, c.d);
   const pa_kv_cache kv{pa_tensor_contiguous(k.get(), c.hkv, c.d), pa_tensor_contiguous(v.get(), c.hkv, c.d),
                        c.page_size ? table.as<int32_t>() : nullptr, nullptr};
-  const pa_status status = pa_attend_kv(plan, &tq, &kv, &to, lse.as<float>(), nullptr);
+  pa_status status = PA_STATUS_SUCCESS;
+  if (gpu_estimate) {
+    size_t work_bytes = 0;
+    PA_OK(pa_workspace_bytes(&p, &h.config, &work_bytes));
+    DeviceBuffer work(work_bytes);
+    status = pa_forward_kv(plan, &tq, &kv, &to, lse.as<float>(), work.get(), work_bytes, nullptr);
+  } else {
+    PA_OK(pa_plan_set_index(plan, h.order.data(), h.count.data(), h.budget.data(), h.needed.data()));
+    status = pa_attend_kv(plan, &tq, &kv, &to, lse.as<float>(), nullptr);
+  }
   pa_plan_free(plan);
   ASSERT_EQ(status, PA_STATUS_SUCCESS) << pa_last_error();
   PA_CUDA_ASSERT(cudaDeviceSynchronize());
@@ -197,6 +208,11 @@ TEST_P(ChunkedGpu, MatchesTheCpuBackend) {
   run_case(GetParam());
 }
 
+TEST_P(ChunkedGpu, ForwardWithGpuEstimationMatchesTheCpuBackend) {
+  PA_REQUIRE_GPU();
+  run_case(GetParam(), true);
+}
+
 const ChunkCase kCases[] = {
     {"PackedAligned", {3000}, {1976}},
     {"PackedUnalignedD64Block64Fp16", {2600}, {1600}, 8, 2, 64, 64, PA_DTYPE_FLOAT16},
@@ -221,25 +237,6 @@ TEST(ChunkedGpuSanitize, PagedAndPackedChunks) {
   run_case({"SanitizePaged64", {700}, {300}, 4, 2, 128, 64, PA_DTYPE_BFLOAT16, 64});
   run_case({"SanitizePaged16", {700}, {300}, 4, 2, 64, 64, PA_DTYPE_BFLOAT16, 16});
   run_case({"SanitizePackedUnaligned", {800}, {333}, 4, 1, 64, 128, PA_DTYPE_BFLOAT16, 0});
-}
-
-// Chunked problems the GPU estimation does not take yet are refused, not run.
-TEST(ChunkedGpuRefusal, EstimationOfAChunkIsUnsupported) {
-  PA_REQUIRE_GPU();
-  int32_t cu_q[2] = {0, 256}, cu_k[2] = {0, 1024};
-  pa_problem p{1, cu_q, 256, 2, 1, 64, PA_DTYPE_BFLOAT16};
-  p.cu_seqlens_k = cu_k, p.total_kv_tokens = 1024;
-  const pa_config c = pa_config_default(64);
-  size_t plan_bytes = 0, work_bytes = 0;
-  PA_OK(pa_plan_bytes(&p, &c, &plan_bytes));
-  PA_OK(pa_workspace_bytes(&p, &c, &work_bytes));
-  DeviceBuffer storage(plan_bytes), work(work_bytes), q(256 * 2 * 64 * 2), k(1024 * 64 * 2);
-  pa_plan* plan = nullptr;
-  PA_OK(pa_plan_create(&p, &c, storage.get(), plan_bytes, &plan));
-  pa_tensor tq = pa_tensor_contiguous(q.get(), 2, 64), tk = pa_tensor_contiguous(k.get(), 1, 64);
-  EXPECT_EQ(pa_estimate(plan, &tq, &tk, work.get(), work_bytes, nullptr), PA_STATUS_UNSUPPORTED);
-  EXPECT_NE(std::string(pa_last_error()).find("chunked"), std::string::npos) << pa_last_error();
-  pa_plan_free(plan);
 }
 
 }  // namespace

@@ -34,13 +34,17 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "core/block_index.hpp"
 #include "core/budget.hpp"
+#include "core/plan.hpp"
+#include "cuda/backend.hpp"
 #include "gpu_util.hpp"
 #include "proxyattn/proxyattn.h"
 #include "proxyattn/proxyattn.hpp"
@@ -54,7 +58,6 @@ constexpr double kTieAbsolute = 1e-30;  // underflowed scores (the CPU flushes b
 constexpr double kGammaSlack = 1e-4;    // needed may differ by one this close to gamma
 constexpr double kMaxRowFraction = 0.01;
 
-int64_t tri(int64_t n) { return n * (n + 1) / 2; }
 int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // ---- inputs ------------------------------------------------------------------------------
@@ -187,12 +190,16 @@ double element(const pa_tensor& t, const std::vector<float>& values, int64_t tok
   return values[token * t.token_stride + head * t.head_stride + c];
 }
 
+// One sequence's positions [0, length) at tokens token_begin.. of in (Q and K of the whole
+// prompt so far); its scores use the sampled query rows from row_begin on (a chunk's first
+// known query).
 struct SeqRef {
   const pa_problem* p;
   const pa_config* c;
   const Inputs* in;
   int64_t token_begin;
   int length;
+  int row_begin = 0;
   std::vector<std::vector<double>> qp, kp;  // [g][ns * d]: proxies as the library stores them
 
   void build_proxies() {
@@ -221,7 +228,7 @@ struct SeqRef {
     const int d = p->head_dim, pb = c->block_size / c->stride;
     const int ns = int(cdiv(length, c->stride));
     std::vector<double> a(m + 1, 0.0);
-    for (int tq = m * pb; tq < std::min(ns, (m + 1) * pb); ++tq) {
+    for (int tq = std::max(m * pb, row_begin); tq < std::min(ns, (m + 1) * pb); ++tq) {
       std::vector<double> logit(tq + 1);
       double mx = -INFINITY;
       for (int tk = 0; tk <= tq; ++tk) {
@@ -281,24 +288,27 @@ struct Report {
   double max_gamma_gap = 0.0;  // largest |prefix/total - gamma| among tolerated budget flips
 };
 
-void compare(const std::string& name, const pa_problem& p, const pa_config& c, const Inputs& in,
-             const Index& cpu, const Index& gpu, Report& rep) {
+// The index rows first_qblock .. Nkb - 1 of every sequence (docs/index_format.md), refs[s]
+// the reference of sequence s.
+void compare(const std::string& name, const PlanDesc& plan, std::vector<SeqRef>& refs, const Index& cpu,
+             const Index& gpu, Report& rep) {
+  const pa_problem& p = plan.problem;
+  const pa_config& c = plan.config;
   const int hq = p.num_q_heads, g = c.num_proxy_groups, per_group = hq / g;
   const int min_blocks = int(cdiv(c.min_budget_tokens, c.block_size));
   ASSERT_EQ(cpu.order.size(), gpu.order.size());
-  int64_t qblock = 0, order_begin = 0;
   for (int s = 0; s < p.num_seqs; ++s) {
-    const int len = p.cu_seqlens[s + 1] - p.cu_seqlens[s];
-    const int nqb = int(cdiv(len, c.block_size));
-    SeqRef ref{&p, &c, &in, p.cu_seqlens[s], len, {}, {}};
-    const bool dense = len < c.dense_below;
+    const SeqSpan& span = plan.batch.seqs[s];
+    const int nkb = span.num_kblocks();
+    SeqRef& ref = refs[s];
+    const bool dense = plan.runs_dense(span);
+    if (span.num_qblocks == 0) continue;
     // Budgets.
     std::vector<bool> budget_agrees(hq, true);
     for (int h = 0; h < hq; ++h) {
-      if (nqb == 0) continue;
       const size_t at = size_t(s) * hq + h;
       ++rep.heads;
-      EXPECT_EQ(gpu.budget[at], budget_blocks(gpu.needed[at], nqb, min_blocks))
+      EXPECT_EQ(gpu.budget[at], budget_blocks(gpu.needed[at], nkb, min_blocks))
           << name << " seq " << s << " head " << h;
       if (gpu.needed[at] == cpu.needed[at]) {
         EXPECT_EQ(gpu.budget[at], cpu.budget[at]) << name << " seq " << s << " head " << h;
@@ -323,7 +333,7 @@ void compare(const std::string& name, const pa_problem& p, const pa_config& c, c
     // Anchors: equal, or near-ties in mass; a group with differing anchors skips its rows.
     const int ta = int(gpu.anchors.size() / (size_t(p.num_seqs) * hq));
     std::vector<bool> anchors_agree(g, true);
-    for (int h = 0; h < hq && nqb > 0; ++h) {
+    for (int h = 0; h < hq; ++h) {
       const int32_t* ga = &gpu.anchors[(size_t(s) * hq + h) * ta];
       const int32_t* ca = &cpu.anchors[(size_t(s) * hq + h) * ta];
       if (std::equal(ga, ga + ta, ca)) continue;
@@ -340,8 +350,8 @@ void compare(const std::string& name, const pa_problem& p, const pa_config& c, c
     // Rows.
     std::vector<int32_t> forced;
     for (int j = 0; j < g; ++j)
-      for (int m = 0; m < nqb; ++m) {
-        const int64_t off = order_begin + int64_t(j) * tri(nqb) + tri(m);
+      for (int m = span.first_qblock; m < nkb; ++m) {
+        const int64_t off = order_row(span, j, m);
         const int32_t* go = &gpu.order[off];
         const int32_t* co = &cpu.order[off];
         // A permutation of 0..m, forced blocks first.
@@ -355,11 +365,11 @@ void compare(const std::string& name, const pa_problem& p, const pa_config& c, c
           ASSERT_EQ(go[e], forced[e]) << name << " seq " << s << " group " << j << " row " << m;
         std::set<int> lengths;
         for (int h = j * per_group; h < (j + 1) * per_group; ++h) {
-          const int64_t at = (qblock + m) * hq + h;
+          const int64_t at = count_row(span, m) * hq + h;
           const size_t head = size_t(s) * hq + h;
           const int32_t expect = dense ? m + 1
                                        : row_keep(c.budget_mode, gpu.budget[head], gpu.needed[head],
-                                                  nqb, min_blocks, m, int32_t(forced.size()));
+                                                  nkb, min_blocks, m, int32_t(forced.size()));
           ASSERT_EQ(gpu.count[at], expect) << name << " seq " << s << " head " << h << " row " << m;
           if (budget_agrees[h] && anchors_agree[j]) ASSERT_EQ(gpu.count[at], cpu.count[at]) << name;
           lengths.insert(gpu.count[at]);
@@ -389,9 +399,16 @@ void compare(const std::string& name, const pa_problem& p, const pa_config& c, c
         }
         if (differs) ++rep.rows_differ;
       }
-    qblock += nqb;
-    order_begin += int64_t(g) * tri(nqb);
   }
+}
+
+// Prints the case's "[compare]" line and checks how many rows may differ at all.
+void report(const std::string& name, const Report& rep) {
+  std::printf("[compare] %-40s rows %lld differ %lld (max score gap %.2e) heads %lld differ %lld "
+              "(max gamma gap %.2e)\n",
+              name.c_str(), (long long)rep.rows, (long long)rep.rows_differ, rep.max_row_gap,
+              (long long)rep.heads, (long long)rep.heads_differ, rep.max_gamma_gap);
+  EXPECT_LE(rep.rows_differ, std::max<int64_t>(1, int64_t(kMaxRowFraction * rep.rows))) << name;
 }
 
 struct Case {
@@ -424,12 +441,12 @@ Report run_case(const Case& k) {
   Report rep;
   EXPECT_EQ(st, PA_STATUS_SUCCESS) << k.name << ": " << pa_last_error();
   if (st != PA_STATUS_SUCCESS) return rep;
-  compare(k.name, p, k.config, in, cpu, gpu, rep);
-  std::printf("[compare] %-40s rows %lld differ %lld (max score gap %.2e) heads %lld differ %lld "
-              "(max gamma gap %.2e)\n",
-              k.name.c_str(), (long long)rep.rows, (long long)rep.rows_differ, rep.max_row_gap,
-              (long long)rep.heads, (long long)rep.heads_differ, rep.max_gamma_gap);
-  EXPECT_LE(rep.rows_differ, std::max<int64_t>(1, int64_t(kMaxRowFraction * rep.rows))) << k.name;
+  const PlanDesc plan = describe_plan(p, k.config);
+  std::vector<SeqRef> refs;
+  for (int s = 0; s < p.num_seqs; ++s)
+    refs.push_back(SeqRef{&p, &plan.config, &in, p.cu_seqlens[s], p.cu_seqlens[s + 1] - p.cu_seqlens[s]});
+  compare(k.name, plan, refs, cpu, gpu, rep);
+  report(k.name, rep);
   return rep;
 }
 
@@ -655,6 +672,41 @@ TEST(EstimateGpuTuning, WorkspaceHoldsBlockLogits) {
   EXPECT_EQ(bytes(262144, 8, 4, 8), two_pass(262144, 8, 4, 8));  // 2 GiB of logits: pass 2
 }
 
+// The key layout of the GPU estimation (BatchLayout::kblock_begin): every key block of a
+// chunk, the rows' count of a short chunk, nothing of a sequence without queries; key tables
+// in the plan only when some chunk starts after block 0. Host only: runs without a GPU too.
+TEST(EstimateGpuLayout, KeyBlocksOfChunks) {
+  const int32_t cu_q[5] = {0, 1700, 1701, 2601, 2601}, cu_k[5] = {0, 3000, 4500, 5400, 6000};
+  pa_problem p{};
+  p.num_seqs = 4, p.cu_seqlens = cu_q, p.total_tokens = cu_q[4];
+  p.num_q_heads = 8, p.num_kv_heads = 2, p.head_dim = 128, p.dtype = PA_DTYPE_BFLOAT16;
+  p.cu_seqlens_k = cu_k, p.total_kv_tokens = cu_k[4];
+  const PlanDesc chunked = describe_plan(p, base_config(128));
+  // a chunk from position 1300 (rows 10..23 of 24 key blocks), a decode step (1 row), a whole
+  // prompt of 900 (8 blocks), a sequence of 600 keys without queries
+  EXPECT_EQ(chunked.batch.kblock_begin, (std::vector<int64_t>{0, 24, 25, 33}));
+  EXPECT_EQ(chunked.batch.total_kblocks, 33);
+  EXPECT_EQ(chunked.batch.total_qblocks, 14 + 1 + 8);
+  ASSERT_TRUE(separate_keys(chunked.batch));
+  const BatchTables tables = batch_tables(chunked.batch);
+  EXPECT_EQ(tables.kblock_begin, chunked.batch.kblock_begin);
+  ASSERT_EQ(tables.kblock_seq.size(), 33u);
+  EXPECT_EQ(tables.kblock_seq[23], 0);
+  EXPECT_EQ(tables.kblock_seq[24], 1);
+  EXPECT_EQ(tables.kblock_seq[32], 2);
+  EXPECT_GT(chunked.storage.kblock_begin_offset, chunked.storage.kblock_seq_offset);
+
+  const Batch whole({3000, 900}, 8, 2, 128, PA_DTYPE_BFLOAT16);
+  const PlanDesc plan = describe_plan(whole.problem(), base_config(128));
+  EXPECT_FALSE(separate_keys(plan.batch));
+  EXPECT_EQ(plan.storage.kblock_seq_offset, plan.storage.qblock_seq_offset);
+  std::vector<uint8_t> storage(plan.storage.total_bytes);
+  const IndexArrays index = bind_storage(storage.data(), plan.storage);
+  EXPECT_EQ(index.kblock_seq, index.qblock_seq);
+  EXPECT_EQ(index.kblock_begin, nullptr);
+  EXPECT_TRUE(batch_tables(plan.batch).kblock_seq.empty());
+}
+
 TEST(EstimateGpuRefusal, Float32IsUnsupported) {
   PA_REQUIRE_GPU();
   Batch batch({300}, 4, 2, 64, PA_DTYPE_FLOAT32);
@@ -668,6 +720,403 @@ TEST(EstimateGpuRefusal, Float32IsUnsupported) {
   EXPECT_EQ(pa_plan_create(&p, &c, storage.get(), plan_bytes, &plan), PA_STATUS_UNSUPPORTED);
   EXPECT_NE(std::string(pa_last_error()).find("float32"), std::string::npos) << pa_last_error();
   EXPECT_EQ(plan, nullptr);
+}
+
+// ---- chunked prefill (ALGORITHM.md, "Chunked prefill and queries at an offset") -----------
+// Chunked problems on the GPU through the internal entry point cuda::estimate: pa_plan_create
+// refuses device plans of chunked problems until the attention kernels take them. Each call
+// of a case runs on both backends with the same inputs (keys packed by cu_seqlens_k, or in a
+// paged cache whose pages are handed out in a shuffled order and whose rows not yet appended
+// are NaN; with a state, one per backend, both starting as the same poison) and checks:
+//   - the index as compare() checks whole prompts, on the rows first_qblock .. Nkb - 1 (the
+//     fp64 reference reads the prompts; a chunk's first row from its first known query);
+//   - the state's bytes equal the CPU's after every call (the pooled proxies are bit-identical
+//     by construction; a difference is named by page, slot, plane, group and position);
+//   - one sequence: each sparse chunk's device index equals, bit for bit, the device index of
+//     the prompt cut at the chunk's end estimated whole (budgets, needed, anchors; every row
+//     from the chunk's first when a state holds its earlier queries or it starts on a block
+//     boundary, else from the next).
+
+// One sequence of a call: its queries [begin, end) of its prompt (keys [0, end)).
+struct Span {
+  int begin, end;
+};
+
+struct ChunkCase {
+  std::string name;
+  std::vector<int32_t> prompts;          // prompt lengths; no call goes past them
+  std::vector<std::vector<Span>> calls;  // in order, one span per sequence each
+  int hq = 8, hkv = 2, d = 128;
+  pa_config config{};
+  int page_size = 0;   // 0: keys packed by cu_seqlens_k
+  bool state = false;  // an estimation state beside the paged cache
+  uint64_t seed = 1;
+};
+
+// Calls of `chunk` queries each over one prompt of n tokens.
+std::vector<std::vector<Span>> chunks_of(int n, int chunk) {
+  std::vector<std::vector<Span>> calls;
+  for (int b = 0; b < n; b += chunk) calls.push_back({Span{b, std::min(n, b + chunk)}});
+  return calls;
+}
+
+constexpr uint16_t kNaN16 = 0x7fc0;  // bf16 NaN: cache rows that nothing was appended to
+
+// The prompts' keys in a paged cache [num_pages * page_size, Hkv, d], appended call by call.
+struct PagedKeys {
+  int page_size = 0, num_pages = 0, max_pages = 0;
+  std::vector<uint16_t> k;
+  std::vector<int32_t> table;  // [num_seqs, max_pages]
+  int64_t row(int seq, int64_t pos) const {
+    return int64_t(table[size_t(seq) * max_pages + pos / page_size]) * page_size + pos % page_size;
+  }
+};
+
+// Pages handed to the sequences in a shuffled order, three pages that no sequence uses.
+PagedKeys make_paged_keys(const ChunkCase& cc) {
+  PagedKeys pk;
+  pk.page_size = cc.page_size;
+  int used = 0;
+  for (int32_t n : cc.prompts) {
+    pk.max_pages = std::max(pk.max_pages, int(cdiv(n, cc.page_size)));
+    used += int(cdiv(n, cc.page_size));
+  }
+  pk.max_pages = std::max(pk.max_pages, 1);
+  pk.num_pages = used + 3;
+  std::vector<int32_t> pages(pk.num_pages);
+  std::iota(pages.begin(), pages.end(), 0);
+  std::shuffle(pages.begin(), pages.end(), std::mt19937_64(cc.seed));
+  pk.table.assign(cc.prompts.size() * pk.max_pages, 0);
+  int next = 0;
+  for (size_t s = 0; s < cc.prompts.size(); ++s)
+    for (int64_t i = 0; i < cdiv(cc.prompts[s], cc.page_size); ++i) pk.table[s * pk.max_pages + i] = pages[next++];
+  pk.k.assign(size_t(pk.num_pages) * cc.page_size * cc.hkv * cc.d, kNaN16);
+  return pk;
+}
+
+// One call's lengths and host tensors: Q of its queries, K packed by cu_k (packed keys only;
+// paged keys are appended to the cache instead).
+struct Call {
+  std::vector<int32_t> cu_q{0}, cu_k{0};
+  std::vector<uint16_t> q, k;
+};
+
+Call make_call(const ChunkCase& cc, const Inputs& prompts, const std::vector<int32_t>& starts,
+               const std::vector<Span>& spans, PagedKeys* paged) {
+  Call call;
+  const size_t qrow = size_t(cc.hq) * cc.d, krow = size_t(cc.hkv) * cc.d;
+  for (size_t s = 0; s < spans.size(); ++s) {
+    const Span sp = spans[s];
+    call.cu_q.push_back(call.cu_q.back() + sp.end - sp.begin);
+    call.cu_k.push_back(call.cu_k.back() + sp.end);
+    const uint16_t* q0 = prompts.q.data() + (starts[s] + sp.begin) * qrow;
+    call.q.insert(call.q.end(), q0, q0 + size_t(sp.end - sp.begin) * qrow);
+    const uint16_t* k0 = prompts.k.data() + starts[s] * krow;
+    if (paged == nullptr) {
+      call.k.insert(call.k.end(), k0, k0 + size_t(sp.end) * krow);
+      continue;
+    }
+    for (int t = sp.begin; t < sp.end; ++t)  // the engine's append of the call's keys
+      std::copy(k0 + t * krow, k0 + (t + 1) * krow, paged->k.data() + paged->row(int(s), t) * krow);
+  }
+  return call;
+}
+
+pa_problem call_problem(const ChunkCase& cc, const Call& call, const PagedKeys* paged) {
+  pa_problem p{};
+  p.num_seqs = int32_t(call.cu_q.size() - 1);
+  p.cu_seqlens = call.cu_q.data();
+  p.total_tokens = call.cu_q.back();
+  p.num_q_heads = cc.hq, p.num_kv_heads = cc.hkv, p.head_dim = cc.d, p.dtype = PA_DTYPE_BFLOAT16;
+  p.cu_seqlens_k = call.cu_k.data();
+  p.total_kv_tokens = call.cu_k.back();
+  if (paged != nullptr)
+    p.page_size = paged->page_size, p.num_pages = paged->num_pages, p.max_pages_per_seq = paged->max_pages;
+  return p;
+}
+
+// The CPU backend's index of a call through the C API (host plan, pa_estimate_kv).
+Index estimate_cpu_kv(const pa_problem& p, const pa_config& c, const pa_tensor& q, const pa_kv_cache& kv) {
+  size_t plan_bytes = 0, work_bytes = 0;
+  check(pa_plan_bytes(&p, &c, &plan_bytes));
+  check(pa_workspace_bytes(&p, &c, &work_bytes));
+  std::vector<uint8_t> storage(plan_bytes), work(work_bytes);
+  pa_plan* plan = nullptr;
+  check(pa_plan_create(&p, &c, storage.data(), plan_bytes, &plan));
+  EXPECT_EQ(pa_estimate_kv(plan, &q, &kv, work.data(), work_bytes, nullptr), PA_STATUS_SUCCESS) << pa_last_error();
+  Index x = read_index(plan, p);
+  pa_plan_free(plan);
+  return x;
+}
+
+template <typename T>
+void upload_table(void* device, const std::vector<T>& host) {
+  if (!host.empty())
+    EXPECT_EQ(cudaMemcpy(device, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+}
+
+std::vector<int32_t> download_ints(const int32_t* device, size_t n) {
+  std::vector<int32_t> host(n);
+  if (n > 0) EXPECT_EQ(cudaMemcpy(host.data(), device, n * sizeof(int32_t), cudaMemcpyDeviceToHost), cudaSuccess);
+  return host;
+}
+
+// The device index of plan's problem through cuda::estimate on device tensors: plan storage
+// and workspace poisoned (0xff), the batch tables uploaded as pa_plan_create does, the index
+// checked with check_index (pa_plan_check's invariants).
+Index estimate_gpu_internal(PlanDesc plan, const pa_tuning& tuning, const pa_tensor& q, const pa_kv_cache& kv) {
+  plan.tuning = tuning;
+  DeviceBuffer storage(plan.storage.total_bytes), workspace(cuda::estimate_workspace_bytes(plan));
+  EXPECT_EQ(storage.poison(), cudaSuccess);
+  EXPECT_EQ(workspace.poison(), cudaSuccess);
+  plan.index = bind_storage(storage.get(), plan.storage);
+  const BatchTables tables = batch_tables(plan.batch);
+  upload_table(plan.index.seqs, tables.seqs);
+  upload_table(plan.index.qblock_seq, tables.qblock_seq);
+  upload_table(plan.index.kblock_seq, tables.kblock_seq);
+  upload_table(plan.index.kblock_begin, tables.kblock_begin);
+  cudaStream_t stream = nullptr;
+  EXPECT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  EXPECT_EQ(cuda::estimate(plan, q, kv, workspace.get(), stream), PA_STATUS_SUCCESS) << pa_last_error();
+  EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  cudaStreamDestroy(stream);
+  const pa_problem& p = plan.problem;
+  const size_t heads = size_t(p.num_seqs) * p.num_q_heads;
+  Index x;
+  x.order = download_ints(plan.index.order, size_t(plan.batch.order_entries));
+  x.count = download_ints(plan.index.count, size_t(plan.batch.total_qblocks) * p.num_q_heads);
+  x.budget = download_ints(plan.index.budget, heads);
+  x.needed = download_ints(plan.index.needed, heads);
+  x.anchors = download_ints(plan.index.anchors, heads * plan.config.anchor_blocks);
+  const HostIndex host{&plan.batch, p.num_q_heads, plan.groups(), x.order.data(), x.count.data(),
+                       x.anchors.data(), plan.config.anchor_blocks};
+  EXPECT_EQ(check_index(host, plan.config.force_sink, plan.config.force_local), PA_STATUS_SUCCESS) << pa_last_error();
+  return x;
+}
+
+// Empty when the two states are equal, else where they first differ and how many bytes do.
+std::string state_difference(const std::vector<uint8_t>& cpu, const std::vector<uint8_t>& gpu,
+                             const ChunkCase& cc, const PagedKeys& paged) {
+  if (cpu.size() != gpu.size()) return "sizes differ";
+  size_t first = cpu.size(), count = 0;
+  for (size_t i = 0; i < cpu.size(); ++i)
+    if (cpu[i] != gpu[i]) {
+      first = std::min(first, i);
+      ++count;
+    }
+  if (count == 0) return "";
+  // [num_pages, page_size / s, 2, g, d] of 2-byte elements
+  const size_t element = first / 2, g = size_t(cc.config.num_proxy_groups), per_page = cc.page_size / cc.config.stride;
+  const size_t row = element / cc.d, slot = row / g / 2, page = slot / per_page;
+  std::string where = "unused page";
+  for (size_t s = 0; s < cc.prompts.size(); ++s)
+    for (int i = 0; i < paged.max_pages; ++i)
+      if (paged.table[s * paged.max_pages + i] == int32_t(page) && i < cdiv(cc.prompts[s], cc.page_size))
+        where = "sequence " + std::to_string(s) + " position " +
+                std::to_string(int64_t(i) * cc.page_size + int64_t(slot % per_page) * cc.config.stride);
+  char bytes[64];
+  std::snprintf(bytes, sizeof(bytes), "cpu 0x%02x%02x gpu 0x%02x%02x", cpu[first | 1], cpu[first & ~size_t(1)],
+                gpu[first | 1], gpu[first & ~size_t(1)]);
+  return std::to_string(count) + " bytes differ; first at page " + std::to_string(page) + " slot " +
+         std::to_string(slot % per_page) + " (" + where + ") " + (row / g % 2 ? "query" : "key") + " group " +
+         std::to_string(row % g) + " element " + std::to_string(element % cc.d) + ": " + bytes;
+}
+
+// The first n tokens of a one-sequence prompt set, as their own inputs.
+Inputs first_tokens(const Inputs& in, int n, const ChunkCase& cc) {
+  Inputs cut;
+  cut.dtype = in.dtype;
+  cut.q.assign(in.q.begin(), in.q.begin() + size_t(n) * cc.hq * cc.d);
+  cut.k.assign(in.k.begin(), in.k.begin() + size_t(n) * cc.hkv * cc.d);
+  cut.tq = in.tq, cut.tk = in.tk;
+  cut.tq.data = cut.q.data();
+  cut.tk.data = cut.k.data();
+  return cut;
+}
+
+// A one-sequence call's device index against the device index of its prompt cut at the
+// chunk's end and estimated whole: every bit of the rows both know.
+void expect_one_shot_rows(const std::string& name, const ChunkCase& cc, const Inputs& prompts,
+                          const PlanDesc& plan, const Index& chunk, Span sp) {
+  const Batch whole_batch({sp.end}, cc.hq, cc.hkv, cc.d, PA_DTYPE_BFLOAT16);
+  const Inputs cut = first_tokens(prompts, sp.end, cc);
+  Index whole;
+  ASSERT_EQ(estimate_gpu(whole_batch.problem(), cc.config, suite_tuning(), cut, &whole), PA_STATUS_SUCCESS)
+      << pa_last_error();
+  EXPECT_EQ(chunk.budget, whole.budget) << name;
+  EXPECT_EQ(chunk.needed, whole.needed) << name;
+  EXPECT_EQ(chunk.anchors, whole.anchors) << name;
+  const PlanDesc whole_plan = describe_plan(whole_batch.problem(), cc.config);
+  const SeqSpan& cs = plan.batch.seqs[0];
+  const SeqSpan& ws = whole_plan.batch.seqs[0];
+  const bool first_row_known = cc.state || sp.begin % cc.config.block_size == 0;
+  int differ = 0;
+  std::string first;
+  for (int j = 0; j < plan.groups(); ++j)
+    for (int m = cs.first_qblock + (first_row_known ? 0 : 1); m < cs.num_kblocks(); ++m) {
+      bool same = std::equal(&chunk.order[order_row(cs, j, m)], &chunk.order[order_row(cs, j, m)] + m + 1,
+                             &whole.order[order_row(ws, j, m)]);
+      for (int h = j * plan.q_heads_per_group(); h < (j + 1) * plan.q_heads_per_group(); ++h)
+        same = same && chunk.count[count_row(cs, m) * cc.hq + h] == whole.count[count_row(ws, m) * cc.hq + h];
+      if (same) continue;
+      if (differ++ == 0) first = "group " + std::to_string(j) + " row " + std::to_string(m);
+    }
+  EXPECT_EQ(differ, 0) << name << ": rows differing from the one-shot prefill, the first " << first;
+}
+
+void run_chunk_case(const ChunkCase& cc) {
+  const pa_config& c = cc.config;
+  const Batch prompt_batch(cc.prompts, cc.hq, cc.hkv, cc.d, PA_DTYPE_BFLOAT16);
+  const Inputs prompts = make_inputs(prompt_batch.problem(), true, cc.seed);
+  const std::vector<int32_t> starts(prompt_batch.cu_seqlens().begin(), prompt_batch.cu_seqlens().end() - 1);
+  PagedKeys paged = cc.page_size > 0 ? make_paged_keys(cc) : PagedKeys{};
+  PagedKeys* pages = cc.page_size > 0 ? &paged : nullptr;
+  DeviceBuffer table(paged.table.size() * sizeof(int32_t));
+  upload_table(table.get(), paged.table);
+  std::vector<uint8_t> cpu_state;
+  std::unique_ptr<DeviceBuffer> gpu_state;
+  pa_proxy_state cpu_st{}, gpu_st{};
+  const int pb = c.block_size / c.stride;
+  for (size_t ci = 0; ci < cc.calls.size(); ++ci) {
+    const std::string name = cc.name + " call " + std::to_string(ci);
+    SCOPED_TRACE(name);
+    const std::vector<Span>& spans = cc.calls[ci];
+    const Call call = make_call(cc, prompts, starts, spans, pages);
+    const pa_problem p = call_problem(cc, call, pages);
+    if (cc.state && gpu_state == nullptr) {  // both states start as the same poison
+      size_t bytes = 0;
+      check(pa_proxy_state_bytes(&p, &c, &bytes));
+      cpu_state.assign(bytes, 0xff);
+      gpu_state = std::make_unique<DeviceBuffer>(bytes);
+      ASSERT_EQ(gpu_state->poison(0xff), cudaSuccess);
+      check(pa_proxy_state_make(&p, &c, cpu_state.data(), bytes, &cpu_st));
+      check(pa_proxy_state_make(&p, &c, gpu_state->get(), bytes, &gpu_st));
+    }
+    const std::vector<uint16_t>& keys = pages != nullptr ? paged.k : call.k;
+    std::vector<uint16_t> q_host = call.q;
+    std::vector<uint16_t> k_host = keys;
+    const pa_tensor q = pa_tensor_contiguous(q_host.data(), cc.hq, cc.d);
+    const pa_tensor k = pa_tensor_contiguous(k_host.data(), cc.hkv, cc.d);
+    const pa_kv_cache cpu_kv{k, k, pages != nullptr ? paged.table.data() : nullptr, cc.state ? &cpu_st : nullptr};
+    const Index cpu = estimate_cpu_kv(p, c, q, cpu_kv);
+
+    DeviceBuffer dq(q_host.size() * sizeof(uint16_t)), dk(k_host.size() * sizeof(uint16_t));
+    ASSERT_EQ(dq.upload(q_host.data()), cudaSuccess);
+    ASSERT_EQ(dk.upload(k_host.data()), cudaSuccess);
+    pa_tensor gq = q, gk = k;
+    gq.data = dq.get();
+    gk.data = dk.get();
+    const pa_kv_cache gpu_kv{gk, gk, pages != nullptr ? table.as<int32_t>() : nullptr, cc.state ? &gpu_st : nullptr};
+    const PlanDesc plan = describe_plan(p, c);
+    const Index gpu = estimate_gpu_internal(plan, suite_tuning(), gq, gpu_kv);
+
+    std::vector<SeqRef> refs;
+    for (size_t s = 0; s < spans.size(); ++s) {
+      const int own = int(cdiv(spans[s].begin, c.stride));
+      const int row_begin = cc.state ? plan.batch.seqs[s].first_qblock * pb : own;
+      refs.push_back(SeqRef{&p, &plan.config, &prompts, starts[s], spans[s].end, row_begin});
+    }
+    Report rep;
+    compare(name, plan, refs, cpu, gpu, rep);
+    report(name, rep);
+    if (cc.state) {
+      std::vector<uint8_t> device_state(cpu_state.size());
+      ASSERT_EQ(gpu_state->download(device_state.data()), cudaSuccess);
+      EXPECT_EQ(state_difference(cpu_state, device_state, cc, paged), "") << name;
+    }
+    if (spans.size() == 1 && spans[0].end > spans[0].begin && !plan.runs_dense(plan.batch.seqs[0]))
+      expect_one_shot_rows(name, cc, prompts, plan, gpu, spans[0]);
+  }
+}
+
+// One prompt of 2600 tokens in calls of `chunk` queries (aligned to the block or not; the
+// last call shorter, under a block with chunk 640: a short chunk, dense).
+ChunkCase chunk_case(int chunk, int page_size, bool state, int groups, int d, int block = 128) {
+  ChunkCase cc;
+  cc.prompts = {2600};
+  cc.calls = chunks_of(2600, chunk);
+  cc.d = d;
+  cc.config = base_config(d);
+  cc.config.block_size = block;
+  cc.config.num_proxy_groups = groups;
+  cc.config.anchor_blocks = groups == 2 ? 2 : 0;
+  cc.page_size = page_size;
+  cc.state = state;
+  cc.seed = uint64_t(900 + chunk + page_size + 7 * groups + d + block);
+  cc.name = "chunk" + std::to_string(chunk) + (page_size ? " page" + std::to_string(page_size) : " packed") +
+            (state ? " state" : "") + " g" + std::to_string(groups) + " d" + std::to_string(d) + " b" +
+            std::to_string(block);
+  return cc;
+}
+
+// A varlen batch in two calls: a prompt prefilled in two chunks (the second starting inside a
+// block), a decode step after a prefix, a whole prompt (sparse) and a short one (dense) of the
+// second call, and a sequence without new queries.
+ChunkCase varlen_case(int page_size, bool state) {
+  ChunkCase cc;
+  cc.prompts = {3000, 1500, 900, 600, 300};
+  cc.calls = {{{0, 1300}, {0, 1499}, {0, 0}, {0, 600}, {0, 0}},
+              {{1300, 3000}, {1499, 1500}, {0, 900}, {600, 600}, {0, 300}}};
+  cc.config = base_config(128);
+  cc.config.dense_below = 512;
+  cc.config.num_proxy_groups = 2;
+  cc.config.anchor_blocks = 2;
+  cc.page_size = page_size;
+  cc.state = state;
+  cc.seed = uint64_t(1000 + page_size);
+  cc.name = std::string("varlen") + (page_size ? " page" + std::to_string(page_size) : " packed") +
+            (state ? " state" : "");
+  return cc;
+}
+
+TEST_P(EstimateGpu, ChunkedPackedKeys) {
+  PA_REQUIRE_GPU();
+  for (const ChunkCase& cc : {chunk_case(640, 0, false, 1, 128), chunk_case(700, 0, false, 2, 64),
+                              chunk_case(700, 0, false, 1, 128, 64)})
+    run_chunk_case(cc);
+}
+
+TEST_P(EstimateGpu, ChunkedPagedKeys) {
+  PA_REQUIRE_GPU();
+  for (const ChunkCase& cc : {chunk_case(700, 16, false, 2, 128), chunk_case(640, 64, false, 1, 64),
+                              chunk_case(700, 128, false, 2, 64), chunk_case(1000, 256, false, 1, 128)})
+    run_chunk_case(cc);
+}
+
+TEST_P(EstimateGpu, ChunkedPagedKeysWithState) {
+  PA_REQUIRE_GPU();
+  for (const ChunkCase& cc : {chunk_case(700, 16, true, 2, 64), chunk_case(640, 64, true, 1, 128),
+                              chunk_case(700, 128, true, 1, 64, 64), chunk_case(1000, 256, true, 2, 128)})
+    run_chunk_case(cc);
+}
+
+TEST_P(EstimateGpu, ChunkedVarlenBatch) {
+  PA_REQUIRE_GPU();
+  for (const ChunkCase& cc : {varlen_case(0, false), varlen_case(64, false), varlen_case(64, true)})
+    run_chunk_case(cc);
+}
+
+// Small enough for compute-sanitizer (the GPU check's *Sanitize* filter): a chunk starting
+// inside a block after a whole-prompt call, a decode step and a whole prompt, paged by 16
+// with a state, g = 2 with anchors.
+TEST_P(EstimateGpu, SanitizeChunkedPagedState) {
+  PA_REQUIRE_GPU();
+  ChunkCase cc;
+  cc.name = "sanitize chunked";
+  cc.prompts = {700, 300, 200};
+  cc.calls = {{{0, 300}, {0, 299}, {0, 0}}, {{300, 700}, {299, 300}, {0, 200}}};
+  cc.hq = 4, cc.hkv = 2, cc.d = 64;
+  cc.config = base_config(64);
+  cc.config.block_size = 64;
+  cc.config.num_proxy_groups = 2;
+  cc.config.dense_below = 128;
+  cc.config.min_budget_tokens = 64;
+  cc.config.anchor_blocks = 2;
+  cc.page_size = 16;
+  cc.state = true;
+  cc.seed = 1100;
+  run_chunk_case(cc);
 }
 
 }  // namespace

@@ -3,13 +3,16 @@
 //     query block's rows (head i's own Q, its KV head's K, all keys, causal inside the last
 //     block) restricted to block n: (max of log2 logits, sum of 2^(x - max)). Tensor cores,
 //     one CTA per (KV head, chunk of 256 keys held in shared memory for the heads that read
-//     them; all of them, or a part at short lengths), one warp per 16 rows.
+//     them; all of them, or a part at short lengths), one warp per 16 rows. A chunk's last
+//     query block is its own (a sparse chunk holds at least a block of queries) and its keys
+//     are every position [0, kv_len), read packed or through the block table (the general
+//     instantiation; whole prompts keep the plain one).
 //   budget_heads: per (sequence, head), combines the partials into each row's max and sum,
 //     then the mass per key block  a_n = (1/rows) sum_r sum_{k in n} p_r(k)
 //     = (1/rows) sum_r S_rn 2^(M_rn - M_r) / L_r, sorts the masses (descending), and takes
 //     count_i = smallest k whose prefix reaches gamma * total (core/budget.cpp's rule),
-//     K_i = min(Nqb, max(count_i, Kmin)), and picks the head's anchors: T rounds of a
-//     block-wide arg max over the masses (core/budget.cpp's anchor_blocks()).
+//     K_i = min(Nkb, max(count_i, Kmin)) (Nkb: key blocks), and picks the head's anchors: T
+//     rounds of a block-wide arg max over the masses (core/budget.cpp's anchor_blocks()).
 #include <cub/block/block_radix_sort.cuh>
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
@@ -39,6 +42,13 @@ constexpr int kSmemPad = 8;                                // conflict-free ldma
 template <int D>
 inline constexpr int kPartialCtasPerSm = D == 64 ? 3 : 2;
 
+// First key block of a sequence in the key arrays: whole prompts (not kGeneral) keep the
+// rows' layout.
+template <bool kGeneral>
+__device__ __forceinline__ int64_t key_block0(const Geometry& geo, const SeqSpan& span, int seq) {
+  return kGeneral ? geo.key_block0(span, seq) : span.qblock_begin;
+}
+
 // Keys of a CTA's chunk, resident in shared memory for all the heads of its KV head (36 KiB
 // at d = 64, 68 KiB at d = 128 with the padding). Larger chunks would read each head's Q
 // fragments less often but leave fewer CTAs (0.5B at 128K: 1024 CTAs of 256 keys, 2.6
@@ -48,16 +58,16 @@ constexpr int kChunkKeys = 256;
 template <typename T, int D>
 inline constexpr size_t kPartialsSmemBytes = size_t(kChunkKeys) * (D + kSmemPad) * sizeof(T);
 
-// Grid Hkv * head_parts * ceil(total_qblocks / (kChunkKeys / b)), KV heads fastest, then
+// Grid Hkv * head_parts * ceil(total_kblocks / (kChunkKeys / b)), KV heads fastest, then
 // the parts of their Q heads. A CTA copies its chunk of K (kChunkKeys keys, whole key
 // blocks) into shared memory once, then computes the statistics of its part of the Q heads of
 // that KV head against it, one head after the other, with no further synchronisation: the
 // heads of a part read K once instead of once each. One part holds all the heads unless the
 // grid would not fill the GPU (launch_partials). b / 16 warps, each 16 rows of the last
 // query block.
-template <typename T, int D>
+template <typename T, int D, bool kGeneral>
 __global__ void __launch_bounds__(kPartialThreadsMax, kPartialCtasPerSm<D>)
-    budget_partials_kernel(Geometry geo, InputView q, InputView k, int head_parts,
+    budget_partials_kernel(Geometry geo, InputView q, KeyView k, int head_parts,
                            float2* __restrict__ partials) {
   extern __shared__ __align__(16) unsigned char partials_smem[];
   using KeyRow = T[D + kSmemPad];
@@ -74,11 +84,11 @@ __global__ void __launch_bounds__(kPartialThreadsMax, kPartialCtasPerSm<D>)
   const int tiles_per_block = b / kKeyTile;
   const int blocks_per_cta = kChunkKeys / b;
   const int row_a = warp * kMmaM + lane / 4, row_b = row_a + 8;  // rows of the last block
-  const int64_t gb_begin = chunk * blocks_per_cta;
-  const int num_tiles = int(min(geo.total_qblocks - gb_begin, int64_t(blocks_per_cta))) * tiles_per_block;
+  const int64_t gb_begin = chunk * blocks_per_cta;  // key block of the key arrays
+  const int num_tiles = int(min(geo.total_kblocks - gb_begin, int64_t(blocks_per_cta))) * tiles_per_block;
 
   const T* qdata = static_cast<const T*>(q.data);
-  const T* kdata = static_cast<const T*>(k.data);
+  const T* kdata = static_cast<const T*>(k.k.data);
 
   // ---- the chunk's keys of KV head kv (zero past a sequence's end; none for dense
   // sequences), then a barrier: from here every warp only reads shared memory ------------
@@ -87,13 +97,14 @@ __global__ void __launch_bounds__(kPartialThreadsMax, kPartialCtasPerSm<D>)
     for (int c = threadIdx.x; c < num_tiles * kKeyTile * kChunksPerRow; c += blockDim.x) {
       const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * kVecElems;  // r: key of the chunk
       const int64_t gb = gb_begin + r / b;
-      const SeqSpan span = geo.seqs[geo.qblock_seq[gb]];
-      if (geo.dense(span)) continue;
-      const int64_t key = (gb - span.qblock_begin) * b + r % b;
-      const bool valid = key < span.length;
-      const T* src = kdata + (span.token_begin + (valid ? key : 0)) * k.token_stride +
-                     int64_t(kv) * k.head_stride + col;
-      if (k.vector_ok) {
+      const int seq = geo.kblock_seq[gb];
+      const SeqSpan span = geo.seqs[seq];
+      if (geo.dense<kGeneral>(span)) continue;
+      const int64_t key = (gb - key_block0<kGeneral>(geo, span, seq)) * b + r % b;  // position in the sequence
+      const bool valid = key < span.kv_length;
+      const int64_t row = kGeneral ? k.row(span, seq, valid ? key : 0) : span.kv_begin + (valid ? key : 0);
+      const T* src = kdata + row * k.k.token_stride + int64_t(kv) * k.k.head_stride + col;
+      if (k.k.vector_ok) {
         cp_async_16(&keys[r][col], src, valid);
       } else {
 #pragma unroll
@@ -113,13 +124,14 @@ __global__ void __launch_bounds__(kPartialThreadsMax, kPartialCtasPerSm<D>)
     for (int t = 0; t < num_tiles; ++t) {
       const int64_t gb = gb_begin + t / tiles_per_block;
       const int kt = t % tiles_per_block;
-      const int seq = geo.qblock_seq[gb];
+      const int seq = geo.kblock_seq[gb];
       const SeqSpan span = geo.seqs[seq];
-      if (geo.dense(span)) continue;
-      const int last = span.num_qblocks - 1;
-      const int64_t q0 = int64_t(last) * b;  // first token of the last query block
-      const int rows = int(span.length - q0);
-      const int n = int(gb - span.qblock_begin);
+      if (geo.dense<kGeneral>(span)) continue;
+      const int last = (kGeneral ? span.num_kblocks() : span.num_qblocks) - 1;
+      const int64_t q0 = int64_t(last) * b;  // first position of the last query block
+      const int rows = int(span.kv_length - q0);
+      const int n = int(gb - key_block0<kGeneral>(geo, span, seq));
+      const int64_t q_offset = kGeneral ? span.query_offset() : 0;  // Q token of position p: p - q_offset
 
       // ---- this sequence's last-block rows of head h as A fragments ----------------------
       if (seq != loaded_seq) {
@@ -129,7 +141,7 @@ __global__ void __launch_bounds__(kPartialThreadsMax, kPartialCtasPerSm<D>)
           const int col = ks * kMmaK + (lane % 4) * 2;
           auto pair = [&](int row, int c) -> uint32_t {
             if (row >= rows) return 0u;
-            const T* src = qdata + (span.token_begin + q0 + row) * q.token_stride +
+            const T* src = qdata + (span.token_begin + q0 - q_offset + row) * q.token_stride +
                            int64_t(h) * q.head_stride + c;
             return load_pair(src, q.vector_ok);
           };
@@ -185,7 +197,7 @@ __global__ void __launch_bounds__(kPartialThreadsMax, kPartialCtasPerSm<D>)
 
       // ---- last tile of the block: its partial statistics for each valid row -------------
       if (kt == tiles_per_block - 1) {
-        float2* out = partials + (int64_t(h) * geo.total_qblocks + gb) * b;
+        float2* out = partials + (int64_t(h) * geo.total_kblocks + gb) * b;
         const int rows_of[2] = {row_a, row_b};
 #pragma unroll
         for (int hi = 0; hi < 2; ++hi) {
@@ -198,11 +210,11 @@ __global__ void __launch_bounds__(kPartialThreadsMax, kPartialCtasPerSm<D>)
 }
 
 template <typename T, int D>
-pa_status launch_partials(const Launch& l, const InputView& q, const InputView& k,
+pa_status launch_partials(const Launch& l, const InputView& q, const KeyView& k,
                           const Workspace& ws) {
   static_assert(kChunkKeys % kMaxBlock == 0, "a chunk holds whole key blocks");
   const int64_t blocks_per_cta = kChunkKeys / l.geo.block;
-  const int64_t chunks = (l.geo.total_qblocks + blocks_per_cta - 1) / blocks_per_cta;
+  const int64_t chunks = (l.geo.total_kblocks + blocks_per_cta - 1) / blocks_per_cta;
   // Short sequences give few chunks: the Q heads of a KV head are then split into as many
   // parts as still fit the grid in one wave of the GPU, since one CTA running all of them
   // in turn was the kernel's whole time (Qwen2.5-Coder-0.5B at 4K-16K: 0.039 ms whatever N,
@@ -218,7 +230,7 @@ pa_status launch_partials(const Launch& l, const InputView& q, const InputView& 
   const int head_parts = (heads_per_kv + heads_per_part - 1) / heads_per_part;  // none left empty
   const dim3 grid(unsigned(ctas * head_parts));
   const int threads = l.geo.block / kMmaM * kWarpSize;
-  auto kernel = budget_partials_kernel<T, D>;
+  auto kernel = l.general ? budget_partials_kernel<T, D, true> : budget_partials_kernel<T, D, false>;
   constexpr size_t bytes = kPartialsSmemBytes<T, D>;
   if (bytes > kDefaultSmemLimit)
     PA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
@@ -286,17 +298,17 @@ __global__ void __launch_bounds__(Threads)
   Smem& smem = *reinterpret_cast<Smem*>(smem_raw);
   const int seq = blockIdx.x, h = blockIdx.y;
   const SeqSpan span = geo.seqs[seq];
-  const int nqb = span.num_qblocks;
+  const int nkb = span.num_kblocks();  // the blocks of the last row, the keys of the budget
   const int64_t out = int64_t(seq) * geo.num_q_heads + h;
   int32_t* head_anchors = anchors + out * params.anchor_blocks;
-  if (nqb == 0 || geo.dense(span)) {  // empty: nothing; dense: every block, no anchors
-    if (threadIdx.x == 0) budget[out] = needed[out] = nqb;
+  if (span.num_qblocks == 0 || geo.dense(span)) {  // empty: nothing; dense: every block, no anchors
+    if (threadIdx.x == 0) budget[out] = needed[out] = span.num_qblocks == 0 ? 0 : nkb;
     for (int a = threadIdx.x; a < params.anchor_blocks; a += Threads) head_anchors[a] = -1;
     return;
   }
   const int b = geo.block;
-  const int rows = int(span.length - int64_t(nqb - 1) * b);
-  const float2* part = partials + (int64_t(h) * geo.total_qblocks + span.qblock_begin) * b;  // [n][b]
+  const int rows = int(span.kv_length - int64_t(nkb - 1) * b);
+  const float2* part = partials + (int64_t(h) * geo.total_kblocks + geo.key_block0(span, seq)) * b;  // [n][b]
 
   // ---- each row's max and sum over all key blocks: kRowGroups threads per row, each over
   // every kRowGroups-th block with kLoadBatch loads in flight, then combined -------------
@@ -311,14 +323,14 @@ __global__ void __launch_bounds__(Threads)
     if (r < rows) {
       float mx = neg_inf(), sum = 0.0f;
       int n = group;
-      for (; n + (kLoadBatch - 1) * kRowGroups < nqb; n += kLoadBatch * kRowGroups) {
+      for (; n + (kLoadBatch - 1) * kRowGroups < nkb; n += kLoadBatch * kRowGroups) {
         float2 s[kLoadBatch];
 #pragma unroll
         for (int u = 0; u < kLoadBatch; ++u) s[u] = part[int64_t(n + u * kRowGroups) * b + r];
 #pragma unroll
         for (int u = 0; u < kLoadBatch; ++u) fold(mx, sum, s[u]);
       }
-      for (; n < nqb; n += kRowGroups) fold(mx, sum, part[int64_t(n) * b + r]);
+      for (; n < nkb; n += kRowGroups) fold(mx, sum, part[int64_t(n) * b + r]);
       smem.row_part[group][r] = make_float2(mx, sum);
     }
   }
@@ -335,7 +347,7 @@ __global__ void __launch_bounds__(Threads)
   // ---- mass per key block: a warp takes kMassBatch blocks, lanes run over rows ------------
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   constexpr int kWarps = Threads / kWarpSize;
-  for (int n0 = warp * kMassBatch; n0 < nqb; n0 += kWarps * kMassBatch) {
+  for (int n0 = warp * kMassBatch; n0 < nkb; n0 += kWarps * kMassBatch) {
     float t[kMassBatch];
 #pragma unroll
     for (int u = 0; u < kMassBatch; ++u) t[u] = 0.0f;
@@ -344,7 +356,7 @@ __global__ void __launch_bounds__(Threads)
       float2 s[kMassBatch];
 #pragma unroll
       for (int u = 0; u < kMassBatch; ++u)
-        s[u] = n0 + u < nqb ? part[int64_t(n0 + u) * b + r] : make_float2(neg_inf(), 0.0f);
+        s[u] = n0 + u < nkb ? part[int64_t(n0 + u) * b + r] : make_float2(neg_inf(), 0.0f);
 #pragma unroll
       for (int u = 0; u < kMassBatch; ++u) t[u] += s[u].y * exp2f(s[u].x - mr) * inv;
     }
@@ -352,7 +364,7 @@ __global__ void __launch_bounds__(Threads)
     for (int u = 0; u < kMassBatch; ++u) {
 #pragma unroll
       for (int mask = kWarpSize / 2; mask > 0; mask /= 2) t[u] = sum_xor(t[u], mask);
-      if (lane == 0 && n0 + u < nqb) smem.mass[n0 + u] = t[u] / float(rows);
+      if (lane == 0 && n0 + u < nkb) smem.mass[n0 + u] = t[u] / float(rows);
     }
   }
   __syncthreads();
@@ -362,7 +374,7 @@ __global__ void __launch_bounds__(Threads)
 #pragma unroll
   for (int i = 0; i < Items; ++i) {
     const int idx = threadIdx.x * Items + i;
-    keys[i] = idx < nqb ? smem.mass[idx] : -1.0f;
+    keys[i] = idx < nkb ? smem.mass[idx] : -1.0f;
   }
   typename Smem::Sort(smem.tmp.sort).SortDescending(keys);  // blocked: rank t * Items + i
   __syncthreads();
@@ -378,7 +390,7 @@ __global__ void __launch_bounds__(Threads)
 #pragma unroll
   for (int i = 0; i < Items; ++i) {
     const int rank = threadIdx.x * Items + i;
-    if (rank < nqb) {
+    if (rank < nkb) {
       prefix += keys[i] > 0.0f ? double(keys[i]) : 0.0;
       if (first == INT_MAX && prefix >= target) first = rank + 1;
     }
@@ -386,9 +398,9 @@ __global__ void __launch_bounds__(Threads)
   const int found = typename Smem::Reduce(smem.tmp.reduce).Reduce(first, MinOp());
   if (threadIdx.x == 0) {
     // No mass at all, or rounding kept the prefix under the target: keep every block.
-    const int count = total > 0.0 && found != INT_MAX ? min(found, nqb) : nqb;
+    const int count = total > 0.0 && found != INT_MAX ? min(found, nkb) : nkb;
     needed[out] = count;
-    budget[out] = min(nqb, max(count, params.min_blocks));
+    budget[out] = min(nkb, max(count, params.min_blocks));
   }
 
   // ---- anchors: T arg max rounds over the masses, skipping the blocks the last row forces
@@ -396,8 +408,8 @@ __global__ void __launch_bounds__(Threads)
   for (int a = 0; a < params.anchor_blocks; ++a) {
     __syncthreads();  // tmp is reused; smem.anchors[0, a) are visible
     unsigned long long best = 0;
-    for (int n = threadIdx.x; n < nqb; n += Threads) {
-      bool skip = (params.force_sink && n == 0) || (params.force_local && n == nqb - 1);
+    for (int n = threadIdx.x; n < nkb; n += Threads) {
+      bool skip = (params.force_sink && n == 0) || (params.force_local && n == nkb - 1);
       for (int c = 0; c < a; ++c) skip |= smem.anchors[c] == n;
       if (!skip) best = max(best, anchor_key(smem.mass[n], n));
     }
@@ -430,7 +442,7 @@ pa_status launch_heads(const Launch& l, const Workspace& ws, int32_t* budget, in
 
 }  // namespace
 
-pa_status launch_budget_partials(const Launch& l, const InputView& q, const InputView& k,
+pa_status launch_budget_partials(const Launch& l, const InputView& q, const KeyView& k,
                                  const Workspace& ws) {
   const bool bf16 = l.dtype == PA_DTYPE_BFLOAT16;
   if (l.head_dim == 64)
@@ -443,7 +455,7 @@ pa_status launch_budget_partials(const Launch& l, const InputView& q, const Inpu
 pa_status launch_budget_heads(const Launch& l, const Workspace& ws, int32_t* budget,
                               int32_t* needed, int32_t* anchors) {
   // Capacities 1024, 4096, 16384 blocks (kMaxSortedBlocks).
-  const int32_t n = l.max_sparse_qblocks;
+  const int32_t n = l.max_sparse_kblocks;
   switch (n <= 2 * kHeadsThreads ? 0 : n <= 8 * kHeadsThreads ? 1 : 2) {
     case 0: return launch_heads<kHeadsThreads, 2>(l, ws, budget, needed, anchors);
     case 1: return launch_heads<kHeadsThreads, 8>(l, ws, budget, needed, anchors);

@@ -1,7 +1,8 @@
 // GPU estimation (ALGORITHM.md steps 2-6): validates what this backend supports, carves
 // the caller's workspace and runs the stages of stages.cuh on the caller's stream. No host
 // round trip and no synchronisation: the batch layout is known on the host from the plan,
-// everything data-dependent stays on the device.
+// everything data-dependent stays on the device. Chunks, paged keys and the estimation
+// state follow src/cpu/estimate.cpp (ALGORITHM.md, "Chunked prefill").
 #include <algorithm>
 #include <cmath>
 
@@ -21,6 +22,8 @@ size_t align_up(size_t x) { return (x + kWorkspaceAlignment - 1) / kWorkspaceAli
 
 // Byte offsets of the workspace arrays (stages.cuh, Workspace); depends on the plan's shapes
 // and tuning (est_block_logits) only. total == block_logits: no block logits (pass 2 runs).
+// Rows by query block (proxy_q, row_stats), keys by key block (proxy_k, budget_partials):
+// the same sizes for whole prompts, a chunk's prefix blocks more for the keys.
 struct WorkspaceLayout {
   size_t proxy_q, proxy_k, row_stats, scores, budget_partials, block_logits, total;
 };
@@ -51,7 +54,7 @@ struct Chunking {
 };
 
 Chunking chunking(const PlanDesc& plan) {
-  const int64_t ns = (int64_t(plan.batch.max_length) + plan.config.stride - 1) / plan.config.stride;
+  const int64_t ns = (int64_t(plan.batch.max_kv_length) + plan.config.stride - 1) / plan.config.stride;
   const int64_t tiles = std::max<int64_t>(1, (ns + kProxyKeyTile - 1) / kProxyKeyTile);
   const int64_t chunk_tiles = std::max(kMinChunkTiles, (tiles + kMaxChunks - 1) / kMaxChunks);
   return Chunking{int32_t(chunk_tiles), int32_t((tiles + chunk_tiles - 1) / chunk_tiles)};
@@ -60,25 +63,42 @@ Chunking chunking(const PlanDesc& plan) {
 WorkspaceLayout workspace_layout(const PlanDesc& plan) {
   const int64_t per_block = plan.config.block_size / plan.config.stride;
   const size_t sampled_rows = size_t(plan.batch.total_qblocks) * size_t(per_block);
+  const size_t key_rows = size_t(plan.batch.total_kblocks) * size_t(per_block);
   const size_t groups = size_t(plan.groups());
   WorkspaceLayout w{};
   w.proxy_q = 0;
   w.proxy_k = align_up(w.proxy_q + groups * sampled_rows * plan.problem.head_dim * kProxyElementBytes);
-  w.row_stats = align_up(w.proxy_k + groups * sampled_rows * plan.problem.head_dim * kProxyElementBytes);
+  w.row_stats = align_up(w.proxy_k + groups * key_rows * plan.problem.head_dim * kProxyElementBytes);
   w.scores = align_up(w.row_stats + groups * size_t(chunking(plan).chunks) * sampled_rows * sizeof(float2));
   w.budget_partials = align_up(w.scores + size_t(plan.batch.order_entries) * sizeof(float));
   w.block_logits = align_up(w.budget_partials + size_t(plan.problem.num_q_heads) *
-                                                    size_t(plan.batch.total_qblocks) *
+                                                    size_t(plan.batch.total_kblocks) *
                                                     size_t(plan.config.block_size) * sizeof(float2));
   w.total = align_up(w.block_logits + block_logits_bytes(plan));
   return w;
 }
 
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
 est::InputView input_view(const pa_tensor& t) {
   constexpr int64_t kVecElems = 8;  // 16 bytes of 2-byte elements
-  const bool aligned = reinterpret_cast<uintptr_t>(t.data) % 16 == 0 &&
-                       t.token_stride % kVecElems == 0 && t.head_stride % kVecElems == 0;
+  const bool aligned = aligned16(t.data) && t.token_stride % kVecElems == 0 && t.head_stride % kVecElems == 0;
   return est::InputView{t.data, t.token_stride, t.head_stride, aligned};
+}
+
+est::KeyView key_view(const PlanDesc& plan, const pa_kv_cache& kv) {
+  return est::KeyView{input_view(kv.k), kv.block_table, plan.problem.page_size, plan.problem.max_pages_per_seq};
+}
+
+est::StateView state_view(const pa_kv_cache& kv) {
+  if (kv.proxy_state == nullptr) return est::StateView{nullptr, false};
+  return est::StateView{kv.proxy_state->data, aligned16(kv.proxy_state->data)};
+}
+
+int log2_of(int32_t power_of_two) {
+  int n = 0;
+  while ((int32_t(1) << n) < power_of_two) ++n;
+  return n;
 }
 
 }  // namespace
@@ -88,7 +108,7 @@ size_t estimate_workspace_bytes(const PlanDesc& plan) {
   return workspace_layout(plan).total;
 }
 
-pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_tensor& k, void* workspace,
+pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_kv_cache& kv, void* workspace,
                    void* stream) {
   const pa_problem& p = plan.problem;
   const pa_config& c = plan.config;
@@ -106,37 +126,49 @@ pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_tensor& k,
   l.head_dim = p.head_dim;
   l.config = c;
   l.stream = static_cast<cudaStream_t>(stream);
+  const bool state = kv.proxy_state != nullptr;
+  l.general = plan.batch.chunked || plan.paged() || state;
+  // Every sequence with queries writes its own positions to the state (dense ones too: a
+  // later chunk reads them).
+  const bool state_writes = state && plan.batch.total_qblocks > 0;
   bool any_sparse = false;
   for (size_t s = 0; s < plan.batch.seqs.size(); ++s) {
     const SeqSpan& span = plan.batch.seqs[s];
-    if (span.num_qblocks > est::kMaxSortedBlocks)
+    if (span.num_qblocks == 0) continue;  // no row, no key read, no state written
+    if (span.num_kblocks() > est::kMaxSortedBlocks)
       return fail(PA_STATUS_UNSUPPORTED,
-                  "pa_estimate: sequence %zu has %d tokens = %d blocks of %d; the CUDA estimation "
-                  "sorts at most %d blocks per row", s, span.length, span.num_qblocks,
+                  "pa_estimate: sequence %zu has %d keys = %d blocks of %d; the CUDA estimation "
+                  "sorts at most %d blocks per row", s, span.kv_length, span.num_kblocks(),
                   c.block_size, est::kMaxSortedBlocks);
-    l.max_qblocks = std::max(l.max_qblocks, span.num_qblocks);
-    if (!plan.runs_dense(span) && span.num_qblocks > 0) {
+    l.max_row_blocks = std::max(l.max_row_blocks, span.num_kblocks());
+    if (!plan.runs_dense(span)) {
       any_sparse = true;
-      l.max_sparse_qblocks = std::max(l.max_sparse_qblocks, span.num_qblocks);
+      l.max_sparse_kblocks = std::max(l.max_sparse_kblocks, span.num_kblocks());
+      l.prefix_keys = l.prefix_keys || span.first_qblock > 0;
     }
   }
 
   est::Geometry& g = l.geo;
   g.seqs = plan.index.seqs;
   g.qblock_seq = plan.index.qblock_seq;
+  g.kblock_seq = plan.index.kblock_seq;
+  g.kblock_begin = plan.index.kblock_begin;
   g.total_qblocks = plan.batch.total_qblocks;
+  g.total_kblocks = plan.batch.total_kblocks;
   g.num_seqs = p.num_seqs;
   g.num_q_heads = p.num_q_heads;
   g.num_kv_heads = p.num_kv_heads;
   g.groups = plan.groups();
   g.block = c.block_size;
   g.stride = c.stride;
+  g.stride_log2 = log2_of(c.stride);
   g.per_block = c.block_size / c.stride;
   g.dense_below = c.dense_below;
   g.scale_log2 = c.softmax_scale * kLog2e;
   const Chunking ch = chunking(plan);
   g.chunk_tiles = ch.chunk_tiles;
   g.chunks = ch.chunks;
+  g.state = state;
 
   const WorkspaceLayout w = workspace_layout(plan);
   char* base = static_cast<char*>(workspace);
@@ -149,16 +181,19 @@ pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_tensor& k,
     ws.budget_partials = reinterpret_cast<float2*>(base + w.budget_partials);
     if (w.total > w.block_logits) ws.block_logits = reinterpret_cast<float*>(base + w.block_logits);
   }
-  const est::InputView qv = input_view(q), kv = input_view(k);
+  const est::InputView qv = input_view(q);
+  const est::KeyView keys = key_view(plan, kv);
+  const est::StateView sv = state_view(kv);
 
-  if (any_sparse) {
-    // A starts at 0 (dense sequences' rows stay so; pass 2 reduces with atomicMax from 0);
-    // then steps 2-4 and the budget partials.
+  // A starts at 0 (dense sequences' rows stay so; pass 2 reduces with atomicMax from 0);
+  // then steps 2-3 (and the state), step 4 and the budget partials.
+  if (any_sparse)
     PA_CUDA_TRY(cudaMemsetAsync(ws.scores, 0, size_t(plan.batch.order_entries) * sizeof(float), l.stream));
-    PA_TRY(est::launch_pool_proxies(l, qv, kv, ws));
+  if (any_sparse || state_writes) PA_TRY(est::launch_pool_proxies(l, qv, keys, sv, ws));
+  if (any_sparse) {
     PA_TRY(est::launch_proxy_row_stats(l, ws));
     PA_TRY(est::launch_proxy_block_max(l, ws));
-    PA_TRY(est::launch_budget_partials(l, qv, kv, ws));
+    PA_TRY(est::launch_budget_partials(l, qv, keys, ws));
   }
   // Budgets of every sequence (dense and empty ones too), then the shared orderings.
   PA_TRY(est::launch_budget_heads(l, ws, plan.index.budget, plan.index.needed, plan.index.anchors));

@@ -14,6 +14,12 @@
 // block_max_from_logits_kernel evaluates pass 2's expression on them, so the products are
 // computed once (docs/benchmarks.md, "Estimation per stage").
 //
+// Chunks (ALGORITHM.md, "Chunked prefill"): the rows are the call's sampled query rows from
+// the start of its first query block, all against the sequence's sampled keys <= each row;
+// rows before query_begin (a partial first block's earlier queries, unknown without a state)
+// are masked out and write nothing. Whole prompts are the case first_qblock = 0, rows and keys
+// in one layout: the kernel's plain instantiation (kGeneral = false) folds the chunk's terms.
+//
 // Tiling: a CTA of 4 warps takes 64 consecutive sampled query rows of one sequence (whole
 // query blocks when b/s <= 64, half a block when b/s = 128), each warp 16 rows as the MMA
 // A operand in registers; keys stream through shared memory 64 at a time, double buffered
@@ -53,7 +59,8 @@ struct KeyTiles {
 // kPB: sampled rows per block (b / s) fixed at compile time, or 0 to read geo.per_block.
 // The epilogues branch on it per n-tile: a constant folds those branches and the index
 // divisions away (the default b = 128, s = 4 and b = 64, s = 4 have their own kernels).
-template <typename T, int D, Pass P, int kPB>
+// kGeneral: some sequence's rows start after block 0 (stages.cuh, Launch::general).
+template <typename T, int D, Pass P, int kPB, bool kGeneral>
 __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
     proxy_scores_kernel(Geometry geo, const T* __restrict__ proxy_q, const T* __restrict__ proxy_k,
                         float2* __restrict__ row_stats, float* __restrict__ scores,
@@ -71,15 +78,18 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
   const int pb = kPB > 0 ? kPB : geo.per_block;
   const int subtiles = pb > kTileRows ? pb / kTileRows : 1;
   const int subtile = blockIdx.z % subtiles, chunk = blockIdx.z / subtiles;
-  const SeqSpan span = geo.seqs[geo.qblock_seq[gb]];
-  if (geo.dense(span)) return;
-  const int m = int(gb - span.qblock_begin);
+  const int seq = geo.qblock_seq[gb];
+  const SeqSpan span = geo.seqs[seq];
+  if (geo.dense<kGeneral>(span)) return;
+  const int mr = int(gb - span.qblock_begin);  // row of the sequence's rows, from its first
+  const int first_qblock = kGeneral ? span.first_qblock : 0;
   const int blocks_per_cta = pb >= kTileRows ? 1 : kTileRows / pb;
-  if (m % blocks_per_cta != 0) return;  // another CTA covers this block
+  if (mr % blocks_per_cta != 0) return;  // another CTA covers this block
   // Rows and keys inside one sequence fit an int (a sequence has < 2^31 tokens); offsets
   // into the proxies are taken in 64 bits.
   const int ns = int(geo.sampled(span));
-  const int r0 = m * pb + subtile * kTileRows;  // first sampled row
+  const int row_lo = kGeneral ? geo.query_begin(span) : 0;  // rows [row_lo, ns) are scored
+  const int r0 = (first_qblock + mr) * pb + subtile * kTileRows;  // first sampled row
   if (r0 >= ns) return;
   const int last_row = min(r0 + kTileRows, ns) - 1;
   const int num_key_tiles = last_row / kTileKeys + 1;  // keys 0..last_row
@@ -87,13 +97,17 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
   if (kt_begin >= num_key_tiles) return;
   const int kt_end = min(num_key_tiles, kt_begin + geo.chunk_tiles);
 
-  const int64_t row_base = span.qblock_begin * pb;  // padded row of sampled index 0
-  const int64_t group_row0 = int64_t(j) * geo.sampled_rows() + row_base;
-  const T* gq = proxy_q + group_row0 * D;  // [ns, D] of this sequence and group
-  const T* gk = proxy_k + group_row0 * D;
+  // Rows are sampled indices of the sequence (absolute): padded row row_base + i holds row i,
+  // as offsets (the array starts at the first row's block).
+  const int64_t row_base = (span.qblock_begin - first_qblock) * pb;  // geo.row_base
+  const int64_t q_row0 = int64_t(j) * geo.sampled_rows() + row_base;  // proxy_q [.., D] row of index 0
+  const int64_t key_rows = kGeneral ? geo.key_rows() : geo.sampled_rows();
+  const int64_t key_row0 = (kGeneral ? geo.key_block0(span, seq) : span.qblock_begin) * pb;
+  const T* gk = proxy_k + (int64_t(j) * key_rows + key_row0) * D;  // [ns, D]
   // Row statistics per key chunk: [chunks][sampled_rows] of this group, at this sequence.
-  float2* stats = row_stats + int64_t(j) * geo.chunks * geo.sampled_rows() + row_base;
+  const int64_t stats_row0 = int64_t(j) * geo.chunks * geo.sampled_rows() + row_base;
   const int64_t chunk_stride = geo.sampled_rows();
+  auto scored = [&](int row) { return kGeneral ? unsigned(row - row_lo) < unsigned(ns - row_lo) : row < ns; };
 
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const int warp_row0 = r0 + warp * kMmaM;
@@ -124,7 +138,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
   for (int ks = 0; ks < D / kMmaK; ++ks) {
     const int col = ks * kMmaK + (lane % 4) * 2;
     auto pair = [&](int row, int c) -> uint32_t {
-      return row < ns ? *reinterpret_cast<const uint32_t*>(gq + int64_t(row) * D + c) : 0u;
+      return row < ns ? *reinterpret_cast<const uint32_t*>(proxy_q + (q_row0 + row) * D + c) : 0u;
     };
     qf[ks][0] = pair(row_a, col);
     qf[ks][1] = pair(row_b, col);
@@ -136,14 +150,14 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
   // Pass 1: running max (log2 units) and this thread's partial sum over this chunk's keys.
   float run_max[2] = {neg_inf(), neg_inf()}, run_sum[2] = {0.0f, 0.0f};
   // Pass 2: the row's max and 1 / sum over all keys (combine_row_stats_kernel folded the
-  // chunks into plane 0; invalid rows give probability 0).
+  // chunks into plane 0; rows not scored give probability 0).
   float row_max[2] = {0.0f, 0.0f}, row_inv[2] = {0.0f, 0.0f};
   if (P == Pass::kBlockMax) {
     const int rows[2] = {row_a, row_b};
 #pragma unroll
     for (int hi = 0; hi < 2; ++hi)
-      if (rows[hi] < ns) {
-        const float2 s = stats[rows[hi]];  // chunk plane 0 holds the combined statistics
+      if (scored(rows[hi])) {
+        const float2 s = row_stats[stats_row0 + rows[hi]];  // chunk plane 0: the combined statistics
         row_max[hi] = s.x;
         row_inv[hi] = 1.0f / s.y;  // the CPU multiplies by the reciprocal too
       }
@@ -202,12 +216,13 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
           mma_16x8x16<T>(acc[2 * np + 1], qf[ks], b[2], b[3]);
         }
 
-      // Mask keys after the query (and rows past the sequence), only in tiles that reach
-      // the warp's diagonal. The dot products stay unscaled: maxima are taken first and
-      // scaled after (x -> x * scale is monotone, so the max is the same number), and the
-      // exponentials fuse the scale into one FMA.
+      // Mask keys after the query (and rows not scored), only in tiles that reach the
+      // warp's diagonal or warps with such rows. The dot products stay unscaled: maxima are
+      // taken first and scaled after (x -> x * scale is monotone, so the max is the same
+      // number), and the exponentials fuse the scale into one FMA.
       const float scale = geo.scale_log2;
-      const bool needs_mask = k0 + kTileKeys - 1 > warp_row0 || warp_row0 + kMmaM - 1 >= ns;
+      const bool needs_mask =
+          k0 + kTileKeys - 1 > warp_row0 || warp_row0 + kMmaM - 1 >= ns || (kGeneral && warp_row0 < row_lo);
       if (needs_mask) {
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt)
@@ -215,7 +230,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
           for (int e = 0; e < 4; ++e) {
             const int key = k0 + nt * kMmaN + (lane % 4) * 2 + (e & 1);
             const int row = e < 2 ? row_a : row_b;
-            if (!(key <= row && row < ns)) acc[nt][e] = neg_inf();
+            if (!(key <= row && scored(row))) acc[nt][e] = neg_inf();
           }
       }
 
@@ -243,7 +258,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
                 v = fmaxf(v, fmaxf(acc[nt][2 * hi], acc[nt][2 * hi + 1]));
               v = quad_max(v);
               const int kblock = k0 / kPB + sg;
-              if (lane % 4 == 0 && row < ns && kblock <= row_qblock[hi])
+              if (lane % 4 == 0 && scored(row) && kblock <= row_qblock[hi])
                 row_logits[hi][int64_t(kblock) * kPB] = v;
             }
           }
@@ -321,8 +336,8 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
 #pragma unroll
     for (int hi = 0; hi < 2; ++hi) {
       const float sum = quad_sum(run_sum[hi]);
-      if (lane % 4 == 0 && rows[hi] < ns)
-        stats[chunk * chunk_stride + rows[hi]] = make_float2(run_max[hi], sum);
+      if (lane % 4 == 0 && scored(rows[hi]))
+        row_stats[stats_row0 + chunk * chunk_stride + rows[hi]] = make_float2(run_max[hi], sum);
     }
   }
 }
@@ -341,10 +356,11 @@ __global__ void __launch_bounds__(kCombineThreads)
   const SeqSpan span = geo.seqs[geo.qblock_seq[gr / pb]];
   if (geo.dense(span)) return;
   const int64_t ns = geo.sampled(span);
-  const int64_t i = gr - span.qblock_begin * pb;  // sampled index in the sequence
-  if (i >= ns) return;
-  // The chunks of this row's CTA (rows r0 .. r0 + 63, r0 a multiple of 64).
-  const int64_t r0 = i / kTileRows * kTileRows;
+  const int64_t i = gr - geo.row_base(span);  // sampled index in the sequence
+  if (i >= ns || i < geo.query_begin(span)) return;
+  // The chunks of this row's CTA (rows r0 .. r0 + 63, r0 - first row a multiple of 64).
+  const int64_t first = int64_t(span.first_qblock) * pb;
+  const int64_t r0 = first + (i - first) / kTileRows * kTileRows;
   const int num_key_tiles = int((min(r0 + kTileRows, ns) - 1) / kTileKeys) + 1;
   const int num_chunks = (num_key_tiles + geo.chunk_tiles - 1) / geo.chunk_tiles;
   float2* s = row_stats + int64_t(j) * geo.chunks * geo.sampled_rows() + gr;
@@ -382,9 +398,9 @@ __global__ void __launch_bounds__(kFinishThreads)
   const int j = blockIdx.y;
   const SeqSpan span = geo.seqs[geo.qblock_seq[gb]];
   if (geo.dense(span)) return;
-  const int m = int(gb - span.qblock_begin);
+  const int m = span.first_qblock + int(gb - span.qblock_begin);  // absolute row
   const int r = threadIdx.x % kPB;
-  const bool valid = m * kPB + r < geo.sampled(span);
+  const bool valid = m * kPB + r < geo.sampled(span) && m * kPB + r >= geo.query_begin(span);
   float row_max = 0.0f, row_inv = 0.0f;  // invalid rows give probability 0
   if (valid) {
     const float2 st = row_stats[int64_t(j) * geo.chunks * geo.sampled_rows() + gb * kPB + r];
@@ -409,13 +425,13 @@ pa_status launch(const Launch& l, const Workspace& ws, const char* name) {
   const int subtiles = pb > kTileRows ? pb / kTileRows : 1;
   const dim3 grid(unsigned(l.geo.total_qblocks), unsigned(l.geo.groups),
                   unsigned(subtiles * l.geo.chunks));
+  auto kernel = l.general ? proxy_scores_kernel<T, D, P, kPB, true> : proxy_scores_kernel<T, D, P, kPB, false>;
   // Room for kMinCtasPerSm CTAs' key tiles in the SM's shared memory / L1 split.
-  PA_CUDA_TRY(cudaFuncSetAttribute(proxy_scores_kernel<T, D, P, kPB>,
-                                   cudaFuncAttributePreferredSharedMemoryCarveout,
+  PA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
                                    cudaSharedmemCarveoutMaxShared));
-  proxy_scores_kernel<T, D, P, kPB><<<grid, kThreads, 0, l.stream>>>(
-      l.geo, static_cast<const T*>(ws.proxy_q), static_cast<const T*>(ws.proxy_k), ws.row_stats,
-      ws.scores, ws.block_logits);
+  kernel<<<grid, kThreads, 0, l.stream>>>(l.geo, static_cast<const T*>(ws.proxy_q),
+                                          static_cast<const T*>(ws.proxy_k), ws.row_stats, ws.scores,
+                                          ws.block_logits);
   PA_CUDA_CHECK_LAUNCH(name);
   return PA_STATUS_SUCCESS;
 }

@@ -30,12 +30,12 @@ constexpr uint32_t kForcedKey = 0u;
 constexpr uint32_t kLastKey = ~0u;  // padding, and every unranked block of a dense row
 
 // Device copy of core/budget.cpp's row_keep(), same arithmetic.
-__device__ int32_t row_keep(pa_budget_mode mode, int32_t budget, int32_t needed, int32_t num_qblocks,
+__device__ int32_t row_keep(pa_budget_mode mode, int32_t budget, int32_t needed, int32_t num_kblocks,
                             int32_t min_blocks, int32_t m, int32_t forced) {
   const int64_t row_blocks = m + 1;
   int64_t keep = budget;
   if (mode == PA_BUDGET_PROPORTIONAL) {
-    const int64_t share = (int64_t(needed) * row_blocks + num_qblocks - 1) / num_qblocks;
+    const int64_t share = (int64_t(needed) * row_blocks + num_kblocks - 1) / num_kblocks;
     keep = max(int64_t(min_blocks), share);
   }
   keep = max(max(keep, int64_t(forced)), int64_t(1));
@@ -66,7 +66,7 @@ __global__ void __launch_bounds__(Threads)
   const int j = blockIdx.y;
   const int seq = geo.qblock_seq[gb];
   const SeqSpan span = geo.seqs[seq];
-  const int m = int(gb - span.qblock_begin);
+  const int m = span.first_qblock + int(gb - span.qblock_begin);  // absolute row
   const int len = m + 1;
   if (len <= params.row_lo || len > params.row_hi) return;
   const bool dense = geo.dense(span);
@@ -120,9 +120,9 @@ __global__ void __launch_bounds__(Threads)
   for (int t = threadIdx.x; t < heads; t += Threads) {
     const int h = j * heads + t;
     const int64_t at = int64_t(seq) * geo.num_q_heads + h;
-    count[(span.qblock_begin + m) * geo.num_q_heads + h] =
+    count[count_row(span, m) * geo.num_q_heads + h] =
         dense ? len
-              : row_keep(params.mode, budget[at], needed[at], span.num_qblocks, params.min_blocks, m,
+              : row_keep(params.mode, budget[at], needed[at], span.num_kblocks(), params.min_blocks, m,
                          forced);
   }
 }
@@ -153,22 +153,22 @@ pa_status launch_select(const Launch& l, const Workspace& ws, const int32_t* bud
   p.force_local = l.config.force_local;
   p.anchor_blocks = l.config.anchor_blocks;
   p.mode = l.config.budget_mode;
-  // One launch per size class that holds some row of the batch (rows 1..max_qblocks).
+  // One launch per size class that holds some row of the batch (rows up to max_row_blocks).
   constexpr SortClass c0 = kSortClasses[0], c1 = kSortClasses[1], c2 = kSortClasses[2],
                       c3 = kSortClasses[3];
   static_assert(c3.capacity() == kMaxSortedBlocks, "the largest class sorts the longest row");
   p.row_lo = 0;
   p.row_hi = c0.capacity();
   PA_TRY((launch_class<c0.threads, c0.items>(l, ws, p, budget, needed, anchors, order, count)));
-  if (l.max_qblocks <= p.row_hi) return PA_STATUS_SUCCESS;
+  if (l.max_row_blocks <= p.row_hi) return PA_STATUS_SUCCESS;
   p.row_lo = p.row_hi;
   p.row_hi = c1.capacity();
   PA_TRY((launch_class<c1.threads, c1.items>(l, ws, p, budget, needed, anchors, order, count)));
-  if (l.max_qblocks <= p.row_hi) return PA_STATUS_SUCCESS;
+  if (l.max_row_blocks <= p.row_hi) return PA_STATUS_SUCCESS;
   p.row_lo = p.row_hi;
   p.row_hi = c2.capacity();
   PA_TRY((launch_class<c2.threads, c2.items>(l, ws, p, budget, needed, anchors, order, count)));
-  if (l.max_qblocks <= p.row_hi) return PA_STATUS_SUCCESS;
+  if (l.max_row_blocks <= p.row_hi) return PA_STATUS_SUCCESS;
   p.row_lo = p.row_hi;
   p.row_hi = c3.capacity();
   return launch_class<c3.threads, c3.items>(l, ws, p, budget, needed, anchors, order, count);
