@@ -32,6 +32,12 @@ class Tensor(ctypes.Structure):
                 ("head_stride", ctypes.c_int64)]
 
 
+class ProxyState(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("num_pages", ctypes.c_int32), ("page_size", ctypes.c_int32),
+                ("stride", ctypes.c_int32), ("num_proxy_groups", ctypes.c_int32), ("head_dim", ctypes.c_int32),
+                ("dtype", ctypes.c_int)]
+
+
 class KvCache(ctypes.Structure):
     _fields_ = [("k", Tensor), ("v", Tensor), ("block_table", ctypes.c_void_p), ("proxy_state", ctypes.c_void_p)]
 
@@ -244,6 +250,22 @@ class Library:
         kv = KvCache(k, v, block_table_ptr, None)
         self._check(self.lib.pa_attend_kv(plan, ctypes.byref(q), ctypes.byref(kv), ctypes.byref(o),
                                           ctypes.c_void_p(lse_ptr), ctypes.c_void_p(stream)))
+
+    def proxy_state(self, problem, config, alloc):
+        """The estimation state of a paged problem in memory from alloc(nbytes) -> (keep, ptr)."""
+        n = ctypes.c_size_t()
+        self._check(self.lib.pa_proxy_state_bytes(ctypes.byref(problem), ctypes.byref(config), ctypes.byref(n)))
+        keep, ptr = alloc(n.value)
+        state = ProxyState()
+        self._check(self.lib.pa_proxy_state_make(ctypes.byref(problem), ctypes.byref(config), ctypes.c_void_p(ptr),
+                                                 ctypes.c_size_t(n.value), ctypes.byref(state)))
+        state._keep = keep
+        return state
+
+    def estimate_kv(self, plan, q, k, v, workspace_ptr, workspace_bytes, block_table_ptr=0, state=None, stream=0):
+        kv = KvCache(k, v, block_table_ptr, ctypes.cast(ctypes.pointer(state), ctypes.c_void_p) if state else None)
+        self._check(self.lib.pa_estimate_kv(plan, ctypes.byref(q), ctypes.byref(kv), ctypes.c_void_p(workspace_ptr),
+                                            ctypes.c_size_t(workspace_bytes), ctypes.c_void_p(stream)))
 
     def dense(self, problem, scale, q, k, v, o, lse_ptr=0, stream=0):
         self._check(self.lib.pa_dense_attention(ctypes.byref(problem), ctypes.c_float(scale),

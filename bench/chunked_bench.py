@@ -7,7 +7,8 @@ The index: ProxyAttn-shaped masks written into the plans (pa_plan_set_index), as
 attention_bench.py (one ranking per row, budgets spread 0.5x..1.5x around the value giving
 the wanted density). A chunk's plan gets the rows of the whole prompt's index that the chunk
 holds, so the chunks attend to exactly the blocks the one-shot call does. Only the attention
-is timed: the GPU estimation does not take chunks yet (pa_estimate refuses them).
+is timed there; the estimation is timed on its own (one call against chunks from a paged cache
+with its estimation state).
 
 - chunks: one N-token prompt attended in one call against in chunks of C tokens (the sum of
   the chunk calls' medians); dense: cuDNN causal in one call, and SDPA with a bottom-right
@@ -72,6 +73,50 @@ def sdpa_lower_right(q, k, v):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True)
 
 
+def estimation_in_chunks(lib, q, k, v, n, stream, doc):
+    """The GPU estimation of an n-token prompt in one call against in chunks of CHUNKS tokens
+    from a paged cache (pages of 128) with its estimation state, so a chunk pools only its own
+    tokens; the library's default settings (gamma 0.95, the 2048-token budget floor)."""
+    page = 128
+    pages = n // page
+    qa, ka, va = (lib.tensor(x) for x in (q, k, v))
+    table = torch.arange(pages, device="cuda", dtype=torch.int32)[None].contiguous()
+    config = lib.config(ab.D)
+    alloc = lambda nbytes: (lambda t: (t, t.data_ptr()))(torch.zeros(nbytes, dtype=torch.uint8, device="cuda"))  # noqa: E731
+
+    def plan_of(problem):
+        nbytes, wbytes = lib.plan_bytes(problem, config), lib.workspace_bytes(problem, config)
+        storage, work = alloc(nbytes)[0], alloc(max(wbytes, 1))[0]
+        return storage, work, lib.plan_create(problem, config, storage.data_ptr(), nbytes)
+
+    whole = plan_of(lib.problem([n], ab.HQ, ab.HKV, ab.D, "bfloat16"))
+    calls = {"one_shot": lambda: lib.estimate(whole[2], qa, ka, whole[1].data_ptr(), whole[1].numel(), stream)}
+    keep = []
+    for c in CHUNKS:
+        state = None
+        for begin in range(0, n, c):
+            end = min(n, begin + c)
+            problem = lib.chunked_problem([end - begin], [end], ab.HQ, ab.HKV, ab.D, "bfloat16", page, pages, pages)
+            if state is None:
+                state = lib.proxy_state(problem, config, alloc)
+            p = plan_of(problem)
+            qc = lib.tensor(q[begin:end])
+            keep.append((problem, p, qc))
+            call = (lambda p=p, qc=qc, state=state: lib.estimate_kv(p[2], qc, ka, va, p[1].data_ptr(), p[1].numel(),
+                                                                    table.data_ptr(), state, stream))
+            call()  # in order once, so that every chunk finds its prefix's state
+            calls["chunk_%d_%d" % (c, begin)] = call
+    t = interleaved_median_ms(calls, REPEATS, WARMUP)
+    row = {"one_shot_ms": t["one_shot"], "page_size": page}
+    for c in CHUNKS:
+        total = sum(t["chunk_%d_%d" % (c, b)] for b in range(0, n, c))
+        row["chunk_%d" % c] = {"total_ms": total, "vs_one_shot": total / t["one_shot"]}
+    doc["estimation"] = row
+    print("estimation: one shot %.3f ms; %s" % (t["one_shot"], ", ".join(
+        "C %d: %.3f ms (x%.3f)" % (c, row["chunk_%d" % c]["total_ms"], row["chunk_%d" % c]["vs_one_shot"])
+        for c in CHUNKS)), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--build", default="build-gpu")
@@ -79,6 +124,7 @@ def main():
     ap.add_argument("--n", type=int, default=131072)
     ap.add_argument("--shape", default="32,8,128")
     ap.add_argument("--paged-chunk", type=int, default=16384)
+    ap.add_argument("--only-estimation", action="store_true", help="time the estimation in chunks only")
     args = ap.parse_args()
     ab.set_shape(args.shape)
     n = args.n
@@ -95,6 +141,10 @@ def main():
     order = ab.make_order(nqb, rng)
     doc = {"machine": info, "shape": {"hq": ab.HQ, "hkv": ab.HKV, "d": ab.D, "block": ab.BLOCK, "n": n},
            "chunks": [], "paged": [], "tail": []}
+    estimation_in_chunks(lib, q, k, v, n, stream, doc)
+    if args.only_estimation:
+        print("wrote", write_result(args.out, doc, "chunked-estimation-"))
+        return
 
     for density in DENSITIES:
         count = ab.make_count(nqb, density, rng)
