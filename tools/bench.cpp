@@ -16,6 +16,7 @@
 #include "bench_device.hpp"
 #include "commands.hpp"
 #include "options.hpp"
+#include "progress.hpp"
 #include "proxyattn/proxyattn.hpp"
 
 namespace proxyattn::tools {
@@ -37,7 +38,7 @@ struct BenchSettings {
   std::vector<long long> sizes;
   std::vector<double> gammas = {0.90, 0.95};
   long long repeats = -1, warmup = -1, threads = 0, seed = 1;
-  bool dense = true;
+  bool dense = true, quiet = false;
 };
 
 const std::vector<std::string> kValueOptions = {"device", "shape", "sizes", "gammas", "repeats",
@@ -77,11 +78,12 @@ bool parse_list(const std::string& name, const std::string& text, double low, bo
 
 bool parse_settings(const std::vector<std::string>& args, BenchSettings& s, std::string& error) {
   Options o;
-  if (!o.parse(args, kValueOptions, {"help", "no-dense"}, error)) return false;
+  if (!o.parse(args, kValueOptions, {"help", "no-dense", "quiet"}, error)) return false;
   s.device = o.get_string("device", s.device);
   s.shape = o.get_string("shape", s.shape);
   s.out = o.get_string("out", "");
   s.dense = !o.has("no-dense");
+  s.quiet = o.has("quiet");
   if (s.device != "auto" && s.device != "gpu" && s.device != "cpu") {
     error = "--device " + s.device + ": expected auto, gpu or cpu";
     return false;
@@ -113,7 +115,8 @@ struct SizeRow {
 
 // One sequence length: inputs generated on the host, uploaded once, every call timed on them.
 SizeRow run_size(BenchDevice& dev, const Shape& shape, long long n, const BenchSettings& s, int repeats,
-                 int warmup) {
+                 int warmup, Progress& progress) {
+  const std::string at = "N=" + std::to_string(n) + ": ";
   Batch batch({int32_t(n)}, shape.q_heads, shape.kv_heads, shape.head_dim, PA_DTYPE_BFLOAT16);
   const pa_problem& p = batch.problem();
   const size_t q_bytes = size_t(n) * shape.q_heads * shape.head_dim * 2;
@@ -121,7 +124,8 @@ SizeRow run_size(BenchDevice& dev, const Shape& shape, long long n, const BenchS
   const size_t lse_bytes = size_t(n) * shape.q_heads * sizeof(float);
   std::vector<std::byte> hq(q_bytes), hk(kv_bytes), hv(kv_bytes);
   const pa_synth_params synth = pa_synth_default(uint64_t(s.seed));
-  check(pa_synth_generate(&p, &synth, hq.data(), hk.data(), hv.data()));
+  progress.step(at + "generating the input",
+                [&] { check(pa_synth_generate(&p, &synth, hq.data(), hk.data(), hv.data())); });
   DeviceBuffer q(dev, q_bytes), k(dev, kv_bytes), v(dev, kv_bytes), o(dev, q_bytes);
   DeviceBuffer lse_sparse(dev, lse_bytes), lse_dense(dev, lse_bytes);
   dev.upload(q.get(), hq.data(), q_bytes);
@@ -140,10 +144,12 @@ SizeRow run_size(BenchDevice& dev, const Shape& shape, long long n, const BenchS
   };
   SizeRow row{n, std::nan(""), {}};
   const float scale = 1.0f / std::sqrt(float(shape.head_dim));
-  if (s.dense) row.dense_ms = timed([&] { dense_attention(p, scale, tq, tk, tv, to, nullptr, dev.stream()); });
   std::vector<float> dense_lse(size_t(n) * shape.q_heads), sparse_lse(dense_lse.size());
-  dense_attention(p, scale, tq, tk, tv, to, static_cast<float*>(lse_dense.get()), dev.stream());
-  dev.download(dense_lse.data(), lse_dense.get(), lse_bytes);
+  progress.step(at + "dense attention", [&] {
+    if (s.dense) row.dense_ms = timed([&] { dense_attention(p, scale, tq, tk, tv, to, nullptr, dev.stream()); });
+    dense_attention(p, scale, tq, tk, tv, to, static_cast<float*>(lse_dense.get()), dev.stream());
+    dev.download(dense_lse.data(), lse_dense.get(), lse_bytes);
+  });
 
   for (double gamma : s.gammas) {
     pa_config config = pa_config_default(shape.head_dim);
@@ -157,11 +163,13 @@ SizeRow run_size(BenchDevice& dev, const Shape& shape, long long n, const BenchS
     pa_config effective{};
     check(pa_plan_get_config(plan.get(), &effective));
     GammaRow g{gamma, 0, 0, 0, 0, 0, effective.anchor_blocks};
-    g.estimate_ms = timed([&] { plan.estimate(tq, tk, workspace.get(), ws_bytes, dev.stream()); });
-    g.attend_ms = timed([&] { plan.attend(tq, tk, tv, to, nullptr, dev.stream()); });
-    g.forward_ms = timed([&] { plan.forward(tq, tk, tv, to, nullptr, workspace.get(), ws_bytes, dev.stream()); });
-    plan.attend(tq, tk, tv, to, static_cast<float*>(lse_sparse.get()), dev.stream());
-    dev.download(sparse_lse.data(), lse_sparse.get(), lse_bytes);
+    progress.step(at + "gamma " + json_number(gamma) + ": estimate, attend, forward", [&] {
+      g.estimate_ms = timed([&] { plan.estimate(tq, tk, workspace.get(), ws_bytes, dev.stream()); });
+      g.attend_ms = timed([&] { plan.attend(tq, tk, tv, to, nullptr, dev.stream()); });
+      g.forward_ms = timed([&] { plan.forward(tq, tk, tv, to, nullptr, workspace.get(), ws_bytes, dev.stream()); });
+      plan.attend(tq, tk, tv, to, static_cast<float*>(lse_sparse.get()), dev.stream());
+      dev.download(sparse_lse.data(), lse_sparse.get(), lse_bytes);
+    });
     double recall = 0.0;
     for (size_t i = 0; i < sparse_lse.size(); ++i) recall += std::exp(double(sparse_lse[i]) - dense_lse[i]);
     g.recall = recall / double(sparse_lse.size());
@@ -222,6 +230,7 @@ void print_bench_help() {
       "  --seed S        input seed (1)\n"
       "  --threads T     CPU threads, 0 = all (0)\n"
       "  --out FILE      also write the results as JSON\n"
+      "  --quiet         no progress lines on stderr\n"
       "  --help          this text\n");
 }
 
@@ -241,7 +250,7 @@ int run_bench(const std::vector<std::string>& args) {
     std::unique_ptr<BenchDevice> dev;
     if (s.device != "cpu") dev = make_cuda_device(why);
     if (!dev && s.device == "gpu") {
-      std::fprintf(stderr, "proxyattn bench: --device gpu: %s\n", why.c_str());
+      std::fprintf(stderr, "proxyattn bench: --device gpu: %s; --device cpu runs the CPU backend\n", why.c_str());
       return kExitFailure;
     }
     if (!dev) dev = make_host_device();
@@ -257,9 +266,11 @@ int run_bench(const std::vector<std::string>& args) {
                 s.seed, repeats, warmup);
     std::printf("%8s %6s %8s %12s %12s %12s %12s %8s %9s\n", "N", "gamma", "density", "estimate ms",
                 "attend ms", "total ms", "dense ms", "recall", "x dense");
+    std::fflush(stdout);
     std::vector<SizeRow> rows;
+    Progress progress("proxyattn bench", !s.quiet);
     for (long long n : s.sizes) {
-      rows.push_back(run_size(*dev, shape, n, s, repeats, warmup));
+      rows.push_back(run_size(*dev, shape, n, s, repeats, warmup, progress));
       for (const GammaRow& g : rows.back().gammas) {
         std::printf("%8lld %6.2f %8.3f %12.3f %12.3f %12.3f %12.3f %8.4f %9.2f\n", n, g.gamma, g.density,
                     g.estimate_ms, g.attend_ms, g.forward_ms, rows.back().dense_ms, g.recall,

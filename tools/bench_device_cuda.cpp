@@ -66,13 +66,29 @@ class CudaDevice final : public BenchDevice {
   cudaEvent_t start_ = nullptr, stop_ = nullptr;
 };
 
+// Why cudaGetDeviceCount found no GPU, in words: on a machine without an NVIDIA driver the
+// runtime says "CUDA driver version is insufficient for CUDA runtime version", which reads as
+// if a driver update would help.
+std::string no_gpu_reason(cudaError_t status) {
+  int driver = 0, runtime = 0;
+  cudaDriverGetVersion(&driver);  // 0 when no driver is installed
+  cudaRuntimeGetVersion(&runtime);
+  auto version = [](int v) { return std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10); };
+  if (status == cudaSuccess || status == cudaErrorNoDevice) return "no CUDA GPU on this machine";
+  if (driver == 0) return "no CUDA GPU on this machine (no NVIDIA driver is installed)";
+  if (status == cudaErrorInsufficientDriver)
+    return "the NVIDIA driver (CUDA " + version(driver) + ") is older than this build's CUDA runtime (" +
+           version(runtime) + "): update the driver";
+  return std::string("no usable CUDA GPU: ") + cudaGetErrorString(status);
+}
+
 }  // namespace
 
 std::unique_ptr<BenchDevice> make_cuda_device(std::string& why) {
   int count = 0;
   const cudaError_t status = cudaGetDeviceCount(&count);
   if (status != cudaSuccess || count == 0) {
-    why = status != cudaSuccess ? std::string("no CUDA device: ") + cudaGetErrorString(status) : "no CUDA device";
+    why = no_gpu_reason(status);
     cudaGetLastError();  // reset the runtime's last-error state the failed query set
     return nullptr;
   }

@@ -5,6 +5,7 @@
 #include <new>
 
 #include "bench_device.hpp"
+#include "proxyattn/proxyattn_tuning.h"
 
 namespace proxyattn::tools {
 namespace {
@@ -13,7 +14,9 @@ constexpr size_t kAlignment = 256;
 
 class HostDevice final : public BenchDevice {
  public:
-  std::string name() const override { return "CPU (host memory, the library's CPU backend)"; }
+  std::string name() const override {
+    return std::string("CPU (host memory, the library's CPU backend, ") + pa_cpu_kernels() + " kernels)";
+  }
   bool is_gpu() const override { return false; }
   void* alloc(size_t bytes) override {
     void* p = std::aligned_alloc(kAlignment, (bytes + kAlignment - 1) / kAlignment * kAlignment);

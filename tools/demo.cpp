@@ -1,6 +1,5 @@
 // proxyattn demo: the whole pipeline on the embedded structured input, against dense.
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -9,7 +8,9 @@
 
 #include "commands.hpp"
 #include "options.hpp"
+#include "progress.hpp"
 #include "proxyattn/proxyattn.hpp"
+#include "proxyattn/proxyattn_tuning.h"
 
 namespace proxyattn::tools {
 namespace {
@@ -20,20 +21,18 @@ struct DemoSettings {
   long long anchors = PA_ANCHOR_BLOCKS_AUTO;
   double gamma = 0.95;
   std::string dtype = "bf16", budget_mode = "absolute";
+  bool quiet = false;
 };
 
 const std::vector<std::string> kValueOptions = {
     "seq-len", "q-heads", "kv-heads", "head-dim", "gamma", "groups", "seed", "block", "stride",
     "min-budget", "budget-mode", "dtype", "threads", "needles", "anchors"};
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
 bool parse_settings(const std::vector<std::string>& args, DemoSettings& s, std::string& error) {
   Options o;
-  if (!o.parse(args, kValueOptions, {"help"}, error)) return false;
+  if (!o.parse(args, kValueOptions, {"help", "quiet"}, error)) return false;
   if (o.has("help")) return true;
+  s.quiet = o.has("quiet");
   constexpr long long kMaxTokens = 1 << 22;  // keeps the dense comparison within a CPU's reach
   return o.get_int("seq-len", 0, kMaxTokens, s.seq_len, error) &&
          o.get_int("q-heads", 1, 256, s.q_heads, error) &&
@@ -98,6 +97,7 @@ void print_demo_help() {
       "  --needles K        retrieval needles in the input (4)\n"
       "  --seed S           input seed (1)\n"
       "  --threads T        CPU threads, 0 = all (0)\n"
+      "  --quiet            no progress lines on stderr\n"
       "  --help             this text\n");
 }
 
@@ -136,9 +136,11 @@ int run_demo(const std::vector<std::string>& args) {
     pa_synth_params synth = pa_synth_default(uint64_t(s.seed));
     synth.num_needles = int32_t(s.needles);
 
-    auto t0 = std::chrono::steady_clock::now();
-    check(pa_synth_generate(&p, &synth, q.data(), k.data(), v.data()));
-    const double t_generate = seconds_since(t0);
+    // Each step on stderr as it runs: a 32K-token demo takes half a minute on a laptop.
+    Progress progress("proxyattn demo", !s.quiet);
+    const double t_generate = progress.step("generating the input (N=" + std::to_string(n) + ")", [&] {
+      check(pa_synth_generate(&p, &synth, q.data(), k.data(), v.data()));
+    });
     pa_tensor tq = pa_tensor_contiguous(q.data(), p.num_q_heads, p.head_dim);
     pa_tensor tk = pa_tensor_contiguous(k.data(), p.num_kv_heads, p.head_dim);
     pa_tensor tv = pa_tensor_contiguous(v.data(), p.num_kv_heads, p.head_dim);
@@ -146,15 +148,12 @@ int run_demo(const std::vector<std::string>& args) {
     pa_tensor td = pa_tensor_contiguous(o_dense.data(), p.num_q_heads, p.head_dim);
 
     Plan plan = Plan::on_host(p, config);
-    t0 = std::chrono::steady_clock::now();
-    plan.estimate(tq, tk);
-    const double t_estimate = seconds_since(t0);
-    t0 = std::chrono::steady_clock::now();
-    plan.attend(tq, tk, tv, ts, lse_sparse.data());
-    const double t_sparse = seconds_since(t0);
-    t0 = std::chrono::steady_clock::now();
-    dense_attention(p, config.softmax_scale, tq, tk, tv, td, lse_dense.data());
-    const double t_dense = seconds_since(t0);
+    const double t_estimate = progress.step("estimating", [&] { plan.estimate(tq, tk); });
+    const double t_sparse =
+        progress.step("block-sparse attention", [&] { plan.attend(tq, tk, tv, ts, lse_sparse.data()); });
+    const double t_dense = progress.step("dense attention", [&] {
+      dense_attention(p, config.softmax_scale, tq, tk, tv, td, lse_dense.data());
+    });
     plan.check_invariants();
 
     const Plan::Heads heads = plan.heads(p);
@@ -196,9 +195,9 @@ int run_demo(const std::vector<std::string>& args) {
                 n > 0 ? recall_all / (double(n) * hq) : 1.0,
                 ref_all > 0 ? std::sqrt(err_all / ref_all) : 0.0);
     const unsigned threads = s.threads > 0 ? unsigned(s.threads) : std::max(1u, std::thread::hardware_concurrency());
-    std::printf("time (CPU, %u threads): estimate %.3f s + sparse attention %.3f s = %.3f s;  "
+    std::printf("time (CPU, %u threads, %s kernels): estimate %.3f s + sparse attention %.3f s = %.3f s;  "
                 "dense attention %.3f s;  speedup %.2fx (attention alone %.2fx)\n",
-                threads, t_estimate, t_sparse, t_estimate + t_sparse, t_dense,
+                threads, pa_cpu_kernels(), t_estimate, t_sparse, t_estimate + t_sparse, t_dense,
                 t_dense / std::max(1e-9, t_estimate + t_sparse), t_dense / std::max(1e-9, t_sparse));
     std::printf("recall = dense attention mass inside kept blocks, mean over queries;"
                 " out.err = ||O_sparse - O_dense|| / ||O_dense||\n");

@@ -73,6 +73,11 @@ pa_status pa_plan_get_tuning(const pa_plan* plan, pa_tuning* tuning);
 pa_status pa_workspace_bytes_tuned(const pa_problem* problem, const pa_config* config,
                                    const pa_tuning* tuning, size_t* bytes);
 
+/* The instruction set of the CPU backend's kernels in this process: "avx512", "avx2", "sse2",
+ * "neon", ... A portable x86-64 build has SSE2, AVX2 + FMA and AVX-512 copies and runs the
+ * widest this CPU has; a -march=native build (PROXYATTN_NATIVE) has the machine's. Never NULL. */
+const char* pa_cpu_kernels(void);
+
 /* pa_dense_attention with a tuning (pa_dense_attention runs the defaults). */
 pa_status pa_dense_attention_tuned(const pa_problem* problem, float softmax_scale,
                                    const pa_tuning* tuning, const pa_tensor* q, const pa_tensor* k,

@@ -593,4 +593,6 @@ NB_MODULE(_C, m) {
   });
 
   m.def("set_num_threads", [](int n) { proxyattn::check(pa_set_num_threads(n)); });
+  m.def("cpu_kernels", [] { return std::string(pa_cpu_kernels()); },
+        "Instruction set of the CPU kernels in use ('avx2', 'sse2', 'neon', ...).");
 }

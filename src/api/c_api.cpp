@@ -18,6 +18,7 @@
 #include "core/tuning.hpp"
 #include "cpu/backend.hpp"
 #include "cpu/elements.hpp"
+#include "cpu/kernels.hpp"
 #include "cpu/parallel.hpp"
 #include "proxyattn/proxyattn.h"
 #include "proxyattn/proxyattn_tuning.h"
@@ -538,6 +539,8 @@ pa_status pa_plan_get_config(const pa_plan* plan, pa_config* config) {
 }
 
 pa_tuning pa_tuning_default(void) { return default_tuning(); }
+
+const char* pa_cpu_kernels(void) { return cpu::kernel_isa_name(cpu::kernel_isa()); }
 
 pa_status pa_plan_set_tuning(pa_plan* plan, const pa_tuning* tuning) {
   return guarded([&] {

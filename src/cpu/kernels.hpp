@@ -53,4 +53,20 @@ float sum(const float* x, int n);
 float max_of(const float* x, int n, float init);
 void exp_shifted(float* x, int n, float shift);
 
+// Instruction sets. The functions above run the kernels of one variant of kernels.cpp: the
+// build's own flags (baseline: x86-64's SSE2, aarch64's NEON, or -march=native with
+// PROXYATTN_NATIVE) and, in a portable x86-64 build, AVX2 + FMA and AVX-512 copies, of which
+// the first call picks the widest this CPU runs (kernels_dispatch.cpp). The choice moves
+// results within rounding only (vector width, fused multiply-add).
+enum class KernelIsa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
+inline constexpr int kNumKernelIsas = 3;
+// Whether the variant is compiled into this build and this CPU can run it.
+bool kernel_isa_available(KernelIsa isa);
+// The variant in use, and its name: what its file was compiled for ("avx2", "sse2", "neon", ...).
+KernelIsa kernel_isa();
+const char* kernel_isa_name(KernelIsa isa);
+// Tests and benchmarks: run this variant from now on (false, nothing changed, when it is not
+// available). Not for use while other threads run kernels.
+bool set_kernel_isa(KernelIsa isa);
+
 }  // namespace proxyattn::cpu

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks the proxyattn command line: a small demo prints every metric, a small bench writes
-# its JSON, --help works, and
-# bad options fail with exit status 2 and a message naming the option.
+# its JSON, help lists every command and --help works, long commands report their steps on
+# stderr (--quiet: not), --device gpu without a GPU says so plainly, and bad options fail with
+# exit status 2 and a message naming the option.
 set -u
 cli=$1
 fail=0
@@ -12,6 +13,16 @@ expect() {  # expect <status> <pattern> -- args...
   got=$?
   if [ "$got" != "$want" ] || ! grep -q -- "$pattern" <<<"$out"; then
     echo "FAIL: proxyattn $* -> status $got (want $want), output lacks '$pattern':"
+    echo "$out" | head -20
+    fail=1
+  fi
+}
+lacks() {  # lacks <pattern> -- args...: the output of a run (any status) lacks the pattern
+  local pattern=$1
+  shift 2
+  out=$("$cli" "$@" 2>&1)
+  if grep -q -- "$pattern" <<<"$out"; then
+    echo "FAIL: proxyattn $* prints '$pattern':"
     echo "$out" | head -20
     fail=1
   fi
@@ -35,6 +46,30 @@ expect 2 "'x' is not an integer" -- bench --sizes 1024,x
 expect 2 "'1500.5' is not an integer" -- bench --sizes 1500.5
 expect 2 "'0' is not a number in (0, 1]" -- bench --gammas 0
 expect 0 "commands:" -- help
+for command in demo bench; do  # every command in the help, and its own --help
+  expect 0 "^  $command " -- help
+  expect 0 "^  $command " -- --help
+  expect 0 "usage: proxyattn $command" -- $command --help
+done
+# Progress: each step on stderr with its time, none with --quiet (stdout keeps the results).
+expect 0 "proxyattn demo: estimating \.\.\. [0-9.]* s" -- "${small[@]}"
+expect 0 "proxyattn demo: dense attention \.\.\. [0-9.]* s" -- "${small[@]}"
+lacks "proxyattn demo: estimating" -- "${small[@]}" --quiet
+expect 0 "proxyattn bench: N=1024: dense attention \.\.\. [0-9.]* s" -- bench --device cpu --sizes 1024 --gammas 0.9
+lacks "proxyattn bench: N=" -- bench --device cpu --sizes 1024 --gammas 0.9 --quiet
+expect 0 "CPU (host memory, the library's CPU backend, [a-z0-9]* kernels)" -- bench --device cpu --sizes 1024 --gammas 0.9
+# --device gpu where there is no GPU (or no CUDA backend): status 1 and the reason in words,
+# not the CUDA runtime's "driver version is insufficient".
+gpu_out=$("$cli" bench --device gpu --sizes 1024 --gammas 0.9 --repeats 1 --warmup 0 --no-dense 2>&1)
+gpu_status=$?
+if [ $gpu_status != 0 ]; then
+  if [ $gpu_status != 1 ] || ! grep -q -- "--device gpu: \(no CUDA GPU on this machine\|this build has no CUDA backend\)" <<<"$gpu_out" ||
+     grep -qi "insufficient" <<<"$gpu_out"; then
+    echo "FAIL: proxyattn bench --device gpu without a GPU -> status $gpu_status:"
+    echo "$gpu_out" | head -5
+    fail=1
+  fi
+fi
 expect 2 "unknown option --bogus" -- demo --bogus 1
 expect 2 "--gamma 1.5" -- demo --gamma 1.5
 expect 2 "--dtype int8" -- demo --dtype int8
