@@ -34,7 +34,7 @@ bool parse_settings(const std::vector<std::string>& args, DemoSettings& s, std::
   if (o.has("help")) return true;
   s.quiet = o.has("quiet");
   constexpr long long kMaxTokens = 1 << 22;  // keeps the dense comparison within a CPU's reach
-  return o.get_int("seq-len", 0, kMaxTokens, s.seq_len, error) &&
+  return o.get_int("seq-len", 1, kMaxTokens, s.seq_len, error) &&
          o.get_int("q-heads", 1, 256, s.q_heads, error) &&
          o.get_int("kv-heads", 1, 256, s.kv_heads, error) &&
          o.get_int("head-dim", 4, 256, s.head_dim, error) &&

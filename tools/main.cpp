@@ -1,5 +1,6 @@
 // proxyattn: command-line entry point.
 #include <cstdio>
+#include <new>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -55,8 +56,18 @@ int main(int argc, char** argv) {
     print_help();
     return kExitOk;
   }
-  for (const Command& c : kCommands)
-    if (command == c.name) return c.run(args);
+  for (const Command& c : kCommands) {
+    if (command != c.name) continue;
+    // The commands' own buffers (inputs, outputs, plans) are host vectors: a size the machine
+    // cannot hold ends the command with a message, not an abort.
+    try {
+      return c.run(args);
+    } catch (const std::bad_alloc&) {
+      std::fprintf(stderr, "proxyattn %s: out of host memory for these sizes (try a smaller --seq-len)\n",
+                   c.name);
+      return kExitFailure;
+    }
+  }
   std::fprintf(stderr, "proxyattn: unknown command '%s' (try 'proxyattn help')\n", command.c_str());
   return kExitUsage;
 }
