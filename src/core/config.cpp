@@ -34,7 +34,8 @@ pa_config resolve_config(const pa_config& config, const pa_problem& problem) {
 }
 
 int min_budget_blocks(const pa_config& config) {
-  return (config.min_budget_tokens + config.block_size - 1) / config.block_size;
+  // In 64 bits: min_budget_tokens may be any int >= 0 (INT32_MAX: keep every block).
+  return static_cast<int>((int64_t(config.min_budget_tokens) + config.block_size - 1) / config.block_size);
 }
 
 static bool is_power_of_two(int x) { return x > 0 && (x & (x - 1)) == 0; }

@@ -300,6 +300,22 @@ TEST_F(Errors, StridesWhoseOffsetsOverflow) {
   for (uint8_t byte : o_buf) ASSERT_EQ(byte, 0xab);
 }
 
+// Found by the fuzzer (docs/fuzzing.md): min_budget_blocks computed min_budget_tokens +
+// block_size - 1 in int, which overflows for a floor near INT32_MAX (UBSan), and the wrapped,
+// negative floor let budgets fall below it. Any floor >= 0 is valid: INT32_MAX keeps every block.
+TEST_F(Errors, LargestBudgetFloorKeepsEveryBlock) {
+  for (int32_t floor : {std::numeric_limits<int32_t>::max(), std::numeric_limits<int32_t>::max() - 62}) {
+    pa_config big = c;
+    big.min_budget_tokens = floor;
+    Plan plan = Plan::on_host(p, big);
+    HostQKV x = random_qkv(p, 6);
+    plan.estimate(x.tq(), x.tk());
+    pa_plan_stats stats{};
+    ASSERT_EQ(pa_plan_get_stats(plan.get(), &stats), PA_STATUS_SUCCESS) << pa_last_error();
+    EXPECT_EQ(stats.kept_pairs, stats.causal_pairs) << "min_budget_tokens = " << floor;
+  }
+}
+
 // The library cannot see a buffer's extent: misaligned views and outputs sharing memory with
 // an input are refused (INVALID_SHAPE, naming the tensors), and nothing is written.
 TEST_F(Errors, MisalignedAndOverlappingViews) {
