@@ -330,7 +330,7 @@ def test_attention_with_kvcache(data, shape, lengths, page, with_state, return_l
     elif defect == "seqlens_count":
         args["cache_seqlens"], broken = list(kv_len) + [1], "cache_seqlens"
     elif defect == "too_long":
-        args["cache_seqlens"], broken = [kv_len[0] + max_pages * page] + list(kv_len[1:]), "cache_seqlens"
+        args["cache_seqlens"], broken = [max_pages * page + 1] + list(kv_len[1:]), "cache_seqlens"
     elif defect == "fewer_keys" and q_len[0] > 0:
         args["cache_seqlens"], broken = [q_len[0] - 1] + list(kv_len[1:]), "cache_seqlens"
     elif defect == "table_rows":
