@@ -304,7 +304,9 @@ typedef struct pa_synth_params {
 pa_synth_params pa_synth_default(uint64_t seed);
 
 /* Fills contiguous Q, K, V of problem (host memory, problem->dtype) deterministically
- * from params: the same seed gives the same values whatever the thread count. */
+ * from params: the same seed gives the same values whatever the thread count. A whole
+ * prompt's problem (no cu_seqlens_k; Q, K and V of total_tokens rows); num_needles in
+ * [0, 1024], noise >= 0. */
 pa_status pa_synth_generate(const pa_problem* problem, const pa_synth_params* params, void* q,
                             void* k, void* v);
 

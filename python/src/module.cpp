@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <initializer_list>
 #include <optional>
 #include <string>
@@ -202,6 +203,15 @@ proxyattn::Batch batch_of(const std::vector<int64_t>& cu, const A& q, const A& k
   return make_batch(cu, int64_t(q.shape(1)), int64_t(k.shape(1)), int64_t(q.shape(2)), dtype_of(q, "q"));
 }
 
+// A dtype code (dtype_code) as a pa_dtype: converting an int outside the enum's values is
+// undefined behaviour in C++, so it is refused before.
+pa_dtype checked_dtype(int dtype) {
+  if (dtype != PA_DTYPE_FLOAT32 && dtype != PA_DTYPE_FLOAT16 && dtype != PA_DTYPE_BFLOAT16)
+    throw nb::value_error(format("dtype = %d: not a dtype code (%d float32, %d float16, %d bfloat16)", dtype,
+                                 int(PA_DTYPE_FLOAT32), int(PA_DTYPE_FLOAT16), int(PA_DTYPE_BFLOAT16)).c_str());
+  return pa_dtype(dtype);
+}
+
 // The problem of a plan: the batch's query lengths and, for a chunked call, its key lengths
 // (cu_seqlens_k) and paged cache (page_size, num_pages, max_pages_per_seq; all 0 for packed
 // keys). Its pa_problem points into its own arrays (a copy links to the copy's).
@@ -210,7 +220,7 @@ class Problem {
   Problem(const std::vector<int64_t>& cu_seqlens, int64_t hq, int64_t hkv, int64_t d, int dtype,
           const std::optional<std::vector<int64_t>>& cu_seqlens_k, int64_t page_size, int64_t num_pages,
           int64_t max_pages_per_seq)
-      : batch_(make_batch(cu_seqlens, hq, hkv, d, pa_dtype(dtype))) {
+      : batch_(make_batch(cu_seqlens, hq, hkv, d, checked_dtype(dtype))) {
     if (cu_seqlens_k) {
       if (cu_seqlens_k->size() != cu_seqlens.size())
         throw nb::value_error(format("cu_seqlens_k: %zu entries but cu_seqlens has %zu (num_seqs + 1 each)",
@@ -283,13 +293,17 @@ size_t bytes_of(F f, const Problem& problem, const pa_config& config) {
   X(block_size) X(stride) X(gamma) X(min_budget_tokens) X(num_proxy_groups) X(force_sink) X(force_local) \
   X(budget_mode) X(dense_below) X(softmax_scale) X(anchor_blocks)
 
-// A read-write attribute of Config: an enum field (budget_mode) as its int value.
+// A read-write attribute of Config: an enum field (budget_mode) as its int value, stored and
+// read as the int's bytes, as a C caller's would be (an int outside the enum's values is no
+// valid C++ enum value: pa_config_validate reads the int and names the field).
 template <auto Member>
 void bind_config_field(nb::class_<pa_config>& c, const char* name) {
   using T = std::remove_reference_t<decltype(std::declval<pa_config&>().*Member)>;
-  if constexpr (std::is_enum_v<T>)
-    c.def_prop_rw(name, [](const pa_config& x) { return int(x.*Member); },
-                  [](pa_config& x, int value) { x.*Member = T(value); });
+  if constexpr (std::is_enum_v<T>) {
+    static_assert(sizeof(T) == sizeof(int32_t));
+    c.def_prop_rw(name, [](const pa_config& x) { int32_t v; std::memcpy(&v, &(x.*Member), sizeof v); return v; },
+                  [](pa_config& x, int32_t value) { std::memcpy(&(x.*Member), &value, sizeof value); });
+  }
   else
     c.def_rw(name, Member);
 }

@@ -12,6 +12,7 @@
 
 #include "core/block_index.hpp"
 #include "core/config.hpp"
+#include "core/enum_value.hpp"
 #include "core/plan.hpp"
 #include "core/problem.hpp"
 #include "core/status.hpp"
@@ -189,7 +190,7 @@ pa_status check_proxy_state(const PlanDesc& d, const pa_proxy_state& st) {
                 {"stride", st.stride, d.config.stride},
                 {"num_proxy_groups", st.num_proxy_groups, d.config.num_proxy_groups},
                 {"head_dim", st.head_dim, d.problem.head_dim},
-                {"dtype", int32_t(st.dtype), int32_t(d.problem.dtype)}};
+                {"dtype", raw_value(st.dtype), int32_t(d.problem.dtype)}};
   for (const auto& f : fields)
     if (f.state != f.plan)
       return fail(PA_STATUS_PLAN_MISMATCH, "kv.proxy_state.%s = %d but the plan has %d (make the state "
@@ -385,7 +386,7 @@ size_t workspace_bytes_for(const PlanDesc& d) {
 extern "C" {
 
 const char* pa_status_string(pa_status status) {
-  switch (status) {
+  switch (raw_value(status)) {  // any int: unknown ones get PA_STATUS_UNKNOWN
     case PA_STATUS_SUCCESS: return "PA_STATUS_SUCCESS";
     case PA_STATUS_NULL_POINTER: return "PA_STATUS_NULL_POINTER";
     case PA_STATUS_INVALID_SHAPE: return "PA_STATUS_INVALID_SHAPE";
@@ -824,9 +825,10 @@ pa_status pa_set_num_threads(int32_t num_threads) {
   });
 }
 
-static pa_status check_conversion(pa_dtype dtype, const void* src, int64_t count, const void* dst) {
-  if (dtype != PA_DTYPE_FLOAT32 && dtype != PA_DTYPE_FLOAT16 && dtype != PA_DTYPE_BFLOAT16)
-    return fail(PA_STATUS_INVALID_SHAPE, "dtype = %d: not a pa_dtype", int(dtype));
+static pa_status check_conversion(const pa_dtype& dtype, const void* src, int64_t count, const void* dst) {
+  const int32_t raw = raw_value(dtype);  // the caller's int, not yet a pa_dtype
+  if (raw != PA_DTYPE_FLOAT32 && raw != PA_DTYPE_FLOAT16 && raw != PA_DTYPE_BFLOAT16)
+    return fail(PA_STATUS_INVALID_SHAPE, "dtype = %d: not a pa_dtype", raw);
   if (count < 0) return fail(PA_STATUS_INVALID_SHAPE, "count = %lld: must be >= 0", (long long)count);
   if (count > 0 && src == nullptr) return fail(PA_STATUS_NULL_POINTER, "src is NULL");
   if (count > 0 && dst == nullptr) return fail(PA_STATUS_NULL_POINTER, "dst is NULL");

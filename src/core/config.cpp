@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/enum_value.hpp"
 #include "core/status.hpp"
 
 namespace proxyattn {
@@ -33,7 +34,8 @@ pa_config resolve_config(const pa_config& config, const pa_problem& problem) {
 }
 
 int min_budget_blocks(const pa_config& config) {
-  return (config.min_budget_tokens + config.block_size - 1) / config.block_size;
+  // In 64 bits: min_budget_tokens may be any int >= 0 (INT32_MAX: keep every block).
+  return static_cast<int>((int64_t(config.min_budget_tokens) + config.block_size - 1) / config.block_size);
 }
 
 static bool is_power_of_two(int x) { return x > 0 && (x & (x - 1)) == 0; }
@@ -58,9 +60,10 @@ pa_status validate_config(const pa_config& c, const pa_problem* problem) {
     return fail(PA_STATUS_INVALID_CONFIG,
                 "config.force_sink = %d, config.force_local = %d: each must be 0 or 1",
                 c.force_sink, c.force_local);
-  if (c.budget_mode != PA_BUDGET_ABSOLUTE && c.budget_mode != PA_BUDGET_PROPORTIONAL)
+  const int32_t budget_mode = raw_value(c.budget_mode);  // any int a C caller stored
+  if (budget_mode != PA_BUDGET_ABSOLUTE && budget_mode != PA_BUDGET_PROPORTIONAL)
     return fail(PA_STATUS_INVALID_CONFIG, "config.budget_mode = %d: must be PA_BUDGET_ABSOLUTE or "
-                "PA_BUDGET_PROPORTIONAL", static_cast<int>(c.budget_mode));
+                "PA_BUDGET_PROPORTIONAL", budget_mode);
   if (c.dense_below < 0)
     return fail(PA_STATUS_INVALID_CONFIG, "config.dense_below = %d: must be >= 0", c.dense_below);
   if (!(c.softmax_scale > 0.0f) || !std::isfinite(c.softmax_scale))

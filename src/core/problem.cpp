@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "core/enum_value.hpp"
 #include "core/status.hpp"
 
 namespace proxyattn {
@@ -103,10 +104,9 @@ pa_status validate_problem(const pa_problem* p) {
   if (p->head_dim < 1 || p->head_dim > kMaxHeadDim)
     return fail(PA_STATUS_INVALID_SHAPE, "problem.head_dim = %d: must lie in [1, %d]",
                 p->head_dim, kMaxHeadDim);
-  if (p->dtype != PA_DTYPE_FLOAT32 && p->dtype != PA_DTYPE_FLOAT16 &&
-      p->dtype != PA_DTYPE_BFLOAT16)
-    return fail(PA_STATUS_INVALID_SHAPE, "problem.dtype = %d: not a pa_dtype",
-                static_cast<int>(p->dtype));
+  const int32_t dtype = raw_value(p->dtype);  // any int a C caller stored
+  if (dtype != PA_DTYPE_FLOAT32 && dtype != PA_DTYPE_FLOAT16 && dtype != PA_DTYPE_BFLOAT16)
+    return fail(PA_STATUS_INVALID_SHAPE, "problem.dtype = %d: not a pa_dtype", dtype);
   if (p->total_tokens < 0)
     return fail(PA_STATUS_INVALID_SHAPE, "problem.total_tokens = %lld: must be >= 0",
                 static_cast<long long>(p->total_tokens));
@@ -153,6 +153,16 @@ pa_status validate_tensor(const pa_tensor* t, const char* name, const pa_problem
   if (t->token_stride < 0)
     return fail(PA_STATUS_INVALID_SHAPE, "%s.token_stride = %lld: must be >= 0", name,
                 static_cast<long long>(t->token_stride));
+  // Every element's offset, up to the last one at (T-1) token_stride + (H-1) head_stride +
+  // d - 1, in bytes, must fit int64: the backends compute offsets in int64 (and the overlap
+  // check below multiplies the strides). Worked out in 128 bits, where it cannot overflow.
+  const __int128 extent = __int128(std::max<int64_t>(tokens, 1) - 1) * t->token_stride +
+                          __int128(heads - 1) * t->head_stride + d;
+  if (extent * dtype_bytes(p.dtype) > INT64_MAX)
+    return fail(PA_STATUS_OVERFLOW,
+                "%s.token_stride = %lld, %s.head_stride = %lld: the offsets of %lld tokens x %d heads "
+                "overflow int64", name, static_cast<long long>(t->token_stride), name,
+                static_cast<long long>(t->head_stride), static_cast<long long>(tokens), heads);
   const bool token_major = t->token_stride >= t->head_stride;
   const int64_t inner_count = token_major ? heads : std::max<int64_t>(tokens, 1);
   const int64_t inner_stride = token_major ? t->head_stride : t->token_stride;

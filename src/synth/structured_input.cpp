@@ -22,6 +22,7 @@ constexpr double kMaxFrequency = 1.0;     // radians per token of the fastest po
 constexpr double kMinFrequency = 1.0 / 4096.0;
 constexpr int kSlashOffsetsLog2Min = 6;   // slash offsets 64, 128, ... tokens
 constexpr int kSlashOffsetsCount = 5;
+constexpr int kMaxNeedles = 1024;         // params.num_needles: each has a direction per KV head
 // Heads agree on which tokens matter (ProxyAttn's premise) and differ mostly in how
 // sharply they attend: a per-head temperature scales all query gains, and each gain
 // varies a little around it.
@@ -99,9 +100,18 @@ pa_status generate(const pa_problem& problem, const pa_synth_params& params, voi
   const int d = problem.head_dim, hq = problem.num_q_heads, hkv = problem.num_kv_heads;
   if (d < 4)
     return fail(PA_STATUS_UNSUPPORTED, "problem.head_dim = %d: the generator needs head_dim >= 4", d);
-  if (params.num_needles < 0 || !(params.noise >= 0.0f))
-    return fail(PA_STATUS_INVALID_CONFIG, "params.num_needles = %d, params.noise = %g: must be >= 0",
-                params.num_needles, double(params.noise));
+  // A whole prompt: Q, K and V of total_tokens rows (keys of a chunk or pages of a cache are
+  // other row counts, which the generator does not write).
+  if (is_chunked(problem))
+    return fail(PA_STATUS_UNSUPPORTED, "pa_synth_generate: problem.cu_seqlens_k is set; the generator "
+                "makes whole prompts (Q, K and V of problem.total_tokens rows)");
+  // The needles' directions and positions are allocated per needle: bounded, so that no int of
+  // the caller's asks for gigabytes (the fuzzer's out-of-memory) or overflows 2 + num_needles.
+  if (params.num_needles < 0 || params.num_needles > kMaxNeedles)
+    return fail(PA_STATUS_INVALID_CONFIG, "params.num_needles = %d: must lie in [0, %d]", params.num_needles,
+                kMaxNeedles);
+  if (!(params.noise >= 0.0f))
+    return fail(PA_STATUS_INVALID_CONFIG, "params.noise = %g: must be >= 0", double(params.noise));
   Layout L;
   L.d = d;
   L.freqs = d / 4;  // half of the dims carry position codes: d/4 (cos, sin) pairs

@@ -486,6 +486,11 @@ TEST_F(ChunkedErrors, StateMadeForOtherShapes) {
   check(pa_proxy_state_make(&fewer, &c, data.data(), bytes, &state));
   expect_refused(PA_STATUS_PLAN_MISMATCH, "kv.proxy_state.num_pages = 19", &state);
   EXPECT_EQ(pa_proxy_state_make(&prob, &c, data.data(), 10, &state), PA_STATUS_BUFFER_TOO_SMALL);
+  // A dtype outside pa_dtype, stored as a C caller can: read as the int (issue 26, UBSan).
+  check(pa_proxy_state_make(&prob, &c, data.data(), bytes, &state));
+  const int32_t not_a_dtype = 9;
+  std::memcpy(&state.dtype, &not_a_dtype, sizeof not_a_dtype);
+  expect_refused(PA_STATUS_PLAN_MISMATCH, "kv.proxy_state.dtype = 9", &state);
 }
 
 TEST_F(ChunkedErrors, PagedFieldsWithoutKeyLengths) {

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "c_callers.h"
 #include "fixtures.hpp"
 
 namespace proxyattn::test {
@@ -24,6 +25,14 @@ class Errors : public ::testing::Test {
     c.dense_below = 0;
   }
 };
+
+// Stores any int in an enum field, as a C caller can (a C++ assignment of an int outside the
+// enum's values would itself be undefined).
+template <typename E>
+void set_raw(E& field, int32_t value) {
+  static_assert(sizeof(E) == sizeof(int32_t));
+  std::memcpy(&field, &value, sizeof value);
+}
 
 // Expects `status` from `call` and a message containing `needle`.
 #define EXPECT_FAILS(call, status, needle)                                   \
@@ -49,7 +58,7 @@ TEST_F(Errors, ProblemShapes) {
   bad.head_dim = 1000;
   EXPECT_FAILS(pa_plan_bytes(&bad, &c, &bytes), PA_STATUS_INVALID_SHAPE, "head_dim");
   bad = p;
-  bad.dtype = static_cast<pa_dtype>(7);
+  set_raw(bad.dtype, 7);
   EXPECT_FAILS(pa_plan_bytes(&bad, &c, &bytes), PA_STATUS_INVALID_SHAPE, "dtype");
   bad = p;
   bad.num_seqs = 0;
@@ -115,7 +124,7 @@ TEST_F(Errors, Config) {
   bad.force_sink = 2;
   EXPECT_FAILS(pa_plan_bytes(&p, &bad, &bytes), PA_STATUS_INVALID_CONFIG, "force_sink");
   bad = c;
-  bad.budget_mode = static_cast<pa_budget_mode>(5);
+  set_raw(bad.budget_mode, 5);
   EXPECT_FAILS(pa_plan_bytes(&p, &bad, &bytes), PA_STATUS_INVALID_CONFIG, "budget_mode");
   for (int anchors : {-2, PA_MAX_ANCHOR_BLOCKS + 1}) {
     bad = c;
@@ -124,6 +133,38 @@ TEST_F(Errors, Config) {
   }
   EXPECT_FAILS(pa_plan_bytes(&p, nullptr, &bytes), PA_STATUS_NULL_POINTER, "config");
   EXPECT_EQ(pa_config_validate(&c, &p), PA_STATUS_SUCCESS);
+}
+
+// Issue 26: the checks loaded problem.dtype, config.budget_mode, a proxy state's dtype and the
+// dtype and status arguments as C++ enums before rejecting them; an int outside the enum's
+// values is undefined behaviour there (UBSan with -fno-sanitize-recover stopped these tests). A
+// C caller may store any int: each is read as that int and refused by name (or named
+// PA_STATUS_UNKNOWN), from C through c_callers.c. `make sanitize` runs this under UBSan.
+TEST_F(Errors, EnumsHoldingAnyIntFromC) {
+  for (int32_t dtype : {3, 4, 7, -1, INT32_MIN, INT32_MAX}) {
+    size_t bytes = 12345;
+    EXPECT_FAILS(c_plan_bytes_with_dtype(&p, dtype, &c, &bytes), PA_STATUS_INVALID_SHAPE,
+                 "problem.dtype = " + std::to_string(dtype) + ":");
+    EXPECT_EQ(bytes, 12345u);
+    float f[2] = {1.0f, 2.0f};
+    uint16_t h[2] = {0, 0};
+    EXPECT_FAILS(c_to_float32(dtype, h, 2, f), PA_STATUS_INVALID_SHAPE, "dtype = " + std::to_string(dtype) + ":");
+    EXPECT_EQ(f[0], 1.0f);
+    EXPECT_FAILS(c_from_float32(dtype, f, 2, h), PA_STATUS_INVALID_SHAPE, "dtype = " + std::to_string(dtype) + ":");
+    EXPECT_EQ(h[0], 0);
+  }
+  for (int32_t mode : {2, 3, 5, -1, INT32_MIN}) {
+    size_t bytes = 12345;
+    EXPECT_FAILS(c_plan_bytes_with_budget_mode(&p, &c, mode, &bytes), PA_STATUS_INVALID_CONFIG,
+                 "config.budget_mode = " + std::to_string(mode) + ":");
+    EXPECT_EQ(bytes, 12345u);
+    pa_config bad = c;
+    set_raw(bad.budget_mode, mode);
+    EXPECT_FAILS(pa_config_validate(&bad, nullptr), PA_STATUS_INVALID_CONFIG, "budget_mode");
+  }
+  for (int32_t status : {13, 15, 16, 99, -1, INT32_MIN})
+    EXPECT_STREQ(c_status_string(status), "PA_STATUS_UNKNOWN");
+  EXPECT_STREQ(c_status_string(PA_STATUS_MEMORY_SPACE), "PA_STATUS_MEMORY_SPACE");
 }
 
 // PA_ANCHOR_BLOCKS_AUTO resolves to PA_AUTO_GROUP_ANCHORS / (Q heads per group) in
@@ -232,6 +273,47 @@ TEST_F(Errors, TensorsAndOutputsUntouched) {
   std::vector<int32_t> count_after(count_before.size());
   ASSERT_EQ(pa_plan_get_index(plan.get(), nullptr, count_after.data()), PA_STATUS_SUCCESS);
   EXPECT_EQ(count_before, count_after);
+}
+
+// Found by the fuzzer (fuzz_capi, docs/fuzzing.md): the overlap check multiplied a head stride
+// of int64's range by the heads (3 x INT64_MAX, UBSan: signed integer overflow), and a token
+// stride that fit int64 in elements but not in bytes passed every check, leaving the backends
+// to compute wrapped offsets. A view's last byte must now be reachable in int64.
+TEST_F(Errors, StridesWhoseOffsetsOverflow) {
+  HostQKV x = random_qkv(p, 5);
+  pa_tensor q = x.tq(), k = x.tk(), v = x.tv();
+  std::vector<uint8_t> o_buf(x.q.size(), 0xab);
+  pa_tensor o = pa_tensor_contiguous(o_buf.data(), p.num_q_heads, p.head_dim);
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  pa_tensor bad = q;
+  bad.token_stride = kMax, bad.head_stride = kMax;
+  EXPECT_FAILS(pa_dense_attention(&p, 0.125f, &bad, &k, &v, &o, nullptr, nullptr), PA_STATUS_OVERFLOW,
+               "q.token_stride = 9223372036854775807, q.head_stride = 9223372036854775807");
+  bad = k;
+  bad.token_stride = kMax / p.total_tokens;  // fits int64 in elements, not in 4-byte elements
+  EXPECT_FAILS(pa_dense_attention(&p, 0.125f, &q, &bad, &v, &o, nullptr, nullptr), PA_STATUS_OVERFLOW,
+               "k.token_stride");
+  bad = v;
+  bad.head_stride = kMax / 4, bad.token_stride = kMax / 4;  // heads ahead of tokens, both near the limit
+  EXPECT_FAILS(pa_dense_attention(&p, 0.125f, &q, &k, &bad, &o, nullptr, nullptr), PA_STATUS_OVERFLOW,
+               "v.token_stride");
+  for (uint8_t byte : o_buf) ASSERT_EQ(byte, 0xab);
+}
+
+// Found by the fuzzer (docs/fuzzing.md): min_budget_blocks computed min_budget_tokens +
+// block_size - 1 in int, which overflows for a floor near INT32_MAX (UBSan), and the wrapped,
+// negative floor let budgets fall below it. Any floor >= 0 is valid: INT32_MAX keeps every block.
+TEST_F(Errors, LargestBudgetFloorKeepsEveryBlock) {
+  for (int32_t floor : {std::numeric_limits<int32_t>::max(), std::numeric_limits<int32_t>::max() - 62}) {
+    pa_config big = c;
+    big.min_budget_tokens = floor;
+    Plan plan = Plan::on_host(p, big);
+    HostQKV x = random_qkv(p, 6);
+    plan.estimate(x.tq(), x.tk());
+    pa_plan_stats stats{};
+    ASSERT_EQ(pa_plan_get_stats(plan.get(), &stats), PA_STATUS_SUCCESS) << pa_last_error();
+    EXPECT_EQ(stats.kept_pairs, stats.causal_pairs) << "min_budget_tokens = " << floor;
+  }
 }
 
 // The library cannot see a buffer's extent: misaligned views and outputs sharing memory with

@@ -2,7 +2,11 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <numeric>
+#include <string>
+#include <vector>
 
 #include "fixtures.hpp"
 #include "reference.hpp"
@@ -48,6 +52,39 @@ TEST(Synth, SinkAndLocalStructure) {
   std::vector<int> needed;
   for (int h = 0; h < hq; ++h) needed.push_back(needed_count(mass[h], 0.95));
   EXPECT_NE(*std::min_element(needed.begin(), needed.end()), *std::max_element(needed.begin(), needed.end()));
+}
+
+// Found by the fuzzer (docs/fuzzing.md): params.num_needles sized the generator's allocations
+// unchecked (INT32_MAX needles asked for gigabytes, and 2 + num_needles overflowed int), and a
+// chunked problem's K and V have other row counts than the total_tokens rows it writes (a paged
+// cache of fewer rows was overrun). Both are refused by name, nothing written.
+TEST(Synth, RefusesUnboundedNeedlesAndChunkedProblems) {
+  Batch batch({300}, 2, 1, 16, PA_DTYPE_FLOAT32);
+  pa_problem p = batch.problem();
+  std::vector<float> q(300 * 2 * 16, 7.0f), k(300 * 16, 7.0f), v(300 * 16, 7.0f);
+  pa_synth_params params = pa_synth_default(1);
+  for (int32_t needles : {-1, 1025, std::numeric_limits<int32_t>::max()}) {
+    params.num_needles = needles;
+    EXPECT_EQ(pa_synth_generate(&p, &params, q.data(), k.data(), v.data()), PA_STATUS_INVALID_CONFIG);
+    EXPECT_NE(std::string(pa_last_error()).find("params.num_needles = " + std::to_string(needles)), std::string::npos)
+        << pa_last_error();
+  }
+  params = pa_synth_default(1);
+  params.noise = std::nanf("");
+  EXPECT_EQ(pa_synth_generate(&p, &params, q.data(), k.data(), v.data()), PA_STATUS_INVALID_CONFIG);
+  EXPECT_NE(std::string(pa_last_error()).find("params.noise"), std::string::npos) << pa_last_error();
+  // Two sequences of 150 keys sharing one page of 150 rows: K and V have 150 rows, not 300.
+  const int32_t cu[3] = {0, 150, 300};
+  p.num_seqs = 2, p.cu_seqlens = cu, p.cu_seqlens_k = cu, p.total_kv_tokens = 300;
+  p.page_size = 150, p.num_pages = 1, p.max_pages_per_seq = 1;
+  params = pa_synth_default(1);
+  EXPECT_EQ(pa_synth_generate(&p, &params, q.data(), k.data(), v.data()), PA_STATUS_UNSUPPORTED);
+  EXPECT_NE(std::string(pa_last_error()).find("cu_seqlens_k"), std::string::npos) << pa_last_error();
+  for (float x : k) ASSERT_EQ(x, 7.0f);
+  for (float x : q) ASSERT_EQ(x, 7.0f);
+  params.num_needles = 1024;  // the bound itself is fine
+  p = batch.problem();
+  EXPECT_EQ(pa_synth_generate(&p, &params, q.data(), k.data(), v.data()), PA_STATUS_SUCCESS) << pa_last_error();
 }
 
 }  // namespace

@@ -254,3 +254,19 @@ def test_the_setting_names_are_written_in_one_place():
         assert own <= ({"num_proxy_groups", "stride"} if fn is proxyattn.ProxyState else set()), fn.__name__
         assert fn is proxyattn.ProxyState or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
     assert not hasattr(_api, "make_config") and not hasattr(_api, "SETTING_DEFAULTS")
+
+
+def test_module_enum_values_are_any_int_checked_by_the_library():
+    """Issue 26 (UBSan): _C.Config.budget_mode stored an int outside pa_budget_mode by converting
+    it to the enum (undefined behaviour in C++), and _C.Problem did the same with a dtype code.
+    Config keeps the int as a C caller's struct would, and pa_config_validate names it; Problem
+    refuses a code that is no pa_dtype before converting it."""
+    config = _C.Config(64)
+    for value in (2, 99, -1, 2**31 - 1):
+        config.budget_mode = value
+        assert config.budget_mode == value
+        with pytest.raises(proxyattn.ProxyAttnError, match=rf"config\.budget_mode = {value}:"):
+            _C.validate_config(config)
+    for code in (3, 9, -1):
+        with pytest.raises(ValueError, match=rf"dtype = {code}: not a dtype code"):
+            _C.Problem([0, 4], 1, 1, 8, code, None, 0, 0, 0)
