@@ -155,6 +155,20 @@ def refusable(**layouts):
     return tuple(name for name, layout in layouts.items() if layout in REFUSABLE)
 
 
+def checked_result(result, return_lse, q0, dtype, cu_q):
+    """(out, lse, the call's plan, its invariants checked) of a call that ran and had queries;
+    None for a refused call or an empty batch."""
+    if result is None:
+        return None
+    out, lse = result if return_lse else (result, None)
+    assert out.shape == q0.shape and out.dtype == dtype
+    if cu_q[-1] == 0:
+        return None
+    plan = only_plan()
+    plan.check()
+    return out, lse, plan
+
+
 def only_plan():
     """The plan a cached call (attention, attention_varlen, attention_with_kvcache) used."""
     plans = list(_api._PLAN_CACHE.values())
@@ -271,14 +285,10 @@ def test_attention_varlen(data, shape, lengths, return_lse, form):
     _api.clear_plan_cache()
     result = run(lambda: proxyattn.attention_varlen(q, k, v, return_lse=return_lse, **args, **config), broken,
                  may_refuse)
-    if result is None:
+    checked = checked_result(result, return_lse, q0, dtype, cu_q)
+    if checked is None:
         return
-    out, lse = result if return_lse else (result, None)
-    assert out.shape == q0.shape and out.dtype == dtype
-    if cu_q[-1] == 0:
-        return
-    plan = only_plan()
-    plan.check()
+    out, lse, plan = checked
     for s in range(len(q_len)):
         qs, ks = slice(cu_q[s], cu_q[s + 1]), slice(cu_k[s], cu_k[s + 1])
         ref, ref_lse = reference(q0[qs], k0[ks], v0[ks], kept_blocks(plan, s), config["block_size"], d ** -0.5)
@@ -340,14 +350,10 @@ def test_attention_with_kvcache(data, shape, lengths, page, with_state, return_l
     result = run(lambda: proxyattn.attention_with_kvcache(q, k_cache, v_cache, proxy_state=state,
                                                           return_lse=return_lse, **args, **config), broken,
                  refusable(q=shape["layout"]))
-    if result is None:
+    checked = checked_result(result, return_lse, q0, dtype, cu_q)
+    if checked is None:
         return
-    out, lse = result if return_lse else (result, None)
-    assert out.shape == q0.shape and out.dtype == dtype
-    if cu_q[-1] == 0:
-        return
-    plan = only_plan()
-    plan.check()
+    out, lse, plan = checked
     flat_k, flat_v = k_cache.reshape(-1, hkv, d), v_cache.reshape(-1, hkv, d)
     for s in range(len(q_len)):
         rows = [table[s, t // page] * page + t % page for t in range(kv_len[s])]
