@@ -89,16 +89,18 @@ __device__ __forceinline__ WarpWork warp_work(const Params& p, const SeqSpan& sp
   return unit_work<kWarpRows, kWarps>(p, span, m, kv_head, slot, warp);
 }
 
-// Copies kTileKeys rows starting at key position key0 of one KV head (head_base: the head's
-// column of K or V) into a swizzled tile, all threads of the CTA together; rows past the
-// sequence end are zero-filled (V rows must be finite: their probabilities are 0, and
-// 0 * NaN would poison O). A thread copies one 16-byte column vector of every kPassRows-th
-// row. Key rows are found through key_token: a tile lies in one run of consecutive rows of
-// packed keys, or of one page when pages hold a multiple of kTileKeys tokens; smaller pages
-// take a row lookup each (copy_kv_tile_rows). A whole contiguous tile (all but a sequence's last) takes the
-// unrolled passes: a pointer increment and an immediate shared-memory offset each, no bounds
-// test. The other tiles' passes stay a rolled loop, because unrolled per-pass offsets would
-// be hoisted out of the tile loop and cost ~50 registers the accumulators need.
+// Copies kTileKeys rows starting at key position key0 of one KV head into a swizzled tile,
+// all threads of the CTA together; rows past the sequence end are zero-filled (V rows must
+// be finite: their probabilities are 0, and 0 * NaN would poison O). A thread copies one
+// 16-byte column vector of every kPassRows-th row. Packed keys (kPaged false): head_base
+// points at the sequence's first key, so a tile is one run of consecutive rows. A paged
+// cache: a tile lies in one page when pages hold a multiple of kTileKeys tokens, and smaller
+// pages take a row lookup each (copy_kv_tile_rows). The packed kernel is compiled apart so
+// that its tile loop carries no page lookup (a runtime test there cost it ~5%). A whole
+// contiguous tile (all but a sequence's last) takes the unrolled passes: a pointer increment
+// and an immediate shared-memory offset each, no bounds test. The other tiles' passes stay a
+// rolled loop, because unrolled per-pass offsets would be hoisted out of the tile loop and
+// cost ~50 registers the accumulators need.
 // Pages of fewer than kTileKeys tokens: each row of the tile looked up in the block table.
 template <typename Traits>
 __device__ __forceinline__ void copy_kv_tile_rows(uint32_t dst, const typename Traits::Element* head_base,
@@ -115,7 +117,7 @@ __device__ __forceinline__ void copy_kv_tile_rows(uint32_t dst, const typename T
   }
 }
 
-template <typename Traits>
+template <typename Traits, bool kPaged>
 __device__ __forceinline__ void copy_kv_tile(uint16_t* tile, const typename Traits::Element* head_base,
                                              int64_t token_stride, int key0, const Params& params,
                                              const SeqSpan& span) {
@@ -126,12 +128,14 @@ __device__ __forceinline__ void copy_kv_tile(uint16_t* tile, const typename Trai
   const int r0 = int(threadIdx.x) / Traits::kRowVectors;
   const int c = (int(threadIdx.x) % Traits::kRowVectors) * Traits::kVectorElems;
   uint32_t dst = smem_address(tile + swizzle<Traits::kHeadDim>(r0, c));
-  if (params.block_table != nullptr && params.page_size % kTileKeys != 0) {
-    copy_kv_tile_rows<Traits>(dst, head_base, token_stride, key0, r0, c, params, span);
-    return;
+  int64_t row0 = key0;
+  if constexpr (kPaged) {
+    if (params.page_size % kTileKeys != 0) {
+      copy_kv_tile_rows<Traits>(dst, head_base, token_stride, key0, r0, c, params, span);
+      return;
+    }
+    row0 = key_token(params, span, key0);
   }
-  // One run of consecutive rows: packed keys, or one page of a multiple of kTileKeys tokens.
-  const int64_t row0 = params.block_table == nullptr ? span.kv_begin + key0 : key_token(params, span, key0);
   const auto* first = head_base + row0 * token_stride + c;  // a valid address for zero-fill
   const auto* src = first + int64_t(r0) * token_stride;
   const int64_t step = kPassRows * token_stride;
@@ -152,7 +156,8 @@ __device__ __forceinline__ void copy_kv_tile(uint16_t* tile, const typename Trai
   }
 }
 
-template <typename Traits>
+// kPaged: K and V in a paged cache (params.block_table), else packed (copy_kv_tile).
+template <typename Traits, bool kPaged>
 __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     attention_kernel(const __grid_constant__ Params params) {
   using Element = typename Traits::Element;
@@ -188,9 +193,13 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   }
   const int32_t* order_row = item_order_row(params, span, m, kv_head);
 
-  // The KV head's column of K and V; key rows are found through key_token (copy_kv_tile).
-  const auto* k_base = static_cast<const Element*>(params.k.data) + int64_t(kv_head) * params.k.head_stride;
-  const auto* v_base = static_cast<const Element*>(params.v.data) + int64_t(kv_head) * params.v.head_stride;
+  // The KV head's column of K and V: from the sequence's first key when packed; a paged
+  // cache's rows are found through key_token (copy_kv_tile).
+  const int64_t kv_begin = kPaged ? 0 : span.kv_begin;
+  const auto* k_base = static_cast<const Element*>(params.k.data) + int64_t(kv_head) * params.k.head_stride +
+                       kv_begin * params.k.token_stride;
+  const auto* v_base = static_cast<const Element*>(params.v.data) + int64_t(kv_head) * params.v.head_stride +
+                       kv_begin * params.v.token_stride;
   uint16_t* q_warp = smem.q + warp * kWarpRows * D;  // this warp's rows of the Q (and O) tile
 
   // ---- Q: each warp copies its own rows (zero outside the call's queries).
@@ -235,7 +244,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   // K of the first tile; a tile's K is copied during the tile before it.
   int block_n = num_tiles > 0 ? block_at(0) : 0;  // the block of the current tile
   int key0 = num_tiles > 0 ? tile_key0(0, block_n) : -1;
-  if (key0 >= 0) copy_kv_tile<Traits>(smem.k, k_base, params.k.token_stride, key0, params, span);
+  if (key0 >= 0) copy_kv_tile<Traits, kPaged>(smem.k, k_base, params.k.token_stride, key0, params, span);
   cp_async_commit();
 
   // ldmatrix lane addresses (fragment layouts in common/mma_sm80.cuh): Q rows lane % 16,
@@ -258,7 +267,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
       // K buffer is free (the last computed tile did not copy into it), so just copy the
       // next tile's K.
       key0 = next_exists ? tile_key0(next_sub, next_block) : -1;
-      if (key0 >= 0) copy_kv_tile<Traits>(smem.k, k_base, params.k.token_stride, key0, params, span);
+      if (key0 >= 0) copy_kv_tile<Traits, kPaged>(smem.k, k_base, params.k.token_stride, key0, params, span);
       cp_async_commit();
       rank = next_rank, sub = next_sub, block_n = next_block;
       continue;
@@ -267,7 +276,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     // K[tile] (and Q) landed; every warp is done with V of the previous tile.
     cp_async_wait_all();
     __syncthreads();
-    copy_kv_tile<Traits>(smem.v, v_base, params.v.token_stride, key0, params, span);
+    copy_kv_tile<Traits, kPaged>(smem.v, v_base, params.v.token_stride, key0, params, span);
     cp_async_commit();
 
     // This warp computes the tile when it lies in its head's prefix and not wholly above
@@ -355,7 +364,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     // V[tile] landed; every warp is done with K[tile].
     cp_async_wait_all();
     __syncthreads();
-    if (next_key0 >= 0) copy_kv_tile<Traits>(smem.k, k_base, params.k.token_stride, next_key0, params, span);
+    if (next_key0 >= 0) copy_kv_tile<Traits, kPaged>(smem.k, k_base, params.k.token_stride, next_key0, params, span);
     cp_async_commit();
 
     if (warp_on) {
