@@ -34,6 +34,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -503,6 +504,21 @@ TEST_P(EstimateGpu, VarlenMixedDefaults) {
   k.config.num_proxy_groups = 4;
   k.seed = 21;
   run_case(k);
+}
+
+// A budget floor near INT32_MAX keeps every block, as on the CPU (tests/cpu/test_errors.cpp):
+// the floor in blocks is computed in 64 bits, not wrapped to a negative int.
+TEST_P(EstimateGpu, LargestBudgetFloor) {
+  PA_REQUIRE_GPU();
+  for (int32_t floor : {std::numeric_limits<int32_t>::max(), std::numeric_limits<int32_t>::max() - 62}) {
+    Case k;
+    k.name = "min_budget_tokens=" + std::to_string(floor);
+    k.lengths = {3000, 700};
+    k.config = base_config(128);
+    k.config.min_budget_tokens = floor;
+    k.seed = 31;
+    run_case(k);
+  }
 }
 
 // Every setting at least once, in varied combinations.

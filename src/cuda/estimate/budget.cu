@@ -21,6 +21,7 @@
 #include <climits>
 
 #include "common/check.cuh"
+#include "core/config.hpp"
 #include "common/device.cuh"
 #include "common/heads.hpp"
 #include "estimate/device_utils.cuh"
@@ -431,7 +432,7 @@ pa_status launch_heads(const Launch& l, const Workspace& ws, int32_t* budget, in
   if (bytes > kDefaultSmemLimit)
     PA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
   const HeadsParams params{double(l.config.gamma),
-                           (l.config.min_budget_tokens + l.config.block_size - 1) / l.config.block_size,
+                           min_budget_blocks(l.config),
                            l.config.anchor_blocks, l.config.force_sink, l.config.force_local};
   const dim3 grid(unsigned(l.geo.num_seqs), unsigned(l.geo.num_q_heads));
   kernel<<<grid, Threads, bytes, l.stream>>>(l.geo, ws.budget_partials, params, budget, needed,

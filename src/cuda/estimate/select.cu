@@ -11,6 +11,7 @@
 #include <cub/block/block_radix_sort.cuh>
 
 #include "common/check.cuh"
+#include "core/config.hpp"
 #include "estimate/device_utils.cuh"
 #include "estimate/sort_classes.cuh"
 #include "estimate/stages.cuh"
@@ -148,7 +149,7 @@ pa_status launch_select(const Launch& l, const Workspace& ws, const int32_t* bud
                         const int32_t* needed, const int32_t* anchors, int32_t* order,
                         int32_t* count) {
   SelectParams p{};
-  p.min_blocks = (l.config.min_budget_tokens + l.config.block_size - 1) / l.config.block_size;
+  p.min_blocks = min_budget_blocks(l.config);
   p.force_sink = l.config.force_sink;
   p.force_local = l.config.force_local;
   p.anchor_blocks = l.config.anchor_blocks;
