@@ -594,10 +594,9 @@ def attention_varlen(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q
     The lengths are needed on the host (the plan is made there): lists, tuples, numpy arrays or
     torch tensors; a device tensor costs a synchronising copy. The older form
     attention_varlen(q, k, v, cu_seqlens, max_seqlen) still works (an integer fifth argument is
-    max_seqlen). Settings as in attention(). Chunked calls (cu_seqlens_k differing from
-    cu_seqlens_q) run on the CPU backend; a GPU raises ProxyAttnUnsupported until its kernels
-    take them. A chunk of at least a block of queries starting on a block boundary gets the
-    rows a one-shot prefill of the prompt cut at the chunk's end gives."""
+    max_seqlen). Settings as in attention(). A chunk of at least a block of queries starting
+    on a block boundary gets the rows a one-shot prefill of the prompt cut at the chunk's end
+    gives."""
     if not causal:
         raise ValueError("causal=False: ProxyAttn is a causal prefill method")
     settings = settings_of(settings, **changes)
@@ -810,8 +809,12 @@ def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, block_table, cu_s
 
     proxy_state: a ProxyState(k_cache, num_proxy_groups, stride) of this cache, passed on every
     call of the same sequences (see ProxyState), or None: the prefix's keys are pooled again at
-    each call. Settings as in attention(). Runs on the CPU backend; a GPU raises
-    ProxyAttnUnsupported until its kernels take paged caches."""
+    each call. Settings as in attention().
+
+    CUDA graphs: a call whose plan exists (one earlier call with the same lengths on the same
+    stream, outside capture) is capturable (torch.cuda.graph(g, stream=that stream)); a replay
+    reads the captured tensors' current contents. Lengths are part of the plan, so a graph
+    replays the lengths it was captured with."""
     if not causal:
         raise ValueError("causal=False: ProxyAttn is a causal prefill method")
     settings = settings_of(settings, **changes)

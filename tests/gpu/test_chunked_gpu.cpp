@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <string>
@@ -230,6 +231,97 @@ const ChunkCase kCases[] = {
 };
 INSTANTIATE_TEST_SUITE_P(Cases, ChunkedGpu, ::testing::ValuesIn(kCases),
                          [](const ::testing::TestParamInfo<ChunkCase>& info) { return std::string(info.param.name); });
+
+// CUDA graphs: a plan made outside capture, then pa_forward_kv (estimation and attention)
+// captured on a stream and replayed. The replay must equal an eager call bit for bit, on the
+// captured inputs and after new inputs are written into the same buffers (the graph reads
+// device memory only; nothing in the call synchronises with or allocates on the host).
+void run_graph_case(const ChunkCase& c) {
+  HostCase h;
+  make_host(c, h);
+  if (::testing::Test::HasFatalFailure()) return;
+  const pa_problem& p = h.problem;
+  DeviceBuffer q(h.q.size()), k(h.k.size()), v(h.v.size()), o(h.q.size());
+  DeviceBuffer lse(sizeof(float) * h.lse.size()), table(sizeof(int32_t) * std::max<size_t>(1, h.table.size()));
+  PA_CUDA_ASSERT(q.upload(h.q.data()));
+  PA_CUDA_ASSERT(k.upload(h.k.data()));
+  PA_CUDA_ASSERT(v.upload(h.v.data()));
+  if (!h.table.empty()) PA_CUDA_ASSERT(table.upload(h.table.data()));
+  size_t plan_bytes = 0, work_bytes = 0;
+  PA_OK(pa_plan_bytes(&p, &h.config, &plan_bytes));
+  PA_OK(pa_workspace_bytes(&p, &h.config, &work_bytes));
+  DeviceBuffer storage(plan_bytes), work(work_bytes);
+  pa_plan* plan = nullptr;
+  PA_OK(pa_plan_create(&p, &h.config, storage.get(), plan_bytes, &plan));
+  std::unique_ptr<pa_plan, decltype(&pa_plan_free)> owner(plan, pa_plan_free);
+  if (c.sm80) {
+    pa_tuning t = pa_tuning_default();
+    t.attn_kernel = PA_TUNING_KERNEL_SM80;
+    PA_OK(pa_plan_set_tuning(plan, &t));
+  }
+  cudaStream_t stream = nullptr;
+  PA_CUDA_ASSERT(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  std::unique_ptr<CUstream_st, decltype(&cudaStreamDestroy)> stream_owner(stream, cudaStreamDestroy);
+  pa_tensor tq = pa_tensor_contiguous(q.get(), c.hq, c.d), to = pa_tensor_contiguous(o.get(), c.hq, c.d);
+  const pa_kv_cache kv{pa_tensor_contiguous(k.get(), c.hkv, c.d), pa_tensor_contiguous(v.get(), c.hkv, c.d),
+                       c.page_size ? table.as<int32_t>() : nullptr, nullptr};
+  const auto forward = [&] {
+    return pa_forward_kv(plan, &tq, &kv, &to, lse.as<float>(), work.get(), work_bytes, stream);
+  };
+  // O and LSE of the last run, after poisoning them before it.
+  const auto outputs = [&](std::vector<uint8_t>* o_host, std::vector<float>* lse_host) {
+    PA_CUDA_ASSERT(cudaStreamSynchronize(stream));
+    o_host->resize(h.o.size()), lse_host->resize(h.lse.size());
+    PA_CUDA_ASSERT(o.download(o_host->data()));
+    PA_CUDA_ASSERT(lse.download(lse_host->data()));
+  };
+  std::vector<uint8_t> o_eager, o_replay;
+  std::vector<float> lse_eager, lse_replay;
+  PA_CUDA_ASSERT(o.poison());
+  PA_OK(forward());  // the first call outside capture (as for any CUDA library: modules load)
+  outputs(&o_eager, &lse_eager);
+
+  cudaGraph_t graph = nullptr;
+  PA_CUDA_ASSERT(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  const pa_status captured = forward();
+  const cudaError_t ended = cudaStreamEndCapture(stream, &graph);
+  std::unique_ptr<CUgraph_st, decltype(&cudaGraphDestroy)> graph_owner(graph, cudaGraphDestroy);
+  ASSERT_EQ(captured, PA_STATUS_SUCCESS) << "pa_forward_kv under capture: " << pa_last_error();
+  ASSERT_EQ(ended, cudaSuccess) << cudaGetErrorString(ended);
+  cudaGraphExec_t exec = nullptr;
+  PA_CUDA_ASSERT(cudaGraphInstantiate(&exec, graph, 0));
+  std::unique_ptr<CUgraphExec_st, decltype(&cudaGraphExecDestroy)> exec_owner(exec, cudaGraphExecDestroy);
+
+  PA_CUDA_ASSERT(o.poison());
+  PA_CUDA_ASSERT(lse.poison());
+  PA_CUDA_ASSERT(cudaGraphLaunch(exec, stream));
+  outputs(&o_replay, &lse_replay);
+  EXPECT_TRUE(o_replay == o_eager) << "the replay's output differs from the eager call's";
+  EXPECT_TRUE(std::memcmp(lse_replay.data(), lse_eager.data(), lse_eager.size() * sizeof(float)) == 0);
+
+  // New queries in the captured buffer (the tokens in reverse order): replay, then eager.
+  std::vector<uint8_t> q_new(h.q.size());
+  const size_t token_bytes = h.q.size() / size_t(p.total_tokens);
+  for (int64_t t = 0; t < p.total_tokens; ++t)
+    std::memcpy(&q_new[t * token_bytes], &h.q[(p.total_tokens - 1 - t) * token_bytes], token_bytes);
+  PA_CUDA_ASSERT(q.upload(q_new.data()));
+  PA_CUDA_ASSERT(o.poison());
+  PA_CUDA_ASSERT(cudaGraphLaunch(exec, stream));
+  outputs(&o_replay, &lse_replay);
+  PA_CUDA_ASSERT(o.poison());
+  PA_OK(forward());
+  outputs(&o_eager, &lse_eager);
+  EXPECT_TRUE(o_replay == o_eager) << "after new inputs, the replay's output differs from the eager call's";
+  EXPECT_TRUE(std::memcmp(lse_replay.data(), lse_eager.data(), lse_eager.size() * sizeof(float)) == 0);
+  EXPECT_FALSE(o_replay == h.o) << "the new queries did not change the output";
+}
+
+TEST(ChunkedGpuGraph, CapturedForwardReplaysWithNewInputs) {
+  PA_REQUIRE_GPU();
+  run_graph_case({"GraphPaged64", {2600}, {1500}, 8, 2, 128, 128, PA_DTYPE_BFLOAT16, 64});
+  run_graph_case({"GraphPackedVarlen", {2300, 1800, 700}, {1200, 1, 700}, 8, 2, 128, 128});
+  run_graph_case({"GraphPaged16Sm80", {2500}, {1400}, 8, 2, 64, 64, PA_DTYPE_FLOAT16, 16, true});
+}
 
 // Small cases for compute-sanitizer (gpu-check's sanitize step: --gtest_filter=*Sanitize*).
 TEST(ChunkedGpuSanitize, PagedAndPackedChunks) {

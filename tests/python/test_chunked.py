@@ -488,3 +488,37 @@ def test_cuda_chunked_calls_match_the_cpu(table_on_device):
     for a, b in ((out, ref), (paged, ref_paged)):
         assert torch.isfinite(a).all()
         assert ((a.float().cpu() - b.float()).norm() / b.float().norm()).item() < 2e-2
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replays_the_paged_call():
+    """torch.cuda.graph captures attention_with_kvcache (estimation with a ProxyState, then
+    attention) after one call on the capture stream has made the plan; replays equal eager
+    calls, also after new queries are copied into the captured input."""
+    d, page = 64, 64
+    g = torch.Generator().manual_seed(5)
+    pages = (N + page - 1) // page
+    kc = (torch.randn(pages, page, HKV, d, generator=g) * 1.5).to("cuda", torch.bfloat16)
+    vc = torch.randn(pages, page, HKV, d, generator=g).to("cuda", torch.bfloat16)
+    table = torch.arange(pages, dtype=torch.int32, device="cuda")[None]
+    q = (torch.randn(1, 600, HQ, d, generator=g) * 1.5).to("cuda", torch.bfloat16)
+    state = proxyattn.ProxyState(kc)
+
+    def call():
+        return proxyattn.attention_with_kvcache(q, kc, vc, [N], table, proxy_state=state, return_lse=True, **SETTINGS)
+
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        call()  # the plan of these lengths, made outside capture on the capture stream
+    stream.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        out, lse = call()
+    for _ in range(2):
+        graph.replay()
+        torch.cuda.synchronize()
+        with torch.cuda.stream(stream):
+            eager_out, eager_lse = call()
+        stream.synchronize()
+        assert torch.equal(out, eager_out) and torch.equal(lse, eager_lse)
+        q.copy_(torch.flip(q, dims=[1]))
