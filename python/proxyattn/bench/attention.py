@@ -189,8 +189,8 @@ def run(args):
                 row["flex_error"] = flex_error
             del o_default, bm, flex_fn, calls
             results.append(row)
-            variants = " ".join("%s %.3f" % (key, row[key]) for key in [*SM90_VARIANTS, "baseline_ms", "baseline_sm80_ms"]
-                                if key in row)
+            variants = " ".join("%s %.3f" % (key, row[key])
+                                for key in [*SM90_VARIANTS, "baseline_ms", "baseline_sm80_ms"] if key in row)
             print("N %6d density %.3f: ours %8.3f ms (%5.1f TFLOP/s; %s)  sm80 %8.3f ms  "
                   "cuDNN dense %8.3f ms  flex %s ms  [%.0f s]" % (
                       n, stats["density"], t_ours, row["ours_tflops_effective"], variants or "-", t_sm80, t_cudnn,
@@ -204,7 +204,7 @@ def run(args):
                                 "heads_of_chunk_ms": tp["heads"]})
                 print("  packing: chunks of a head %.3f ms, heads of a chunk %.3f ms"
                       % (tp["chunks"], tp["heads"]), flush=True)
-        del plan, base_plan, q, k, v, o, ref_dense  # qt, kt, vt: rebound next size (closures read them)
+        del plan, base_plan, attend, cudnn_fn, rows_fn, q, k, v, o, ref_dense  # qt, kt, vt: rebound next size
         torch.cuda.empty_cache()
 
     doc = {"benchmark": "attention", "date": datetime.date.today().isoformat(), "machine": info,
