@@ -221,9 +221,10 @@ class Plan:
     chunked calls (attention_varlen with cu_seqlens_k, attention_with_kvcache) also hold the key
     lengths cu_seqlens_k and the paged cache's page_size, num_pages, max_pages_per_seq."""
 
-    # config: pa_config's values (Settings.resolve: a ConfigValues).
+    # config: pa_config's values (Settings.resolve: a ConfigValues). library: a _C.Library, another
+    # build of the library that runs this plan (benchmarks' A/B); None: the module's own.
     def __init__(self, cu_seqlens, num_q_heads, num_kv_heads, head_dim, like, config, cu_seqlens_k=None,
-                 page_size=0, num_pages=0, max_pages_per_seq=0):
+                 page_size=0, num_pages=0, max_pages_per_seq=0, library=None):
         self.cu_seqlens = list(cu_seqlens)
         self.cu_seqlens_k = None if cu_seqlens_k is None else list(cu_seqlens_k)
         self.num_q_heads, self.num_kv_heads, self.head_dim = num_q_heads, num_kv_heads, head_dim
@@ -232,10 +233,10 @@ class Plan:
         self._dtype = _C.dtype_code(like)
         problem = _C.Problem(self.cu_seqlens, num_q_heads, num_kv_heads, head_dim, self._dtype, self.cu_seqlens_k,
                              page_size, num_pages, max_pages_per_seq)
-        self._storage = _bytes(like, _C.plan_bytes(problem, config))
-        self._workspace = _bytes(like, _C.workspace_bytes(problem, config))
+        self._storage = _bytes(like, _C.plan_bytes(problem, config, library))
+        self._workspace = _bytes(like, _C.workspace_bytes(problem, config, library))
         with _on_device(like):
-            self._plan = _C.Plan(problem, config, self._storage)
+            self._plan = _C.Plan(problem, config, self._storage, library)
 
     @property
     def num_seqs(self):
@@ -301,6 +302,12 @@ class Plan:
             setattr(tuning, name, int(value))
         self._plan.set_tuning(tuning)
 
+    def set_index(self, order, count):
+        """Writes the raw block index (index()'s layout: order int32 [order_entries], count int32
+        [total_qblocks, Hq], host arrays), e.g. a benchmark's hand-made mask; the plan then
+        counts as estimated (budgets and needed blocks zero, no anchors)."""
+        self._plan.set_index(np.ascontiguousarray(order, np.int32), np.ascontiguousarray(count, np.int32))
+
     def tuning(self):
         """The plan's tuning as a dict of its fields."""
         tuning = self._plan.tuning()
@@ -320,12 +327,13 @@ class Plan:
         self._plan.to_flex(seq, num, idx)
         return num, idx
 
-    def to_flex_block_mask(self, seq=0, device=None):
+    def to_flex_block_mask(self, seq=0, device=None, exact_mask_mod=True):
         """A torch.nn.attention.flex_attention.BlockMask of sequence `seq` for flex_attention
         on q/k/v of shape [1, H, N, d]: kept off-diagonal blocks are full blocks, the kept
         diagonal block is partial (causal), and mask_mod itself also encodes the kept blocks,
         because eager (uncompiled) flex_attention applies mask_mod to every score and ignores
-        the block structure."""
+        the block structure. exact_mask_mod=False: mask_mod is the causal mask alone, the
+        fastest form compiled flex_attention takes (it reads the kept blocks from the lists)."""
         import torch
         from torch.nn.attention.flex_attention import BlockMask
 
@@ -339,20 +347,26 @@ class Plan:
         num_t, idx_t = torch.from_numpy(num).to(dev), torch.from_numpy(idx).to(dev)
         heads, nqb = num.shape
         rows = torch.arange(nqb, device=dev, dtype=torch.int32)
-        # kept[h, m, n]: block n kept in row m (padding entries of idx are 0: add, don't overwrite).
-        valid = (torch.arange(nqb, device=dev)[None, None, :] < num_t[..., None]).int()
-        kept = torch.zeros(heads, nqb, nqb, dtype=torch.int32, device=dev).scatter_add_(2, idx_t.long(), valid) > 0
         # Kept blocks ascend, so a kept diagonal block is the last entry of its row.
         last = idx_t.gather(2, (num_t - 1).clamp(min=0).long().unsqueeze(-1)).squeeze(-1)
         has_diagonal = ((num_t > 0) & (last == rows)).int()
         partial_idx = torch.zeros_like(idx_t)
         partial_idx[..., 0] = rows
 
-        def mask_mod(b, h, q_idx, kv_idx):
+        def causal(b, h, q_idx, kv_idx):
+            return q_idx >= kv_idx
+
+        def exact(b, h, q_idx, kv_idx):
             return (q_idx >= kv_idx) & kept[h, q_idx // block, kv_idx // block]
 
+        if exact_mask_mod:
+            # kept[h, m, n]: block n kept in row m (padding entries of idx are 0: add, don't overwrite).
+            valid = (torch.arange(nqb, device=dev)[None, None, :] < num_t[..., None]).int()
+            kept = torch.zeros(heads, nqb, nqb, dtype=torch.int32, device=dev).scatter_add_(2, idx_t.long(),
+                                                                                              valid) > 0
         return BlockMask.from_kv_blocks(has_diagonal[None], partial_idx[None], (num_t - has_diagonal)[None],
-                                        idx_t[None], BLOCK_SIZE=block, mask_mod=mask_mod, seq_lengths=(n, n))
+                                        idx_t[None], BLOCK_SIZE=block, mask_mod=exact if exact_mask_mod else causal,
+                                        seq_lengths=(n, n))
 
     def __repr__(self):
         return (f"Plan(num_seqs={self.num_seqs}, heads={self.num_q_heads}/{self.num_kv_heads}, "

@@ -3,7 +3,7 @@ attention_with_kvcache, with fake (meta) implementations, so torch.compile trace
 graph breaks. Imported on first use with torch tensors.
 
 Eager calls that autograd does not record go straight to the library: the custom op's
-dispatch costs 0.1-0.2 ms of host time per call on the H100 machine (bench/call_bench.py,
+dispatch costs 0.1-0.2 ms of host time per call on the H100 machine (python -m proxyattn.bench call,
 bench/results/calls-before-*), two to three times the library's own launches.
 
 The ops take lengths (cu_seqlens, cache_seqlens) as tensors, lists turned into host tensors

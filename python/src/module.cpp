@@ -3,6 +3,8 @@
 // allocates through the caller's framework), and raises proxyattn.ProxyAttnError (with the
 // pa_status name) on failure, its subclass ProxyAttnUnsupported for PA_STATUS_UNSUPPORTED (a
 // valid request this build or device cannot run, on which callers may fall back).
+// A plan may run on another build of the library, loaded by path (Library), for benchmarks'
+// A/B of a change in one process.
 // Shapes: Q [tokens, Hq, d], K/V [tokens, Hkv, d] (a chunked plan's: [kv tokens, Hkv, d] by
 // cu_seqlens_k, or a paged cache [num_pages, page_size, Hkv, d]), LSE [Hq, tokens].
 #include <nanobind/nanobind.h>
@@ -11,6 +13,8 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
+
+#include <dlfcn.h>
 
 #include <array>
 #include <cstddef>
@@ -281,10 +285,65 @@ class ProxyState {
   pa_proxy_state state_{};
 };
 
+// The C API functions of a plan, named once: a plan calls them through a Calls table, that of
+// the library this module links or that of another build of it loaded by path (Library: a
+// benchmark times a previous revision's kernels next to this one's, in one process).
+#define PA_PLAN_CALLS(X)                                                                              \
+  X(pa_last_error) X(pa_plan_bytes) X(pa_workspace_bytes) X(pa_plan_create) X(pa_plan_free) X(pa_estimate) \
+  X(pa_attend) X(pa_estimate_kv) X(pa_attend_kv) X(pa_forward_kv) X(pa_plan_get_stats) X(pa_plan_get_heads)  \
+  X(pa_plan_get_config) X(pa_plan_get_anchors) X(pa_plan_get_layout) X(pa_plan_get_index) X(pa_plan_set_index) \
+  X(pa_plan_to_flex) X(pa_plan_check) X(pa_plan_set_tuning) X(pa_plan_get_tuning)
+
+struct Calls {
+#define PA_CALL_MEMBER(name) decltype(&::name) name;
+  PA_PLAN_CALLS(PA_CALL_MEMBER)
+#undef PA_CALL_MEMBER
+
+  // proxyattn::check with the message of this table's library.
+  void check(pa_status status) const {
+    if (status != PA_STATUS_SUCCESS) throw proxyattn::Error(status, pa_last_error());
+  }
+};
+
+const Calls& linked_calls() {
+#define PA_CALL_LINKED(name) &::name,
+  static const Calls calls{PA_PLAN_CALLS(PA_CALL_LINKED)};
+#undef PA_CALL_LINKED
+  return calls;
+}
+
+// Another build of the library (a shared libproxyattn), loaded by path and kept loaded for the
+// process's life (plans of it may outlive this object). Its C API must have every function of
+// PA_PLAN_CALLS and this header's struct layouts (pa_problem, pa_config, pa_tensor, pa_tuning).
+class Library {
+ public:
+  explicit Library(const std::string& path) : path_(path) {
+    void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (handle == nullptr) throw nb::value_error(format("Library(%s): %s", path.c_str(), dlerror()).c_str());
+    std::string missing;
+#define PA_CALL_LOADED(name)                                                  \
+    calls_.name = reinterpret_cast<decltype(&::name)>(dlsym(handle, #name)); \
+    if (calls_.name == nullptr) missing += (missing.empty() ? "" : ", ") + std::string(#name);
+    PA_PLAN_CALLS(PA_CALL_LOADED)
+#undef PA_CALL_LOADED
+    if (!missing.empty())
+      throw nb::value_error(format("Library(%s): lacks %s (a build older than this module's plans)", path.c_str(),
+                                   missing.c_str()).c_str());
+  }
+  const Calls& calls() const { return calls_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  Calls calls_{};
+};
+
+const Calls& calls_of(const Library* library) { return library != nullptr ? library->calls() : linked_calls(); }
+
 template <typename F>
-size_t bytes_of(F f, const Problem& problem, const pa_config& config) {
+size_t bytes_of(F f, const Problem& problem, const pa_config& config, const Calls& calls) {
   size_t bytes = 0;
-  proxyattn::check(f(&problem.get(), &config, &bytes));
+  calls.check(f(&problem.get(), &config, &bytes));
   return bytes;
 }
 
@@ -310,11 +369,11 @@ void bind_config_field(nb::class_<pa_config>& c, const char* name) {
 
 class PyPlan {
  public:
-  PyPlan(const Problem& problem, const pa_config& config, Array storage)
-      : problem_(problem), config_(config), storage_(storage) {
-    proxyattn::check(pa_plan_create(&problem_.get(), &config_, storage.data(), storage.nbytes(), &plan_));
+  PyPlan(const Problem& problem, const pa_config& config, Array storage, const Library* library)
+      : problem_(problem), config_(config), storage_(storage), calls_(calls_of(library)) {
+    calls_.check(calls_.pa_plan_create(&problem_.get(), &config_, storage.data(), storage.nbytes(), &plan_));
   }
-  ~PyPlan() { pa_plan_free(plan_); }
+  ~PyPlan() { calls_.pa_plan_free(plan_); }
   PyPlan(const PyPlan&) = delete;
   PyPlan& operator=(const PyPlan&) = delete;
 
@@ -322,7 +381,7 @@ class PyPlan {
     check_dtypes({{&q, "q"}, {&k, "k"}});
     const pa_tensor tq = view(q, "q", q_rows(p())), tk = view(k, "k", kv_rows(p()));
     nb::gil_scoped_release release;
-    proxyattn::check(pa_estimate(plan_, &tq, &tk, workspace.data(), workspace.nbytes(), stream_ptr(stream)));
+    calls_.check(calls_.pa_estimate(plan_, &tq, &tk, workspace.data(), workspace.nbytes(), stream_ptr(stream)));
   }
 
   void attend(const In& q, const In& k, const In& v, Array o, nb::object lse, uintptr_t stream) {
@@ -331,7 +390,7 @@ class PyPlan {
     pa_tensor to = output(o);
     float* l = lse_ptr(lse, p());
     nb::gil_scoped_release release;
-    proxyattn::check(pa_attend(plan_, &tq, &tk, &tv, &to, l, stream_ptr(stream)));
+    calls_.check(calls_.pa_attend(plan_, &tq, &tk, &tv, &to, l, stream_ptr(stream)));
   }
 
   // The _kv calls: K and V packed by cu_seqlens_k (block_table None) or a paged cache
@@ -343,27 +402,27 @@ class PyPlan {
     const pa_tensor tq = view(q, "q", q_rows(p()));
     const pa_kv_cache kv = kv_cache(k, nullptr, block_table, state);
     nb::gil_scoped_release release;
-    proxyattn::check(pa_estimate_kv(plan_, &tq, &kv, workspace.data(), workspace.nbytes(), stream_ptr(stream)));
+    calls_.check(calls_.pa_estimate_kv(plan_, &tq, &kv, workspace.data(), workspace.nbytes(), stream_ptr(stream)));
   }
 
   void attend_kv(const In& q, const In& k, const In& v, nb::object block_table, const ProxyState* state, Array o,
                  nb::object lse, uintptr_t stream) {
     KvAttention a = kv_attention(q, k, v, block_table, state, o, lse);
     nb::gil_scoped_release release;
-    proxyattn::check(pa_attend_kv(plan_, &a.q, &a.kv, &a.o, a.lse, stream_ptr(stream)));
+    calls_.check(calls_.pa_attend_kv(plan_, &a.q, &a.kv, &a.o, a.lse, stream_ptr(stream)));
   }
 
   void forward_kv(const In& q, const In& k, const In& v, nb::object block_table, const ProxyState* state, Array o,
                   nb::object lse, Array workspace, uintptr_t stream) {
     KvAttention a = kv_attention(q, k, v, block_table, state, o, lse);
     nb::gil_scoped_release release;
-    proxyattn::check(pa_forward_kv(plan_, &a.q, &a.kv, &a.o, a.lse, workspace.data(), workspace.nbytes(),
+    calls_.check(calls_.pa_forward_kv(plan_, &a.q, &a.kv, &a.o, a.lse, workspace.data(), workspace.nbytes(),
                                    stream_ptr(stream)));
   }
 
   nb::dict stats() const {
     pa_plan_stats s{};
-    proxyattn::check(pa_plan_get_stats(plan_, &s));
+    calls_.check(calls_.pa_plan_get_stats(plan_, &s));
     nb::dict d;
     d["kept_pairs"] = s.kept_pairs;
     d["causal_pairs"] = s.causal_pairs;
@@ -378,14 +437,14 @@ class PyPlan {
     const size_t n = size_t(p().num_seqs) * p().num_q_heads;
     std::vector<int32_t> budget(n), needed(n);
     std::vector<double> density(n);
-    proxyattn::check(pa_plan_get_heads(plan_, budget.data(), needed.data(), density.data()));
+    calls_.check(calls_.pa_plan_get_heads(plan_, budget.data(), needed.data(), density.data()));
     return {budget, needed, density};
   }
 
   // The plan's anchors per head (PA_ANCHOR_BLOCKS_AUTO resolved).
   int anchor_blocks() const {
     pa_config c{};
-    proxyattn::check(pa_plan_get_config(plan_, &c));
+    calls_.check(calls_.pa_plan_get_config(plan_, &c));
     return c.anchor_blocks;
   }
 
@@ -393,17 +452,37 @@ class PyPlan {
   std::vector<int32_t> anchors() const {
     const size_t n = size_t(p().num_seqs) * p().num_q_heads * size_t(anchor_blocks());
     std::vector<int32_t> out(n);
-    proxyattn::check(pa_plan_get_anchors(plan_, out.data()));
+    calls_.check(calls_.pa_plan_get_anchors(plan_, out.data()));
     return out;
   }
 
   // (order [order_entries], count [total_qblocks * Hq]).
   std::tuple<std::vector<int32_t>, std::vector<int32_t>> index() const {
     int64_t rows = 0, entries = 0;
-    proxyattn::check(pa_plan_get_layout(plan_, &rows, &entries));
+    calls_.check(calls_.pa_plan_get_layout(plan_, &rows, &entries));
     std::vector<int32_t> order(entries), count(rows * p().num_q_heads);
-    proxyattn::check(pa_plan_get_index(plan_, order.data(), count.data()));
+    calls_.check(calls_.pa_plan_get_index(plan_, order.data(), count.data()));
     return {order, count};
+  }
+
+  // Writes the index from host int32 arrays in index()'s layout: order [order_entries], count
+  // [total_qblocks, Hq], and optionally budget and needed [num_seqs, Hq] (None: zeros); e.g. a
+  // hand-made mask of a benchmark. The plan then counts as estimated.
+  void set_index(const In& order, const In& count, nb::object budget, nb::object needed) {
+    int64_t rows = 0, entries = 0;
+    calls_.check(calls_.pa_plan_get_layout(plan_, &rows, &entries));
+    check_int32_array(order, "order", {entries}, true);
+    check_int32_array(count, "count", {rows, p().num_q_heads}, true);
+    auto per_head = [&](const nb::object& a, const char* name) -> const int32_t* {
+      if (a.is_none()) return nullptr;
+      In array = nb::cast<In>(a);
+      check_int32_array(array, name, {p().num_seqs, p().num_q_heads}, true);
+      return static_cast<const int32_t*>(array.data());
+    };
+    const int32_t* b = per_head(budget, "budget");
+    const int32_t* n = per_head(needed, "needed");
+    calls_.check(calls_.pa_plan_set_index(plan_, static_cast<const int32_t*>(order.data()),
+                                          static_cast<const int32_t*>(count.data()), b, n));
   }
 
   // Fills host int32 arrays kv_num_blocks [Hq, rows] and kv_indices [Hq, rows, Nkb] (contiguous):
@@ -417,17 +496,17 @@ class PyPlan {
     const int64_t nkb = (kv_len + b - 1) / b, rows = nkb - (kv_len - q_len) / b;
     check_int32_array(kv_num_blocks, "kv_num_blocks", {p().num_q_heads, rows}, true);
     check_int32_array(kv_indices, "kv_indices", {p().num_q_heads, rows, nkb}, true);
-    proxyattn::check(pa_plan_to_flex(plan_, seq, static_cast<int32_t*>(kv_num_blocks.data()),
+    calls_.check(calls_.pa_plan_to_flex(plan_, seq, static_cast<int32_t*>(kv_num_blocks.data()),
                                      static_cast<int32_t*>(kv_indices.data())));
   }
 
-  void check_invariants() const { proxyattn::check(pa_plan_check(plan_)); }
+  void check_invariants() const { calls_.check(calls_.pa_plan_check(plan_)); }
 
   // The speed settings of the plan's GPU calls (proxyattn_tuning.h: for tests and benchmarks).
-  void set_tuning(const pa_tuning& tuning) { proxyattn::check(pa_plan_set_tuning(plan_, &tuning)); }
+  void set_tuning(const pa_tuning& tuning) { calls_.check(calls_.pa_plan_set_tuning(plan_, &tuning)); }
   pa_tuning tuning() const {
     pa_tuning t{};
-    proxyattn::check(pa_plan_get_tuning(plan_, &t));
+    calls_.check(calls_.pa_plan_get_tuning(plan_, &t));
     return t;
   }
 
@@ -473,6 +552,7 @@ class PyPlan {
   Problem problem_;
   pa_config config_;
   Array storage_;  // keeps the caller's storage alive as long as the plan
+  Calls calls_;
   pa_plan* plan_ = nullptr;
 };
 
@@ -497,8 +577,7 @@ NB_MODULE(_C, m) {
 
   // pa_config, its fields named once (PA_CONFIG_FIELDS): the attributes of Config and the
   // layout CONFIG_FIELDS, (name, offset, bytes, is_float) in the struct's order, from which
-  // proxyattn.Settings orders its values and the torch ops their arguments, and against which
-  // bench/capi.py's ctypes copy of the struct is tested.
+  // proxyattn.Settings orders its values and the torch ops their arguments.
   nb::class_<pa_config> config(m, "Config");
   config.def("__init__", [](pa_config* c, int head_dim) { new (c) pa_config(pa_config_default(head_dim)); },
              nb::arg("head_dim"));
@@ -510,7 +589,6 @@ NB_MODULE(_C, m) {
   PA_CONFIG_FIELDS(PA_CONFIG_FIELD)
 #undef PA_CONFIG_FIELD
   m.attr("CONFIG_FIELDS") = nb::tuple(config_fields);
-  m.attr("CONFIG_BYTES") = sizeof(pa_config);
   // pa_config_validate without a problem: every field on its own (ProxyAttnError naming it).
   m.def("validate_config", [](const pa_config& c) { proxyattn::check(pa_config_validate(&c, nullptr)); },
         nb::arg("config"));
@@ -544,16 +622,28 @@ NB_MODULE(_C, m) {
            nb::arg("cu_seqlens"), nb::arg("num_q_heads"), nb::arg("num_kv_heads"), nb::arg("head_dim"),
            nb::arg("dtype"), nb::arg("cu_seqlens_k").none() = nb::none(), nb::arg("page_size") = 0,
            nb::arg("num_pages") = 0, nb::arg("max_pages_per_seq") = 0);
-  m.def("plan_bytes", [](const Problem& p, const pa_config& c) { return bytes_of(pa_plan_bytes, p, c); });
-  m.def("workspace_bytes", [](const Problem& p, const pa_config& c) { return bytes_of(pa_workspace_bytes, p, c); });
-  m.def("proxy_state_bytes", [](const Problem& p, const pa_config& c) { return bytes_of(pa_proxy_state_bytes, p, c); });
+  // Another build of the library for plans (Plan's library argument; None: this module's).
+  nb::class_<Library>(m, "Library")
+      .def(nb::init<const std::string&>(), nb::arg("path"))
+      .def_prop_ro("path", &Library::path);
+  m.def("plan_bytes", [](const Problem& p, const pa_config& c, const Library* library) {
+    const Calls& calls = calls_of(library);
+    return bytes_of(calls.pa_plan_bytes, p, c, calls);
+  }, nb::arg("problem"), nb::arg("config"), nb::arg("library").none() = nb::none());
+  m.def("workspace_bytes", [](const Problem& p, const pa_config& c, const Library* library) {
+    const Calls& calls = calls_of(library);
+    return bytes_of(calls.pa_workspace_bytes, p, c, calls);
+  }, nb::arg("problem"), nb::arg("config"), nb::arg("library").none() = nb::none());
+  m.def("proxy_state_bytes", [](const Problem& p, const pa_config& c) {
+    return bytes_of(pa_proxy_state_bytes, p, c, linked_calls());
+  });
   nb::class_<ProxyState>(m, "ProxyState")
       .def(nb::init<const Problem&, const pa_config&, Array>(), nb::arg("problem"), nb::arg("config"),
            nb::arg("data"));
 
   nb::class_<PyPlan>(m, "Plan")
-      .def(nb::init<const Problem&, const pa_config&, Array>(), nb::arg("problem"), nb::arg("config"),
-           nb::arg("storage"))
+      .def(nb::init<const Problem&, const pa_config&, Array, const Library*>(), nb::arg("problem"),
+           nb::arg("config"), nb::arg("storage"), nb::arg("library").none() = nb::none())
       .def("estimate", &PyPlan::estimate)
       .def("attend", &PyPlan::attend, nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("o"),
            nb::arg("lse").none(), nb::arg("stream"))
@@ -569,6 +659,8 @@ NB_MODULE(_C, m) {
       .def("anchors", &PyPlan::anchors)
       .def_prop_ro("anchor_blocks", &PyPlan::anchor_blocks)
       .def("index", &PyPlan::index)
+      .def("set_index", &PyPlan::set_index, nb::arg("order"), nb::arg("count"), nb::arg("budget").none() = nb::none(),
+           nb::arg("needed").none() = nb::none())
       .def("to_flex", &PyPlan::to_flex)
       .def("check", &PyPlan::check_invariants)
       .def("set_tuning", &PyPlan::set_tuning)

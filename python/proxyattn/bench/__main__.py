@@ -1,92 +1,90 @@
-"""Command line of the benchmark suite (see __init__.py)."""
+"""Command line of the benchmarks (see __init__.py): `python -m proxyattn.bench SUITE [options]`,
+and the reports `table` and `plot` of results files."""
 import argparse
+import collections
+import importlib
 import sys
 import time
 
-from .config import BLOCK_SIZE, GAMMAS, MODEL_SIZES, MODELS, SHAPES, SIZES, SUITES
+from .results import ENTRY_POINT, command_line, write_result
+
+# A suite: its module in this package (add_arguments(parser); run(args) -> (results doc, file
+# name prefix), or None where it writes no file), whether it needs a CUDA device, its help.
+Suite = collections.namedtuple("Suite", "module gpu help")
+# The suites, one line each: a new suite is its module and its line here.
+SUITES = {
+    "pytorch": Suite("pytorch", True, "ProxyAttn against cuDNN, FlashAttention-2, FlexAttention and PyTorch; "
+                                      "whole-model time to first token"),
+    "attention": Suite("attention", True, "the attention kernel at controlled densities against cuDNN, Flex on the "
+                                          "same mask and our sm80 kernel (--baseline: A/B of two builds)"),
+    "estimate": Suite("estimate", True, "pa_estimate per stage against cuDNN dense (--baseline: A/B of two builds)"),
+    "call": Suite("call", True, "one call's device and host time at 4K-32K, as a transformers model makes it"),
+    "energy": Suite("energy", True, "joules per call (NVML board energy) and SM clock of each kernel at long N"),
+    "chunked": Suite("chunked", True, "chunked prefill and paged K/V on the attention kernels against dense"),
+    "profile": Suite("profile", True, "one attention point a few times, for Nsight Compute (no results file)"),
+    "cpu-dispatch": Suite("cpu_dispatch", False, "the CPU forward of several builds of the module (make's, pip's)"),
+}
+DEFAULT_SUITE = "pytorch"  # `python -m proxyattn.bench [options]`
+REPORTS = {"table": "markdown tables for docs/benchmarks.md from results files",
+           "plot": "pictures for docs/benchmarks.md from results files"}
+DEFAULT_OUT = "bench/results"
+DEFAULT_IMG = "docs/img"
 
 
-def _ints(text):
-    return [int(x) for x in text.split(",") if x]
+def suite_module(name):
+    return importlib.import_module(f"{__package__}.{SUITES[name].module}")
 
 
-def _floats(text):
-    return [float(x) for x in text.split(",") if x]
+def parser(chosen):
+    """The command line, with the options of the chosen suite (only its module is imported:
+    `table` and `plot` run without torch)."""
+    ap = argparse.ArgumentParser(prog=ENTRY_POINT, description="ProxyAttn's benchmarks: one suite per command "
+                                 f"(without one: {DEFAULT_SUITE}), and reports of results files")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    for name, suite in SUITES.items():
+        p = sub.add_parser(name, help=suite.help, description=suite.help)
+        if name == chosen:
+            p.add_argument("--out", default=DEFAULT_OUT, help="folder of the results file")
+            p.add_argument("--prefix", help="results file name prefix (default: the suite's)")
+            suite_module(name).add_arguments(p)
+    for name, text in REPORTS.items():
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("results", nargs="+", help="results files")
+        if name == "plot":
+            p.add_argument("--img", default=DEFAULT_IMG, help="folder of the pictures")
+    return ap
 
 
-def measure(args):
-    for name, given, known in (("--suite", args.suite, SUITES), ("--shapes", args.shapes, SHAPES),
-                               ("--model", [args.model], MODELS)):
-        unknown = [x for x in given if x not in known]
-        if unknown:
-            sys.exit(f"{name}: {unknown} not among {sorted(known)}")
-    import torch
-
-    from . import compare, model
-    from .timing import machine, spin_up, write_result
-
-    if not torch.cuda.is_available():
-        sys.exit("python -m proxyattn.bench: needs a CUDA device (torch.cuda.is_available() is False)")
-    t0 = time.time()
-    doc = {"benchmark": "proxyattn.bench", "suites": args.suite, "machine": machine(),
-           # the command line with the output folder named OUT (a machine's own path stays out)
-           "command": " ".join(["python -m proxyattn.bench"] +
-                               ["OUT" if a == args.out else a for a in sys.argv[1:]])}
-    print("machine:", doc["machine"], flush=True)
-    spin_up()
-    if "compare" in args.suite:
-        doc["compare"] = {"shapes": {s: SHAPES[s] for s in args.shapes}, "gammas": args.gammas,
-                          "block_size": BLOCK_SIZE,
-                          "config": "library defaults (b=128, s=4, 2048-token floor, absolute budgets, "
-                                    "sink and diagonal forced) except gamma, g and anchor_blocks",
-                          "anchor_blocks": args.anchor_blocks,
-                          "cases": compare.run(args.sizes, args.shapes, args.gammas, args.activations,
-                                               not args.no_flex, not args.no_torch_estimate,
-                                               args.anchor_blocks, args.activation_groups)}
-    if "model" in args.suite:
-        doc["model"] = model.run(args.model_sizes, args.model_layers, args.model)
-    doc["wall_s"] = time.time() - t0
-    print("wrote", write_result(args.out, doc, args.prefix), "in %.0f s" % doc["wall_s"])
+def parse(argv):
+    """(arguments, the argument list as run): a command line without a command runs DEFAULT_SUITE."""
+    if not argv or (argv[0] not in SUITES and argv[0] not in REPORTS and argv[0] not in ("-h", "--help")):
+        argv = [DEFAULT_SUITE] + list(argv)
+    return parser(argv[0]).parse_args(argv), argv
 
 
-def main():
-    ap = argparse.ArgumentParser(prog="python -m proxyattn.bench",
-                                 description="ProxyAttn against dense attention and peers on the GPU")
-    sub = ap.add_subparsers(dest="command")
-    plot = sub.add_parser("plot", help="pictures for docs/benchmarks.md from a results file")
-    plot.add_argument("results", nargs="+", help="results files (e.g. the compare and the model run)")
-    plot.add_argument("--img", default="docs/img")
-    table = sub.add_parser("table", help="markdown tables for docs/benchmarks.md from results files")
-    table.add_argument("results", nargs="+")
-    ap.add_argument("--suite", default="compare,model", type=lambda s: s.split(","),
-                    help="compare, model or both (default)")
-    ap.add_argument("--out", default="bench/results", help="folder of the results file")
-    ap.add_argument("--prefix", default="", help="results file name prefix")
-    ap.add_argument("--sizes", default=",".join(map(str, SIZES)), type=_ints)
-    ap.add_argument("--shapes", default=",".join(SHAPES), type=lambda s: s.split(","))
-    ap.add_argument("--gammas", default=",".join(map(str, GAMMAS)), type=_floats)
-    ap.add_argument("--activations", nargs="*", default=[],
-                    help="captured q/k/v files (torch.save of {q, k, v: [N, H, d], scale, source})")
-    ap.add_argument("--activation-groups", default="1", type=_ints,
-                    help="proxy group counts g to run on each captured input (each must divide its KV heads)")
-    ap.add_argument("--no-flex", action="store_true")
-    ap.add_argument("--no-torch-estimate", action="store_true")
-    ap.add_argument("--anchor-blocks", default="auto", type=lambda s: s if s == "auto" else int(s),
-                    help="config.anchor_blocks of ProxyAttn: 0-8 or auto (the library default)")
-    ap.add_argument("--model-sizes", default=",".join(map(str, MODEL_SIZES)), type=_ints)
-    ap.add_argument("--model", default="llama3.1-8b", help=f"the model suite's shape: one of {sorted(MODELS)}")
-    ap.add_argument("--model-layers", type=int, help="layers of the model suite's model (default: all of its shape)")
-    args = ap.parse_args()
+def main(argv=None):
+    args, argv = parse(sys.argv[1:] if argv is None else argv)
+    if args.command == "table":
+        from . import tables
+
+        return tables.main(args.results)
     if args.command == "plot":
         from . import plots
 
-        plots.main(args.results, args.img)
-    elif args.command == "table":
-        from . import tables
+        return plots.main(args.results, args.img)
+    if SUITES[args.command].gpu:
+        import torch
 
-        tables.main(args.results)
-    else:
-        measure(args)
+        if not torch.cuda.is_available():
+            sys.exit(f"{ENTRY_POINT} {args.command}: needs a CUDA device (torch.cuda.is_available() is False)")
+    t0 = time.time()
+    result = suite_module(args.command).run(args)
+    if result is None:
+        return
+    doc, prefix = result
+    doc["command"] = command_line(argv, args.out)
+    path = write_result(args.out, doc, prefix if args.prefix is None else args.prefix)
+    print("wrote", path, "in %.0f s" % (time.time() - t0))
 
 
 if __name__ == "__main__":

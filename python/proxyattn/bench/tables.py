@@ -1,5 +1,5 @@
-"""Markdown tables for docs/benchmarks.md from results files of `python -m proxyattn.bench`
-and bench/attention_bench.py (printed; the numbers in the document are these, unedited)."""
+"""Markdown tables for docs/benchmarks.md from results files of `python -m proxyattn.bench`'s
+pytorch and attention suites (printed; the numbers in the document are these, unedited)."""
 import json
 import math
 
@@ -77,7 +77,7 @@ def _geomean(values):
 
 
 def attention_table(doc):
-    """The kernel table of bench/attention_bench.py's results (benchmark "attention"); with
+    """The kernel table of the attention suite's results (benchmark "attention"); with
     --baseline results, the baseline build's times and baseline / ours per point, and their
     geometric mean in a line above the table."""
     variants = [("sm90_row_major_ms", "sm90 row-major order ms"), ("sm90_no_turns_ms", "sm90 without turns ms"),

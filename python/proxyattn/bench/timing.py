@@ -6,13 +6,9 @@ compilation stay out of the numbers); the median of the samples is the figure. M
 compared with each other are sampled in turn (interleaved_median_ms). Callers pass inputs through a Rotation, so that a call never finds
 its operands in L2 where the previous call left them.
 """
-import datetime
 import itertools
-import json
-import os
 import platform
 import random
-import re
 import statistics
 import subprocess
 import time
@@ -165,15 +161,3 @@ def machine():
                      "cudnn": torch.backends.cudnn.version(), "triton": _version("triton"),
                      "transformers": _version("transformers"), "python": platform.python_version()},
     }
-
-
-def write_result(out_dir, doc, prefix=""):
-    """Writes doc as <out_dir>/<prefix><date>-<device>.json (the bench/results naming) and
-    returns the path."""
-    date = datetime.date.today().isoformat()
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", doc["machine"]["device"]).strip("-").lower()
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, f"{prefix}{date}-{slug}.json")
-    with open(path, "w") as f:
-        json.dump(doc, f, indent=1)
-    return path

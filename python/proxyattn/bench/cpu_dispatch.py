@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The CPU forward of several builds of the proxyattn module, in one run: make's (-march=native,
 python/proxyattn in the source tree) against pip's (portable: an SSE2 baseline plus AVX2 + FMA
 and AVX-512 kernels chosen at run time), or any other module folders.
@@ -7,9 +6,7 @@ Each module runs in its own process (they share the package name), in interleave
 that a change of the machine's load falls on all of them. Per call: proxyattn.attention on
 numpy float32 [1, N, Hq, d] (Llama-3.1-8B's 32 Q / 8 KV heads, d = 128), the library's default
 settings, inputs from pa_synth_generate; the median of --repeats calls after one warm-up call,
-then the median over rounds.
-
-    python bench/cpu_dispatch_bench.py make=python pip=/tmp/pip-target [--n 2048] [--out FILE]
+then the median over rounds. Needs no GPU and no torch.
 """
 import argparse
 import datetime
@@ -21,6 +18,9 @@ import statistics
 import subprocess
 import sys
 
+PREFIX = "cpu-dispatch-"
+VECTOR_FLAGS = {"sse2", "sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512vl", "avx512bw",
+                "avx512_bf16", "asimd", "sve"}
 WORKER = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
@@ -43,17 +43,36 @@ print(json.dumps({"module": proxyattn._C.__file__, "cpu_kernels": kernels, "time
 """
 
 
+def module_folder(text):
+    """LABEL=FOLDER (an argparse type)."""
+    label, sep, folder = text.partition("=")
+    if not sep or not label or not folder:
+        raise argparse.ArgumentTypeError(f"{text}: expected LABEL=FOLDER")
+    return label, folder
+
+
+def add_arguments(ap):
+    ap.add_argument("modules", nargs="+", type=module_folder,
+                    help="LABEL=FOLDER: a folder holding the proxyattn package (e.g. make=python pip=DIR)")
+    ap.add_argument("--n", type=int, default=2048)
+    ap.add_argument("--q-heads", type=int, default=32)
+    ap.add_argument("--kv-heads", type=int, default=8)
+    ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads, 0 = all")
+
+
 def cpu_info():
     info = {"machine": platform.machine(), "processor": platform.processor(), "logical_cpus": os.cpu_count()}
     try:
-        text = open("/proc/cpuinfo").read()
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
         model = re.search(r"^model name\s*:\s*(.*)$", text, re.M)
         flags = re.search(r"^(flags|Features)\s*:\s*(.*)$", text, re.M)
         info["model_name"] = model.group(1) if model else None
         if flags:
-            have = set(flags.group(2).split())
-            info["vector_flags"] = sorted(have & {"sse2", "sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f",
-                                                   "avx512vl", "avx512bw", "avx512_bf16", "asimd", "sve"})
+            info["vector_flags"] = sorted(set(flags.group(2).split()) & VECTOR_FLAGS)
     except OSError:
         pass
     try:
@@ -63,20 +82,8 @@ def cpu_info():
     return info
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("modules", nargs="+", help="LABEL=FOLDER: a folder holding the proxyattn package")
-    ap.add_argument("--n", type=int, default=2048)
-    ap.add_argument("--q-heads", type=int, default=32)
-    ap.add_argument("--kv-heads", type=int, default=8)
-    ap.add_argument("--head-dim", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=0, help="CPU threads, 0 = all")
-    ap.add_argument("--out", help="write the results as JSON")
-    args = ap.parse_args()
-    modules = dict(m.split("=", 1) for m in args.modules)
-
+def run(args):
+    modules = dict(args.modules)
     runs = {label: [] for label in modules}
     for r in range(args.rounds):
         for label, folder in modules.items():
@@ -102,20 +109,12 @@ def main():
     for r in results:
         r[f"ratio_to_{first}"] = r["median_s"] / base
         print(f"  {r['label']:8s} {r['cpu_kernels']:8s} {r['median_s']:.3f} s  {r['median_s'] / base:.2f}x {first}")
-    if args.out:
-        doc = {"benchmark": "bench/cpu_dispatch_bench.py", "date": datetime.date.today().isoformat(),
-               "workload": {"call": "proxyattn.attention (numpy, CPU backend, default settings)", "N": args.n,
-                            "batch": 1, "num_q_heads": args.q_heads, "num_kv_heads": args.kv_heads,
-                            "head_dim": args.head_dim, "dtype": "float32", "input": "pa_synth_generate seed 1",
-                            "threads": args.threads or os.cpu_count()},
-               "timing": f"median over {args.rounds} interleaved rounds of the median of {args.repeats} calls "
-                         f"after 1 warm-up call, each module in its own process",
-               "machine": cpu_info(), "python": sys.version.split()[0], "results": results}
-        with open(args.out, "w") as f:
-            json.dump(doc, f, indent=1)
-            f.write("\n")
-        print(f"wrote {args.out}")
-
-
-if __name__ == "__main__":
-    main()
+    doc = {"benchmark": "python -m proxyattn.bench cpu-dispatch", "date": datetime.date.today().isoformat(),
+           "workload": {"call": "proxyattn.attention (numpy, CPU backend, default settings)", "N": args.n,
+                        "batch": 1, "num_q_heads": args.q_heads, "num_kv_heads": args.kv_heads,
+                        "head_dim": args.head_dim, "dtype": "float32", "input": "pa_synth_generate seed 1",
+                        "threads": args.threads or os.cpu_count()},
+           "timing": f"median over {args.rounds} interleaved rounds of the median of {args.repeats} calls "
+                     f"after 1 warm-up call, each module in its own process",
+           "machine": cpu_info(), "python": sys.version.split()[0], "results": results}
+    return doc, PREFIX

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """What one attention call costs at short and mid lengths, on the device and on the host:
 ProxyAttn through its public call (proxyattn.attention, a torch custom op), through the
 transformers integration (proxyattn.hf.attention_forward, [B, H, N, d] views as a model passes
@@ -16,22 +15,17 @@ than its device work leaves the GPU idle unless the rest of the layer covers it.
 Medians of REPEATS samples after WARMUP calls. Inputs: the library's structured default input
 of each shape, [1, N, H, d] bf16 (the density is what it gives at gamma 0.95).
 """
-import argparse
-import pathlib
 import statistics
-import sys
 import time
 
 import torch
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "python"))
+import proxyattn
+import proxyattn.hf
+from proxyattn import _api
 
-import proxyattn  # noqa: E402
-import proxyattn.hf  # noqa: E402
-from proxyattn import _api  # noqa: E402
-from proxyattn.bench import compare, config  # noqa: E402
-from proxyattn.bench.timing import machine, spin_up, write_result  # noqa: E402
+from . import arguments, compare, config
+from .timing import machine, spin_up
 
 # name -> (Hq, Hkv, d, proxy groups g): the real models and Llama-3.1-8B
 SHAPES = {**config.REAL_MODEL_SHAPES, "llama3.1-8b": config.SHAPES["llama3.1-8b"]}
@@ -40,6 +34,13 @@ GAMMA = 0.95
 CALLS, REPEATS, WARMUP = 16, 7, 3
 HOLD_MS_PER_CALL = 4.0  # the sleeping kernel holds the stream this long per enqueued call
 SLEEP_CYCLES_PER_MS = 2_000_000  # torch.cuda._sleep spins about this many cycles per ms (~2 GHz)
+PREFIX = "calls-"  # the results files of this suite (the suite is `call`)
+
+
+def add_arguments(ap):
+    ap.add_argument("--sizes", type=arguments.ints, default=list(SIZES))
+    ap.add_argument("--shapes", type=arguments.names, default=list(SHAPES),
+                    help="comma-separated names of %s" % list(SHAPES))
 
 
 class Stub(torch.nn.Module):
@@ -93,8 +94,8 @@ def methods_for(hq, hkv, d, g, n):
     settings = dict(gamma=GAMMA, num_proxy_groups=g)
     proxyattn.hf.enable(**settings)
     flat = tuple(t[0] for t in (q, k, v))  # [N, H, d]
-    config = proxyattn.Settings(**settings).resolve(d)
-    plan = _api._cached_plan(flat[0], flat[1], [0, n], config, _api._stream(flat[0]))
+    resolved = proxyattn.Settings(**settings).resolve(d)
+    plan = _api._cached_plan(flat[0], flat[1], [0, n], resolved, _api._stream(flat[0]))
     plan._estimate(flat[0], flat[1])
 
     def sdpa_cudnn():
@@ -112,17 +113,8 @@ def methods_for(hq, hkv, d, g, n):
     return methods, plan.density
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="bench/results")
-    ap.add_argument("--prefix", default="calls-")
-    ap.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",") if x], default=list(SIZES))
-    ap.add_argument("--shapes", type=lambda s: s.split(","), default=list(SHAPES))
-    ap.add_argument("--build", help="ignored (scripts/gpu-check passes it to every benchmark): the Python "
-                                    "module is the one on PYTHONPATH")
-    args = ap.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("call_bench.py: needs a CUDA device")
+def run(args):
+    arguments.known("--shapes", args.shapes, SHAPES)
     t0 = time.time()
     spin_up()
     rows = []
@@ -143,8 +135,4 @@ def main():
            "method": f"device ms and host ms per call: {CALLS} calls enqueued behind a sleeping kernel, "
                      f"median of {REPEATS} samples taken in turn after {WARMUP} warm-up calls",
            "results": rows, "wall_s": time.time() - t0}
-    print("wrote", write_result(args.out, doc, args.prefix))
-
-
-if __name__ == "__main__":
-    main()
+    return doc, PREFIX
