@@ -9,12 +9,15 @@ the estimation is timed on its own (one call against chunks from a paged cache w
 estimation state; --only-estimation: that alone).
 
 - chunks: one N-token prompt attended in one call against in chunks of C tokens (the sum of
-  the chunk calls' medians); dense: cuDNN causal in one call, and SDPA with a bottom-right
-  causal mask (torch.nn.attention.bias.causal_lower_right) per chunk.
+  the chunk calls' medians); dense: cuDNN causal in one call, and per chunk cuDNN in two
+  calls merged by LSE (dense_chunks.cudnn_chunk) and SDPA with a bottom-right causal mask
+  (torch.nn.attention.bias.causal_lower_right, which runs another backend).
 - paged: one chunk (the last `--paged-chunk` queries of the prompt) with K/V packed and in
   paged caches of page sizes 16, 64, 128, 256 (pages shuffled; the sm90 kernel takes pages of
   >= 64 tokens, smaller ones run the sm80 kernel).
-- tail: a chunk of 8K and of 1K queries at the end of a 120K prefix against dense.
+- tail: a chunk of 8K and of 1K queries at the end of a 120K prefix against dense: cuDNN in
+  two calls, FlexAttention on the chunk's causal block mask (compiled per shape) and SDPA's
+  bottom-right bias.
 """
 import time
 
@@ -26,7 +29,8 @@ import proxyattn
 
 from . import arguments, kernel_plan, masks
 from .attention import DEFAULT_SHAPE
-from .baselines import sdpa
+from .baselines import repeat_kv, sdpa
+from .dense_chunks import FlexChunk, cudnn_chunk
 from .config import BLOCK_SIZE
 from .timing import interleaved_median_ms, machine
 
@@ -108,6 +112,7 @@ def run(args):
     t_start = time.time()
     nqb = n // BLOCK_SIZE
     q, k, v, o, qt, kt, vt = kernel_plan.random_inputs(n, shape)
+    kr, vr = repeat_kv(qt, kt, vt)[1:]  # K and V with Hq heads, as cuDNN's op takes them
     order = masks.make_order(nqb, rng)
     doc = {"machine": info, "shape": {"hq": shape.hq, "hkv": shape.hkv, "d": shape.d, "block": BLOCK_SIZE, "n": n},
            "chunks": [], "paged": [], "tail": []}
@@ -115,6 +120,7 @@ def run(args):
     if args.only_estimation:
         return doc, "chunked-estimation-"
 
+    flex = FlexChunk()
     for density in DENSITIES:
         count = masks.make_count(nqb, shape.hq, density, rng)
         whole = Call(shape, q, n, n, order, count)
@@ -130,24 +136,28 @@ def run(args):
                                                                               o[begin:end], stream)
                 calls["dense_%d_%d" % (c, begin)] = (
                     lambda b=begin, e=end: sdpa_lower_right(qt[:, :, b:e], kt[:, :, :e], vt[:, :, :e]))
+                calls["cudnn_%d_%d" % (c, begin)] = (
+                    lambda b=begin, e=end: cudnn_chunk(qt[:, :, b:e], kr[:, :, :e], vr[:, :, :e]))
         t = interleaved_median_ms(calls, REPEATS, WARMUP)
         row = {"target_density": density, "density": whole.stats["density"], "one_shot_ms": t["one_shot"],
                "cudnn_one_shot_ms": t["cudnn_one_shot"]}
         for c in CHUNKS:
             ours = sum(t["ours_%d_%d" % (c, b)] for b in range(0, n, c))
             dense = sum(t["dense_%d_%d" % (c, b)] for b in range(0, n, c))
+            cudnn = sum(t["cudnn_%d_%d" % (c, b)] for b in range(0, n, c))
             row["chunk_%d" % c] = {"ours_total_ms": ours, "ours_vs_one_shot": ours / t["one_shot"],
-                                   "dense_lower_right_total_ms": dense, "speedup_vs_dense_chunks": dense / ours}
+                                   "dense_lower_right_total_ms": dense, "speedup_vs_dense_chunks": dense / ours,
+                                   "cudnn_chunks_total_ms": cudnn, "speedup_vs_cudnn_chunks": cudnn / ours}
         doc["chunks"].append(row)
         print("chunks density %.2f: one shot %.3f ms, cuDNN %.3f ms; %s [%.0f s]" % (
             whole.stats["density"], t["one_shot"], t["cudnn_one_shot"],
-            ", ".join("C %d: %.3f ms (x%.3f), dense %.3f" % (c, row["chunk_%d" % c]["ours_total_ms"],
-                                                             row["chunk_%d" % c]["ours_vs_one_shot"],
-                                                             row["chunk_%d" % c]["dense_lower_right_total_ms"])
-                      for c in CHUNKS), time.time() - t_start), flush=True)
+            ", ".join("C %d: %.3f ms (x%.3f), cuDNN %.3f, SDPA bias %.3f" % (
+                c, row["chunk_%d" % c]["ours_total_ms"], row["chunk_%d" % c]["ours_vs_one_shot"],
+                row["chunk_%d" % c]["cudnn_chunks_total_ms"], row["chunk_%d" % c]["dense_lower_right_total_ms"])
+                for c in CHUNKS), time.time() - t_start), flush=True)
         del plans, calls
         doc["paged"].append(paged(shape, q, k, v, o, n, args.paged_chunk, order, count, density, stream, t_start))
-        doc["tail"] += tail(shape, q, k, v, o, qt, kt, vt, n, order, count, density, stream)
+        doc["tail"] += tail(shape, q, k, v, o, (qt, kt, vt, kr, vr), n, order, count, density, stream, flex)
     return doc, "chunked-"
 
 
@@ -187,23 +197,31 @@ def paged(shape, q, k, v, o, n, paged_chunk, order, count, density, stream, t_st
     return row
 
 
-def tail(shape, q, k, v, o, qt, kt, vt, n, order, count, density, stream):
-    """A short chunk at the end of a long prefix (a new chat turn, an engine's usual chunk)."""
+def tail(shape, q, k, v, o, dense_inputs, n, order, count, density, stream, flex):
+    """A short chunk at the end of a long prefix (a new chat turn, an engine's usual chunk);
+    dense_inputs: q, k, v as [1, H, N, d] and K, V repeated to Hq heads."""
+    qt, kt, vt, kr, vr = dense_inputs
     prefix = n - TAIL_PREFIX_BEFORE_END
     calls, tails = {}, {}
     for c in TAIL_CHUNKS:
         end = prefix + c
         call = Call(shape, q, c, end, order, count)
         tails[c] = call
+        mask = flex.chunk_mask(c, end, q.device, BLOCK_SIZE)
         calls["ours_%d" % c] = kernel_plan.attend_kv_call(call.plan, q[prefix:end], k, v, o[prefix:end], stream)
         calls["dense_%d" % c] = lambda e=end: sdpa_lower_right(qt[:, :, prefix:e], kt[:, :, :e], vt[:, :, :e])
+        calls["cudnn_%d" % c] = lambda e=end: cudnn_chunk(qt[:, :, prefix:e], kr[:, :, :e], vr[:, :, :e])
+        calls["flex_%d" % c] = lambda e=end, mask=mask: flex(qt[:, :, prefix:e], kt[:, :, :e], vt[:, :, :e], mask)
     t = interleaved_median_ms(calls, REPEATS, WARMUP)
     rows = []
     for c in TAIL_CHUNKS:
+        ours = t["ours_%d" % c]
         rows.append({"target_density": density, "density": tails[c].stats["density"], "q_len": c,
-                     "prefix": prefix, "ours_ms": t["ours_%d" % c], "dense_lower_right_ms": t["dense_%d" % c],
-                     "speedup_vs_dense": t["dense_%d" % c] / t["ours_%d" % c]})
-        print("tail %d after %d, density %.2f: ours %.3f ms, dense %.3f ms (x%.2f)" % (
-            c, prefix, tails[c].stats["density"], t["ours_%d" % c], t["dense_%d" % c],
-            t["dense_%d" % c] / t["ours_%d" % c]), flush=True)
+                     "prefix": prefix, "ours_ms": ours, "dense_lower_right_ms": t["dense_%d" % c],
+                     "speedup_vs_dense": t["dense_%d" % c] / ours, "cudnn_ms": t["cudnn_%d" % c],
+                     "speedup_vs_cudnn": t["cudnn_%d" % c] / ours, "flex_ms": t["flex_%d" % c],
+                     "speedup_vs_flex": t["flex_%d" % c] / ours})
+        print("tail %d after %d, density %.2f: ours %.3f ms, cuDNN %.3f (x%.2f), Flex %.3f (x%.2f), SDPA bias %.3f" % (
+            c, prefix, tails[c].stats["density"], ours, t["cudnn_%d" % c], t["cudnn_%d" % c] / ours,
+            t["flex_%d" % c], t["flex_%d" % c] / ours, t["dense_%d" % c]), flush=True)
     return rows
