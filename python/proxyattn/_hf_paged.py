@@ -114,8 +114,11 @@ def _read_batch(cache, group, cu_seq_lens_q, cu_seq_lens_k, write_index, block_s
     proxy = [s for s in range(len(cu_q) - 1)
              if cu_q[s + 1] - cu_q[s] >= block_size and cu_k[s + 1] - cu_k[s] >= dense_below]
     batch = _Batch(cu_q, cu_k, proxy, {}, {})
+    allocator = cache.group_cache_managers[group]
+    known = _cache_states.get(cache)
+    if known is not None:
+        known.forget_freed(allocator.block_table)
     if proxy:
-        allocator = cache.group_cache_managers[group]
         owner = {block: request_id for request_id, blocks in allocator.block_table.items() for block in blocks}
         last_rows = torch.tensor([cu_q[s + 1] - 1 for s in proxy], device=write_index.device)
         last_slots = write_index.index_select(0, last_rows).tolist()
@@ -124,7 +127,6 @@ def _read_batch(cache, group, cu_seq_lens_q, cu_seq_lens_k, write_index, block_s
             pages = -(-(cu_k[s + 1] - cu_k[s]) // cache.block_size)
             batch.requests[s] = request_id
             batch.blocks[s] = tuple(allocator.block_table[request_id][:pages])
-        states_of(cache).forget_freed(allocator.block_table)
     return batch
 
 
