@@ -28,9 +28,11 @@ def host_memory(monkeypatch):
     the test venv lacks (it then reports 0 bytes and refuses every cache)."""
     from transformers.generation.continuous_batching import cache
 
+    _hf_paged._warned.clear()
+    if torch.cuda.is_available():
+        return
     monkeypatch.setattr(cache, "get_device_and_memory_breakdown",
                         lambda: (torch.device("cpu"), MEMORY_BYTES, 0, 0))
-    _hf_paged._warned.clear()
 
 
 def tiny_qwen2():
@@ -46,11 +48,11 @@ def prompts(*lengths):
     return [torch.randint(0, VOCAB, (n,), generator=generator).tolist() for n in lengths]
 
 
-def generate_batch(model, inputs, attn_implementation, max_new_tokens=3):
+def generate_batch(model, inputs, attn_implementation, max_new_tokens=3, num_blocks=64):
     model.set_attn_implementation(attn_implementation)
     config = transformers.GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=-1,
                                            pad_token_id=0)
-    cb = transformers.ContinuousBatchingConfig(block_size=BLOCK, num_blocks=64, max_batch_tokens=CHUNK)
+    cb = transformers.ContinuousBatchingConfig(block_size=BLOCK, num_blocks=num_blocks, max_batch_tokens=CHUNK)
     with torch.no_grad():
         out = model.generate_batch(inputs, generation_config=config, continuous_batching_config=cb)
     return [result.generated_tokens for result in out.values()]
@@ -214,3 +216,39 @@ def test_without_the_engine_it_is_the_non_paged_function():
         model.set_attn_implementation("paged|proxyattn")
         paged = model.generate(ids, max_new_tokens=3, do_sample=False)
     assert torch.equal(paged, dense)
+
+
+@pytest.mark.gpu
+def test_cuda_generate_batch_routes_to_the_library_and_matches_stock():
+    """bf16 on CUDA: with a budget covering every block the answers are the stock engine's, and
+    ProxyAttn (not its fallback) ran the long chunks."""
+    proxyattn.hf.enable(**dict(FULL_BUDGET, block_size=128, dense_below=256))
+    model, inputs = tiny_qwen2().to("cuda", torch.bfloat16), prompts(1500, 40, 700)
+    stock = generate_batch(model, inputs, "paged|sdpa")
+    with recording() as calls, pytest.warns(UserWarning) as caught:
+        routed = generate_batch(model, inputs, "paged|proxyattn")
+    assert not [w for w in caught if "instead" in str(w.message)]
+    assert sum(len(c["state"]) + len(c["gathered"]) for c in calls) > 0
+    assert routed == stock
+
+
+@pytest.mark.gpu
+def test_cuda_real_model_needle_answer_matches_stock():
+    """Qwen2.5-Coder-0.5B (where eval/acquire.py put it): an 8K needle prompt through
+    generate_batch gives the stock engine's answer with the default sparse setting."""
+    import os
+    import pathlib
+
+    model_dir = pathlib.Path(os.environ.get("PROXYATTN_CACHE", "~/.cache/proxyattn")).expanduser() / \
+        "qwen2.5-coder-0.5b-hf"
+    if not (model_dir / "config.json").exists():
+        pytest.skip(f"{model_dir}: no model weights")
+    proxyattn.hf.enable(gamma=0.95, num_proxy_groups=2)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).to("cuda").eval()
+    filler = " ".join(f"Sentence {i} says nothing." for i in range(600))
+    text = f"{filler} The secret number is 4818273. {filler}\nWhat is the secret number? The secret number is"
+    ids = tokenizer(text)["input_ids"]
+    answers = {impl: generate_batch(model, [ids], impl, max_new_tokens=8, num_blocks=4 * len(ids) // BLOCK)
+               for impl in ("paged|sdpa", "paged|proxyattn")}
+    assert answers["paged|proxyattn"] == answers["paged|sdpa"]
