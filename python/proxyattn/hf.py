@@ -4,6 +4,16 @@
     proxyattn.hf.enable(gamma=0.95)                     # registers attn_implementation="proxyattn"
     model = AutoModelForCausalLM.from_pretrained(name, attn_implementation="proxyattn")
 
+    model = AutoModelForCausalLM.from_pretrained(name, attn_implementation="paged|proxyattn")
+    model.generate_batch(prompts, ...)                  # transformers' continuous batching
+
+"paged|proxyattn" (proxyattn/_hf_paged.py) is the continuous-batching engine's attention:
+prefill chunks of at least a block of queries and `dense_below` keys run ProxyAttn, with each
+layer's estimation state beside its cache pages; decode steps and short chunks run the
+engine's paged SDPA. On a forward without the engine's paged cache (model.generate) it runs
+"proxyattn" without a padding mask (the model makes none for this name): load padded batches
+for model.generate with "proxyattn".
+
 Prefill (no cached prefix, no padding, at least `dense_below` tokens) runs ProxyAttn;
 decoding, short prompts, padded batches and the layers named in `dense_layers` run
 transformers' own SDPA attention, and so do calls the library cannot run on their device
@@ -12,11 +22,12 @@ warning the first time for each reason.
 """
 import warnings
 
-from . import _api
+from . import _api, _hf_paged
 from ._C import ProxyAttnUnsupported
 from ._settings import DEFAULT, settings_of
 
 NAME = "proxyattn"
+PAGED_NAME = _hf_paged.NAME
 _settings = DEFAULT  # enable()'s proxyattn.Settings
 _dense_layers = set()  # layer_idx of the layers that always run dense
 _warned = set()  # the unsupported cases already reported
@@ -52,8 +63,17 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
     return out, None
 
 
+def _current_settings():
+    return _settings
+
+
+paged_attention_forward = _hf_paged.make_attention(attention_forward, _current_settings, _dense_layers)
+
+
 def enable(dense_layers=(), *, settings=None, **changes):
-    """Registers attn_implementation="proxyattn" with transformers; settings as in
+    """Registers attn_implementation="proxyattn" (model.generate and plain forwards) and
+    "paged|proxyattn" (transformers' continuous batching: generate_batch, the serving app)
+    with transformers; settings as in
     proxyattn.attention (a proxyattn.Settings and/or keyword settings: gamma,
     num_proxy_groups, block_size, min_budget_tokens, ...), checked here: invalid ones raise
     now, naming the field. A model's own softmax scale (its attention's `scaling`) replaces
@@ -74,4 +94,5 @@ def enable(dense_layers=(), *, settings=None, **changes):
     _dense_layers.clear()
     _dense_layers.update(layers)
     AttentionInterface.register(NAME, attention_forward)
-    AttentionMaskInterface.register(NAME, sdpa_mask)
+    AttentionInterface.register(PAGED_NAME, paged_attention_forward)
+    AttentionMaskInterface.register(NAME, sdpa_mask)  # (none for PAGED_NAME: the engine's forwards take no mask)
