@@ -125,3 +125,41 @@ def test_layout_round_trip():
             for p in range(layout.num_pieces):
                 a, e = layout.piece_bounds(p)
                 assert e == a or (a % BLOCK == 0 and (e - a >= BLOCK or (a == 0 and e == n))), (n, world, p, a, e)
+
+
+def _nccl_worker(rank, init_file, result_dir):
+    device = torch.device("cuda", 0)
+    dist.init_process_group("nccl", init_method=f"file://{init_file}", rank=0, world_size=1, timeout=TIMEOUT,
+                            device_id=device)
+    try:
+        n = 5000
+        settings = proxyattn.Settings(block_size=128, min_budget_tokens=512, dense_below=1024, gamma=0.9)
+        q, k, v = (t.to(device, torch.bfloat16) for t in _inputs(n, 8, 2, 128, seed=3))
+        ref_out, ref_lse = proxyattn.attention_varlen(q, k, v, [0, n], return_lse=True, settings=settings)
+        ref_rows = pad.plan_rows(proxyattn.estimate(q[None], k[None], settings=settings), 0, -(-n // 128))
+        for exchange in pad.EXCHANGES:
+            shards = [pad.shard(t, 0, 1, 128) for t in (q, k, v)]
+            out, lse, plan = pad.attention(*shards, seq_len=n, exchange=exchange, return_lse=True,
+                                           return_plan=True, settings=settings)
+            for m, (order, count) in plan.rows().items():
+                assert np.array_equal(order, ref_rows[m][0]) and np.array_equal(count, ref_rows[m][1]), (exchange, m)
+            torch.testing.assert_close(out, pad.shard(ref_out, 0, 1, 128), rtol=2e-2, atol=2e-2)
+            torch.testing.assert_close(lse, pad.shard(ref_lse.T, 0, 1, 128).T, rtol=1e-3, atol=1e-3)
+    except BaseException:
+        with open(os.path.join(result_dir, "error0"), "w") as f:
+            f.write(traceback.format_exc())
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.gpu
+def test_distributed_nccl_world_size_1():
+    """World size 1 through NCCL on the GPU: both pieces of the one rank (a whole prefix and a chunk)
+    against the single-process GPU call, rows identical."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            mp.spawn(_nccl_worker, args=(os.path.join(tmp, "init"), tmp), nprocs=1, join=True)
+        except Exception:
+            errors = [open(os.path.join(tmp, f)).read() for f in sorted(os.listdir(tmp)) if f.startswith("error")]
+            pytest.fail("\n".join(errors) or "the worker failed")

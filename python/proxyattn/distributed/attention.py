@@ -32,6 +32,7 @@ class ShardPlan:
     def __init__(self, layout, rank, pieces, offsets):
         self.layout, self.rank, self.pieces, self.offsets = layout, rank, pieces, offsets
         self.timings = {}
+        self.bytes_received = 0  # K, V and proxy bytes this rank received from others
 
     def rows(self):
         """{m: (order [g, m + 1], count [Hq])} of every query-block row the rank holds."""
@@ -139,7 +140,7 @@ def _run(q, k, v, layout, rank, group, config, exchange, clock):
             spans.append((p, a, e, offset))
         offset += e - a
     if exchange == "gather":
-        keys = _gather_keys(k, v, layout, lengths, group, clock)
+        keys = _gather_keys(k, v, layout, rank, lengths, group, clock)
         num_pages = 0
     else:
         keys = fetch.PagedKeys(q, k, v, layout, rank, group, config, clock)
@@ -147,6 +148,7 @@ def _run(q, k, v, layout, rank, group, config, exchange, clock):
     hkv = int(k.shape[1])
     pieces = [PiecePlan(q[o:o + e - a], hkv, a, e, config, num_pages) for p, a, e, o in spans]
     plan = ShardPlan(layout, rank, pieces, [o for *_, o in spans])
+    plan.bytes_received = keys.bytes_received
     _estimate(q, keys, plan, spans, layout, rank, group, config, clock)
     out = torch.empty_like(q)
     lses = [torch.empty((q.shape[1], e - a), dtype=torch.float32, device=q.device) for p, a, e, o in spans]
@@ -164,8 +166,10 @@ class _GatheredKeys:
     table = None
     state = None
 
-    def __init__(self, k, finish_v, layout):
+    def __init__(self, k, finish_v, layout, rank):
         self.k, self._finish_v, self._layout, self.v = k, finish_v, layout, None
+        others = layout.seq_len - layout.shard_len(rank)
+        self.bytes_received = 2 * others * k[0].numel() * k.element_size()  # K and V of the others
 
     def prepare_values(self, plan, clock):
         self.v = _unshard_list(self._finish_v(), self._layout)
@@ -183,11 +187,11 @@ def _unshard_list(shards, layout):
     return torch.cat(pieces, 0)
 
 
-def _gather_keys(k, v, layout, lengths, group, clock):
+def _gather_keys(k, v, layout, rank, lengths, group, clock):
     k_all = _unshard_list(collectives.gather_shards(k, lengths, group), layout)
     clock.step("communication_k")
     _, finish_v = collectives.gather_shards(v, lengths, group, async_op=True)
-    return _GatheredKeys(k_all, finish_v, layout)
+    return _GatheredKeys(k_all, finish_v, layout, rank)
 
 
 def _estimate(q, keys, plan, spans, layout, rank, group, config, clock):
