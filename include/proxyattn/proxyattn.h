@@ -272,6 +272,29 @@ pa_status pa_attend_kv(const pa_plan* plan, const pa_tensor* q, const pa_kv_cach
 pa_status pa_forward_kv(pa_plan* plan, const pa_tensor* q, const pa_kv_cache* kv, pa_tensor* o,
                         float* lse, void* workspace, size_t workspace_bytes, void* stream);
 
+/* Step 5's results given by the caller instead of measured on the call's own last query block:
+ * the rows of a chunk of a sequence whose last query block another call holds (context
+ * parallelism: the rank holding the sequence's last query block estimates it with pa_estimate_kv
+ * and hands pa_plan_get_heads' needed_blocks and pa_plan_get_anchors' anchors to the ranks holding
+ * earlier chunks). Host arrays. */
+typedef struct pa_given_budgets {
+  const int32_t* needed;       /* [num_seqs, num_q_heads] count_i, each in [1, num_kblocks[s]] */
+  const int32_t* anchors;      /* [num_seqs, num_q_heads, T] (T: the plan's resolved anchor_blocks),
+                                  entries -1 or in [0, num_kblocks[s]); NULL allowed when T == 0 */
+  const int32_t* num_kblocks;  /* [num_seqs] key blocks of each whole sequence, >= the call's
+                                  ceil(kv_len / block_size) */
+} pa_given_budgets;
+
+/* pa_estimate_kv with step 5 given: K_i = min(num_kblocks[s], max(needed, ceil(min_budget_tokens /
+ * b))), the proportional mode's r_i = needed / num_kblocks[s], and the anchors as given; the plan
+ * reports them (pa_plan_get_heads, pa_plan_get_anchors). Every sequence with queries runs sparse:
+ * dense_below is the caller's to apply to the whole sequence (call pa_estimate_kv where the whole
+ * sequence runs dense). A chunk of fewer queries than a block is refused
+ * (PA_STATUS_INVALID_SHAPE). The rows equal those a one-shot prefill of the whole sequence gives. */
+pa_status pa_estimate_kv_given(pa_plan* plan, const pa_tensor* q, const pa_kv_cache* kv,
+                               const pa_given_budgets* budgets, void* workspace,
+                               size_t workspace_bytes, void* stream);
+
 /* Exact causal attention (every key t' <= t; with problem.cu_seqlens_k, queries aligned to
  * the end of their keys, K and V packed) with fp32 accumulation. */
 pa_status pa_dense_attention(const pa_problem* problem, float softmax_scale, const pa_tensor* q,

@@ -405,6 +405,27 @@ class PyPlan {
     calls_.check(calls_.pa_estimate_kv(plan_, &tq, &kv, workspace.data(), workspace.nbytes(), stream_ptr(stream)));
   }
 
+  // estimate_kv with step 5 given (pa_estimate_kv_given): needed [num_seqs * Hq], anchors
+  // [num_seqs * Hq * anchor_blocks], num_kblocks [num_seqs], host lists.
+  void estimate_kv_given(const In& q, const In& k, nb::object block_table, const ProxyState* state,
+                         const std::vector<int32_t>& needed,
+                         const std::vector<int32_t>& anchors, const std::vector<int32_t>& num_kblocks,
+                         Array workspace, uintptr_t stream) {
+    check_dtypes({{&q, "q"}, {&k, "k"}});
+    const size_t heads = size_t(p().num_seqs) * p().num_q_heads;
+    if (needed.size() != heads || num_kblocks.size() != size_t(p().num_seqs) ||
+        anchors.size() != heads * size_t(anchor_blocks()))
+      throw nb::value_error(format("estimate_kv_given: needed (%zu), anchors (%zu), num_kblocks (%zu) entries; "
+                                   "expected %zu, %zu, %d", needed.size(), anchors.size(), num_kblocks.size(),
+                                   heads, heads * size_t(anchor_blocks()), p().num_seqs).c_str());
+    const pa_tensor tq = view(q, "q", q_rows(p()));
+    const pa_kv_cache kv = kv_cache(k, nullptr, block_table, state);
+    const pa_given_budgets given{needed.data(), anchors.empty() ? nullptr : anchors.data(), num_kblocks.data()};
+    nb::gil_scoped_release release;
+    proxyattn::check(pa_estimate_kv_given(plan_, &tq, &kv, &given, workspace.data(), workspace.nbytes(),
+                                          stream_ptr(stream)));
+  }
+
   void attend_kv(const In& q, const In& k, const In& v, nb::object block_table, const ProxyState* state, Array o,
                  nb::object lse, uintptr_t stream) {
     KvAttention a = kv_attention(q, k, v, block_table, state, o, lse);
@@ -594,6 +615,7 @@ NB_MODULE(_C, m) {
         nb::arg("config"));
 
   m.attr("ANCHOR_BLOCKS_AUTO") = PA_ANCHOR_BLOCKS_AUTO;
+  m.attr("MAX_ANCHOR_BLOCKS") = PA_MAX_ANCHOR_BLOCKS;
   nb::dict budget_modes;  // pa_budget_mode by the name proxyattn.Settings takes
   budget_modes["absolute"] = int(PA_BUDGET_ABSOLUTE);
   budget_modes["proportional"] = int(PA_BUDGET_PROPORTIONAL);
@@ -649,6 +671,9 @@ NB_MODULE(_C, m) {
            nb::arg("lse").none(), nb::arg("stream"))
       .def("estimate_kv", &PyPlan::estimate_kv, nb::arg("q"), nb::arg("k"), nb::arg("block_table").none(),
            nb::arg("state").none(), nb::arg("workspace"), nb::arg("stream"))
+      .def("estimate_kv_given", &PyPlan::estimate_kv_given, nb::arg("q"), nb::arg("k"),
+           nb::arg("block_table").none(), nb::arg("state").none(), nb::arg("needed"),
+           nb::arg("anchors"), nb::arg("num_kblocks"), nb::arg("workspace"), nb::arg("stream"))
       .def("attend_kv", &PyPlan::attend_kv, nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("block_table").none(),
            nb::arg("state").none(), nb::arg("o"), nb::arg("lse").none(), nb::arg("stream"))
       .def("forward_kv", &PyPlan::forward_kv, nb::arg("q"), nb::arg("k"), nb::arg("v"),

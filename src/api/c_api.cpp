@@ -13,6 +13,7 @@
 #include "core/block_index.hpp"
 #include "core/config.hpp"
 #include "core/enum_value.hpp"
+#include "core/given_budgets.hpp"
 #include "core/plan.hpp"
 #include "core/problem.hpp"
 #include "core/status.hpp"
@@ -342,12 +343,12 @@ size_t backend_workspace_bytes(const pa_plan& plan) {
 }
 
 pa_status backend_estimate(const pa_plan& plan, const pa_tensor& q, const pa_kv_cache& kv, void* workspace,
-                           void* stream) {
+                           void* stream, const GivenBudgets* given) {
 #if PROXYATTN_WITH_CUDA
-  if (plan.on_device) return cuda::estimate(plan.desc, q, kv, workspace, stream);
+  if (plan.on_device) return cuda::estimate(plan.desc, q, kv, workspace, stream, given);
 #endif
   (void)stream;
-  return cpu::estimate(plan.desc, q, kv, workspace);
+  return cpu::estimate(plan.desc, q, kv, workspace, given);
 }
 
 pa_status backend_attend(const pa_plan& plan, const pa_tensor& q, const pa_kv_cache& kv, const pa_tensor& o,
@@ -361,13 +362,13 @@ pa_status backend_attend(const pa_plan& plan, const pa_tensor& q, const pa_kv_ca
 
 // Estimation after its arguments were checked.
 pa_status run_estimate(pa_plan& plan, const pa_tensor& q, const pa_kv_cache& kv, void* workspace,
-                       size_t workspace_bytes, void* stream) {
+                       size_t workspace_bytes, void* stream, const GivenBudgets* given = nullptr) {
   const size_t needed = backend_workspace_bytes(plan);
   if (workspace == nullptr && needed > 0) return fail(PA_STATUS_NULL_POINTER, "workspace is NULL");
   if (workspace_bytes < needed)
     return fail(PA_STATUS_BUFFER_TOO_SMALL,
                 "workspace_bytes = %zu: estimation needs %zu (pa_workspace_bytes)", workspace_bytes, needed);
-  PA_TRY(backend_estimate(plan, q, kv, workspace, stream));
+  PA_TRY(backend_estimate(plan, q, kv, workspace, stream, given));
   plan.estimated = true;
   return PA_STATUS_SUCCESS;
 }
@@ -688,6 +689,19 @@ pa_status pa_estimate_kv(pa_plan* plan, const pa_tensor* q, const pa_kv_cache* k
     PA_TRY(check_plan(plan, false));
     PA_TRY(check_kv_call(*plan, q, kv, false, nullptr, nullptr, workspace));
     return run_estimate(*plan, *q, *kv, workspace, workspace_bytes, stream);
+  });
+}
+
+pa_status pa_estimate_kv_given(pa_plan* plan, const pa_tensor* q, const pa_kv_cache* kv,
+                               const pa_given_budgets* budgets, void* workspace, size_t workspace_bytes,
+                               void* stream) {
+  return guarded([&] {
+    PA_TRY(check_plan(plan, false));
+    if (budgets == nullptr) return fail(PA_STATUS_NULL_POINTER, "budgets is NULL");
+    PA_TRY(check_kv_call(*plan, q, kv, false, nullptr, nullptr, workspace));
+    GivenBudgets given;
+    PA_TRY(expand_given_budgets(plan->desc, *budgets, &given));
+    return run_estimate(*plan, *q, *kv, workspace, workspace_bytes, stream, &given);
   });
 }
 

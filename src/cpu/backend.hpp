@@ -3,6 +3,7 @@
 
 #include <cstddef>
 
+#include "core/given_budgets.hpp"
 #include "core/plan.hpp"
 
 namespace proxyattn::cpu {
@@ -11,8 +12,10 @@ namespace proxyattn::cpu {
 size_t estimate_workspace_bytes(const PlanDesc& plan);
 
 // Fills the plan's block index (host memory) from Q and the keys of kv, and writes the
-// call's positions into kv's estimation state when it has one.
-pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_kv_cache& kv, void* workspace);
+// call's positions into kv's estimation state when it has one. given: step 5's results from the
+// caller (every sequence then runs sparse), or null.
+pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_kv_cache& kv, void* workspace,
+                   const GivenBudgets* given = nullptr);
 
 // Block-sparse attention over the plan's index. lse may be null.
 pa_status attend(const PlanDesc& plan, const pa_tensor& q, const pa_kv_cache& kv, const pa_tensor& o,

@@ -8,6 +8,7 @@
 
 #include "core/budget.hpp"
 #include "core/config.hpp"
+#include "core/given_budgets.hpp"
 #include "cpu/backend.hpp"
 #include "cpu/elements.hpp"
 #include "cpu/kernels.hpp"
@@ -256,7 +257,9 @@ void write_order_row(const float* scores, int m, const std::vector<int32_t>& for
   std::copy(rest.begin(), rest.end(), out + forced.size());
 }
 
-void write_counts(const PlanDesc& plan, const SeqSpan& span, int seq, int j, int m, int forced) {
+// num_kblocks: the whole sequence's key blocks (the proportional mode's N_b).
+void write_counts(const PlanDesc& plan, const SeqSpan& span, int seq, int j, int m, int forced,
+                  int32_t num_kblocks) {
   const pa_config& c = plan.config;
   const int hq = plan.problem.num_q_heads, per_group = plan.q_heads_per_group();
   const int min_blocks = min_budget_blocks(c);
@@ -264,7 +267,7 @@ void write_counts(const PlanDesc& plan, const SeqSpan& span, int seq, int j, int
     const int32_t budget = plan.index.budget[seq * hq + h];
     const int32_t needed = plan.index.needed[seq * hq + h];
     plan.index.count[count_row(span, m) * hq + h] =
-        row_keep(c.budget_mode, budget, needed, span.num_kblocks(), min_blocks, m, forced);
+        row_keep(c.budget_mode, budget, needed, num_kblocks, min_blocks, m, forced);
   }
 }
 
@@ -289,7 +292,16 @@ void estimate_dense(const PlanDesc& plan, const SeqSpan& span, int seq) {
     }
 }
 
-void estimate_sparse(const Sources& src, const Proxies& px) {
+// Step 5 given by the caller: sequence seq's budgets, needed counts and anchors copied.
+void copy_given(const PlanDesc& plan, int seq, const GivenBudgets& given) {
+  const int hq = plan.problem.num_q_heads, t = plan.config.anchor_blocks;
+  std::copy_n(given.budget.begin() + size_t(seq) * hq, hq, plan.index.budget + size_t(seq) * hq);
+  std::copy_n(given.needed.begin() + size_t(seq) * hq, hq, plan.index.needed + size_t(seq) * hq);
+  std::copy_n(given.anchors.begin() + size_t(seq) * hq * t, size_t(hq) * t,
+              plan.index.anchors + size_t(seq) * hq * t);
+}
+
+void estimate_sparse(const Sources& src, const Proxies& px, const GivenBudgets* given) {
   const PlanDesc& plan = *src.plan;
   const SeqSpan& span = *src.span;
   const int seq = src.seq;
@@ -297,14 +309,16 @@ void estimate_sparse(const Sources& src, const Proxies& px) {
   const int hq = plan.problem.num_q_heads, nkb = span.num_kblocks(), g = plan.groups();
   const int workers = num_threads();
 
-  // Step 5: per-head budgets.
+  // Step 5: per-head budgets (or the caller's).
   const int min_blocks = min_budget_blocks(c);
+  const int32_t budget_kblocks = given != nullptr ? given->num_kblocks[seq] : nkb;
+  if (given != nullptr) copy_given(plan, seq, *given);
   struct BudgetScratch {
     SoftmaxScratch softmax;
     std::vector<double> mass, sorted;
   };
   std::vector<BudgetScratch> bs(workers);
-  parallel_for(hq, [&](int w, int64_t h) {
+  parallel_for(given != nullptr ? 0 : hq, [&](int w, int64_t h) {
     BudgetScratch& sc = bs[w];
     sc.mass.resize(nkb);
     sc.sorted.resize(nkb);
@@ -344,7 +358,7 @@ void estimate_sparse(const Sources& src, const Proxies& px) {
                sc.forced);
     write_order_row(sc.scores.data(), m, sc.forced, plan.index.order + order_row(span, j, m),
                     sc.rest, sc.flags);
-    write_counts(plan, span, seq, j, m, int(sc.forced.size()));
+    write_counts(plan, span, seq, j, m, int(sc.forced.size()), budget_kblocks);
   });
 }
 
@@ -355,7 +369,8 @@ size_t estimate_workspace_bytes(const PlanDesc& plan) {
   return sizeof(float) * 2 * size_t(plan.groups()) * size_t(ns) * size_t(plan.problem.head_dim);
 }
 
-pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_kv_cache& kv, void* workspace) {
+pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_kv_cache& kv, void* workspace,
+                   const GivenBudgets* given) {
   const int64_t max_ns = sampled_positions(plan.batch.max_kv_length, plan.config.stride);
   const int hq = plan.problem.num_q_heads, s = plan.config.stride;
   float* base = static_cast<float*>(workspace);
@@ -368,7 +383,7 @@ pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_kv_cache& 
       clear_anchors(plan, int(seq));
       continue;
     }
-    if (plan.runs_dense(span)) {
+    if (given == nullptr && plan.runs_dense(span)) {
       estimate_dense(plan, span, int(seq));
       if (kv.proxy_state != nullptr) store_state(src);
       continue;
@@ -379,7 +394,7 @@ pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_kv_cache& 
     px.q_begin = kv.proxy_state != nullptr ? px.q_first : first_own_sample(span, s);
     px.q = base;
     px.kt = base + size_t(plan.groups()) * max_ns * plan.problem.head_dim;
-    estimate_sparse(src, px);
+    estimate_sparse(src, px, given);
   }
   return PA_STATUS_SUCCESS;
 }

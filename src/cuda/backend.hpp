@@ -6,6 +6,7 @@
 
 #include <cstddef>
 
+#include "core/given_budgets.hpp"
 #include "core/plan.hpp"
 #include "proxyattn/proxyattn.h"
 
@@ -31,9 +32,10 @@ size_t estimate_workspace_bytes(const PlanDesc& plan);
 
 // Fills the plan's block index (device memory) from Q and the keys of kv (packed or paged
 // through kv.block_table; kv.v is not read) on `stream`, and writes the call's positions to
-// kv.proxy_state when there is one (reading the prefix's from it).
+// kv.proxy_state when there is one (reading the prefix's from it). given: step 5's results from
+// the caller (every sequence then runs sparse; copied to the device synchronously), or null.
 pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_kv_cache& kv, void* workspace,
-                   void* stream);
+                   void* stream, const GivenBudgets* given = nullptr);
 
 // Block-sparse attention over the plan's index on `stream`, with the plan's tuning. lse may
 // be null.

@@ -21,6 +21,8 @@ SUITES = {
     "call": Suite("call", True, "one call's device and host time at 4K-32K, as a transformers model makes it"),
     "energy": Suite("energy", True, "joules per call (NVML board energy) and SM clock of each kernel at long N"),
     "chunked": Suite("chunked", True, "chunked prefill and paged K/V on the attention kernels against dense"),
+    "cp": Suite("cp", False, "context parallelism (proxyattn.distributed): each step's time, memory and bytes "
+                             "against one process; world size 1 on a GPU (NCCL) or several CPU processes (gloo)"),
     "profile": Suite("profile", True, "one attention point a few times, for Nsight Compute (no results file)"),
     "cpu-dispatch": Suite("cpu_dispatch", False, "the CPU forward of several builds of the module (make's, pip's)"),
 }

@@ -21,11 +21,12 @@ constexpr float kLog2e = 1.4426950408889634f;
 size_t align_up(size_t x) { return (x + kWorkspaceAlignment - 1) / kWorkspaceAlignment * kWorkspaceAlignment; }
 
 // Byte offsets of the workspace arrays (stages.cuh, Workspace); depends on the plan's shapes
-// and tuning (est_block_logits) only. total == block_logits: no block logits (pass 2 runs).
+// and tuning (est_block_logits) only. budget_kblocks == block_logits: no block logits (pass 2
+// runs).
 // Rows by query block (proxy_q, row_stats), keys by key block (proxy_k, budget_partials):
 // the same sizes for whole prompts, a chunk's prefix blocks more for the keys.
 struct WorkspaceLayout {
-  size_t proxy_q, proxy_k, row_stats, scores, budget_partials, block_logits, total;
+  size_t proxy_q, proxy_k, row_stats, scores, budget_partials, block_logits, budget_kblocks, total;
 };
 
 // Block logits (one float per sampled row and entry of A) replace pass 2 where b / s allows
@@ -74,8 +75,25 @@ WorkspaceLayout workspace_layout(const PlanDesc& plan) {
   w.block_logits = align_up(w.budget_partials + size_t(plan.problem.num_q_heads) *
                                                     size_t(plan.batch.total_kblocks) *
                                                     size_t(plan.config.block_size) * sizeof(float2));
-  w.total = align_up(w.block_logits + block_logits_bytes(plan));
+  w.budget_kblocks = align_up(w.block_logits + block_logits_bytes(plan));
+  w.total = align_up(w.budget_kblocks + size_t(plan.problem.num_seqs) * sizeof(int32_t));
   return w;
+}
+
+// Step 5's given results into the plan's arrays and the whole sequences' key blocks into the
+// workspace; the host vectors are the caller's locals, so the copies complete before return.
+pa_status upload_given(const PlanDesc& plan, const GivenBudgets& given, void* kblocks, cudaStream_t stream) {
+  const auto copy = [&](void* dst, const std::vector<int32_t>& src) -> pa_status {
+    if (src.empty()) return PA_STATUS_SUCCESS;
+    PA_CUDA_TRY(cudaMemcpyAsync(dst, src.data(), src.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
+    return PA_STATUS_SUCCESS;
+  };
+  PA_TRY(copy(plan.index.budget, given.budget));
+  PA_TRY(copy(plan.index.needed, given.needed));
+  PA_TRY(copy(plan.index.anchors, given.anchors));
+  if (plan.batch.total_qblocks > 0) PA_TRY(copy(kblocks, given.num_kblocks));  // else no workspace
+  PA_CUDA_TRY(cudaStreamSynchronize(stream));
+  return PA_STATUS_SUCCESS;
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -109,7 +127,7 @@ size_t estimate_workspace_bytes(const PlanDesc& plan) {
 }
 
 pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_kv_cache& kv, void* workspace,
-                   void* stream) {
+                   void* stream, const GivenBudgets* given) {
   const pa_problem& p = plan.problem;
   const pa_config& c = plan.config;
   if (p.dtype != PA_DTYPE_BFLOAT16 && p.dtype != PA_DTYPE_FLOAT16)
@@ -141,7 +159,7 @@ pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_kv_cache& 
                   "sorts at most %d blocks per row", s, span.kv_length, span.num_kblocks(),
                   c.block_size, est::kMaxSortedBlocks);
     l.max_row_blocks = std::max(l.max_row_blocks, span.num_kblocks());
-    if (!plan.runs_dense(span)) {
+    if (given != nullptr || !plan.runs_dense(span)) {
       any_sparse = true;
       l.max_sparse_kblocks = std::max(l.max_sparse_kblocks, span.num_kblocks());
       l.prefix_keys = l.prefix_keys || span.first_qblock > 0;
@@ -163,7 +181,7 @@ pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_kv_cache& 
   g.stride = c.stride;
   g.stride_log2 = log2_of(c.stride);
   g.per_block = c.block_size / c.stride;
-  g.dense_below = c.dense_below;
+  g.dense_below = given != nullptr ? 0 : c.dense_below;  // given: every sequence sparse
   g.scale_log2 = c.softmax_scale * kLog2e;
   const Chunking ch = chunking(plan);
   g.chunk_tiles = ch.chunk_tiles;
@@ -179,7 +197,7 @@ pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_kv_cache& 
     ws.row_stats = reinterpret_cast<float2*>(base + w.row_stats);
     ws.scores = reinterpret_cast<float*>(base + w.scores);
     ws.budget_partials = reinterpret_cast<float2*>(base + w.budget_partials);
-    if (w.total > w.block_logits) ws.block_logits = reinterpret_cast<float*>(base + w.block_logits);
+    if (w.budget_kblocks > w.block_logits) ws.block_logits = reinterpret_cast<float*>(base + w.block_logits);
   }
   const est::InputView qv = input_view(q);
   const est::KeyView keys = key_view(plan, kv);
@@ -193,10 +211,16 @@ pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_kv_cache& 
   if (any_sparse) {
     PA_TRY(est::launch_proxy_row_stats(l, ws));
     PA_TRY(est::launch_proxy_block_max(l, ws));
-    PA_TRY(est::launch_budget_partials(l, qv, keys, ws));
+    if (given == nullptr) PA_TRY(est::launch_budget_partials(l, qv, keys, ws));
   }
-  // Budgets of every sequence (dense and empty ones too), then the shared orderings.
-  PA_TRY(est::launch_budget_heads(l, ws, plan.index.budget, plan.index.needed, plan.index.anchors));
+  // Budgets of every sequence (dense and empty ones too), or the caller's; then the shared
+  // orderings.
+  if (given != nullptr) {
+    PA_TRY(upload_given(plan, *given, base + w.budget_kblocks, l.stream));
+    g.budget_kblocks = reinterpret_cast<const int32_t*>(base + w.budget_kblocks);
+  } else {
+    PA_TRY(est::launch_budget_heads(l, ws, plan.index.budget, plan.index.needed, plan.index.anchors));
+  }
   if (plan.batch.total_qblocks > 0)
     PA_TRY(est::launch_select(l, ws, plan.index.budget, plan.index.needed, plan.index.anchors,
                               plan.index.order, plan.index.count));

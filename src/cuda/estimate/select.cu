@@ -123,8 +123,9 @@ __global__ void __launch_bounds__(Threads)
     const int64_t at = int64_t(seq) * geo.num_q_heads + h;
     count[count_row(span, m) * geo.num_q_heads + h] =
         dense ? len
-              : row_keep(params.mode, budget[at], needed[at], span.num_kblocks(), params.min_blocks, m,
-                         forced);
+              : row_keep(params.mode, budget[at], needed[at],
+                         geo.budget_kblocks != nullptr ? geo.budget_kblocks[seq] : span.num_kblocks(),
+                         params.min_blocks, m, forced);
   }
 }
 

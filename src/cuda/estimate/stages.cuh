@@ -51,6 +51,8 @@ struct Geometry {
   int32_t chunk_tiles;        // proxy scores: key tiles (64 sampled keys) per CTA at most
   int32_t chunks;             // proxy scores: chunks of the longest row (row_stats planes)
   bool state;                 // an estimation state holds the prefix's proxies
+  const int32_t* budget_kblocks;  // [num_seqs] whole sequences' key blocks when step 5 is given
+                                  //   (the proportional N_b), else null: each span's own
 
   __host__ __device__ int64_t sampled_rows() const { return total_qblocks * per_block; }
   __host__ __device__ int64_t key_rows() const { return total_kblocks * per_block; }

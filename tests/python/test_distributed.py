@@ -1,0 +1,165 @@
+"""proxyattn.distributed on gloo: 2, 3 and 4 processes of this machine against the single-process
+call on the whole sequence (kept blocks identical, outputs and LSE within float rounding), both
+exchanges, g = 1 and 2, GQA, a padded last piece, dense and proportional sequences; and bad input
+(a rank with another config, a shard of the wrong length) raising on every rank."""
+import datetime
+import os
+import tempfile
+import traceback
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.distributed as dist  # noqa: E402
+import torch.multiprocessing as mp  # noqa: E402
+
+import proxyattn  # noqa: E402
+from proxyattn import distributed as pad  # noqa: E402
+
+BLOCK = 64
+TIMEOUT = datetime.timedelta(seconds=60)
+# Small settings so that sequences of a few hundred tokens are sparse with several rows.
+SETTINGS = dict(block_size=BLOCK, min_budget_tokens=128, dense_below=256, gamma=0.9)
+# (seq_len, Hq, Hkv, head_dim, changes): GQA 4/2 and 2/2; N % b != 0; a last piece of N % b
+# tokens joining the piece before it; a whole sequence below dense_below; proportional budgets.
+CASES = [
+    (1000, 4, 2, 32, dict(num_proxy_groups=1)),
+    (1000, 4, 2, 32, dict(num_proxy_groups=2)),
+    (1090, 4, 2, 16, dict(num_proxy_groups=2, budget_mode="proportional")),
+    (200, 2, 2, 16, dict(num_proxy_groups=1)),
+]
+
+
+def _inputs(n, hq, hkv, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(n, h, d, generator=g) for h in (hq, hkv, hkv))
+    k[:, :, 0] += torch.linspace(0, 3, n)[:, None]  # some structure for the ranking
+    return q, k, v
+
+
+def _check_case(rank, world, case, exchange):
+    n, hq, hkv, d, changes = case
+    settings = proxyattn.Settings(**SETTINGS, **changes)
+    q, k, v = _inputs(n, hq, hkv, d, seed=n + hq)
+    ref_out, ref_lse = proxyattn.attention_varlen(q, k, v, [0, n], return_lse=True, settings=settings)
+    ref_rows = pad.plan_rows(proxyattn.estimate(q[None], k[None], settings=settings), 0, -(-n // BLOCK))
+    shards = [pad.shard(t, rank, world, BLOCK) for t in (q, k, v)]
+    out, lse, plan = pad.attention(*shards, seq_len=n, exchange=exchange, return_lse=True, return_plan=True,
+                                   settings=settings)
+    rows = plan.rows()
+    for m, (order, count) in rows.items():
+        ref_order, ref_count = ref_rows[m]
+        assert np.array_equal(order, ref_order), f"{case} {exchange} rank {rank}: order row {m} differs"
+        assert np.array_equal(count, ref_count), f"{case} {exchange} rank {rank}: counts of row {m} differ"
+    want_out = pad.shard(ref_out, rank, world, BLOCK)
+    want_lse = pad.shard(ref_lse.T, rank, world, BLOCK).T
+    torch.testing.assert_close(out, want_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lse, want_lse, rtol=1e-5, atol=1e-5)
+    return sorted(rows)
+
+
+def _bad_inputs(rank, world):
+    """Each case must raise DistributedInputError on every rank, naming the difference."""
+    n, hq, hkv, d = 600, 4, 2, 16
+    q, k, v = _inputs(n, hq, hkv, d, seed=1)
+    shards = [pad.shard(t, rank, world, BLOCK) for t in (q, k, v)]
+    cases = [
+        ("gamma differs", dict(shards=shards, gamma=0.9 if rank == 0 else 0.8)),
+        ("rank 0 holds", dict(shards=[t[1:] for t in shards] if rank == 0 else shards, gamma=0.9)),
+        ("exchange differs", dict(shards=shards, gamma=0.9, exchange="gather" if rank else "fetch")),
+        ("num_q_heads differs", dict(shards=[shards[0][:, :2] if rank == 1 else shards[0]] + shards[1:],
+                                     gamma=0.9)),
+        ("rank 1 refused", dict(shards=[shards[0].double() if rank == 1 else shards[0]] + shards[1:], gamma=0.9)),
+    ]
+    for expected, c in cases:
+        with pytest.raises(pad.DistributedInputError, match=expected):
+            pad.attention(*c["shards"], seq_len=n, exchange=c.get("exchange", "gather"), block_size=BLOCK,
+                          min_budget_tokens=128, dense_below=256, gamma=c["gamma"])
+
+
+def _worker(rank, world, init_file, result_dir, bad):
+    torch.set_num_threads(1)
+    proxyattn.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=TIMEOUT)
+    try:
+        seen = []
+        for case in CASES:
+            for exchange in pad.EXCHANGES:
+                seen.append(_check_case(rank, world, case, exchange))
+        if bad:
+            _bad_inputs(rank, world)
+        with open(os.path.join(result_dir, f"rank{rank}"), "w") as f:
+            f.write(repr(seen))
+    except BaseException:
+        with open(os.path.join(result_dir, f"error{rank}"), "w") as f:
+            f.write(traceback.format_exc())
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_distributed_matches_single_process(world):
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file = os.path.join(tmp, "init")
+        try:
+            mp.spawn(_worker, args=(world, init_file, tmp, world == 2), nprocs=world, join=True)
+        except Exception:
+            errors = [open(os.path.join(tmp, f)).read() for f in sorted(os.listdir(tmp)) if f.startswith("error")]
+            pytest.fail("\n".join(errors) or "a worker failed")
+        # Together the ranks hold every query-block row of each case once.
+        per_rank = [eval(open(os.path.join(tmp, f"rank{r}")).read()) for r in range(world)]
+        for i, (n, *_rest) in enumerate(c for c in CASES for _ in pad.EXCHANGES):
+            rows = sorted(m for r in range(world) for m in per_rank[r][i])
+            assert rows == list(range(-(-n // BLOCK))), f"case {i}: rows {rows}"
+
+
+def test_layout_round_trip():
+    for n in (0, 1, 63, 64, 65, 700, 1090, 4096 + 1):
+        for world in (1, 2, 3, 4, 8):
+            x = torch.arange(n)
+            shards = [pad.shard(x, r, world, BLOCK) for r in range(world)]
+            assert torch.equal(pad.unshard(shards, BLOCK), x)
+            layout = pad.ZigzagLayout(n, world, BLOCK)
+            for p in range(layout.num_pieces):
+                a, e = layout.piece_bounds(p)
+                assert e == a or (a % BLOCK == 0 and (e - a >= BLOCK or (a == 0 and e == n))), (n, world, p, a, e)
+
+
+def _nccl_worker(rank, init_file, result_dir):
+    device = torch.device("cuda", 0)
+    dist.init_process_group("nccl", init_method=f"file://{init_file}", rank=0, world_size=1, timeout=TIMEOUT,
+                            device_id=device)
+    try:
+        n = 5000
+        settings = proxyattn.Settings(block_size=128, min_budget_tokens=512, dense_below=1024, gamma=0.9)
+        q, k, v = (t.to(device, torch.bfloat16) for t in _inputs(n, 8, 2, 128, seed=3))
+        ref_out, ref_lse = proxyattn.attention_varlen(q, k, v, [0, n], return_lse=True, settings=settings)
+        ref_rows = pad.plan_rows(proxyattn.estimate(q[None], k[None], settings=settings), 0, -(-n // 128))
+        for exchange in pad.EXCHANGES:
+            shards = [pad.shard(t, 0, 1, 128) for t in (q, k, v)]
+            out, lse, plan = pad.attention(*shards, seq_len=n, exchange=exchange, return_lse=True,
+                                           return_plan=True, settings=settings)
+            for m, (order, count) in plan.rows().items():
+                assert np.array_equal(order, ref_rows[m][0]) and np.array_equal(count, ref_rows[m][1]), (exchange, m)
+            torch.testing.assert_close(out, pad.shard(ref_out, 0, 1, 128), rtol=2e-2, atol=2e-2)
+            torch.testing.assert_close(lse, pad.shard(ref_lse.T, 0, 1, 128).T, rtol=1e-3, atol=1e-3)
+    except BaseException:
+        with open(os.path.join(result_dir, "error0"), "w") as f:
+            f.write(traceback.format_exc())
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.gpu
+def test_distributed_nccl_world_size_1():
+    """World size 1 through NCCL on the GPU: both pieces of the one rank (a whole prefix and a chunk)
+    against the single-process GPU call, rows identical."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            mp.spawn(_nccl_worker, args=(os.path.join(tmp, "init"), tmp), nprocs=1, join=True)
+        except Exception:
+            errors = [open(os.path.join(tmp, f)).read() for f in sorted(os.listdir(tmp)) if f.startswith("error")]
+            pytest.fail("\n".join(errors) or "the worker failed")
