@@ -101,6 +101,7 @@ void expect_reported(pa_status s, const char* call) {
 // Larger descriptions are validated only: an input stays well under a second with the
 // sanitizers (a 16 MiB view took about one).
 constexpr int64_t kMaxBufferBytes = int64_t(4) << 20;
+constexpr int64_t kMaxGivenHeads = int64_t(1) << 16;  // (sequence, head) entries of a given-budgets call
 constexpr double kMaxWork = 5e5;  // q x kv x Hq x d of a computed call
 
 // A [rows, heads, d] view over exactly the bytes its strides reach (AddressSanitizer reports any
@@ -451,8 +452,32 @@ void run_calls(Input& in, const Description& d, const Sizes& sizes) {
   }
   const Snapshot q_before(q.bytes), k_before(k.bytes), v_before(v.bytes), o_before(o.bytes);
   const std::vector<uint8_t> lse_before = lse_bytes;
-  const uint8_t call = in.byte() % 6;
+  // Step 5's results given by the caller (pa_estimate_kv_given): plausible values, sometimes
+  // one entry out of range; anchors sized for the largest T whatever the plan resolved.
+  // Batches of more heads than kMaxGivenHeads take pa_estimate_kv instead.
+  const int64_t heads_total = int64_t(std::max(p.num_seqs, 0)) * std::max(p.num_q_heads, 0);
+  uint8_t call = in.byte() % 7;
+  if (call == 6 && heads_total > kMaxGivenHeads) call = 3;
   bool attended = false;
+  std::vector<int32_t> given_needed, given_anchors, given_kblocks;
+  if (call == 6) {
+    given_needed.resize(size_t(heads_total) + 1);
+    given_anchors.resize(given_needed.size() * PA_MAX_ANCHOR_BLOCKS);
+    given_kblocks.resize(size_t(p.num_seqs) + 1);
+    const int32_t* cu = p.cu_seqlens_k ? p.cu_seqlens_k : p.cu_seqlens;
+    const int32_t block = std::max(d.c.block_size, 1);
+    for (int s = 0; s < p.num_seqs; ++s) {
+      const int64_t kv = cu ? int64_t(cu[s + 1]) - cu[s] : 0;
+      given_kblocks[s] = int32_t((kv + block - 1) / block) + in.range(0, 2);
+    }
+    for (auto& x : given_needed) x = in.range(1, 4);
+    for (auto& x : given_anchors) x = in.range(-1, 3);
+    if (in.chance(32)) given_needed[in.range(0, int32_t(given_needed.size() - 1))] = in.weird32();
+    if (in.chance(32)) given_anchors[in.range(0, int32_t(given_anchors.size() - 1))] = in.weird32();
+    if (in.chance(32)) given_kblocks[in.range(0, int32_t(given_kblocks.size() - 1))] = in.weird32();
+  }
+  const pa_given_budgets given{given_needed.data(), in.chance(16) ? nullptr : given_anchors.data(),
+                               given_kblocks.data()};
   switch (call) {
     case 0: st = pa_forward(plan, &q.t, &k.t, &v.t, &o.t, lse, workspace.data(), ws_bytes, nullptr); break;
     case 1: st = pa_forward_kv(plan, &q.t, &kv, &o.t, lse, workspace.data(), ws_bytes, nullptr); break;
@@ -468,6 +493,11 @@ void run_calls(Input& in, const Description& d, const Sizes& sizes) {
       break;
     case 4: st = pa_attend_kv(plan, &q.t, &kv, &o.t, lse, nullptr); break;  // before any estimate
     case 5: st = pa_dense_attention_tuned(&p, d.c.softmax_scale, &d.tuning, &q.t, &k.t, &v.t, &o.t, lse, nullptr); break;
+    case 6:
+      st = pa_estimate_kv_given(plan, &q.t, &kv, &given, workspace.data(), ws_bytes, nullptr);
+      expect_reported(st, "pa_estimate_kv_given");
+      if (st == PA_STATUS_SUCCESS) st = pa_attend_kv(plan, &q.t, &kv, &o.t, lse, nullptr);
+      break;
   }
   expect_reported(st, "attention call");
   if (call == 4) CHECK(st != PA_STATUS_SUCCESS, "pa_attend_kv before pa_estimate", st);
@@ -502,7 +532,9 @@ void run_calls(Input& in, const Description& d, const Sizes& sizes) {
       }
       return m;
     }();
-    if (call != 5 && !paged && special == 0.0f && d.c.dense_below > longest_kv && dtype == PA_DTYPE_FLOAT32) {
+    // (Given budgets run every sequence sparse: dense_below is the caller's to apply.)
+    if (call != 5 && call != 6 && !paged && special == 0.0f && d.c.dense_below > longest_kv &&
+        dtype == PA_DTYPE_FLOAT32) {
       std::vector<uint8_t> o2(o.bytes.size(), 0);
       pa_tensor t2 = o.t;
       t2.data = o2.data() + (static_cast<uint8_t*>(o.t.data) - o.bytes.data());
