@@ -53,6 +53,30 @@ inline HostQKV structured_qkv(const pa_problem& p, uint64_t seed) {
   return x;
 }
 
+// Rows [first_row, num_kblocks) of a one-sequence plan's index (a chunk's rows), each as the
+// g groups' order rows followed by the Hq counts: what two plans of the same rows agree on.
+inline std::vector<std::vector<int32_t>> index_rows(const pa_plan* plan, int first_row, int num_kblocks,
+                                                     int groups, int num_q_heads) {
+  int64_t nrows = 0, entries = 0;
+  check(pa_plan_get_layout(plan, &nrows, &entries));
+  std::vector<int32_t> order(entries), count(nrows * num_q_heads);
+  check(pa_plan_get_index(plan, order.data(), count.data()));
+  const auto tri = [](int64_t m) { return m * (m + 1) / 2; };
+  const int64_t per_group = tri(num_kblocks) - tri(first_row);
+  std::vector<std::vector<int32_t>> out;
+  for (int m = first_row; m < num_kblocks; ++m) {
+    std::vector<int32_t> row;
+    for (int j = 0; j < groups; ++j) {
+      const int32_t* at = order.data() + j * per_group + tri(m) - tri(first_row);
+      row.insert(row.end(), at, at + m + 1);
+    }
+    const auto counts = count.begin() + int64_t(m - first_row) * num_q_heads;
+    row.insert(row.end(), counts, counts + num_q_heads);
+    out.push_back(row);
+  }
+  return out;
+}
+
 // The index of an estimated plan, as kept sets [seq][head][row] (ascending).
 struct KeptSets {
   std::vector<std::vector<std::vector<std::vector<int>>>> kept;

@@ -64,24 +64,7 @@ struct Call {
   }
   // Rows first .. nkb - 1: per row, the g order rows then the Hq counts.
   std::vector<std::vector<int32_t>> rows(int groups) const {
-    int64_t nrows = 0, entries = 0;
-    check(pa_plan_get_layout(plan, &nrows, &entries));
-    std::vector<int32_t> order(entries), count(nrows * kHq);
-    check(pa_plan_get_index(plan, order.data(), count.data()));
-    const int first = begin / kBlock, nkb = (end + kBlock - 1) / kBlock;
-    auto tri = [](int64_t m) { return m * (m + 1) / 2; };
-    const int64_t per_group = tri(nkb) - tri(first);
-    std::vector<std::vector<int32_t>> out;
-    for (int m = first; m < nkb; ++m) {
-      std::vector<int32_t> row;
-      for (int j = 0; j < groups; ++j) {
-        const int32_t* at = order.data() + j * per_group + tri(m) - tri(first);
-        row.insert(row.end(), at, at + m + 1);
-      }
-      row.insert(row.end(), count.begin() + (m - first) * kHq, count.begin() + (m - first + 1) * kHq);
-      out.push_back(row);
-    }
-    return out;
+    return index_rows(plan, begin / kBlock, (end + kBlock - 1) / kBlock, groups, kHq);
   }
 };
 

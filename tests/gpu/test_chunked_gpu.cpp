@@ -139,6 +139,49 @@ void make_host(const ChunkCase& c, HostCase& h) {
   pa_plan_free(plan);
 }
 
+// A case's tensors on the device (O and LSE poisoned), its plan (storage and workspace on the
+// device, the sm80 kernel forced where the case asks) and the views of its calls.
+struct DeviceCase {
+  DeviceBuffer q, k, v, o, lse, table, storage, work;
+  pa_plan* plan = nullptr;
+  pa_tensor tq{}, to{};
+  pa_kv_cache kv{};
+
+  DeviceCase(const ChunkCase& c, const HostCase& h)
+      : q(h.q.size()), k(h.k.size()), v(h.v.size()), o(h.q.size()), lse(sizeof(float) * h.lse.size()),
+        table(sizeof(int32_t) * std::max<size_t>(1, h.table.size())) {}
+  DeviceCase(const DeviceCase&) = delete;
+  DeviceCase& operator=(const DeviceCase&) = delete;
+  ~DeviceCase() { pa_plan_free(plan); }
+
+  // Uploads, poisons and makes the plan; ASSERTs (the caller checks HasFatalFailure).
+  void make(const ChunkCase& c, const HostCase& h) {
+    PA_CUDA_ASSERT(q.upload(h.q.data()));
+    PA_CUDA_ASSERT(k.upload(h.k.data()));
+    PA_CUDA_ASSERT(v.upload(h.v.data()));
+    if (!h.table.empty()) PA_CUDA_ASSERT(table.upload(h.table.data()));
+    PA_CUDA_ASSERT(o.poison());
+    PA_CUDA_ASSERT(lse.poison());
+    size_t plan_bytes = 0, work_bytes = 0;
+    PA_OK(pa_plan_bytes(&h.problem, &h.config, &plan_bytes));
+    PA_OK(pa_workspace_bytes(&h.problem, &h.config, &work_bytes));
+    storage = DeviceBuffer(plan_bytes);
+    work = DeviceBuffer(work_bytes);
+    PA_OK(pa_plan_create(&h.problem, &h.config, storage.get(), plan_bytes, &plan));
+    if (c.sm80) {
+      pa_tuning t = pa_tuning_default();
+      t.attn_kernel = PA_TUNING_KERNEL_SM80;
+      PA_OK(pa_plan_set_tuning(plan, &t));
+    }
+    tq = pa_tensor_contiguous(q.get(), c.hq, c.d), to = pa_tensor_contiguous(o.get(), c.hq, c.d);
+    kv = pa_kv_cache{pa_tensor_contiguous(k.get(), c.hkv, c.d), pa_tensor_contiguous(v.get(), c.hkv, c.d),
+                     c.page_size ? table.as<int32_t>() : nullptr, nullptr};
+  }
+  pa_status forward(void* stream = nullptr) {
+    return pa_forward_kv(plan, &tq, &kv, &to, lse.as<float>(), work.get(), work.bytes(), stream);
+  }
+};
+
 // The case on the device, with the CPU's index (gpu_estimate false) or its own estimation
 // (pa_forward_kv; near-ties may rank a block differently, within the output tolerance): O and
 // LSE against the CPU backend's.
@@ -146,45 +189,22 @@ void run_case(const ChunkCase& c, bool gpu_estimate = false) {
   HostCase h;
   make_host(c, h);
   if (::testing::Test::HasFatalFailure()) return;
-  const pa_problem& p = h.problem;
-  DeviceBuffer q(h.q.size()), k(h.k.size()), v(h.v.size()), o(h.q.size());
-  DeviceBuffer lse(sizeof(float) * h.lse.size()), table(sizeof(int32_t) * std::max<size_t>(1, h.table.size()));
-  PA_CUDA_ASSERT(q.upload(h.q.data()));
-  PA_CUDA_ASSERT(k.upload(h.k.data()));
-  PA_CUDA_ASSERT(v.upload(h.v.data()));
-  if (!h.table.empty()) PA_CUDA_ASSERT(table.upload(h.table.data()));
-  PA_CUDA_ASSERT(o.poison());
-  PA_CUDA_ASSERT(lse.poison());
-  size_t plan_bytes = 0;
-  PA_OK(pa_plan_bytes(&p, &h.config, &plan_bytes));
-  DeviceBuffer storage(plan_bytes);
-  pa_plan* plan = nullptr;
-  PA_OK(pa_plan_create(&p, &h.config, storage.get(), plan_bytes, &plan));
-  if (c.sm80) {
-    pa_tuning t = pa_tuning_default();
-    t.attn_kernel = PA_TUNING_KERNEL_SM80;
-    PA_OK(pa_plan_set_tuning(plan, &t));
-  }
-  pa_tensor tq = pa_tensor_contiguous(q.get(), c.hq, c.d), to = pa_tensor_contiguous(o.get(), c.hq, c.d);
-  const pa_kv_cache kv{pa_tensor_contiguous(k.get(), c.hkv, c.d), pa_tensor_contiguous(v.get(), c.hkv, c.d),
-                       c.page_size ? table.as<int32_t>() : nullptr, nullptr};
+  DeviceCase dev(c, h);
+  dev.make(c, h);
+  if (::testing::Test::HasFatalFailure()) return;
   pa_status status = PA_STATUS_SUCCESS;
   if (gpu_estimate) {
-    size_t work_bytes = 0;
-    PA_OK(pa_workspace_bytes(&p, &h.config, &work_bytes));
-    DeviceBuffer work(work_bytes);
-    status = pa_forward_kv(plan, &tq, &kv, &to, lse.as<float>(), work.get(), work_bytes, nullptr);
+    status = dev.forward();
   } else {
-    PA_OK(pa_plan_set_index(plan, h.order.data(), h.count.data(), h.budget.data(), h.needed.data()));
-    status = pa_attend_kv(plan, &tq, &kv, &to, lse.as<float>(), nullptr);
+    PA_OK(pa_plan_set_index(dev.plan, h.order.data(), h.count.data(), h.budget.data(), h.needed.data()));
+    status = pa_attend_kv(dev.plan, &dev.tq, &dev.kv, &dev.to, dev.lse.as<float>(), nullptr);
   }
-  pa_plan_free(plan);
   ASSERT_EQ(status, PA_STATUS_SUCCESS) << pa_last_error();
   PA_CUDA_ASSERT(cudaDeviceSynchronize());
   std::vector<uint8_t> o_gpu(h.o.size());
   std::vector<float> lse_gpu(h.lse.size());
-  PA_CUDA_ASSERT(o.download(o_gpu.data()));
-  PA_CUDA_ASSERT(lse.download(lse_gpu.data()));
+  PA_CUDA_ASSERT(dev.o.download(o_gpu.data()));
+  PA_CUDA_ASSERT(dev.lse.download(lse_gpu.data()));
   // Against the CPU backend (fp32 accumulation both; the GPU's products round P to the input
   // type): every row written and finite, L2 error within a few bf16 roundings.
   const std::vector<float> a = to_float(o_gpu, c.dtype), b = to_float(h.o, c.dtype);
@@ -241,33 +261,14 @@ void run_graph_case(const ChunkCase& c) {
   make_host(c, h);
   if (::testing::Test::HasFatalFailure()) return;
   const pa_problem& p = h.problem;
-  DeviceBuffer q(h.q.size()), k(h.k.size()), v(h.v.size()), o(h.q.size());
-  DeviceBuffer lse(sizeof(float) * h.lse.size()), table(sizeof(int32_t) * std::max<size_t>(1, h.table.size()));
-  PA_CUDA_ASSERT(q.upload(h.q.data()));
-  PA_CUDA_ASSERT(k.upload(h.k.data()));
-  PA_CUDA_ASSERT(v.upload(h.v.data()));
-  if (!h.table.empty()) PA_CUDA_ASSERT(table.upload(h.table.data()));
-  size_t plan_bytes = 0, work_bytes = 0;
-  PA_OK(pa_plan_bytes(&p, &h.config, &plan_bytes));
-  PA_OK(pa_workspace_bytes(&p, &h.config, &work_bytes));
-  DeviceBuffer storage(plan_bytes), work(work_bytes);
-  pa_plan* plan = nullptr;
-  PA_OK(pa_plan_create(&p, &h.config, storage.get(), plan_bytes, &plan));
-  std::unique_ptr<pa_plan, decltype(&pa_plan_free)> owner(plan, pa_plan_free);
-  if (c.sm80) {
-    pa_tuning t = pa_tuning_default();
-    t.attn_kernel = PA_TUNING_KERNEL_SM80;
-    PA_OK(pa_plan_set_tuning(plan, &t));
-  }
+  DeviceCase dev(c, h);
+  dev.make(c, h);
+  if (::testing::Test::HasFatalFailure()) return;
   cudaStream_t stream = nullptr;
   PA_CUDA_ASSERT(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   std::unique_ptr<CUstream_st, decltype(&cudaStreamDestroy)> stream_owner(stream, cudaStreamDestroy);
-  pa_tensor tq = pa_tensor_contiguous(q.get(), c.hq, c.d), to = pa_tensor_contiguous(o.get(), c.hq, c.d);
-  const pa_kv_cache kv{pa_tensor_contiguous(k.get(), c.hkv, c.d), pa_tensor_contiguous(v.get(), c.hkv, c.d),
-                       c.page_size ? table.as<int32_t>() : nullptr, nullptr};
-  const auto forward = [&] {
-    return pa_forward_kv(plan, &tq, &kv, &to, lse.as<float>(), work.get(), work_bytes, stream);
-  };
+  const auto forward = [&] { return dev.forward(stream); };
+  DeviceBuffer &q = dev.q, &o = dev.o, &lse = dev.lse;
   // O and LSE of the last run, after poisoning them before it.
   const auto outputs = [&](std::vector<uint8_t>* o_host, std::vector<float>* lse_host) {
     PA_CUDA_ASSERT(cudaStreamSynchronize(stream));
