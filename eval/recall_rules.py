@@ -77,6 +77,7 @@ DEFAULT_GAMMAS = [0.90, 0.95]
 DEFAULT_MIN_BUDGETS = [512, 2048]
 DEFAULT_GROUPS = [1, 2]
 DEFAULT_PROMOTE_PERIODS = [1, 2, 4]
+DEFAULT_COMBO_PERIODS = [0, 2]
 DEFAULT_SHARES = [25, 50]  # tfrom_s<S>: percent of the smallest budget the anchors may take
 SAMPLED_ROWS = 4  # query blocks of the *_r4 rules
 SHORTFALL = 0.05  # a head "misses" when its recall < gamma - SHORTFALL (the issue's target)
@@ -255,7 +256,11 @@ def proxy_order_agreement(scores_max, order):
 
 
 # ---- one layer -----------------------------------------------------------------------------------
-def measure_layer(q, k, mass_np, scale, settings, periods, shares):
+def anchor_rule_name(period):
+    return "on_top" if period == 0 else f"promote_p{period}"
+
+
+def measure_layer(q, k, mass_np, scale, settings, periods, shares, combo_periods):
     import proxyattn
 
     n_tok, hq, d = q.shape
@@ -293,16 +298,19 @@ def measure_layer(q, k, mass_np, scale, settings, periods, shares):
                         "slots": {p: promoted_slots(rpos, prio, p, nb) for p in [0] + periods}}
         pg = per_g[g]
         free = np.stack([counts_mask(pos[groups[h]], counts0[:, h]) for h in range(hq)])
-        kprime = counts0 - fsize[:, None]  # [nb, Hq] ranked entries per row
         masks = {"none": free}
         masks["today"] = today_mask(rpos, budget, prio, groups, nb)
         pos_t = positions(est.proxy_orders(order_t, g, nb))
         tmask = np.stack([counts_mask(pos_t[groups[h]], counts_t[:, h]) for h in range(hq)])
+        def anchors_on(counts, period):
+            """The anchors a head with these per-row counts gains under on_top (period 0) or promote_p."""
+            kp = counts - fsize[:, None]
+            if period == 0:
+                kp = np.maximum(kp, 1)
+            return np.stack([pg["slots"][period][groups[h]] < kp[:, h][:, None] for h in range(hq)])
+
         for p in [0] + periods:
-            slots = pg["slots"][p]
-            extra = np.stack([slots[groups[h]] < np.maximum(kprime[:, h], 1 if p == 0 else 0)[:, None]
-                              for h in range(hq)])
-            masks["on_top" if p == 0 else f"promote_p{p}"] = free | extra
+            masks[anchor_rule_name(p)] = free | anchors_on(counts0, p)
         for share in shares:
             tj = [min(t_auto, int(share * min(budget[h] for h in members[j]) / PERCENT / len(members[j])))
                   for j in range(g)]
@@ -332,11 +340,13 @@ def measure_layer(q, k, mass_np, scale, settings, periods, shares):
         oracle = np.array([oracle_budget(est.cumulative_mass(mass_np[h], porder[groups[h]]), gamma, n_tok)
                            for h in range(hq)])
         per_row["oracle_floor"] = np.broadcast_to(np.maximum(oracle, floor), (nb, hq))
-        budget_rules = {}
+        budget_rules, combined = {}, {}
         for name, kb in per_row.items():
             counts = np.clip(kb.astype(np.int64), fsize[:, None], rows[:, None] + 1)
             mk = np.stack([counts_mask(pos[groups[h]], counts[:, h]) for h in range(hq)])
             budget_rules[name] = score_mask(mass_np, mk, n_tok)
+            for p in combo_periods:
+                combined[f"{name}+{anchor_rule_name(p)}"] = score_mask(mass_np, mk | anchors_on(counts, p), n_tok)
         checks = {"today_equals_library_T": bool(np.array_equal(masks["today"], tmask)),
                   "paper_equals_library": bool(np.array_equal(
                       np.clip(per_row["paper"], fsize[:, None], rows[:, None] + 1), counts0)),
@@ -348,7 +358,10 @@ def measure_layer(q, k, mass_np, scale, settings, periods, shares):
                                      for n, (r, dd) in anchor_rules.items()},
                     "budget_rules": {n: {"recall": rounded(np.round(r, TRI_DIGITS + 2)),
                                          "density": rounded(np.round(dd, TRI_DIGITS + 2))}
-                                     for n, (r, dd) in budget_rules.items()}}
+                                     for n, (r, dd) in budget_rules.items()},
+                    "combined_rules": {n: {"recall": rounded(np.round(r, TRI_DIGITS + 2)),
+                                           "density": rounded(np.round(dd, TRI_DIGITS + 2))}
+                                       for n, (r, dd) in combined.items()}}
         print(f"  {key}: " + " ".join(f"{n} {dd.mean():.3f}/{r.mean():.3f}" for n, (r, dd) in
                                       {**anchor_rules, **budget_rules}.items()) + f" {checks}", flush=True)
     return out
@@ -398,7 +411,7 @@ def measure(args):
             q, k = cap["q"], cap["k"]
             print(f"{name} layer {layer}", flush=True)
             entry["layers"][str(layer)] = measure_layer(q, k, cap["mass"].numpy(), cap["scale"], settings,
-                                                        args.periods, args.shares)
+                                                        args.periods, args.shares, args.combo_periods)
             entry["costs"] = costs(q.shape[0], q.shape[1], q.shape[2], args.groups)
             print(f"  {time.perf_counter() - t0:.0f} s", flush=True)
             common.write_json(args.out, doc, compact=True)
@@ -415,14 +428,15 @@ def gather(entry, key, family, rule, layer_filter):
     return np.array(rec), np.array(den)
 
 
-def summarise(doc, family, reference, layer_filter):
-    """{(input, setting): {rule: dict}} with density relative to the reference rule."""
+def summarise(doc, family, layer_filter, reference=("anchor_rules", "today")):
+    """{(input, setting): {rule: dict}} with density relative to the reference rule (the
+    library today: anchors auto, counted in the budget, the paper's budgets)."""
     out = {}
     for entry in doc["inputs"]:
         first = next(iter(entry["layers"].values()))
         for key, res in first.items():
             gamma = res["gamma"]
-            _, ref_den = gather(entry, key, family, reference, layer_filter)
+            _, ref_den = gather(entry, key, *reference, layer_filter)
             cells = {}
             for rule in res[family]:
                 rec, den = gather(entry, key, family, rule, layer_filter)
@@ -437,15 +451,14 @@ def summarise(doc, family, reference, layer_filter):
 
 def print_tables(args):
     doc = json.loads(pathlib.Path(args.file).read_text())
-    families = [("anchor_rules", "today"), ("budget_rules", "paper")]
-    for family, reference in families:
+    for family in ("anchor_rules", "budget_rules", "combined_rules"):
         for label, flt in (("layers 1-23", lambda x: x != 0), ("layer 0", lambda x: x == 0)):
-            summ = summarise(doc, family, reference, flt)
+            summ = summarise(doc, family, flt)
             if not summ:
                 continue
             rules = args.rules or list(next(iter(summ.values())))
             rules = [r for r in rules if r in next(iter(summ.values()))]
-            print(f"\n{family.replace('_', ' ')}, {label}: density (vs {reference}) / mean recall / worst head / "
+            print(f"\n{family.replace('_', ' ')}, {label}: density (vs today) / mean recall / worst head / "
                   f"share of heads below γ - {SHORTFALL}; **bold** = mean ≥ γ and ≤ {HEAD_SHARE_TARGET:.0%} below\n")
             print("| text, N | γ, floor, g | " + " | ".join(rules) + " |")
             print("|---|---|" + "---|" * len(rules))
@@ -490,6 +503,8 @@ def main():
     me.add_argument("--groups", nargs="+", type=int, default=DEFAULT_GROUPS)
     me.add_argument("--periods", nargs="+", type=int, default=DEFAULT_PROMOTE_PERIODS)
     me.add_argument("--shares", nargs="+", type=int, default=DEFAULT_SHARES)
+    me.add_argument("--combo-periods", nargs="*", type=int, default=DEFAULT_COMBO_PERIODS,
+                    help="anchor rules (0: on_top, P: promote_pP) also applied over every budget rule")
     me.add_argument("--threads", type=int, default=0)
     me.add_argument("--out", type=pathlib.Path, required=True)
     tb = sub.add_parser("table", help="markdown tables of a result file")
