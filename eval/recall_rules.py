@@ -45,7 +45,7 @@ Budget rules (question 2), on the T = 0 ranking; count(m) = step 5 applied to qu
               fewest key blocks whose sorted, normalised proxy scores of row m reach gamma,
               with the scores of step 4 (block max of the sampled softmax, proxy_max) or their
               block sum (proxy_sum: the proxy's own block mass, one more add per sampled pair)
-  proxy_sum_up  max(paper, proxy_sum): never below the paper's budget
+  proxy_max_up / proxy_sum_up  max(paper, proxy_max / proxy_sum): never below the paper's budget
   proxy_sum_r4  per row max(floor, ceil(p(m) mean_j(count(m_j) / p(m_j)))): the proxy's row
               profile scaled by the 4 sampled blocks
   oracle_floor  budget_rows.oracle_budget with the floor (reference, not a rule)
@@ -111,6 +111,8 @@ def capture(args):
     name, text, described = load_text(args)
     folder = args.cache / pathlib.Path(args.model).name / input_name(name, args.tokens)
     folder.mkdir(parents=True, exist_ok=True)
+    meta = {"model": common.model_label(args.model), "text": name, "tokens": args.tokens, **described}
+    (folder / "source.json").write_text(json.dumps(meta, indent=1) + "\n")
     model, tokenizer = common.load_model(args.model)
     ids = common.token_prefix(tokenizer, text, args.tokens)
     t0 = time.perf_counter()
@@ -126,8 +128,7 @@ def capture(args):
         mass, _ = est.dense_block_mass(q, k, BLOCK, cap.scaling[layer])
         torch.save({"q": q, "k": k, "scale": float(cap.scaling[layer]), "mass": mass}, path)
         print(f"  layer {layer}: dense block mass {time.perf_counter() - t1:.0f} s", flush=True)
-    meta = {"model": common.model_label(args.model), "text": name, "tokens": args.tokens, **described}
-    (folder / "source.json").write_text(json.dumps(meta, indent=1) + "\n")
+
 
 
 # ---- the library's plans as arrays -------------------------------------------------------------
@@ -226,7 +227,7 @@ def proxy_block_scores(q, k, g, scale):
     n_tok, hq, d = q.shape
     hkv = k.shape[1]
     nb, per = n_tok // BLOCK, BLOCK // STRIDE
-    qs, ks = q[::STRIDE].double(), k[::STRIDE].double()
+    qs, ks = q[::STRIDE], k[::STRIDE]
     ns = qs.shape[0]
     causal = torch.ones(ns, ns, dtype=torch.bool).tril()
     out_max = np.zeros((g, nb, nb))
@@ -250,8 +251,8 @@ def proxy_counts(scores, gamma):
 def proxy_order_agreement(scores_max, order):
     """Share of rows whose ranking from the recomputed scores equals the library's."""
     g, nb, _ = order.shape
-    same = sum(np.array_equal(est.rank_rows(scores_max[j])[m, :m + 1], order[j, m, :m + 1])
-               for j in range(g) for m in range(nb))
+    ranked = [est.rank_rows(scores_max[j]) for j in range(g)]
+    same = sum(np.array_equal(ranked[j][m, :m + 1], order[j, m, :m + 1]) for j in range(g) for m in range(nb))
     return same / (g * nb)
 
 
@@ -333,7 +334,8 @@ def measure_layer(q, k, mass_np, scale, settings, periods, shares, combo_periods
         for name, p_m in pc.items():
             pj = p_m[groups]  # [Hq, nb]
             per_row[name] = np.maximum(np.ceil(pj.T * c_last[None, :] / pj[:, -1][None, :]), floor)
-        per_row["proxy_sum_up"] = np.maximum(per_row["proxy_sum"], k_paper[None, :])
+        for name in pc:
+            per_row[f"{name}_up"] = np.maximum(per_row[name], k_paper[None, :])
         pj = pc["proxy_sum"][groups]
         ratio = (c5[spread].T / pj[:, spread]).mean(1)  # [Hq]
         per_row["proxy_sum_r4"] = np.maximum(np.ceil(pj.T * ratio[None, :]), floor)
