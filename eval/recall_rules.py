@@ -459,8 +459,30 @@ def summarise(doc, family, layer_filter, reference=("anchor_rules", "today")):
     return out
 
 
+def verdict(summ, family, wanted):
+    """One line per rule over all settings (layers 1-23): settings meeting the target, those
+    within the density slack, the largest density above today's, the smallest mean recall - gamma."""
+    rules = [r for r in (wanted or next(iter(summ.values()))) if r in next(iter(summ.values()))]
+    if not rules:
+        return
+    print(f"\n{family.replace('_', ' ')}, layers 1-23, over the {len(summ)} settings: meets = mean recall ≥ γ "
+          f"and ≤ {HEAD_SHARE_TARGET:.0%} of heads below γ - {SHORTFALL}; within = density ≤ today's "
+          f"+{DENSITY_SLACK:.0%}\n")
+    print("| rule | meets | within | meets and within | density vs today (max) | mean recall - γ (min) | "
+          "heads below γ - 0.05 (max) |")
+    print("|---|---|---|---|---|---|---|")
+    for rule in rules:
+        cells = [(c[rule], float(key[2].split("_")[0][1:])) for key, c in summ.items()]
+        within = [c["vs_ref"] <= DENSITY_SLACK for c, _ in cells]
+        meets = [c["meets"] for c, _ in cells]
+        print(f"| {rule} | {sum(meets)} | {sum(within)} | {sum(a and b for a, b in zip(meets, within))} | "
+              f"{max(c['vs_ref'] for c, _ in cells):+.1%} | {min(c['recall'] - gm for c, gm in cells):+.4f} | "
+              f"{max(c['miss'] for c, _ in cells):.1%} |")
+
+
 def print_tables(args):
-    doc = json.loads(pathlib.Path(args.file).read_text())
+    docs = [json.loads(pathlib.Path(f).read_text()) for f in args.files]
+    doc = {**docs[0], "inputs": [entry for d in docs for entry in d["inputs"]]}
     for family in ("anchor_rules", "budget_rules", "combined_rules"):
         for label, flt in (("layers 1-23", lambda x: x != 0), ("layer 0", lambda x: x == 0)):
             summ = summarise(doc, family, flt)
@@ -468,6 +490,8 @@ def print_tables(args):
                 continue
             rules = args.rules or list(next(iter(summ.values())))
             rules = [r for r in rules if r in next(iter(summ.values()))]
+            if not rules:
+                continue
             print(f"\n{family.replace('_', ' ')}, {label}: density (vs today) / mean recall / worst head / "
                   f"share of heads below γ - {SHORTFALL}; **bold** = mean ≥ γ and ≤ {HEAD_SHARE_TARGET:.0%} below\n")
             print("| text, N | γ, floor, g | " + " | ".join(rules) + " |")
@@ -482,6 +506,7 @@ def print_tables(args):
                     vals.append(f"**{cell}**" if c["meets"] else cell)
                 print(f"| {text}, {n_tok // 1024}K | {setting[0][1:]}, {setting[1][2:]}, {setting[2][1:]} | "
                       + " | ".join(vals) + " |")
+        verdict(summarise(doc, family, lambda x: x != 0), family, args.rules)
     if args.costs:
         entry = doc["inputs"][0]
         print("\nestimation FLOPs / dense attention FLOPs (products only):\n")
@@ -518,7 +543,7 @@ def main():
     me.add_argument("--threads", type=int, default=0)
     me.add_argument("--out", type=pathlib.Path, required=True)
     tb = sub.add_parser("table", help="markdown tables of a result file")
-    tb.add_argument("file")
+    tb.add_argument("files", nargs="+", help="result files (their inputs tabulated together)")
     tb.add_argument("--rules", nargs="*")
     tb.add_argument("--costs", action="store_true")
     args = ap.parse_args()
