@@ -392,7 +392,7 @@ def costs(n_tok, hq, d, groups):
             out[f"N{n}_g{g}"] = {
                 "paper": rounded((proxy + last) / dense),
                 "max_r4 / mean_r4 / interp_r4": rounded((proxy + r4) / dense),
-                "proxy_max / proxy_sum / proxy_sum_up": rounded((proxy + last) / dense),
+                "proxy_max / proxy_sum (and _up)": rounded((proxy + last) / dense),
                 "proxy_sum_r4": rounded((proxy + r4) / dense),
                 "proxy_sum extra adds vs proxy products": rounded(g * ns * (ns + 1) / 2 / proxy),
             }
