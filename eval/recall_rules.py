@@ -116,7 +116,7 @@ def capture(args):
     model, tokenizer = common.load_model(args.model)
     ids = common.token_prefix(tokenizer, text, args.tokens)
     t0 = time.perf_counter()
-    cap = capture_qkv(model, ids)
+    cap = capture_qkv(model, ids, set(args.layers) if args.layers else None)
     print(f"{name} N={args.tokens}: capture {time.perf_counter() - t0:.0f} s", flush=True)
     del model
     for layer in sorted(cap.layers):
@@ -527,6 +527,7 @@ def main():
     cp.add_argument("--text-name", default="text_files", help="the name of the --text-file text")
     cp.add_argument("--tokens", type=int, required=True)
     cp.add_argument("--cache", type=pathlib.Path, required=True, help="folder outside the repository")
+    cp.add_argument("--layers", nargs="*", type=int, help="default: every layer (the prefill stops after the last)")
     cp.add_argument("--threads", type=int, default=0)
     me = sub.add_parser("measure", help="every rule on cached inputs")
     me.add_argument("--model", type=pathlib.Path, required=True)
