@@ -480,10 +480,36 @@ def verdict(summ, family, wanted):
               f"{max(c['miss'] for c, _ in cells):.1%} |")
 
 
+FAMILIES = ("anchor_rules", "budget_rules", "combined_rules")
+
+
+def print_compact(doc, rules):
+    """One table of the given rules of any family: density / mean recall / share of heads
+    below gamma - 0.05, layers 1-23 and layer 0 (mean recall only)."""
+    summ = {f: {label: summarise(doc, f, flt) for label, flt in (("1-23", lambda x: x != 0), ("0", lambda x: x == 0))}
+            for f in FAMILIES}
+    family_of = {r: f for f in FAMILIES for r in next(iter(summ[f]["1-23"].values()))}
+    print("| text, N | γ, floor, g | " + " | ".join(rules) + " | layer 0: " + " / ".join(rules) + " |")
+    print("|---|---|" + "---|" * (len(rules) + 1))
+    for (text, n_tok, key) in summ[FAMILIES[0]]["1-23"]:
+        setting = key.split("_")
+        cells, zero = [], []
+        for rule in rules:
+            c = summ[family_of[rule]]["1-23"][(text, n_tok, key)][rule]
+            cell = f"{c['density']:.3f} / {c['recall']:.3f} / {c['miss']:.0%}"
+            cells.append(f"**{cell}**" if c["meets"] else cell)
+            zero.append(f"{summ[family_of[rule]]['0'][(text, n_tok, key)][rule]['recall']:.3f}")
+        print(f"| {text}, {n_tok // 1024}K | {setting[0][1:]}, {setting[1][2:]}, {setting[2][1:]} | "
+              + " | ".join(cells) + " | " + " / ".join(zero) + " |")
+
+
 def print_tables(args):
     docs = [json.loads(pathlib.Path(f).read_text()) for f in args.files]
     doc = {**docs[0], "inputs": [entry for d in docs for entry in d["inputs"]]}
-    for family in ("anchor_rules", "budget_rules", "combined_rules"):
+    if args.compact:
+        print_compact(doc, args.rules)
+        return
+    for family in FAMILIES:
         for label, flt in (("layers 1-23", lambda x: x != 0), ("layer 0", lambda x: x == 0)):
             summ = summarise(doc, family, flt)
             if not summ:
@@ -546,7 +572,8 @@ def main():
     tb = sub.add_parser("table", help="markdown tables of a result file")
     tb.add_argument("files", nargs="+", help="result files (their inputs tabulated together)")
     tb.add_argument("--rules", nargs="*")
-    tb.add_argument("--costs", action="store_true")
+    tb.add_argument("--costs", action="store_true", help="also the estimation FLOPs of the first input")
+    tb.add_argument("--compact", action="store_true", help="one table of --rules (any family)")
     args = ap.parse_args()
     if args.cmd == "capture":
         if not args.text_file and args.corpus is None:
