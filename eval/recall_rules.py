@@ -49,6 +49,9 @@ Budget rules (question 2), on the T = 0 ranking; count(m) = step 5 applied to qu
   proxy_sum_r4  per row max(floor, ceil(p(m) mean_j(count(m_j) / p(m_j)))): the proxy's row
               profile scaled by the 4 sampled blocks
   oracle_floor  budget_rows.oracle_budget with the floor (reference, not a rule)
+The checks (per layer, on the first setting of each g: the library's two plans per g give the
+ranking and the anchors, step 5 the other settings' budgets): `today` equals the T plan's own
+kept sets, `paper` its T = 0 counts, step 5's last count its needed_blocks.
 Per rule and setting: mean recall over heads and layers, worst head, heads below gamma - 0.05,
 density; layer 0 apart. The extra estimation FLOPs per rule at the measured N and at 128K.
 """
