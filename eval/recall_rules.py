@@ -59,7 +59,6 @@ import argparse
 import hashlib
 import itertools
 import json
-import math
 import os
 import pathlib
 import sys
@@ -89,7 +88,7 @@ DENSITY_SLACK = 0.10  # a rule may cost at most this much density above today's
 PERCENT = 100
 LONG_N = 131072  # the 128K prompt of the cost target
 FILE_HEADER = "# ---- {} ----\n"
-TRI_DIGITS = 4  # per-head values in the JSON
+PER_HEAD_DECIMALS = 6  # decimals of the per-head values in the JSON
 
 
 # ---- capture ---------------------------------------------------------------------------------
@@ -366,14 +365,14 @@ def measure_layer(q, k, mass_np, scale, settings, periods, shares, combo_periods
                            "paper_equals_library": bool(np.array_equal(counts0, lib["counts"])),
                            "needed_blocks_equal_step5": bool(np.array_equal(lib["needed"], c_last))})
         out[key] = {"gamma": gamma, "min_budget_tokens": mb, "g": g, "checks": checks,
-                    "anchor_rules": {n: {"recall": rounded(np.round(r, TRI_DIGITS + 2)),
-                                         "density": rounded(np.round(dd, TRI_DIGITS + 2))}
+                    "anchor_rules": {n: {"recall": rounded(np.round(r, PER_HEAD_DECIMALS)),
+                                         "density": rounded(np.round(dd, PER_HEAD_DECIMALS))}
                                      for n, (r, dd) in anchor_rules.items()},
-                    "budget_rules": {n: {"recall": rounded(np.round(r, TRI_DIGITS + 2)),
-                                         "density": rounded(np.round(dd, TRI_DIGITS + 2))}
+                    "budget_rules": {n: {"recall": rounded(np.round(r, PER_HEAD_DECIMALS)),
+                                         "density": rounded(np.round(dd, PER_HEAD_DECIMALS))}
                                      for n, (r, dd) in budget_rules.items()},
-                    "combined_rules": {n: {"recall": rounded(np.round(r, TRI_DIGITS + 2)),
-                                           "density": rounded(np.round(dd, TRI_DIGITS + 2))}
+                    "combined_rules": {n: {"recall": rounded(np.round(r, PER_HEAD_DECIMALS)),
+                                           "density": rounded(np.round(dd, PER_HEAD_DECIMALS))}
                                        for n, (r, dd) in combined.items()}}
         print(f"  {key}: " + " ".join(f"{n} {dd.mean():.3f}/{r.mean():.3f}" for n, (r, dd) in
                                       {**anchor_rules, **budget_rules}.items()) + f" {checks}", flush=True)
