@@ -160,12 +160,34 @@ RefIndex reference_index(const Inputs& in, const pa_config& c, const Chunk& chun
           return r.scores[(size_t(j) * nqb + m) * nqb + a] > r.scores[(size_t(j) * nqb + m) * nqb + x];
         });
       const int forced = int(order.size());
-      order.insert(order.end(), rest.begin(), rest.end());
       long keep = dense ? m + 1 : r.budget[h];
       if (!dense && c.budget_mode == PA_BUDGET_PROPORTIONAL)
         keep = std::max<long>(kmin, (long(r.needed[h]) * (m + 1) + nqb - 1) / nqb);
-      keep = std::min<long>(m + 1, std::max<long>({keep, forced, 1}));
-      std::vector<int> kept(order.begin(), order.begin() + keep);
+      std::vector<int> kept;
+      if (c.anchor_mode == PA_ANCHORS_ON_TOP && !dense) {
+        // The head's anchor-free kept set (only sink and diagonal forced: they come first,
+        // then the other blocks by score, anchors ranked like any block), plus the anchors.
+        std::vector<int> free_order;
+        if (c.force_sink) free_order.push_back(0);
+        if (c.force_local && m > 0) free_order.push_back(m);
+        if (c.force_local && !c.force_sink && m == 0) free_order.push_back(0);
+        const long base_forced = long(free_order.size());
+        std::vector<int> ranked;
+        for (int n = 0; n <= m; ++n)
+          if (std::find(free_order.begin(), free_order.end(), n) == free_order.end()) ranked.push_back(n);
+        std::stable_sort(ranked.begin(), ranked.end(), [&](int a, int x) {
+          return r.scores[(size_t(j) * nqb + m) * nqb + a] > r.scores[(size_t(j) * nqb + m) * nqb + x];
+        });
+        const long base = std::min<long>(m + 1, std::max<long>({keep, base_forced, 1}));
+        free_order.insert(free_order.end(), ranked.begin(), ranked.begin() + (base - base_forced));
+        kept = order;  // sink, diagonal and anchors
+        for (int n : free_order)
+          if (std::find(kept.begin(), kept.end(), n) == kept.end()) kept.push_back(n);
+      } else {
+        order.insert(order.end(), rest.begin(), rest.end());
+        keep = std::min<long>(m + 1, std::max<long>({keep, forced, 1}));
+        kept.assign(order.begin(), order.begin() + keep);
+      }
       std::sort(kept.begin(), kept.end());
       r.kept[h][m] = kept;
     }

@@ -63,4 +63,29 @@ int32_t row_keep(pa_budget_mode mode, int32_t budget, int32_t needed, int32_t nu
   return static_cast<int32_t>(std::min(keep, row_blocks));
 }
 
+void anchor_ranks(const float* scores, int32_t m, bool force_sink, bool force_local,
+                  const std::vector<int32_t>& forced, std::vector<int32_t>& out) {
+  out.clear();
+  auto base = [&](int32_t n) { return (force_sink && n == 0) || (force_local && n == m); };
+  for (int32_t a : forced) {
+    if (base(a)) continue;
+    int32_t rank = 0;
+    for (int32_t n = 0; n <= m; ++n)
+      if (n != a && !base(n) && (scores[n] > scores[a] || (scores[n] == scores[a] && n < a))) ++rank;
+    out.push_back(rank);
+  }
+  std::sort(out.begin(), out.end());
+}
+
+int32_t row_keep_anchored(pa_anchor_mode anchor_mode, pa_budget_mode mode, int32_t budget,
+                          int32_t needed, int32_t num_kblocks, int32_t min_blocks, int32_t m,
+                          int32_t base_forced, int32_t forced, const int32_t* ranks,
+                          int32_t num_ranks) {
+  if (anchor_mode == PA_ANCHORS_IN_BUDGET || num_ranks == 0)
+    return row_keep(mode, budget, needed, num_kblocks, min_blocks, m, forced);
+  const int32_t base = row_keep(mode, budget, needed, num_kblocks, min_blocks, m, base_forced);
+  const int32_t ranked = int32_t(std::lower_bound(ranks, ranks + num_ranks, base - base_forced) - ranks);
+  return on_top_keep(base, base_forced, forced, ranked, m);
+}
+
 }  // namespace proxyattn

@@ -257,17 +257,22 @@ void write_order_row(const float* scores, int m, const std::vector<int32_t>& for
   std::copy(rest.begin(), rest.end(), out + forced.size());
 }
 
-// num_kblocks: the whole sequence's key blocks (the proportional mode's N_b).
-void write_counts(const PlanDesc& plan, const SeqSpan& span, int seq, int j, int m, int forced,
+// num_kblocks: the whole sequence's key blocks (the proportional mode's N_b). forced: the row's
+// forced blocks (sink, diagonal, anchors); ranks: its anchors' ranks (anchor_ranks; empty when
+// the anchors count in the budget).
+void write_counts(const PlanDesc& plan, const SeqSpan& span, int seq, int j, int m,
+                  const std::vector<int32_t>& forced, const std::vector<int32_t>& ranks,
                   int32_t num_kblocks) {
   const pa_config& c = plan.config;
   const int hq = plan.problem.num_q_heads, per_group = plan.q_heads_per_group();
   const int min_blocks = min_budget_blocks(c);
+  const int32_t base_forced = std::min<int32_t>(m + 1, c.force_sink + c.force_local);
   for (int h = j * per_group; h < (j + 1) * per_group; ++h) {
     const int32_t budget = plan.index.budget[seq * hq + h];
     const int32_t needed = plan.index.needed[seq * hq + h];
     plan.index.count[count_row(span, m) * hq + h] =
-        row_keep(c.budget_mode, budget, needed, num_kblocks, min_blocks, m, forced);
+        row_keep_anchored(c.anchor_mode, c.budget_mode, budget, needed, num_kblocks, min_blocks, m,
+                          base_forced, int32_t(forced.size()), ranks.data(), int32_t(ranks.size()));
   }
 }
 
@@ -340,7 +345,7 @@ void estimate_sparse(const Sources& src, const Proxies& px, const GivenBudgets* 
   struct RowScratch {
     SoftmaxScratch softmax;
     std::vector<float> scores;
-    std::vector<int32_t> rest, forced;
+    std::vector<int32_t> rest, forced, ranks;
     std::vector<uint8_t> flags;
   };
   const int anchor_count = plan.q_heads_per_group() * c.anchor_blocks;
@@ -358,7 +363,10 @@ void estimate_sparse(const Sources& src, const Proxies& px, const GivenBudgets* 
                sc.forced);
     write_order_row(sc.scores.data(), m, sc.forced, plan.index.order + order_row(span, j, m),
                     sc.rest, sc.flags);
-    write_counts(plan, span, seq, j, m, int(sc.forced.size()), budget_kblocks);
+    sc.ranks.clear();
+    if (c.anchor_mode == PA_ANCHORS_ON_TOP)
+      anchor_ranks(sc.scores.data(), m, c.force_sink, c.force_local, sc.forced, sc.ranks);
+    write_counts(plan, span, seq, j, m, sc.forced, sc.ranks, budget_kblocks);
   });
 }
 
