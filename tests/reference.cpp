@@ -77,12 +77,16 @@ std::vector<double> proxy_block_scores(const Inputs& in, const pa_config& c, con
 }
 
 std::vector<std::vector<double>> last_block_mass(const Inputs& in, const pa_config& c) {
-  const int b = c.block_size, nqb = ceil_div(in.n, b), d = in.d;
-  const int first = (nqb - 1) * b, rows = in.n - first;
-  std::vector<std::vector<double>> mass(in.hq, std::vector<double>(nqb, 0.0));
+  return block_mass(in, c, ceil_div(in.n, c.block_size) - 1);
+}
+
+std::vector<std::vector<double>> block_mass(const Inputs& in, const pa_config& c, int qb) {
+  const int b = c.block_size, d = in.d;
+  const int first = qb * b, last = std::min(in.n, first + b), rows = last - first;
+  std::vector<std::vector<double>> mass(in.hq, std::vector<double>(qb + 1, 0.0));
   for (int h = 0; h < in.hq; ++h) {
     const int kv = h / (in.hq / in.hkv);
-    for (int t = first; t < in.n; ++t) {
+    for (int t = first; t < last; ++t) {
       std::vector<double> logit(t + 1);
       double mx = -std::numeric_limits<double>::infinity();
       for (int u = 0; u <= t; ++u) {
@@ -127,8 +131,16 @@ RefIndex reference_index(const Inputs& in, const pa_config& c, const Chunk& chun
   if (!dense) {
     r.scores = proxy_block_scores(in, c, chunk);
     const auto mass = last_block_mass(in, c);
+    // budget_rows R: the query blocks ending at j / R of the prompt (Python's round: halves to
+    // even), those the call holds whole; count_i the largest of their counts.
+    std::vector<std::vector<std::vector<double>>> other_rows;
+    for (int j = 1; j < c.budget_rows; ++j) {
+      const int qb = std::max(0, int(std::nearbyint(double(nqb) * j / c.budget_rows)) - 1);
+      if (qb * b >= chunk.first_query && qb != nqb - 1) other_rows.push_back(block_mass(in, c, qb));
+    }
     for (int h = 0; h < in.hq; ++h) {
       r.needed[h] = needed_count(mass[h], c.gamma);
+      for (const auto& row : other_rows) r.needed[h] = std::max(r.needed[h], needed_count(row[h], c.gamma));
       r.budget[h] = std::min(nqb, std::max(r.needed[h], kmin));
       // anchors: blocks by mass descending (stable: ties to the lower block), the last
       // row's forced blocks left out, the first T taken

@@ -21,6 +21,19 @@ int32_t needed_blocks(const double* mass, int32_t n, double gamma, double* scrat
   return n;
 }
 
+std::vector<int32_t> budget_rows(int32_t num_qblocks, int32_t rows) {
+  std::vector<int32_t> out;
+  for (int64_t j = 1; j <= rows; ++j) {
+    // round(nb j / R) with halves to even, as Python's round() of the reference semantics.
+    const int64_t num = int64_t(num_qblocks) * j, quot = num / rows, rem = num % rows;
+    const int64_t rounded = 2 * rem > rows || (2 * rem == rows && quot % 2 == 1) ? quot + 1 : quot;
+    const int64_t r = rounded - 1;
+    const int32_t qb = int32_t(std::max<int64_t>(0, r));
+    if (out.empty() || out.back() != qb) out.push_back(qb);
+  }
+  return out;
+}
+
 int32_t budget_blocks(int32_t needed, int32_t num_kblocks, int32_t min_blocks) {
   return std::min(num_kblocks, std::max(needed, min_blocks));
 }

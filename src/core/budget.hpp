@@ -15,6 +15,11 @@ namespace proxyattn {
 // prefix, so gamma = 1 stops exactly at the last non-zero block.
 int32_t needed_blocks(const double* mass, int32_t n, double gamma, double* scratch);
 
+// The query blocks step 5 measures with budget_rows = R over num_qblocks blocks: round(nb j /
+// R) - 1, j = 1..R, ascending, duplicates removed (eval/budget_rows.py's spread_blocks; the
+// last is always nb - 1). Halves round to even (Python's round), in exact integer arithmetic.
+std::vector<int32_t> budget_rows(int32_t num_qblocks, int32_t rows);
+
 // K_i = max(count_i, Kmin), never more than the sequence's blocks.
 int32_t budget_blocks(int32_t needed, int32_t num_kblocks, int32_t min_blocks);
 

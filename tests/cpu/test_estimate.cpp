@@ -36,6 +36,7 @@ struct Case {
   bool sink, local;
   int anchors;  // config.anchor_blocks
   pa_anchor_mode anchor_mode = PA_ANCHORS_ON_TOP;
+  int budget_rows = 1;
 };
 
 class EstimateVsReference : public ::testing::TestWithParam<Case> {};
@@ -52,6 +53,7 @@ TEST_P(EstimateVsReference, IndexMatchesFp64Reference) {
   c.force_local = k.local;
   c.anchor_blocks = k.anchors;
   c.anchor_mode = k.anchor_mode;
+  c.budget_rows = k.budget_rows;
   HostQKV x = k.structured ? structured_qkv(p, 11 + k.n) : random_qkv(p, 17 + k.n);
   Plan plan = Plan::on_host(p, c);
   plan.estimate(x.tq(), x.tk());
@@ -95,12 +97,20 @@ INSTANTIATE_TEST_SUITE_P(
         Case{1300, 4, 2, 64, 1, 64, 4, PA_DTYPE_BFLOAT16, true, PA_BUDGET_PROPORTIONAL, true, true, 8,
              PA_ANCHORS_IN_BUDGET},
         // On top with many anchors per group and no forced sink.
-        Case{1700, 8, 2, 32, 1, 64, 4, PA_DTYPE_FLOAT32, true, PA_BUDGET_ABSOLUTE, false, true, 8}),
+        Case{1700, 8, 2, 32, 1, 64, 4, PA_DTYPE_FLOAT32, true, PA_BUDGET_ABSOLUTE, false, true, 8},
+        // Budgets from 4 and 3 query blocks (issue #28), both anchor and budget modes.
+        Case{1900, 4, 2, 32, 1, 64, 4, PA_DTYPE_FLOAT32, true, PA_BUDGET_ABSOLUTE, true, true, 2,
+             PA_ANCHORS_ON_TOP, 4},
+        Case{1500, 8, 4, 32, 2, 64, 4, PA_DTYPE_BFLOAT16, true, PA_BUDGET_PROPORTIONAL, true, true, 2,
+             PA_ANCHORS_IN_BUDGET, 3},
+        Case{1001, 4, 2, 64, 1, 64, 4, PA_DTYPE_FLOAT32, false, PA_BUDGET_ABSOLUTE, true, true, 0,
+             PA_ANCHORS_ON_TOP, 16}),
     [](const auto& info) {
       const Case& k = info.param;
       return "N" + std::to_string(k.n) + "_Hq" + std::to_string(k.hq) + "_Hkv" + std::to_string(k.hkv) +
              "_g" + std::to_string(k.g) + "_b" + std::to_string(k.block) + "_s" + std::to_string(k.stride) +
-             "_T" + std::to_string(k.anchors) + (k.anchor_mode == PA_ANCHORS_IN_BUDGET ? "_inbudget" : "");
+             "_T" + std::to_string(k.anchors) + (k.anchor_mode == PA_ANCHORS_IN_BUDGET ? "_inbudget" : "") +
+             (k.budget_rows > 1 ? "_R" + std::to_string(k.budget_rows) : "");
     });
 
 // Anchors on top (issue #28): every head keeps exactly its anchor-free kept set (the plan of
@@ -466,6 +476,36 @@ TEST(Estimate, ForwardEqualsEstimateThenAttend) {
   b.forward(x.tq(), x.tk(), x.tv(), t2, l2.data());
   EXPECT_EQ(o1, o2);
   EXPECT_EQ(l1, l2);
+}
+
+}  // namespace
+}  // namespace proxyattn::test
+
+namespace proxyattn::test {
+namespace {
+
+// budget_rows R: a count_i never below the last block's (R = 1), the anchors unchanged.
+TEST(Estimate, BudgetRowsTakeTheLargestCount) {
+  const int hq = 4, n = 3000;
+  Batch batch({n}, hq, 2, 32, PA_DTYPE_FLOAT32);
+  pa_config c = small_config(64, 4, 0.9f, 64);
+  c.anchor_blocks = 2;
+  HostQKV x = structured_qkv(batch.problem(), 47);
+  auto heads = [&](int rows) {
+    pa_config cc = c;
+    cc.budget_rows = rows;
+    Plan plan = Plan::on_host(batch.problem(), cc);
+    plan.estimate(x.tq(), x.tk());
+    plan.check_invariants();
+    std::vector<int32_t> needed(hq), anchors(size_t(hq) * 2);
+    check(pa_plan_get_heads(plan.get(), nullptr, needed.data(), nullptr));
+    check(pa_plan_get_anchors(plan.get(), anchors.data()));
+    return std::make_pair(needed, anchors);
+  };
+  const auto [one, anchors1] = heads(1);
+  const auto [four, anchors4] = heads(4);
+  EXPECT_EQ(anchors1, anchors4);
+  for (int h = 0; h < hq; ++h) EXPECT_GE(four[h], one[h]) << "head " << h;
 }
 
 }  // namespace
