@@ -77,12 +77,16 @@ std::vector<double> proxy_block_scores(const Inputs& in, const pa_config& c, con
 }
 
 std::vector<std::vector<double>> last_block_mass(const Inputs& in, const pa_config& c) {
-  const int b = c.block_size, nqb = ceil_div(in.n, b), d = in.d;
-  const int first = (nqb - 1) * b, rows = in.n - first;
-  std::vector<std::vector<double>> mass(in.hq, std::vector<double>(nqb, 0.0));
+  return block_mass(in, c, ceil_div(in.n, c.block_size) - 1);
+}
+
+std::vector<std::vector<double>> block_mass(const Inputs& in, const pa_config& c, int qb) {
+  const int b = c.block_size, d = in.d;
+  const int first = qb * b, last = std::min(in.n, first + b), rows = last - first;
+  std::vector<std::vector<double>> mass(in.hq, std::vector<double>(qb + 1, 0.0));
   for (int h = 0; h < in.hq; ++h) {
     const int kv = h / (in.hq / in.hkv);
-    for (int t = first; t < in.n; ++t) {
+    for (int t = first; t < last; ++t) {
       std::vector<double> logit(t + 1);
       double mx = -std::numeric_limits<double>::infinity();
       for (int u = 0; u <= t; ++u) {
@@ -127,8 +131,16 @@ RefIndex reference_index(const Inputs& in, const pa_config& c, const Chunk& chun
   if (!dense) {
     r.scores = proxy_block_scores(in, c, chunk);
     const auto mass = last_block_mass(in, c);
+    // budget_rows R: the query blocks ending at j / R of the prompt (Python's round: halves to
+    // even), those the call holds whole; count_i the largest of their counts.
+    std::vector<std::vector<std::vector<double>>> other_rows;
+    for (int j = 1; j < c.budget_rows; ++j) {
+      const int qb = std::max(0, int(std::nearbyint(double(nqb) * j / c.budget_rows)) - 1);
+      if (qb * b >= chunk.first_query && qb != nqb - 1) other_rows.push_back(block_mass(in, c, qb));
+    }
     for (int h = 0; h < in.hq; ++h) {
       r.needed[h] = needed_count(mass[h], c.gamma);
+      for (const auto& row : other_rows) r.needed[h] = std::max(r.needed[h], needed_count(row[h], c.gamma));
       r.budget[h] = std::min(nqb, std::max(r.needed[h], kmin));
       // anchors: blocks by mass descending (stable: ties to the lower block), the last
       // row's forced blocks left out, the first T taken
@@ -160,12 +172,34 @@ RefIndex reference_index(const Inputs& in, const pa_config& c, const Chunk& chun
           return r.scores[(size_t(j) * nqb + m) * nqb + a] > r.scores[(size_t(j) * nqb + m) * nqb + x];
         });
       const int forced = int(order.size());
-      order.insert(order.end(), rest.begin(), rest.end());
       long keep = dense ? m + 1 : r.budget[h];
       if (!dense && c.budget_mode == PA_BUDGET_PROPORTIONAL)
         keep = std::max<long>(kmin, (long(r.needed[h]) * (m + 1) + nqb - 1) / nqb);
-      keep = std::min<long>(m + 1, std::max<long>({keep, forced, 1}));
-      std::vector<int> kept(order.begin(), order.begin() + keep);
+      std::vector<int> kept;
+      if (c.anchor_mode == PA_ANCHORS_ON_TOP && !dense) {
+        // The head's anchor-free kept set (only sink and diagonal forced: they come first,
+        // then the other blocks by score, anchors ranked like any block), plus the anchors.
+        std::vector<int> free_order;
+        if (c.force_sink) free_order.push_back(0);
+        if (c.force_local && m > 0) free_order.push_back(m);
+        if (c.force_local && !c.force_sink && m == 0) free_order.push_back(0);
+        const long base_forced = long(free_order.size());
+        std::vector<int> ranked;
+        for (int n = 0; n <= m; ++n)
+          if (std::find(free_order.begin(), free_order.end(), n) == free_order.end()) ranked.push_back(n);
+        std::stable_sort(ranked.begin(), ranked.end(), [&](int a, int x) {
+          return r.scores[(size_t(j) * nqb + m) * nqb + a] > r.scores[(size_t(j) * nqb + m) * nqb + x];
+        });
+        const long base = std::min<long>(m + 1, std::max<long>({keep, base_forced, 1}));
+        free_order.insert(free_order.end(), ranked.begin(), ranked.begin() + (base - base_forced));
+        kept = order;  // sink, diagonal and anchors
+        for (int n : free_order)
+          if (std::find(kept.begin(), kept.end(), n) == kept.end()) kept.push_back(n);
+      } else {
+        order.insert(order.end(), rest.begin(), rest.end());
+        keep = std::min<long>(m + 1, std::max<long>({keep, forced, 1}));
+        kept.assign(order.begin(), order.begin() + keep);
+      }
       std::sort(kept.begin(), kept.end());
       r.kept[h][m] = kept;
     }

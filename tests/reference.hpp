@@ -37,6 +37,9 @@ std::vector<double> proxy_block_scores(const Inputs& in, const pa_config& c, con
 // Step 5: per head the mass per key block of the last query block, averaged over rows.
 std::vector<std::vector<double>> last_block_mass(const Inputs& in, const pa_config& c);
 
+// Step 5 on query block qb: per head the mass per key block 0..qb, averaged over its rows.
+std::vector<std::vector<double>> block_mass(const Inputs& in, const pa_config& c, int qb);
+
 // count_i: smallest k with the k largest masses summing to >= gamma * total.
 int needed_count(std::vector<double> mass, double gamma);
 

@@ -109,6 +109,19 @@ typedef enum pa_budget_mode {
   PA_BUDGET_PROPORTIONAL = 1   /* row m keeps min(m+1, max(Kmin, ceil(r_i * (m+1)))) */
 } pa_budget_mode;
 
+/* How a group's anchors (anchor_blocks) enter each head's kept blocks (ALGORITHM.md step 6;
+ * docs/design.md, issue #28). The order row is the same in both modes (forced blocks first:
+ * sink, diagonal and the group's anchors, ascending; then the rest by proxy score); only the
+ * counts differ. */
+typedef enum pa_anchor_mode {
+  PA_ANCHORS_ON_TOP = 0,       /* the default: each head keeps its anchor-free kept set (the
+                                  blocks its budget takes with only the sink and the diagonal
+                                  forced) plus the group's anchors; no ranked block is ever
+                                  displaced by an anchor */
+  PA_ANCHORS_IN_BUDGET = 1     /* the anchors are counted in the head's budget (the rule before
+                                  issue #28; kept to reproduce older numbers) */
+} pa_anchor_mode;
+
 typedef struct pa_config {
   int32_t block_size;          /* b: 128 or 64, queries and keys */
   int32_t stride;              /* s: 1, 2, 4, 8 or 16 and s <= b; sampled positions t % s == 0 */
@@ -123,8 +136,16 @@ typedef struct pa_config {
   int32_t anchor_blocks;       /* T in [0, PA_MAX_ANCHOR_BLOCKS], or PA_ANCHOR_BLOCKS_AUTO (the
                                   default): each head's T key blocks of largest mass in the last
                                   query block (step 5; blocks already forced there excluded) are
-                                  forced in every row of its group, counted in the budget */
+                                  forced in every row of its group (anchor_mode says how they
+                                  are counted) */
+  pa_anchor_mode anchor_mode;  /* PA_ANCHORS_ON_TOP (the default) or PA_ANCHORS_IN_BUDGET */
+  int32_t budget_rows;         /* R in [1, PA_MAX_BUDGET_ROWS]: step 5's count_i is the largest
+                                  over the query blocks round(Nqb j / R) - 1, j = 1..R (each over
+                                  its own causal key blocks); 1: the last query block only (the
+                                  paper's rule). The anchors always come from the last block */
 } pa_config;
+
+#define PA_MAX_BUDGET_ROWS 16
 
 #define PA_MAX_ANCHOR_BLOCKS 8
 /* T = PA_AUTO_GROUP_ANCHORS / (Q heads per proxy group), within [1, PA_MAX_ANCHOR_BLOCKS]:

@@ -3,8 +3,8 @@ and checked by the library's own pa_config_validate when made.
 
 Every entry point takes them as keyword arguments (gamma=0.9, ...) or as settings=Settings(...)
 (with keyword arguments, a changed copy). This module is the one place their names, defaults
-and conversions are written: a Settings holds what the caller gave (budget_mode by name,
-dense_below and softmax_scale None for their defaults, anchor_blocks "auto"), and its values
+and conversions are written: a Settings holds what the caller gave (budget_mode and anchor_mode by
+name, dense_below and softmax_scale None for their defaults, anchor_blocks "auto"), and its values
 (ConfigValues: pa_config's fields in the C struct's order, as the library takes them) resolve
 the head_dim-dependent softmax_scale when bound to a head_dim (resolve). config_of makes the
 module's Config of those values; the torch custom ops take them as their arguments."""
@@ -62,6 +62,12 @@ def _budget_mode(name, x):
     return x, _C.BUDGET_MODES[x]
 
 
+def _anchor_mode(name, x):
+    if not isinstance(x, str) or x not in _C.ANCHOR_MODES:
+        raise ValueError(f"{name}: {x!r} is not one of {sorted(_C.ANCHOR_MODES)}")
+    return x, _C.ANCHOR_MODES[x]
+
+
 def _anchor_blocks(name, x):
     """"auto" (or None): PA_ANCHOR_BLOCKS_AUTO; else an integer."""
     if x is None or (isinstance(x, str) and x == "auto"):
@@ -111,6 +117,12 @@ class Settings:
     anchor_blocks: Union[str, int] = _setting("auto", _anchor_blocks,
                                               "blocks of largest last-block mass each head forces for its group, "
                                               "0-8 or \"auto\" (32 / Q heads per group, within [1, 8])")
+    anchor_mode: str = _setting("on_top", _anchor_mode,
+                                "\"on_top\" (each head keeps its anchor-free blocks plus the group's anchors) or "
+                                "\"in_budget\" (anchors counted in the budget, the rule before issue #28)")
+    budget_rows: int = _setting(1, _integer,
+                                "query blocks step 5's count is the largest over (round(Nqb j / R) - 1, "
+                                "j = 1..R), 1-16; 1: the last block only (the paper's rule)")
 
     def __post_init__(self):
         values = {}

@@ -350,7 +350,7 @@ size_t bytes_of(F f, const Problem& problem, const pa_config& config, const Call
 // pa_config's fields in the struct's order: the one list the module names them in.
 #define PA_CONFIG_FIELDS(X)                                                                   \
   X(block_size) X(stride) X(gamma) X(min_budget_tokens) X(num_proxy_groups) X(force_sink) X(force_local) \
-  X(budget_mode) X(dense_below) X(softmax_scale) X(anchor_blocks)
+  X(budget_mode) X(dense_below) X(softmax_scale) X(anchor_blocks) X(anchor_mode) X(budget_rows)
 
 // A read-write attribute of Config: an enum field (budget_mode) as its int value, stored and
 // read as the int's bytes, as a C caller's would be (an int outside the enum's values is no
@@ -620,6 +620,11 @@ NB_MODULE(_C, m) {
   budget_modes["absolute"] = int(PA_BUDGET_ABSOLUTE);
   budget_modes["proportional"] = int(PA_BUDGET_PROPORTIONAL);
   m.attr("BUDGET_MODES") = budget_modes;
+  nb::dict anchor_modes;  // pa_anchor_mode by the name proxyattn.Settings takes
+  anchor_modes["on_top"] = int(PA_ANCHORS_ON_TOP);
+  anchor_modes["in_budget"] = int(PA_ANCHORS_IN_BUDGET);
+  m.attr("ANCHOR_MODES") = anchor_modes;
+  m.attr("MAX_BUDGET_ROWS") = PA_MAX_BUDGET_ROWS;
 
   // Not the stable API (proxyattn_tuning.h): what tests and benchmarks change.
   nb::class_<pa_tuning>(m, "Tuning")

@@ -21,6 +21,19 @@ int32_t needed_blocks(const double* mass, int32_t n, double gamma, double* scrat
   return n;
 }
 
+std::vector<int32_t> budget_rows(int32_t num_qblocks, int32_t rows) {
+  std::vector<int32_t> out;
+  for (int64_t j = 1; j <= rows; ++j) {
+    // round(nb j / R) with halves to even, as Python's round() of the reference semantics.
+    const int64_t num = int64_t(num_qblocks) * j, quot = num / rows, rem = num % rows;
+    const int64_t rounded = 2 * rem > rows || (2 * rem == rows && quot % 2 == 1) ? quot + 1 : quot;
+    const int64_t r = rounded - 1;
+    const int32_t qb = int32_t(std::max<int64_t>(0, r));
+    if (out.empty() || out.back() != qb) out.push_back(qb);
+  }
+  return out;
+}
+
 int32_t budget_blocks(int32_t needed, int32_t num_kblocks, int32_t min_blocks) {
   return std::min(num_kblocks, std::max(needed, min_blocks));
 }
@@ -61,6 +74,31 @@ int32_t row_keep(pa_budget_mode mode, int32_t budget, int32_t needed, int32_t nu
   }
   keep = std::max<int64_t>(std::max<int64_t>(keep, forced), 1);
   return static_cast<int32_t>(std::min(keep, row_blocks));
+}
+
+void anchor_ranks(const float* scores, int32_t m, bool force_sink, bool force_local,
+                  const std::vector<int32_t>& forced, std::vector<int32_t>& out) {
+  out.clear();
+  auto base = [&](int32_t n) { return (force_sink && n == 0) || (force_local && n == m); };
+  for (int32_t a : forced) {
+    if (base(a)) continue;
+    int32_t rank = 0;
+    for (int32_t n = 0; n <= m; ++n)
+      if (n != a && !base(n) && (scores[n] > scores[a] || (scores[n] == scores[a] && n < a))) ++rank;
+    out.push_back(rank);
+  }
+  std::sort(out.begin(), out.end());
+}
+
+int32_t row_keep_anchored(pa_anchor_mode anchor_mode, pa_budget_mode mode, int32_t budget,
+                          int32_t needed, int32_t num_kblocks, int32_t min_blocks, int32_t m,
+                          int32_t base_forced, int32_t forced, const int32_t* ranks,
+                          int32_t num_ranks) {
+  if (anchor_mode == PA_ANCHORS_IN_BUDGET || num_ranks == 0)
+    return row_keep(mode, budget, needed, num_kblocks, min_blocks, m, forced);
+  const int32_t base = row_keep(mode, budget, needed, num_kblocks, min_blocks, m, base_forced);
+  const int32_t ranked = int32_t(std::lower_bound(ranks, ranks + num_ranks, base - base_forced) - ranks);
+  return on_top_keep(base, base_forced, forced, ranked, m);
 }
 
 }  // namespace proxyattn

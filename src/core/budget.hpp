@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/problem.hpp"
 #include "proxyattn/proxyattn.h"
 
 namespace proxyattn {
@@ -13,6 +14,11 @@ namespace proxyattn {
 // overwritten. Ties and rounding: the total is summed in the same (sorted) order as the
 // prefix, so gamma = 1 stops exactly at the last non-zero block.
 int32_t needed_blocks(const double* mass, int32_t n, double gamma, double* scratch);
+
+// The query blocks step 5 measures with budget_rows = R over num_qblocks blocks: round(nb j /
+// R) - 1, j = 1..R, ascending, duplicates removed (eval/budget_rows.py's spread_blocks; the
+// last is always nb - 1). Halves round to even (Python's round), in exact integer arithmetic.
+std::vector<int32_t> budget_rows(int32_t num_qblocks, int32_t rows);
 
 // K_i = max(count_i, Kmin), never more than the sequence's blocks.
 int32_t budget_blocks(int32_t needed, int32_t num_kblocks, int32_t min_blocks);
@@ -33,5 +39,29 @@ void row_forced(int32_t m, bool force_sink, bool force_local, const int32_t* anc
 // raised to the row's forced blocks so that they are always kept.
 int32_t row_keep(pa_budget_mode mode, int32_t budget, int32_t needed, int32_t num_kblocks,
                  int32_t min_blocks, int32_t m, int32_t forced);
+
+// Anchors on top (PA_ANCHORS_ON_TOP): the ranks of row m's anchors (forced, the blocks in
+// `forced` that are neither the forced sink nor the forced diagonal) among the blocks n <= m
+// that are neither, in score order (descending, ties to the lower block; the anchors ranked
+// like any block), ascending in out.
+void anchor_ranks(const float* scores, int32_t m, bool force_sink, bool force_local,
+                  const std::vector<int32_t>& forced, std::vector<int32_t>& out);
+
+// Head count of a row with anchors on top: base = row_keep with only the sink and the diagonal
+// forced (base_forced of them), so K' = base - base_forced ranked blocks; ranked_anchors of the
+// row's anchors rank below K' (anchor_ranks); forced = |sink, diagonal, anchors|. The head keeps
+// its anchor-free set and the anchors: forced + K' - ranked_anchors entries of the order row.
+PA_HOST_DEVICE inline int32_t on_top_keep(int32_t base, int32_t base_forced, int32_t forced,
+                                          int32_t ranked_anchors, int32_t m) {
+  const int32_t keep = forced + (base - base_forced) - ranked_anchors;
+  return keep < m + 1 ? keep : m + 1;
+}
+
+// k_im of either anchor mode: row_keep(..., forced) counted in the budget; on top,
+// on_top_keep of row_keep(..., base_forced) with ranks [num_ranks] (ascending) of the anchors.
+int32_t row_keep_anchored(pa_anchor_mode anchor_mode, pa_budget_mode mode, int32_t budget,
+                          int32_t needed, int32_t num_kblocks, int32_t min_blocks, int32_t m,
+                          int32_t base_forced, int32_t forced, const int32_t* ranks,
+                          int32_t num_ranks);
 
 }  // namespace proxyattn

@@ -21,6 +21,8 @@ pa_config default_config(int head_dim) {
   c.dense_below = kDefaultMinBudgetTokens;
   c.softmax_scale = head_dim > 0 ? 1.0f / std::sqrt(static_cast<float>(head_dim)) : 1.0f;
   c.anchor_blocks = kDefaultAnchorBlocks;
+  c.anchor_mode = kDefaultAnchorMode;
+  c.budget_rows = kDefaultBudgetRows;
   return c;
 }
 
@@ -74,6 +76,13 @@ pa_status validate_config(const pa_config& c, const pa_problem* problem) {
     return fail(PA_STATUS_INVALID_CONFIG,
                 "config.anchor_blocks = %d: must lie in [0, %d] or be PA_ANCHOR_BLOCKS_AUTO (%d)",
                 c.anchor_blocks, PA_MAX_ANCHOR_BLOCKS, PA_ANCHOR_BLOCKS_AUTO);
+  const int32_t anchor_mode = raw_value(c.anchor_mode);
+  if (anchor_mode != PA_ANCHORS_ON_TOP && anchor_mode != PA_ANCHORS_IN_BUDGET)
+    return fail(PA_STATUS_INVALID_CONFIG, "config.anchor_mode = %d: must be PA_ANCHORS_ON_TOP or "
+                "PA_ANCHORS_IN_BUDGET", anchor_mode);
+  if (c.budget_rows < 1 || c.budget_rows > PA_MAX_BUDGET_ROWS)
+    return fail(PA_STATUS_INVALID_CONFIG, "config.budget_rows = %d: must lie in [1, %d]", c.budget_rows,
+                PA_MAX_BUDGET_ROWS);
   if (problem != nullptr && problem->num_kv_heads > 0 &&
       problem->num_kv_heads % c.num_proxy_groups != 0)
     return fail(PA_STATUS_INVALID_CONFIG,

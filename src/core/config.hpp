@@ -12,6 +12,8 @@ inline constexpr float kDefaultGamma = 0.95f;
 inline constexpr int kDefaultMinBudgetTokens = 2048;
 inline constexpr int kMaxStride = 16;
 inline constexpr int kDefaultAnchorBlocks = PA_ANCHOR_BLOCKS_AUTO;
+inline constexpr pa_anchor_mode kDefaultAnchorMode = PA_ANCHORS_ON_TOP;  // issue #28
+inline constexpr int kDefaultBudgetRows = 1;
 
 pa_config default_config(int head_dim);
 

@@ -204,17 +204,17 @@ void proxy_block_scores(const PlanDesc& plan, const Proxies& px, int j, int m, f
   two_pass_softmax(m, rows, per_block, sc, logits, block_max);
 }
 
-// Step 5 for Q head h: block masses of the last query block's softmax rows, averaged. A
-// sparse chunk holds at least a block of queries, so it holds its whole last query block.
-void last_block_mass(const Sources& src, int h, double* mass, SoftmaxScratch& sc) {
+// Step 5 for Q head h: block masses mass[0..m] of query block m's softmax rows, averaged. The
+// call holds every query of block m (the last block: a sparse chunk holds at least a block of
+// queries; budget_rows > 1 measures only the blocks the call holds whole).
+void block_mass(const Sources& src, int h, int m, double* mass, SoftmaxScratch& sc) {
   const PlanDesc& plan = *src.plan;
   const SeqSpan& span = *src.span;
   const pa_problem& p = plan.problem;
   const int d = p.head_dim, b = plan.config.block_size, bytes = dtype_bytes(p.dtype);
   const int kv = h / plan.q_heads_per_kv();
-  const int m = span.num_kblocks() - 1;
   const int64_t q0 = int64_t(m) * b;
-  const int rows = int(span.kv_length - q0);
+  const int rows = int(std::min<int64_t>(span.kv_length, q0 + b) - q0);
   sc.qtile.resize(size_t(rows) * d);
   sc.kt.resize(size_t(d) * b);
   sc.tile.resize(size_t(rows) * b);
@@ -223,7 +223,7 @@ void last_block_mass(const Sources& src, int h, double* mass, SoftmaxScratch& sc
     load_row(row_ptr(*src.q, bytes, src.q_token(q0 + r), h), p.dtype, d, &sc.qtile[size_t(r) * d]);
   auto logits = [&](int n) {
     const int64_t k0 = int64_t(n) * b;
-    const int cols = int(std::min<int64_t>(span.kv_length, k0 + b) - k0);
+    const int cols = int(std::min<int64_t>(q0 + rows, k0 + b) - k0);
     for (int c = 0; c < cols; ++c) {
       load_row(row_ptr(src.kv->k, bytes, src.kv_row(k0 + c), kv), p.dtype, d, sc.krow.data());
       for (int e = 0; e < d; ++e) sc.kt[size_t(e) * b + c] = sc.krow[e];
@@ -257,17 +257,22 @@ void write_order_row(const float* scores, int m, const std::vector<int32_t>& for
   std::copy(rest.begin(), rest.end(), out + forced.size());
 }
 
-// num_kblocks: the whole sequence's key blocks (the proportional mode's N_b).
-void write_counts(const PlanDesc& plan, const SeqSpan& span, int seq, int j, int m, int forced,
+// num_kblocks: the whole sequence's key blocks (the proportional mode's N_b). forced: the row's
+// forced blocks (sink, diagonal, anchors); ranks: its anchors' ranks (anchor_ranks; empty when
+// the anchors count in the budget).
+void write_counts(const PlanDesc& plan, const SeqSpan& span, int seq, int j, int m,
+                  const std::vector<int32_t>& forced, const std::vector<int32_t>& ranks,
                   int32_t num_kblocks) {
   const pa_config& c = plan.config;
   const int hq = plan.problem.num_q_heads, per_group = plan.q_heads_per_group();
   const int min_blocks = min_budget_blocks(c);
+  const int32_t base_forced = std::min<int32_t>(m + 1, c.force_sink + c.force_local);
   for (int h = j * per_group; h < (j + 1) * per_group; ++h) {
     const int32_t budget = plan.index.budget[seq * hq + h];
     const int32_t needed = plan.index.needed[seq * hq + h];
     plan.index.count[count_row(span, m) * hq + h] =
-        row_keep(c.budget_mode, budget, needed, num_kblocks, min_blocks, m, forced);
+        row_keep_anchored(c.anchor_mode, c.budget_mode, budget, needed, num_kblocks, min_blocks, m,
+                          base_forced, int32_t(forced.size()), ranks.data(), int32_t(ranks.size()));
   }
 }
 
@@ -309,8 +314,13 @@ void estimate_sparse(const Sources& src, const Proxies& px, const GivenBudgets* 
   const int hq = plan.problem.num_q_heads, nkb = span.num_kblocks(), g = plan.groups();
   const int workers = num_threads();
 
-  // Step 5: per-head budgets (or the caller's).
+  // Step 5: per-head budgets (or the caller's): count_i the largest over the budget rows the
+  // call holds whole (every one for a whole prompt; the last always), anchors from the last.
   const int min_blocks = min_budget_blocks(c);
+  std::vector<int32_t> rows = budget_rows(nkb, c.budget_rows);
+  rows.erase(std::remove_if(rows.begin(), rows.end(),
+                            [&](int32_t qb) { return int64_t(qb) * c.block_size < span.query_offset(); }),
+             rows.end());
   const int32_t budget_kblocks = given != nullptr ? given->num_kblocks[seq] : nkb;
   if (given != nullptr) copy_given(plan, seq, *given);
   struct BudgetScratch {
@@ -322,13 +332,23 @@ void estimate_sparse(const Sources& src, const Proxies& px, const GivenBudgets* 
     BudgetScratch& sc = bs[w];
     sc.mass.resize(nkb);
     sc.sorted.resize(nkb);
-    last_block_mass(src, int(h), sc.mass.data(), sc.softmax);
     // A NaN in the inputs makes the masses NaN (softmax_fold keeps it): no mass information,
     // so the head keeps every block (needed_blocks' rule for a zero total), and no NaN
     // reaches the sorts of the budget step.
-    if (std::any_of(sc.mass.begin(), sc.mass.end(), [](double x) { return x != x; }))
-      std::fill(sc.mass.begin(), sc.mass.end(), 0.0);
-    const int32_t needed = needed_blocks(sc.mass.data(), nkb, c.gamma, sc.sorted.data());
+    auto clean = [&](int blocks) {
+      if (std::any_of(sc.mass.begin(), sc.mass.begin() + blocks, [](double x) { return x != x; }))
+        std::fill(sc.mass.begin(), sc.mass.begin() + blocks, 0.0);
+    };
+    int32_t needed = 0;
+    for (int32_t qb : rows) {
+      if (qb == nkb - 1) continue;  // the last block below, its masses kept for the anchors
+      block_mass(src, int(h), qb, sc.mass.data(), sc.softmax);
+      clean(qb + 1);
+      needed = std::max(needed, needed_blocks(sc.mass.data(), qb + 1, c.gamma, sc.sorted.data()));
+    }
+    block_mass(src, int(h), nkb - 1, sc.mass.data(), sc.softmax);
+    clean(nkb);
+    needed = std::max(needed, needed_blocks(sc.mass.data(), nkb, c.gamma, sc.sorted.data()));
     plan.index.needed[seq * hq + h] = needed;
     plan.index.budget[seq * hq + h] = budget_blocks(needed, nkb, min_blocks);
     anchor_blocks(sc.mass.data(), nkb, c.anchor_blocks, c.force_sink, c.force_local,
@@ -340,7 +360,7 @@ void estimate_sparse(const Sources& src, const Proxies& px, const GivenBudgets* 
   struct RowScratch {
     SoftmaxScratch softmax;
     std::vector<float> scores;
-    std::vector<int32_t> rest, forced;
+    std::vector<int32_t> rest, forced, ranks;
     std::vector<uint8_t> flags;
   };
   const int anchor_count = plan.q_heads_per_group() * c.anchor_blocks;
@@ -358,7 +378,10 @@ void estimate_sparse(const Sources& src, const Proxies& px, const GivenBudgets* 
                sc.forced);
     write_order_row(sc.scores.data(), m, sc.forced, plan.index.order + order_row(span, j, m),
                     sc.rest, sc.flags);
-    write_counts(plan, span, seq, j, m, int(sc.forced.size()), budget_kblocks);
+    sc.ranks.clear();
+    if (c.anchor_mode == PA_ANCHORS_ON_TOP)
+      anchor_ranks(sc.scores.data(), m, c.force_sink, c.force_local, sc.forced, sc.ranks);
+    write_counts(plan, span, seq, j, m, sc.forced, sc.ranks, budget_kblocks);
   });
 }
 

@@ -91,3 +91,19 @@ TEST(Budget, RowKeepProportional) {
 
 }  // namespace
 }  // namespace proxyattn
+
+namespace proxyattn {
+namespace {
+
+// eval/budget_rows.py's spread_blocks (Python's round: halves to even).
+TEST(BudgetRows, SpreadLikeTheEvaluation) {
+  EXPECT_EQ(budget_rows(128, 1), (std::vector<int32_t>{127}));
+  EXPECT_EQ(budget_rows(128, 4), (std::vector<int32_t>{31, 63, 95, 127}));
+  EXPECT_EQ(budget_rows(6, 4), (std::vector<int32_t>{1, 2, 3, 5}));    // 1.5 -> 2, 4.5 -> 4
+  EXPECT_EQ(budget_rows(10, 4), (std::vector<int32_t>{1, 4, 7, 9}));   // 2.5 -> 2, 7.5 -> 8
+  EXPECT_EQ(budget_rows(2, 4), (std::vector<int32_t>{0, 1}));          // duplicates removed
+  EXPECT_EQ(budget_rows(1, 16), (std::vector<int32_t>{0}));
+}
+
+}  // namespace
+}  // namespace proxyattn

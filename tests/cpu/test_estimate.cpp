@@ -35,6 +35,8 @@ struct Case {
   pa_budget_mode mode;
   bool sink, local;
   int anchors;  // config.anchor_blocks
+  pa_anchor_mode anchor_mode = PA_ANCHORS_ON_TOP;
+  int budget_rows = 1;
 };
 
 class EstimateVsReference : public ::testing::TestWithParam<Case> {};
@@ -50,6 +52,8 @@ TEST_P(EstimateVsReference, IndexMatchesFp64Reference) {
   c.force_sink = k.sink;
   c.force_local = k.local;
   c.anchor_blocks = k.anchors;
+  c.anchor_mode = k.anchor_mode;
+  c.budget_rows = k.budget_rows;
   HostQKV x = k.structured ? structured_qkv(p, 11 + k.n) : random_qkv(p, 17 + k.n);
   Plan plan = Plan::on_host(p, c);
   plan.estimate(x.tq(), x.tk());
@@ -86,13 +90,105 @@ INSTANTIATE_TEST_SUITE_P(
         // Block 128, stride 8, fp16, only the diagonal forced.
         Case{2100, 4, 1, 64, 1, 128, 8, PA_DTYPE_FLOAT16, true, PA_BUDGET_ABSOLUTE, false, true, 3},
         // Only the sink forced, stride 16.
-        Case{1300, 4, 2, 64, 2, 64, 16, PA_DTYPE_FLOAT32, true, PA_BUDGET_PROPORTIONAL, true, false, 2}),
+        Case{1300, 4, 2, 64, 2, 64, 16, PA_DTYPE_FLOAT32, true, PA_BUDGET_PROPORTIONAL, true, false, 2},
+        // Anchors counted in the budget (the rule before issue #28), both budget modes.
+        Case{1500, 8, 4, 32, 2, 64, 4, PA_DTYPE_FLOAT32, true, PA_BUDGET_ABSOLUTE, true, true, 3,
+             PA_ANCHORS_IN_BUDGET},
+        Case{1300, 4, 2, 64, 1, 64, 4, PA_DTYPE_BFLOAT16, true, PA_BUDGET_PROPORTIONAL, true, true, 8,
+             PA_ANCHORS_IN_BUDGET},
+        // On top with many anchors per group and no forced sink.
+        Case{1700, 8, 2, 32, 1, 64, 4, PA_DTYPE_FLOAT32, true, PA_BUDGET_ABSOLUTE, false, true, 8},
+        // Budgets from 4 and 3 query blocks (issue #28), both anchor and budget modes.
+        Case{1900, 4, 2, 32, 1, 64, 4, PA_DTYPE_FLOAT32, true, PA_BUDGET_ABSOLUTE, true, true, 2,
+             PA_ANCHORS_ON_TOP, 4},
+        Case{1500, 8, 4, 32, 2, 64, 4, PA_DTYPE_BFLOAT16, true, PA_BUDGET_PROPORTIONAL, true, true, 2,
+             PA_ANCHORS_IN_BUDGET, 3},
+        Case{1001, 4, 2, 64, 1, 64, 4, PA_DTYPE_FLOAT32, false, PA_BUDGET_ABSOLUTE, true, true, 0,
+             PA_ANCHORS_ON_TOP, 16}),
     [](const auto& info) {
       const Case& k = info.param;
       return "N" + std::to_string(k.n) + "_Hq" + std::to_string(k.hq) + "_Hkv" + std::to_string(k.hkv) +
              "_g" + std::to_string(k.g) + "_b" + std::to_string(k.block) + "_s" + std::to_string(k.stride) +
-             "_T" + std::to_string(k.anchors);
+             "_T" + std::to_string(k.anchors) + (k.anchor_mode == PA_ANCHORS_IN_BUDGET ? "_inbudget" : "") +
+             (k.budget_rows > 1 ? "_R" + std::to_string(k.budget_rows) : "");
     });
+
+// Anchors on top (issue #28): every head keeps exactly its anchor-free kept set (the plan of
+// anchor_blocks = 0) plus its group's anchors n <= m, in both budget modes, and so a superset
+// of the anchor-free set and of the set the anchors counted in the budget leave.
+TEST(Estimate, OnTopAnchorsKeepTheAnchorFreeSetPlusTheAnchors) {
+  for (pa_budget_mode mode : {PA_BUDGET_ABSOLUTE, PA_BUDGET_PROPORTIONAL})
+    for (int min_budget : {64, 512}) {
+      const int hq = 8, hkv = 2, g = 2, n = 2500, t = 4;
+      Batch batch({n}, hq, hkv, 32, PA_DTYPE_FLOAT32);
+      pa_config c = small_config(64, 4, 0.9f, min_budget);
+      c.num_proxy_groups = g;
+      c.budget_mode = mode;
+      HostQKV x = structured_qkv(batch.problem(), 41);
+      auto kept_of = [&](int anchor_blocks, pa_anchor_mode am) {
+        pa_config cc = c;
+        cc.anchor_blocks = anchor_blocks;
+        cc.anchor_mode = am;
+        Plan plan = Plan::on_host(batch.problem(), cc);
+        plan.estimate(x.tq(), x.tk());
+        plan.check_invariants();
+        std::vector<int32_t> anchors(size_t(hq) * anchor_blocks);
+        if (anchor_blocks > 0) check(pa_plan_get_anchors(plan.get(), anchors.data()));
+        return std::make_pair(kept_sets(plan, batch, cc).kept[0], anchors);
+      };
+      const auto [free_set, no_anchors] = kept_of(0, PA_ANCHORS_ON_TOP);
+      const auto [on_top, anchors] = kept_of(t, PA_ANCHORS_ON_TOP);
+      const auto [in_budget, anchors_b] = kept_of(t, PA_ANCHORS_IN_BUDGET);
+      ASSERT_EQ(anchors, anchors_b);
+      const int nqb = (n + 63) / 64;
+      int64_t extra = 0;
+      for (int h = 0; h < hq; ++h) {
+        const int j = h / (hq / g);
+        for (int m = 0; m < nqb; ++m) {
+          std::set<int> expect(free_set[h][m].begin(), free_set[h][m].end());
+          for (int o = j * (hq / g); o < (j + 1) * (hq / g); ++o)
+            for (int a = 0; a < t; ++a) {
+              const int32_t b = anchors[size_t(o) * t + a];
+              if (b >= 0 && b <= m) expect.insert(b);
+            }
+          const std::set<int> got(on_top[h][m].begin(), on_top[h][m].end());
+          EXPECT_EQ(got, expect) << "mode " << mode << " head " << h << " row " << m;
+          EXPECT_TRUE(std::includes(got.begin(), got.end(), in_budget[h][m].begin(), in_budget[h][m].end()))
+              << "head " << h << " row " << m;
+          extra += int64_t(got.size()) - int64_t(free_set[h][m].size());
+        }
+      }
+      EXPECT_GT(extra, 0);  // the anchors do add blocks here
+    }
+}
+
+// PA_ANCHORS_IN_BUDGET reproduces the index before issue #28 exactly: the anchors forced and
+// counted in the budget (row_keep with every forced block), checked on the raw arrays.
+TEST(Estimate, InBudgetAnchorsCountTheForcedBlocksInTheBudget) {
+  const int hq = 4, n = 2000, t = 3;
+  Batch batch({n}, hq, 2, 32, PA_DTYPE_FLOAT32);
+  pa_config c = small_config(64, 4, 0.9f, 256);
+  c.anchor_blocks = t;
+  c.anchor_mode = PA_ANCHORS_IN_BUDGET;
+  HostQKV x = structured_qkv(batch.problem(), 43);
+  Plan plan = Plan::on_host(batch.problem(), c);
+  plan.estimate(x.tq(), x.tk());
+  const int nqb = (n + 63) / 64;
+  int64_t qblocks = 0, entries = 0;
+  check(pa_plan_get_layout(plan.get(), &qblocks, &entries));
+  std::vector<int32_t> order(entries), count(size_t(qblocks) * hq), budget(hq), anchors(size_t(hq) * t);
+  check(pa_plan_get_index(plan.get(), order.data(), count.data()));
+  check(pa_plan_get_heads(plan.get(), budget.data(), nullptr, nullptr));
+  check(pa_plan_get_anchors(plan.get(), anchors.data()));
+  for (int m = 0; m < nqb; ++m) {
+    std::set<int> forced = {0, m};
+    for (int32_t a : anchors)
+      if (a >= 0 && a <= m) forced.insert(a);
+    for (int h = 0; h < hq; ++h)
+      EXPECT_EQ(count[size_t(m) * hq + h], std::min<int>(m + 1, std::max<int>(budget[h], int(forced.size()))))
+          << "head " << h << " row " << m;
+  }
+}
 
 TEST(Estimate, EdgeLengths) {
   for (int n : {0, 1, 5, 63, 64, 65, 127, 130}) {
@@ -380,6 +476,36 @@ TEST(Estimate, ForwardEqualsEstimateThenAttend) {
   b.forward(x.tq(), x.tk(), x.tv(), t2, l2.data());
   EXPECT_EQ(o1, o2);
   EXPECT_EQ(l1, l2);
+}
+
+}  // namespace
+}  // namespace proxyattn::test
+
+namespace proxyattn::test {
+namespace {
+
+// budget_rows R: a count_i never below the last block's (R = 1), the anchors unchanged.
+TEST(Estimate, BudgetRowsTakeTheLargestCount) {
+  const int hq = 4, n = 3000;
+  Batch batch({n}, hq, 2, 32, PA_DTYPE_FLOAT32);
+  pa_config c = small_config(64, 4, 0.9f, 64);
+  c.anchor_blocks = 2;
+  HostQKV x = structured_qkv(batch.problem(), 47);
+  auto heads = [&](int rows) {
+    pa_config cc = c;
+    cc.budget_rows = rows;
+    Plan plan = Plan::on_host(batch.problem(), cc);
+    plan.estimate(x.tq(), x.tk());
+    plan.check_invariants();
+    std::vector<int32_t> needed(hq), anchors(size_t(hq) * 2);
+    check(pa_plan_get_heads(plan.get(), nullptr, needed.data(), nullptr));
+    check(pa_plan_get_anchors(plan.get(), anchors.data()));
+    return std::make_pair(needed, anchors);
+  };
+  const auto [one, anchors1] = heads(1);
+  const auto [four, anchors4] = heads(4);
+  EXPECT_EQ(anchors1, anchors4);
+  for (int h = 0; h < hq; ++h) EXPECT_GE(four[h], one[h]) << "head " << h;
 }
 
 }  // namespace

@@ -263,7 +263,9 @@ void describe(Input& in, Description& d) {
   set_raw(c.budget_mode, in.byte() & 1);
   c.dense_below = in.chance(200) ? 0 : in.range(0, 800);
   c.anchor_blocks = in.range(-1, PA_MAX_ANCHOR_BLOCKS);
-  const uint8_t broken = in.chance(40) ? in.byte() % 11 : 255;
+  set_raw(c.anchor_mode, in.byte() & 1);
+  c.budget_rows = in.chance(64) ? in.range(1, PA_MAX_BUDGET_ROWS) : 1;
+  const uint8_t broken = in.chance(40) ? in.byte() % 13 : 255;
   switch (broken) {
     case 0: c.block_size = in.weird32(); break;
     case 1: c.stride = in.weird32(); break;
@@ -276,6 +278,8 @@ void describe(Input& in, Description& d) {
     case 8: c.dense_below = in.weird32(); break;
     case 9: c.softmax_scale = in.f32(); break;
     case 10: c.anchor_blocks = in.weird32(); break;
+    case 11: set_raw(c.anchor_mode, in.weird32()); break;
+    case 12: c.budget_rows = in.weird32(); break;
   }
   if (broken != 255) d.plausible = false;
   // Tuning: the defaults, or one field of any value.

@@ -542,13 +542,15 @@ TEST_P(EstimateGpu, ConfigMatrix) {
           k.config.gamma = (i % 3 == 0) ? 0.9f : 0.95f;
           const int anchor_choices[] = {0, 1, 2, 8};
           k.config.anchor_blocks = anchor_choices[(i / 3) % 4];
+          k.config.anchor_mode = (i / 5) % 2 ? PA_ANCHORS_IN_BUDGET : PA_ANCHORS_ON_TOP;
           k.lengths = {2000 + 173 * i, 700 + 31 * i};
           k.structured = i % 3 != 1;
           k.seed = 100 + i;
           k.name = "matrix#" + std::to_string(i) + " d" + std::to_string(d) +
                    (dtype == PA_DTYPE_BFLOAT16 ? " bf16" : " fp16") + " g" + std::to_string(g) +
                    " b" + std::to_string(block) + " s" + std::to_string(k.config.stride) + " T" +
-                   std::to_string(k.config.anchor_blocks);
+                   std::to_string(k.config.anchor_blocks) +
+                   (k.config.anchor_mode == PA_ANCHORS_IN_BUDGET ? " in-budget" : " on-top");
           run_case(k);
           ++i;
         }
@@ -600,6 +602,35 @@ TEST_P(EstimateGpu, Llama16K) {
     k.seed = 400 + g;
     run_case(k);
   }
+}
+
+// Anchor modes (issue #28) against the CPU index: many anchors per group (T 8, 8 Q heads per
+// group: up to 64 per row), rows of the first two sort classes (32K tokens: 512 blocks of 64,
+// more than one bitmap word of ranks), small and large budgets, both budget modes; on top, a
+// row's anchor-free sort and its popcounts.
+TEST_P(EstimateGpu, AnchorModes) {
+  PA_REQUIRE_GPU();
+  int i = 0;
+  for (pa_anchor_mode am : {PA_ANCHORS_ON_TOP, PA_ANCHORS_IN_BUDGET})
+    for (pa_budget_mode bm : {PA_BUDGET_ABSOLUTE, PA_BUDGET_PROPORTIONAL})
+      for (int min_budget : {128, 4096}) {
+        Case k;
+        k.lengths = {32768, 3000};
+        k.hq = 8, k.hkv = 2, k.d = 64;
+        k.config = base_config(64);
+        k.config.block_size = 64;
+        k.config.anchor_blocks = 8;
+        k.config.anchor_mode = am;
+        k.config.budget_mode = bm;
+        k.config.min_budget_tokens = min_budget;
+        k.config.force_sink = i % 3 != 2;
+        k.seed = 900 + i;
+        k.name = std::string(am == PA_ANCHORS_ON_TOP ? "on-top" : "in-budget") +
+                 (bm == PA_BUDGET_PROPORTIONAL ? " proportional" : " absolute") + " floor " +
+                 std::to_string(min_budget) + (k.config.force_sink ? "" : " no sink");
+        run_case(k);
+        ++i;
+      }
 }
 
 // Non-contiguous views: padded heads keep 16-byte alignment (vector loads), odd padding

@@ -44,12 +44,17 @@ INVALID = {
                       (-1, proxyattn.ProxyAttnError, r"config\.softmax_scale = -1")],
     "anchor_blocks": [(9, proxyattn.ProxyAttnError, r"config\.anchor_blocks = 9: must lie in \[0, 8\]"),
                       ("many", ValueError, r"anchor_blocks: 'many' is neither \"auto\" nor an integer")],
+    "anchor_mode": [("counted", ValueError, r"anchor_mode: 'counted' is not one of \['in_budget', 'on_top'\]"),
+                    (1, ValueError, r"anchor_mode: 1 is not one of")],
+    "budget_rows": [(0, proxyattn.ProxyAttnError, r"config\.budget_rows = 0: must lie in \[1, 16\]"),
+                    (17, proxyattn.ProxyAttnError, r"config\.budget_rows = 17")],
 }
 CASES = [(name, *case) for name, cases in INVALID.items() for case in cases]
 
 # Every setting off its default, each a value the library runs.
 CHANGED = dict(gamma=0.8, block_size=64, stride=2, min_budget_tokens=128, num_proxy_groups=2, force_sink=False,
-               force_local=True, budget_mode="proportional", dense_below=256, softmax_scale=0.2, anchor_blocks=1)
+               force_local=True, budget_mode="proportional", dense_below=256, softmax_scale=0.2, anchor_blocks=1,
+               anchor_mode="in_budget", budget_rows=2)
 B, N, HQ, HKV, D = 2, 640, 4, 2, 32
 
 
@@ -69,7 +74,7 @@ def as_numpy(x):
 
 
 def test_every_field_has_invalid_cases():
-    assert sorted(INVALID) == sorted(NAMES) and len(NAMES) == 11
+    assert sorted(INVALID) == sorted(NAMES) and len(NAMES) == 13
 
 
 @pytest.mark.parametrize("name, value, error, message", CASES, ids=[f"{c[0]}={c[1]!r}" for c in CASES])

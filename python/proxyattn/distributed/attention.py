@@ -105,6 +105,11 @@ def attention(q, k, v, seq_len, *, group=None, exchange="gather", return_lse=Fal
         try:
             config = settings.resolve(int(q.shape[-1]))
             layout = ZigzagLayout(seq_len, world, config.block_size)
+            if config.budget_rows != 1:
+                # Step 5 over R query blocks needs blocks other ranks hold: the budget rank
+                # measures its own last piece only (pa_estimate_kv_given takes the counts).
+                local_error = (f"budget_rows = {config.budget_rows}: proxyattn.distributed measures step 5 "
+                               f"on the last query block only (budget_rows = 1)")
         except (ValueError, TypeError, _C.ProxyAttnError) as e:
             local_error = str(e)
     if config is None:

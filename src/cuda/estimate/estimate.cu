@@ -139,6 +139,12 @@ pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_kv_cache& 
                 "pa_estimate: problem.head_dim = %d: the CUDA estimation supports 64 and 128",
                 p.head_dim);
 
+  if (c.budget_rows != 1 && given == nullptr)
+    return fail(PA_STATUS_UNSUPPORTED,
+                "pa_estimate: config.budget_rows = %d: the CUDA estimation measures step 5 on the "
+                "last query block only (budget_rows = 1; R > 1 runs on the CPU for now)",
+                c.budget_rows);
+
   est::Launch l{};
   l.dtype = p.dtype;
   l.head_dim = p.head_dim;

@@ -2,15 +2,23 @@
 //   order[j][m] = forced blocks first (sink 0, the group's anchors n <= m, diagonal m:
 //                 ascending), then the other blocks n <= m by A[j][m][n] descending, ties
 //                 to the lower n;
-//   count[m][h] = row_keep(...) for each head h of group j (core/budget.cpp's rule).
+//   count[m][h] = row_keep(...) for each head h of group j (core/budget.cpp's rule); with
+//                 anchors on top (PA_ANCHORS_ON_TOP) on_top_keep of row_keep with only the sink
+//                 and the diagonal forced and the anchors ranked below the head's K'.
 // One CTA sorts a row with a stable radix sort of 32-bit keys (ascending) whose order is
 // the wanted one: forced blocks 0, a score s >= 0 maps to ~bits(s) (larger s, smaller key),
 // padding to ~0 after every real entry; stability keeps equal keys in block order.
 // Dense sequences sort all-equal keys: forced first, then ascending, as the CPU writes.
-// The anchors are marked in a shared bitmap of the row before the keys are made.
+// The anchors are marked in a shared bitmap of the row before the keys are made. On top, a
+// first sort with only the sink and the diagonal forced (the anchor-free ranking) marks in a
+// second bitmap the ranks (among the blocks neither forced) that hold an anchor; each head's
+// count of anchors below its K' is then a popcount of that bitmap's prefix. (Two sorts of the
+// row where it has anchors: a rank per anchor by counting would need a list of the row's
+// anchors; the sort is a small share of the estimation.)
 #include <cub/block/block_radix_sort.cuh>
 
 #include "common/check.cuh"
+#include "core/budget.hpp"
 #include "core/config.hpp"
 #include "estimate/device_utils.cuh"
 #include "estimate/sort_classes.cuh"
@@ -25,6 +33,7 @@ struct SelectParams {
   int32_t force_sink, force_local;
   int32_t anchor_blocks;   // T per head
   pa_budget_mode mode;
+  pa_anchor_mode anchor_mode;
 };
 
 constexpr uint32_t kForcedKey = 0u;
@@ -52,6 +61,9 @@ template <int Threads, int Items>
 struct SelectSmem {
   typename RowSort<Threads, Items>::TempStorage sort;
   uint32_t anchored[Threads * Items / kWordBits];  // bit n: block n is a group anchor
+  uint32_t ranked[Threads * Items / kWordBits];    // on top, bit r: the anchor-free ranking's
+                                                   // r-th block outside sink and diagonal is
+                                                   // an anchor
   int32_t forced;                                  // forced blocks of the row
 };
 
@@ -76,7 +88,7 @@ __global__ void __launch_bounds__(Threads)
   const int heads = geo.num_q_heads / geo.groups;
 
   // ---- the group's anchors n <= m into the bitmap ------------------------------------------
-  for (int w = threadIdx.x; w <= m / kWordBits; w += Threads) smem.anchored[w] = 0;
+  for (int w = threadIdx.x; w <= m / kWordBits; w += Threads) smem.anchored[w] = smem.ranked[w] = 0;
   if (threadIdx.x == 0) smem.forced = 0;
   __syncthreads();
   const int anchor_count = heads * params.anchor_blocks;
@@ -87,9 +99,34 @@ __global__ void __launch_bounds__(Threads)
   }
   __syncthreads();
 
-  // ---- keys in blocked order (thread t holds ranks t * Items + i) -------------------------
+  // ---- on top: the anchors' ranks in the anchor-free ranking -------------------------------
+  // Blocks forced without anchors: the sink and the diagonal (one block in row 0).
+  auto base_forced_block = [&](int n) { return (sink && n == 0) || (local && n == m); };
+  const int base_forced = min(len, int(sink) + int(local));
+  const bool on_top = params.anchor_mode == PA_ANCHORS_ON_TOP && !dense && anchor_count > 0;
   uint32_t keys[Items];
   int32_t blocks[Items];
+  if (on_top) {
+#pragma unroll
+    for (int i = 0; i < Items; ++i) {
+      const int n = threadIdx.x * Items + i;
+      blocks[i] = n;
+      keys[i] = n >= len ? kLastKey : base_forced_block(n) ? kForcedKey : ~__float_as_uint(scores[row + n]);
+    }
+    RowSort<Threads, Items>(smem.sort).SortBlockedToStriped(keys, blocks);
+#pragma unroll
+    for (int i = 0; i < Items; ++i) {
+      const int rank = i * Threads + threadIdx.x, n = blocks[i];
+      if (rank < len && rank >= base_forced && !base_forced_block(n) &&
+          ((smem.anchored[n / kWordBits] >> (n % kWordBits)) & 1u)) {
+        const int r = rank - base_forced;
+        atomicOr(&smem.ranked[r / kWordBits], 1u << (r % kWordBits));
+      }
+    }
+    __syncthreads();  // the sort's storage is used again, and the ranks are complete
+  }
+
+  // ---- keys in blocked order (thread t holds ranks t * Items + i) -------------------------
   int forced_here = 0;
 #pragma unroll
   for (int i = 0; i < Items; ++i) {
@@ -118,14 +155,25 @@ __global__ void __launch_bounds__(Threads)
 
   // ---- each head of the group keeps its prefix ---------------------------------------------
   const int forced = smem.forced;
+  const bool anchors_here = on_top && forced > base_forced;
   for (int t = threadIdx.x; t < heads; t += Threads) {
     const int h = j * heads + t;
     const int64_t at = int64_t(seq) * geo.num_q_heads + h;
-    count[count_row(span, m) * geo.num_q_heads + h] =
-        dense ? len
-              : row_keep(params.mode, budget[at], needed[at],
-                         geo.budget_kblocks != nullptr ? geo.budget_kblocks[seq] : span.num_kblocks(),
-                         params.min_blocks, m, forced);
+    const int32_t nkb = geo.budget_kblocks != nullptr ? geo.budget_kblocks[seq] : span.num_kblocks();
+    int32_t keep;
+    if (dense) {
+      keep = len;
+    } else if (!anchors_here) {
+      keep = row_keep(params.mode, budget[at], needed[at], nkb, params.min_blocks, m, forced);
+    } else {
+      const int32_t base = row_keep(params.mode, budget[at], needed[at], nkb, params.min_blocks, m, base_forced);
+      const int32_t k = base - base_forced;  // the head's ranked blocks without anchors
+      int32_t below = 0;                     // anchors among them
+      for (int w = 0; w < k / kWordBits; ++w) below += __popc(smem.ranked[w]);
+      if (k % kWordBits != 0) below += __popc(smem.ranked[k / kWordBits] & ((1u << (k % kWordBits)) - 1u));
+      keep = on_top_keep(base, base_forced, forced, below, m);
+    }
+    count[count_row(span, m) * geo.num_q_heads + h] = keep;
   }
 }
 
@@ -155,6 +203,7 @@ pa_status launch_select(const Launch& l, const Workspace& ws, const int32_t* bud
   p.force_local = l.config.force_local;
   p.anchor_blocks = l.config.anchor_blocks;
   p.mode = l.config.budget_mode;
+  p.anchor_mode = l.config.anchor_mode;
   // One launch per size class that holds some row of the batch (rows up to max_row_blocks).
   constexpr SortClass c0 = kSortClasses[0], c1 = kSortClasses[1], c2 = kSortClasses[2],
                       c3 = kSortClasses[3];
