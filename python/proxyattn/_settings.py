@@ -117,9 +117,9 @@ class Settings:
     anchor_blocks: Union[str, int] = _setting("auto", _anchor_blocks,
                                               "blocks of largest last-block mass each head forces for its group, "
                                               "0-8 or \"auto\" (32 / Q heads per group, within [1, 8])")
-    anchor_mode: str = _setting("on_top", _anchor_mode,
-                                "\"on_top\" (each head keeps its anchor-free blocks plus the group's anchors) or "
-                                "\"in_budget\" (anchors counted in the budget, the rule before issue #28)")
+    anchor_mode: str = _setting("in_budget", _anchor_mode,
+                                "\"in_budget\" (anchors counted in the budget) or \"on_top\" (each head keeps its "
+                                "anchor-free blocks plus the group's anchors: recall >= gamma at small floors)")
     budget_rows: int = _setting(1, _integer,
                                 "query blocks step 5's count is the largest over (round(Nqb j / R) - 1, "
                                 "j = 1..R), 1-16; 1: the last block only (the paper's rule)")
