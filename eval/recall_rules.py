@@ -6,14 +6,14 @@ the anchors of pa_plan_get_anchors) and scored on the dense block masses
 
     # 1. capture once per text and length: float32 post-RoPE q, k and the dense block masses
     #    of every layer, into a cache folder outside the repository
-    PYTHONPATH=python:eval python eval/recall_rules.py capture --model /work/cache/qwen2.5-coder-0.5b-hf \
-        --corpus ../shared/corpus --text pg_essays --tokens 16384 --cache /work/cache/recall
-    PYTHONPATH=python:eval python eval/recall_rules.py capture --model /work/cache/qwen2.5-coder-0.5b-hf \
+    PYTHONPATH=python:eval python eval/recall_rules.py capture --model CACHE/qwen2.5-coder-0.5b-hf \
+        --corpus ../shared/corpus --text pg_essays --tokens 16384 --cache CACHE/recall
+    PYTHONPATH=python:eval python eval/recall_rules.py capture --model CACHE/qwen2.5-coder-0.5b-hf \
         --text-name stdlib_code --text-file $(python -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')/{argparse,subprocess,typing,dataclasses}.py \
-        --tokens 16384 --cache /work/cache/recall
+        --tokens 16384 --cache CACHE/recall
     # 2. measure every rule on the cached layers
-    PYTHONPATH=python:eval python eval/recall_rules.py measure --model /work/cache/qwen2.5-coder-0.5b-hf \
-        --cache /work/cache/recall --inputs pg_essays-16384 stdlib_code-16384 --out eval/results/recall-rules-qwen05-16k.json
+    PYTHONPATH=python:eval python eval/recall_rules.py measure --model CACHE/qwen2.5-coder-0.5b-hf \
+        --cache CACHE/recall --inputs pg_essays-16384 stdlib_code-16384 --out eval/results/recall-rules-qwen05-16k.json
     # 3. tables
     python eval/recall_rules.py table eval/results/recall-rules-qwen05-16k.json
 
@@ -103,7 +103,8 @@ def load_text(args):
         for path in args.text_file:
             data = pathlib.Path(path).read_bytes()
             parts.append(FILE_HEADER.format(pathlib.Path(path).name) + data.decode("utf-8", errors="replace"))
-            described.append({"file": str(path), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+            described.append({"file": pathlib.Path(path).name, "bytes": len(data),
+                              "sha256": hashlib.sha256(data).hexdigest()})
         return args.text_name, "".join(parts), {"files": described, "joined_with": FILE_HEADER.strip()}
     return args.text, common.read_text(args.corpus, args.text), {"corpus_file": common.TEXTS[args.text]}
 
