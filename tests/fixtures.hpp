@@ -53,6 +53,40 @@ inline HostQKV structured_qkv(const pa_problem& p, uint64_t seed) {
   return x;
 }
 
+// One sequence's chunk: queries [begin, end) at the end of keys [0, end) (a whole prompt when
+// begin == 0); the problem points at this object's lengths, so it is neither copied nor moved.
+struct ChunkProblem {
+  int32_t cu_q[2], cu_k[2];
+  pa_problem problem{};
+  ChunkProblem(int begin, int end, int hq, int hkv, int d, pa_dtype dtype) : cu_q{0, end - begin}, cu_k{0, end} {
+    problem.num_seqs = 1;
+    problem.cu_seqlens = cu_q;
+    problem.total_tokens = end - begin;
+    problem.num_q_heads = hq;
+    problem.num_kv_heads = hkv;
+    problem.head_dim = d;
+    problem.dtype = dtype;
+    if (begin > 0) {
+      problem.cu_seqlens_k = cu_k;
+      problem.total_kv_tokens = end;
+    }
+  }
+  ChunkProblem(const ChunkProblem&) = delete;
+  ChunkProblem& operator=(const ChunkProblem&) = delete;
+};
+
+// The given-budgets tests' settings (CPU and GPU): sparse from 512 keys, a 128-token floor.
+inline pa_config given_budgets_config(int head_dim, int block_size, int groups, pa_budget_mode mode) {
+  pa_config c = pa_config_default(head_dim);
+  c.block_size = block_size;
+  c.min_budget_tokens = 128;
+  c.dense_below = 512;
+  c.gamma = 0.9f;
+  c.num_proxy_groups = groups;
+  c.budget_mode = mode;
+  return c;
+}
+
 // Rows [first_row, num_kblocks) of a one-sequence plan's index (a chunk's rows), each as the
 // g groups' order rows followed by the Hq counts: what two plans of the same rows agree on.
 inline std::vector<std::vector<int32_t>> index_rows(const pa_plan* plan, int first_row, int num_kblocks,

@@ -15,36 +15,16 @@ namespace {
 
 constexpr int kHq = 4, kHkv = 2, kD = 32, kBlock = 64, kN = 1000;
 
-pa_config small_config(int groups, pa_budget_mode mode) {
-  pa_config c = pa_config_default(kD);
-  c.block_size = kBlock;
-  c.min_budget_tokens = 128;
-  c.dense_below = 512;
-  c.gamma = 0.9f;
-  c.num_proxy_groups = groups;
-  c.budget_mode = mode;
-  return c;
-}
+pa_config small_config(int groups, pa_budget_mode mode) { return given_budgets_config(kD, kBlock, groups, mode); }
 
 // One sequence: queries [begin, end) at the end of keys [0, end) (a whole prompt when begin == 0).
 struct Call {
   int begin, end;
-  int32_t cu_q[2], cu_k[2];
-  pa_problem problem{};
+  ChunkProblem chunk;
+  const pa_problem& problem = chunk.problem;
   std::vector<uint8_t> storage, work;
   pa_plan* plan = nullptr;
-  Call(int b, int e, const pa_config& c) : begin(b), end(e), cu_q{0, e - b}, cu_k{0, e} {
-    problem.num_seqs = 1;
-    problem.cu_seqlens = cu_q;
-    problem.total_tokens = e - b;
-    problem.num_q_heads = kHq;
-    problem.num_kv_heads = kHkv;
-    problem.head_dim = kD;
-    problem.dtype = PA_DTYPE_FLOAT32;
-    if (b > 0) {
-      problem.cu_seqlens_k = cu_k;
-      problem.total_kv_tokens = e;
-    }
+  Call(int b, int e, const pa_config& c) : begin(b), end(e), chunk(b, e, kHq, kHkv, kD, PA_DTYPE_FLOAT32) {
     size_t plan_bytes = 0, work_bytes = 0;
     check(pa_plan_bytes(&problem, &c, &plan_bytes));
     check(pa_workspace_bytes(&problem, &c, &work_bytes));
@@ -69,14 +49,8 @@ struct Call {
 };
 
 HostQKV prompt() {
-  pa_problem p{};
-  p.num_seqs = 1;
-  p.total_tokens = kN;
-  p.num_q_heads = kHq;
-  p.num_kv_heads = kHkv;
-  p.head_dim = kD;
-  p.dtype = PA_DTYPE_FLOAT32;
-  return structured_qkv(p, 7);
+  const ChunkProblem whole(0, kN, kHq, kHkv, kD, PA_DTYPE_FLOAT32);
+  return structured_qkv(whole.problem, 7);
 }
 
 struct Whole {

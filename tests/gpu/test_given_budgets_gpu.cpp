@@ -18,16 +18,7 @@ namespace {
 constexpr int kHq = 4, kHkv = 2, kD = 64, kBlock = 64, kN = 2000;
 constexpr size_t kElem = 2;  // bf16
 
-pa_config small_config(int groups, pa_budget_mode mode) {
-  pa_config c = pa_config_default(kD);
-  c.block_size = kBlock;
-  c.min_budget_tokens = 128;
-  c.dense_below = 512;
-  c.gamma = 0.9f;
-  c.num_proxy_groups = groups;
-  c.budget_mode = mode;
-  return c;
-}
+pa_config small_config(int groups, pa_budget_mode mode) { return given_budgets_config(kD, kBlock, groups, mode); }
 
 void check_cuda(cudaError_t e) {
   if (e != cudaSuccess) throw std::runtime_error(cudaGetErrorString(e));
@@ -40,22 +31,11 @@ struct DevicePrompt {
 // One sequence on the device: queries [begin, end) at the end of keys [0, end).
 struct DeviceCall {
   int begin, end;
-  int32_t cu_q[2], cu_k[2];
-  pa_problem problem{};
+  ChunkProblem chunk;
+  const pa_problem& problem = chunk.problem;
   std::unique_ptr<DeviceBuffer> storage, work;
   pa_plan* plan = nullptr;
-  DeviceCall(int b, int e, const pa_config& c) : begin(b), end(e), cu_q{0, e - b}, cu_k{0, e} {
-    problem.num_seqs = 1;
-    problem.cu_seqlens = cu_q;
-    problem.total_tokens = e - b;
-    problem.num_q_heads = kHq;
-    problem.num_kv_heads = kHkv;
-    problem.head_dim = kD;
-    problem.dtype = PA_DTYPE_BFLOAT16;
-    if (b > 0) {
-      problem.cu_seqlens_k = cu_k;
-      problem.total_kv_tokens = e;
-    }
+  DeviceCall(int b, int e, const pa_config& c) : begin(b), end(e), chunk(b, e, kHq, kHkv, kD, PA_DTYPE_BFLOAT16) {
     size_t plan_bytes = 0, work_bytes = 0;
     check(pa_plan_bytes(&problem, &c, &plan_bytes));
     check(pa_workspace_bytes(&problem, &c, &work_bytes));
@@ -79,14 +59,8 @@ struct DeviceCall {
 };
 
 DevicePrompt device_prompt() {
-  pa_problem p{};
-  p.num_seqs = 1;
-  p.total_tokens = kN;
-  p.num_q_heads = kHq;
-  p.num_kv_heads = kHkv;
-  p.head_dim = kD;
-  p.dtype = PA_DTYPE_BFLOAT16;
-  const HostQKV x = structured_qkv(p, 11);
+  const ChunkProblem whole(0, kN, kHq, kHkv, kD, PA_DTYPE_BFLOAT16);
+  const HostQKV x = structured_qkv(whole.problem, 11);
   DevicePrompt d{DeviceBuffer(x.q.size()), DeviceBuffer(x.k.size())};
   check_cuda(d.q.upload(x.q.data()));
   check_cuda(d.k.upload(x.k.data()));
