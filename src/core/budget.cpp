@@ -23,12 +23,8 @@ int32_t needed_blocks(const double* mass, int32_t n, double gamma, double* scrat
 
 std::vector<int32_t> budget_rows(int32_t num_qblocks, int32_t rows) {
   std::vector<int32_t> out;
-  for (int64_t j = 1; j <= rows; ++j) {
-    // round(nb j / R) with halves to even, as Python's round() of the reference semantics.
-    const int64_t num = int64_t(num_qblocks) * j, quot = num / rows, rem = num % rows;
-    const int64_t rounded = 2 * rem > rows || (2 * rem == rows && quot % 2 == 1) ? quot + 1 : quot;
-    const int64_t r = rounded - 1;
-    const int32_t qb = int32_t(std::max<int64_t>(0, r));
+  for (int32_t j = 1; j <= rows; ++j) {
+    const int32_t qb = budget_row(num_qblocks, rows, j);
     if (out.empty() || out.back() != qb) out.push_back(qb);
   }
   return out;

@@ -15,9 +15,16 @@ namespace proxyattn {
 // prefix, so gamma = 1 stops exactly at the last non-zero block.
 int32_t needed_blocks(const double* mass, int32_t n, double gamma, double* scratch);
 
-// The query blocks step 5 measures with budget_rows = R over num_qblocks blocks: round(nb j /
-// R) - 1, j = 1..R, ascending, duplicates removed (eval/budget_rows.py's spread_blocks; the
-// last is always nb - 1). Halves round to even (Python's round), in exact integer arithmetic.
+// Query block j (1..R) of step 5 with budget_rows = R over num_qblocks blocks: round(nb j /
+// R) - 1, at least 0 (eval/budget_rows.py's spread_blocks; j = R gives nb - 1). Halves round
+// to even (Python's round), in exact integer arithmetic.
+PA_HOST_DEVICE inline int32_t budget_row(int32_t num_qblocks, int32_t rows, int32_t j) {
+  const int64_t num = int64_t(num_qblocks) * j, quot = num / rows, rem = num % rows;
+  const int64_t rounded = 2 * rem > rows || (2 * rem == rows && quot % 2 == 1) ? quot + 1 : quot;
+  return rounded > 0 ? int32_t(rounded - 1) : 0;
+}
+
+// The query blocks step 5 measures: budget_row for j = 1..R, ascending, duplicates removed.
 std::vector<int32_t> budget_rows(int32_t num_qblocks, int32_t rows);
 
 // K_i = max(count_i, Kmin), never more than the sequence's blocks.

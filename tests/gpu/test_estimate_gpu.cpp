@@ -245,21 +245,23 @@ struct SeqRef {
     return a;
   }
 
-  // Masses of head h's last query block per key block, sorted descending, in fp64.
-  std::vector<double> sorted_mass(int h) {
-    std::vector<double> m = mass(h);
+  // Masses of head h's query block qb (-1: the last) per key block 0..qb, sorted descending,
+  // in fp64.
+  std::vector<double> sorted_mass(int h, int qb = -1) {
+    std::vector<double> m = mass(h, qb);
     std::sort(m.begin(), m.end(), std::greater<double>());
     return m;
   }
 
-  // Masses of head h's last query block per key block, in fp64.
-  std::vector<double> mass(int h) {
+  // Masses of head h's query block qb (-1: the last) per key block 0..qb, in fp64.
+  std::vector<double> mass(int h, int qb = -1) {
     in->ensure_float();
-    const int d = p->head_dim, b = c->block_size, nqb = int(cdiv(length, b));
+    const int d = p->head_dim, b = c->block_size;
+    if (qb < 0) qb = int(cdiv(length, b)) - 1;
     const int kv = h / (p->num_q_heads / p->num_kv_heads);
-    const int q0 = (nqb - 1) * b;
-    std::vector<double> mass(nqb, 0.0);
-    for (int t = q0; t < length; ++t) {
+    const int q0 = qb * b, q_end = std::min(length, q0 + b);
+    std::vector<double> mass(qb + 1, 0.0);
+    for (int t = q0; t < q_end; ++t) {
       std::vector<double> logit(t + 1);
       double mx = -INFINITY;
       for (int u = 0; u <= t; ++u) {
@@ -272,7 +274,7 @@ struct SeqRef {
       }
       double sum = 0.0;
       for (double l : logit) sum += std::exp(l - mx);
-      for (int u = 0; u <= t; ++u) mass[u / b] += std::exp(logit[u] - mx) / sum / (length - q0);
+      for (int u = 0; u <= t; ++u) mass[u / b] += std::exp(logit[u] - mx) / sum / (q_end - q0);
     }
     return mass;
   }
@@ -321,15 +323,23 @@ void compare(const std::string& name, const PlanDesc& plan, std::vector<SeqRef>&
       ASSERT_LE(std::abs(gpu.needed[at] - cpu.needed[at]), 1)
           << name << " seq " << s << " head " << h << ": needed gpu " << gpu.needed[at] << " cpu "
           << cpu.needed[at];
-      const std::vector<double> mass = ref.sorted_mass(h);
-      const double total = std::accumulate(mass.begin(), mass.end(), 0.0);
+      // The count is the largest over the measured rows (budget_rows, those the call holds
+      // whole, the last always): the flip lies at gamma in one of them.
       const int lo = std::min(gpu.needed[at], cpu.needed[at]);
-      const double prefix = std::accumulate(mass.begin(), mass.begin() + lo, 0.0);
-      const double gap = std::fabs(prefix / total - double(c.gamma));
+      double gap = INFINITY, at_boundary = 0.0;
+      for (int32_t qb : budget_rows(nkb, c.budget_rows)) {
+        if (qb != nkb - 1 && int64_t(qb) * c.block_size < span.query_offset()) continue;
+        const std::vector<double> mass = ref.sorted_mass(h, qb);
+        if (lo > int(mass.size())) continue;
+        const double total = std::accumulate(mass.begin(), mass.end(), 0.0);
+        const double prefix = std::accumulate(mass.begin(), mass.begin() + lo, 0.0);
+        if (std::fabs(prefix / total - double(c.gamma)) < gap)
+          gap = std::fabs(prefix / total - double(c.gamma)), at_boundary = prefix / total;
+      }
       rep.max_gamma_gap = std::max(rep.max_gamma_gap, gap);
       EXPECT_LE(gap, kGammaSlack) << name << " seq " << s << " head " << h << ": needed gpu "
                                   << gpu.needed[at] << " cpu " << cpu.needed[at]
-                                  << ", prefix/total at the boundary " << prefix / total;
+                                  << ", prefix/total at the boundary " << at_boundary;
     }
     // Anchors: equal, or near-ties in mass; a group with differing anchors skips its rows.
     const int ta = int(gpu.anchors.size() / (size_t(p.num_seqs) * hq));
@@ -631,6 +641,35 @@ TEST_P(EstimateGpu, AnchorModes) {
         run_case(k);
         ++i;
       }
+}
+
+// budget_rows = R > 1 (issue #28): count_i the largest over R query blocks of the prompt,
+// varlen (a dense sequence and one shorter than R blocks among them), both anchor modes,
+// both budget modes, a small floor so that the counts decide the budgets.
+TEST_P(EstimateGpu, BudgetRows) {
+  PA_REQUIRE_GPU();
+  int i = 0;
+  for (int rows : {2, 4, 16})
+    for (pa_anchor_mode am : {PA_ANCHORS_ON_TOP, PA_ANCHORS_IN_BUDGET}) {
+      Case k;
+      k.lengths = {9000, 2600, 300, 1000 + 77 * i};
+      k.hq = 8, k.hkv = 2, k.d = i % 2 ? 64 : 128;
+      k.config = base_config(k.d);
+      k.config.block_size = i % 3 == 2 ? 64 : 128;
+      k.config.budget_rows = rows;
+      k.config.anchor_mode = am;
+      k.config.anchor_blocks = 2;
+      k.config.num_proxy_groups = 1 + i % 2;
+      k.config.budget_mode = i % 2 ? PA_BUDGET_PROPORTIONAL : PA_BUDGET_ABSOLUTE;
+      k.config.min_budget_tokens = k.config.block_size;
+      k.config.dense_below = 512;
+      k.structured = i % 3 != 1;
+      k.seed = 1200 + i;
+      k.name = "R" + std::to_string(rows) + (am == PA_ANCHORS_ON_TOP ? " on-top" : " in-budget") + " d" +
+               std::to_string(k.d) + " b" + std::to_string(k.config.block_size);
+      run_case(k);
+      ++i;
+    }
 }
 
 // Non-contiguous views: padded heads keep 16-byte alignment (vector loads), odd padding
@@ -1072,7 +1111,10 @@ void run_chunk_case(const ChunkCase& cc) {
       ASSERT_EQ(gpu_state->download(device_state.data()), cudaSuccess);
       EXPECT_EQ(state_difference(cpu_state, device_state, cc, paged), "") << name;
     }
-    if (spans.size() == 1 && spans[0].end > spans[0].begin && !plan.runs_dense(plan.batch.seqs[0]))
+    // With budget_rows > 1 a chunk measures only the rows it holds whole: its counts may lie
+    // below the one-shot prefill's (compare() has checked them against the CPU's).
+    if (spans.size() == 1 && spans[0].end > spans[0].begin && !plan.runs_dense(plan.batch.seqs[0]) &&
+        c.budget_rows == 1)
       expect_one_shot_rows(name, cc, prompts, plan, gpu, spans[0]);
   }
 }
@@ -1136,6 +1178,22 @@ TEST_P(EstimateGpu, ChunkedPagedKeysWithState) {
   for (const ChunkCase& cc : {chunk_case(700, 16, true, 2, 64), chunk_case(640, 64, true, 1, 128),
                               chunk_case(700, 128, true, 1, 64, 64), chunk_case(1000, 256, true, 2, 128)})
     run_chunk_case(cc);
+}
+
+// budget_rows = R > 1 (issue #28): each chunk's counts from the rows it holds whole.
+TEST_P(EstimateGpu, ChunkedBudgetRows) {
+  PA_REQUIRE_GPU();
+  for (int rows : {4, 16}) {
+    for (ChunkCase cc : {chunk_case(700, 64, true, 2, 128), chunk_case(640, 0, false, 1, 64, 64)}) {
+      cc.config.budget_rows = rows;
+      cc.name += " R" + std::to_string(rows);
+      run_chunk_case(cc);
+    }
+    ChunkCase cc = varlen_case(64, true);
+    cc.config.budget_rows = rows;
+    cc.name += " R" + std::to_string(rows);
+    run_chunk_case(cc);
+  }
 }
 
 TEST_P(EstimateGpu, ChunkedVarlenBatch) {

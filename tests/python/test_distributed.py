@@ -1,6 +1,7 @@
 """proxyattn.distributed on gloo: 2, 3 and 4 processes of this machine against the single-process
 call on the whole sequence (kept blocks identical, outputs and LSE within float rounding), both
-exchanges, g = 1 and 2, GQA, a padded last piece, dense and proportional sequences; and bad input
+exchanges, g = 1 and 2, GQA, a padded last piece, dense and proportional sequences, budget_rows
+4 and 16 with anchors on top; and bad input
 (a rank with another config, a shard of the wrong length) raising on every rank."""
 import datetime
 import os
@@ -22,26 +23,34 @@ TIMEOUT = datetime.timedelta(seconds=60)
 # Small settings so that sequences of a few hundred tokens are sparse with several rows.
 SETTINGS = dict(block_size=BLOCK, min_budget_tokens=128, dense_below=256, gamma=0.9)
 # (seq_len, Hq, Hkv, head_dim, changes): GQA 4/2 and 2/2; N % b != 0; a last piece of N % b
-# tokens joining the piece before it; a whole sequence below dense_below; proportional budgets.
+# tokens joining the piece before it; a whole sequence below dense_below; proportional budgets;
+# step 5 over 4 and 16 query blocks (budget_rows), spread over the ranks.
 CASES = [
     (1000, 4, 2, 32, dict(num_proxy_groups=1)),
     (1000, 4, 2, 32, dict(num_proxy_groups=2)),
     (1090, 4, 2, 16, dict(num_proxy_groups=2, budget_mode="proportional")),
     (200, 2, 2, 16, dict(num_proxy_groups=1)),
+    (1000, 4, 2, 32, dict(num_proxy_groups=2, budget_rows=4, anchor_mode="on_top")),
+    (1090, 4, 2, 16, dict(budget_rows=16, budget_mode="proportional")),
 ]
 
 
-def _inputs(n, hq, hkv, d, seed):
+def _inputs(n, hq, hkv, d, seed, sharp_tail=False):
+    """Random q, k, v with some structure for the ranking; sharp_tail: the last block's queries
+    attend to one key, so that an earlier block needs more key blocks (budget_rows decides)."""
     g = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(n, h, d, generator=g) for h in (hq, hkv, hkv))
-    k[:, :, 0] += torch.linspace(0, 3, n)[:, None]  # some structure for the ranking
+    k[:, :, 0] += torch.linspace(0, 3, n)[:, None]
+    if sharp_tail:
+        tail = (n - 1) // BLOCK * BLOCK
+        q[tail:] = 4.0 * k[5].repeat_interleave(hq // hkv, 0)
     return q, k, v
 
 
 def _check_case(rank, world, case, exchange):
     n, hq, hkv, d, changes = case
     settings = proxyattn.Settings(**SETTINGS, **changes)
-    q, k, v = _inputs(n, hq, hkv, d, seed=n + hq)
+    q, k, v = _inputs(n, hq, hkv, d, seed=n + hq, sharp_tail=changes.get("budget_rows", 1) > 1)
     ref_out, ref_lse = proxyattn.attention_varlen(q, k, v, [0, n], return_lse=True, settings=settings)
     ref_rows = pad.plan_rows(proxyattn.estimate(q[None], k[None], settings=settings), 0, -(-n // BLOCK))
     shards = [pad.shard(t, rank, world, BLOCK) for t in (q, k, v)]

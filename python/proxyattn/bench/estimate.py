@@ -11,7 +11,9 @@ that the estimation's share of a dense call is read off one run.
 A/B of an estimation change: --baseline DIR (a second build, scripts/gpu-check's baseline
 step) is timed in the same interleaved rounds ("baseline_ms") and traced too. Our build is
 also timed with pass 2 in place of the block logits ("two_pass_ms", the plan's tuning
-est_block_logits = 0: the path of other strides and of logit buffers over 1 GiB).
+est_block_logits = 0: the path of other strides and of logit buffers over 1 GiB), and with
+the recall rules of --rules (issue #28: anchors on top, step 5 over R query blocks), each
+"ANCHOR_MODE:R" a plan of its own timed in the same rounds ("rules_ms").
 """
 import collections
 import datetime
@@ -33,6 +35,7 @@ REPEATS, WARMUP = 10, 2
 TRACED_CALLS = 3  # calls per trace; a stage's time is its kernels' total over them / TRACED_CALLS
 TWO_PASS = {"est_block_logits": 0}  # tuning: pass 2 instead of the block logits
 PREFIX = "estimate-stages-"
+RULES = ["on_top:1", "on_top:4"]  # anchor_mode:budget_rows timed beside the defaults
 STAGE_NAME_CHARS = 80  # of an unknown kernel's name in its stage label
 
 # Kernel name (demangled, as CUPTI reports it) -> stage label, first match wins.
@@ -54,9 +57,18 @@ def add_arguments(ap):
     ap.add_argument("--sizes", type=arguments.ints, default=SIZES)
     ap.add_argument("--shapes", type=arguments.names, default=list(SHAPES),
                     help="comma-separated names of %s" % list(SHAPES))
+    ap.add_argument("--rules", type=arguments.names, default=RULES,
+                    help="comma-separated ANCHOR_MODE:BUDGET_ROWS settings timed beside the defaults "
+                         "(empty: none)")
     ap.add_argument("--no-stages", action="store_true",
                     help="no CUPTI trace (under Nsight Compute, which holds CUPTI itself)")
     arguments.add_baseline(ap)
+
+
+def rule_settings(rule):
+    """'on_top:4' -> {"anchor_mode": "on_top", "budget_rows": 4}."""
+    mode, _, rows = rule.partition(":")
+    return {"anchor_mode": mode, "budget_rows": int(rows or 1)}
 
 
 def stage_of(name):
@@ -109,11 +121,18 @@ def run(args):
                     calls[which] = kernel_plan.estimate_call(plan, q, k, stream)
                     if which == "ours":  # the same plan tuned (the default tuning's workspace holds any tuning's)
                         calls["two_pass"] = kernel_plan.tuned(plan, calls["ours"], **TWO_PASS)
+                for rule in args.rules:
+                    ruled = proxyattn.Settings(num_proxy_groups=g, **rule_settings(rule)).resolve(shape.d)
+                    plans.append(kernel_plan.plan(shape, n, q, ruled))
+                    calls["rule " + rule] = kernel_plan.estimate_call(plans[-1], q, k, stream)
                 calls["cudnn"] = lambda: sdpa("cudnn", qt, kt, vt, True)
                 t = interleaved_median_ms(calls, REPEATS, WARMUP)
                 row = {"shape": name, "num_q_heads": shape.hq, "num_kv_heads": shape.hkv, "head_dim": shape.d,
                        "N": n, "g": g, "estimate_ms": t["ours"], "two_pass_ms": t["two_pass"],
                        "cudnn_dense_ms": t["cudnn"], "share_of_dense": t["ours"] / t["cudnn"],
+                       "rules_ms": {rule: t["rule " + rule] for rule in args.rules},
+                       "rules_stages_ms": {rule: {} if args.no_stages else stage_times(calls["rule " + rule])
+                                           for rule in args.rules},
                        "stages_ms": {} if args.no_stages else stage_times(calls["ours"])}
                 if "baseline" in t:
                     row["baseline_ms"] = t["baseline"]
@@ -121,9 +140,10 @@ def run(args):
                 del plans, calls
                 results.append(row)
                 stages = ", ".join("%s %.3f" % kv for kv in row["stages_ms"].items())
-                print("%-20s N %6d g %d: estimate %.3f ms (two passes %.3f)%s (%.2f%% of cuDNN %.2f ms) "
+                rules = "".join(" %s %.3f" % kv for kv in row["rules_ms"].items())
+                print("%-20s N %6d g %d: estimate %.3f ms (two passes %.3f%s)%s (%.2f%% of cuDNN %.2f ms) "
                       "[%s]  [%.0f s]" % (
-                          name, n, g, row["estimate_ms"], row["two_pass_ms"],
+                          name, n, g, row["estimate_ms"], row["two_pass_ms"], rules,
                           " baseline %.3f" % row["baseline_ms"] if "baseline_ms" in row else "",
                           100 * row["share_of_dense"], row["cudnn_dense_ms"], stages, time.time() - t_start),
                       flush=True)

@@ -4,11 +4,15 @@ the zigzag layout (layout.py). Per call:
   2. keys: all-gathered ("gather"), or each rank's own blocks plus the proxies of every
      position all-gathered ("fetch", fetch.py);
   3. budgets: the rank holding the last query block estimates that piece (step 5 on the
-     sequence's last query block) and broadcasts needed counts and anchors;
+     sequence's last query block, and on those of budget_rows' blocks the piece holds) and
+     broadcasts needed counts and anchors; with budget_rows > 1 it also receives the Q of
+     the measured blocks before its piece (all-gathered) and estimates each as a one-block
+     chunk, the counts their largest;
   4. estimation of the rank's other piece with those budgets (pa_estimate_kv_given): every row
      is the row a single process computes on the whole sequence;
   5. attention of each piece at its offset against keys [0, end): V all-gathered while 3-4 run
      ("gather"), or the kept key blocks of other ranks fetched ("fetch")."""
+import fractions
 import time
 
 import torch
@@ -105,11 +109,6 @@ def attention(q, k, v, seq_len, *, group=None, exchange="gather", return_lse=Fal
         try:
             config = settings.resolve(int(q.shape[-1]))
             layout = ZigzagLayout(seq_len, world, config.block_size)
-            if config.budget_rows != 1:
-                # Step 5 over R query blocks needs blocks other ranks hold: the budget rank
-                # measures its own last piece only (pa_estimate_kv_given takes the counts).
-                local_error = (f"budget_rows = {config.budget_rows}: proxyattn.distributed measures step 5 "
-                               f"on the last query block only (budget_rows = 1)")
         except (ValueError, TypeError, _C.ProxyAttnError) as e:
             local_error = str(e)
     if config is None:
@@ -199,6 +198,38 @@ def _gather_keys(k, v, layout, rank, lengths, group, clock):
     return _GatheredKeys(k_all, finish_v, layout, rank)
 
 
+def _budget_rows(layout, config):
+    """Step 5's query blocks with budget_rows = R (core/budget.hpp): round(Nqb j / R) - 1, j =
+    1..R, halves to even, at least 0, ascending and unique."""
+    nkb = -(-layout.seq_len // config.block_size)
+    rows = config.budget_rows
+    return sorted({max(0, round(fractions.Fraction(nkb * j, rows)) - 1) for j in range(1, rows + 1)})
+
+
+def _earlier_rows_q(q, spans, layout, group, config, before):
+    """Q [len(rows) b, Hq, d] of step 5's blocks before token `before` (full blocks, each held
+    by one rank), all-gathered in block order, and the blocks."""
+    b, world = config.block_size, layout.world_size
+    rows = [m for m in _budget_rows(layout, config) if (m + 1) * b <= before]
+    if not rows:
+        return q[:0], rows
+    owner_of = {}
+    for r in range(world):
+        for p in layout.pieces_of(r):
+            a, e = layout.piece_bounds(p)
+            owner_of.update({m: r for m in rows if a <= m * b < e})
+    rank = dist.get_rank(group)
+    mine = [q[o + m * b - a:o + (m + 1) * b - a] for m in rows if owner_of[m] == rank
+            for p, a, e, o in spans if a <= m * b < e]
+    lengths = [b * sum(owner_of[m] == r for m in rows) for r in range(world)]
+    shards = collectives.gather_shards(torch.cat(mine, 0) if mine else q[:0], lengths, group)
+    blocks = {}
+    for r, shard in enumerate(shards):
+        for i, m in enumerate(m for m in rows if owner_of[m] == r):
+            blocks[m] = shard[i * b:(i + 1) * b]
+    return torch.cat([blocks[m] for m in rows], 0), rows
+
+
 def _estimate(q, keys, plan, spans, layout, rank, group, config, clock):
     """Steps 2-6 of the rank's pieces; step 5 from the rank holding the last query block."""
     n = layout.seq_len
@@ -211,12 +242,28 @@ def _estimate(q, keys, plan, spans, layout, rank, group, config, clock):
             piece.estimate(q[o:o + e - a], keys.k, keys.table, keys.state)
         clock.step("estimation")
         return
+    if config.budget_rows > 1:
+        rows_q, rows = _earlier_rows_q(q, spans, layout, group, config, layout.piece_bounds(last)[0])
+        clock.step("communication_budget_rows")
     width = hq * (1 + _C.MAX_ANCHOR_BLOCKS)
     budgets = torch.full((width,), -1, dtype=torch.int32, device=q.device)
+    own_given = False  # the last piece's rows need step 5 given (a count from an earlier block)
     for piece, (p, a, e, o) in zip(plan.pieces, spans):
         if p == last:
             piece.estimate(q[o:o + e - a], keys.k, keys.table, keys.state)
             needed, anchors = piece.heads()
+            if config.budget_rows > 1 and rows:
+                # Each earlier block as a one-block chunk (its own count, R = 1, never dense).
+                row_config = config._replace(budget_rows=1, dense_below=0)
+                for i, m in enumerate(rows):
+                    row = PiecePlan(rows_q[i * config.block_size:(i + 1) * config.block_size],
+                                    int(keys.k.shape[-2]), m * config.block_size, (m + 1) * config.block_size,
+                                    row_config, getattr(keys, "num_pages", 0))
+                    row.estimate(rows_q[i * config.block_size:(i + 1) * config.block_size], keys.k, keys.table,
+                                 keys.state)
+                    counts = row.heads()[0]
+                    own_given = own_given or any(c > x for c, x in zip(counts, needed))
+                    needed = [max(c, x) for c, x in zip(counts, needed)]
             budgets[:hq] = torch.tensor(needed, dtype=torch.int32)
             budgets[hq:hq + len(anchors)] = torch.tensor(anchors, dtype=torch.int32)
     clock.step("budgets")
@@ -225,7 +272,7 @@ def _estimate(q, keys, plan, spans, layout, rank, group, config, clock):
     given = budgets.tolist()
     nkb = -(-n // config.block_size)
     for piece, (p, a, e, o) in zip(plan.pieces, spans):
-        if p != last:
+        if p != last or own_given:
             t = piece.plan._plan.anchor_blocks
             piece.estimate_given(q[o:o + e - a], keys.k, given[:hq], given[hq:hq + hq * t], nkb, keys.table,
                                  keys.state)

@@ -1,18 +1,20 @@
-// Step 5: per-head budgets from the last query block.
-//   budget_partials: for each Q head i and key block n, the softmax statistics of the last
-//     query block's rows (head i's own Q, its KV head's K, all keys, causal inside the last
-//     block) restricted to block n: (max of log2 logits, sum of 2^(x - max)). Tensor cores,
-//     one CTA per (KV head, chunk of 256 keys held in shared memory for the heads that read
-//     them; all of them, or a part at short lengths), one warp per 16 rows. A chunk's last
-//     query block is its own (a sparse chunk holds at least a block of queries) and its keys
-//     are every position [0, kv_len), read packed or through the block table (the general
-//     instantiation; whole prompts keep the plain one).
-//   budget_heads: per (sequence, head), combines the partials into each row's max and sum,
-//     then the mass per key block  a_n = (1/rows) sum_r sum_{k in n} p_r(k)
+// Step 5: per-head budgets from R query blocks (budget_rows; R = 1: the last block only).
+//   budget_partials: for each row j, Q head i and key block n, the softmax statistics of the
+//     rows of j's query block q_j (head i's own Q, its KV head's K, keys up to q_j's block,
+//     causal inside it) restricted to block n: (max of log2 logits, sum of 2^(x - max)).
+//     Tensor cores, one CTA per (row j, KV head, chunk of 256 keys held in shared memory for
+//     the heads that read them; all of them, or a part at short lengths), one warp per 16
+//     rows. A chunk's last query block is its own (a sparse chunk holds at least a block of
+//     queries), its earlier rows j only where it holds them whole (Geometry::budget_row), and
+//     its keys are every position [0, kv_len), read packed or through the block table (the
+//     general instantiation; whole prompts keep the plain one).
+//   budget_heads: per (sequence, head) and row j, combines the partials into each query
+//     row's max and sum, then the mass per key block  a_n = (1/rows) sum_r sum_{k in n} p_r(k)
 //     = (1/rows) sum_r S_rn 2^(M_rn - M_r) / L_r, sorts the masses (descending), and takes
-//     count_i = smallest k whose prefix reaches gamma * total (core/budget.cpp's rule),
-//     K_i = min(Nkb, max(count_i, Kmin)) (Nkb: key blocks), and picks the head's anchors: T
-//     rounds of a block-wide arg max over the masses (core/budget.cpp's anchor_blocks()).
+//     count_j = smallest k whose prefix reaches gamma * total (core/budget.cpp's rule);
+//     count_i = max_j count_j, K_i = min(Nkb, max(count_i, Kmin)) (Nkb: key blocks), and
+//     picks the head's anchors from the last block's masses: T rounds of a block-wide arg max
+//     (core/budget.cpp's anchor_blocks()).
 #include <cub/block/block_radix_sort.cuh>
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
@@ -59,13 +61,13 @@ constexpr int kChunkKeys = 256;
 template <typename T, int D>
 inline constexpr size_t kPartialsSmemBytes = size_t(kChunkKeys) * (D + kSmemPad) * sizeof(T);
 
-// Grid Hkv * head_parts * ceil(total_kblocks / (kChunkKeys / b)), KV heads fastest, then
-// the parts of their Q heads. A CTA copies its chunk of K (kChunkKeys keys, whole key
+// Grid (Hkv * head_parts * ceil(total_kblocks / (kChunkKeys / b)), R), KV heads fastest,
+// then the parts of their Q heads; blockIdx.y is the row j. A CTA with no key block at or
+// before its sequences' q_j returns at once. Otherwise it copies its chunk of K (kChunkKeys keys, whole key
 // blocks) into shared memory once, then computes the statistics of its part of the Q heads of
 // that KV head against it, one head after the other, with no further synchronisation: the
 // heads of a part read K once instead of once each. One part holds all the heads unless the
-// grid would not fill the GPU (launch_partials). b / 16 warps, each 16 rows of the last
-// query block.
+// grid would not fill the GPU (launch_partials). b / 16 warps, each 16 rows of q_j.
 template <typename T, int D, bool kGeneral>
 __global__ void __launch_bounds__(kPartialThreadsMax, kPartialCtasPerSm<D>)
     budget_partials_kernel(Geometry geo, InputView q, KeyView k, int head_parts,
@@ -84,9 +86,23 @@ __global__ void __launch_bounds__(kPartialThreadsMax, kPartialCtasPerSm<D>)
   const int b = geo.block;
   const int tiles_per_block = b / kKeyTile;
   const int blocks_per_cta = kChunkKeys / b;
-  const int row_a = warp * kMmaM + lane / 4, row_b = row_a + 8;  // rows of the last block
+  const int j = int(blockIdx.y);
+  const int row_a = warp * kMmaM + lane / 4, row_b = row_a + 8;  // rows of q_j
   const int64_t gb_begin = chunk * blocks_per_cta;  // key block of the key arrays
-  const int num_tiles = int(min(geo.total_kblocks - gb_begin, int64_t(blocks_per_cta))) * tiles_per_block;
+  const int num_blocks = int(min(geo.total_kblocks - gb_begin, int64_t(blocks_per_cta)));
+  const int num_tiles = num_blocks * tiles_per_block;
+  // q_j of the sequence of key block gb, or -1 where that block needs no statistics of row
+  // j (a dense sequence, an unmeasured row, a key after q_j).
+  auto row_block = [&](int64_t gb) {
+    const int seq = geo.kblock_seq[gb];
+    const SeqSpan span = geo.seqs[seq];
+    if (geo.dense<kGeneral>(span)) return -1;
+    const int qb = geo.budget_row(span, j);
+    return gb - key_block0<kGeneral>(geo, span, seq) <= qb ? qb : -1;
+  };
+  bool any = false;
+  for (int i = 0; i < num_blocks; ++i) any |= row_block(gb_begin + i) >= 0;
+  if (!any) return;  // uniform over the CTA
 
   const T* qdata = static_cast<const T*>(q.data);
   const T* kdata = static_cast<const T*>(k.k.data);
@@ -98,9 +114,9 @@ __global__ void __launch_bounds__(kPartialThreadsMax, kPartialCtasPerSm<D>)
     for (int c = threadIdx.x; c < num_tiles * kKeyTile * kChunksPerRow; c += blockDim.x) {
       const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * kVecElems;  // r: key of the chunk
       const int64_t gb = gb_begin + r / b;
+      if (row_block(gb) < 0) continue;
       const int seq = geo.kblock_seq[gb];
       const SeqSpan span = geo.seqs[seq];
-      if (geo.dense<kGeneral>(span)) continue;
       const int64_t key = (gb - key_block0<kGeneral>(geo, span, seq)) * b + r % b;  // position in the sequence
       const bool valid = key < span.kv_length;
       const int64_t row = kGeneral ? k.row(span, seq, valid ? key : 0) : span.kv_begin + (valid ? key : 0);
@@ -125,16 +141,16 @@ __global__ void __launch_bounds__(kPartialThreadsMax, kPartialCtasPerSm<D>)
     for (int t = 0; t < num_tiles; ++t) {
       const int64_t gb = gb_begin + t / tiles_per_block;
       const int kt = t % tiles_per_block;
+      const int qb = row_block(gb);
+      if (qb < 0) continue;
       const int seq = geo.kblock_seq[gb];
       const SeqSpan span = geo.seqs[seq];
-      if (geo.dense<kGeneral>(span)) continue;
-      const int last = (kGeneral ? span.num_kblocks() : span.num_qblocks) - 1;
-      const int64_t q0 = int64_t(last) * b;  // first position of the last query block
-      const int rows = int(span.kv_length - q0);
+      const int64_t q0 = int64_t(qb) * b;  // first position of q_j
+      const int rows = int(min(int64_t(b), span.kv_length - q0));
       const int n = int(gb - key_block0<kGeneral>(geo, span, seq));
       const int64_t q_offset = kGeneral ? span.query_offset() : 0;  // Q token of position p: p - q_offset
 
-      // ---- this sequence's last-block rows of head h as A fragments ----------------------
+      // ---- this sequence's rows of q_j, head h, as A fragments -----------------------------
       if (seq != loaded_seq) {
         loaded_seq = seq;
 #pragma unroll
@@ -176,10 +192,10 @@ __global__ void __launch_bounds__(kPartialThreadsMax, kPartialCtasPerSm<D>)
           mma_16x8x16<T>(acc[2 * np + 1], qf[ks], bf[2], bf[3]);
         }
 
-      // ---- causal mask inside the last block (also covers keys past the end); the dot
+      // ---- causal mask inside q_j's block (also covers keys past the end); the dot
       // products stay unscaled (the max is scaled after, the exponentials fuse the scale) --
       const float scale = geo.scale_log2;
-      if (n == last) {
+      if (n == qb) {
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll
@@ -198,7 +214,7 @@ __global__ void __launch_bounds__(kPartialThreadsMax, kPartialCtasPerSm<D>)
 
       // ---- last tile of the block: its partial statistics for each valid row -------------
       if (kt == tiles_per_block - 1) {
-        float2* out = partials + (int64_t(h) * geo.total_kblocks + gb) * b;
+        float2* out = partials + ((int64_t(j) * geo.num_q_heads + h) * geo.total_kblocks + gb) * b;
         const int rows_of[2] = {row_a, row_b};
 #pragma unroll
         for (int hi = 0; hi < 2; ++hi) {
@@ -226,10 +242,11 @@ pa_status launch_partials(const Launch& l, const InputView& q, const KeyView& k,
   const int heads_per_kv = q_heads_per_kv(l.geo);
   const int64_t ctas = int64_t(l.geo.num_kv_heads) * chunks;
   const int64_t wave = int64_t(sms) * kPartialCtasPerSm<D>;
-  const int wanted_parts = int(std::min<int64_t>(heads_per_kv, std::max<int64_t>(1, wave / ctas)));
+  const int64_t rows = l.geo.budget_rows;
+  const int wanted_parts = int(std::min<int64_t>(heads_per_kv, std::max<int64_t>(1, wave / (ctas * rows))));
   const int heads_per_part = (heads_per_kv + wanted_parts - 1) / wanted_parts;
   const int head_parts = (heads_per_kv + heads_per_part - 1) / heads_per_part;  // none left empty
-  const dim3 grid(unsigned(ctas * head_parts));
+  const dim3 grid(unsigned(ctas * head_parts), unsigned(rows));
   const int threads = l.geo.block / kMmaM * kWarpSize;
   auto kernel = l.general ? budget_partials_kernel<T, D, true> : budget_partials_kernel<T, D, false>;
   constexpr size_t bytes = kPartialsSmemBytes<T, D>;
@@ -299,7 +316,7 @@ __global__ void __launch_bounds__(Threads)
   Smem& smem = *reinterpret_cast<Smem*>(smem_raw);
   const int seq = blockIdx.x, h = blockIdx.y;
   const SeqSpan span = geo.seqs[seq];
-  const int nkb = span.num_kblocks();  // the blocks of the last row, the keys of the budget
+  const int nkb = span.num_kblocks();  // the blocks of the last row
   const int64_t out = int64_t(seq) * geo.num_q_heads + h;
   int32_t* head_anchors = anchors + out * params.anchor_blocks;
   if (span.num_qblocks == 0 || geo.dense(span)) {  // empty: nothing; dense: every block, no anchors
@@ -308,98 +325,108 @@ __global__ void __launch_bounds__(Threads)
     return;
   }
   const int b = geo.block;
-  const int rows = int(span.kv_length - int64_t(nkb - 1) * b);
-  const float2* part = partials + (int64_t(h) * geo.total_kblocks + geo.key_block0(span, seq)) * b;  // [n][b]
+  int count = 0;  // thread 0: count_i, the largest count_j so far
+  // Rows j ascending: the last (j = R - 1, the last block) ends with its masses in smem.mass
+  // for the anchors.
+  for (int j = 0; j < geo.budget_rows; ++j) {
+    const int qb = geo.budget_row(span, j);
+    if (qb < 0) continue;
+    const int nb = qb + 1;  // key blocks of row j
+    const int rows = int(min(int64_t(b), span.kv_length - int64_t(qb) * b));
+    const float2* part = partials + ((int64_t(j) * geo.num_q_heads + h) * geo.total_kblocks +
+                                     geo.key_block0(span, seq)) * b;  // [n][b]
+    __syncthreads();  // the shared arrays of the previous row are read
 
-  // ---- each row's max and sum over all key blocks: kRowGroups threads per row, each over
-  // every kRowGroups-th block with kLoadBatch loads in flight, then combined -------------
-  constexpr int kRowGroups = Threads / kMaxBlock;
-  auto fold = [](float& mx, float& sum, float2 s) {
-    const float new_max = fmaxf(mx, s.x);
-    sum = sum * exp2f(mx - new_max) + s.y * exp2f(s.x - new_max);
-    mx = new_max;
-  };
-  {
-    const int r = threadIdx.x % kMaxBlock, group = threadIdx.x / kMaxBlock;
-    if (r < rows) {
-      float mx = neg_inf(), sum = 0.0f;
-      int n = group;
-      for (; n + (kLoadBatch - 1) * kRowGroups < nkb; n += kLoadBatch * kRowGroups) {
-        float2 s[kLoadBatch];
+    // ---- each query row's max and sum over the key blocks: kRowGroups threads per row, each
+    // over every kRowGroups-th block with kLoadBatch loads in flight, then combined ---------
+    constexpr int kRowGroups = Threads / kMaxBlock;
+    auto fold = [](float& mx, float& sum, float2 s) {
+      const float new_max = fmaxf(mx, s.x);
+      sum = sum * exp2f(mx - new_max) + s.y * exp2f(s.x - new_max);
+      mx = new_max;
+    };
+    {
+      const int r = threadIdx.x % kMaxBlock, group = threadIdx.x / kMaxBlock;
+      if (r < rows) {
+        float mx = neg_inf(), sum = 0.0f;
+        int n = group;
+        for (; n + (kLoadBatch - 1) * kRowGroups < nb; n += kLoadBatch * kRowGroups) {
+          float2 s[kLoadBatch];
 #pragma unroll
-        for (int u = 0; u < kLoadBatch; ++u) s[u] = part[int64_t(n + u * kRowGroups) * b + r];
+          for (int u = 0; u < kLoadBatch; ++u) s[u] = part[int64_t(n + u * kRowGroups) * b + r];
 #pragma unroll
-        for (int u = 0; u < kLoadBatch; ++u) fold(mx, sum, s[u]);
+          for (int u = 0; u < kLoadBatch; ++u) fold(mx, sum, s[u]);
+        }
+        for (; n < nb; n += kRowGroups) fold(mx, sum, part[int64_t(n) * b + r]);
+        smem.row_part[group][r] = make_float2(mx, sum);
       }
-      for (; n < nkb; n += kRowGroups) fold(mx, sum, part[int64_t(n) * b + r]);
-      smem.row_part[group][r] = make_float2(mx, sum);
     }
-  }
-  __syncthreads();
-  if (threadIdx.x < rows) {
-    float mx = neg_inf(), sum = 0.0f;
+    __syncthreads();
+    if (threadIdx.x < rows) {
+      float mx = neg_inf(), sum = 0.0f;
 #pragma unroll
-    for (int group = 0; group < kRowGroups; ++group) fold(mx, sum, smem.row_part[group][threadIdx.x]);
-    smem.row_max[threadIdx.x] = mx;
-    smem.row_inv[threadIdx.x] = 1.0f / sum;
-  }
-  __syncthreads();
+      for (int group = 0; group < kRowGroups; ++group) fold(mx, sum, smem.row_part[group][threadIdx.x]);
+      smem.row_max[threadIdx.x] = mx;
+      smem.row_inv[threadIdx.x] = 1.0f / sum;
+    }
+    __syncthreads();
 
-  // ---- mass per key block: a warp takes kMassBatch blocks, lanes run over rows ------------
-  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  constexpr int kWarps = Threads / kWarpSize;
-  for (int n0 = warp * kMassBatch; n0 < nkb; n0 += kWarps * kMassBatch) {
-    float t[kMassBatch];
+    // ---- mass per key block: a warp takes kMassBatch blocks, lanes run over rows ----------
+    const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+    constexpr int kWarps = Threads / kWarpSize;
+    for (int n0 = warp * kMassBatch; n0 < nb; n0 += kWarps * kMassBatch) {
+      float t[kMassBatch];
 #pragma unroll
-    for (int u = 0; u < kMassBatch; ++u) t[u] = 0.0f;
-    for (int r = lane; r < rows; r += kWarpSize) {
-      const float mr = smem.row_max[r], inv = smem.row_inv[r];
-      float2 s[kMassBatch];
+      for (int u = 0; u < kMassBatch; ++u) t[u] = 0.0f;
+      for (int r = lane; r < rows; r += kWarpSize) {
+        const float mr = smem.row_max[r], inv = smem.row_inv[r];
+        float2 s[kMassBatch];
 #pragma unroll
-      for (int u = 0; u < kMassBatch; ++u)
-        s[u] = n0 + u < nkb ? part[int64_t(n0 + u) * b + r] : make_float2(neg_inf(), 0.0f);
+        for (int u = 0; u < kMassBatch; ++u)
+          s[u] = n0 + u < nb ? part[int64_t(n0 + u) * b + r] : make_float2(neg_inf(), 0.0f);
 #pragma unroll
-      for (int u = 0; u < kMassBatch; ++u) t[u] += s[u].y * exp2f(s[u].x - mr) * inv;
+        for (int u = 0; u < kMassBatch; ++u) t[u] += s[u].y * exp2f(s[u].x - mr) * inv;
+      }
+#pragma unroll
+      for (int u = 0; u < kMassBatch; ++u) {
+#pragma unroll
+        for (int mask = kWarpSize / 2; mask > 0; mask /= 2) t[u] = sum_xor(t[u], mask);
+        if (lane == 0 && n0 + u < nb) smem.mass[n0 + u] = t[u] / float(rows);
+      }
     }
-#pragma unroll
-    for (int u = 0; u < kMassBatch; ++u) {
-#pragma unroll
-      for (int mask = kWarpSize / 2; mask > 0; mask /= 2) t[u] = sum_xor(t[u], mask);
-      if (lane == 0 && n0 + u < nkb) smem.mass[n0 + u] = t[u] / float(rows);
-    }
-  }
-  __syncthreads();
+    __syncthreads();
 
-  // ---- sort descending (pads -1 go last), prefix sums in double --------------------------
-  float keys[Items];
+    // ---- sort descending (pads -1 go last), prefix sums in double ------------------------
+    float keys[Items];
 #pragma unroll
-  for (int i = 0; i < Items; ++i) {
-    const int idx = threadIdx.x * Items + i;
-    keys[i] = idx < nkb ? smem.mass[idx] : -1.0f;
-  }
-  typename Smem::Sort(smem.tmp.sort).SortDescending(keys);  // blocked: rank t * Items + i
-  __syncthreads();
-  double local = 0.0;
-#pragma unroll
-  for (int i = 0; i < Items; ++i) local += keys[i] > 0.0f ? double(keys[i]) : 0.0;
-  double before = 0.0, total = 0.0;
-  typename Smem::Scan(smem.tmp.scan).ExclusiveSum(local, before, total);
-  __syncthreads();
-  const double target = params.gamma * total;
-  int first = INT_MAX;  // smallest count whose prefix reaches the target
-  double prefix = before;
-#pragma unroll
-  for (int i = 0; i < Items; ++i) {
-    const int rank = threadIdx.x * Items + i;
-    if (rank < nkb) {
-      prefix += keys[i] > 0.0f ? double(keys[i]) : 0.0;
-      if (first == INT_MAX && prefix >= target) first = rank + 1;
+    for (int i = 0; i < Items; ++i) {
+      const int idx = threadIdx.x * Items + i;
+      keys[i] = idx < nb ? smem.mass[idx] : -1.0f;
     }
-  }
-  const int found = typename Smem::Reduce(smem.tmp.reduce).Reduce(first, MinOp());
-  if (threadIdx.x == 0) {
+    typename Smem::Sort(smem.tmp.sort).SortDescending(keys);  // blocked: rank t * Items + i
+    __syncthreads();
+    double local = 0.0;
+#pragma unroll
+    for (int i = 0; i < Items; ++i) local += keys[i] > 0.0f ? double(keys[i]) : 0.0;
+    double before = 0.0, total = 0.0;
+    typename Smem::Scan(smem.tmp.scan).ExclusiveSum(local, before, total);
+    __syncthreads();
+    const double target = params.gamma * total;
+    int first = INT_MAX;  // smallest count whose prefix reaches the target
+    double prefix = before;
+#pragma unroll
+    for (int i = 0; i < Items; ++i) {
+      const int rank = threadIdx.x * Items + i;
+      if (rank < nb) {
+        prefix += keys[i] > 0.0f ? double(keys[i]) : 0.0;
+        if (first == INT_MAX && prefix >= target) first = rank + 1;
+      }
+    }
+    const int found = typename Smem::Reduce(smem.tmp.reduce).Reduce(first, MinOp());
     // No mass at all, or rounding kept the prefix under the target: keep every block.
-    const int count = total > 0.0 && found != INT_MAX ? min(found, nkb) : nkb;
+    if (threadIdx.x == 0) count = max(count, total > 0.0 && found != INT_MAX ? min(found, nb) : nb);
+  }
+  if (threadIdx.x == 0) {
     needed[out] = count;
     budget[out] = min(nkb, max(count, params.min_blocks));
   }

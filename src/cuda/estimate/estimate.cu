@@ -72,7 +72,8 @@ WorkspaceLayout workspace_layout(const PlanDesc& plan) {
   w.row_stats = align_up(w.proxy_k + groups * key_rows * plan.problem.head_dim * kProxyElementBytes);
   w.scores = align_up(w.row_stats + groups * size_t(chunking(plan).chunks) * sampled_rows * sizeof(float2));
   w.budget_partials = align_up(w.scores + size_t(plan.batch.order_entries) * sizeof(float));
-  w.block_logits = align_up(w.budget_partials + size_t(plan.problem.num_q_heads) *
+  w.block_logits = align_up(w.budget_partials + size_t(plan.config.budget_rows) *
+                                                    size_t(plan.problem.num_q_heads) *
                                                     size_t(plan.batch.total_kblocks) *
                                                     size_t(plan.config.block_size) * sizeof(float2));
   w.budget_kblocks = align_up(w.block_logits + block_logits_bytes(plan));
@@ -139,12 +140,6 @@ pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_kv_cache& 
                 "pa_estimate: problem.head_dim = %d: the CUDA estimation supports 64 and 128",
                 p.head_dim);
 
-  if (c.budget_rows != 1 && given == nullptr)
-    return fail(PA_STATUS_UNSUPPORTED,
-                "pa_estimate: config.budget_rows = %d: the CUDA estimation measures step 5 on the "
-                "last query block only (budget_rows = 1; R > 1 runs on the CPU for now)",
-                c.budget_rows);
-
   est::Launch l{};
   l.dtype = p.dtype;
   l.head_dim = p.head_dim;
@@ -193,6 +188,7 @@ pa_status estimate(const PlanDesc& plan, const pa_tensor& q, const pa_kv_cache& 
   g.chunk_tiles = ch.chunk_tiles;
   g.chunks = ch.chunks;
   g.state = state;
+  g.budget_rows = c.budget_rows;
 
   const WorkspaceLayout w = workspace_layout(plan);
   char* base = static_cast<char*>(workspace);

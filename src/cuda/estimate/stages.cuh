@@ -25,6 +25,7 @@
 #include <cstdint>
 
 #include "core/block_index.hpp"
+#include "core/budget.hpp"
 #include "core/problem.hpp"
 #include "proxyattn/proxyattn.h"
 
@@ -51,6 +52,7 @@ struct Geometry {
   int32_t chunk_tiles;        // proxy scores: key tiles (64 sampled keys) per CTA at most
   int32_t chunks;             // proxy scores: chunks of the longest row (row_stats planes)
   bool state;                 // an estimation state holds the prefix's proxies
+  int32_t budget_rows;        // R: step 5's query blocks per sequence (budget_row)
   const int32_t* budget_kblocks;  // [num_seqs] whole sequences' key blocks when step 5 is given
                                   //   (the proportional N_b), else null: each span's own
 
@@ -78,6 +80,16 @@ struct Geometry {
   __device__ int64_t key_block0(const SeqSpan& s, int seq) const {
     return kblock_begin != nullptr ? kblock_begin[seq] : s.qblock_begin;
   }
+  // Query block of step 5's row j (0..R-1) of a sequence, or -1 where the row is not
+  // measured: a repeat of row j - 1, or a block the call does not hold whole (a chunk's
+  // earlier blocks; the last block is always measured), as src/cpu/estimate.cpp.
+  __host__ __device__ int32_t budget_row(const SeqSpan& s, int j) const {
+    const int32_t nkb = s.num_kblocks();
+    const int32_t qb = proxyattn::budget_row(nkb, budget_rows, j + 1);
+    if (j > 0 && qb == proxyattn::budget_row(nkb, budget_rows, j)) return -1;
+    if (qb != nkb - 1 && int64_t(qb) * block < s.query_offset()) return -1;
+    return qb;
+  }
   // Padded row (of sampled_rows) of a sequence's sampled index 0: negative offsets are never
   // read, the rows held start at first_qblock * per_block.
   __host__ __device__ int64_t row_base(const SeqSpan& s) const {
@@ -100,8 +112,9 @@ struct Workspace {
   float* block_logits;      // [order_entries, per_block] or null: entry (j, m, n) holds, for
                             //   each sampled row of block m, its largest raw logit in key
                             //   block n (proxy_scores.cu; null: pass 2 recomputes them)
-  float2* budget_partials;  // [Hq, total_kblocks, b]: per (head, key block, last-block row)
-                            //   (max of log2 logits, sum of 2^(x - max)) over the block's keys
+  float2* budget_partials;  // [R, Hq, total_kblocks, b]: per (step 5 row j, head, key block,
+                            //   row of j's query block) (max of log2 logits, sum of
+                            //   2^(x - max)) over the block's keys
 };
 
 // Input tensors as the kernels take them: data and strides in elements.
