@@ -63,10 +63,10 @@ inline constexpr size_t kPartialsSmemBytes = size_t(kChunkKeys) * (D + kSmemPad)
 
 // Grid (Hkv * head_parts * ceil(total_kblocks / (kChunkKeys / b)), R), KV heads fastest,
 // then the parts of their Q heads; blockIdx.y is the row j. A CTA with no key block at or
-// before its sequences' q_j returns at once. Otherwise it copies its chunk of K (kChunkKeys keys, whole key
-// blocks) into shared memory once, then computes the statistics of its part of the Q heads of
-// that KV head against it, one head after the other, with no further synchronisation: the
-// heads of a part read K once instead of once each. One part holds all the heads unless the
+// before its sequences' q_j returns at once. Otherwise it copies its chunk of K (kChunkKeys
+// keys, whole key blocks) into shared memory once, then computes the statistics of its part
+// of the Q heads of that KV head against it, one head after the other, with no further
+// synchronisation: the heads of a part read K once instead of once each. One part holds all the heads unless the
 // grid would not fill the GPU (launch_partials). b / 16 warps, each 16 rows of q_j.
 template <typename T, int D, bool kGeneral>
 __global__ void __launch_bounds__(kPartialThreadsMax, kPartialCtasPerSm<D>)
