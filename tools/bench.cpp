@@ -34,15 +34,18 @@ constexpr int kGpuRepeats = 5, kGpuWarmup = 2, kCpuRepeats = 1, kCpuWarmup = 0;
 constexpr long long kMaxTokens = 1 << 22;
 
 struct BenchSettings {
-  std::string device = "auto", shape = "llama3.1-8b", out;
+  std::string device = "auto", shape = "llama3.1-8b", out, anchor_mode;
   std::vector<long long> sizes;
   std::vector<double> gammas = {0.90, 0.95};
-  long long repeats = -1, warmup = -1, threads = 0, seed = 1;
+  long long repeats = -1, warmup = -1, threads = 0, seed = 1, budget_rows = 0;  // 0: the default
   bool dense = true, quiet = false;
 };
 
-const std::vector<std::string> kValueOptions = {"device", "shape", "sizes", "gammas", "repeats",
-                                                "warmup", "threads", "seed", "out"};
+const std::vector<std::string> kValueOptions = {"device", "shape", "sizes", "gammas", "repeats", "warmup",
+                                                "threads", "seed", "out", "anchor-mode", "budget-rows"};
+
+// --anchor-mode's names of pa_anchor_mode.
+const char* anchor_mode_name(pa_anchor_mode m) { return m == PA_ANCHORS_ON_TOP ? "on_top" : "in_budget"; }
 
 std::string json_number(double x) {
   if (!std::isfinite(x)) return "null";
@@ -88,6 +91,11 @@ bool parse_settings(const std::vector<std::string>& args, BenchSettings& s, std:
     error = "--device " + s.device + ": expected auto, gpu or cpu";
     return false;
   }
+  s.anchor_mode = o.get_string("anchor-mode", "");
+  if (!s.anchor_mode.empty() && s.anchor_mode != "in_budget" && s.anchor_mode != "on_top") {
+    error = "--anchor-mode " + s.anchor_mode + ": expected in_budget or on_top";
+    return false;
+  }
   if (std::none_of(std::begin(kShapes), std::end(kShapes), [&](const Shape& x) { return s.shape == x.name; })) {
     error = "--shape " + s.shape + ": expected llama3.1-8b or qwen2.5-7b";
     return false;
@@ -95,7 +103,8 @@ bool parse_settings(const std::vector<std::string>& args, BenchSettings& s, std:
   return (!o.has("sizes") || parse_list("sizes", o.get_string("sizes", ""), 1, false, kMaxTokens, s.sizes, error)) &&
          (!o.has("gammas") || parse_list("gammas", o.get_string("gammas", ""), 0, true, 1, s.gammas, error)) &&
          o.get_int("repeats", 1, 1000, s.repeats, error) && o.get_int("warmup", 0, 1000, s.warmup, error) &&
-         o.get_int("threads", 0, 4096, s.threads, error) && o.get_int("seed", 0, 1LL << 62, s.seed, error);
+         o.get_int("threads", 0, 4096, s.threads, error) && o.get_int("seed", 0, 1LL << 62, s.seed, error) &&
+         o.get_int("budget-rows", 1, PA_MAX_BUDGET_ROWS, s.budget_rows, error);
 }
 
 double median(std::vector<double> v) {
@@ -106,6 +115,8 @@ double median(std::vector<double> v) {
 struct GammaRow {
   double gamma, density, estimate_ms, attend_ms, forward_ms, recall;
   int anchor_blocks;  // the plan's resolved anchor_blocks (the default: auto)
+  pa_anchor_mode anchor_mode;
+  int budget_rows;
 };
 struct SizeRow {
   long long n;
@@ -155,6 +166,8 @@ SizeRow run_size(BenchDevice& dev, const Shape& shape, long long n, const BenchS
     pa_config config = pa_config_default(shape.head_dim);
     config.gamma = float(gamma);
     config.num_proxy_groups = shape.groups;
+    if (!s.anchor_mode.empty()) config.anchor_mode = s.anchor_mode == "on_top" ? PA_ANCHORS_ON_TOP : PA_ANCHORS_IN_BUDGET;
+    if (s.budget_rows > 0) config.budget_rows = int32_t(s.budget_rows);
     size_t plan_bytes = 0, ws_bytes = 0;
     check(pa_plan_bytes(&p, &config, &plan_bytes));
     check(pa_workspace_bytes(&p, &config, &ws_bytes));
@@ -162,7 +175,7 @@ SizeRow run_size(BenchDevice& dev, const Shape& shape, long long n, const BenchS
     Plan plan(p, config, storage.get(), plan_bytes);
     pa_config effective{};
     check(pa_plan_get_config(plan.get(), &effective));
-    GammaRow g{gamma, 0, 0, 0, 0, 0, effective.anchor_blocks};
+    GammaRow g{gamma, 0, 0, 0, 0, 0, effective.anchor_blocks, effective.anchor_mode, effective.budget_rows};
     progress.step(at + "gamma " + json_number(gamma) + ": estimate, attend, forward", [&] {
       g.estimate_ms = timed([&] { plan.estimate(tq, tk, workspace.get(), ws_bytes, dev.stream()); });
       g.attend_ms = timed([&] { plan.attend(tq, tk, tv, to, nullptr, dev.stream()); });
@@ -203,6 +216,7 @@ void write_json(const std::string& path, const std::string& device, const Shape&
         << json_number(g.density) << ", \"estimate_ms\": " << json_number(g.estimate_ms)
         << ", \"attend_ms\": " << json_number(g.attend_ms) << ", \"forward_ms\": " << json_number(g.forward_ms)
         << ", \"mass_recall\": " << json_number(g.recall) << ", \"anchor_blocks\": " << g.anchor_blocks
+        << ", \"anchor_mode\": \"" << anchor_mode_name(g.anchor_mode) << "\", \"budget_rows\": " << g.budget_rows
         << "}";
     }
     f << "]}";
@@ -227,6 +241,8 @@ void print_bench_help() {
       "  --repeats R     timed calls, median reported (GPU 5, CPU 1)\n"
       "  --warmup W      untimed calls first (GPU 2, CPU 0)\n"
       "  --no-dense      skip timing dense attention\n"
+      "  --anchor-mode M in_budget or on_top (the library's default)\n"
+      "  --budget-rows R step 5's query blocks, 1-16 (the library's default)\n"
       "  --seed S        input seed (1)\n"
       "  --threads T     CPU threads, 0 = all (0)\n"
       "  --out FILE      also write the results as JSON\n"

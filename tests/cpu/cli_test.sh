@@ -39,7 +39,11 @@ expect 0 "x dense" -- bench --device cpu --sizes 1024,1500 --gammas 0.9 --out "$
 for field in '"dense_ms"' '"density"' '"estimate_ms"' '"attend_ms"' '"forward_ms"' '"mass_recall"'; do
   [ "$(grep -o "$field" "$json" | wc -l)" -ge 2 ] || { echo "FAIL: bench JSON lacks $field twice"; fail=1; }
 done
+expect 0 "x dense" -- bench --device cpu --sizes 1500 --gammas 0.9 --anchor-mode on_top --budget-rows 4 --out "$json"
+grep -q '"anchor_mode": "on_top", "budget_rows": 4' "$json" || { echo "FAIL: bench JSON lacks the rules"; fail=1; }
 rm -f "$json"
+expect 2 "--anchor-mode first: expected in_budget or on_top" -- bench --anchor-mode first
+expect 2 "budget-rows" -- bench --budget-rows 17
 expect 0 "usage: proxyattn bench" -- bench --help
 expect 2 "--device tpu" -- bench --device tpu
 expect 2 "'x' is not an integer" -- bench --sizes 1024,x
