@@ -462,13 +462,22 @@ def summarise(doc, family, layer_filter, reference=("anchor_rules", "today")):
     return out
 
 
-def verdict(summ, family, wanted):
-    """One line per rule over all settings (layers 1-23): settings meeting the target, those
-    within the density slack, the largest density above today's, the smallest mean recall - gamma."""
+def later_layers(doc):
+    """'layers A-B' (or 'layers A, B, ...' with gaps): the measured layers after layer 0."""
+    layers = sorted({int(x) for entry in doc["inputs"] for x in entry["layers"] if int(x) != 0})
+    if layers and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"layers {layers[0]}-{layers[-1]}"
+    return "layers " + ", ".join(map(str, layers))
+
+
+def verdict(summ, family, wanted, label):
+    """One line per rule over all settings (the later layers, label): settings meeting the
+    target, those within the density slack, the largest density above today's, the smallest
+    mean recall - gamma."""
     rules = [r for r in (wanted or next(iter(summ.values()))) if r in next(iter(summ.values()))]
     if not rules:
         return
-    print(f"\n{family.replace('_', ' ')}, layers 1-23, over the {len(summ)} settings: meets = mean recall ≥ γ "
+    print(f"\n{family.replace('_', ' ')}, {label}, over the {len(summ)} settings: meets = mean recall ≥ γ "
           f"and ≤ {HEAD_SHARE_TARGET:.0%} of heads below γ - {SHORTFALL}; within = density ≤ today's "
           f"+{DENSITY_SLACK:.0%}\n")
     print("| rule | meets | within | meets and within | density vs today (max) | mean recall - γ (min) | "
@@ -488,7 +497,7 @@ FAMILIES = ("anchor_rules", "budget_rules", "combined_rules")
 
 def print_compact(doc, rules):
     """One table of the given rules of any family: density / mean recall / share of heads
-    below gamma - 0.05, layers 1-23 and layer 0 (mean recall only)."""
+    below gamma - 0.05, the later layers and layer 0 (mean recall only)."""
     summ = {f: {label: summarise(doc, f, flt) for label, flt in (("1-23", lambda x: x != 0), ("0", lambda x: x == 0))}
             for f in FAMILIES}
     family_of = {r: f for f in FAMILIES for r in next(iter(summ[f]["1-23"].values()))}
@@ -513,7 +522,7 @@ def print_tables(args):
         print_compact(doc, args.rules)
         return
     for family in FAMILIES:
-        for label, flt in (("layers 1-23", lambda x: x != 0), ("layer 0", lambda x: x == 0)):
+        for label, flt in ((later_layers(doc), lambda x: x != 0), ("layer 0", lambda x: x == 0)):
             summ = summarise(doc, family, flt)
             if not summ:
                 continue
@@ -535,7 +544,7 @@ def print_tables(args):
                     vals.append(f"**{cell}**" if c["meets"] else cell)
                 print(f"| {text}, {n_tok // 1024}K | {setting[0][1:]}, {setting[1][2:]}, {setting[2][1:]} | "
                       + " | ".join(vals) + " |")
-        verdict(summarise(doc, family, lambda x: x != 0), family, args.rules)
+        verdict(summarise(doc, family, lambda x: x != 0), family, args.rules, later_layers(doc))
     if args.costs:
         entry = doc["inputs"][0]
         print("\nestimation FLOPs / dense attention FLOPs (products only):\n")
