@@ -254,13 +254,12 @@ def _estimate(q, keys, plan, spans, layout, rank, group, config, clock):
             needed, anchors = piece.heads()
             if config.budget_rows > 1 and rows:
                 # Each earlier block as a one-block chunk (its own count, R = 1, never dense).
-                row_config = config._replace(budget_rows=1, dense_below=0)
+                row_config, b = config._replace(budget_rows=1, dense_below=0), config.block_size
                 for i, m in enumerate(rows):
-                    row = PiecePlan(rows_q[i * config.block_size:(i + 1) * config.block_size],
-                                    int(keys.k.shape[-2]), m * config.block_size, (m + 1) * config.block_size,
-                                    row_config, getattr(keys, "num_pages", 0))
-                    row.estimate(rows_q[i * config.block_size:(i + 1) * config.block_size], keys.k, keys.table,
-                                 keys.state)
+                    row_q = rows_q[i * b:(i + 1) * b]
+                    row = PiecePlan(row_q, int(keys.k.shape[-2]), m * b, (m + 1) * b, row_config,
+                                    getattr(keys, "num_pages", 0))
+                    row.estimate(row_q, keys.k, keys.table, keys.state)
                     counts = row.heads()[0]
                     own_given = own_given or any(c > x for c, x in zip(counts, needed))
                     needed = [max(c, x) for c, x in zip(counts, needed)]
