@@ -177,3 +177,20 @@ def test_parser_type_errors_are_argparse_errors():
     for parse, text in ((arguments.shape, "1,2"), (masks.budget_spread, "x"), (arguments.shape, "3,2,64")):
         with pytest.raises(argparse.ArgumentTypeError):
             parse(text)
+
+
+def test_cp_runs_two_cpu_processes_and_refuses_more_processes_than_gpus(tmp_path, monkeypatch):
+    cli.main(["cp", "--world", "2", "--cpu", "--sizes", "1024", "--heads", "4,2", "--head-dim", "32", "--repeats",
+              "1", "--out", str(tmp_path)])
+    (name,) = os.listdir(tmp_path)
+    assert name.startswith("cp-w2-")
+    with open(tmp_path / name) as f:
+        doc = json.load(f)
+    assert doc["machine"]["backend"] == "gloo" and sorted(c["rank"] for c in doc["cases"]) == [0, 1]
+    for case in doc["cases"]:
+        assert case["seq_len"] == 1024 and case["world"] == 2
+        assert case["gather"]["total_s"] > 0 and case["fetch"]["bytes_received"] >= 0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(SystemExit, match=r"--world 2: this machine has 1 GPUs"):
+        cli.main(["cp", "--world", "2", "--sizes", "1024", "--out", str(tmp_path)])

@@ -136,10 +136,11 @@ def test_layout_round_trip():
                 assert e == a or (a % BLOCK == 0 and (e - a >= BLOCK or (a == 0 and e == n))), (n, world, p, a, e)
 
 
-def _nccl_worker(rank, init_file, result_dir):
-    device = torch.device("cuda", 0)
-    dist.init_process_group("nccl", init_method=f"file://{init_file}", rank=0, world_size=1, timeout=TIMEOUT,
-                            device_id=device)
+def _nccl_worker(rank, world, init_file, result_dir):
+    device = torch.device("cuda", rank)
+    torch.cuda.set_device(device)
+    dist.init_process_group("nccl", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=TIMEOUT, device_id=device)
     try:
         n = 5000
         settings = proxyattn.Settings(block_size=128, min_budget_tokens=512, dense_below=1024, gamma=0.9)
@@ -147,15 +148,15 @@ def _nccl_worker(rank, init_file, result_dir):
         ref_out, ref_lse = proxyattn.attention_varlen(q, k, v, [0, n], return_lse=True, settings=settings)
         ref_rows = pad.plan_rows(proxyattn.estimate(q[None], k[None], settings=settings), 0, -(-n // 128))
         for exchange in pad.EXCHANGES:
-            shards = [pad.shard(t, 0, 1, 128) for t in (q, k, v)]
+            shards = [pad.shard(t, rank, world, 128) for t in (q, k, v)]
             out, lse, plan = pad.attention(*shards, seq_len=n, exchange=exchange, return_lse=True,
                                            return_plan=True, settings=settings)
             for m, (order, count) in plan.rows().items():
                 assert np.array_equal(order, ref_rows[m][0]) and np.array_equal(count, ref_rows[m][1]), (exchange, m)
-            torch.testing.assert_close(out, pad.shard(ref_out, 0, 1, 128), rtol=2e-2, atol=2e-2)
-            torch.testing.assert_close(lse, pad.shard(ref_lse.T, 0, 1, 128).T, rtol=1e-3, atol=1e-3)
+            torch.testing.assert_close(out, pad.shard(ref_out, rank, world, 128), rtol=2e-2, atol=2e-2)
+            torch.testing.assert_close(lse, pad.shard(ref_lse.T, rank, world, 128).T, rtol=1e-3, atol=1e-3)
     except BaseException:
-        with open(os.path.join(result_dir, "error0"), "w") as f:
+        with open(os.path.join(result_dir, f"error{rank}"), "w") as f:
             f.write(traceback.format_exc())
         raise
     finally:
@@ -163,12 +164,15 @@ def _nccl_worker(rank, init_file, result_dir):
 
 
 @pytest.mark.gpu
-def test_distributed_nccl_world_size_1():
-    """World size 1 through NCCL on the GPU: both pieces of the one rank (a whole prefix and a chunk)
-    against the single-process GPU call, rows identical."""
+@pytest.mark.parametrize("world", [1, 2, 4, 8])
+def test_distributed_nccl(world):
+    """One process per GPU through NCCL (the world sizes this machine's GPUs allow): each rank's
+    pieces (a whole prefix and chunks) against the single-process GPU call, rows identical."""
+    if torch.cuda.device_count() < world:
+        pytest.skip(f"{world} GPUs needed, {torch.cuda.device_count()} here")
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            mp.spawn(_nccl_worker, args=(os.path.join(tmp, "init"), tmp), nprocs=1, join=True)
+            mp.spawn(_nccl_worker, args=(world, os.path.join(tmp, "init"), tmp), nprocs=world, join=True)
         except Exception:
             errors = [open(os.path.join(tmp, f)).read() for f in sorted(os.listdir(tmp)) if f.startswith("error")]
             pytest.fail("\n".join(errors) or "the worker failed")

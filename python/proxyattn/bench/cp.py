@@ -1,10 +1,12 @@
 """Context parallelism (proxyattn.distributed): the time and memory of each step of one
 distributed call, per exchange ("gather": all K and V; "fetch": the kept blocks), against the
-single-process call on the whole sequence. World size 1 on the current device (NCCL on a GPU,
-gloo on the CPU), or --world W processes on the CPU (gloo). Writes JSON under --out.
+single-process call on the whole sequence (timed with --world 1). --world W processes: one
+per GPU through NCCL where the machine has W GPUs, else (or with --cpu) W CPU processes
+through gloo. Writes JSON under --out.
 
     python -m proxyattn.bench cp --sizes 131072,262144,524288,1048576 --out OUT
-    python -m proxyattn.bench cp --world 4 --sizes 16384 --heads 8,2 --head-dim 64 --out OUT   # CPU
+    python -m proxyattn.bench cp --world 8 --sizes 262144,524288,1048576 --out OUT            # 8 GPUs
+    python -m proxyattn.bench cp --world 4 --sizes 16384 --heads 8,2 --head-dim 64 --cpu --out OUT
 """
 import argparse
 import datetime
@@ -107,10 +109,17 @@ def _machine(device):
     return info
 
 
+def _on_gpus(world, args):
+    """One GPU per process: this machine has world of them and --cpu is not given."""
+    return not args.cpu and torch.cuda.is_available() and world <= torch.cuda.device_count()
+
+
 def _worker(rank, world, args, init_file, doc_file):
-    cuda = torch.cuda.is_available() and world == 1 and not args.cpu
-    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
-    if not cuda:
+    cuda = _on_gpus(world, args)
+    device = torch.device("cuda", rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    else:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
         proxyattn.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     dist.init_process_group("nccl" if cuda else "gloo", init_method=f"file://{init_file}", rank=rank,
@@ -137,7 +146,8 @@ def _worker(rank, world, args, init_file, doc_file):
 def add_arguments(ap):
     ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
     ap.add_argument("--sizes", type=ints, default=[131072, 262144, 524288, 1048576])
-    ap.add_argument("--world", type=int, default=1, help="processes (more than 1: CPU, gloo)")
+    ap.add_argument("--world", type=int, default=1,
+                    help="processes: one per GPU (NCCL) where the machine has that many, else CPU (gloo)")
     ap.add_argument("--exchange", type=lambda t: t.split(","), default=list(pad.EXCHANGES))
     ap.add_argument("--heads", type=ints, default=[32, 8], help="Hq,Hkv")
     ap.add_argument("--head-dim", type=int, default=128)
@@ -152,6 +162,11 @@ def run(args):
     unknown = [e for e in args.exchange if e not in pad.EXCHANGES]
     if unknown:
         sys.exit(f"--exchange: {unknown} not among {pad.EXCHANGES}")
+    if args.world < 1:
+        sys.exit(f"--world {args.world}: at least 1")
+    if not args.cpu and torch.cuda.is_available() and not _on_gpus(args.world, args):
+        sys.exit(f"--world {args.world}: this machine has {torch.cuda.device_count()} GPUs "
+                 f"(--cpu runs {args.world} CPU processes)")
     with tempfile.TemporaryDirectory() as tmp:
         init_file, doc_file = os.path.join(tmp, "init"), os.path.join(tmp, "doc.json")
         if args.world == 1:
