@@ -87,36 +87,47 @@ def _bad_inputs(rank, world):
                           min_budget_tokens=128, dense_below=256, gamma=c["gamma"])
 
 
-def _worker(rank, world, init_file, result_dir, bad):
-    torch.set_num_threads(1)
-    proxyattn.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=TIMEOUT)
+def _rank(rank, world, tmp, backend, check, *args):
+    """One process of a test: joins the group (NCCL on GPU rank, else gloo), runs check(rank,
+    world, tmp, *args) and leaves it; a failure writes its traceback to tmp/error<rank>."""
+    device = torch.device("cuda", rank) if backend == "nccl" else None
+    if device is not None:
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend, init_method=f"file://{os.path.join(tmp, 'init')}", rank=rank,
+                            world_size=world, timeout=TIMEOUT, **({"device_id": device} if device else {}))
     try:
-        seen = []
-        for case in CASES:
-            for exchange in pad.EXCHANGES:
-                seen.append(_check_case(rank, world, case, exchange))
-        if bad:
-            _bad_inputs(rank, world)
-        with open(os.path.join(result_dir, f"rank{rank}"), "w") as f:
-            f.write(repr(seen))
+        check(rank, world, tmp, *args)
     except BaseException:
-        with open(os.path.join(result_dir, f"error{rank}"), "w") as f:
+        with open(os.path.join(tmp, f"error{rank}"), "w") as f:
             f.write(traceback.format_exc())
         raise
     finally:
         dist.destroy_process_group()
 
 
+def _spawn(world, backend, check, tmp, *args):
+    """world processes of _rank; a failure fails the test with the ranks' tracebacks."""
+    try:
+        mp.spawn(_rank, args=(world, tmp, backend, check) + args, nprocs=world, join=True)
+    except Exception:
+        errors = [open(os.path.join(tmp, f)).read() for f in sorted(os.listdir(tmp)) if f.startswith("error")]
+        pytest.fail("\n".join(errors) or "a worker failed")
+
+
+def _check_cases(rank, world, tmp, bad):
+    torch.set_num_threads(1)
+    proxyattn.set_num_threads(1)
+    seen = [_check_case(rank, world, case, exchange) for case in CASES for exchange in pad.EXCHANGES]
+    if bad:
+        _bad_inputs(rank, world)
+    with open(os.path.join(tmp, f"rank{rank}"), "w") as f:
+        f.write(repr(seen))
+
+
 @pytest.mark.parametrize("world", [2, 3, 4])
 def test_distributed_matches_single_process(world):
     with tempfile.TemporaryDirectory() as tmp:
-        init_file = os.path.join(tmp, "init")
-        try:
-            mp.spawn(_worker, args=(world, init_file, tmp, world == 2), nprocs=world, join=True)
-        except Exception:
-            errors = [open(os.path.join(tmp, f)).read() for f in sorted(os.listdir(tmp)) if f.startswith("error")]
-            pytest.fail("\n".join(errors) or "a worker failed")
+        _spawn(world, "gloo", _check_cases, tmp, world == 2)
         # Together the ranks hold every query-block row of each case once.
         per_rank = [eval(open(os.path.join(tmp, f"rank{r}")).read()) for r in range(world)]
         for i, (n, *_rest) in enumerate(c for c in CASES for _ in pad.EXCHANGES):
@@ -136,31 +147,21 @@ def test_layout_round_trip():
                 assert e == a or (a % BLOCK == 0 and (e - a >= BLOCK or (a == 0 and e == n))), (n, world, p, a, e)
 
 
-def _nccl_worker(rank, world, init_file, result_dir):
+def _check_nccl(rank, world, tmp):
     device = torch.device("cuda", rank)
-    torch.cuda.set_device(device)
-    dist.init_process_group("nccl", init_method=f"file://{init_file}", rank=rank, world_size=world,
-                            timeout=TIMEOUT, device_id=device)
-    try:
-        n = 5000
-        settings = proxyattn.Settings(block_size=128, min_budget_tokens=512, dense_below=1024, gamma=0.9)
-        q, k, v = (t.to(device, torch.bfloat16) for t in _inputs(n, 8, 2, 128, seed=3))
-        ref_out, ref_lse = proxyattn.attention_varlen(q, k, v, [0, n], return_lse=True, settings=settings)
-        ref_rows = pad.plan_rows(proxyattn.estimate(q[None], k[None], settings=settings), 0, -(-n // 128))
-        for exchange in pad.EXCHANGES:
-            shards = [pad.shard(t, rank, world, 128) for t in (q, k, v)]
-            out, lse, plan = pad.attention(*shards, seq_len=n, exchange=exchange, return_lse=True,
-                                           return_plan=True, settings=settings)
-            for m, (order, count) in plan.rows().items():
-                assert np.array_equal(order, ref_rows[m][0]) and np.array_equal(count, ref_rows[m][1]), (exchange, m)
-            torch.testing.assert_close(out, pad.shard(ref_out, rank, world, 128), rtol=2e-2, atol=2e-2)
-            torch.testing.assert_close(lse, pad.shard(ref_lse.T, rank, world, 128).T, rtol=1e-3, atol=1e-3)
-    except BaseException:
-        with open(os.path.join(result_dir, f"error{rank}"), "w") as f:
-            f.write(traceback.format_exc())
-        raise
-    finally:
-        dist.destroy_process_group()
+    n = 5000
+    settings = proxyattn.Settings(block_size=128, min_budget_tokens=512, dense_below=1024, gamma=0.9)
+    q, k, v = (t.to(device, torch.bfloat16) for t in _inputs(n, 8, 2, 128, seed=3))
+    ref_out, ref_lse = proxyattn.attention_varlen(q, k, v, [0, n], return_lse=True, settings=settings)
+    ref_rows = pad.plan_rows(proxyattn.estimate(q[None], k[None], settings=settings), 0, -(-n // 128))
+    for exchange in pad.EXCHANGES:
+        shards = [pad.shard(t, rank, world, 128) for t in (q, k, v)]
+        out, lse, plan = pad.attention(*shards, seq_len=n, exchange=exchange, return_lse=True,
+                                       return_plan=True, settings=settings)
+        for m, (order, count) in plan.rows().items():
+            assert np.array_equal(order, ref_rows[m][0]) and np.array_equal(count, ref_rows[m][1]), (exchange, m)
+        torch.testing.assert_close(out, pad.shard(ref_out, rank, world, 128), rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(lse, pad.shard(ref_lse.T, rank, world, 128).T, rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.gpu
@@ -171,8 +172,4 @@ def test_distributed_nccl(world):
     if torch.cuda.device_count() < world:
         pytest.skip(f"{world} GPUs needed, {torch.cuda.device_count()} here")
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            mp.spawn(_nccl_worker, args=(world, os.path.join(tmp, "init"), tmp), nprocs=world, join=True)
-        except Exception:
-            errors = [open(os.path.join(tmp, f)).read() for f in sorted(os.listdir(tmp)) if f.startswith("error")]
-            pytest.fail("\n".join(errors) or "the worker failed")
+        _spawn(world, "nccl", _check_nccl, tmp)
