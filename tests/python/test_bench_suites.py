@@ -194,3 +194,11 @@ def test_cp_runs_two_cpu_processes_and_refuses_more_processes_than_gpus(tmp_path
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(SystemExit, match=r"--world 2: this machine has 1 GPUs"):
         cli.main(["cp", "--world", "2", "--sizes", "1024", "--out", str(tmp_path)])
+
+
+def test_cp_dense_ring_refuses_the_cpu_and_unknown_backends(tmp_path):
+    with pytest.raises(SystemExit, match=r"--dense-ring: PyTorch's ring attention runs on CUDA devices only"):
+        cli.main(["cp", "--cpu", "--sizes", "1024", "--dense-ring", "cudnn", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"--dense-ring: \['math'\] not among \['cudnn', 'flash'\]"):
+        cli.main(["cp", "--cpu", "--sizes", "1024", "--dense-ring", "cudnn,math", "--out", str(tmp_path)])
+    assert os.listdir(tmp_path) == []

@@ -1,8 +1,10 @@
 """proxyattn.distributed on gloo: 2, 3 and 4 processes of this machine against the single-process
 call on the whole sequence (kept blocks identical, outputs and LSE within float rounding), both
 exchanges, g = 1 and 2, GQA, a padded last piece, dense and proportional sequences, budget_rows
-4 and 16 with anchors on top; and bad input
-(a rank with another config, a shard of the wrong length) raising on every rank."""
+4 and 16 with anchors on top; and bad input (a rank with another config, a shard of the wrong
+length) raising on every rank. On GPUs through NCCL (marked gpu, world sizes as the GPUs allow):
+the same against the single-process GPU call, and bench cp's dense ring baseline against dense
+attention."""
 import datetime
 import os
 import tempfile
@@ -162,6 +164,30 @@ def _check_nccl(rank, world, tmp):
             assert np.array_equal(order, ref_rows[m][0]) and np.array_equal(count, ref_rows[m][1]), (exchange, m)
         torch.testing.assert_close(out, pad.shard(ref_out, rank, world, 128), rtol=2e-2, atol=2e-2)
         torch.testing.assert_close(lse, pad.shard(ref_lse.T, rank, world, 128).T, rtol=1e-3, atol=1e-3)
+
+
+def _check_dense_ring(rank, world, tmp):
+    from proxyattn.bench.ring import BACKENDS, DenseRing
+    device = torch.device("cuda", rank)
+    n, hq, hkv, d = 4096, 8, 2, 128  # 4096 / (2 * 8) tokens a piece: whole 128-token blocks up to 8 ranks
+    q, k, v = (t.to(device, torch.bfloat16) for t in _inputs(n, hq, hkv, d, seed=5))
+    bhsd = [t.float().repeat_interleave(hq // t.shape[1], 1).transpose(0, 1)[None] for t in (q, k, v)]
+    ref = torch.nn.functional.scaled_dot_product_attention(*bhsd, is_causal=True)[0].transpose(0, 1)
+    for backend in BACKENDS:
+        with DenseRing(q, k, v, world, backend) as ring:
+            out = ring()
+        torch.testing.assert_close(out.float(), pad.shard(ref, rank, world, 128), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("world", [1, 2, 4, 8])
+def test_dense_ring_baseline_nccl(world):
+    """bench cp's dense peer (PyTorch's context_parallel ring over cuDNN and FlashAttention-2):
+    each rank's output is its ZigzagLayout shard of dense causal attention in float32."""
+    if torch.cuda.device_count() < world:
+        pytest.skip(f"{world} GPUs needed, {torch.cuda.device_count()} here")
+    with tempfile.TemporaryDirectory() as tmp:
+        _spawn(world, "nccl", _check_dense_ring, tmp)
 
 
 @pytest.mark.gpu

@@ -1,11 +1,12 @@
 """Context parallelism (proxyattn.distributed): the time and memory of each step of one
 distributed call, per exchange ("gather": all K and V; "fetch": the kept blocks), against the
-single-process call on the whole sequence (timed with --world 1). --world W processes: one
-per GPU through NCCL where the machine has W GPUs, else (or with --cpu) W CPU processes
-through gloo. Writes JSON under --out.
+single-process call on the whole sequence (timed with --world 1), and with --dense-ring
+against PyTorch's dense ring attention on the same sharding (ring.py; CUDA only). --world W
+processes: one per GPU through NCCL where the machine has W GPUs, else (or with --cpu) W CPU
+processes through gloo. Writes JSON under --out.
 
     python -m proxyattn.bench cp --sizes 131072,262144,524288,1048576 --out OUT
-    python -m proxyattn.bench cp --world 8 --sizes 262144,524288,1048576 --out OUT            # 8 GPUs
+    python -m proxyattn.bench cp --world 8 --sizes 262144,524288,1048576 --dense-ring cudnn,flash --out OUT  # 8 GPUs
     python -m proxyattn.bench cp --world 4 --sizes 16384 --heads 8,2 --head-dim 64 --cpu --out OUT
 """
 import argparse
@@ -25,6 +26,8 @@ import torch.multiprocessing as mp
 
 import proxyattn
 from proxyattn import distributed as pad
+
+from .ring import DenseRing, ring_refusal
 
 STEPS = ("agreement", "communication_proxies", "communication_k", "budgets", "communication_budgets",
          "estimation", "communication_v", "communication_kv", "attention")
@@ -98,7 +101,21 @@ def _case(n, args, rank, world, device, dtype):
         print(f"rank {rank} N={n} {exchange}: {total * 1e3:.1f} ms, received {plan.bytes_received / 2**20:.1f} MiB, "
               f"steps {', '.join(f'{s} {x * 1e3:.1f}' for s, x in result[exchange]['steps_s'].items())}",
               flush=True)
+    del shards
+    for backend in args.dense_ring:
+        result[f"dense_ring_{backend}"] = _dense_ring(n, args, world, device, dtype, backend)
+        print(f"rank {rank} N={n} dense ring ({backend}): {result[f'dense_ring_{backend}']['total_s'] * 1e3:.1f} ms",
+              flush=True)
     return result
+
+
+def _dense_ring(n, args, world, device, dtype, backend):
+    ring = DenseRing(*_inputs(n, *args.heads, args.head_dim, dtype, device), world, backend)
+    with ring:
+        ring()  # warm-up
+        _peak_reset(device)
+        total = _timed(ring, args.repeats, device)
+        return {"total_s": total, "peak_bytes": _peak(device), "bytes_received": ring.bytes_received()}
 
 
 def _machine(device):
@@ -136,7 +153,9 @@ def _worker(rank, world, args, init_file, doc_file):
                          "dtype": args.dtype},
                "settings": {"gamma": args.gamma, "num_proxy_groups": args.groups}, "repeats": args.repeats,
                "note": "times are medians; steps_s timed with a device synchronisation between steps "
-                       "(their sum exceeds total_s, which overlaps V's all-gather with the estimation)",
+                       "(their sum exceeds total_s, which overlaps V's all-gather with the estimation); "
+                       "dense_ring_<backend>: torch's context_parallel ring (all-gather rotation) over that "
+                       "SDPA backend, K and V expanded to the query heads",
                "cases": [c for per_rank in everyone for c in per_rank]}
         with open(doc_file, "w") as f:
             json.dump(doc, f)
@@ -156,6 +175,8 @@ def add_arguments(ap):
     ap.add_argument("--groups", type=int, default=1, help="num_proxy_groups")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cpu", action="store_true", help="the CPU even when a GPU is present")
+    ap.add_argument("--dense-ring", type=lambda t: [b for b in t.split(",") if b], default=[],
+                    help="PyTorch's dense ring attention over these SDPA backends (cudnn, flash), GPUs only")
 
 
 def run(args):
@@ -167,6 +188,9 @@ def run(args):
     if not args.cpu and torch.cuda.is_available() and not _on_gpus(args.world, args):
         sys.exit(f"--world {args.world}: this machine has {torch.cuda.device_count()} GPUs "
                  f"(--cpu runs {args.world} CPU processes)")
+    refusal = ring_refusal(torch.device("cuda" if _on_gpus(args.world, args) else "cpu"), args.dense_ring)
+    if refusal:
+        sys.exit(refusal)
     with tempfile.TemporaryDirectory() as tmp:
         init_file, doc_file = os.path.join(tmp, "init"), os.path.join(tmp, "doc.json")
         if args.world == 1:
