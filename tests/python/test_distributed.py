@@ -5,23 +5,19 @@ exchanges, g = 1 and 2, GQA, a padded last piece, dense and proportional sequenc
 length) raising on every rank. On GPUs through NCCL (marked gpu, world sizes as the GPUs allow):
 the same against the single-process GPU call, and bench cp's dense ring baseline against dense
 attention."""
-import datetime
 import os
 import tempfile
-import traceback
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-import torch.distributed as dist  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
 
 import proxyattn  # noqa: E402
 from proxyattn import distributed as pad  # noqa: E402
+from process_group import spawn  # noqa: E402
 
 BLOCK = 64
-TIMEOUT = datetime.timedelta(seconds=60)
 # Small settings so that sequences of a few hundred tokens are sparse with several rows.
 SETTINGS = dict(block_size=BLOCK, min_budget_tokens=128, dense_below=256, gamma=0.9)
 # (seq_len, Hq, Hkv, head_dim, changes): GQA 4/2 and 2/2; N % b != 0; a last piece of N % b
@@ -89,33 +85,6 @@ def _bad_inputs(rank, world):
                           min_budget_tokens=128, dense_below=256, gamma=c["gamma"])
 
 
-def _rank(rank, world, tmp, backend, check, *args):
-    """One process of a test: joins the group (NCCL on GPU rank, else gloo), runs check(rank,
-    world, tmp, *args) and leaves it; a failure writes its traceback to tmp/error<rank>."""
-    device = torch.device("cuda", rank) if backend == "nccl" else None
-    if device is not None:
-        torch.cuda.set_device(device)
-    dist.init_process_group(backend, init_method=f"file://{os.path.join(tmp, 'init')}", rank=rank,
-                            world_size=world, timeout=TIMEOUT, **({"device_id": device} if device else {}))
-    try:
-        check(rank, world, tmp, *args)
-    except BaseException:
-        with open(os.path.join(tmp, f"error{rank}"), "w") as f:
-            f.write(traceback.format_exc())
-        raise
-    finally:
-        dist.destroy_process_group()
-
-
-def _spawn(world, backend, check, tmp, *args):
-    """world processes of _rank; a failure fails the test with the ranks' tracebacks."""
-    try:
-        mp.spawn(_rank, args=(world, tmp, backend, check) + args, nprocs=world, join=True)
-    except Exception:
-        errors = [open(os.path.join(tmp, f)).read() for f in sorted(os.listdir(tmp)) if f.startswith("error")]
-        pytest.fail("\n".join(errors) or "a worker failed")
-
-
 def _check_cases(rank, world, tmp, bad):
     torch.set_num_threads(1)
     proxyattn.set_num_threads(1)
@@ -129,7 +98,7 @@ def _check_cases(rank, world, tmp, bad):
 @pytest.mark.parametrize("world", [2, 3, 4])
 def test_distributed_matches_single_process(world):
     with tempfile.TemporaryDirectory() as tmp:
-        _spawn(world, "gloo", _check_cases, tmp, world == 2)
+        spawn(world, "gloo", _check_cases, tmp, world == 2)
         # Together the ranks hold every query-block row of each case once.
         per_rank = [eval(open(os.path.join(tmp, f"rank{r}")).read()) for r in range(world)]
         for i, (n, *_rest) in enumerate(c for c in CASES for _ in pad.EXCHANGES):
@@ -187,7 +156,7 @@ def test_dense_ring_baseline_nccl(world):
     if torch.cuda.device_count() < world:
         pytest.skip(f"{world} GPUs needed, {torch.cuda.device_count()} here")
     with tempfile.TemporaryDirectory() as tmp:
-        _spawn(world, "nccl", _check_dense_ring, tmp)
+        spawn(world, "nccl", _check_dense_ring, tmp)
 
 
 @pytest.mark.gpu
@@ -198,4 +167,4 @@ def test_distributed_nccl(world):
     if torch.cuda.device_count() < world:
         pytest.skip(f"{world} GPUs needed, {torch.cuda.device_count()} here")
     with tempfile.TemporaryDirectory() as tmp:
-        _spawn(world, "nccl", _check_nccl, tmp)
+        spawn(world, "nccl", _check_nccl, tmp)
