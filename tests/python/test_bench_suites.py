@@ -202,3 +202,27 @@ def test_cp_dense_ring_refuses_the_cpu_and_unknown_backends(tmp_path):
     with pytest.raises(SystemExit, match=r"--dense-ring: \['math'\] not among \['cudnn', 'flash'\]"):
         cli.main(["cp", "--cpu", "--sizes", "1024", "--dense-ring", "cudnn,math", "--out", str(tmp_path)])
     assert os.listdir(tmp_path) == []
+
+
+def test_cp_model_times_a_whole_model_on_one_and_two_processes(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "model")
+    for world in (1, 2):
+        out = tmp_path / f"w{world}"
+        cli.main(["cp", "--world", str(world), "--cpu", "--sizes", "1024", "--model", str(tmp_path / "model"),
+                  "--repeats", "1", "--out", str(out)])
+        (name,) = os.listdir(out)
+        with open(out / name) as f:
+            doc = json.load(f)
+        assert doc["model"]["layers"] == 2 and doc["model"]["prompt"] == "random token ids" and "shape" not in doc
+        assert sorted(c["rank"] for c in doc["cases"]) == list(range(world))
+        for case in doc["cases"]:
+            tokens = {case[e]["next_token"] for e in ("gather", "fetch")}
+            assert case["gather"]["total_s"] > 0 and len(tokens) == 1
+            if world == 1:  # 1024 tokens run dense: the same next token as the single-process forwards
+                assert {case[f"single_process_{i}"]["next_token"] for i in ("proxyattn", "sdpa")} == tokens
+    with pytest.raises(SystemExit, match="--dense-ring times one layer"):
+        cli.main(["cp", "--model", "x", "--dense-ring", "cudnn", "--out", str(tmp_path)])

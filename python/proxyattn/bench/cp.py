@@ -8,6 +8,7 @@ processes through gloo. Writes JSON under --out.
     python -m proxyattn.bench cp --sizes 131072,262144,524288,1048576 --out OUT
     python -m proxyattn.bench cp --world 8 --sizes 262144,524288,1048576 --dense-ring cudnn,flash --out OUT  # 8 GPUs
     python -m proxyattn.bench cp --world 4 --sizes 16384 --heads 8,2 --head-dim 64 --cpu --out OUT
+    python -m proxyattn.bench cp --world 8 --sizes 262144,1048576 --model qwen2.5-coder-0.5b --out OUT  # cp_model.py
 """
 import argparse
 import datetime
@@ -27,6 +28,7 @@ import torch.multiprocessing as mp
 import proxyattn
 from proxyattn import distributed as pad
 
+from . import cp_model
 from .ring import DenseRing, ring_refusal
 
 STEPS = ("agreement", "communication_proxies", "communication_k", "budgets", "communication_budgets",
@@ -143,7 +145,12 @@ def _worker(rank, world, args, init_file, doc_file):
                             world_size=world, timeout=datetime.timedelta(minutes=10),
                             **({"device_id": device} if cuda else {}))
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
-    cases = [_case(n, args, rank, world, device, dtype) for n in args.sizes]
+    if args.model:
+        model, tokenizer = cp_model.load(args.model, device)
+        timed = lambda fn: _timed(fn, args.repeats, device)  # noqa: E731
+        cases = [cp_model.case(n, args, model, tokenizer, rank, world, device, timed) for n in args.sizes]
+    else:
+        cases = [_case(n, args, rank, world, device, dtype) for n in args.sizes]
     everyone = [None] * world
     dist.all_gather_object(everyone, cases)
     if rank == 0:
@@ -157,6 +164,9 @@ def _worker(rank, world, args, init_file, doc_file):
                        "dense_ring_<backend>: torch's context_parallel ring (all-gather rotation) over that "
                        "SDPA backend, K and V expanded to the query heads",
                "cases": [c for per_rank in everyone for c in per_rank]}
+        if args.model:
+            del doc["shape"]
+            doc["model"] = cp_model.describe(model, args.model, tokenizer, args)
         with open(doc_file, "w") as f:
             json.dump(doc, f)
     dist.destroy_process_group()
@@ -175,6 +185,9 @@ def add_arguments(ap):
     ap.add_argument("--groups", type=int, default=1, help="num_proxy_groups")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cpu", action="store_true", help="the CPU even when a GPU is present")
+    ap.add_argument("--model", help="a whole model's prefill (proxyattn.distributed.prefill) instead of one layer: "
+                    f"a transformers folder, or one of {sorted(cp_model.MODELS)} with random weights")
+    ap.add_argument("--text", help="with a --model folder: the prompt is this file's tokens, repeated")
     ap.add_argument("--dense-ring", type=lambda t: [b for b in t.split(",") if b], default=[],
                     help="PyTorch's dense ring attention over these SDPA backends (cudnn, flash), GPUs only")
 
@@ -188,6 +201,8 @@ def run(args):
     if not args.cpu and torch.cuda.is_available() and not _on_gpus(args.world, args):
         sys.exit(f"--world {args.world}: this machine has {torch.cuda.device_count()} GPUs "
                  f"(--cpu runs {args.world} CPU processes)")
+    if args.model and args.dense_ring:
+        sys.exit("--dense-ring times one layer: not with --model")
     refusal = ring_refusal(torch.device("cuda" if _on_gpus(args.world, args) else "cpu"), args.dense_ring)
     if refusal:
         sys.exit(refusal)
