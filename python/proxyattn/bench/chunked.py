@@ -132,8 +132,8 @@ def run(args):
                 end = min(n, begin + c)
                 call = Call(shape, q, end - begin, end, order, count)
                 plans[(c, begin)] = call
-                calls["ours_%d_%d" % (c, begin)] = kernel_plan.attend_kv_call(call.plan, q[begin:end], k, v,
-                                                                              o[begin:end], stream)
+                calls["ours_%d_%d" % (c, begin)] = kernel_plan.attend_kv_call(
+                    call.plan, q[begin:end], k[:end], v[:end], o[begin:end], stream)
                 calls["dense_%d_%d" % (c, begin)] = (
                     lambda b=begin, e=end: sdpa_lower_right(qt[:, :, b:e], kt[:, :, :e], vt[:, :, :e]))
                 calls["cudnn_%d_%d" % (c, begin)] = (
@@ -208,7 +208,8 @@ def tail(shape, q, k, v, o, dense_inputs, n, order, count, density, stream, flex
         call = Call(shape, q, c, end, order, count)
         tails[c] = call
         mask = flex.chunk_mask(c, end, q.device, BLOCK_SIZE)
-        calls["ours_%d" % c] = kernel_plan.attend_kv_call(call.plan, q[prefix:end], k, v, o[prefix:end], stream)
+        calls["ours_%d" % c] = kernel_plan.attend_kv_call(call.plan, q[prefix:end], k[:end], v[:end], o[prefix:end],
+                                                           stream)
         calls["dense_%d" % c] = lambda e=end: sdpa_lower_right(qt[:, :, prefix:e], kt[:, :, :e], vt[:, :, :e])
         calls["cudnn_%d" % c] = lambda e=end: cudnn_chunk(qt[:, :, prefix:e], kr[:, :, :e], vr[:, :, :e])
         calls["flex_%d" % c] = lambda e=end, mask=mask: flex(qt[:, :, prefix:e], kt[:, :, :e], vt[:, :, :e], mask)
