@@ -114,12 +114,13 @@ typedef enum pa_budget_mode {
  * sink, diagonal and the group's anchors, ascending; then the rest by proxy score); only the
  * counts differ. */
 typedef enum pa_anchor_mode {
-  PA_ANCHORS_ON_TOP = 0,       /* each head keeps its anchor-free kept set (the blocks its
-                                  budget takes with only the sink and the diagonal forced) plus
-                                  the group's anchors; no ranked block is ever displaced by an
-                                  anchor (docs/accuracy.md: recall >= gamma at small floors) */
-  PA_ANCHORS_IN_BUDGET = 1     /* the default (pa_config_default): the anchors are counted in
-                                  the head's budget */
+  PA_ANCHORS_ON_TOP = 0,       /* the default (pa_config_default): each head keeps its
+                                  anchor-free kept set (the blocks its budget takes with only
+                                  the sink and the diagonal forced) plus the group's anchors;
+                                  no ranked block is ever displaced by an anchor
+                                  (docs/accuracy.md: recall >= gamma at small floors) */
+  PA_ANCHORS_IN_BUDGET = 1     /* the anchors are counted in the head's budget (the rule
+                                  before issue #28) */
 } pa_anchor_mode;
 
 typedef struct pa_config {
@@ -138,11 +139,12 @@ typedef struct pa_config {
                                   query block (step 5; blocks already forced there excluded) are
                                   forced in every row of its group (anchor_mode says how they
                                   are counted) */
-  pa_anchor_mode anchor_mode;  /* PA_ANCHORS_IN_BUDGET (the default) or PA_ANCHORS_ON_TOP */
+  pa_anchor_mode anchor_mode;  /* PA_ANCHORS_ON_TOP (the default) or PA_ANCHORS_IN_BUDGET */
   int32_t budget_rows;         /* R in [1, PA_MAX_BUDGET_ROWS]: step 5's count_i is the largest
                                   over the query blocks round(Nqb j / R) - 1, j = 1..R (each over
-                                  its own causal key blocks); 1: the last query block only (the
-                                  paper's rule). The anchors always come from the last block */
+                                  its own causal key blocks); 1 (the default): the last query
+                                  block only (the paper's rule). The anchors always come from
+                                  the last block */
 } pa_config;
 
 #define PA_MAX_BUDGET_ROWS 16

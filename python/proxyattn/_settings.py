@@ -117,7 +117,7 @@ class Settings:
     anchor_blocks: Union[str, int] = _setting("auto", _anchor_blocks,
                                               "blocks of largest last-block mass each head forces for its group, "
                                               "0-8 or \"auto\" (32 / Q heads per group, within [1, 8])")
-    anchor_mode: str = _setting("in_budget", _anchor_mode,
+    anchor_mode: str = _setting("on_top", _anchor_mode,
                                 "\"in_budget\" (anchors counted in the budget) or \"on_top\" (each head keeps its "
                                 "anchor-free blocks plus the group's anchors: recall >= gamma at small floors)")
     budget_rows: int = _setting(1, _integer,

@@ -12,9 +12,11 @@ inline constexpr float kDefaultGamma = 0.95f;
 inline constexpr int kDefaultMinBudgetTokens = 2048;
 inline constexpr int kMaxStride = 16;
 inline constexpr int kDefaultAnchorBlocks = PA_ANCHOR_BLOCKS_AUTO;
-// Anchors counted in the budget until the GPU's on-top path (select.cu) has run its tests;
-// on top is what issue #28's measurement recommends.
-inline constexpr pa_anchor_mode kDefaultAnchorMode = PA_ANCHORS_IN_BUDGET;
+// Anchors on top of each head's budget: mean recall >= gamma on the measured models
+// (docs/accuracy.md, "Anchor and budget rules that keep gamma"); PA_ANCHORS_IN_BUDGET is the
+// earlier rule. One budget row (the paper's): more rows gained little there, cost estimation
+// time, and a chunk cannot measure the earlier rows of the prompt it ends.
+inline constexpr pa_anchor_mode kDefaultAnchorMode = PA_ANCHORS_ON_TOP;
 inline constexpr int kDefaultBudgetRows = 1;
 
 pa_config default_config(int head_dim);

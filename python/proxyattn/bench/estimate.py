@@ -12,8 +12,9 @@ A/B of an estimation change: --baseline DIR (a second build, scripts/gpu-check's
 step) is timed in the same interleaved rounds ("baseline_ms") and traced too. Our build is
 also timed with pass 2 in place of the block logits ("two_pass_ms", the plan's tuning
 est_block_logits = 0: the path of other strides and of logit buffers over 1 GiB), and with
-the recall rules of --rules (issue #28: anchors on top, step 5 over R query blocks), each
-"ANCHOR_MODE:R" a plan of its own timed in the same rounds ("rules_ms").
+other recall rules of --rules (issue #28; default: anchors counted in the budget, the rule
+before it, and step 5 over 4 query blocks), each "ANCHOR_MODE:R" a plan of its own timed in
+the same rounds ("rules_ms").
 """
 import collections
 import datetime
@@ -35,7 +36,7 @@ REPEATS, WARMUP = 10, 2
 TRACED_CALLS = 3  # calls per trace; a stage's time is its kernels' total over them / TRACED_CALLS
 TWO_PASS = {"est_block_logits": 0}  # tuning: pass 2 instead of the block logits
 PREFIX = "estimate-stages-"
-RULES = ["on_top:1", "on_top:4"]  # anchor_mode:budget_rows timed beside the defaults
+RULES = ["in_budget:1", "on_top:4"]  # anchor_mode:budget_rows timed beside the defaults
 STAGE_NAME_CHARS = 80  # of an unknown kernel's name in its stage label
 
 # Kernel name (demangled, as CUPTI reports it) -> stage label, first match wins.
