@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch")
 import proxyattn  # noqa: E402
 from proxyattn import distributed as pad  # noqa: E402
 from process_group import spawn  # noqa: E402
+from proxyattn.distributed.pieces import PiecePlan  # noqa: E402
 
 BLOCK = 64
 # Small settings so that sequences of a few hundred tokens are sparse with several rows.
@@ -116,6 +117,25 @@ def test_layout_round_trip():
             for p in range(layout.num_pieces):
                 a, e = layout.piece_bounds(p)
                 assert e == a or (a % BLOCK == 0 and (e - a >= BLOCK or (a == 0 and e == n))), (n, world, p, a, e)
+
+
+def test_kept_blocks_are_every_heads_kept_prefix():
+    """A piece's kept key blocks (what the fetch exchange moves) are the union over rows and heads
+    of each head's kept prefix of its group's order row: whole pieces and chunks, g 1 and 2."""
+    n, hq, hkv, d = 2000, 4, 2, 32
+    q, k, _ = _inputs(n, hq, hkv, d, seed=7)
+    for g in (1, 2):
+        config = proxyattn.Settings(**dict(SETTINGS, gamma=0.5), num_proxy_groups=g, anchor_blocks=0).resolve(d)
+        for start in (0, 5 * BLOCK, 20 * BLOCK, 30 * BLOCK):
+            piece = PiecePlan(q[start:], hkv, start, n, config)
+            piece.estimate(q[start:], k)
+            expected, sparse = set(), False
+            for order, count in piece.rows().values():
+                sparse = sparse or bool((count < order.shape[1]).any())
+                for h, c in enumerate(count):
+                    expected.update(order[h // (hq // g), :c].tolist())
+            assert sparse, (g, start)  # some head keeps a strict prefix of its row
+            assert piece.kept_blocks().tolist() == sorted(expected), (g, start)
 
 
 def _check_nccl(rank, world, tmp):

@@ -70,12 +70,7 @@ class PiecePlan:
 
     def kept_blocks(self):
         """Key blocks some head of some row keeps (sorted numpy int array)."""
-        kept = set()
-        for order, count in self.rows().values():
-            heads_per_group = count.shape[0] // order.shape[0]
-            for h, c in enumerate(count):
-                kept.update(order[h // heads_per_group, :c].tolist())
-        return np.array(sorted(kept), dtype=np.int64)
+        return kept_key_blocks(self.plan, self.first_qblock, self.num_kblocks)
 
 
 def plan_rows(plan, first_qblock, num_kblocks):
@@ -91,3 +86,21 @@ def plan_rows(plan, first_qblock, num_kblocks):
         groups = np.stack([order[j * per_group + at: j * per_group + at + m + 1] for j in range(g)])
         rows[m] = (groups, count[i].copy())
     return rows
+
+
+def kept_key_blocks(plan, first_qblock, num_kblocks):
+    """The key blocks some head of some row of a one-sequence plan keeps (rows first_qblock ..
+    num_kblocks - 1; sorted numpy int64), from the index in whole arrays: a group's entry at
+    position p of row m is kept by some head iff p < the largest count of the group's heads."""
+    order, count = plan.index()
+    g = plan.config.num_proxy_groups
+    rows = num_kblocks - first_qblock
+    if rows <= 0:
+        return np.zeros(0, np.int64)
+    lengths = np.arange(first_qblock, num_kblocks, dtype=np.int64) + 1  # row m holds m + 1 entries
+    starts = np.cumsum(lengths) - lengths
+    per_group = int(lengths.sum())
+    widest = count.reshape(rows, g, -1).max(axis=2)  # [rows, g]: the group's largest count
+    position = np.arange(per_group, dtype=np.int64) - np.repeat(starts, lengths)
+    keep = position[None, :] < np.repeat(widest, lengths, axis=0).T  # [g, per_group]
+    return np.unique(order[:g * per_group].reshape(g, per_group)[keep]).astype(np.int64)
