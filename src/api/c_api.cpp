@@ -255,7 +255,8 @@ pa_status packed_kv(const pa_plan& plan, const pa_tensor* k, const pa_tensor* v,
 }
 
 // The index as host memory: a host plan's own arrays, read in place, or one downloaded copy
-// of a device plan's arrays.
+// of a device plan's arrays (without the order array, the largest, where with_order is
+// false: order is then null).
 struct HostArrays {
   const int32_t* order = nullptr;   // [order_entries]
   const int32_t* count = nullptr;   // [total_qblocks, Hq]
@@ -266,9 +267,9 @@ struct HostArrays {
   std::vector<int32_t> downloaded;  // backs the pointers for a device plan
 };
 
-pa_status host_arrays(const pa_plan& plan, HostArrays& out) {
+pa_status host_arrays(const pa_plan& plan, HostArrays& out, bool with_order = true) {
   const PlanDesc& d = plan.desc;
-  out.order_n = d.batch.order_entries;
+  out.order_n = with_order ? d.batch.order_entries : 0;
   out.count_n = d.batch.total_qblocks * d.problem.num_q_heads;
   out.head_n = size_t(d.problem.num_seqs) * d.problem.num_q_heads;
   out.anchor_n = out.head_n * d.config.anchor_blocks;
@@ -284,12 +285,12 @@ pa_status host_arrays(const pa_plan& plan, HostArrays& out) {
   int32_t* budget = count + out.count_n;
   int32_t* needed = budget + out.head_n;
   int32_t* anchors = needed + out.head_n;
-  PA_TRY(cuda::download(order, d.index.order, out.order_n * sizeof(int32_t)));
+  if (with_order) PA_TRY(cuda::download(order, d.index.order, out.order_n * sizeof(int32_t)));
   PA_TRY(cuda::download(count, d.index.count, out.count_n * sizeof(int32_t)));
   PA_TRY(cuda::download(budget, d.index.budget, out.head_n * sizeof(int32_t)));
   PA_TRY(cuda::download(needed, d.index.needed, out.head_n * sizeof(int32_t)));
   PA_TRY(cuda::download(anchors, d.index.anchors, out.anchor_n * sizeof(int32_t)));
-  out.order = order, out.count = count, out.budget = budget, out.needed = needed;
+  out.order = with_order ? order : nullptr, out.count = count, out.budget = budget, out.needed = needed;
   out.anchors = anchors;
 #endif
   return PA_STATUS_SUCCESS;
@@ -569,7 +570,7 @@ pa_status pa_plan_get_heads(const pa_plan* plan, int32_t* budget_blocks, int32_t
     const PlanDesc& d = plan->desc;
     const int hq = d.problem.num_q_heads;
     HostArrays arrays;
-    PA_TRY(host_arrays(*plan, arrays));
+    PA_TRY(host_arrays(*plan, arrays, /*with_order=*/false));  // the counts say the density
     const HostIndex index = host_index(*plan, arrays);
     for (size_t s = 0; s < d.batch.seqs.size(); ++s)
       for (int h = 0; h < hq; ++h) {
@@ -578,9 +579,7 @@ pa_status pa_plan_get_heads(const pa_plan* plan, int32_t* budget_blocks, int32_t
         if (needed_blocks) needed_blocks[at] = arrays.needed[at];
         if (density) {
           const int64_t causal = d.batch.seqs[s].group_entries();
-          density[at] = causal > 0
-              ? double(head_totals(index, int(s), h, d.config.block_size).kept_blocks) / double(causal)
-              : 1.0;
+          density[at] = causal > 0 ? double(head_kept_blocks(index, int(s), h)) / double(causal) : 1.0;
         }
       }
     return PA_STATUS_SUCCESS;

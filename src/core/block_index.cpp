@@ -137,6 +137,14 @@ HeadTotals head_totals(const HostIndex& index, int seq, int head, int block_size
   return t;
 }
 
+int64_t head_kept_blocks(const HostIndex& index, int seq, int head) {
+  const SeqSpan& span = index.batch->seqs[seq];
+  int64_t kept = 0;
+  for (int m = span.first_qblock; m < span.num_kblocks(); ++m)
+    kept += index.count[count_row(span, m) * index.num_q_heads + head];
+  return kept;
+}
+
 void to_flex(const HostIndex& index, int seq, int32_t* kv_num_blocks, int32_t* kv_indices) {
   const SeqSpan& span = index.batch->seqs[seq];
   const int64_t rows = span.num_qblocks, nkb = span.num_kblocks();

@@ -106,6 +106,10 @@ struct HeadTotals {
 };
 HeadTotals head_totals(const HostIndex& index, int seq, int head, int block_size);
 
+// The kept blocks of (seq, head), head_totals' kept_blocks from the counts alone (index.order
+// is not read: it may be null).
+int64_t head_kept_blocks(const HostIndex& index, int seq, int head);
+
 // FlexAttention BlockMask form of sequence seq: kv_num_blocks [Hq, rows],
 // kv_indices [Hq, rows, Nkb] (kept blocks ascending, then zeros); rows = num_qblocks, the
 // query blocks first_qblock .. Nkb - 1.

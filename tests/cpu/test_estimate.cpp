@@ -230,6 +230,11 @@ TEST(Estimate, DenseBelowKeepsEverything) {
     sparse_density += density[4 + h] / 4;
   }
   EXPECT_LT(sparse_density, 0.9);  // gamma = 0.5 on the structured input: clearly sparse
+  for (int h = 0; h < 4; ++h) {  // a head's density: its kept blocks over the causal ones
+    size_t kept = 0, causal = 0;
+    for (size_t m = 0; m < lib.kept[1][h].size(); ++m) kept += lib.kept[1][h][m].size(), causal += m + 1;
+    EXPECT_DOUBLE_EQ(density[4 + h], double(kept) / double(causal)) << "head " << h;
+  }
 }
 
 TEST(Estimate, GammaOneAndFullBudgetKeepsEverything) {
