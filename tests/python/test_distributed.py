@@ -2,7 +2,8 @@
 call on the whole sequence (kept blocks identical, outputs and LSE within float rounding), both
 exchanges, g = 1 and 2, GQA, a padded last piece, dense and proportional sequences, budget_rows
 4 and 16 with anchors on top; and bad input (a rank with another config, a shard of the wrong
-length) raising on every rank. On GPUs through NCCL (marked gpu, world sizes as the GPUs allow):
+length) raising on every rank. A piece's kept key blocks (the fetch exchange's list) against
+the per-head definition. On GPUs through NCCL (marked gpu, world sizes as the GPUs allow):
 the same against the single-process GPU call, and bench cp's dense ring baseline against dense
 attention."""
 import os
