@@ -190,10 +190,28 @@ def test_cp_runs_two_cpu_processes_and_refuses_more_processes_than_gpus(tmp_path
     for case in doc["cases"]:
         assert case["seq_len"] == 1024 and case["world"] == 2
         assert case["gather"]["total_s"] > 0 and case["fetch"]["bytes_received"] >= 0
+        assert 0 < case["gather"]["density"] <= 1 and case["gather"]["density"] == case["fetch"]["density"]
+    assert doc["input"] == "gaussian"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(SystemExit, match=r"--world 2: this machine has 1 GPUs"):
         cli.main(["cp", "--world", "2", "--sizes", "1024", "--out", str(tmp_path)])
+
+
+def test_cp_structured_input_is_sparse(tmp_path):
+    """--input structured: the speed benchmarks' input, whose rows keep a part of their blocks
+    where the Gaussian input keeps them all."""
+    densities = {}
+    for kind in ("gaussian", "structured"):
+        out = tmp_path / kind
+        cli.main(["cp", "--cpu", "--input", kind, "--sizes", "8192", "--heads", "4,2", "--head-dim", "32",
+                  "--gamma", "0.9", "--exchange", "gather", "--repeats", "1", "--out", str(out)])
+        (name,) = os.listdir(out)
+        with open(out / name) as f:
+            doc = json.load(f)
+        assert doc["input"] == kind
+        densities[kind] = doc["cases"][0]["gather"]["density"]
+    assert densities["structured"] < 0.7 * densities["gaussian"], densities
 
 
 def test_cp_dense_ring_refuses_the_cpu_and_unknown_backends(tmp_path):

@@ -23,13 +23,13 @@ SYNTH_SEED = 1
 MASK_PICTURE_N = 32768  # the kept mask of two heads is stored once, at this length (first shape)
 
 
-def structured_input(n, hq, hkv, d):
-    """The structured default input, [N, H, d] bf16 on the GPU."""
-    q = torch.empty(n, hq, d, dtype=torch.bfloat16)
-    k = torch.empty(n, hkv, d, dtype=torch.bfloat16)
+def structured_input(n, hq, hkv, d, dtype=torch.bfloat16, device="cuda"):
+    """The structured default input, [N, H, d] (bf16 on the GPU unless told), made on the host."""
+    q = torch.empty(n, hq, d, dtype=dtype)
+    k = torch.empty(n, hkv, d, dtype=dtype)
     v = torch.empty_like(k)
     _C.synth_generate([0, n], SYNTH_SEED, q, k, v)
-    return q.cuda(), k.cuda(), v.cuda()
+    return q.to(device), k.to(device), v.to(device)
 
 
 def load_activations(path):

@@ -7,6 +7,7 @@ processes through gloo. Writes JSON under --out.
 
     python -m proxyattn.bench cp --sizes 131072,262144,524288,1048576 --out OUT
     python -m proxyattn.bench cp --world 8 --sizes 262144,524288,1048576 --dense-ring cudnn,flash --out OUT  # 8 GPUs
+    python -m proxyattn.bench cp --world 8 --sizes 1048576 --input structured --gamma 0.9 --dense-ring cudnn --out OUT
     python -m proxyattn.bench cp --world 4 --sizes 16384 --heads 8,2 --head-dim 64 --cpu --out OUT
     python -m proxyattn.bench cp --world 8 --sizes 262144,1048576 --model qwen2.5-coder-0.5b --out OUT  # cp_model.py
 """
@@ -34,10 +35,18 @@ from .ring import DenseRing, ring_refusal
 STEPS = ("agreement", "communication_proxies", "communication_k", "budgets", "communication_budgets",
          "estimation", "communication_v", "communication_kv", "attention")
 SEED = 0
+INPUTS = ("gaussian", "structured")
 SINK_GAIN = 4.0  # keys of the first tokens stand out, as attention sinks do in real models
 
 
-def _inputs(n, hq, hkv, d, dtype, device):
+def _inputs(n, hq, hkv, d, dtype, device, kind):
+    """The whole sequence's q [N, Hq, d], k and v [N, Hkv, d]: "gaussian" (near-uniform attention,
+    so every block is kept: the steps' costs at dense size) or "structured" (the speed
+    benchmarks' pa_synth_generate input, sparse as `proxyattn bench`'s: the saving)."""
+    if kind == "structured":
+        from .compare import structured_input
+
+        return structured_input(n, hq, hkv, d, dtype, device)
     g = torch.Generator(device=device).manual_seed(SEED)
     q = torch.randn(n, hq, d, generator=g, device=device, dtype=torch.float32)
     k = torch.randn(n, hkv, d, generator=g, device=device, dtype=torch.float32)
@@ -76,7 +85,7 @@ def _timed(fn, repeats, device):
 def _case(n, args, rank, world, device, dtype):
     hq, hkv = args.heads
     settings = proxyattn.Settings(gamma=args.gamma, num_proxy_groups=args.groups)
-    q, k, v = _inputs(n, hq, hkv, args.head_dim, dtype, device)
+    q, k, v = _inputs(n, hq, hkv, args.head_dim, dtype, device, args.input)
     shards = [pad.shard(t, rank, world, settings.block_size) for t in (q, k, v)]
     result = {"seq_len": n, "world": world, "rank": rank}
     if world == 1:
@@ -95,12 +104,15 @@ def _case(n, args, rank, world, device, dtype):
         steps = [call(True).timings for _ in range(args.repeats)]
         plan = call()
         kept = sum(len(p.kept_blocks()) for p in plan.pieces)
+        stats = [p.plan.stats() for p in plan.pieces]
         result[exchange] = {
             "total_s": total, "peak_bytes": peak, "bytes_received": plan.bytes_received,
             "kept_key_blocks": kept,
+            "density": sum(s["kept_pairs"] for s in stats) / max(1, sum(s["causal_pairs"] for s in stats)),
             "steps_s": {s: statistics.median(t.get(s, 0.0) for t in steps) for s in STEPS if s in steps[0]},
         }
-        print(f"rank {rank} N={n} {exchange}: {total * 1e3:.1f} ms, received {plan.bytes_received / 2**20:.1f} MiB, "
+        print(f"rank {rank} N={n} {exchange}: {total * 1e3:.1f} ms, density {result[exchange]['density']:.3f}, "
+              f"received {plan.bytes_received / 2**20:.1f} MiB, "
               f"steps {', '.join(f'{s} {x * 1e3:.1f}' for s, x in result[exchange]['steps_s'].items())}",
               flush=True)
     del shards
@@ -112,7 +124,7 @@ def _case(n, args, rank, world, device, dtype):
 
 
 def _dense_ring(n, args, world, device, dtype, backend):
-    ring = DenseRing(*_inputs(n, *args.heads, args.head_dim, dtype, device), world, backend)
+    ring = DenseRing(*_inputs(n, *args.heads, args.head_dim, dtype, device, args.input), world, backend)
     with ring:
         ring()  # warm-up
         _peak_reset(device)
@@ -158,14 +170,15 @@ def _worker(rank, world, args, init_file, doc_file):
                "date": datetime.date.today().isoformat(),
                "shape": {"num_q_heads": args.heads[0], "num_kv_heads": args.heads[1], "head_dim": args.head_dim,
                          "dtype": args.dtype},
-               "settings": {"gamma": args.gamma, "num_proxy_groups": args.groups}, "repeats": args.repeats,
+               "settings": {"gamma": args.gamma, "num_proxy_groups": args.groups}, "input": args.input,
+               "repeats": args.repeats,
                "note": "times are medians; steps_s timed with a device synchronisation between steps "
                        "(their sum exceeds total_s, which overlaps V's all-gather with the estimation); "
                        "dense_ring_<backend>: torch's context_parallel ring (all-gather rotation) over that "
                        "SDPA backend, K and V expanded to the query heads",
                "cases": [c for per_rank in everyone for c in per_rank]}
         if args.model:
-            del doc["shape"]
+            del doc["shape"], doc["input"]
             doc["model"] = cp_model.describe(model, args.model, tokenizer, args)
         with open(doc_file, "w") as f:
             json.dump(doc, f)
@@ -181,6 +194,9 @@ def add_arguments(ap):
     ap.add_argument("--heads", type=ints, default=[32, 8], help="Hq,Hkv")
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
+    ap.add_argument("--input", choices=INPUTS, default=INPUTS[0],
+                    help="gaussian (every block kept) or structured (pa_synth_generate, as sparse as the speed "
+                         "benchmarks')")
     ap.add_argument("--gamma", type=float, default=0.95)
     ap.add_argument("--groups", type=int, default=1, help="num_proxy_groups")
     ap.add_argument("--repeats", type=int, default=3)
