@@ -12,7 +12,7 @@ import pytest
 import proxyattn
 from proxyattn import _C
 from proxyattn.bench import __main__ as cli
-from proxyattn.bench import arguments, masks, results
+from proxyattn.bench import arguments, masks, results, tables
 
 torch = pytest.importorskip("torch")
 
@@ -212,6 +212,34 @@ def test_cp_structured_input_is_sparse(tmp_path):
         assert doc["input"] == kind
         densities[kind] = doc["cases"][0]["gather"]["density"]
     assert densities["structured"] < 0.7 * densities["gaussian"], densities
+
+
+def test_cp_scaling_table_over_world_sizes(tmp_path, capsys):
+    """The scaling table of cp files of world sizes 1 and 2: speedup over the world-1 file's
+    single-process call, efficiency, bytes per rank; files of other settings refused."""
+    for world in (1, 2):
+        cli.main(["cp", "--cpu", "--world", str(world), "--sizes", "2048", "--heads", "4,2", "--head-dim", "32",
+                  "--exchange", "gather", "--repeats", "1", "--out", str(tmp_path)])
+    paths = sorted(str(tmp_path / name) for name in os.listdir(tmp_path))
+    docs = []
+    for path in paths:
+        with open(path) as f:
+            docs.append(json.load(f))
+    single = next(c["single_process_s"] for d in docs for c in d["cases"] if "single_process_s" in c)
+    rows = tables.cp_scaling(docs)
+    assert [(r["seq_len"], r["exchange"], r["world"]) for r in rows] == [(2048, "gather", 1), (2048, "gather", 2)]
+    for r in rows:
+        ranks = [c["gather"] for d in docs for c in d["cases"] if c["world"] == r["world"]]
+        assert r["seconds"] == max(e["total_s"] for e in ranks)
+        assert r["speedup"] == pytest.approx(single / r["seconds"]) and r["efficiency"] == r["speedup"] / r["world"]
+        assert 0 <= r["communication_share"] <= 1 and 0 < r["density"] <= 1
+    assert rows[0]["bytes_received"] == 0 and rows[1]["bytes_received"] > 0  # K and V of the other rank
+    capsys.readouterr()
+    cli.main(["table"] + paths)
+    assert "| 2K | gather | 2 |" in capsys.readouterr().out
+    docs[1]["settings"]["gamma"] = 0.5
+    with pytest.raises(ValueError, match="different inputs, settings or shapes"):
+        tables.cp_scaling(docs)
 
 
 def test_cp_dense_ring_refuses_the_cpu_and_unknown_backends(tmp_path):

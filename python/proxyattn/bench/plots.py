@@ -5,6 +5,8 @@
   head_density.png  per-head budget and density against N (first shape, each gamma)
   kept_mask.png     the kept blocks of the sparsest and the densest head (first shape, 32K)
   ttft.png          whole-model time to first token, dense vs ProxyAttn, attention vs the rest
+  cp_scaling.png    context parallelism: speedup over one GPU against the GPUs, per N (cp files
+                    of several world sizes, tables.cp_scaling)
 """
 import json
 import os
@@ -16,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .config import BLOCK_SIZE  # noqa: E402
+from .tables import CP_BENCHMARK, cp_scaling  # noqa: E402
 
 DPI = 110
 
@@ -153,16 +156,42 @@ def plot_ttft(doc, out, source):
     _save(fig, out, "ttft.png", source)
 
 
+def plot_cp_scaling(docs, out, source):
+    rows = cp_scaling(docs)
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    worlds = sorted({r["world"] for r in rows})
+    ax.plot(worlds, worlds, "k--", lw=0.8, label="ideal")
+    for n in sorted({r["seq_len"] for r in rows}):
+        for exchange, style in (("gather", "-o"), ("fetch", ":s")):
+            pts = sorted((r["world"], r["speedup"]) for r in rows if r["seq_len"] == n and r["exchange"] == exchange)
+            if pts:
+                ax.plot(*zip(*pts), style, ms=4, label=f"{n // 1024}K {exchange}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("GPUs")
+    ax.set_ylabel("speedup over one GPU's single call")
+    ax.set_title("Context parallelism, one layer (proxyattn.distributed)", fontsize=9)
+    ax.legend(fontsize=6, ncol=2)
+    _save(fig, out, "cp_scaling.png", source)
+
+
 def main(results, img):
-    """results: paths of results files; their suites are read together (compare, model)."""
-    doc = {}
+    """results: paths of results files; their suites are read together (compare, model; the cp
+    files of several world sizes)."""
+    doc, cp_docs = {}, []
     for path in results:
         with open(path) as f:
-            doc.update(json.load(f))
+            one = json.load(f)
+        if one.get("benchmark") == CP_BENCHMARK and "model" not in one:
+            cp_docs.append(one)
+        else:
+            doc.update(one)
     os.makedirs(img, exist_ok=True)
     source = ", ".join(os.path.basename(p) for p in results)
     if "compare" in doc:
         for fn in (plot_speedup, plot_time_split, plot_head_density, plot_kept_mask):
             fn(doc, img, source)
     plot_ttft(doc, img, source)
+    if cp_docs:
+        plot_cp_scaling(cp_docs, img, source)
     print("pictures in", img)

@@ -1,5 +1,6 @@
 """Markdown tables for docs/benchmarks.md from results files of `python -m proxyattn.bench`'s
-pytorch and attention suites (printed; the numbers in the document are these, unedited)."""
+pytorch, attention and cp suites (printed; the numbers in the document are these, unedited).
+The cp files of several world sizes make one scaling table together."""
 import json
 import math
 
@@ -117,10 +118,62 @@ def attention_table(doc):
     return lines + [""]
 
 
+CP_BENCHMARK = "proxyattn.bench cp"
+
+
+def cp_scaling(docs):
+    """Rows of one layer's distributed call over the world sizes of cp files (one-layer runs of
+    one input and settings): per (N, exchange, world) the slowest rank's time, the speedup over
+    the single-process call of the world-1 file at that N and its efficiency, the most bytes a
+    rank received, the largest share of a rank's step time in communication, the density, and
+    PyTorch's dense ring (cuDNN) at that world size. Dicts, sorted by N, exchange, world."""
+    runs = {json.dumps([d.get("input", "gaussian"), d["settings"], d["shape"]], sort_keys=True) for d in docs}
+    if len(runs) > 1:
+        raise ValueError(f"cp files of different inputs, settings or shapes: {sorted(runs)}")
+    cases = [c for d in docs for c in d["cases"]]
+    single = {c["seq_len"]: c["single_process_s"] for c in cases if "single_process_s" in c}
+    rows = []
+    for n in sorted({c["seq_len"] for c in cases}):
+        for world in sorted({c["world"] for c in cases if c["seq_len"] == n}):
+            ranks = [c for c in cases if c["seq_len"] == n and c["world"] == world]
+            exchanges = [e for e in ("gather", "fetch") if all(e in c for c in ranks)]
+            ring = [c["dense_ring_cudnn"]["total_s"] for c in ranks if "dense_ring_cudnn" in c]
+            for exchange in exchanges:
+                entries = [c[exchange] for c in ranks]
+                seconds = max(e["total_s"] for e in entries)
+                comm = max(sum(t for s, t in e["steps_s"].items() if s.startswith("communication")) /
+                           max(sum(e["steps_s"].values()), 1e-12) for e in entries)
+                rows.append({"seq_len": n, "exchange": exchange, "world": world, "seconds": seconds,
+                             "speedup": single[n] / seconds if n in single else float("nan"),
+                             "bytes_received": max(e["bytes_received"] for e in entries), "communication_share": comm,
+                             "density": sum(e.get("density", float("nan")) for e in entries) / len(entries),
+                             "dense_ring_seconds": max(ring) if len(ring) == len(ranks) else float("nan")})
+    for r in rows:
+        r["efficiency"] = r["speedup"] / r["world"]
+        r["vs_dense_ring"] = r["dense_ring_seconds"] / r["seconds"]
+    return rows
+
+
+def cp_scaling_table(docs):
+    lines = ["| N | exchange | GPUs | ms (slowest rank) | speedup | efficiency | MiB received per rank | "
+             "communication share | density | dense ring ms | x dense ring |", "|" + "---|" * 11]
+    for r in cp_scaling(docs):
+        lines.append("| %dK | %s | %d | %s | %s | %s | %.1f | %.2f | %s | %s | %s |" % (
+            r["seq_len"] // 1024, r["exchange"], r["world"], _f(r["seconds"] * 1e3), _f(r["speedup"], 2),
+            _f(r["efficiency"], 2), r["bytes_received"] / 2**20, r["communication_share"], _f(r["density"]),
+            _f(r["dense_ring_seconds"] * 1e3), _f(r["vs_dense_ring"], 2)))
+    return lines + [""]
+
+
 def main(results):
+    cp_docs, cp_paths = [], []
     for path in results:
         with open(path) as f:
             doc = json.load(f)
+        if doc.get("benchmark") == CP_BENCHMARK and "model" not in doc:
+            cp_docs.append(doc)
+            cp_paths.append(path)
+            continue
         print(f"<!-- {path} -->")
         if "compare" in doc:
             print("\n".join(compare_tables(doc)))
@@ -128,3 +181,6 @@ def main(results):
             print("\n".join(model_table(doc)))
         if doc.get("benchmark") == "attention":
             print("\n".join(attention_table(doc)))
+    if cp_docs:
+        print(f"<!-- {', '.join(cp_paths)} -->")
+        print("\n".join(cp_scaling_table(cp_docs)))
