@@ -6,7 +6,8 @@ block masses; nothing in the library changes.
     PYTHONPATH=python:eval python eval/structured_recall.py --n 32768 \
         --out eval/results/structured-recall-32k.json          # ~3 min dense masses + ~1 min a plan
 
-For each setting (gamma x proxy groups g x stride; the library's other defaults, Llama-3.1-8B's
+For each setting (gamma x proxy groups g x stride [x anchor blocks T]; the library's other
+defaults, Llama-3.1-8B's
 32 Q / 8 KV heads, d = 128, seed 1), from the library's plan (plan.index(): each group's
 ranking of every row, each head's count) and estimators.dense_block_mass (M[h, m, n], the dense
 mass of query block m in key block n; each row sums to the block size):
@@ -49,9 +50,9 @@ def rows_of(order, group, nb):
     return [order[base + m * (m + 1) // 2: base + m * (m + 1) // 2 + m + 1] for m in range(nb)]
 
 
-def measure(q, k, mass, gamma, groups, stride):
+def measure(q, k, mass, gamma, groups, stride, anchors):
     hq, nb = SHAPE["hq"], mass.shape[1]
-    settings = proxyattn.Settings(gamma=gamma, num_proxy_groups=groups, stride=stride)
+    settings = proxyattn.Settings(gamma=gamma, num_proxy_groups=groups, stride=stride, anchor_blocks=anchors)
     plan = proxyattn.estimate(q[None], k[None], settings=settings)
     order, count = plan.index()
     floor = -(-settings.min_budget_tokens // BLOCK)
@@ -69,7 +70,8 @@ def measure(q, k, mass, gamma, groups, stride):
             calibrated.append(mass[h, m, row[:c_cal]].sum() / BLOCK)
             kept += c_cal
     causal = hq * nb * (nb + 1) // 2
-    return {"gamma": gamma, "num_proxy_groups": groups, "stride": stride, "density": plan.density,
+    return {"gamma": gamma, "num_proxy_groups": groups, "stride": stride, "anchor_blocks": anchors,
+            "density": plan.density,
             "recall": float(np.mean(library)), "oracle_recall": float(np.mean(oracle)),
             "calibrated_density": kept / causal, "calibrated_recall": float(np.mean(calibrated))}
 
@@ -78,7 +80,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=32768)
     ap.add_argument("--gammas", nargs="+", type=float, default=[0.90, 0.95])
-    ap.add_argument("--settings", nargs="+", default=["1:4", "8:4", "1:1"], help="GROUPS:STRIDE")
+    ap.add_argument("--settings", nargs="+", default=["1:4", "8:4", "1:1", "1:4:4", "1:4:8"],
+                    help="GROUPS:STRIDE[:ANCHOR_BLOCKS] (anchor blocks: the default 'auto' where not given)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -91,11 +94,11 @@ def main():
     results = []
     for gamma in args.gammas:
         for setting in args.settings:
-            groups, stride = (int(x) for x in setting.split(":"))
-            r = measure(q, k, mass, gamma, groups, stride)
+            groups, stride, *anchors = setting.split(":")
+            r = measure(q, k, mass, gamma, int(groups), int(stride), int(anchors[0]) if anchors else "auto")
             results.append(r)
-            print("gamma %.2f g %d stride %d: density %.3f recall %.4f | oracle ranking %.4f | calibrated count "
-                  "density %.3f recall %.4f" % (gamma, groups, stride, r["density"], r["recall"], r["oracle_recall"],
+            print("gamma %.2f g %s stride %s T %s: density %.3f recall %.4f | oracle ranking %.4f | calibrated count "
+                  "density %.3f recall %.4f" % (gamma, groups, stride, r["anchor_blocks"], r["density"], r["recall"], r["oracle_recall"],
                                                 r["calibrated_density"], r["calibrated_recall"]), flush=True)
     doc = {"input": "pa_synth_generate seed %d" % SEED, "n": args.n, "shape": SHAPE, "block_size": BLOCK,
            "environment": environment(), "results": results}
