@@ -111,6 +111,9 @@ MODES = {
     "proxy_g0.90_mb2048_p2_auto": proxy(0.90, 2, 2048, "auto"),
     "proxy_g0.95_mb2048_p2_auto_dense0": proxy(0.95, 2, 2048, "auto", dense_layers=[0]),
     "proxy_g0.98_mb2048_p2_auto": proxy(0.98, 2, 2048, "auto"),
+    # the anchor rule before 2026-12-07 (anchors counted in the head's budget), beside today's on-top default
+    "proxy_g0.95_mb2048_p2_auto_inbudget": proxy(0.95, 2, 2048, "auto", anchor_mode="in_budget"),
+    "proxy_g0.95_mb2048_p1_auto_inbudget": proxy(0.95, 1, 2048, "auto", anchor_mode="in_budget"),
 }
 DEFAULT_MODES = ["dense", "proxy_g0.95_mb2048_p1", "proxy_g0.95_mb512_p1", "proxy_g0.90_mb512_p1"]
 
