@@ -31,7 +31,8 @@ ANSWER_TOKENS = 48  # a chat answer restates the question before the value's 7 d
 
 def start_server(args):
     """The serving app on args.port with the model preloaded and its attention set; returns
-    (uvicorn server, its thread)."""
+    (uvicorn server, its thread, the generation state whose continuous-batching worker must be
+    stopped after the server)."""
     import transformers
     import uvicorn
     from transformers.cli.serving.chat_completion import ChatCompletionHandler
@@ -45,7 +46,7 @@ def start_server(args):
     import proxyattn.hf
 
     proxyattn.hf.enable(**needle.proxy(args.gamma, args.groups, args.floor, "auto"))
-    manager = ModelManager(device=args.device, dtype="auto", force_model=str(args.model))
+    manager = ModelManager(device=args.device, dtype=args.dtype, force_model=str(args.model))
     for timed in manager.loaded_models.values():
         timed.model.set_attn_implementation(args.implementation)
     cb_config = transformers.ContinuousBatchingConfig(max_memory_percent=args.memory_percent)
@@ -62,7 +63,7 @@ def start_server(args):
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{args.port}/health") as reply:
                 if reply.status == 200:
-                    return server, thread
+                    return server, thread, state
         except OSError:
             time.sleep(POLL_S)
     raise SystemExit(f"the server on port {args.port} did not answer /health within {HEALTH_TIMEOUT_S} s")
@@ -79,6 +80,12 @@ def needle_messages(args, tokenizer):
     haystack = tokenizer.decode(common.token_prefix(tokenizer, text, args.tokens - ANSWER_TOKENS))
     context = needle.insert_needles(haystack, needle.sentences("single", [(key, value)]), args.depth)
     return [{"role": "user", "content": f"{instruction}\n\n{context}\n\n{question}"}], expected
+
+
+def tagged(messages, tag):
+    """messages with a first line naming the request: distinct requests keep the engine from
+    reusing an earlier request's cache blocks (its prefix sharing), so each one is prefilled."""
+    return [{**m, "content": f"Request {tag}.\n{m['content']}"} for m in messages]
 
 
 def chat(args, messages):
@@ -109,10 +116,11 @@ def main():
     ap.add_argument("--out", type=pathlib.Path, required=True)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--port", type=int, default=8000)
-    ap.add_argument("--tokens", type=int, default=32768)
+    ap.add_argument("--dtype", default="bfloat16", help="the served weights' dtype (acquire.py saves float32)")
+    ap.add_argument("--tokens", type=int, default=30720, help="prompt tokens (the model's trained context: 32K)")
     ap.add_argument("--depth", type=float, default=0.5)
     ap.add_argument("--haystack", default="pg_essays", choices=list(common.TEXTS))
-    ap.add_argument("--requests", type=int, default=3, help="the same request, sent one after the other")
+    ap.add_argument("--requests", type=int, default=3, help="requests of the same prompt, each tagged, one after the other")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--memory-percent", type=float, default=0.5)
     ap.add_argument("--gamma", type=float, default=0.95)
@@ -124,11 +132,11 @@ def main():
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
     messages, expected = needle_messages(args, tokenizer)
-    server, thread = start_server(args)
+    server, thread, state = start_server(args)
     try:
         runs = []
         for _ in range(args.requests):
-            text, first, total = chat(args, messages)
+            text, first, total = chat(args, tagged(messages, len(runs)))
             runs.append({"answer": text, "first_token_s": first, "total_s": total,
                          "correct": all(e in text for e in expected)})
             print(f"{args.implementation}: first token {first:.3f} s, total {total:.3f} s, "
@@ -136,6 +144,7 @@ def main():
     finally:
         server.should_exit = True
         thread.join()
+        state.shutdown()  # the app's own shutdown stops only the model manager, not this worker
     prompt_tokens = len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                       return_dict=True)["input_ids"])
     common.write_json(args.out, {"implementation": args.implementation, "prompt_tokens": prompt_tokens,
