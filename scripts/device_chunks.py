@@ -11,6 +11,11 @@ There:  scripts/device_chunks.py join NAME TARGET
           checks every part against the manifest, concatenates them into TARGET and checks the
           whole file's sha256; a missing part (the machine was given back between calls, so
           the earlier parts are gone) is named in the error.
+The tracked result files travel with every call (eval/results alone is 17 MB on 2026-12-07):
+a series of calls that needs no results may leave them out of the index for its duration
+(`git rm -r -q --cached eval/results bench/results` with both folders in .git/info/exclude,
+undone by `git reset -q eval/results bench/results`) and carry parts of 54.6 MB: the
+0.5B model's 491 MB GGUF then took 9 calls of about 5 s each (H100, 2026-12-07).
 """
 import argparse
 import hashlib
@@ -19,7 +24,7 @@ import pathlib
 import sys
 
 ROOT = pathlib.Path(".weights")            # ignored by git (.gitignore)
-DEFAULT_PART_BYTES = 50_000_000            # + the working tree (11 MB on 2026-11-24) under 64 MiB a call
+DEFAULT_PART_BYTES = 40_000_000            # + the working tree (23 MB on 2026-12-07) under 64 MiB a call
 READ_BYTES = 1 << 22
 
 
