@@ -184,8 +184,9 @@ def main():
     log = EngineLog()
     logging.getLogger("ContinuousBatchingLogger").addHandler(log)
     logging.getLogger("ContinuousBatchingLogger").setLevel(logging.INFO)
+    arguments = {k: v.name if isinstance(v, pathlib.Path) else str(v) for k, v in vars(args).items()}
     report = {"model": common.model_label(args.model), "rope_factor": args.rope_factor, "settings": settings(args),
-              "environment": common.environment(), "arguments": {k: v.name if isinstance(v, pathlib.Path) else str(v) for k, v in vars(args).items()}}
+              "environment": common.environment(), "arguments": arguments}
     if args.lengths or args.mixed:
         report["speed"] = speed(args, model, tokenizer, log)
     if args.needle_lengths:

@@ -120,7 +120,8 @@ def main():
     ap.add_argument("--tokens", type=int, default=30720, help="prompt tokens (the model's trained context: 32K)")
     ap.add_argument("--depth", type=float, default=0.5)
     ap.add_argument("--haystack", default="pg_essays", choices=list(common.TEXTS))
-    ap.add_argument("--requests", type=int, default=3, help="requests of the same prompt, each tagged, one after the other")
+    ap.add_argument("--requests", type=int, default=3,
+                    help="requests of the same prompt, each tagged, one after the other")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--memory-percent", type=float, default=0.5)
     ap.add_argument("--gamma", type=float, default=0.95)
@@ -145,7 +146,8 @@ def main():
         server.should_exit = True
         thread.join()
         state.shutdown()  # the app's own shutdown stops only the model manager, not this worker
-    prompt_tokens = len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+    sent = tagged(messages, 0)  # every request's length: the tags differ only in their number
+    prompt_tokens = len(tokenizer.apply_chat_template(sent, add_generation_prompt=True, tokenize=True,
                                                       return_dict=True)["input_ids"])
     common.write_json(args.out, {"implementation": args.implementation, "prompt_tokens": prompt_tokens,
                                  "expected": expected, "runs": runs, "environment": common.environment()})
