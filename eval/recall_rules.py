@@ -24,9 +24,10 @@ Anchor rules (question 1), from the plans with anchor_blocks = 0 (the ranking an
 counts) and = T (today's default `auto`, T = 32 / Q heads per group); F = {sink, diagonal},
 A = the group's anchors <= m outside F, K'_h = the head's ranked entries in the T = 0 plan:
   none        the T = 0 plan (the paper's estimation)
-  today       F u A forced and counted in the budget (the library today; checked against the
-              T plan's own index)
-  on_top      the T = 0 kept set u A: no ranked block is ever displaced
+  today       F u A forced and counted in the budget (the library's rule before 2026-12-07,
+              anchor_mode="in_budget"; checked against such a plan's own index)
+  on_top      the T = 0 kept set u A: no ranked block is ever displaced (the library's default
+              since, anchor_mode="on_top"; checked likewise)
   promote_p<P> the T = 0 kept set u the anchors promoted into it: the group's anchors in
               priority order (every head's first anchor, then every head's second, ...) enter
               the shared ranking one per P ranked entries (before ranked entries 0, P, 2P, ...)
@@ -48,10 +49,14 @@ Budget rules (question 2), on the T = 0 ranking; count(m) = step 5 applied to qu
   proxy_max_up / proxy_sum_up  max(paper, proxy_max / proxy_sum): never below the paper's budget
   proxy_sum_r4  per row max(floor, ceil(p(m) mean_j(count(m_j) / p(m_j)))): the proxy's row
               profile scaled by the 4 sampled blocks
+  ranked_last  K_h = max(paper, the fewest entries of the group's ranking of the last row whose
+              dense mass for head h reaches gamma): step 5 measured along the ranking the rows
+              use, so that the last row itself reaches gamma
   oracle_floor  budget_rows.oracle_budget with the floor (reference, not a rule)
-The checks (per layer, on the first setting of each g: the library's two plans per g give the
-ranking and the anchors, step 5 the other settings' budgets): `today` equals the T plan's own
-kept sets, `paper` its T = 0 counts, step 5's last count its needed_blocks.
+The checks (per layer, on the first setting of each g: the library's plans per g give the
+ranking and the anchors, step 5 the other settings' budgets): `today` and `on_top` equal the
+kept sets of the library's in-budget and on-top plans, `paper` its T = 0 counts, step 5's last
+count its needed_blocks.
 Per rule and setting: mean recall over heads and layers, worst head, heads below gamma - 0.05,
 density; layer 0 apart. The extra estimation FLOPs per rule at the measured N and at 128K.
 """
@@ -282,11 +287,14 @@ def measure_layer(q, k, mass_np, scale, settings, periods, shares, combo_periods
         members = [[h for h in range(hq) if groups[h] == j] for j in range(g)]
         if g not in per_g:
             # The ranking depends on g only, the anchors on g (T auto) and the last block only:
-            # two plans per g; the counts of the other settings follow step 5 (checked here).
+            # three plans per g (no anchors, anchors in the budget, anchors on top); the counts of
+            # the other settings follow step 5 (checked here).
             common_args = dict(softmax_scale=scale, block_size=BLOCK, stride=STRIDE, gamma=gamma,
                                min_budget_tokens=mb, num_proxy_groups=g)
             plan0 = proxyattn.estimate(qn, kn, anchor_blocks=0, **common_args)
-            plant = proxyattn.estimate(qn, kn, **common_args)
+            plant = proxyattn.estimate(qn, kn, anchor_mode="in_budget", **common_args)
+            order_on, counts_on = proxyattn.estimate(qn, kn, anchor_mode="on_top", **common_args).index()
+            pos_on = positions(est.proxy_orders(order_on, g, nb))
             order0, counts_lib = plan0.index()
             order_t, counts_t = plant.index()
             anchors = plant.heads()["anchors"][0]
@@ -303,7 +311,9 @@ def measure_layer(q, k, mass_np, scale, settings, periods, shares, combo_periods
                         "anchors": anchors, "porder": porder, "pos": pos, "rpos": rpos, "prio": prio,
                         "library": {"setting": key, "counts": counts_lib, "needed": plan0.heads()["needed_blocks"][0],
                                     "mask_t": np.stack([counts_mask(pos_t[groups[h]], counts_t[:, h])
-                                                        for h in range(hq)])}}
+                                                        for h in range(hq)]),
+                                    "mask_on": np.stack([counts_mask(pos_on[groups[h]], counts_on[:, h])
+                                                         for h in range(hq)])}}
         pg = per_g[g]
         anchors, porder, pos, rpos, prio = (pg[x] for x in ("anchors", "porder", "pos", "rpos", "prio"))
         t_auto = anchors.shape[1]
@@ -349,6 +359,11 @@ def measure_layer(q, k, mass_np, scale, settings, periods, shares, combo_periods
         pj = pc["proxy_sum"][groups]
         ratio = (c5[spread].T / pj[:, spread]).mean(1)  # [Hq]
         per_row["proxy_sum_r4"] = np.maximum(np.ceil(pj.T * ratio[None, :]), floor)
+        # step 5's count taken along the group's own ranking of the last row rather than along the
+        # head's sorted masses: the entries the ranking needs to reach gamma there
+        last = np.stack([mass_np[h, nb - 1, porder[groups[h], nb - 1]] for h in range(hq)])  # [Hq, nb]
+        ranked = (np.cumsum(last, axis=1) / last.sum(1, keepdims=True) < gamma).sum(1) + 1
+        per_row["ranked_last"] = np.broadcast_to(np.maximum(np.maximum(c_last, ranked), floor), (nb, hq))
         oracle = np.array([oracle_budget(est.cumulative_mass(mass_np[h], porder[groups[h]]), gamma, n_tok)
                            for h in range(hq)])
         per_row["oracle_floor"] = np.broadcast_to(np.maximum(oracle, floor), (nb, hq))
@@ -363,6 +378,7 @@ def measure_layer(q, k, mass_np, scale, settings, periods, shares, combo_periods
         checks = {"proxy_rows_same_ranking": rounded(pg["agree"]), "anchor_blocks_auto": int(t_auto)}
         if lib["setting"] == key:  # the rules' reconstruction of the library's own plans
             checks.update({"today_equals_library_T": bool(np.array_equal(masks["today"], lib["mask_t"])),
+                           "on_top_equals_library": bool(np.array_equal(masks["on_top"], lib["mask_on"])),
                            "paper_equals_library": bool(np.array_equal(counts0, lib["counts"])),
                            "needed_blocks_equal_step5": bool(np.array_equal(lib["needed"], c_last))})
         out[key] = {"gamma": gamma, "min_budget_tokens": mb, "g": g, "checks": checks,
