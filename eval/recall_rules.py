@@ -52,6 +52,7 @@ Budget rules (question 2), on the T = 0 ranking; count(m) = step 5 applied to qu
   ranked_last  K_h = max(paper, the fewest entries of the group's ranking of the last row whose
               dense mass for head h reaches gamma): step 5 measured along the ranking the rows
               use, so that the last row itself reaches gamma
+  ranked_2g1  the same with the target 2 gamma - 1 on the last row (twice gamma's slack)
   oracle_floor  budget_rows.oracle_budget with the floor (reference, not a rule)
 The checks (per layer, on the first setting of each g: the library's plans per g give the
 ranking and the anchors, step 5 the other settings' budgets): `today` and `on_top` equal the
@@ -360,10 +361,12 @@ def measure_layer(q, k, mass_np, scale, settings, periods, shares, combo_periods
         ratio = (c5[spread].T / pj[:, spread]).mean(1)  # [Hq]
         per_row["proxy_sum_r4"] = np.maximum(np.ceil(pj.T * ratio[None, :]), floor)
         # step 5's count taken along the group's own ranking of the last row rather than along the
-        # head's sorted masses: the entries the ranking needs to reach gamma there
+        # head's sorted masses: the entries the ranking needs to reach a target there
         last = np.stack([mass_np[h, nb - 1, porder[groups[h], nb - 1]] for h in range(hq)])  # [Hq, nb]
-        ranked = (np.cumsum(last, axis=1) / last.sum(1, keepdims=True) < gamma).sum(1) + 1
-        per_row["ranked_last"] = np.broadcast_to(np.maximum(np.maximum(c_last, ranked), floor), (nb, hq))
+        reach = np.cumsum(last, axis=1) / last.sum(1, keepdims=True)
+        for name, target in (("ranked_last", gamma), ("ranked_2g1", 2 * gamma - 1)):
+            ranked = (reach < target).sum(1) + 1
+            per_row[name] = np.broadcast_to(np.maximum(np.maximum(c_last, ranked), floor), (nb, hq))
         oracle = np.array([oracle_budget(est.cumulative_mass(mass_np[h], porder[groups[h]]), gamma, n_tok)
                            for h in range(hq)])
         per_row["oracle_floor"] = np.broadcast_to(np.maximum(oracle, floor), (nb, hq))
