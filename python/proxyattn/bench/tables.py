@@ -126,8 +126,8 @@ def cp_scaling(docs):
     one input and settings): per (N, exchange, world) the slowest rank's time, the speedup over
     the single-process call of the world-1 file at that N and its efficiency, the most bytes a
     rank received, the largest share of a rank's step time in communication, the ranks' mean
-    density, and
-    PyTorch's dense ring (cuDNN) at that world size. Dicts, sorted by N, exchange, world."""
+    density, and PyTorch's dense ring (cuDNN) at that world size. Dicts, sorted by N, exchange,
+    world."""
     runs = {json.dumps([d.get("input", "gaussian"), d["settings"], d["shape"]], sort_keys=True) for d in docs}
     if len(runs) > 1:
         raise ValueError(f"cp files of different inputs, settings or shapes: {sorted(runs)}")
