@@ -51,9 +51,9 @@ def dense_block_mass(q, k, block, scale):
         raise ValueError(f"N = {n_tok} is not a multiple of block {block}")
     nb = n_tok // block
     mass = torch.zeros(hq, nb, nb, dtype=torch.float64)
-    lse = torch.empty(hq, n_tok, dtype=torch.float32)
+    lse = torch.empty(hq, n_tok, dtype=torch.float32, device=q.device)
     rows = max(block, DENSE_CHUNK_ROWS // block * block)
-    pos = torch.arange(n_tok)
+    pos = torch.arange(n_tok, device=q.device)
     for h in range(hq):
         qh, kh = q[:, h], k[:, kv_head_of(h, hq, hkv)]
         for r0 in range(0, n_tok, rows):

@@ -114,6 +114,9 @@ MODES = {
     # the anchor rule before 2026-12-07 (anchors counted in the head's budget), beside today's on-top default
     "proxy_g0.95_mb2048_p2_auto_inbudget": proxy(0.95, 2, 2048, "auto", anchor_mode="in_budget"),
     "proxy_g0.95_mb2048_p1_auto_inbudget": proxy(0.95, 1, 2048, "auto", anchor_mode="in_budget"),
+    # the paper's budget rule beside today's ranked default (issue #28)
+    "proxy_g0.95_mb2048_p2_auto_paper": proxy(0.95, 2, 2048, "auto", budget_rule="paper"),
+    "proxy_g0.95_mb2048_p1_auto_paper": proxy(0.95, 1, 2048, "auto", budget_rule="paper"),
 }
 DEFAULT_MODES = ["dense", "proxy_g0.95_mb2048_p1", "proxy_g0.95_mb512_p1", "proxy_g0.90_mb512_p1"]
 

@@ -141,6 +141,36 @@ RefIndex reference_index(const Inputs& in, const pa_config& c, const Chunk& chun
     for (int h = 0; h < in.hq; ++h) {
       r.needed[h] = needed_count(mass[h], c.gamma);
       for (const auto& row : other_rows) r.needed[h] = std::max(r.needed[h], needed_count(row[h], c.gamma));
+      if (c.budget_rule == PA_BUDGET_RULE_RANKED) {
+        // The group's ranking of the last row without anchors: sink, diagonal, then the
+        // other blocks by score (ties to the lower block); the head's masses summed along it
+        // until they reach 1 - s (1 - gamma) of their total.
+        const int j = h / (in.hq / g), m = nqb - 1;
+        std::vector<int> ranking;
+        if (c.force_sink) ranking.push_back(0);
+        if (c.force_local && (m > 0 || !c.force_sink)) ranking.push_back(m);
+        std::vector<int> others;
+        for (int n = 0; n <= m; ++n)
+          if (std::find(ranking.begin(), ranking.end(), n) == ranking.end()) others.push_back(n);
+        std::stable_sort(others.begin(), others.end(), [&](int a, int x) {
+          return r.scores[(size_t(j) * nqb + m) * nqb + a] > r.scores[(size_t(j) * nqb + m) * nqb + x];
+        });
+        ranking.insert(ranking.end(), others.begin(), others.end());
+        r.last_ranking.resize(g);
+        r.last_ranking[j] = ranking;
+        const double share = std::max(0.0, 1.0 - double(c.ranked_slack) * (1.0 - double(c.gamma)));
+        const double total = std::accumulate(mass[h].begin(), mass[h].end(), 0.0);
+        double prefix = 0;
+        int count = nqb;
+        for (int i = 0; i < nqb; ++i) {
+          prefix += mass[h][ranking[i]];
+          if (prefix >= share * total) {
+            count = i + 1;
+            break;
+          }
+        }
+        r.needed[h] = std::max(r.needed[h], count);
+      }
       r.budget[h] = std::min(nqb, std::max(r.needed[h], kmin));
       // anchors: blocks by mass descending (stable: ties to the lower block), the last
       // row's forced blocks left out, the first T taken

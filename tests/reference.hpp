@@ -49,6 +49,8 @@ struct RefIndex {
   std::vector<std::vector<int>> anchors;              // [Hq][<= anchor_blocks]
   std::vector<std::vector<std::vector<int>>> kept;    // [Hq][Nqb] sorted ascending
   std::vector<double> scores;                         // A, [g][Nqb][Nqb]
+  std::vector<std::vector<int>> last_ranking;         // [g][Nqb]: PA_BUDGET_RULE_RANKED's order
+                                                      //   of the last row (empty otherwise)
 };
 // Rows of the chunk's query blocks (first_query / b ..); kept rows before it stay empty.
 RefIndex reference_index(const Inputs& in, const pa_config& c, const Chunk& chunk = {});

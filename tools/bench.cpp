@@ -34,18 +34,23 @@ constexpr int kGpuRepeats = 5, kGpuWarmup = 2, kCpuRepeats = 1, kCpuWarmup = 0;
 constexpr long long kMaxTokens = 1 << 22;
 
 struct BenchSettings {
-  std::string device = "auto", shape = "llama3.1-8b", out, anchor_mode;
+  std::string device = "auto", shape = "llama3.1-8b", out, anchor_mode, budget_rule;
   std::vector<long long> sizes;
   std::vector<double> gammas = {0.90, 0.95};
   long long repeats = -1, warmup = -1, threads = 0, seed = 1, budget_rows = 0;  // 0: the default
+  double ranked_slack = 0;  // 0: the default
   bool dense = true, quiet = false;
 };
 
 const std::vector<std::string> kValueOptions = {"device", "shape", "sizes", "gammas", "repeats", "warmup",
-                                                "threads", "seed", "out", "anchor-mode", "budget-rows"};
+                                                "threads", "seed", "out", "anchor-mode", "budget-rows",
+                                                "budget-rule", "ranked-slack"};
 
 // --anchor-mode's names of pa_anchor_mode.
 const char* anchor_mode_name(pa_anchor_mode m) { return m == PA_ANCHORS_ON_TOP ? "on_top" : "in_budget"; }
+// --budget-rule's names of pa_budget_rule.
+const char* budget_rule_name(pa_budget_rule r) { return r == PA_BUDGET_RULE_RANKED ? "ranked" : "paper"; }
+constexpr double kMaxRankedSlack = 1e6;
 
 std::string json_number(double x) {
   if (!std::isfinite(x)) return "null";
@@ -96,6 +101,21 @@ bool parse_settings(const std::vector<std::string>& args, BenchSettings& s, std:
     error = "--anchor-mode " + s.anchor_mode + ": expected in_budget or on_top";
     return false;
   }
+  s.budget_rule = o.get_string("budget-rule", "");
+  if (!s.budget_rule.empty() && s.budget_rule != "paper" && s.budget_rule != "ranked") {
+    error = "--budget-rule " + s.budget_rule + ": expected paper or ranked";
+    return false;
+  }
+  std::vector<double> slack;
+  if (o.has("ranked-slack")) {
+    if (!parse_list("ranked-slack", o.get_string("ranked-slack", ""), 1, false, kMaxRankedSlack, slack, error))
+      return false;
+    if (slack.size() != 1) {
+      error = "--ranked-slack: one number";
+      return false;
+    }
+    s.ranked_slack = slack[0];
+  }
   if (std::none_of(std::begin(kShapes), std::end(kShapes), [&](const Shape& x) { return s.shape == x.name; })) {
     error = "--shape " + s.shape + ": expected llama3.1-8b or qwen2.5-7b";
     return false;
@@ -117,6 +137,8 @@ struct GammaRow {
   int anchor_blocks;  // the plan's resolved anchor_blocks (the default: auto)
   pa_anchor_mode anchor_mode;
   int budget_rows;
+  pa_budget_rule budget_rule;
+  float ranked_slack;
 };
 struct SizeRow {
   long long n;
@@ -168,6 +190,8 @@ SizeRow run_size(BenchDevice& dev, const Shape& shape, long long n, const BenchS
     config.num_proxy_groups = shape.groups;
     if (!s.anchor_mode.empty()) config.anchor_mode = s.anchor_mode == "on_top" ? PA_ANCHORS_ON_TOP : PA_ANCHORS_IN_BUDGET;
     if (s.budget_rows > 0) config.budget_rows = int32_t(s.budget_rows);
+    if (!s.budget_rule.empty()) config.budget_rule = s.budget_rule == "ranked" ? PA_BUDGET_RULE_RANKED : PA_BUDGET_RULE_PAPER;
+    if (s.ranked_slack > 0) config.ranked_slack = float(s.ranked_slack);
     size_t plan_bytes = 0, ws_bytes = 0;
     check(pa_plan_bytes(&p, &config, &plan_bytes));
     check(pa_workspace_bytes(&p, &config, &ws_bytes));
@@ -175,7 +199,8 @@ SizeRow run_size(BenchDevice& dev, const Shape& shape, long long n, const BenchS
     Plan plan(p, config, storage.get(), plan_bytes);
     pa_config effective{};
     check(pa_plan_get_config(plan.get(), &effective));
-    GammaRow g{gamma, 0, 0, 0, 0, 0, effective.anchor_blocks, effective.anchor_mode, effective.budget_rows};
+    GammaRow g{gamma, 0, 0, 0, 0, 0, effective.anchor_blocks, effective.anchor_mode, effective.budget_rows,
+               effective.budget_rule, effective.ranked_slack};
     progress.step(at + "gamma " + json_number(gamma) + ": estimate, attend, forward", [&] {
       g.estimate_ms = timed([&] { plan.estimate(tq, tk, workspace.get(), ws_bytes, dev.stream()); });
       g.attend_ms = timed([&] { plan.attend(tq, tk, tv, to, nullptr, dev.stream()); });
@@ -217,7 +242,8 @@ void write_json(const std::string& path, const std::string& device, const Shape&
         << ", \"attend_ms\": " << json_number(g.attend_ms) << ", \"forward_ms\": " << json_number(g.forward_ms)
         << ", \"mass_recall\": " << json_number(g.recall) << ", \"anchor_blocks\": " << g.anchor_blocks
         << ", \"anchor_mode\": \"" << anchor_mode_name(g.anchor_mode) << "\", \"budget_rows\": " << g.budget_rows
-        << "}";
+        << ", \"budget_rule\": \"" << budget_rule_name(g.budget_rule) << "\", \"ranked_slack\": "
+        << json_number(g.ranked_slack) << "}";
     }
     f << "]}";
   }
@@ -243,6 +269,8 @@ void print_bench_help() {
       "  --no-dense      skip timing dense attention\n"
       "  --anchor-mode M in_budget or on_top (the library's default)\n"
       "  --budget-rows R step 5's query blocks, 1-16 (the library's default)\n"
+      "  --budget-rule U paper or ranked (the library's default)\n"
+      "  --ranked-slack S the ranked rule's s >= 1, target 1 - s (1 - gamma) (the library's default)\n"
       "  --seed S        input seed (1)\n"
       "  --threads T     CPU threads, 0 = all (0)\n"
       "  --out FILE      also write the results as JSON\n"

@@ -123,6 +123,17 @@ typedef enum pa_anchor_mode {
                                   before issue #28) */
 } pa_anchor_mode;
 
+/* How step 5 counts each head's blocks (ALGORITHM.md step 5; docs/design.md, issue #28). */
+typedef enum pa_budget_rule {
+  PA_BUDGET_RULE_PAPER = 0,    /* count_i from the head's own masses of the last query block,
+                                  sorted (the paper's rule) */
+  PA_BUDGET_RULE_RANKED = 1    /* count_i at least the paper's and at least the fewest leading
+                                  entries of its group's proxy ranking of the last query block
+                                  (sink and diagonal first, no anchors) whose masses reach
+                                  1 - ranked_slack * (1 - gamma) of the head's mass there: the
+                                  budget serves the blocks the rows actually keep */
+} pa_budget_rule;
+
 typedef struct pa_config {
   int32_t block_size;          /* b: 128 or 64, queries and keys */
   int32_t stride;              /* s: 1, 2, 4, 8 or 16 and s <= b; sampled positions t % s == 0 */
@@ -145,6 +156,9 @@ typedef struct pa_config {
                                   its own causal key blocks); 1 (the default): the last query
                                   block only (the paper's rule). The anchors always come from
                                   the last block */
+  pa_budget_rule budget_rule;  /* PA_BUDGET_RULE_PAPER or PA_BUDGET_RULE_RANKED */
+  float ranked_slack;          /* s >= 1, PA_BUDGET_RULE_RANKED's target 1 - s (1 - gamma)
+                                  (at least 0) */
 } pa_config;
 
 #define PA_MAX_BUDGET_ROWS 16

@@ -68,6 +68,12 @@ def _anchor_mode(name, x):
     return x, _C.ANCHOR_MODES[x]
 
 
+def _budget_rule(name, x):
+    if not isinstance(x, str) or x not in _C.BUDGET_RULES:
+        raise ValueError(f"{name}: {x!r} is not one of {sorted(_C.BUDGET_RULES)}")
+    return x, _C.BUDGET_RULES[x]
+
+
 def _anchor_blocks(name, x):
     """"auto" (or None): PA_ANCHOR_BLOCKS_AUTO; else an integer."""
     if x is None or (isinstance(x, str) and x == "auto"):
@@ -123,6 +129,11 @@ class Settings:
     budget_rows: int = _setting(1, _integer,
                                 "query blocks step 5's count is the largest over (round(Nqb j / R) - 1, "
                                 "j = 1..R), 1-16; 1: the last block only (the paper's rule)")
+    budget_rule: str = _setting("ranked", _budget_rule,
+                                "\"ranked\" (each head's count also reaches 1 - ranked_slack (1 - gamma) of its "
+                                "last-row mass along the group's proxy ranking) or \"paper\" (the head's sorted "
+                                "masses only)")
+    ranked_slack: float = _setting(2.0, _real, "s >= 1 of the ranked rule's target 1 - s (1 - gamma)")
 
     def __post_init__(self):
         values = {}

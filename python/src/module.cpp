@@ -350,7 +350,8 @@ size_t bytes_of(F f, const Problem& problem, const pa_config& config, const Call
 // pa_config's fields in the struct's order: the one list the module names them in.
 #define PA_CONFIG_FIELDS(X)                                                                   \
   X(block_size) X(stride) X(gamma) X(min_budget_tokens) X(num_proxy_groups) X(force_sink) X(force_local) \
-  X(budget_mode) X(dense_below) X(softmax_scale) X(anchor_blocks) X(anchor_mode) X(budget_rows)
+  X(budget_mode) X(dense_below) X(softmax_scale) X(anchor_blocks) X(anchor_mode) X(budget_rows) \
+  X(budget_rule) X(ranked_slack)
 
 // A read-write attribute of Config: an enum field (budget_mode) as its int value, stored and
 // read as the int's bytes, as a C caller's would be (an int outside the enum's values is no
@@ -624,6 +625,10 @@ NB_MODULE(_C, m) {
   anchor_modes["on_top"] = int(PA_ANCHORS_ON_TOP);
   anchor_modes["in_budget"] = int(PA_ANCHORS_IN_BUDGET);
   m.attr("ANCHOR_MODES") = anchor_modes;
+  nb::dict budget_rules;  // pa_budget_rule by the name proxyattn.Settings takes
+  budget_rules["paper"] = int(PA_BUDGET_RULE_PAPER);
+  budget_rules["ranked"] = int(PA_BUDGET_RULE_RANKED);
+  m.attr("BUDGET_RULES") = budget_rules;
   m.attr("MAX_BUDGET_ROWS") = PA_MAX_BUDGET_ROWS;
 
   // Not the stable API (proxyattn_tuning.h): what tests and benchmarks change.

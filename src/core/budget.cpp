@@ -21,6 +21,18 @@ int32_t needed_blocks(const double* mass, int32_t n, double gamma, double* scrat
   return n;
 }
 
+int32_t ranked_blocks(const double* mass, const int32_t* order, int32_t n, double target) {
+  double total = 0.0;
+  for (int32_t i = 0; i < n; ++i) total += mass[order[i]];
+  if (!(total > 0.0)) return n;
+  double prefix = 0.0;
+  for (int32_t i = 0; i < n; ++i) {
+    prefix += mass[order[i]];
+    if (prefix >= target * total) return i + 1;
+  }
+  return n;
+}
+
 std::vector<int32_t> budget_rows(int32_t num_qblocks, int32_t rows) {
   std::vector<int32_t> out;
   for (int32_t j = 1; j <= rows; ++j) {

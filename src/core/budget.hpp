@@ -15,6 +15,12 @@ namespace proxyattn {
 // prefix, so gamma = 1 stops exactly at the last non-zero block.
 int32_t needed_blocks(const double* mass, int32_t n, double gamma, double* scratch);
 
+// PA_BUDGET_RULE_RANKED's count: the fewest leading entries of order[0:n] (a permutation of
+// the n blocks: the group's ranking of the last query block) whose masses reach target times
+// their total, summed in that order; n when the total is 0 (no mass information) or rounding
+// keeps the sum under the target.
+int32_t ranked_blocks(const double* mass, const int32_t* order, int32_t n, double target);
+
 // Query block j (1..R) of step 5 with budget_rows = R over num_qblocks blocks: round(nb j /
 // R) - 1, at least 0 (eval/budget_rows.py's spread_blocks; j = R gives nb - 1). Halves round
 // to even (Python's round), in exact integer arithmetic.

@@ -23,6 +23,8 @@ pa_config default_config(int head_dim) {
   c.anchor_blocks = kDefaultAnchorBlocks;
   c.anchor_mode = kDefaultAnchorMode;
   c.budget_rows = kDefaultBudgetRows;
+  c.budget_rule = kDefaultBudgetRule;
+  c.ranked_slack = kDefaultRankedSlack;
   return c;
 }
 
@@ -38,6 +40,10 @@ pa_config resolve_config(const pa_config& config, const pa_problem& problem) {
 int min_budget_blocks(const pa_config& config) {
   // In 64 bits: min_budget_tokens may be any int >= 0 (INT32_MAX: keep every block).
   return static_cast<int>((int64_t(config.min_budget_tokens) + config.block_size - 1) / config.block_size);
+}
+
+double ranked_target(const pa_config& config) {
+  return std::max(0.0, 1.0 - double(config.ranked_slack) * (1.0 - double(config.gamma)));
 }
 
 static bool is_power_of_two(int x) { return x > 0 && (x & (x - 1)) == 0; }
@@ -83,6 +89,13 @@ pa_status validate_config(const pa_config& c, const pa_problem* problem) {
   if (c.budget_rows < 1 || c.budget_rows > PA_MAX_BUDGET_ROWS)
     return fail(PA_STATUS_INVALID_CONFIG, "config.budget_rows = %d: must lie in [1, %d]", c.budget_rows,
                 PA_MAX_BUDGET_ROWS);
+  const int32_t budget_rule = raw_value(c.budget_rule);
+  if (budget_rule != PA_BUDGET_RULE_PAPER && budget_rule != PA_BUDGET_RULE_RANKED)
+    return fail(PA_STATUS_INVALID_CONFIG, "config.budget_rule = %d: must be PA_BUDGET_RULE_PAPER or "
+                "PA_BUDGET_RULE_RANKED", budget_rule);
+  if (!(c.ranked_slack >= 1.0f) || !std::isfinite(c.ranked_slack))  // also rejects NaN
+    return fail(PA_STATUS_INVALID_CONFIG, "config.ranked_slack = %g: must be finite and >= 1",
+                static_cast<double>(c.ranked_slack));
   if (problem != nullptr && problem->num_kv_heads > 0 &&
       problem->num_kv_heads % c.num_proxy_groups != 0)
     return fail(PA_STATUS_INVALID_CONFIG,

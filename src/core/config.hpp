@@ -18,6 +18,10 @@ inline constexpr int kDefaultAnchorBlocks = PA_ANCHOR_BLOCKS_AUTO;
 // time, and a chunk cannot measure the earlier rows of the prompt it ends.
 inline constexpr pa_anchor_mode kDefaultAnchorMode = PA_ANCHORS_ON_TOP;
 inline constexpr int kDefaultBudgetRows = 1;
+// Step 5 along the ranking, at twice gamma's slack: mean recall >= gamma on the measured
+// models and on the structured input at a few percent more density (docs/accuracy.md).
+inline constexpr pa_budget_rule kDefaultBudgetRule = PA_BUDGET_RULE_RANKED;
+inline constexpr float kDefaultRankedSlack = 2.0f;
 
 pa_config default_config(int head_dim);
 
@@ -27,6 +31,10 @@ pa_status validate_config(const pa_config& config, const pa_problem* problem);
 // The config with its automatic fields resolved for this problem (anchor_blocks; see
 // PA_ANCHOR_BLOCKS_AUTO). config must be valid for problem.
 pa_config resolve_config(const pa_config& config, const pa_problem& problem);
+
+// PA_BUDGET_RULE_RANKED's share of a head's last-row mass, 1 - ranked_slack (1 - gamma),
+// at least 0.
+double ranked_target(const pa_config& config);
 
 // Blocks of the budget floor: ceil(min_budget_tokens / block_size).
 int min_budget_blocks(const pa_config& config);

@@ -328,6 +328,9 @@ void estimate_sparse(const Sources& src, const Proxies& px, const GivenBudgets* 
     std::vector<double> mass, sorted;
   };
   std::vector<BudgetScratch> bs(workers);
+  // The ranked rule's last-row masses of every head [Hq, nkb], kept until the ranking exists.
+  const bool ranked = given == nullptr && c.budget_rule == PA_BUDGET_RULE_RANKED;
+  std::vector<double> last_mass(ranked ? size_t(hq) * nkb : 0);
   parallel_for(given != nullptr ? 0 : hq, [&](int w, int64_t h) {
     BudgetScratch& sc = bs[w];
     sc.mass.resize(nkb);
@@ -353,6 +356,7 @@ void estimate_sparse(const Sources& src, const Proxies& px, const GivenBudgets* 
     plan.index.budget[seq * hq + h] = budget_blocks(needed, nkb, min_blocks);
     anchor_blocks(sc.mass.data(), nkb, c.anchor_blocks, c.force_sink, c.force_local,
                   plan.index.anchors + (int64_t(seq) * hq + h) * c.anchor_blocks);
+    if (ranked) std::copy_n(sc.mass.begin(), nkb, last_mass.begin() + h * nkb);
   });
 
   // Steps 2-4 and 6: proxies, then per (group, row) scores, one ordering, head prefixes.
@@ -360,11 +364,29 @@ void estimate_sparse(const Sources& src, const Proxies& px, const GivenBudgets* 
   struct RowScratch {
     SoftmaxScratch softmax;
     std::vector<float> scores;
-    std::vector<int32_t> rest, forced, ranks;
+    std::vector<int32_t> rest, forced, ranks, order;
     std::vector<uint8_t> flags;
   };
-  const int anchor_count = plan.q_heads_per_group() * c.anchor_blocks;
   std::vector<RowScratch> rs(workers);
+  if (ranked) {
+    // Step 5 along the ranking: the group's anchor-free order of the last row (sink and
+    // diagonal first, then by proxy score), each head's count along it raised to the target.
+    const double target = ranked_target(c);
+    parallel_for(g, [&](int w, int64_t j) {
+      RowScratch& sc = rs[w];
+      sc.scores.resize(nkb);
+      sc.order.resize(nkb);
+      proxy_block_scores(plan, px, int(j), nkb - 1, sc.scores.data(), sc.softmax);
+      row_forced(nkb - 1, c.force_sink, c.force_local, nullptr, 0, sc.forced);
+      write_order_row(sc.scores.data(), nkb - 1, sc.forced, sc.order.data(), sc.rest, sc.flags);
+      for (int h = int(j) * plan.q_heads_per_group(); h < (int(j) + 1) * plan.q_heads_per_group(); ++h) {
+        int32_t& needed = plan.index.needed[seq * hq + h];
+        needed = std::max(needed, ranked_blocks(&last_mass[size_t(h) * nkb], sc.order.data(), nkb, target));
+        plan.index.budget[seq * hq + h] = budget_blocks(needed, nkb, min_blocks);
+      }
+    });
+  }
+  const int anchor_count = plan.q_heads_per_group() * c.anchor_blocks;
   const int64_t items = int64_t(g) * span.num_qblocks;
   parallel_for(items, [&](int w, int64_t item) {
     // Longest rows first so that the dynamic schedule ends evenly.

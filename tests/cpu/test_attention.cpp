@@ -117,7 +117,7 @@ TEST_P(SparseVsMaskReference, MatchesMaskedFp64) {
   const SparseCase k = GetParam();
   Batch batch({1111}, 4, 2, 64, k.dtype);
   const pa_problem& p = batch.problem();
-  pa_config c = test_config(64, 0.8f, 128);
+  pa_config c = test_config(64, 0.7f, 128);
   HostQKV x = structured_qkv(p, 3);
   Plan plan = Plan::on_host(p, c);
   plan.estimate(x.tq(), x.tk());

@@ -27,7 +27,7 @@ pa_config small_config(int groups) {
   c.block_size = 64;
   c.min_budget_tokens = 256;
   c.dense_below = 512;
-  c.gamma = 0.9f;
+  c.gamma = 0.8f;
   c.num_proxy_groups = groups;
   return c;
 }

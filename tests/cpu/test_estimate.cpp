@@ -37,6 +37,7 @@ struct Case {
   int anchors;  // config.anchor_blocks
   pa_anchor_mode anchor_mode = PA_ANCHORS_ON_TOP;
   int budget_rows = 1;
+  pa_budget_rule rule = PA_BUDGET_RULE_RANKED;
 };
 
 class EstimateVsReference : public ::testing::TestWithParam<Case> {};
@@ -54,6 +55,7 @@ TEST_P(EstimateVsReference, IndexMatchesFp64Reference) {
   c.anchor_blocks = k.anchors;
   c.anchor_mode = k.anchor_mode;
   c.budget_rows = k.budget_rows;
+  c.budget_rule = k.rule;
   HostQKV x = k.structured ? structured_qkv(p, 11 + k.n) : random_qkv(p, 17 + k.n);
   Plan plan = Plan::on_host(p, c);
   plan.estimate(x.tq(), x.tk());
@@ -104,13 +106,19 @@ INSTANTIATE_TEST_SUITE_P(
         Case{1500, 8, 4, 32, 2, 64, 4, PA_DTYPE_BFLOAT16, true, PA_BUDGET_PROPORTIONAL, true, true, 2,
              PA_ANCHORS_IN_BUDGET, 3},
         Case{1001, 4, 2, 64, 1, 64, 4, PA_DTYPE_FLOAT32, false, PA_BUDGET_ABSOLUTE, true, true, 0,
-             PA_ANCHORS_ON_TOP, 16}),
+             PA_ANCHORS_ON_TOP, 16},
+        // The paper's budget rule (the others use the ranked default), both anchor modes.
+        Case{1500, 8, 4, 32, 2, 64, 4, PA_DTYPE_BFLOAT16, true, PA_BUDGET_ABSOLUTE, true, true, 2,
+             PA_ANCHORS_ON_TOP, 1, PA_BUDGET_RULE_PAPER},
+        Case{1300, 4, 2, 64, 1, 64, 4, PA_DTYPE_FLOAT32, true, PA_BUDGET_PROPORTIONAL, true, true, 3,
+             PA_ANCHORS_IN_BUDGET, 1, PA_BUDGET_RULE_PAPER}),
     [](const auto& info) {
       const Case& k = info.param;
       return "N" + std::to_string(k.n) + "_Hq" + std::to_string(k.hq) + "_Hkv" + std::to_string(k.hkv) +
              "_g" + std::to_string(k.g) + "_b" + std::to_string(k.block) + "_s" + std::to_string(k.stride) +
              "_T" + std::to_string(k.anchors) + (k.anchor_mode == PA_ANCHORS_IN_BUDGET ? "_inbudget" : "") +
-             (k.budget_rows > 1 ? "_R" + std::to_string(k.budget_rows) : "");
+             (k.budget_rows > 1 ? "_R" + std::to_string(k.budget_rows) : "") +
+             (k.rule == PA_BUDGET_RULE_PAPER ? "_paper" : "");
     });
 
 // Anchors on top (issue #28): every head keeps exactly its anchor-free kept set (the plan of
@@ -511,6 +519,46 @@ TEST(Estimate, BudgetRowsTakeTheLargestCount) {
   const auto [four, anchors4] = heads(4);
   EXPECT_EQ(anchors1, anchors4);
   for (int h = 0; h < hq; ++h) EXPECT_GE(four[h], one[h]) << "head " << h;
+}
+
+// PA_BUDGET_RULE_RANKED (issue #28): each head's count is at least the paper's, and with
+// anchors off its last row (the same ranking the count walked) keeps at least the target
+// share 1 - s (1 - gamma) of that head's fp64 last-row mass; a larger slack never counts more.
+TEST(Estimate, RankedBudgetsReachTheTargetInTheLastRow) {
+  const int hq = 8, hkv = 2, n = 3000, d = 32;
+  Batch batch({n}, hq, hkv, d, PA_DTYPE_FLOAT32);
+  HostQKV x = structured_qkv(batch.problem(), 53);
+  const Inputs in = read_inputs(x.q.data(), x.k.data(), x.v.data(), 0, n, hq, hkv, d, PA_DTYPE_FLOAT32);
+  for (int g : {1, 2}) {
+    pa_config c = small_config(64, 4, 0.9f, 64);
+    c.num_proxy_groups = g;
+    c.anchor_blocks = 0;
+    const std::vector<std::vector<double>> mass = last_block_mass(in, c);
+    auto run = [&](pa_budget_rule rule, float slack) {
+      pa_config cc = c;
+      cc.budget_rule = rule;
+      cc.ranked_slack = slack;
+      Plan plan = Plan::on_host(batch.problem(), cc);
+      plan.estimate(x.tq(), x.tk());
+      plan.check_invariants();
+      return kept_sets(plan, batch, cc);
+    };
+    const KeptSets paper = run(PA_BUDGET_RULE_PAPER, 2.0f);
+    const KeptSets tight = run(PA_BUDGET_RULE_RANKED, 1.0f);
+    const KeptSets loose = run(PA_BUDGET_RULE_RANKED, 2.0f);
+    int raised = 0;
+    for (int h = 0; h < hq; ++h) {
+      EXPECT_GE(loose.needed[h], paper.needed[h]) << "g " << g << " head " << h;
+      EXPECT_GE(tight.needed[h], loose.needed[h]) << "g " << g << " head " << h;
+      raised += tight.needed[h] > paper.needed[h];
+      const std::vector<int>& last = tight.kept[0][h].back();
+      double kept = 0, total = 0;
+      for (double m : mass[h]) total += m;
+      for (int b : last) kept += mass[h][b];
+      EXPECT_GE(kept / total, double(c.gamma) - kGammaTolerance) << "g " << g << " head " << h;
+    }
+    EXPECT_GT(raised, 0) << "g " << g << ": the structured input's ranking misses mass the paper counts";
+  }
 }
 
 }  // namespace

@@ -373,6 +373,25 @@ void compare(const std::string& name, const PlanDesc& plan, std::vector<SeqRef>&
         if (std::fabs(prefix / total - double(c.gamma)) < gap)
           gap = std::fabs(prefix / total - double(c.gamma)), at_boundary = prefix / total;
       }
+      if (c.budget_rule == PA_BUDGET_RULE_RANKED) {
+        // Or the flip lies at the ranked rule's target along the group's anchor-free ranking
+        // of the last row (fp64 scores and masses).
+        const int m = nkb - 1;
+        const std::vector<double> a = ref.scores(h / per_group, m), mass = ref.mass(h);
+        std::vector<int> ranking;
+        for (int n = 0; n <= m; ++n)
+          if ((c.force_sink && n == 0) || (c.force_local && n == m)) ranking.push_back(n);
+        std::vector<int> others;
+        for (int n = 0; n <= m; ++n)
+          if (std::find(ranking.begin(), ranking.end(), n) == ranking.end()) others.push_back(n);
+        std::stable_sort(others.begin(), others.end(), [&](int x, int y) { return a[x] > a[y]; });
+        ranking.insert(ranking.end(), others.begin(), others.end());
+        const double share = std::max(0.0, 1.0 - double(c.ranked_slack) * (1.0 - double(c.gamma)));
+        const double total = std::accumulate(mass.begin(), mass.end(), 0.0);
+        double prefix = 0.0;
+        for (int i = 0; i < lo && i < int(ranking.size()); ++i) prefix += mass[ranking[i]];
+        if (std::fabs(prefix / total - share) < gap) gap = std::fabs(prefix / total - share), at_boundary = prefix / total;
+      }
       rep.max_gamma_gap = std::max(rep.max_gamma_gap, gap);
       EXPECT_LE(gap, kGammaSlack) << name << " seq " << s << " head " << h << ": needed gpu "
                                   << gpu.needed[at] << " cpu " << cpu.needed[at]
@@ -558,6 +577,21 @@ TEST_P(EstimateGpu, SingleSequenceLengths) {
       k.seed = seed++;
       run_case(k);
     }
+  }
+}
+
+// The paper's budget rule (PA_BUDGET_RULE_PAPER; the other cases run the ranked default).
+TEST_P(EstimateGpu, PaperBudgetRule) {
+  PA_REQUIRE_GPU();
+  uint64_t seed = 31;
+  for (int n : {4096 + 77, 16384}) {
+    Case k;
+    k.name = "N=" + std::to_string(n) + " paper rule";
+    k.lengths = {n};
+    k.config = base_config(128);
+    k.config.budget_rule = PA_BUDGET_RULE_PAPER;
+    k.seed = seed++;
+    run_case(k);
   }
 }
 

@@ -48,13 +48,17 @@ INVALID = {
                     (1, ValueError, r"anchor_mode: 1 is not one of")],
     "budget_rows": [(0, proxyattn.ProxyAttnError, r"config\.budget_rows = 0: must lie in \[1, 16\]"),
                     (17, proxyattn.ProxyAttnError, r"config\.budget_rows = 17")],
+    "budget_rule": [("sorted", ValueError, r"budget_rule: 'sorted' is not one of \['paper', 'ranked'\]"),
+                    (0, ValueError, r"budget_rule: 0 is not one of")],
+    "ranked_slack": [(0.5, proxyattn.ProxyAttnError, r"config\.ranked_slack = 0\.5: must be finite and >= 1"),
+                     (float("nan"), proxyattn.ProxyAttnError, r"config\.ranked_slack = nan")],
 }
 CASES = [(name, *case) for name, cases in INVALID.items() for case in cases]
 
 # Every setting off its default, each a value the library runs.
 CHANGED = dict(gamma=0.8, block_size=64, stride=2, min_budget_tokens=128, num_proxy_groups=2, force_sink=False,
                force_local=True, budget_mode="proportional", dense_below=256, softmax_scale=0.2, anchor_blocks=1,
-               anchor_mode="in_budget", budget_rows=2)
+               anchor_mode="in_budget", budget_rows=2, budget_rule="paper", ranked_slack=3.0)
 B, N, HQ, HKV, D = 2, 640, 4, 2, 32
 
 
@@ -74,7 +78,7 @@ def as_numpy(x):
 
 
 def test_every_field_has_invalid_cases():
-    assert sorted(INVALID) == sorted(NAMES) and len(NAMES) == 13
+    assert sorted(INVALID) == sorted(NAMES) and len(NAMES) == 15
 
 
 @pytest.mark.parametrize("name, value, error, message", CASES, ids=[f"{c[0]}={c[1]!r}" for c in CASES])

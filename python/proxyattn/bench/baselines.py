@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from proxyattn import _C
+
 SDPA_BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "fa2": SDPBackend.FLASH_ATTENTION}
 TORCH_ESTIMATE_CHUNK_BYTES = 2 << 30  # the PyTorch estimation keeps each logit chunk under 2 GiB
 
@@ -67,8 +69,8 @@ def torch_estimate(q, k, config):
     """ProxyAttn's estimation (ALGORITHM.md steps 2-6) written plainly in PyTorch, absolute
     budget mode. q [N, Hq, d], k [N, Hkv, d] -> (order [g, Nqb, Nqb], count [Nqb, Hq],
     needed [Hq]); order rows put the sink, then the diagonal, then the others by score.
-    The paper's steps only: no anchor blocks (its counts equal the library's at
-    anchor_blocks=0; its needed blocks at any setting)."""
+    No anchor blocks (its counts equal the library's at anchor_blocks=0; its needed blocks at
+    any setting); config.budget_rule's count (the paper's, or also the ranked rule's)."""
     n, hq, d = q.shape
     hkv = k.shape[1]
     g, block, stride = config.num_proxy_groups, config.block_size, config.stride
@@ -103,12 +105,18 @@ def torch_estimate(q, k, config):
     mass = p.view(hq, n - q0, nqb, block).sum(-1).mean(1)  # [Hq, Nqb]
     cum = mass.sort(dim=-1, descending=True).values.cumsum(-1)
     needed = ((cum < config.gamma * cum[:, -1:]).sum(-1) + 1).clamp(max=nqb)
-    budget = needed.clamp(min=-(-config.min_budget_tokens // block)).clamp(max=nqb)
     # Step 6: one sort per (group, row); forced blocks first.
     m = torch.arange(nqb, device=q.device)
     ranked = torch.where(m[None, :] <= m[:, None], scores, torch.full_like(scores, -1.0))
     ranked[:, m, m] = 2.0
     ranked[:, :, 0] = 3.0
     order = ranked.sort(dim=-1, descending=True, stable=True).indices
+    if config.budget_rule == _C.BUDGET_RULES["ranked"]:
+        # The ranked rule: also the entries of the group's last row reaching the target share.
+        last = order[torch.arange(hq, device=q.device) // (hq // g), -1]  # [Hq, Nqb]
+        along = mass.gather(1, last).double().cumsum(-1)
+        target = max(0.0, 1.0 - config.ranked_slack * (1.0 - config.gamma))
+        needed = torch.maximum(needed, ((along < target * along[:, -1:]).sum(-1) + 1).clamp(max=nqb))
+    budget = needed.clamp(min=-(-config.min_budget_tokens // block)).clamp(max=nqb)
     count = torch.minimum(budget[None, :], (m + 1)[:, None])
     return order, count, needed

@@ -12,9 +12,14 @@
 //     row's max and sum, then the mass per key block  a_n = (1/rows) sum_r sum_{k in n} p_r(k)
 //     = (1/rows) sum_r S_rn 2^(M_rn - M_r) / L_r, sorts the masses (descending), and takes
 //     count_j = smallest k whose prefix reaches gamma * total (core/budget.cpp's rule);
-//     count_i = max_j count_j, K_i = min(Nkb, max(count_i, Kmin)) (Nkb: key blocks), and
-//     picks the head's anchors from the last block's masses: T rounds of a block-wide arg max
-//     (core/budget.cpp's anchor_blocks()).
+//     count_i = max_j count_j; with PA_BUDGET_RULE_RANKED also at least the fewest entries of
+//     the group's anchor-free ranking of the last row (step 4's scores A: sink and diagonal
+//     first, then by score, ties to the lower block) whose last-block masses reach
+//     ranked_target of the total (core/budget.cpp's ranked_blocks(): a key-value sort of the
+//     row, masses in the ranking's order, prefix sums in double);
+//     K_i = min(Nkb, max(count_i, Kmin)) (Nkb: key blocks), and picks the head's anchors
+//     from the last block's masses: T rounds of a block-wide arg max (core/budget.cpp's
+//     anchor_blocks()).
 #include <cub/block/block_radix_sort.cuh>
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
@@ -274,6 +279,7 @@ struct MaxOp {
 
 struct HeadsParams {
   double gamma;
+  double ranked_target;   // PA_BUDGET_RULE_RANKED's share of the last row's mass; < 0: the paper's rule
   int32_t min_blocks;     // ceil(min_budget_tokens / b)
   int32_t anchor_blocks;  // T
   int32_t force_sink, force_local;
@@ -286,14 +292,21 @@ __device__ inline unsigned long long anchor_key(float mass, int n) {
          (0xFFFFFFFFu - static_cast<unsigned>(n));
 }
 
+// The ranked rule's keys: forced blocks first, a score s >= 0 as ~bits(s) (larger first),
+// padding last (select.cu's keys without anchors); stability keeps ties in block order.
+constexpr uint32_t kRankForcedKey = 0u;
+constexpr uint32_t kRankLastKey = ~0u;
+
 template <int Threads, int Items>
 struct HeadsSmem {
   using Sort = cub::BlockRadixSort<float, Threads, Items>;
+  using RankSort = cub::BlockRadixSort<uint32_t, Threads, Items, float>;  // ranking key, mass
   using Scan = cub::BlockScan<double, Threads>;
   using Reduce = cub::BlockReduce<int, Threads>;
   using ArgMax = cub::BlockReduce<unsigned long long, Threads>;
   union {
     typename Sort::TempStorage sort;
+    typename RankSort::TempStorage rank_sort;
     typename Scan::TempStorage scan;
     typename Reduce::TempStorage reduce;
     typename ArgMax::TempStorage arg_max;
@@ -308,8 +321,8 @@ struct HeadsSmem {
 // Grid (num_seqs, Hq); dynamic shared memory sizeof(HeadsSmem).
 template <int Threads, int Items>
 __global__ void __launch_bounds__(Threads)
-    budget_heads_kernel(Geometry geo, const float2* __restrict__ partials, HeadsParams params,
-                        int32_t* __restrict__ budget, int32_t* __restrict__ needed,
+    budget_heads_kernel(Geometry geo, const float2* __restrict__ partials, const float* __restrict__ scores,
+                        HeadsParams params, int32_t* __restrict__ budget, int32_t* __restrict__ needed,
                         int32_t* __restrict__ anchors) {
   using Smem = HeadsSmem<Threads, Items>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -426,6 +439,41 @@ __global__ void __launch_bounds__(Threads)
     // No mass at all, or rounding kept the prefix under the target: keep every block.
     if (threadIdx.x == 0) count = max(count, total > 0.0 && found != INT_MAX ? min(found, nb) : nb);
   }
+
+  // ---- the ranked rule: the last block's masses along the group's anchor-free ranking ------
+  if (params.ranked_target >= 0.0) {
+    const int m = nkb - 1;
+    const float* row = scores + order_row(span, h / (geo.num_q_heads / geo.groups), m);
+    uint32_t keys[Items];
+    float mass[Items];
+#pragma unroll
+    for (int i = 0; i < Items; ++i) {
+      const int n = threadIdx.x * Items + i;
+      const bool forced = (params.force_sink && n == 0) || (params.force_local && n == m);
+      keys[i] = n >= nkb ? kRankLastKey : forced ? kRankForcedKey : ~__float_as_uint(row[n]);
+      mass[i] = n < nkb ? smem.mass[n] : 0.0f;
+    }
+    __syncthreads();  // tmp is reused
+    typename Smem::RankSort(smem.tmp.rank_sort).Sort(keys, mass);  // blocked: rank t * Items + i
+    __syncthreads();
+    double local = 0.0;
+#pragma unroll
+    for (int i = 0; i < Items; ++i) local += double(mass[i]);
+    double before = 0.0, total = 0.0;
+    typename Smem::Scan(smem.tmp.scan).ExclusiveSum(local, before, total);
+    __syncthreads();
+    const double target = params.ranked_target * total;
+    int first = INT_MAX;
+    double prefix = before;
+#pragma unroll
+    for (int i = 0; i < Items; ++i) {
+      const int rank = threadIdx.x * Items + i;
+      prefix += double(mass[i]);
+      if (first == INT_MAX && rank < nkb && prefix >= target) first = rank + 1;
+    }
+    const int found = typename Smem::Reduce(smem.tmp.reduce).Reduce(first, MinOp());
+    if (threadIdx.x == 0) count = max(count, total > 0.0 && found != INT_MAX ? min(found, nkb) : nkb);
+  }
   if (threadIdx.x == 0) {
     needed[out] = count;
     budget[out] = min(nkb, max(count, params.min_blocks));
@@ -458,12 +506,13 @@ pa_status launch_heads(const Launch& l, const Workspace& ws, int32_t* budget, in
   const size_t bytes = sizeof(Smem);
   if (bytes > kDefaultSmemLimit)
     PA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-  const HeadsParams params{double(l.config.gamma),
+  const double ranked = l.config.budget_rule == PA_BUDGET_RULE_RANKED ? ranked_target(l.config) : -1.0;
+  const HeadsParams params{double(l.config.gamma), ranked,
                            min_budget_blocks(l.config),
                            l.config.anchor_blocks, l.config.force_sink, l.config.force_local};
   const dim3 grid(unsigned(l.geo.num_seqs), unsigned(l.geo.num_q_heads));
-  kernel<<<grid, Threads, bytes, l.stream>>>(l.geo, ws.budget_partials, params, budget, needed,
-                                             anchors);
+  kernel<<<grid, Threads, bytes, l.stream>>>(l.geo, ws.budget_partials, ws.scores, params, budget,
+                                             needed, anchors);
   PA_CUDA_CHECK_LAUNCH("budget_heads_kernel");
   return PA_STATUS_SUCCESS;
 }
