@@ -91,11 +91,10 @@ def cached_layers(folder, layers):
         yield layer, data["q"], data["k"], data["scale"], data["mass"].numpy()
 
 
-def captured_layers(args):
-    """Captures on args.device in float32 and yields (layer, q, k, scale, mass) on the CPU."""
+def captured_layers(args, text):
+    """Captures text on args.device in float32 and yields (layer, q, k, scale, mass) on the CPU."""
     model, tokenizer = common.load_model(args.model)  # float32, as the CPU captures
     model = model.to(args.device)
-    _, text, _ = load_text(args)
     ids = common.token_prefix(tokenizer, text, args.tokens)
     cap = capture_qkv(model, ids, set(args.layers) if args.layers else None)
     del model
@@ -110,15 +109,19 @@ def measure(args):
     settings = [(gm, mb, g) for gm in args.gammas for mb in args.min_budgets for g in args.groups]
     rule_set = rules(args.slacks)
     inputs = []
-    sources = ([(name, cached_layers(pathlib.Path(args.cache) / name, args.layers)) for name in args.inputs]
-               if args.cache else [(input_name(args.text_name or args.text, args.tokens), captured_layers(args))])
-    for name, layers in sources:
+    if args.cache:
+        sources = [(name, {"cache": name}, cached_layers(pathlib.Path(args.cache) / name, args.layers))
+                   for name in args.inputs]
+    else:
+        name, text, described = load_text(args)
+        sources = [(input_name(name, args.tokens), described, captured_layers(args, text))]
+    for name, described, layers in sources:
         per_layer = {}
         for layer, q, k, scale, mass in layers:
             t0 = time.perf_counter()
             per_layer[str(layer)] = measure_layer(q, k, mass, scale, settings, rule_set)
             print(f"{name} layer {layer}: {time.perf_counter() - t0:.0f} s", flush=True)
-        inputs.append({"input": name, "layers": per_layer})
+        inputs.append({"input": name, "source": described, "layers": per_layer})
     result = {"model": common.model_label(args.model) if args.model else str(args.cache),
               "block_size": BLOCK, "stride": STRIDE, "budget_mode": "absolute", "rules": rule_set,
               "environment": common.environment(), "inputs": inputs}

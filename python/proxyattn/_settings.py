@@ -133,7 +133,7 @@ class Settings:
                                 "\"ranked\" (each head's count also reaches 1 - ranked_slack (1 - gamma) of its "
                                 "last-row mass along the group's proxy ranking) or \"paper\" (the head's sorted "
                                 "masses only)")
-    ranked_slack: float = _setting(2.0, _real, "s >= 1 of the ranked rule's target 1 - s (1 - gamma)")
+    ranked_slack: float = _setting(2.5, _real, "s >= 1 of the ranked rule's target 1 - s (1 - gamma)")
 
     def __post_init__(self):
         values = {}
