@@ -110,8 +110,8 @@ def measure(args):
     rule_set = rules(args.slacks)
     inputs = []
     if args.cache:
-        sources = [(name, {"cache": name}, cached_layers(pathlib.Path(args.cache) / name, args.layers))
-                   for name in args.inputs]
+        sources = [(name, json.loads((pathlib.Path(args.cache) / name / "source.json").read_text()),
+                    cached_layers(pathlib.Path(args.cache) / name, args.layers)) for name in args.inputs]
     else:
         name, text, described = load_text(args)
         sources = [(input_name(name, args.tokens), described, captured_layers(args, text))]
@@ -122,7 +122,7 @@ def measure(args):
             per_layer[str(layer)] = measure_layer(q, k, mass, scale, settings, rule_set)
             print(f"{name} layer {layer}: {time.perf_counter() - t0:.0f} s", flush=True)
         inputs.append({"input": name, "source": described, "layers": per_layer})
-    result = {"model": common.model_label(args.model) if args.model else str(args.cache),
+    result = {"model": common.model_label(args.model) if args.model else inputs[0]["source"].get("model"),
               "block_size": BLOCK, "stride": STRIDE, "budget_mode": "absolute", "rules": rule_set,
               "environment": common.environment(), "inputs": inputs}
     pathlib.Path(args.out).write_text(json.dumps(result) + "\n")

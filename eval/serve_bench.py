@@ -16,6 +16,7 @@ same process on the same prompts:
 Lengths past the model's trained context need YaRN (--rope-factor 4 for Qwen2.5's 32K: 128K).
 """
 import argparse
+import dataclasses
 import logging
 import pathlib
 import statistics
@@ -185,7 +186,9 @@ def main():
     logging.getLogger("ContinuousBatchingLogger").addHandler(log)
     logging.getLogger("ContinuousBatchingLogger").setLevel(logging.INFO)
     arguments = {k: v.name if isinstance(v, pathlib.Path) else str(v) for k, v in vars(args).items()}
+    given = proxyattn.Settings(**settings(args))
     report = {"model": common.model_label(args.model), "rope_factor": args.rope_factor, "settings": settings(args),
+              "library_settings": {f.name: getattr(given, f.name) for f in dataclasses.fields(given)},
               "environment": common.environment(), "arguments": arguments}
     if args.lengths or args.mixed:
         report["speed"] = speed(args, model, tokenizer, log)

@@ -210,7 +210,7 @@ pa_status pa_plan_get_stats(const pa_plan* plan, pa_plan_stats* stats);
 pa_status pa_plan_get_config(const pa_plan* plan, pa_config* config);
 
 /* Per (sequence, head) results of the budget step, each [num_seqs, num_q_heads] on the
- * host: budget_blocks = K_i, needed_blocks = count_i (blocks reaching gamma in the last
+ * host: budget_blocks = K_i, needed_blocks = count_i (step 5 of config.budget_rule on the last
  * query block), density = kept / causal block pairs of that head. Any output may be NULL. */
 pa_status pa_plan_get_heads(const pa_plan* plan, int32_t* budget_blocks,
                             int32_t* needed_blocks, double* density);
