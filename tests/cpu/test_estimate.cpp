@@ -28,6 +28,14 @@ pa_config small_config(int block, int stride, float gamma, int min_budget_tokens
   return c;
 }
 
+// The plan of config c estimated on x, its invariants checked.
+Plan estimated(const Batch& batch, const pa_config& c, HostQKV& x) {
+  Plan plan = Plan::on_host(batch.problem(), c);
+  plan.estimate(x.tq(), x.tk());
+  plan.check_invariants();
+  return plan;
+}
+
 struct Case {
   int n, hq, hkv, d, g, block, stride;
   pa_dtype dtype;
@@ -137,9 +145,7 @@ TEST(Estimate, OnTopAnchorsKeepTheAnchorFreeSetPlusTheAnchors) {
         pa_config cc = c;
         cc.anchor_blocks = anchor_blocks;
         cc.anchor_mode = am;
-        Plan plan = Plan::on_host(batch.problem(), cc);
-        plan.estimate(x.tq(), x.tk());
-        plan.check_invariants();
+        const Plan plan = estimated(batch, cc, x);
         std::vector<int32_t> anchors(size_t(hq) * anchor_blocks);
         if (anchor_blocks > 0) check(pa_plan_get_anchors(plan.get(), anchors.data()));
         return std::make_pair(kept_sets(plan, batch, cc).kept[0], anchors);
@@ -538,10 +544,7 @@ TEST(Estimate, RankedBudgetsReachTheTargetInTheLastRow) {
       pa_config cc = c;
       cc.budget_rule = rule;
       cc.ranked_slack = slack;
-      Plan plan = Plan::on_host(batch.problem(), cc);
-      plan.estimate(x.tq(), x.tk());
-      plan.check_invariants();
-      return kept_sets(plan, batch, cc);
+      return kept_sets(estimated(batch, cc, x), batch, cc);
     };
     const KeptSets paper = run(PA_BUDGET_RULE_PAPER, 2.0f);
     const KeptSets tight = run(PA_BUDGET_RULE_RANKED, 1.0f);
