@@ -32,6 +32,8 @@ CASES = [
     (200, 2, 2, 16, dict(num_proxy_groups=1)),
     (1000, 4, 2, 32, dict(num_proxy_groups=2, budget_rows=4, anchor_mode="on_top")),
     (1090, 4, 2, 16, dict(budget_rows=16, budget_mode="proportional")),
+    # the ranked rule at its tightest beside budget rows
+    (1000, 4, 2, 32, dict(budget_rows=4, ranked_slack=1.0)),
 ]
 
 

@@ -253,8 +253,10 @@ def _estimate(q, keys, plan, spans, layout, rank, group, config, clock):
             piece.estimate(q[o:o + e - a], keys.k, keys.table, keys.state)
             needed, anchors = piece.heads()
             if config.budget_rows > 1 and rows:
-                # Each earlier block as a one-block chunk (its own count, R = 1, never dense).
-                row_config, b = config._replace(budget_rows=1, dense_below=0), config.block_size
+                # Each earlier block as a one-block chunk (its own count, R = 1, never dense; the
+                # paper's count, as a single process measures the earlier blocks).
+                row_config = config._replace(budget_rows=1, dense_below=0, budget_rule=_C.BUDGET_RULES["paper"])
+                b = config.block_size
                 for i, m in enumerate(rows):
                     row_q = rows_q[i * b:(i + 1) * b]
                     row = PiecePlan(row_q, int(keys.k.shape[-2]), m * b, (m + 1) * b, row_config,
