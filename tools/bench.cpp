@@ -106,16 +106,6 @@ bool parse_settings(const std::vector<std::string>& args, BenchSettings& s, std:
     error = "--budget-rule " + s.budget_rule + ": expected paper or ranked";
     return false;
   }
-  std::vector<double> slack;
-  if (o.has("ranked-slack")) {
-    if (!parse_list("ranked-slack", o.get_string("ranked-slack", ""), 1, false, kMaxRankedSlack, slack, error))
-      return false;
-    if (slack.size() != 1) {
-      error = "--ranked-slack: one number";
-      return false;
-    }
-    s.ranked_slack = slack[0];
-  }
   if (std::none_of(std::begin(kShapes), std::end(kShapes), [&](const Shape& x) { return s.shape == x.name; })) {
     error = "--shape " + s.shape + ": expected llama3.1-8b or qwen2.5-7b";
     return false;
@@ -124,7 +114,8 @@ bool parse_settings(const std::vector<std::string>& args, BenchSettings& s, std:
          (!o.has("gammas") || parse_list("gammas", o.get_string("gammas", ""), 0, true, 1, s.gammas, error)) &&
          o.get_int("repeats", 1, 1000, s.repeats, error) && o.get_int("warmup", 0, 1000, s.warmup, error) &&
          o.get_int("threads", 0, 4096, s.threads, error) && o.get_int("seed", 0, 1LL << 62, s.seed, error) &&
-         o.get_int("budget-rows", 1, PA_MAX_BUDGET_ROWS, s.budget_rows, error);
+         o.get_int("budget-rows", 1, PA_MAX_BUDGET_ROWS, s.budget_rows, error) &&
+         o.get_double("ranked-slack", 1, kMaxRankedSlack, s.ranked_slack, error);
 }
 
 double median(std::vector<double> v) {
