@@ -10,6 +10,7 @@
 #include <cmath>
 #include <vector>
 
+#include "ranked_rule.hpp"
 #include "reference.hpp"
 
 namespace proxyattn::test {
@@ -54,9 +55,8 @@ inline IndexDiff compare_index(const std::vector<std::vector<std::vector<int>>>&
     const int count = std::max(lib_needed[h], ref.needed[h]);  // the boundary lies below it
     bool tie = near_gamma_boundary(mass[h], count, c.gamma, gamma_tolerance);
     if (!ref.last_ranking.empty()) {
-      const double share = std::max(0.0, 1.0 - double(c.ranked_slack) * (1.0 - double(c.gamma)));
       const std::vector<int>& ranking = ref.last_ranking[h / (in.hq / c.num_proxy_groups)];
-      tie = tie || near_ranked_boundary(mass[h], ranking, count, share, gamma_tolerance);
+      tie = tie || near_ranked_boundary(mass[h], ranking, count, ranked_share(c), gamma_tolerance);
     }
     EXPECT_TRUE(tie) << "head " << h << ": needed " << lib_needed[h] << " vs reference " << ref.needed[h];
     ++diff.needed_ties;

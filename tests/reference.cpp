@@ -5,6 +5,8 @@
 #include <limits>
 #include <numeric>
 
+#include "ranked_rule.hpp"
+
 namespace proxyattn::test {
 namespace {
 std::vector<double> to_double(const void* base, int64_t first, int64_t count, pa_dtype dtype) {
@@ -146,19 +148,10 @@ RefIndex reference_index(const Inputs& in, const pa_config& c, const Chunk& chun
         // other blocks by score (ties to the lower block); the head's masses summed along it
         // until they reach 1 - s (1 - gamma) of their total.
         const int j = h / (in.hq / g), m = nqb - 1;
-        std::vector<int> ranking;
-        if (c.force_sink) ranking.push_back(0);
-        if (c.force_local && (m > 0 || !c.force_sink)) ranking.push_back(m);
-        std::vector<int> others;
-        for (int n = 0; n <= m; ++n)
-          if (std::find(ranking.begin(), ranking.end(), n) == ranking.end()) others.push_back(n);
-        std::stable_sort(others.begin(), others.end(), [&](int a, int x) {
-          return r.scores[(size_t(j) * nqb + m) * nqb + a] > r.scores[(size_t(j) * nqb + m) * nqb + x];
-        });
-        ranking.insert(ranking.end(), others.begin(), others.end());
+        const std::vector<int> ranking = anchor_free_ranking(&r.scores[(size_t(j) * nqb + m) * nqb], m, c);
         r.last_ranking.resize(g);
         r.last_ranking[j] = ranking;
-        const double share = std::max(0.0, 1.0 - double(c.ranked_slack) * (1.0 - double(c.gamma)));
+        const double share = ranked_share(c);
         const double total = std::accumulate(mass[h].begin(), mass[h].end(), 0.0);
         double prefix = 0;
         int count = nqb;
@@ -209,22 +202,12 @@ RefIndex reference_index(const Inputs& in, const pa_config& c, const Chunk& chun
       if (c.anchor_mode == PA_ANCHORS_ON_TOP && !dense) {
         // The head's anchor-free kept set (only sink and diagonal forced: they come first,
         // then the other blocks by score, anchors ranked like any block), plus the anchors.
-        std::vector<int> free_order;
-        if (c.force_sink) free_order.push_back(0);
-        if (c.force_local && m > 0) free_order.push_back(m);
-        if (c.force_local && !c.force_sink && m == 0) free_order.push_back(0);
-        const long base_forced = long(free_order.size());
-        std::vector<int> ranked;
-        for (int n = 0; n <= m; ++n)
-          if (std::find(free_order.begin(), free_order.end(), n) == free_order.end()) ranked.push_back(n);
-        std::stable_sort(ranked.begin(), ranked.end(), [&](int a, int x) {
-          return r.scores[(size_t(j) * nqb + m) * nqb + a] > r.scores[(size_t(j) * nqb + m) * nqb + x];
-        });
+        const std::vector<int> ranking = anchor_free_ranking(&r.scores[(size_t(j) * nqb + m) * nqb], m, c);
+        const long base_forced = std::min<long>(m + 1, long(c.force_sink) + long(c.force_local));
         const long base = std::min<long>(m + 1, std::max<long>({keep, base_forced, 1}));
-        free_order.insert(free_order.end(), ranked.begin(), ranked.begin() + (base - base_forced));
         kept = order;  // sink, diagonal and anchors
-        for (int n : free_order)
-          if (std::find(kept.begin(), kept.end(), n) == kept.end()) kept.push_back(n);
+        for (long i = 0; i < base; ++i)
+          if (std::find(kept.begin(), kept.end(), ranking[i]) == kept.end()) kept.push_back(ranking[i]);
       } else {
         order.insert(order.end(), rest.begin(), rest.end());
         keep = std::min<long>(m + 1, std::max<long>({keep, forced, 1}));

@@ -47,6 +47,7 @@
 #include "core/plan.hpp"
 #include "cuda/backend.hpp"
 #include "gpu_util.hpp"
+#include "ranked_rule.hpp"
 #include "proxyattn/proxyattn.h"
 #include "proxyattn/proxyattn.hpp"
 #include "proxyattn/proxyattn_tuning.h"
@@ -378,22 +379,15 @@ void compare(const std::string& name, const PlanDesc& plan, std::vector<SeqRef>&
         // of the last row (fp64 scores and masses).
         const int m = nkb - 1;
         const std::vector<double> a = ref.scores(h / per_group, m), mass = ref.mass(h);
-        std::vector<int> ranking;
-        for (int n = 0; n <= m; ++n)
-          if ((c.force_sink && n == 0) || (c.force_local && n == m)) ranking.push_back(n);
-        std::vector<int> others;
-        for (int n = 0; n <= m; ++n)
-          if (std::find(ranking.begin(), ranking.end(), n) == ranking.end()) others.push_back(n);
-        std::stable_sort(others.begin(), others.end(), [&](int x, int y) { return a[x] > a[y]; });
-        ranking.insert(ranking.end(), others.begin(), others.end());
-        const double share = std::max(0.0, 1.0 - double(c.ranked_slack) * (1.0 - double(c.gamma)));
+        const std::vector<int> ranking = anchor_free_ranking(a.data(), m, c);
+        const double share = ranked_share(c);
         const double total = std::accumulate(mass.begin(), mass.end(), 0.0);
         double prefix = 0.0;
         for (int i = 0; i < lo && i < int(ranking.size()); ++i) prefix += mass[ranking[i]];
         if (std::fabs(prefix / total - share) < gap) gap = std::fabs(prefix / total - share), at_boundary = prefix / total;
         // Or two blocks the count walks past hold near-tied scores (kTieRelative): the GPU's
         // ranking may swap them, and the count follows the swapped masses.
-        const int forced = int(ranking.size() - others.size());
+        const int forced = std::min(m + 1, c.force_sink + c.force_local);
         for (int i = forced; i + 1 < int(ranking.size()) && i <= lo; ++i)
           if (near_tie(a[ranking[i]], a[ranking[i + 1]])) gap = 0.0;
       }
