@@ -144,7 +144,8 @@ def measure_layer(q, k, v, scale, settings, rows_list, check_setting):
     for gamma, mb, g in settings:
         key = f"g{gamma:.2f}_mb{mb}_p{g}"
         plan = proxyattn.estimate(qn, kn, softmax_scale=scale, block_size=BLOCK, stride=STRIDE, gamma=gamma,
-                                  min_budget_tokens=mb, num_proxy_groups=g, anchor_blocks=0)  # the paper's rule
+                                  min_budget_tokens=mb, num_proxy_groups=g, anchor_blocks=0,
+                                  budget_rule="paper")  # the paper's rule
         order, lib_counts = plan.index()
         heads = plan.heads()
         porders = est.proxy_orders(order, g, nb)

@@ -291,7 +291,7 @@ def measure_layer(q, k, mass_np, scale, settings, periods, shares, combo_periods
             # three plans per g (no anchors, anchors in the budget, anchors on top); the counts of
             # the other settings follow step 5 (checked here).
             common_args = dict(softmax_scale=scale, block_size=BLOCK, stride=STRIDE, gamma=gamma,
-                               min_budget_tokens=mb, num_proxy_groups=g)
+                               min_budget_tokens=mb, num_proxy_groups=g, budget_rule="paper")
             plan0 = proxyattn.estimate(qn, kn, anchor_blocks=0, **common_args)
             plant = proxyattn.estimate(qn, kn, anchor_mode="in_budget", **common_args)
             order_on, counts_on = proxyattn.estimate(qn, kn, anchor_mode="on_top", **common_args).index()

@@ -53,7 +53,8 @@ def rows_of(order, group, nb):
 
 def measure(q, k, mass, gamma, groups, stride, anchors):
     hq, nb = SHAPE["hq"], mass.shape[1]
-    settings = proxyattn.Settings(gamma=gamma, num_proxy_groups=groups, stride=stride, anchor_blocks=anchors)
+    settings = proxyattn.Settings(gamma=gamma, num_proxy_groups=groups, stride=stride, anchor_blocks=anchors,
+                                  budget_rule="paper")  # the calibrations start from the paper's count
     plan = proxyattn.estimate(q[None], k[None], settings=settings)
     order, count = plan.index()
     floor = -(-settings.min_budget_tokens // BLOCK)
