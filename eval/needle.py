@@ -318,22 +318,26 @@ def prefill_seconds(model, ids):
     return sorted(times[1:])[PREFILL_REPEATS // 2]
 
 
-def reuse_modes(cases, path, rope_factor):
-    """Copies into `cases` the results of every mode that the earlier result file `path` (same
-    seed, case arguments and RoPE scaling) already has; returns {mode: settings} and
-    {mode: seconds} of those."""
-    old = json.loads(pathlib.Path(path).read_text())
-    same = old.get("rope_factor") == rope_factor and len(old["cases"]) == len(cases) and all(
-        (o["task"], o["haystack"], o["length"], o["depth"], o["key"], o["value"], o["tokens"]) ==
-        (c["task"], c["haystack"], c["length"], c["depth"], c["key"], c["value"], len(c["ids"]))
-        for o, c in zip(old["cases"], cases))
-    if not same:
-        raise SystemExit(f"--reuse {path}: its cases are not these (other seed, arguments or --rope-factor?)")
-    for o, c in zip(old["cases"], cases):
-        for field in ("answers", "correct", "found", "sparse_layer_calls", "prefill_ms"):
-            if field in o:
-                c[field] = dict(o[field])
-    return old["modes"], old["seconds_per_mode"]
+def reuse_modes(cases, paths, rope_factor):
+    """Copies into `cases` the results of every mode that the earlier result files `paths` (same
+    seed, case arguments and RoPE scaling; a later file's mode wins) already have; returns
+    {mode: settings} and {mode: seconds} of those."""
+    modes, seconds = {}, {}
+    for path in paths:
+        old = json.loads(pathlib.Path(path).read_text())
+        same = old.get("rope_factor") == rope_factor and len(old["cases"]) == len(cases) and all(
+            (o["task"], o["haystack"], o["length"], o["depth"], o["key"], o["value"], o["tokens"]) ==
+            (c["task"], c["haystack"], c["length"], c["depth"], c["key"], c["value"], len(c["ids"]))
+            for o, c in zip(old["cases"], cases))
+        if not same:
+            raise SystemExit(f"--reuse {path}: its cases are not these (other seed, arguments or --rope-factor?)")
+        for o, c in zip(old["cases"], cases):
+            for field in ("answers", "correct", "found", "sparse_layer_calls", "prefill_ms"):
+                if field in o:
+                    c.setdefault(field, {}).update(o[field])
+        modes.update(old["modes"])
+        seconds.update(old["seconds_per_mode"])
+    return modes, seconds
 
 
 def summary_table(cases, modes):
@@ -366,8 +370,9 @@ def main():
                     help="on a GPU, also time each case's prefill per mode (prefill_seconds)")
     ap.add_argument("--rope-factor", type=float,
                     help="YaRN RoPE scaling by this factor, for prompts past the trained context (out of distribution)")
-    ap.add_argument("--reuse", type=pathlib.Path,
-                    help="earlier result file of the same cases: its modes are copied, not run again")
+    ap.add_argument("--reuse", nargs="+", type=pathlib.Path,
+                    help="earlier result files of the same cases (e.g. one mode each, run side by side): "
+                         "their modes are copied, not run again")
     args = ap.parse_args()
 
     import proxyattn.hf
@@ -382,6 +387,16 @@ def main():
     print(f"{len(cases)} cases, lengths {sorted({c['tokens'] for c in cases})}")
     modes, seconds = reuse_modes(cases, args.reuse, args.rope_factor) if args.reuse else ({}, {})
     modes.update({m: MODES[m] for m in args.modes if m not in modes})
+
+    def write():
+        """The result file with the modes finished so far."""
+        done = {m: modes[m] for m in modes if m in seconds}
+        common.write_json(args.out, {"model": common.model_label(args.model), "environment": common.environment(),
+                                     "device": args.device, "rope_factor": args.rope_factor, "modes": done, "seconds_per_mode": seconds,
+                                     "max_new_tokens": {t: max_new_tokens(t) for t in args.tasks}, "seed": args.seed,
+                                     "cases": [{k: v for k, v in c.items() if k != "ids"} for c in cases],
+                                     "table": summary_table(cases, list(done))})
+
     for mode in (m for m in args.modes if m not in seconds):
         if MODES[mode] is None:
             model.set_attn_implementation("sdpa")
@@ -401,14 +416,9 @@ def main():
             print(f"{mode:24s} {c['task']:8s} {c['haystack']:11s} {c['tokens']:5d} depth {depth} "
                   f"{'ok ' if c['correct'][mode] else 'MISS'} {c['value']} <- {text.strip()!r}", flush=True)
         seconds[mode] = round(time.perf_counter() - t0, 1)
-        # after every mode, so that a run stopped by a time limit keeps the modes it finished
-        table = summary_table(cases, [m for m in modes if m in seconds])
-        done = {m: modes[m] for m in modes if m in seconds}
-        common.write_json(args.out, {"model": common.model_label(args.model), "environment": common.environment(),
-                                     "device": args.device, "rope_factor": args.rope_factor, "modes": done, "seconds_per_mode": seconds,
-                                     "max_new_tokens": {t: max_new_tokens(t) for t in args.tasks}, "seed": args.seed,
-                                     "cases": [{k: v for k, v in c.items() if k != "ids"} for c in cases],
-                                     "table": table})
+        write()  # after every mode, so that a run stopped by a time limit keeps the modes it finished
+    if args.reuse:
+        write()  # the merged file, also when every mode came from the earlier files
     print(summary_table(cases, list(modes)))
 
 

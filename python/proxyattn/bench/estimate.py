@@ -12,9 +12,10 @@ A/B of an estimation change: --baseline DIR (a second build, scripts/gpu-check's
 step) is timed in the same interleaved rounds ("baseline_ms") and traced too. Our build is
 also timed with pass 2 in place of the block logits ("two_pass_ms", the plan's tuning
 est_block_logits = 0: the path of other strides and of logit buffers over 1 GiB), and with
-other recall rules of --rules (issue #28; default: anchors counted in the budget, the rule
-before it, and step 5 over 4 query blocks), each "ANCHOR_MODE:R" a plan of its own timed in
-the same rounds ("rules_ms").
+other recall rules of --rules (issue #28; default: the paper's budget rule with anchors on top,
+the default before the ranked rule, and with anchors counted in the budget, the default before
+that), each "ANCHOR_MODE:R[:BUDGET_RULE]" a plan of its own timed in the same rounds
+("rules_ms").
 """
 import collections
 import datetime
@@ -36,7 +37,7 @@ REPEATS, WARMUP = 10, 2
 TRACED_CALLS = 3  # calls per trace; a stage's time is its kernels' total over them / TRACED_CALLS
 TWO_PASS = {"est_block_logits": 0}  # tuning: pass 2 instead of the block logits
 PREFIX = "estimate-stages-"
-RULES = ["in_budget:1", "on_top:4"]  # anchor_mode:budget_rows timed beside the defaults
+RULES = ["on_top:1:paper", "in_budget:1:paper"]  # anchor_mode:budget_rows[:budget_rule] timed beside the defaults
 STAGE_NAME_CHARS = 80  # of an unknown kernel's name in its stage label
 
 # Kernel name (demangled, as CUPTI reports it) -> stage label, first match wins.
@@ -59,7 +60,7 @@ def add_arguments(ap):
     ap.add_argument("--shapes", type=arguments.names, default=list(SHAPES),
                     help="comma-separated names of %s" % list(SHAPES))
     ap.add_argument("--rules", type=arguments.names, default=RULES,
-                    help="comma-separated ANCHOR_MODE:BUDGET_ROWS settings timed beside the defaults "
+                    help="comma-separated ANCHOR_MODE:BUDGET_ROWS[:BUDGET_RULE] settings timed beside the defaults "
                          "(empty: none)")
     ap.add_argument("--no-stages", action="store_true",
                     help="no CUPTI trace (under Nsight Compute, which holds CUPTI itself)")
@@ -67,9 +68,14 @@ def add_arguments(ap):
 
 
 def rule_settings(rule):
-    """'on_top:4' -> {"anchor_mode": "on_top", "budget_rows": 4}."""
-    mode, _, rows = rule.partition(":")
-    return {"anchor_mode": mode, "budget_rows": int(rows or 1)}
+    """'on_top:4:paper' -> {"anchor_mode": "on_top", "budget_rows": 4, "budget_rule": "paper"}; the budget
+    rule is the default's when left out."""
+    mode, _, rest = rule.partition(":")
+    rows, _, budget_rule = rest.partition(":")
+    settings = {"anchor_mode": mode, "budget_rows": int(rows or 1)}
+    if budget_rule:
+        settings["budget_rule"] = budget_rule
+    return settings
 
 
 def stage_of(name):
