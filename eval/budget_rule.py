@@ -14,12 +14,13 @@ Rules (all with the library's anchors at T auto):
     # or captured here, on a GPU (float32 weights and activations; nothing written but the JSON)
     PYTHONPATH=python:eval python eval/budget_rule.py --model CACHE/qwen2.5-coder-1.5b-hf --device cuda \
         --corpus ../shared/corpus --text pg_essays --tokens 16384 --out FILE
-    python eval/budget_rule.py table FILE [FILE ...]
+    python eval/budget_rule.py table [--with-layer0] FILE [FILE ...]
 
 Settings: every (gamma, floor, g) of --gammas x --min-budgets x --groups; block 128, stride 4,
 absolute budgets, sink and diagonal forced (the library defaults). Per rule and setting: recall
 (kept dense mass / N) and density per head; the table gives, over layers 1..L-1, density
-relative to `today`, mean recall and the share of heads below gamma - 0.05, and layer 0 apart.
+relative to `today`, mean recall and the share of heads below gamma - 0.05, and layer 0 apart
+(--with-layer0: counted with them).
 """
 import argparse
 import json
@@ -137,36 +138,49 @@ def summarize(layers, setting, rule, gamma):
     return density.mean(), recall.mean(), (recall < gamma - SHORTFALL).mean()
 
 
-def table(args):
-    for path in args.files:
+def merged_inputs(paths):
+    """[(model, input, rules, layers)] over the files, one entry per (model, input): the layers of
+    an input measured in several runs (e.g. layers 0-5, then 6-23) are joined, under the rules
+    every one of those runs has."""
+    merged = {}
+    for path in paths:
         data = json.loads(pathlib.Path(path).read_text())
-        names = list(data["rules"])
-        print(f"\n{path} ({data['model']}): layers 1.. density vs today / mean recall / heads below "
-              f"gamma - {SHORTFALL}; **target met**; last column layer 0 mean recall per rule")
+        for item in data["inputs"]:
+            key = (data["model"], item["input"])
+            rules_, layers = merged.get(key, (list(data["rules"]), {}))
+            merged[key] = ([r for r in rules_ if r in data["rules"]], {**layers, **item["layers"]})
+    return [(model, name, rules_, layers) for (model, name), (rules_, layers) in merged.items()]
+
+
+def table(args):
+    first = 0 if args.with_layer0 else 1
+    print(f"layers {first}..: density vs today / mean recall / heads below gamma - {SHORTFALL}; "
+          "**target met**; last column layer 0 mean recall per rule")
+    for model, name, names, layers in merged_inputs(args.files):
+        print(f"\n{name} ({model}), layers {','.join(sorted(layers, key=int))}")
         print("| input | γ, floor, g | " + " | ".join(names) + " | layer 0 |")
         print("|---" * (len(names) + 3) + "|")
-        for item in data["inputs"]:
-            layers = item["layers"]
-            rest = {lay: v for lay, v in layers.items() if lay != "0"}
-            for setting in next(iter(layers.values())):
-                gamma = float(setting[1:5])
-                today = summarize(rest, setting, "today", gamma)[0]
-                cells = []
-                for rule in names:
-                    dens, rec, below = summarize(rest, setting, rule, gamma)
-                    cell = f"{dens / today - 1:+.1%} / {rec:.3f} / {below:.0%}"
-                    met = rec >= gamma and below <= HEAD_SHARE and dens <= (1 + DENSITY_SLACK) * today
-                    cells.append(f"**{cell}**" if met else cell)
-                zero = " / ".join(f"{summarize({'0': layers['0']}, setting, r, gamma)[1]:.3f}" for r in names) \
-                    if "0" in layers else "-"
-                print(f"| {item['input']} | {setting} | " + " | ".join(cells) + f" | {zero} |")
+        rest = {lay: v for lay, v in layers.items() if int(lay) >= first}
+        for setting in next(iter(layers.values())):
+            gamma = float(setting[1:5])
+            today = summarize(rest, setting, "today", gamma)[0]
+            cells = []
+            for rule in names:
+                dens, rec, below = summarize(rest, setting, rule, gamma)
+                cell = f"{dens / today - 1:+.1%} / {rec:.3f} / {below:.0%}"
+                met = rec >= gamma and below <= HEAD_SHARE and dens <= (1 + DENSITY_SLACK) * today
+                cells.append(f"**{cell}**" if met else cell)
+            zero = " / ".join(f"{summarize({'0': layers['0']}, setting, r, gamma)[1]:.3f}" for r in names) \
+                if "0" in layers else "-"
+            print(f"| {name} | {setting} | " + " | ".join(cells) + f" | {zero} |")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command")
     t = sub.add_parser("table")
-    t.add_argument("files", nargs="+")
+    t.add_argument("files", nargs="+", help="result files; an input's layers in several files are joined")
+    t.add_argument("--with-layer0", action="store_true", help="layer 0 counted with the others")
     m = sub.add_parser("measure")
     m.add_argument("--cache", help="folder of recall_rules.py's captures for one model")
     m.add_argument("--inputs", nargs="+", default=[], help="input folders under --cache")
