@@ -9,6 +9,9 @@
 
 namespace proxyattn::test {
 
+// How many blocks of query-block row m are forced (sink, diagonal): its ranking's first entries.
+inline int forced_blocks(int m, const pa_config& c) { return std::min(m + 1, c.force_sink + c.force_local); }
+
 // Query-block row m's anchor-free ranking from its scores a[0..m]: the forced sink and
 // diagonal first, then the other blocks by score descending (ties to the lower block).
 inline std::vector<int> anchor_free_ranking(const double* a, int m, const pa_config& c) {

@@ -203,7 +203,7 @@ RefIndex reference_index(const Inputs& in, const pa_config& c, const Chunk& chun
         // The head's anchor-free kept set (only sink and diagonal forced: they come first,
         // then the other blocks by score, anchors ranked like any block), plus the anchors.
         const std::vector<int> ranking = anchor_free_ranking(&r.scores[(size_t(j) * nqb + m) * nqb], m, c);
-        const long base_forced = std::min<long>(m + 1, long(c.force_sink) + long(c.force_local));
+        const long base_forced = forced_blocks(m, c);
         const long base = std::min<long>(m + 1, std::max<long>({keep, base_forced, 1}));
         kept = order;  // sink, diagonal and anchors
         for (long i = 0; i < base; ++i)

@@ -387,8 +387,7 @@ void compare(const std::string& name, const PlanDesc& plan, std::vector<SeqRef>&
         if (std::fabs(prefix / total - share) < gap) gap = std::fabs(prefix / total - share), at_boundary = prefix / total;
         // Or two blocks the count walks past hold near-tied scores (kTieRelative): the GPU's
         // ranking may swap them, and the count follows the swapped masses.
-        const int forced = std::min(m + 1, c.force_sink + c.force_local);
-        for (int i = forced; i + 1 < int(ranking.size()) && i <= lo; ++i)
+        for (int i = forced_blocks(m, c); i + 1 < int(ranking.size()) && i <= lo; ++i)
           if (near_tie(a[ranking[i]], a[ranking[i + 1]])) gap = 0.0;
       }
       rep.max_gamma_gap = std::max(rep.max_gamma_gap, gap);
